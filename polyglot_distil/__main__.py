@@ -1,0 +1,3 @@
+from polyglot_distil.cli import main
+
+raise SystemExit(main())

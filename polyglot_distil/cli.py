@@ -1,0 +1,50 @@
+"""The `polyglot-distil` command: one subcommand per pipeline stage.
+
+    polyglot-distil count   --tokenizer NAME --lang en=FILE --lang fr=FILE --out counts.parquet
+    polyglot-distil merge   part0.parquet part1.parquet --out counts.parquet
+
+Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
+a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user errors too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from polyglot_distil import __version__
+from polyglot_distil.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from polyglot_distil import count
+
+    parser = argparse.ArgumentParser(
+        prog="polyglot-distil",
+        description="Small, fast, language-specific models out of multilingual encoders.")
+    parser.add_argument("--version", action="version", version=f"polyglot-distil {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Each stage module adds its own subcommand(s), in pipeline order.
+    count.add_count_parser(subparsers)
+    count.add_merge_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if os.environ.get("POLYGLOT_DISTIL_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,376 @@
+"""Count how often each token of a model's vocabulary occurs in each language's corpus.
+
+    polyglot-distil count --tokenizer bert-base-multilingual-cased \
+        --lang en=corpora/en/sample.txt --lang fr=corpora/fr/sample.txt --out counts.parquet
+    polyglot-distil count ... --shard 3/8 --out part3.parquet     # one of 8 processes
+    polyglot-distil merge part*.parquet --out counts.parquet
+
+Output: one Parquet table, one row per (lang, token) seen, with columns
+`lang` (string), `token_id` (int64), `token` (string), `count` (int64: occurrences) and
+`lines` (int64: lines the token occurs in). The file's metadata (key `polyglot_distil`) holds
+the tokenizer's name, vocabulary size and fingerprint, and per-language totals: lines, tokens,
+characters, `unk` occurrences and undecodable bytes replaced.
+
+Speed: lines are tokenised in batches with `encode_batch_fast` (all cores, GIL released) on a
+worker thread while the main thread reads the next batch and folds the previous one into numpy
+arrays: `bincount` over ids for `count`, and over the distinct (line, id) pairs of the batch
+for `lines` (ids sorted within each line, duplicates masked). Memory is one batch at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from polyglot_distil.corpus import Caps, ReadStats, Source, group_lang_specs, iter_language, parse_shard
+from polyglot_distil.errors import UserError
+from polyglot_distil.loading import load_tokenizer, raw_backend, tokenizer_fingerprint, vocab_in_id_order
+from polyglot_distil.outputs import atomic_file, check_writable
+
+METADATA_KEY = b"polyglot_distil"
+FORMAT_VERSION = 1
+COLUMNS = ("lang", "token_id", "token", "count", "lines")
+
+
+@dataclass
+class LanguageTotals:
+    """Per-language totals stored in the Parquet metadata."""
+
+    lines: int = 0
+    tokens: int = 0
+    chars: int = 0
+    unk: int = 0
+    replaced_bytes: int = 0
+    distinct: int = 0
+    seconds: float = 0.0
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Counts:
+    """A counts table in memory: dense per-language arrays indexed by token id."""
+
+    tokenizer: str
+    fingerprint: str
+    vocab: list[str]
+    unk_id: int | None
+    occurrences: dict[str, np.ndarray] = field(default_factory=dict)  # lang -> int64[V]
+    line_counts: dict[str, np.ndarray] = field(default_factory=dict)  # lang -> int64[V]
+    totals: dict[str, LanguageTotals] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.occurrences)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting
+
+
+def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(lines)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _fold(encodings, occurrences: np.ndarray, line_counts: np.ndarray) -> int:
+    """Add one batch of encodings to the running arrays; return its number of tokens."""
+    ids = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    total = int(lengths.sum())
+    if total == 0:
+        return 0
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+    occurrences += np.bincount(flat, minlength=len(occurrences))
+    # Distinct (line, id) pairs: line numbers are non-decreasing, so a stable sort of
+    # (line << 32 | id) only sorts ids within each line (timsort runs), then drop repeats.
+    line_of = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
+    keys = np.sort((line_of << 32) | flat, kind="stable")
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    line_counts += np.bincount(keys[first] & 0xFFFFFFFF, minlength=len(line_counts))
+    return total
+
+
+def count_lines(backend, lines: Iterable[str], vocab_size: int, batch_lines: int = 2048,
+                progress=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Token occurrences and line counts over `lines`, both int64[vocab_size], and the number of
+    tokens. `backend` is a `tokenizers.Tokenizer` (truncation and padding off)."""
+    occurrences = np.zeros(vocab_size, dtype=np.int64)
+    line_counts = np.zeros(vocab_size, dtype=np.int64)
+    tokens = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None  # (future, n_lines): the batch being encoded while the next one is read
+        for batch in _batches(lines, batch_lines):
+            submitted = (pool.submit(backend.encode_batch_fast, batch, add_special_tokens=False), len(batch))
+            if pending is not None:
+                tokens += _fold(pending[0].result(), occurrences, line_counts)
+                if progress is not None:
+                    progress(pending[1], tokens)
+            pending = submitted
+        if pending is not None:
+            tokens += _fold(pending[0].result(), occurrences, line_counts)
+            if progress is not None:
+                progress(pending[1], tokens)
+    return occurrences, line_counts, tokens
+
+
+def _unk_id(tokenizer) -> int | None:
+    if tokenizer.unk_token_id is not None:
+        return int(tokenizer.unk_token_id)
+    model = tokenizer.backend_tokenizer.model
+    unk = getattr(model, "unk_token", None)
+    if unk is not None:
+        return tokenizer.backend_tokenizer.token_to_id(unk)
+    unk_id = getattr(model, "unk_id", None)
+    return int(unk_id) if unk_id is not None else None
+
+
+def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps: Caps | None = None,
+                  shard: tuple[int, int] = (0, 1), batch_lines: int = 2048, show_progress: bool | None = None,
+                  trust_remote_code: bool = False, tokenizer=None) -> Counts:
+    """Count every language's corpus with the tokenizer `tokenizer_name` (or an already loaded
+    `tokenizer`). Raises `UserError` for an empty corpus."""
+    from tqdm.auto import tqdm
+
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
+    backend = raw_backend(tokenizer)
+    vocab = vocab_in_id_order(tokenizer)
+    result = Counts(tokenizer=str(tokenizer_name), fingerprint=tokenizer_fingerprint(tokenizer), vocab=vocab,
+                    unk_id=_unk_id(tokenizer))
+    result.extra = {"shard": f"{shard[0]}/{shard[1]}", "caps": asdict(caps or Caps())}
+    for lang, sources in languages.items():
+        stats = ReadStats()
+        # disable=None: a bar on a terminal, none in a log file (unless forced either way)
+        bar = tqdm(desc=f"count {lang}", unit=" lines", dynamic_ncols=True, file=sys.stderr,
+                   disable=None if show_progress is None else not show_progress)
+        start = time.perf_counter()
+
+        def progress(n_lines: int, n_tokens: int) -> None:
+            bar.update(n_lines)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{n_tokens / elapsed / 1e3:,.0f}k tokens/s", refresh=False)
+
+        occurrences, line_counts, tokens = count_lines(
+            backend, iter_language(sources, caps, shard, stats), len(vocab), batch_lines, progress)
+        bar.close()
+        if stats.lines == 0 and shard == (0, 1):
+            where = ", ".join(str(s) for s in sources)
+            raise UserError(f"empty corpus for language {lang!r}: no non-blank lines in {where}")
+        result.occurrences[lang] = occurrences
+        result.line_counts[lang] = line_counts
+        result.totals[lang] = LanguageTotals(
+            lines=stats.lines, tokens=tokens, chars=stats.chars,
+            unk=int(occurrences[result.unk_id]) if result.unk_id is not None else 0,
+            replaced_bytes=stats.replaced_bytes, distinct=int(np.count_nonzero(occurrences)),
+            seconds=round(time.perf_counter() - start, 3), sources=stats.sources)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet I/O
+
+
+def _metadata(counts: Counts) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "tokenizer": counts.tokenizer,
+        "tokenizer_fingerprint": counts.fingerprint,
+        "vocab_size": counts.vocab_size,
+        "unk_id": counts.unk_id,
+        "languages": {lang: asdict(t) for lang, t in counts.totals.items()},
+        **counts.extra,
+    }
+
+
+def to_table(counts: Counts):
+    """The Parquet table: one row per (lang, token) with a non-zero count."""
+    import pyarrow as pa
+
+    langs, ids, occ, lines = [], [], [], []
+    for lang in counts.languages:
+        seen = np.flatnonzero(counts.occurrences[lang])
+        langs.append(np.full(len(seen), lang, dtype=object))
+        ids.append(seen)
+        occ.append(counts.occurrences[lang][seen])
+        lines.append(counts.line_counts[lang][seen])
+    token_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    vocab = np.asarray(counts.vocab, dtype=object)
+    table = pa.table({
+        "lang": pa.array(np.concatenate(langs) if langs else [], type=pa.string()),
+        "token_id": pa.array(token_ids, type=pa.int64()),
+        "token": pa.array(vocab[token_ids] if len(token_ids) else [], type=pa.string()),
+        "count": pa.array(np.concatenate(occ) if occ else [], type=pa.int64()),
+        "lines": pa.array(np.concatenate(lines) if lines else [], type=pa.int64()),
+    })
+    return table.replace_schema_metadata({METADATA_KEY: json.dumps(_metadata(counts)).encode()})
+
+
+def write_counts(counts: Counts, out: str | Path, overwrite: bool = False) -> Path:
+    import pyarrow.parquet as pq
+
+    with atomic_file(out, overwrite) as tmp:
+        pq.write_table(to_table(counts), tmp)
+    return Path(out)
+
+
+def read_counts(path: str | Path) -> Counts:
+    """Read a counts file written by `count` or `merge` back into dense arrays."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"counts file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as Parquet: {exc}") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if raw is None or missing:
+        raise UserError(f"{path} is not a polyglot-distil counts file (written by 'polyglot-distil count')")
+    meta = json.loads(raw)
+    vocab_size = int(meta["vocab_size"])
+    vocab = [""] * vocab_size
+    lang_col = table.column("lang").to_numpy(zero_copy_only=False)
+    id_col = table.column("token_id").to_numpy()
+    count_col = table.column("count").to_numpy()
+    lines_col = table.column("lines").to_numpy()
+    for token_id, token in zip(id_col.tolist(), table.column("token").to_pylist()):
+        vocab[token_id] = token
+    result = Counts(tokenizer=meta["tokenizer"], fingerprint=meta["tokenizer_fingerprint"], vocab=vocab,
+                    unk_id=meta.get("unk_id"))
+    result.extra = {k: v for k, v in meta.items()
+                    if k not in ("format", "tokenizer", "tokenizer_fingerprint", "vocab_size", "unk_id", "languages")}
+    for lang, totals in meta["languages"].items():
+        rows = lang_col == lang
+        occurrences = np.zeros(vocab_size, dtype=np.int64)
+        line_counts = np.zeros(vocab_size, dtype=np.int64)
+        occurrences[id_col[rows]] = count_col[rows]
+        line_counts[id_col[rows]] = lines_col[rows]
+        result.occurrences[lang] = occurrences
+        result.line_counts[lang] = line_counts
+        result.totals[lang] = LanguageTotals(**totals)
+    return result
+
+
+def merge(parts: list[Counts]) -> Counts:
+    """Add counts made with the same tokenizer (shards of one corpus, or other corpora)."""
+    first = parts[0]
+    merged = Counts(tokenizer=first.tokenizer, fingerprint=first.fingerprint, vocab=list(first.vocab),
+                    unk_id=first.unk_id)
+    merged.extra = {"shard": "merged", "caps": first.extra.get("caps"),
+                    "merged_from": [p.extra.get("shard") for p in parts]}
+    for part in parts:
+        if part.fingerprint != first.fingerprint:
+            raise UserError(f"cannot merge counts made with different tokenizers: {first.tokenizer} and {part.tokenizer}")
+        for i, token in enumerate(part.vocab):  # token strings of ids only one part saw
+            if token and not merged.vocab[i]:
+                merged.vocab[i] = token
+        for lang in part.languages:
+            if lang not in merged.occurrences:
+                merged.occurrences[lang] = np.zeros(first.vocab_size, dtype=np.int64)
+                merged.line_counts[lang] = np.zeros(first.vocab_size, dtype=np.int64)
+                merged.totals[lang] = LanguageTotals()
+            merged.occurrences[lang] += part.occurrences[lang]
+            merged.line_counts[lang] += part.line_counts[lang]
+            total, add = merged.totals[lang], part.totals[lang]
+            for name in ("lines", "tokens", "chars", "unk", "replaced_bytes", "seconds"):
+                setattr(total, name, getattr(total, name) + getattr(add, name))
+            total.sources = total.sources or add.sources
+    for lang, total in merged.totals.items():
+        total.distinct = int(np.count_nonzero(merged.occurrences[lang]))
+        total.seconds = round(total.seconds, 3)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def summary_table(counts: Counts) -> str:
+    """A one-screen table of per-language totals."""
+    header = ("lang", "lines", "tokens", "chars", "distinct", "unk", "unk %", "replaced", "tokens/s")
+    rows = [header]
+    for lang, t in counts.totals.items():
+        rate = f"{t.tokens / t.seconds:,.0f}" if t.seconds else "-"
+        unk_share = f"{100 * t.unk / t.tokens:.3f}" if t.tokens else "-"
+        rows.append((lang, f"{t.lines:,}", f"{t.tokens:,}", f"{t.chars:,}", f"{t.distinct:,}", f"{t.unk:,}",
+                     unk_share, f"{t.replaced_bytes:,}", rate))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_count_parser(subparsers) -> None:
+    p = subparsers.add_parser("count", help="count token occurrences per language (Parquet)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokenizer", required=True, help="hub name, model folder or tokenizer.json")
+    p.add_argument("--lang", action="append", required=True, metavar="LANG=SOURCE",
+                   help="a language and one of its sources; repeat for more sources or languages")
+    p.add_argument("--out", required=True, help="the Parquet file to write")
+    p.add_argument("--max-lines", type=int, help="cap on lines per language (deterministic sample)")
+    p.add_argument("--max-bytes", type=int, help="cap on UTF-8 bytes per language (deterministic sample)")
+    p.add_argument("--min-chars", type=int, default=0, help="skip lines shorter than this (Geotrend: 6)")
+    p.add_argument("--sample", choices=("random", "head"), default="random",
+                   help="how caps choose lines: seeded random sample over the whole corpus, or the first lines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", help="I/N: count only shard I of N of every language (merge the parts after)")
+    p.add_argument("--batch-lines", type=int, default=2048, help="lines per encode_batch call")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code to run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_count)
+
+
+def run_count(args) -> int:
+    check_writable(args.out, args.overwrite)  # before the (possibly long) work
+    languages = group_lang_specs(args.lang)
+    caps = Caps(max_lines=args.max_lines, max_bytes=args.max_bytes, min_chars=args.min_chars,
+                sample=args.sample, seed=args.seed)
+    shard = parse_shard(args.shard)
+    if args.batch_lines < 1:
+        raise UserError("--batch-lines must be at least 1")
+    counts = count_corpora(args.tokenizer, languages, caps, shard, args.batch_lines,
+                           show_progress=False if args.no_progress else None,
+                           trust_remote_code=args.trust_remote_code)
+    write_counts(counts, args.out, args.overwrite)
+    print(summary_table(counts))
+    print(f"wrote {args.out} ({sum(int(np.count_nonzero(c)) for c in counts.occurrences.values()):,} rows)")
+    return 0
+
+
+def add_merge_parser(subparsers) -> None:
+    p = subparsers.add_parser("merge", help="add counts files (e.g. shards) into one")
+    p.add_argument("parts", nargs="+", help="counts files written by 'count'")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_merge)
+
+
+def run_merge(args) -> int:
+    check_writable(args.out, args.overwrite)
+    merged = merge([read_counts(p) for p in args.parts])
+    write_counts(merged, args.out, args.overwrite)
+    print(summary_table(merged))
+    print(f"wrote {args.out} from {len(args.parts)} parts")
+    return 0

@@ -1,0 +1,109 @@
+"""Loading tokenizers and models by hub name or local path, with one-line errors.
+
+Safe by default: no `trust_remote_code` unless the caller passes it, safetensors preferred.
+A missing local path, a name the hub does not know and an unreachable hub are told apart,
+because the user fixes each differently.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from polyglot_distil.errors import UserError
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else can only be a local path."""
+    return not _HUB_ID.match(name) or name.startswith(".")
+
+
+def _load_failure(what: str, name: str, exc: BaseException) -> UserError:
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    lowered = f"{type(exc).__name__} {text}".lower()
+    if os.path.exists(name):
+        return UserError(f"cannot load {what} from {name}: {first}")
+    if _looks_like_path(name):
+        return UserError(f"{what} not found: {name} is not an existing path")
+    if any(w in lowered for w in ("offline", "couldn't connect", "connection", "resolve", "max retries", "timed out")):
+        return UserError(f"cannot load {what} {name!r}: the Hugging Face hub is unreachable and no local copy is "
+                         "cached; pass a local folder, or run once with network access")
+    if any(w in lowered for w in ("not a valid model identifier", "repository not found", "404", "does not appear")):
+        return UserError(f"{what} not found: {name!r} is neither a local path nor a model on the Hugging Face hub")
+    return UserError(f"cannot load {what} {name!r}: {first}")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """A fast (Rust-backed) `transformers` tokenizer from a hub name, a model folder, or a bare
+    `tokenizer.json` file."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    name = str(name_or_path)
+    if os.path.isfile(name):
+        if not name.endswith(".json"):
+            raise UserError(f"cannot load a tokenizer from the file {name}: pass its folder or a tokenizer.json")
+        try:
+            return PreTrainedTokenizerFast(tokenizer_file=name)
+        except Exception as exc:
+            raise _load_failure("tokenizer", name, exc) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise _load_failure("tokenizer", name, exc) from None
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise UserError(f"the tokenizer of {name} has no fast (tokenizers) version, which polyglot-distil needs")
+    return tokenizer
+
+
+def raw_backend(tokenizer):
+    """A copy of the tokenizer's `tokenizers.Tokenizer` with truncation and padding switched off,
+    so that counting and verifying see every token of every line."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def vocab_in_id_order(tokenizer) -> list[str]:
+    """Every token string, indexed by id (added tokens included)."""
+    backend = tokenizer.backend_tokenizer
+    size = backend.get_vocab_size(with_added_tokens=True)
+    tokens = [backend.id_to_token(i) for i in range(size)]
+    return ["" if t is None else t for t in tokens]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary in id order and the tokenizer model's type: counts made with one
+    tokenizer must not be applied to another."""
+    backend = tokenizer.backend_tokenizer
+    digest = hashlib.sha256(type(backend.model).__name__.encode())
+    for token in vocab_in_id_order(tokenizer):
+        digest.update(token.encode("utf-8", errors="surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
+def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_code: bool = False, **kwargs):
+    """A `transformers` model (default `AutoModel`) by hub name or local folder; safetensors
+    preferred, no remote code unless asked."""
+    from transformers import AutoModel
+
+    model_class = model_class or AutoModel
+    name = str(name_or_path)
+    if os.path.isfile(name):
+        raise UserError(f"{name} is a file; pass the model's folder")
+    try:
+        return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise _load_failure("model", name, exc) from None
+
+
+def folder_size_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of every file below `path`."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny models and tokenizers built once per test session, and the real
+vocabularies and XNLI text from ../shared/data (tests that need them skip when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("POLYGLOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CORPORA = ROOT / "corpora"
+SAMPLE_FILES = [CORPORA / lang / "sample.txt" for lang in ("en", "fr", "de", "es", "sw")]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; skips the calling test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/data is not beside this checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_files() -> list[Path]:
+    return [f for f in SAMPLE_FILES if f.exists()]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, sample_files) -> Path:
+    """BertForMaskedLM, hidden 32, 4 layers, WordPiece (~1000 tokens) trained on the samples."""
+    from polyglot_distil.smoke import build_smoke_model
+
+    return build_smoke_model(tmp_path_factory.mktemp("tiny_bert"), "bert", texts=sample_files, vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tmp_path_factory, sample_files) -> Path:
+    """XLMRobertaForMaskedLM, hidden 32, 4 layers, Unigram (~1000 pieces) trained on the samples."""
+    from polyglot_distil.smoke import build_smoke_model
+
+    return build_smoke_model(tmp_path_factory.mktemp("tiny_xlmr"), "xlmr", texts=sample_files, vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def mbert_vocab_dir(tmp_path_factory) -> Path:
+    """BertForMaskedLM, hidden 32, with the real 119,547-token mBERT (cased) vocabulary."""
+    from polyglot_distil.smoke import build_smoke_model
+
+    vocab = shared("mbert", "vocab.txt")
+    return build_smoke_model(tmp_path_factory.mktemp("mbert_vocab"), "bert", vocab_file=vocab, num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def xlmr_tokenizer_dir(tmp_path_factory) -> Path:
+    """XLMRobertaForMaskedLM, hidden 32, with the real 250,002-entry XLM-R tokenizer (its
+    tokenizer.json sets truncation at 128 and padding, as many saved tokenizers do)."""
+    from polyglot_distil.smoke import build_smoke_model
+
+    tokenizer_json = shared("xlmr", "tokenizer.json")
+    return build_smoke_model(tmp_path_factory.mktemp("xlmr_tok"), "xlmr", tokenizer_json=tokenizer_json, num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def xnli_dir() -> Path:
+    return shared("xnli")
+
+
+def run_cli(*args: str) -> int:
+    """Run the command line in-process; returns its exit status."""
+    from polyglot_distil.cli import main
+
+    return main([str(a) for a in args])
