@@ -150,7 +150,7 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
     backend = raw_backend(tokenizer)
     vocab = vocab_in_id_order(tokenizer)
-    result = Counts(tokenizer=str(tokenizer_name), fingerprint=tokenizer_fingerprint(tokenizer), vocab=vocab,
+    result = Counts(tokenizer=str(tokenizer_name), fingerprint=tokenizer_fingerprint(tokenizer, vocab), vocab=vocab,
                     unk_id=_unk_id(tokenizer))
     result.extra = {"shard": f"{shard[0]}/{shard[1]}", "caps": asdict(caps or Caps())}
     for lang, sources in languages.items():

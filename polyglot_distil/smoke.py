@@ -153,3 +153,38 @@ def build_smoke_model(out: str | Path, family: str = "bert", *, texts: Iterable[
     model.save_pretrained(out)
     (out / "README.md").write_text(SMOKE_CARD, encoding="utf-8")
     return out
+
+
+def add_smoke_parser(subparsers) -> None:
+    p = subparsers.add_parser("smoke-model", help="build a tiny random-weight model (offline demo, tests)")
+    p.add_argument("--family", choices=("bert", "xlmr"), default="bert")
+    p.add_argument("--texts", nargs="*", default=[], help="text files to train the tokenizer on")
+    p.add_argument("--vocab-file", help="use this WordPiece vocab.txt instead of training (bert)")
+    p.add_argument("--tokenizer-json", help="use this Unigram tokenizer.json instead of training (xlmr)")
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.add_argument("--hidden-size", type=int, default=32)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--head", default="masked-lm",
+                   choices=("base", "masked-lm", "sequence-classification", "token-classification",
+                            "question-answering"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_smoke)
+
+
+def run_smoke(args) -> int:
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.outputs import atomic_dir
+
+    for f in [*args.texts, args.vocab_file, args.tokenizer_json]:
+        if f and not Path(f).is_file():
+            raise UserError(f"file not found: {f}")
+    if not (args.texts or args.vocab_file or args.tokenizer_json):
+        raise UserError("pass --texts FILE... to train a tokenizer, or --vocab-file / --tokenizer-json")
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        build_smoke_model(tmp, args.family, texts=args.texts, vocab_file=args.vocab_file,
+                          tokenizer_json=args.tokenizer_json, vocab_size=args.vocab_size,
+                          hidden_size=args.hidden_size, num_layers=args.layers, head=args.head, seed=args.seed)
+    print(f"wrote smoke model (random weights) to {args.out}")
+    return 0

@@ -1,0 +1,175 @@
+"""`count` and `merge`: counts equal a straightforward per-line reference count, for tiny and
+real tokenizers; shards merged equal one run; bad input fails with one line and no file."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import CORPORA, run_cli
+from polyglot_distil.corpus import parse_sources
+from polyglot_distil.count import count_corpora, count_lines, merge, read_counts, write_counts
+from polyglot_distil.loading import load_tokenizer, raw_backend
+
+
+def reference_counts(tokenizer, lines):
+    """The obvious way: one encode per line, a Counter for occurrences, a set per line."""
+    occurrences, line_counts = Counter(), Counter()
+    for line in lines:
+        ids = tokenizer(line, add_special_tokens=False, truncation=False)["input_ids"]
+        occurrences.update(ids)
+        line_counts.update(set(ids))
+    return occurrences, line_counts
+
+
+def assert_matches_reference(tokenizer_dir, lines):
+    tokenizer = load_tokenizer(tokenizer_dir)
+    occurrences, line_counts, tokens = count_lines(raw_backend(tokenizer), lines, len(tokenizer), batch_lines=7)
+    ref_occ, ref_lines = reference_counts(tokenizer, lines)
+    assert tokens == sum(ref_occ.values()) > 0
+    assert {i: int(c) for i, c in enumerate(occurrences) if c} == dict(ref_occ)
+    assert {i: int(c) for i, c in enumerate(line_counts) if c} == dict(ref_lines)
+
+
+def sample_lines(n=120):
+    lines = []
+    for lang in ("en", "fr", "sw"):
+        with open(CORPORA / lang / "sample.txt", encoding="utf-8") as handle:
+            lines.extend(itertools.islice(handle.read().splitlines(), n))
+    return lines
+
+
+def test_counts_equal_reference_for_tiny_wordpiece(tiny_bert_dir):
+    assert_matches_reference(tiny_bert_dir, sample_lines())
+
+
+def test_counts_equal_reference_for_tiny_unigram(tiny_xlmr_dir):
+    assert_matches_reference(tiny_xlmr_dir, sample_lines())
+
+
+def xnli_lines(xnli_dir, lang, n=300):
+    lines = []
+    with open(xnli_dir / f"dev-{lang}.tsv", encoding="utf-8") as handle:
+        for row in itertools.islice(handle, n):
+            lines.extend(row.rstrip("\n").split("\t")[:2])
+    return lines
+
+
+def test_counts_equal_reference_for_real_mbert_vocabulary(mbert_vocab_dir, xnli_dir):
+    assert_matches_reference(mbert_vocab_dir, xnli_lines(xnli_dir, "fr") + xnli_lines(xnli_dir, "zh"))
+
+
+def test_counts_equal_reference_for_real_xlmr_tokenizer_without_truncation(xlmr_tokenizer_dir, xnli_dir):
+    long_line = " ".join(["bonjour le monde"] * 100)  # ~300 pieces: past the file's truncation at 128
+    assert_matches_reference(xlmr_tokenizer_dir, xnli_lines(xnli_dir, "sw") + xnli_lines(xnli_dir, "ar") + [long_line])
+
+
+def test_lines_counts_a_token_once_per_line(tiny_bert_dir):
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    lines = ["la la la la", "la", "autre chose"]
+    (la_id,) = tokenizer("la", add_special_tokens=False)["input_ids"]
+    occurrences, line_counts, _ = count_lines(raw_backend(tokenizer), lines, len(tokenizer))
+    assert occurrences[la_id] == 5
+    assert line_counts[la_id] == 2
+
+
+def test_count_command_writes_table_and_metadata(tmp_path, tiny_bert_dir, capsys):
+    out = tmp_path / "counts.parquet"
+    code = run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+                   "--lang", f"fr={CORPORA / 'fr' / 'sample.txt'}", "--out", out, "--no-progress")
+    assert code == 0
+    table = pq.read_table(out)
+    assert table.column_names == ["lang", "token_id", "token", "count", "lines"]
+    assert [str(t) for t in table.schema.types] == ["string", "int64", "string", "int64", "int64"]
+    counts = read_counts(out)
+    assert counts.languages == ["en", "fr"]
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    fr_lines = (CORPORA / "fr" / "sample.txt").read_text(encoding="utf-8").splitlines()
+    ref_occ, ref_lines = reference_counts(tokenizer, [line for line in fr_lines if line.strip()])
+    assert counts.totals["fr"].tokens == sum(ref_occ.values())
+    assert counts.totals["fr"].lines == sum(1 for line in fr_lines if line.strip())
+    assert counts.totals["fr"].chars == sum(len(line) for line in fr_lines if line.strip())
+    assert counts.totals["fr"].unk == ref_occ.get(tokenizer.unk_token_id, 0)
+    assert {i: int(c) for i, c in enumerate(counts.line_counts["fr"]) if c} == dict(ref_lines)
+    rows = table.to_pylist()
+    assert all(row["token"] == tokenizer.convert_ids_to_tokens(row["token_id"]) for row in rows[:50])
+    assert "fr" in capsys.readouterr().out  # the summary table
+
+
+def test_merged_shards_equal_one_run(tmp_path, tiny_xlmr_dir):
+    specs = {"en": [str(CORPORA / "en" / "sample.txt")], "sw": [str(CORPORA / "sw" / "sample.txt")]}
+    languages = {lang: parse_sources(s) for lang, s in specs.items()}
+    whole = count_corpora(str(tiny_xlmr_dir), languages, show_progress=False)
+    paths = []
+    for i in range(3):
+        part = count_corpora(str(tiny_xlmr_dir), languages, shard=(i, 3), show_progress=False)
+        paths.append(write_counts(part, tmp_path / f"part{i}.parquet"))
+    out = tmp_path / "merged.parquet"
+    assert run_cli("merge", *paths, "--out", out) == 0
+    merged = read_counts(out)
+    for lang in specs:
+        np.testing.assert_array_equal(merged.occurrences[lang], whole.occurrences[lang])
+        np.testing.assert_array_equal(merged.line_counts[lang], whole.line_counts[lang])
+        assert merged.totals[lang].lines == whole.totals[lang].lines
+        assert merged.totals[lang].tokens == whole.totals[lang].tokens
+
+
+def test_merge_refuses_counts_of_different_tokenizers(tmp_path, tiny_bert_dir, tiny_xlmr_dir, capsys):
+    sources = {"en": parse_sources([str(CORPORA / "en" / "sample.txt")])}
+    a = write_counts(count_corpora(str(tiny_bert_dir), sources, show_progress=False), tmp_path / "a.parquet")
+    b = write_counts(count_corpora(str(tiny_xlmr_dir), sources, show_progress=False), tmp_path / "b.parquet")
+    assert run_cli("merge", a, b, "--out", tmp_path / "c.parquet") == 2
+    assert "different tokenizers" in capsys.readouterr().err
+    assert not (tmp_path / "c.parquet").exists()
+    assert merge([read_counts(a), read_counts(a)]).totals["en"].lines == 2 * read_counts(a).totals["en"].lines
+
+
+def bad_input_cases(tmp_path, tiny_bert_dir):
+    sample = CORPORA / "en" / "sample.txt"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text("id\ttext\n1\tbonjour\n", encoding="utf-8")
+    existing = tmp_path / "existing.parquet"
+    existing.write_bytes(b"keep me")
+    return {
+        "missing file": (["--tokenizer", tiny_bert_dir, "--lang", "en=nope/missing.txt"], "source file not found"),
+        "malformed lang": (["--tokenizer", tiny_bert_dir, "--lang", f"en:{sample}"], "expected LANG=SOURCE"),
+        "empty corpus": (["--tokenizer", tiny_bert_dir, "--lang", f"en={empty}"], "empty corpus for language 'en'"),
+        "tsv column": (["--tokenizer", tiny_bert_dir, "--lang", f"en={tsv}?columns=premise"], "no column 'premise'"),
+        "missing tokenizer": (["--tokenizer", tmp_path / "no_such_model", "--lang", f"en={sample}"],
+                              "tokenizer not found"),
+        "hub unreachable": (["--tokenizer", "someone/unknown-model", "--lang", f"en={sample}"],
+                            "hub is unreachable"),
+        "existing output": (["--tokenizer", tiny_bert_dir, "--lang", f"en={sample}", "--out", existing],
+                            "already exists; pass --overwrite"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "malformed lang", "empty corpus", "tsv column",
+                                  "missing tokenizer", "hub unreachable", "existing output"])
+def test_bad_input_gives_one_line_and_no_file(tmp_path, tiny_bert_dir, capsys, monkeypatch, case):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args, message = bad_input_cases(tmp_path, tiny_bert_dir)[case]
+    out = tmp_path / "counts.parquet"
+    if "--out" not in args:
+        args = args + ["--out", out]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run_cli("count", *args, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary left behind
+    if case == "existing output":
+        assert (tmp_path / "existing.parquet").read_bytes() == b"keep me"
+
+
+def test_overwrite_replaces_an_existing_output(tmp_path, tiny_bert_dir):
+    out = tmp_path / "counts.parquet"
+    out.write_bytes(b"old")
+    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+                   "--out", out, "--overwrite", "--no-progress") == 0
+    assert read_counts(out).totals["en"].lines > 0
