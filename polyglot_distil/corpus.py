@@ -435,13 +435,22 @@ def iter_language(
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
-    """`"2/8"` -> `(2, 8)`; shards are numbered 0..N-1."""
+    """`"2/8"` -> `(2, 8)`; shards are numbered 0..N-1. `"auto"` takes the process's rank and
+    world size from the environment that `torchrun` and `accelerate launch` set (RANK,
+    WORLD_SIZE), or a job array's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT."""
     if not spec:
         return (0, 1)
+    if spec == "auto":
+        for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")):
+            if rank_var in os.environ and size_var in os.environ:
+                spec = f"{os.environ[rank_var]}/{os.environ[size_var]}"
+                break
+        else:
+            return (0, 1)
     try:
         index, count = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise UserError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+        raise UserError(f"--shard {spec!r}: expected I/N, e.g. 0/4, or auto") from None
     if count < 1 or not 0 <= index < count:
         raise UserError(f"--shard {spec!r}: need 0 <= I < N")
     return index, count

@@ -334,7 +334,9 @@ def add_count_parser(subparsers) -> None:
     p.add_argument("--sample", choices=("random", "head"), default="random",
                    help="how caps choose lines: seeded random sample over the whole corpus, or the first lines")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard", help="I/N: count only shard I of N of every language (merge the parts after)")
+    p.add_argument("--shard", help="I/N: count only shard I of N of every language (merge the parts after); "
+                   "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
+                   "OUT with '.shard-I-of-N' before its suffix")
     p.add_argument("--batch-lines", type=int, default=2048, help="lines per encode_batch call")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code to run")
@@ -342,12 +344,20 @@ def add_count_parser(subparsers) -> None:
     p.set_defaults(func=run_count)
 
 
+def shard_path(out: str | Path, shard: tuple[int, int]) -> Path:
+    """`counts.parquet`, shard (2, 8) -> `counts.shard-2-of-8.parquet`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}")
+
+
 def run_count(args) -> int:
+    shard = parse_shard(args.shard)
+    if args.shard == "auto" and shard[1] > 1:
+        args.out = str(shard_path(args.out, shard))
     check_writable(args.out, args.overwrite)  # before the (possibly long) work
     languages = group_lang_specs(args.lang)
     caps = Caps(max_lines=args.max_lines, max_bytes=args.max_bytes, min_chars=args.min_chars,
                 sample=args.sample, seed=args.seed)
-    shard = parse_shard(args.shard)
     if args.batch_lines < 1:
         raise UserError("--batch-lines must be at least 1")
     counts = count_corpora(args.tokenizer, languages, caps, shard, args.batch_lines,

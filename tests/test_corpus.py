@@ -165,3 +165,13 @@ def test_malformed_lang_specs_are_errors(spec, message):
 def test_malformed_shards_are_errors(spec):
     with pytest.raises(UserError, match="--shard"):
         parse_shard(spec)
+
+
+def test_auto_shard_follows_the_launcher_environment(monkeypatch):
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_shard("auto") == (1, 4)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert parse_shard("auto") == (0, 1)

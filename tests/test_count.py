@@ -173,3 +173,16 @@ def test_overwrite_replaces_an_existing_output(tmp_path, tiny_bert_dir):
     assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--out", out, "--overwrite", "--no-progress") == 0
     assert read_counts(out).totals["en"].lines > 0
+
+
+def test_auto_shard_writes_one_file_per_rank(tmp_path, tiny_bert_dir, monkeypatch):
+    sample = CORPORA / "en" / "sample.txt"
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={sample}", "--shard", "auto",
+                       "--out", tmp_path / "counts.parquet", "--no-progress") == 0
+    parts = sorted(tmp_path.glob("counts.shard-*-of-2.parquet"))
+    assert [p.name for p in parts] == ["counts.shard-0-of-2.parquet", "counts.shard-1-of-2.parquet"]
+    lines = sum(read_counts(p).totals["en"].lines for p in parts)
+    assert lines == sum(1 for line in sample.read_text(encoding="utf-8").splitlines() if line.strip())
