@@ -2,6 +2,11 @@
 
     polyglot-distil count   --tokenizer NAME --lang en=FILE --lang fr=FILE --out counts.parquet
     polyglot-distil merge   part0.parquet part1.parquet --out counts.parquet
+    polyglot-distil trim    --model NAME --counts counts.parquet --langs en,fr --out DIR
+    polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
+    polyglot-distil student --teacher DIR --out DIR [--layers 6 --init-layers 0,2,4,7,9,11]
+    polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
+    polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
 
 Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
 a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user errors too).
@@ -18,7 +23,7 @@ from polyglot_distil.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from polyglot_distil import count
+    from polyglot_distil import count, evaluate, smoke
 
     parser = argparse.ArgumentParser(
         prog="polyglot-distil",
@@ -28,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Each stage module adds its own subcommand(s), in pipeline order.
     count.add_count_parser(subparsers)
     count.add_merge_parser(subparsers)
+    smoke.add_smoke_parser(subparsers)
+    evaluate.add_eval_parser(subparsers)
     return parser
 
 

@@ -58,7 +58,8 @@ def write_bert_tokenizer(folder: str | Path, vocab: list[str] | None = None, tex
         trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=False if not lowercase else None)
         trainer.train_from_iterator(_lines(texts), vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
                                     min_frequency=1, limit_alphabet=1000)
-        vocab = [t for t, _ in sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])]
+        # The trainer orders tied tokens differently from run to run: sort for a reproducible model.
+        vocab = BERT_SPECIALS + sorted(t for t in trainer.get_vocab() if t not in BERT_SPECIALS)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "model_max_length": 512}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -101,6 +102,19 @@ def _train_unigram(lines: list[str], vocab_size: int):
     trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIALS, unk_token="<unk>",
                              shrinking_factor=0.75, max_piece_length=16)
     tokenizer.train_from_iterator(lines, trainer=trainer)
+    # Multi-threaded training varies the scores' last digits and the order of ties from run to
+    # run: round and sort the pieces for a reproducible model.
+    state = json.loads(tokenizer.to_str())
+    specials, pieces = state["model"]["vocab"][:len(XLMR_SPECIALS)], state["model"]["vocab"][len(XLMR_SPECIALS):]
+    pieces = sorted(([piece, round(score, 6)] for piece, score in pieces), key=lambda p: (-p[1], p[0]))
+    # The trainer appends the required characters with made-up scores (min - 1e-4, min - 2e-4,
+    # ...) in hash order: give the single characters after the last longer piece their scores in
+    # alphabetical order instead.
+    tail = max(i for i, (piece, _) in enumerate(pieces) if len(piece) > 1) + 1
+    scores = [score for _, score in pieces[tail:]]
+    pieces[tail:] = [[piece, score] for piece, score in zip(sorted(p for p, _ in pieces[tail:]), scores)]
+    state["model"]["vocab"] = specials + pieces
+    tokenizer = Tokenizer.from_str(json.dumps(state))
     # XLM-R keeps <mask> as the last id, after every piece.
     tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
     tokenizer.post_processor = processors.TemplateProcessing(

@@ -1,0 +1,137 @@
+"""Reading NLI pairs: XTREME-style TSV, JSONL, Hugging Face datasets, and XNLI splits by language."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import shared
+
+from polyglot_distil.errors import UserError
+from polyglot_distil.nli_data import LABELS, NLIData, read_nli, xnli_split
+
+
+def write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_labels_are_in_xnli_order():
+    assert LABELS == ("entailment", "neutral", "contradiction")
+
+
+def test_tsv_is_read_in_file_order_with_where_each_pair_came_from(tmp_path):
+    tsv = write(tmp_path / "dev-fr.tsv",
+                "Il pleut.\tLe sol est mouillé.\tentailment\n"
+                "\n"
+                "Il pleut.\tIl fait beau.\tcontradiction\n"
+                "Il pleut.\tJe reste chez moi.\tneutral\n")
+    data = read_nli(tsv)
+    assert data.premises == ["Il pleut."] * 3
+    assert data.hypotheses == ["Le sol est mouillé.", "Il fait beau.", "Je reste chez moi."]
+    assert data.labels.tolist() == [0, 2, 1]
+    assert data.lines.tolist() == [1, 3, 4]  # the blank line 2 is skipped, numbering kept
+    assert data.where(1) == f"{tsv}:3"
+
+
+def test_tsv_accepts_xtremes_contradictory_and_a_header_row(tmp_path):
+    tsv = write(tmp_path / "train-en.tsv", "premise\thypothesis\tlabel\nA.\tB.\tcontradictory\nA.\tC.\tNeutral \n")
+    data = read_nli(tsv)
+    assert data.labels.tolist() == [2, 1]
+    assert data.lines.tolist() == [2, 3]
+
+
+def test_tsv_row_with_wrong_column_count_names_file_and_line(tmp_path):
+    tsv = write(tmp_path / "bad.tsv", "A.\tB.\tneutral\nA.\tB.\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(tsv))}:2: 2 tab-separated columns, expected 3"):
+        read_nli(tsv)
+
+
+def test_tsv_unknown_label_names_file_and_line(tmp_path):
+    tsv = write(tmp_path / "bad.tsv", "A.\tB.\tneutral\nA.\tB.\tneutral\nA.\tB.\tmaybe\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(tsv))}:3: unknown label 'maybe'"):
+        read_nli(tsv)
+
+
+def test_jsonl_takes_label_names_or_ids_and_skips_no_gold_label(tmp_path):
+    rows = [{"premise": "A.", "hypothesis": "B.", "label": "contradiction"},
+            {"premise": "A.", "hypothesis": "C.", "label": 1},
+            {"premise": "A.", "hypothesis": "D.", "label": -1}]
+    data = read_nli(write(tmp_path / "nli.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n"))
+    assert data.labels.tolist() == [2, 1]
+    assert data.hypotheses == ["B.", "C."]
+    assert data.skipped == 1
+
+
+def test_jsonl_unknown_label_names_file_and_line(tmp_path):
+    path = write(tmp_path / "nli.jsonl", json.dumps({"premise": "A.", "hypothesis": "B.", "label": 7}) + "\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:1: unknown label 7"):
+        read_nli(path)
+
+
+def test_empty_file_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="no labelled pairs"):
+        read_nli(write(tmp_path / "empty.tsv", "\n"))
+
+
+def test_hf_dataset_labels_follow_its_class_names_and_unlabelled_rows_are_skipped(monkeypatch):
+    import datasets
+
+    # MultiNLI's layout: ClassLabel names, -1 for pairs without a gold label.
+    features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["contradiction", "entailment", "neutral"])})
+    table = datasets.Dataset.from_dict(
+        {"premise": ["P0", "P1", "P2"], "hypothesis": ["H0", "H1", "H2"], "label": [0, -1, 2]}, features=features)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or table)
+    data = read_nli("hf:nyu-mll/multi_nli?split=validation_matched")
+    assert calls == [(("nyu-mll/multi_nli", None), {"split": "validation_matched"})]
+    assert data.labels.tolist() == [LABELS.index("contradiction"), LABELS.index("neutral")]
+    assert data.lines.tolist() == [0, 2]
+    assert data.skipped == 1
+
+
+def test_xnli_split_without_data_dir_asks_the_hub_for_the_language_and_split(monkeypatch):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"premise": ["P"], "hypothesis": ["H"], "label": [1]})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or table)
+    data = xnli_split(None, "dev", "sw")
+    assert calls == [(("facebook/xnli", "sw"), {"split": "validation"})]
+    assert data.labels.tolist() == [1]
+
+
+def test_xnli_split_reads_the_languages_file_from_a_folder(tmp_path):
+    write(tmp_path / "test-sw.tsv", "A.\tB.\tneutral\n")
+    assert xnli_split(tmp_path, "test", "sw").hypotheses == ["B."]
+
+
+def test_language_without_a_local_file_lists_those_present(tmp_path):
+    write(tmp_path / "test-fr.tsv", "A.\tB.\tneutral\n")
+    write(tmp_path / "test-sw.tsv", "A.\tB.\tneutral\n")
+    with pytest.raises(UserError, match=r"no XNLI data for language 'xx'.*it has test data for fr, sw"):
+        xnli_split(tmp_path, "test", "xx")
+
+
+def test_language_not_in_xnli_fails_without_reaching_the_hub():
+    with pytest.raises(UserError, match=r"no XNLI data for language 'xx': facebook/xnli has ar, bg"):
+        xnli_split(None, "test", "xx")
+
+
+def test_select_and_concat_keep_origins():
+    a = NLIData(["p0", "p1"], ["h0", "h1"], np.array([0, 1]), ["a.tsv"] * 2, np.array([1, 2]))
+    b = NLIData(["q0"], ["k0"], np.array([2]), ["b.tsv"], np.array([7]), skipped=3)
+    both = NLIData.concat([a, b]).select([2, 0])
+    assert both.premises == ["q0", "p0"]
+    assert both.labels.tolist() == [2, 0]
+    assert [both.where(i) for i in range(2)] == ["b.tsv:7", "a.tsv:1"]
+    assert NLIData.concat([a, b]).skipped == 3
+
+
+def test_shared_xnli_test_set_has_5010_balanced_pairs():
+    data = read_nli(shared("xnli", "test-fr.tsv"))
+    assert len(data) == 5010
+    assert data.label_counts().tolist() == [1670, 1670, 1670]
