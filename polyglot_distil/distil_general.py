@@ -1,0 +1,425 @@
+"""Phase 1: general bilingual distillation of a compact student on masked-LM text (BiStil).
+
+    polyglot-distil distil general --teacher out/trimmed --student out/student \
+        --lang en=corpora/en/manifest.yaml --lang fr=corpora/fr/manifest.yaml --out out/phase1
+    polyglot-distil distil general --teacher out/trimmed --layers 6 --init-layers 0,2,4,7,9,11 \
+        --lang en=... --lang fr=... --recipe distilbert --out out/phase1       # student built here
+    accelerate launch --multi_gpu --num_processes 4 -m polyglot_distil distil general ...  # 4 GPUs
+    polyglot-distil distil general ... --out out/phase1 --resume               # after an interruption
+
+The teacher (frozen, eval mode, no gradients) and the student read the same masked blocks of
+each language's text (sources as in `count`), the languages balanced 50/50, each batch from one
+language. Losses, each with its weight (`--recipe bistil`, the default: hidden 1, attention 1;
+`--recipe distilbert`: logits 5, mlm 2, cosine 1):
+
+    hidden     mean over i of MSE(student hidden state i, teacher hidden state map(i)), 0 = embeddings
+    attention  mean over layers j of MSE(student attention j, teacher attention layer_map[j]), no padding
+    logits     KL(teacher || student) at --temperature, times T^2, over every token (or only the
+               masked ones: --logit-positions masked, DistilBERT's --restrict_ce_to_mask)
+    mlm        masked-LM cross-entropy on the masked tokens
+    cosine     1 - cos(student, teacher) of the last hidden states
+
+`--layer-map 1,3,5,7,9,11` names the teacher layer each student layer imitates (default: the
+same relative depth, BiStil's 2j+1). Only what the enabled losses need is computed: attention
+maps (and the slower eager attention) only with the attention loss, MLM-head logits only with
+the logit or MLM loss, and then only at the positions used. A student narrower than the teacher
+is compared through a learned projection of its hidden states (TinyBERT), initialised by least
+squares between the two embedding matrices.
+
+Output (see training.py): OUT/final/ and OUT/best/ (model folders with the tokenizer),
+OUT/checkpoints/, OUT/metrics.jsonl, OUT/run_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from polyglot_distil.errors import UserError
+
+TERMS = ("hidden", "attention", "logits", "mlm", "cosine")
+
+
+@dataclass
+class LossWeights:
+    hidden: float = 1.0
+    attention: float = 1.0
+    logits: float = 0.0
+    mlm: float = 0.0
+    cosine: float = 0.0
+    temperature: float = 2.0
+    logit_positions: str = "all"  # or "masked"
+
+    def enabled(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
+
+
+RECIPES = {
+    "bistil": LossWeights(hidden=1, attention=1),
+    "distilbert": LossWeights(hidden=0, attention=0, logits=5, mlm=2, cosine=1),
+}
+
+
+def loss_weights(args) -> LossWeights:
+    weights = LossWeights(**asdict(RECIPES[args.recipe]))
+    for name in TERMS:
+        given = getattr(args, f"{name}_weight")
+        if given is not None:
+            if given < 0:
+                raise UserError(f"--{name}-weight must not be negative, not {given}")
+            setattr(weights, name, given)
+    if args.temperature is not None:
+        weights.temperature = args.temperature
+    weights.logit_positions = args.logit_positions
+    if not weights.enabled():
+        raise UserError("every loss weight is 0: enable at least one loss (e.g. --hidden-weight 1)")
+    if weights.temperature <= 0:
+        raise UserError(f"--temperature must be positive, not {weights.temperature}")
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str, student_name: str,
+                          teacher_rows: int, student_rows: int) -> None:
+    """Teacher and student must give every token the same id (compared in id order)."""
+    from polyglot_distil.loading import vocab_in_id_order
+
+    t_vocab, s_vocab = vocab_in_id_order(teacher_tokenizer), vocab_in_id_order(student_tokenizer)
+    if t_vocab != s_vocab:
+        first = next((i for i, (a, b) in enumerate(zip(t_vocab, s_vocab)) if a != b), min(len(t_vocab), len(s_vocab)))
+        raise UserError(f"teacher {teacher_name} and student {student_name} have different vocabularies "
+                        f"({len(t_vocab):,} and {len(s_vocab):,} tokens, first difference at id {first}); build the "
+                        f"student from this teacher with 'polyglot-distil student --teacher {teacher_name}'")
+    if teacher_rows != student_rows:
+        raise UserError(f"teacher {teacher_name} has {teacher_rows:,} embedding rows but student {student_name} has "
+                        f"{student_rows:,}; build the student from this teacher with 'polyglot-distil student'")
+
+
+def _max_block_size(config) -> int:
+    # RoBERTa-style position ids start after the padding id, which costs pad_token_id + 1 positions.
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
+    return config.max_position_embeddings - offset
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | None, seed: int,
+                show_progress: bool | None) -> dict:
+    """{lang: int32 blocks [n, block_size]} from each language's sources."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from polyglot_distil.corpus import Caps, ReadStats, iter_language
+    from polyglot_distil.mlm_data import encode_text, to_blocks
+
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if first is None or last is None or tokenizer.mask_token_id is None:
+        raise UserError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) and mask tokens, which masked-LM blocks need")
+    blocks = {}
+    for lang, sources in languages.items():
+        stats = ReadStats()
+        where = ", ".join(str(s) for s in sources)
+        with tqdm(desc=f"tokenize {lang}", unit=" lines", file=sys.stderr, dynamic_ncols=True,
+                  disable=None if show_progress is None else not show_progress) as bar:
+            ids = encode_text(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
+                              tokenizer, progress=bar.update)
+        if stats.lines == 0:
+            raise UserError(f"no text for language {lang!r}: {where} holds no non-blank lines")
+        blocks[lang] = to_blocks(ids, block_size, first, last)
+        if len(blocks[lang]) == 0:
+            raise UserError(f"language {lang!r}: {where} gives {len(ids):,} tokens, less than one block of "
+                            f"{block_size}; give more text or a smaller --block-size")
+    return blocks
+
+
+def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed: int):
+    """(training batches, held-out batches or None) from every language's blocks."""
+    from polyglot_distil.mlm_data import LanguageBatches, split_heldout
+
+    if heldout_blocks and heldout_blocks < batch_size:
+        raise UserError(f"--heldout-blocks {heldout_blocks} is less than one batch of {batch_size} blocks; "
+                        "raise it, or pass 0 for no held-out evaluation")
+    train, held = {}, {}
+    for lang, lang_blocks in blocks.items():
+        if len(lang_blocks) < heldout_blocks + batch_size:
+            raise UserError(f"language {lang!r}: {len(lang_blocks)} blocks of text, too few for "
+                            f"{heldout_blocks} held-out blocks and one batch of {batch_size}; give more text, "
+                            "or lower --heldout-blocks, --batch-size or --block-size")
+        train[lang], held[lang] = split_heldout(lang_blocks, heldout_blocks, seed)
+    heldout = LanguageBatches(held, batch_size, masking, seed + 1) if heldout_blocks else None
+    return LanguageBatches(train, batch_size, masking, seed), heldout
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and loss
+
+
+def _student_forward(parts, input_ids, attention_mask, logit_rows=None, *, hidden_states: bool, attentions: bool):
+    """The trained computation (inside the DDP-wrapped module): the student's outputs, its hidden
+    states projected to the teacher's width when it is narrower."""
+    from polyglot_distil.student import encoder_outputs
+
+    out = encoder_outputs(parts["student"], input_ids, attention_mask, hidden_states=hidden_states,
+                          attentions=attentions, logit_rows=logit_rows)
+    if "projection" in parts:
+        project = parts["projection"]
+        out["last"] = project(out["last"])
+        if out["hidden"] is not None:
+            out["hidden"] = tuple(project(h) for h in out["hidden"])
+    return out
+
+
+def _embedding_projection(student, teacher):
+    """Linear map student width -> teacher width, least squares between the embedding matrices
+    (the inverse of the SVD reduction when the student's embeddings came from one)."""
+    import torch
+
+    source = student.get_input_embeddings().weight.detach().float()
+    target = teacher.get_input_embeddings().weight.detach().float()
+    solution = torch.linalg.lstsq(source, target).solution  # [H_student, H_teacher]
+    projection = torch.nn.Linear(source.shape[1], target.shape[1], bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(solution.T)
+    return projection
+
+
+def student_module(student, teacher, weights: LossWeights):
+    """The trained module: the student (its MLM head frozen unless a loss reads logits) and, for a
+    narrower student, the projection of its hidden states. Called as `module(ids, mask, rows)`."""
+    import functools
+
+    from polyglot_distil.student import mlm_head
+    from polyglot_distil.training import Trainable
+
+    if not (weights.logits or weights.mlm):  # the head gets no gradient (its decoder is tied to the embeddings)
+        embedding = student.get_input_embeddings().weight
+        for param in mlm_head(student).parameters():
+            if param is not embedding:
+                param.requires_grad_(False)
+    parts = {"student": student}
+    if student.config.hidden_size != teacher.config.hidden_size and (weights.hidden or weights.cosine):
+        parts["projection"] = _embedding_projection(student, teacher)
+    return Trainable(parts, functools.partial(_student_forward, hidden_states=weights.hidden > 0,
+                                              attentions=weights.attention > 0))
+
+
+def logit_rows(batch: dict, weights: LossWeights):
+    """Where the MLM head runs: every token for the logit loss (unless restricted to the masked
+    ones), the masked ones for the MLM loss alone, nowhere otherwise (bool [B, L] or None)."""
+    from polyglot_distil.mlm_data import IGNORE_INDEX
+
+    if weights.logits and weights.logit_positions == "all":
+        return batch["attention_mask"].bool()
+    return batch["labels"] != IGNORE_INDEX if weights.logits or weights.mlm else None
+
+
+def teacher_outputs(teacher, batch: dict, weights: LossWeights, rows) -> dict:
+    """The teacher's forward, no gradients, returning only what the enabled losses read."""
+    import torch
+
+    from polyglot_distil.student import encoder_outputs
+
+    with torch.no_grad():
+        return encoder_outputs(teacher, batch["input_ids"], batch["attention_mask"], hidden_states=weights.hidden > 0,
+                               attentions=weights.attention > 0, logit_rows=rows if weights.logits else None)
+
+
+def distillation_terms(s: dict, t: dict, batch: dict, rows, weights: LossWeights, layer_map: list[int]) -> dict:
+    """{term: scalar} for every enabled loss, from the student's and teacher's outputs."""
+    from polyglot_distil import losses
+    from polyglot_distil.mlm_data import IGNORE_INDEX
+    from polyglot_distil.student import hidden_state_pairs
+
+    mask = batch["attention_mask"]
+    terms = {}
+    if weights.hidden:
+        pairs = hidden_state_pairs(layer_map)
+        terms["hidden"] = losses.hidden_mse([s["hidden"][i] for i, _ in pairs],
+                                            [t["hidden"][k] for _, k in pairs], mask)
+    if weights.attention:
+        terms["attention"] = losses.attention_mse(s["attentions"], [t["attentions"][k] for k in layer_map], mask)
+    if weights.logits:
+        terms["logits"] = losses.logit_kl(s["logits"], t["logits"], weights.temperature)
+    if weights.mlm:
+        labels = batch["labels"][rows]
+        masked = labels != IGNORE_INDEX  # with the logit loss, rows are every token: keep the masked ones
+        terms["mlm"] = losses.mlm_cross_entropy(s["logits"][masked], labels[masked])
+    if weights.cosine:
+        terms["cosine"] = losses.cosine_hidden(s["last"], t["last"], mask)
+    return terms
+
+
+def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_map: list[int]):
+    """One batch's (weighted loss, {term: scalar}); `model` is the (prepared) `student_module`."""
+    rows = logit_rows(batch, weights)
+    s = model(batch["input_ids"], batch["attention_mask"], rows)
+    t = teacher_outputs(teacher, batch, weights, rows)
+    terms = distillation_terms(s, t, batch, rows, weights, layer_map)
+    return sum(getattr(weights, name) * term for name, term in terms.items()), terms
+
+
+def build_recipe(args, weights: LossWeights, settings, accelerator):
+    """Load teacher, student and text; return the training `Recipe` of phase 1."""
+    from transformers import AutoModelForMaskedLM
+
+    from polyglot_distil.corpus import group_lang_specs
+    from polyglot_distil.loading import load_model, load_tokenizer
+    from polyglot_distil.mlm_data import Masking
+    from polyglot_distil.student import build_student, check_layers, copy_tokenizer, default_layer_map, parse_layers, \
+        spec_from_args
+    from polyglot_distil.training import Recipe, mean_over_batches
+
+    languages = group_lang_specs(args.lang)
+    # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
+    attn = "eager" if weights.attention > 0 else "sdpa"
+    remote = args.trust_remote_code
+    teacher = load_model(args.teacher, AutoModelForMaskedLM, trust_remote_code=remote, attn_implementation=attn)
+    tokenizer = load_tokenizer(args.teacher, remote)
+    if args.student:
+        student = load_model(args.student, AutoModelForMaskedLM, trust_remote_code=remote, attn_implementation=attn)
+        check_same_vocabulary(tokenizer, load_tokenizer(args.student, remote), args.teacher, args.student,
+                              teacher.get_input_embeddings().weight.shape[0],
+                              student.get_input_embeddings().weight.shape[0])
+    else:
+        student, _ = build_student(teacher, spec_from_args(args), attn_implementation=attn)
+    t_layers, s_layers = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
+    check_layers(layer_map, t_layers, s_layers, "--layer-map")
+    if weights.attention and student.config.num_attention_heads != teacher.config.num_attention_heads:
+        raise UserError(f"the attention loss compares heads one to one, but the student has "
+                        f"{student.config.num_attention_heads} and the teacher {teacher.config.num_attention_heads}; "
+                        "pass --attention-weight 0")
+    longest = _max_block_size(student.config)
+    if not 3 <= args.block_size <= longest:
+        raise UserError(f"--block-size {args.block_size}: the models take blocks of 3 to {longest} tokens")
+
+    masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
+    blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
+                         False if args.no_progress or not accelerator.is_main_process else None)
+    train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
+    teacher.eval().requires_grad_(False).to(accelerator.device)
+    model = student_module(student, teacher, weights)
+
+    def compute_loss(model, batch):
+        return distillation_loss(model, teacher, batch, weights, layer_map)
+
+    def save_model(trained, folder: Path) -> None:
+        trained.parts["student"].save_pretrained(folder)
+        copy_tokenizer(args.student or args.teacher, folder, tokenizer)
+        info = {"teacher": str(args.teacher), "student": args.student, "languages": list(languages),
+                "layer_map": layer_map, "weights": asdict(weights)}
+        (folder / "distillation.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    def evaluate(model, accelerator):
+        return mean_over_batches(model, heldout, compute_loss, accelerator, settings.grad_accum)
+
+    return Recipe(model=model, train_data=train_data, compute_loss=compute_loss, save_model=save_model,
+                  evaluate=evaluate if heldout is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_distil_parser(distil_subparsers) -> None:
+    """Add `distil general` to the `distil` command group."""
+    from polyglot_distil.student import add_student_arguments
+
+    p = distil_subparsers.add_parser("general", help="phase 1: distil a bilingual student on masked-LM text",
+                                     description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", required=True, help="teacher model folder (usually the trimmed model)")
+    p.add_argument("--student", help="student model folder (from 'polyglot-distil student'); "
+                                     "without it a student is built from the teacher with the options below")
+    p.add_argument("--lang", action="append", required=True, metavar="LANG=SOURCE",
+                   help="a language and one of its text sources (as in 'count'); repeat per source and language")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, best/ and final/ models)")
+    g = p.add_argument_group("student (when --student is not given)")
+    add_student_arguments(g)
+    g = p.add_argument_group("data")
+    g.add_argument("--block-size", type=int, default=256, help="tokens per block, [CLS] and [SEP] included")
+    g.add_argument("--max-lines", type=int, help="cap on lines read per language (seeded sample)")
+    g.add_argument("--mask-probability", type=float, default=0.15)
+    g.add_argument("--heldout-blocks", type=int, default=100, help="blocks per language held out for the "
+                                                                  "evaluation loss (0: none)")
+    g = p.add_argument_group("losses")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default="bistil", help="preset loss weights")
+    for name in TERMS:
+        g.add_argument(f"--{name}-weight", type=float, help=f"weight of the {name} loss (overrides the recipe)")
+    g.add_argument("--temperature", type=float, help="softmax temperature of the logit loss (default 2)")
+    g.add_argument("--logit-positions", choices=("all", "masked"), default="all",
+                   help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones")
+    g.add_argument("--layer-map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=200_000, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=8, help="blocks per optimizer step, all processes together")
+    g.add_argument("--grad-accum", type=int, default=1, help="cut each batch into this many micro-batches "
+                                                             "(less memory, same result)")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
+    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    g.add_argument("--eval-every", type=int, default=5000, help="steps between held-out evaluations")
+    g.add_argument("--save-every", type=int, default=5000, help="steps between checkpoints")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--log-every", type=int, default=50, help="steps between rows of metrics.jsonl")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument("--overwrite", action="store_true", help="delete an existing --out and start over")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code to run")
+    p.set_defaults(func=run_distil_general)
+
+
+STUDENT_OPTIONS = ("layers", "init_layers", "hidden_size", "intermediate_size", "heads")
+
+
+def run_distil_general(args) -> int:
+    from polyglot_distil.corpus import group_lang_specs
+    from polyglot_distil.student import quiet_transformers, spec_from_args
+    from polyglot_distil.training import TrainSettings, train
+
+    quiet_transformers()
+
+    if args.student:
+        given = [o for o in STUDENT_OPTIONS if getattr(args, o) is not None]
+        if given or args.init != "teacher" or args.dropout != 0.0:
+            option = (given or ["init" if args.init != "teacher" else "dropout"])[0].replace("_", "-")
+            raise UserError(f"--{option} shapes a student built here; with --student {args.student} drop it")
+    weights = loss_weights(args)
+    languages = group_lang_specs(args.lang)
+    if args.heldout_blocks < 0:
+        raise UserError(f"--heldout-blocks must be 0 or more, not {args.heldout_blocks}")
+    if not 0 < args.mask_probability < 1:
+        raise UserError(f"--mask-probability must be between 0 and 1, not {args.mask_probability}")
+    settings = TrainSettings(
+        out=args.out, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
+        mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.eval_every,
+        save_every=args.save_every, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None,
+        # Attention alone leaves the last layer's feed-forward without gradient.
+        find_unused_parameters=set(weights.enabled()) == {"attention"})
+    run_config = {
+        "phase": "general", "teacher": str(args.teacher), "student": args.student,
+        "student_spec": None if args.student else asdict(spec_from_args(args)),
+        "languages": {lang: [str(s) for s in sources] for lang, sources in languages.items()},
+        "max_lines": args.max_lines, "block_size": args.block_size, "mask_probability": args.mask_probability,
+        "heldout_blocks": args.heldout_blocks, "weights": asdict(weights), "layer_map": args.layer_map,
+    }
+    result = train(settings, run_config, lambda accelerator: build_recipe(args, weights, settings, accelerator))
+    if not result.is_main_process:
+        return 0
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
+    best = f"; best eval_loss {result.best_value:.4g} at step {result.best_step}" if result.best_step else ""
+    print(f"step {result.step}: {summary}{best}")
+    print(f"wrote {result.final_dir}")
+    return 0

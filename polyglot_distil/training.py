@@ -1,0 +1,438 @@
+"""The one training loop, built on accelerate, shared by both distillation phases.
+
+    polyglot-distil distil general ... --out out/phase1                      # CPU or one GPU
+    polyglot-distil distil general ... --out out/phase1 --mixed-precision bf16
+    accelerate launch --multi_gpu --num_processes 8 -m polyglot_distil distil general ...  # 8 GPUs
+    accelerate launch --multi_gpu --num_machines 2 --machine_rank R --main_process_ip HOST \
+        --main_process_port 29500 --num_processes 16 -m polyglot_distil distil general ...  # 2 nodes
+    CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes 2 \
+        -m polyglot_distil distil general ...                                # 2 CPU processes (gloo)
+    polyglot-distil distil general ... --out out/phase1 --resume             # continue a run
+
+A phase plugs a `Recipe` into `train(settings, run_config, build_recipe)`: the trained module,
+its batches, its loss, optionally an evaluation whose metric picks the best model, a hook run on
+the gradients before each optimizer step (e.g. masking them for sparse fine-tuning), and extra
+tensors to checkpoint (e.g. theta0 and a mask). The loop does the rest:
+
+- AdamW (no weight decay on biases and norms), a linear schedule with warmup, gradient clipping,
+  gradient accumulation and bf16/fp16 autocast through `accelerate.Accelerator`;
+- `batch_size` is global: step k trains on `recipe.train_data.batch(k)`, `batch_size` rows, whatever
+  the number of processes and of accumulated micro-batches. It is cut into grad_accum x processes
+  equal slices (`micro_batch`), so one process or eight, accumulating or not, compute the same
+  steps: accumulation and processes only change where and when the rows run;
+- evaluation every `eval_every` steps and at the end; the best model in OUT/best/;
+- a checkpoint every `save_every` steps and at the end, OUT/checkpoints/step-N/: model,
+  optimizer and RNG states (`accelerator.save_state`), trainer_state.json (step, data position,
+  scheduler, best so far, configuration hash), extra_state.safetensors; the newest
+  `keep_checkpoints` are kept;
+- `resume` continues from the newest checkpoint to the result of an uninterrupted run (the data
+  position is the step); OUT/run_config.json must match the new run's configuration;
+- OUT/metrics.jsonl: one JSON object per logged step (`"kind": "train"`: step, loss, each loss
+  term, lr, grad_norm, epoch) and per evaluation (`"kind": "eval"`: step and the metrics);
+- the final model in OUT/final/, written by `recipe.save_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from polyglot_distil.errors import UserError
+from polyglot_distil.outputs import atomic_dir
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and bookkeeping settings of one run (phase-independent)."""
+
+    out: str
+    steps: int
+    batch_size: int = 8  # global: examples per optimizer step, all processes together
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
+    seed: int = 0
+    eval_every: int = 1000
+    save_every: int = 1000
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool | None = None  # None: a bar on a terminal only
+    find_unused_parameters: bool = False  # DDP: some trained parameters get no gradient
+
+    # Where the run writes and how chatty it is do not change what it computes.
+    NOT_HASHED = ("out", "resume", "overwrite", "progress", "keep_checkpoints", "log_every", "save_every",
+                  "grad_accum")
+
+    def result_config(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.NOT_HASHED}
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise UserError(f"--mixed-precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other: pass one of them")
+
+
+class BatchSource(Protocol):
+    """Global batches as a pure function of their number: batch(k) is position
+    k % batches_per_epoch of epoch k // batches_per_epoch. Tensors have the batch's rows first."""
+
+    batches_per_epoch: int
+
+    def batch(self, index: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class Recipe:
+    """What a phase plugs into the loop.
+
+    compute_loss(model, batch) -> (loss, {term: tensor}) gets the prepared module and this
+    process's rows on the device, and must run the trained computation through `model(...)`
+    (DDP averages gradients only for work done in the wrapped module's forward; see `Trainable`).
+    evaluate(model, accelerator) -> {metric: float}, the same on every process.
+    after_backward(model) sees the unwrapped module with this step's averaged gradients, before
+    clipping and the optimizer step. extra_state() / load_extra_state(tensors) round-trip
+    tensors through checkpoints. parameter_groups(model, weight_decay) -> AdamW groups.
+    """
+
+    model: torch.nn.Module
+    train_data: BatchSource
+    compute_loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    save_model: Callable[[torch.nn.Module, Path], None]
+    evaluate: Callable[[torch.nn.Module, Any], dict[str, float]] | None = None
+    best_metric: str = "eval_loss"
+    higher_is_better: bool = False
+    after_backward: Callable[[torch.nn.Module], None] | None = None
+    extra_state: Callable[[], dict[str, torch.Tensor]] | None = None
+    load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None
+    parameter_groups: Callable[[torch.nn.Module, float], list[dict]] | None = None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_dir: Path
+    best_step: int | None = None
+    best_value: float | None = None
+    last_train: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+    is_main_process: bool = True
+
+
+class Trainable(torch.nn.Module):
+    """Several trained modules and the function that runs them, as one module: `forward(*a, **k)`
+    calls `run(parts, *a, **k)`. The loop prepares (and under DDP wraps) this one module."""
+
+    def __init__(self, parts: dict[str, torch.nn.Module], run: Callable):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(parts)
+        self.run = run
+
+    def forward(self, *args, **kwargs):
+        return self.run(self.parts, *args, **kwargs)
+
+
+def default_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and norm weights (1-d)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def micro_batch(batch: dict, index: int, parts: int, device) -> dict:
+    """Slice `index` of `parts` equal row slices of a global batch, rows [index*b, (index+1)*b), on
+    `device`; values that are not tensors are passed as they are."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            rows = value.shape[0] // parts
+            value = value[index * rows:(index + 1) * rows].to(device, non_blocking=True)
+        out[key] = value
+    return out
+
+
+def my_micro_batches(batch: dict, accelerator, grad_accum: int):
+    """This process's micro-batches of a global batch: slice `micro * processes + rank`."""
+    parts = grad_accum * accelerator.num_processes
+    for micro in range(grad_accum):
+        yield micro_batch(batch, micro * accelerator.num_processes + accelerator.process_index, parts,
+                          accelerator.device)
+
+
+def mean_over_batches(model, data: BatchSource, compute_loss, accelerator, grad_accum: int = 1,
+                      prefix: str = "eval_") -> dict[str, float]:
+    """Loss and loss terms averaged over one epoch of `data`, cut like training batches, reduced
+    over processes: {prefix + "loss": ..., prefix + term: ...}."""
+    totals, names, count = None, ["loss"], 0
+    with torch.no_grad(), accelerator.autocast():
+        for index in range(data.batches_per_epoch):
+            for piece in my_micro_batches(data.batch(index), accelerator, grad_accum):
+                loss, terms = compute_loss(model, piece)
+                values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
+                totals, names, count = (values if totals is None else totals + values), ["loss", *terms], count + 1
+    totals = accelerator.reduce(totals, "mean") / count
+    return {prefix + name: value for name, value in zip(names, totals.tolist())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder: run_config.json, checkpoints, metrics
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): config}
+
+
+def _differences(saved: dict, new: dict) -> str:
+    old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
+    changed = [f"{k}: {old.get(k)!r} -> {now.get(k)!r}"
+               for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+    return "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints in OUT, oldest first."""
+    found = [p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_output(settings: TrainSettings, config: dict) -> Path | None:
+    """Before any work: may the run write to OUT? Returns the checkpoint to resume from, if any."""
+    out = Path(settings.out)
+    if not out.exists() or settings.overwrite:
+        return None
+    if not settings.resume:
+        raise UserError(f"{out} already exists; pass --resume to continue the run in it, or --overwrite to start over")
+    saved_file = out / "run_config.json"
+    if not saved_file.is_file():
+        raise UserError(f"--resume: {out} has no run_config.json, so it is not a training output folder; "
+                        "pass a new --out")
+    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    if saved.get("hash") != config_hash(config):
+        changes = _differences(saved.get("config", {}), config)
+        raise UserError(f"--resume: {out} was made with a different configuration ({changes}); "
+                        "rerun with its options or pass a new --out")
+    found = checkpoints(out)
+    return found[-1] if found else None
+
+
+def _append_metrics(out: Path, row: dict) -> None:
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    """Drop the rows an interrupted run logged after the checkpoint it resumes from (and a last
+    line cut short by the interruption)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _save_checkpoint(accelerator, out: Path, trainer_state: dict, recipe: Recipe, keep: int) -> None:
+    """Write OUT/checkpoints/step-N/ under a temporary name, then rename it (an interrupted save
+    leaves no checkpoint that looks complete); drop all but the newest `keep`."""
+    from safetensors.torch import save_file
+
+    step = trainer_state["step"]
+    folder = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".step-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    extra = recipe.extra_state() if recipe.extra_state else None
+    if accelerator.is_main_process:
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, tmp / "extra_state.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        for old in checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def make_accelerator(settings: TrainSettings):
+    import logging
+
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Tied embeddings are stored once per checkpoint, and accelerate warns about it every time.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=settings.find_unused_parameters)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Launched as several processes on a machine without GPUs, accelerate needs cpu=True to join
+    # them with gloo; without it each process would silently train alone.
+    accelerator = Accelerator(cpu=launched > 1 and not torch.cuda.is_available(),
+                              mixed_precision=settings.mixed_precision,
+                              gradient_accumulation_steps=settings.grad_accum, kwargs_handlers=[ddp])
+    if accelerator.num_processes != launched:
+        raise UserError(f"launched as {launched} processes, but accelerate set up {accelerator.num_processes}; "
+                        "start several processes with 'accelerate launch' (or torchrun)")
+    return accelerator
+
+
+def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any], Recipe]) -> TrainResult:
+    """Run (or resume) training. `run_config` describes everything else that decides the result
+    (models, data, losses); `build_recipe(accelerator)` loads models and data once OUT is known to
+    be writable."""
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    settings.check()
+    config = {"training": settings.result_config(), **run_config}
+    resume_from = check_output(settings, config)
+    out = Path(settings.out)
+    accelerator = make_accelerator(settings)
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    if settings.batch_size % (settings.grad_accum * world):
+        raise UserError(f"--batch-size {settings.batch_size} cannot be cut into --grad-accum {settings.grad_accum} "
+                        f"x {world} processes equal micro-batches; pass a multiple of {settings.grad_accum * world}")
+    recipe = build_recipe(accelerator)
+
+    if main:
+        if settings.overwrite and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "run_config.json").is_file():
+            record = {"hash": config_hash(config), "config": config}
+            (out / "run_config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()
+
+    set_seed(settings.seed)
+    model = recipe.model
+    optimizer = torch.optim.AdamW((recipe.parameter_groups or default_parameter_groups)(model, settings.weight_decay),
+                                  lr=settings.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = {"step": 0, "best_value": None, "best_step": None}
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        saved = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+        state = {k: saved[k] for k in state}
+        scheduler.load_state_dict(saved["scheduler"])
+        if recipe.load_extra_state and (resume_from / "extra_state.safetensors").is_file():
+            recipe.load_extra_state(load_file(resume_from / "extra_state.safetensors"))
+        if main:
+            _truncate_metrics(out, state["step"])
+            print(f"resuming from {resume_from} (step {state['step']})", file=sys.stderr)
+
+    data = recipe.train_data
+    # disable=None: a bar on a terminal, none in a log file; only the main process draws one.
+    quiet = None if settings.progress is None else not settings.progress
+    bar = tqdm(total=settings.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
+               file=sys.stderr, disable=quiet if main else True)
+    sums, names, since_log, grad_norm = None, ["loss"], 0, None
+    last_train, last_eval, started = {}, {}, time.perf_counter()
+    model.train()
+    while state["step"] < settings.steps:
+        for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum):
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, terms = recipe.compute_loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if recipe.after_backward is not None:
+                        recipe.after_backward(accelerator.unwrap_model(model))
+                    if settings.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
+            sums, names = (values if sums is None else sums + values), ["loss", *terms]
+        scheduler.step()
+        state["step"] += 1
+        step = state["step"]
+        since_log += 1
+        bar.update(1)
+
+        if step % settings.log_every == 0 or step == settings.steps:
+            means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
+            last_train = {"kind": "train", "step": step, **dict(zip(names, means)), "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": None if grad_norm is None else float(grad_norm),
+                          "epoch": round(step / data.batches_per_epoch, 4),
+                          "elapsed_s": round(time.perf_counter() - started, 2)}
+            if main:
+                _append_metrics(out, last_train)
+            bar.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
+            sums, since_log = None, 0
+
+        if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+            model.eval()
+            metrics = recipe.evaluate(model, accelerator)
+            model.train()
+            last_eval = {"kind": "eval", "step": step, **metrics}
+            value = metrics[recipe.best_metric]
+            best = state["best_value"]
+            if best is None or (value > best if recipe.higher_is_better else value < best):
+                state["best_value"], state["best_step"] = value, step
+                if main:
+                    with atomic_dir(out / "best", overwrite=True) as tmp:
+                        recipe.save_model(accelerator.unwrap_model(model), tmp)
+                        (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n",
+                                                       encoding="utf-8")
+            if main:
+                _append_metrics(out, last_eval)
+            bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", recipe.best_metric: f"{value:.4f}"},
+                            refresh=False)
+            accelerator.wait_for_everyone()
+
+        if step % settings.save_every == 0 or step == settings.steps:
+            trainer_state = {**state, "data_position": step,
+                             "scheduler": scheduler.state_dict(), "config_hash": config_hash(config)}
+            _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
+    bar.close()
+
+    if main:
+        with atomic_dir(out / "final", overwrite=True) as tmp:
+            recipe.save_model(accelerator.unwrap_model(model), tmp)
+    accelerator.wait_for_everyone()
+    return TrainResult(step=state["step"], final_dir=out / "final", best_step=state["best_step"],
+                       best_value=state["best_value"], last_train=last_train, last_eval=last_eval,
+                       is_main_process=main)

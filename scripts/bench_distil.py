@@ -1,0 +1,157 @@
+"""What distillation costs on top of training the student alone, on CPU, for a small model.
+
+    .venv/bin/python scripts/bench_distil.py                      # hidden 256, 6 -> 3 layers, 8 x 128 tokens
+    .venv/bin/python scripts/bench_distil.py --hidden 384 --layers 12 --block-size 256 --threads 2
+
+Builds a random-weight BERT teacher (tokenizer trained on corpora/*/sample.txt) and a student with
+half its layers, then times (median of --repeats, after warm-up) for each loss recipe:
+
+    plain      student forward + backward with its own MLM loss, fast (sdpa) attention
+    outputs    student forward + backward returning what the recipe's losses read (eager attention
+               and attention maps for BiStil), with a trivial loss: the model cost of the recipe
+    losses     the same with the distillation losses against precomputed teacher outputs
+    teacher    the teacher's forward as training runs it (no gradients, only what the losses read)
+    inference  the teacher's plain inference forward, model(**batch): sdpa, logits everywhere
+    encoder    the same without the MLM head
+    step       a whole training step: teacher + student + losses + backward + AdamW
+
+and prints the loss overhead (losses / outputs - 1: the issue's budget is 10%), the teacher's cost
+against a plain inference forward, and training steps per second. On a shared machine the figures
+move by 10-20% from run to run: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from polyglot_distil.distil_general import (RECIPES, distillation_terms, logit_rows,  # noqa: E402
+                                            student_module, teacher_outputs)
+from polyglot_distil.losses import mlm_cross_entropy  # noqa: E402
+from polyglot_distil.mlm_data import LanguageBatches, Masking, encode_text, to_blocks  # noqa: E402
+from polyglot_distil.smoke import build_smoke_model  # noqa: E402
+from polyglot_distil.student import (StudentSpec, build_student, default_layer_map,  # noqa: E402
+                                     encoder_outputs, quiet_transformers)
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=6, help="teacher layers (the student gets half)")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_transformers()
+
+    texts = sorted((ROOT / "corpora").glob("*/sample.txt"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_smoke_model(Path(tmp) / "teacher", "bert", texts=texts, vocab_size=args.vocab,
+                                   hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                                   intermediate_size=4 * args.hidden, max_position_embeddings=args.block_size + 2)
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        teachers = {impl: AutoModelForMaskedLM.from_pretrained(folder, attn_implementation=impl).eval()
+                    for impl in ("sdpa", "eager")}
+    ids = encode_text((line for f in texts for line in f.read_text(encoding="utf-8").splitlines() if line.strip()),
+                      tokenizer)
+    blocks = to_blocks(ids, args.block_size, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    vocab = teachers["sdpa"].config.vocab_size
+    data = LanguageBatches({"all": blocks}, args.batch_size, Masking.for_tokenizer(tokenizer, vocab))
+    batch = data.batch(0)
+    mask = batch["attention_mask"]
+
+    print(f"teacher: BERT hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {vocab:,}; "
+          f"student {args.layers // 2} layers; batch {args.batch_size} x {args.block_size} tokens; "
+          f"{args.threads} thread(s); median of {args.repeats}")
+    recipes = [*RECIPES.items(), ("distilbert --logit-positions masked",
+                                  dataclasses.replace(RECIPES["distilbert"], logit_positions="masked"))]
+    for name, weights in recipes:
+        attn = "eager" if weights.attention else "sdpa"
+        teacher = teachers[attn]
+        plain_student, _ = build_student(teachers["sdpa"], StudentSpec(), attn_implementation="sdpa")
+        student, _ = build_student(teacher, StudentSpec(), attn_implementation=attn)
+        model = student_module(student, teacher, weights)
+        layer_map = default_layer_map(args.layers, args.layers // 2)
+        rows = logit_rows(batch, weights)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        frozen_teacher = teacher_outputs(teacher, batch, weights, rows)
+
+        def plain():
+            out = encoder_outputs(plain_student, batch["input_ids"], mask, logit_rows=batch["labels"] != -100)
+            mlm_cross_entropy(out["logits"], batch["labels"][batch["labels"] != -100]).backward()
+
+        def outputs_only():
+            s = model(batch["input_ids"], mask, rows)
+            returned = [s["last"], *(s["hidden"] or ()), *(s["attentions"] or ()),
+                        *([s["logits"]] if rows is not None else [])]
+            sum(x.mean() for x in returned).backward()  # gradients reach every output the losses read
+
+        def with_losses():
+            s = model(batch["input_ids"], mask, rows)
+            terms = distillation_terms(s, frozen_teacher, batch, rows, weights, layer_map)
+            sum(getattr(weights, k) * v for k, v in terms.items()).backward()
+
+        def teacher_forward():
+            teacher_outputs(teacher, batch, weights, rows)
+
+        def inference():
+            with torch.no_grad():
+                teachers["sdpa"](input_ids=batch["input_ids"], attention_mask=mask)
+
+        def encoder():
+            with torch.no_grad():
+                teachers["sdpa"].base_model(input_ids=batch["input_ids"], attention_mask=mask)
+
+        def step():
+            s = model(batch["input_ids"], mask, rows)
+            t = teacher_outputs(teacher, batch, weights, rows)
+            terms = distillation_terms(s, t, batch, rows, weights, layer_map)
+            sum(getattr(weights, k) * v for k, v in terms.items()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        ms = {label: median_ms(fn, args.repeats) for label, fn in (
+            ("plain", plain), ("outputs", outputs_only), ("losses", with_losses), ("teacher", teacher_forward),
+            ("inference", inference), ("encoder", encoder), ("step", step))}
+        enabled = ", ".join(f"{k} {v:g}" for k, v in weights.enabled().items())
+        print(f"\n{name} ({enabled}; {attn} attention)")
+        for label, value in ms.items():
+            print(f"  {label:<10} {value:8.2f} ms")
+        print(f"  loss overhead        {100 * (ms['losses'] / ms['outputs'] - 1):+6.1f}%  (losses vs outputs; "
+              f"vs plain: {100 * (ms['losses'] / ms['plain'] - 1):+.1f}%)")
+        print(f"  teacher vs inference {ms['teacher'] / ms['inference']:6.2f}x  (vs encoder alone: "
+              f"{ms['teacher'] / ms['encoder']:.2f}x)")
+        print(f"  distillation step    {ms['losses']:6.1f} ms teacher excluded, {ms['losses'] + ms['teacher']:.1f} ms "
+              f"included (plain student step {ms['plain']:.1f} ms)")
+        print(f"  training steps/s     {1e3 / ms['step']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""`distil general`: the loss falls on real text, resume and two processes reproduce a plain run,
+outputs are model folders, and every bad input ends with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SHARED_DATA, run_cli
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest, and steadiest on a busy machine, on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def texts(sample_files) -> list[str]:
+    """English and French: XNLI dev under ../shared/data when present, else the bundled samples."""
+    xnli = SHARED_DATA / "xnli"
+    if (xnli / "dev-en.tsv").exists() and (xnli / "dev-fr.tsv").exists():
+        return [f"en={xnli / 'dev-en.tsv'}", f"fr={xnli / 'dev-fr.tsv'}"]
+    return [f"en={ROOT / 'corpora/en/sample.txt'}", f"fr={ROOT / 'corpora/fr/sample.txt'}"]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_bert_dir):
+    """The tiny BERT with its layers' matrices redrawn at std 0.2: at the usual 0.02 every layer is
+    nearly the identity and a random student matches the teacher before any training."""
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.base_model.encoder.parameters():
+            if param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copyfile(tiny_bert_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, teacher_dir):
+    out = tmp_path_factory.mktemp("student") / "student"
+    assert run_cli("student", "--teacher", teacher_dir, "--out", out) == 0
+    return out
+
+
+def _options(teacher, student, texts, out, *extra) -> list[str]:
+    lang_args = [arg for spec in texts for arg in ("--lang", spec)]
+    return ["distil", "general", "--teacher", str(teacher), "--student", str(student), *lang_args, "--out", str(out),
+            "--block-size", "32", "--heldout-blocks", "16", "--batch-size", "8", "--lr", "1e-3", "--no-progress",
+            *map(str, extra)]
+
+
+RUN = ("--steps", 8, "--save-every", 4, "--eval-every", 4, "--log-every", 1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, teacher_dir, student_dir, texts):
+    """An uninterrupted 8-step run: checkpoints at steps 4 and 8, evaluations at 4 and 8."""
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    assert run_cli(*_options(teacher_dir, student_dir, texts, out, *RUN)) == 0
+    return out
+
+
+def _rows(out, kind: str) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows if r["kind"] == kind]
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_loss_falls_well_below_its_start_on_real_text(tmp_path, teacher_dir, texts):
+    student = tmp_path / "random-student"
+    assert run_cli("student", "--teacher", teacher_dir, "--out", student, "--init", "random") == 0
+    out = tmp_path / "run"
+    assert run_cli(*_options(teacher_dir, student, texts, out, "--steps", 40, "--eval-every", 20,
+                             "--save-every", 40, "--log-every", 1)) == 0
+    start = _rows(out, "train")[0]["loss"]  # the untrained student on the first batch
+    final = _rows(out, "eval")[-1]["eval_loss"]
+    assert final < 0.5 * start, (start, final)
+
+
+def test_metrics_have_one_row_per_logged_step_with_every_loss_term(run_dir):
+    train = _rows(run_dir, "train")
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert all({"loss", "hidden", "attention", "lr"} <= set(r) for r in train)
+    assert all(abs(r["loss"] - r["hidden"] - r["attention"]) < 1e-6 for r in train)  # weights 1 and 1
+    assert [r["step"] for r in _rows(run_dir, "eval")] == [4, 8]
+
+
+def test_final_and_best_are_model_folders_with_the_teachers_tokenizer(run_dir, teacher_dir):
+    from transformers import AutoModelForMaskedLM
+
+    from polyglot_distil.loading import load_tokenizer, vocab_in_id_order
+
+    best_step = json.loads((run_dir / "best" / "best.json").read_text())["step"]
+    assert best_step in (4, 8)
+    for folder in (run_dir / "final", run_dir / "best"):
+        model = AutoModelForMaskedLM.from_pretrained(folder)
+        assert model.config.num_hidden_layers == 2
+        assert vocab_in_id_order(load_tokenizer(folder)) == vocab_in_id_order(load_tokenizer(teacher_dir))
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, teacher_dir, student_dir, texts):
+    # The state of a run killed between steps 4 and 8: its last complete checkpoint is step 4.
+    out = tmp_path / "interrupted"
+    shutil.copytree(run_dir, out)
+    shutil.rmtree(out / "checkpoints" / "step-8")
+    shutil.rmtree(out / "final")
+    assert run_cli(*_options(teacher_dir, student_dir, texts, out, *RUN, "--resume")) == 0
+    expected, resumed = _weights(run_dir / "final"), _weights(out / "final")
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    assert _rows(out, "train") == _rows(run_dir, "train")
+
+
+def test_two_processes_give_the_same_losses_as_one(tmp_path, run_dir, teacher_dir, student_dir, texts):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    out = tmp_path / "two-processes"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), "-m", "polyglot_distil"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(launch + _options(teacher_dir, student_dir, texts, out, *RUN), env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoints" / "step-8" / "random_states_1.pkl").exists()  # really two processes
+    # Steps 2-8 run on weights updated with the gradients of the split batches, so equal losses
+    # at every step also say that the processes' gradients were averaged right.
+    one, two = _rows(run_dir, "train"), _rows(out, "train")
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(one, two):
+        for term in ("loss", "hidden", "attention"):
+            assert b[term] == pytest.approx(a[term], rel=1e-4, abs=1e-9), (a["step"], term)
+
+
+def test_accumulating_micro_batches_gives_the_same_losses(tmp_path, run_dir, teacher_dir, student_dir, texts):
+    out = tmp_path / "accumulated"
+    assert run_cli(*_options(teacher_dir, student_dir, texts, out, *RUN, "--grad-accum", 4)) == 0
+    for a, b in zip(_rows(run_dir, "train"), _rows(out, "train"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+
+
+def test_processes_and_micro_batches_take_equal_disjoint_row_slices():
+    from polyglot_distil.training import micro_batch
+
+    batch = {"input_ids": torch.arange(24).reshape(8, 3), "language": "fr"}
+    parts = [micro_batch(batch, index, 4, "cpu") for index in range(4)]
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
+    assert all(p["input_ids"].shape == (2, 3) and p["language"] == "fr" for p in parts)
+
+
+def _language_batches(seed=0, languages=("en", "fr"), sizes=(40, 100)):
+    from polyglot_distil.mlm_data import LanguageBatches, Masking
+
+    rng = np.random.default_rng(0)
+    blocks = {lang: rng.integers(10, 1000, (n, 16)).astype(np.int32) for lang, n in zip(languages, sizes)}
+    for lang_blocks in blocks.values():
+        lang_blocks[:, 0], lang_blocks[:, -1] = 2, 3  # [CLS] ... [SEP]
+    masking = Masking(mask_id=4, vocab_size=1000, special_ids=(0, 1, 2, 3, 4))
+    return LanguageBatches(blocks, batch_size=4, masking=masking, seed=seed), blocks
+
+
+def test_each_batch_holds_one_languages_blocks_and_the_languages_are_balanced():
+    data, blocks = _language_batches()
+    assert data.batches_per_epoch == 2 * (40 // 4)  # the smaller language sets the pace
+    epoch = [data.batch(k) for k in range(data.batches_per_epoch)]
+    assert sorted(b["language"] for b in epoch) == ["en"] * 10 + ["fr"] * 10
+    assert [b["language"] for b in epoch] != sorted(b["language"] for b in epoch)  # shuffled order
+    for b in epoch:
+        originals = torch.where(b["labels"] == -100, b["input_ids"], b["labels"])  # the blocks before masking
+        known = {tuple(row) for row in blocks[b["language"]].tolist()}
+        assert all(tuple(row) in known for row in originals.tolist())
+
+
+def test_batch_k_depends_only_on_seed_and_k():
+    first, _ = _language_batches()
+    second, _ = _language_batches()
+    for k in (33, 0, 7, 33):  # any order, across epochs
+        a, b = first.batch(k), second.batch(k)
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    other, _ = _language_batches(seed=1)
+    assert not torch.equal(other.batch(0)["input_ids"], first.batch(0)["input_ids"])
+
+
+def test_masking_chooses_15_percent_of_ordinary_tokens_80_10_10():
+    from polyglot_distil.mlm_data import Masking, mask_tokens
+
+    ids = torch.randint(10, 1000, (400, 64))
+    ids[:, 0] = 2
+    masking = Masking(mask_id=4, vocab_size=1000, special_ids=(0, 1, 2, 3, 4))
+    masked, labels = mask_tokens(ids, masking, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert not chosen[:, 0].any()  # special tokens are never chosen
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert chosen[:, 1:].float().mean().item() == pytest.approx(0.15, abs=0.01)
+    to_mask = (masked[chosen] == 4).float().mean().item()
+    unchanged = (masked[chosen] == ids[chosen]).float().mean().item()
+    assert to_mask == pytest.approx(0.8, abs=0.02) and unchanged == pytest.approx(0.1, abs=0.02)
+    assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_distilbert_losses_train_a_narrower_student_built_on_the_fly(tmp_path, teacher_dir, texts):
+    lang_args = [arg for spec in texts for arg in ("--lang", spec)]
+    out = tmp_path / "run"
+    assert run_cli("distil", "general", "--teacher", teacher_dir, "--hidden-size", 16, *lang_args, "--out", out,
+                   "--recipe", "distilbert", "--hidden-weight", 1, "--block-size", 32, "--heldout-blocks", 8,
+                   "--steps", 3, "--log-every", 1, "--no-progress") == 0
+    rows = _rows(out, "train")
+    assert all({"hidden", "logits", "mlm", "cosine"} <= set(r) and "attention" not in r for r in rows)
+    assert json.loads((out / "final" / "config.json").read_text())["hidden_size"] == 16
+
+
+def _fails_with(capsys, message: str, *args) -> None:
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert message in err, err
+
+
+def test_layer_map_to_a_missing_teacher_layer_is_an_error(capsys, tmp_path, teacher_dir, student_dir, texts):
+    _fails_with(capsys, "teacher layer 4 does not exist",
+                *_options(teacher_dir, student_dir, texts, tmp_path / "out", "--steps", 1, "--layer-map", "1,4"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_student_with_another_vocabulary_is_an_error(capsys, tmp_path, teacher_dir, tiny_xlmr_dir, texts):
+    _fails_with(capsys, "have different vocabularies",
+                *_options(teacher_dir, tiny_xlmr_dir, texts, tmp_path / "out", "--steps", 1))
+
+
+def test_language_without_text_is_an_error(capsys, tmp_path, teacher_dir, student_dir, texts):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n", encoding="utf-8")
+    _fails_with(capsys, "no text for language 'fr'",
+                *_options(teacher_dir, student_dir, [texts[0], f"fr={empty}"], tmp_path / "out", "--steps", 1))
+
+
+def test_resume_with_another_configuration_is_an_error(capsys, run_dir, teacher_dir, student_dir, texts):
+    before = (run_dir / "metrics.jsonl").read_text()
+    _fails_with(capsys, "different configuration (training.lr: 0.001 -> 0.002)",
+                *_options(teacher_dir, student_dir, texts, run_dir, *RUN, "--resume", "--lr", "2e-3"))
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_existing_output_needs_resume_or_overwrite(capsys, run_dir, teacher_dir, student_dir, texts):
+    _fails_with(capsys, "pass --resume to continue", *_options(teacher_dir, student_dir, texts, run_dir, *RUN))
