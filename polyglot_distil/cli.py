@@ -2,6 +2,8 @@
 
     polyglot-distil count   --tokenizer NAME --lang en=FILE --lang fr=FILE --out counts.parquet
     polyglot-distil merge   part0.parquet part1.parquet --out counts.parquet
+    polyglot-distil trim    --model NAME --counts counts.parquet --langs en,fr --out DIR
+    polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
     polyglot-distil student --teacher DIR --out DIR [--layers 6 --init-layers 0,2,4,7,9,11]
     polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
@@ -22,7 +24,7 @@ from polyglot_distil.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     from polyglot_distil import count, distil_general, student
-    from polyglot_distil import evaluate, smoke
+    from polyglot_distil import evaluate, smoke, trim, verify
 
     parser = argparse.ArgumentParser(
         prog="polyglot-distil",
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Each stage module adds its own subcommand(s), in pipeline order.
     count.add_count_parser(subparsers)
     count.add_merge_parser(subparsers)
+    trim.add_trim_parser(subparsers)
+    verify.add_verify_parser(subparsers)
     student.add_student_parser(subparsers)
     distil = subparsers.add_parser("distil", help="distil a compact student (general phase, task phase)")
     distil_subparsers = distil.add_subparsers(dest="phase", metavar="PHASE", required=True)

@@ -145,6 +145,8 @@ def build_smoke_model(out: str | Path, family: str = "bert", *, texts: Iterable[
     else:
         raise ValueError(f"family must be 'bert' or 'xlmr', not {family!r}")
     tokenizer = AutoTokenizer.from_pretrained(out)
+    if head == "question-answering":
+        num_labels = 2  # start and end logits
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=num_heads, intermediate_size=intermediate_size, num_labels=num_labels,
                   pad_token_id=tokenizer.pad_token_id)

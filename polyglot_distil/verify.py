@@ -1,0 +1,319 @@
+"""Prove that a trimmed model is the original on the text its vocabulary covers.
+
+    polyglot-distil verify --original bert-base-multilingual-cased --trimmed models/mbert-en-fr \
+        --lang en=../shared/data/xnli/test-en.tsv --lang fr=../shared/data/xnli/test-fr.tsv
+    polyglot-distil verify ... --max-lines 500 --report verify.json
+
+Per language, on each text (tokenizers' truncation and padding off):
+- covered: its original tokenization uses only kept tokens;
+- identical: the trimmed tokenizer gives the same token strings, and ids equal through `old_ids`;
+- the unknown-token rate (of non-special tokens) before and after;
+- on covered texts, the largest absolute difference of the last hidden states and of the MLM
+  logits over the kept tokens. Both models are loaded in float32 with eager attention; the
+  original's logits come from its decoder restricted to the kept rows (`F.linear(h, W[kept],
+  b[kept])`, the shapes the trimmed decoder has), so equal means bitwise equal: the difference
+  must be exactly 0. Texts longer than the model's positions are skipped and counted.
+
+Exit status 1 when any covered text differs (tokenization or outputs), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from polyglot_distil.corpus import Caps, group_lang_specs, iter_language
+from polyglot_distil.errors import UserError
+from polyglot_distil.loading import load_model, load_tokenizer, raw_backend, vocab_in_id_order
+from polyglot_distil.outputs import atomic_file, check_writable
+from polyglot_distil.trim import model_class_for, vocab_size
+from polyglot_distil.vocab import id_map_for
+
+
+class EquivalenceError(UserError):
+    """The trimmed model differs from the original on covered text."""
+
+
+@dataclass
+class LanguageCheck:
+    """What `verify` found on one language's texts."""
+
+    texts: int = 0
+    covered: int = 0  # original tokenization uses only kept tokens
+    identical: int = 0  # trimmed tokenization equals the original's (all texts)
+    too_long: int = 0  # covered texts longer than the model's positions: not run
+    compared: int = 0  # covered texts run through both models
+    differing: int = 0  # covered texts whose tokenization or outputs differ
+    tokens_before: int = 0  # non-special tokens, original tokenizer
+    unk_before: int = 0
+    tokens_after: int = 0
+    unk_after: int = 0
+    max_hidden_diff: float = 0.0  # max |h_original - h_trimmed| over covered texts
+    max_logit_diff: float | None = None  # max |logits| difference over kept tokens; None without MLM head
+
+    @property
+    def passed(self) -> bool:
+        return self.differing == 0 and self.max_hidden_diff == 0 and not self.max_logit_diff
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "covered_share": _ratio(self.covered, self.texts),
+                "identical_share": _ratio(self.identical, self.texts),
+                "unk_rate_before": _ratio(self.unk_before, self.tokens_before),
+                "unk_rate_after": _ratio(self.unk_after, self.tokens_after), "passed": self.passed}
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison
+
+
+class _KeptRowsDecoder:
+    """Swap the original's MLM decoder for the same op on the kept rows only: F.linear with
+    weight W[kept] (V_new x H) and bias b[kept], exactly the trimmed decoder's shapes (a
+    full-vocabulary GEMM then a column selection rounds differently, by ~1e-7)."""
+
+    def __init__(self, model, kept_ids: np.ndarray):
+        import torch
+
+        self.decoder = model.get_output_embeddings()
+        self.model = model
+        if self.decoder is None:
+            return
+        kept = torch.as_tensor(kept_ids, dtype=torch.long)
+        # nn.Linear's forward is F.linear(x, weight, bias): the trimmed decoder's op and shapes
+        self.kept = torch.nn.Linear(self.decoder.in_features, len(kept_ids), bias=self.decoder.bias is not None)
+        self.kept.weight = torch.nn.Parameter(self.decoder.weight.detach().index_select(0, kept))
+        if self.decoder.bias is not None:
+            self.kept.bias = torch.nn.Parameter(self.decoder.bias.detach().index_select(0, kept))
+        name = next(n for n, m in model.named_modules() if m is self.decoder)
+        parent_name, _, self.attr = name.rpartition(".")
+        self.parent = model.get_submodule(parent_name)
+
+    def __enter__(self):
+        if self.decoder is not None:
+            setattr(self.parent, self.attr, self.kept)
+        return self.decoder is not None
+
+    def __exit__(self, *exc):
+        if self.decoder is not None:
+            setattr(self.parent, self.attr, self.decoder)
+
+
+def max_positions(model) -> int:
+    """Longest input the model takes, in tokens (RoBERTa-style positions start after the pad id)."""
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
+    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    return limit - (padding_idx + 1) if padding_idx is not None else limit
+
+
+def _padded(id_lists: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(map(len, id_lists))
+    ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+    for row, seq in enumerate(id_lists):
+        ids[row, :len(seq)] = torch.as_tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def _differences(before, after, real):
+    """Per text (bool[batch]) whether any real position differs, and the largest absolute
+    difference; `before`/`after` are [batch, seq, dim], `real` [batch, seq, 1]. A NaN on one
+    side only is a difference of inf (a plain max would hide it)."""
+    import torch
+
+    same = (before == after) | (before.isnan() & after.isnan())
+    differs = (real & ~same).flatten(1).any(dim=1)
+    gap = torch.where(real & ~same, (before - after).abs().nan_to_num(nan=float("inf")), 0.0)
+    return differs, float(gap.max()) if gap.numel() else 0.0
+
+
+def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tokenizer, old_ids: np.ndarray,
+                  texts: list[str], batch_size: int = 8, progress=None) -> LanguageCheck:
+    """Compare tokenizations of `texts` and, on covered ones, both models' last hidden states
+    [batch, seq, hidden] and MLM logits [batch, seq, V_new]. Models must be in eval mode, same
+    dtype and attention implementation; `old_ids` is int64[V_new]."""
+    import torch
+
+    check = LanguageCheck(texts=len(texts))
+    id_map = id_map_for(old_ids, vocab_size(original_tokenizer))
+    before = raw_backend(original_tokenizer).encode_batch(texts)
+    after = raw_backend(trimmed_tokenizer).encode_batch(texts)
+    unk_before, unk_after = original_tokenizer.unk_token_id, trimmed_tokenizer.unk_token_id
+    limit = max_positions(original_model)
+    to_run = []
+    for i, (b, a) in enumerate(zip(before, after)):
+        ids_b, ids_a = np.asarray(b.ids, dtype=np.int64), np.asarray(a.ids, dtype=np.int64)
+        words_b, words_a = ~np.asarray(b.special_tokens_mask, bool), ~np.asarray(a.special_tokens_mask, bool)
+        check.tokens_before += int(words_b.sum())
+        check.tokens_after += int(words_a.sum())
+        check.unk_before += int((ids_b[words_b] == unk_before).sum())
+        check.unk_after += int((ids_a[words_a] == unk_after).sum())
+        same = (len(ids_a) == len(ids_b) and bool((ids_a < len(old_ids)).all())
+                and bool((old_ids[ids_a] == ids_b).all()) and a.tokens == b.tokens)
+        check.identical += same
+        if (id_map[ids_b] < 0).any():
+            continue
+        check.covered += 1
+        if not same:
+            check.differing += 1
+        elif len(ids_b) > limit:
+            check.too_long += 1
+        else:
+            to_run.append(i)
+
+    pad_before = original_tokenizer.pad_token_id if original_tokenizer.pad_token_id is not None else 0
+    pad_after = int(id_map[pad_before]) if id_map[pad_before] >= 0 else 0
+    to_run.sort(key=lambda i: len(before[i].ids))  # similar lengths together: little padding
+    with _KeptRowsDecoder(original_model, old_ids) as has_mlm, torch.inference_mode():
+        has_mlm = has_mlm and trimmed_model.get_output_embeddings() is not None
+        check.max_logit_diff = 0.0 if has_mlm else None
+        for start in range(0, len(to_run), batch_size):
+            batch = to_run[start:start + batch_size]
+            ids_b, mask = _padded([before[i].ids for i in batch], pad_before)
+            ids_a, _ = _padded([after[i].ids for i in batch], pad_after)
+            out_b = original_model(input_ids=ids_b, attention_mask=mask, output_hidden_states=True)
+            out_a = trimmed_model(input_ids=ids_a, attention_mask=mask, output_hidden_states=True)
+            real = mask.bool()[..., None]
+            differs, gap = _differences(out_b.hidden_states[-1], out_a.hidden_states[-1], real)
+            check.max_hidden_diff = max(check.max_hidden_diff, gap)
+            if has_mlm:
+                differs_logits, gap = _differences(out_b.logits, out_a.logits, real)
+                check.max_logit_diff = max(check.max_logit_diff, gap)
+                differs |= differs_logits
+            check.differing += int(differs.sum())
+            check.compared += len(batch)
+            if progress is not None:
+                progress(len(batch))
+    return check
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_old_ids(trimmed: str | Path) -> np.ndarray:
+    path = Path(trimmed) / "trim_report.json"
+    if not path.is_file():
+        raise UserError(f"{trimmed} has no trim_report.json: pass a folder written by 'polyglot-distil trim'")
+    try:
+        return np.asarray(json.loads(path.read_text(encoding="utf-8"))["old_ids"], dtype=np.int64)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{path}: no readable 'old_ids' list ({exc})") from None
+
+
+def load_pair(original: str, trimmed: str | Path, trust_remote_code: bool = False, original_tokenizer=None):
+    """Both models (float32, eager attention, eval mode) and tokenizers, and `old_ids`; checks
+    that `trimmed` is a trim of `original` (same token strings through `old_ids`)."""
+    import torch
+    from transformers import AutoConfig
+
+
+    old_ids = read_old_ids(trimmed)
+    original_tokenizer = original_tokenizer or load_tokenizer(original, trust_remote_code)
+    trimmed_tokenizer = load_tokenizer(trimmed)
+    vocab_before, vocab_after = vocab_in_id_order(original_tokenizer), vocab_in_id_order(trimmed_tokenizer)
+    if len(old_ids) != len(vocab_after) or (len(old_ids) and old_ids.max() >= len(vocab_before)) or any(
+            vocab_before[o] != t for o, t in zip(old_ids.tolist(), vocab_after)):
+        raise UserError(f"{trimmed} is not a vocabulary trim of {original}: its tokens are not the original's "
+                        "tokens at old_ids")
+    model_class = model_class_for(load_model(trimmed, AutoConfig))
+    settings = dict(attn_implementation="eager", dtype=torch.float32)
+    original_model = load_model(original, model_class, trust_remote_code, **settings).eval()
+    trimmed_model = load_model(trimmed, model_class, **settings).eval()
+    return original_model, original_tokenizer, trimmed_model, trimmed_tokenizer, old_ids
+
+
+def verify_equivalence(original: str, trimmed: str | Path, texts: dict[str, list[str]], *, batch_size: int = 8,
+                       trust_remote_code: bool = False, show_progress: bool | None = None,
+                       original_tokenizer=None) -> dict[str, LanguageCheck]:
+    """`compare_texts` for each language's texts ({lang: [text]}) between the model `original`
+    (hub name or folder; its tokenizer may be passed already loaded) and the folder `trimmed`
+    written by `trim`."""
+    from tqdm.auto import tqdm
+
+    pair = load_pair(original, trimmed, trust_remote_code, original_tokenizer)
+    results = {}
+    for lang, lang_texts in texts.items():
+        bar = tqdm(desc=f"verify {lang}", unit=" texts", dynamic_ncols=True, file=sys.stderr,
+                   disable=None if show_progress is None else not show_progress)
+        results[lang] = compare_texts(*pair[:4], pair[4], lang_texts, batch_size, progress=bar.update)
+        bar.close()
+    return results
+
+
+def verify_table(results: dict[str, LanguageCheck]) -> str:
+    header = ("lang", "texts", "covered", "identical", "unk before", "unk after", "too long", "compared",
+              "max|dh|", "max|dlogits|", "result")
+    rows = [header]
+    for lang, r in results.items():
+        d = r.as_dict()
+        rows.append((lang, f"{r.texts:,}", f"{100 * d['covered_share']:.1f}%", f"{100 * d['identical_share']:.1f}%",
+                     f"{100 * d['unk_rate_before']:.3f}%", f"{100 * d['unk_rate_after']:.3f}%", f"{r.too_long:,}",
+                     f"{r.compared:,}", f"{r.max_hidden_diff:g}",
+                     "-" if r.max_logit_diff is None else f"{r.max_logit_diff:g}",
+                     "equal" if r.passed else f"{r.differing} DIFFER"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_verify_parser(subparsers) -> None:
+    p = subparsers.add_parser("verify", help="prove a trimmed model equals the original on covered text",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--original", required=True, help="hub name or folder of the model that was trimmed")
+    p.add_argument("--trimmed", required=True, help="folder written by 'polyglot-distil trim'")
+    p.add_argument("--lang", action="append", required=True, metavar="LANG=SOURCE",
+                   help="held-out text of a language; repeat for more sources or languages")
+    p.add_argument("--max-lines", type=int, default=1000, help="lines per language (seeded random sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--report", help="also write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report file")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the original model's own code to run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_verify)
+
+
+def quiet_transformers() -> None:
+    """No loading / saving progress bars from transformers (for --no-progress)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def run_verify(args) -> int:
+    if args.no_progress:
+        quiet_transformers()
+    if args.report:
+        check_writable(args.report, args.overwrite)
+    if args.max_lines < 1 or args.batch_size < 1:
+        raise UserError("--max-lines and --batch-size must be at least 1")
+    caps = Caps(max_lines=args.max_lines, seed=args.seed)
+    texts = {lang: list(iter_language(sources, caps)) for lang, sources in group_lang_specs(args.lang).items()}
+    results = verify_equivalence(args.original, args.trimmed, texts, batch_size=args.batch_size,
+                                 trust_remote_code=args.trust_remote_code,
+                                 show_progress=False if args.no_progress else None)
+    print(verify_table(results))
+    if args.report:
+        with atomic_file(args.report, args.overwrite) as tmp:
+            tmp.write_text(json.dumps({lang: r.as_dict() for lang, r in results.items()}, indent=1), encoding="utf-8")
+    failed = [lang for lang, r in results.items() if not r.passed]
+    if failed:
+        print(f"verify: the trimmed model differs on covered text of {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("verify: identical on every covered text")
+    return 0

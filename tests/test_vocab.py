@@ -1,0 +1,197 @@
+"""Vocabulary selection: each rule keeps what its paper says, rules narrow within a language and
+unite across languages, specials / keep-list / characters are always kept in original order, the
+report says who contributed what; with the real mBERT vocabulary and XNLI en+fr the kept
+vocabulary is tens of thousands of tokens and a full-size mBERT loses at least 30% of its
+parameters."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import shared
+from polyglot_distil.count import Counts, LanguageTotals
+from polyglot_distil.errors import UserError
+from polyglot_distil.vocab import (BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, char_token_mask, rule_mask,
+                                   select_vocabulary)
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "la", "cat", "chat", "##s", "a", "##a", "é", "xyz"]
+SPECIALS = [0, 1, 2, 3, 4]
+
+
+def make_counts(occurrences: dict[str, list[int]], line_counts: dict[str, list[int]] | None = None,
+                lines: dict[str, int] | None = None) -> Counts:
+    counts = Counts(tokenizer="test", fingerprint="f", vocab=list(VOCAB), unk_id=1)
+    for lang, occ in occurrences.items():
+        occ = np.asarray(occ + [0] * (len(VOCAB) - len(occ)), dtype=np.int64)
+        lc = np.asarray((line_counts or {}).get(lang, occ), dtype=np.int64)
+        lc = np.concatenate([lc, np.zeros(len(VOCAB) - len(lc), dtype=np.int64)])
+        counts.occurrences[lang], counts.line_counts[lang] = occ, lc
+        counts.totals[lang] = LanguageTotals(lines=(lines or {}).get(lang, 100), tokens=int(occ.sum()))
+    return counts
+
+
+def kept_tokens(selection) -> list[str]:
+    return [VOCAB[i] for i in selection.kept_ids]
+
+
+#                 PAD UNK CLS SEP MASK the  la cat chat ##s  a ##a  é xyz
+EN = [0, 0, 0, 0, 0, 50, 0, 10, 0, 5, 3, 0, 1, 0]
+FR = [0, 1, 0, 0, 0, 0, 40, 0, 10, 5, 2, 1, 4, 0]
+
+
+def test_min_count_keeps_tokens_seen_at_least_n_times():
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=5), VOCAB, SPECIALS)
+    assert kept_tokens(selection) == VOCAB[:5] + ["the", "cat", "##s"]
+
+
+def test_min_line_share_uses_the_share_of_the_languages_lines():
+    # 20,000 lines: Geotrend's 0.005% is one line; 40,000 lines: two lines
+    line_counts = {"en": [0, 0, 0, 0, 0, 9, 0, 2, 0, 1, 0, 0, 0, 0]}
+    few = make_counts({"en": EN}, line_counts, {"en": 20_000})
+    many = make_counts({"en": EN}, line_counts, {"en": 40_000})
+    rules = Rules(min_line_share=GEOTREND_LINE_SHARE)
+    assert kept_tokens(select_vocabulary(few, ["en"], rules, VOCAB, SPECIALS))[5:] == ["the", "cat", "##s"]
+    assert kept_tokens(select_vocabulary(many, ["en"], rules, VOCAB, SPECIALS))[5:] == ["the", "cat"]
+
+
+def test_min_prob_keeps_a_token_frequent_enough_in_either_language():
+    # en has 69 tokens, fr 63: "a" is 3/69 = 0.043 in en and 2/63 = 0.032 in fr
+    counts = make_counts({"en": EN, "fr": FR})
+    selection = select_vocabulary(counts, ["en", "fr"], Rules(min_prob=0.04), VOCAB, SPECIALS)
+    assert kept_tokens(selection)[5:] == ["the", "la", "cat", "chat", "##s", "a", "é"]
+
+
+def test_coverage_keeps_the_fewest_most_frequent_tokens_reaching_the_share():
+    # en: the 50, cat 10, ##s 5, a 3, é 1 (69 in all): 90% = 62.1 needs the, cat, ##s (65)
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(coverage=0.9), VOCAB, SPECIALS)
+    assert kept_tokens(selection)[5:] == ["the", "cat", "##s"]
+    full = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(coverage=1.0), VOCAB, SPECIALS)
+    assert kept_tokens(full)[5:] == ["the", "cat", "##s", "a", "é"]
+
+
+def test_top_n_breaks_ties_by_original_id():
+    counts = make_counts({"fr": FR})  # la 40, chat 10, ##s 5, é 4, a 2, [UNK] 1, ##a 1
+    selection = select_vocabulary(counts, ["fr"], Rules(top_n=6), VOCAB, SPECIALS)
+    assert kept_tokens(selection)[5:] == ["la", "chat", "##s", "a", "é"]  # [UNK] (id 1) beats ##a; special anyway
+
+
+def test_rules_within_a_language_must_all_hold():
+    counts = make_counts({"en": EN})
+    selection = select_vocabulary(counts, ["en"], Rules(min_count=3, top_n=2), VOCAB, SPECIALS)
+    assert kept_tokens(selection)[5:] == ["the", "cat"]
+    assert selection.report["languages"]["en"]["by_rule"] == {"min_count": 4, "top_n": 2}
+
+
+def test_languages_are_united_and_each_ones_share_reported():
+    counts = make_counts({"en": EN, "fr": FR})
+    selection = select_vocabulary(counts, ["en", "fr"], Rules(min_count=5), VOCAB, SPECIALS)
+    assert kept_tokens(selection)[5:] == ["the", "la", "cat", "chat", "##s"]
+    report = selection.report["languages"]
+    assert report["en"] == {"by_rule": {"min_count": 3}, "selected": 3, "only_this_language": 2}
+    assert report["fr"] == {"by_rule": {"min_count": 3}, "selected": 3, "only_this_language": 2}
+    assert selection.report["union_of_languages"] == 5
+
+
+def test_kept_ids_keep_the_original_order_and_map_back():
+    selection = select_vocabulary(make_counts({"fr": FR}), ["fr"], Rules(min_count=2), VOCAB, SPECIALS)
+    assert list(selection.kept_ids) == sorted(selection.kept_ids)
+    id_map = selection.id_map
+    assert all(id_map[old] == new for new, old in enumerate(selection.kept_ids))
+    assert id_map[VOCAB.index("the")] == -1
+
+
+def test_specials_are_kept_even_when_unseen():
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=5), VOCAB, SPECIALS)
+    assert kept_tokens(selection)[:5] == VOCAB[:5]
+    assert selection.report["always_kept"]["special"] == {"tokens": 5, "added": 5}
+
+
+def test_keep_list_adds_its_tokens_and_names_the_unknown_ones():
+    rules = Rules(min_count=5, keep_tokens=["xyz", "not-a-token"])
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], rules, VOCAB, SPECIALS)
+    assert "xyz" in kept_tokens(selection)
+    assert selection.missing_keep == ["not-a-token"]
+    assert selection.report["always_kept"]["keep_list"]["added"] == 1
+
+
+def test_keep_chars_keeps_single_characters_and_their_continuations():
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=50, keep_chars=True),
+                                  VOCAB, SPECIALS)
+    assert kept_tokens(selection)[5:] == ["the", "##s", "a", "##a", "é"]
+    assert list(char_token_mask(["a", "##a", "\u2581a", "ab", "##ab", "##", "\u2581"])) == [
+        True, True, True, False, False, False, True]
+
+
+def test_no_rule_means_geotrends_line_share():
+    assert Rules().active() == {"min_line_share": GEOTREND_LINE_SHARE}
+    assert Rules(min_prob=BISTIL_MIN_PROB).active() == {"min_prob": BISTIL_MIN_PROB}
+
+
+def test_a_language_absent_from_the_counts_is_a_user_error():
+    with pytest.raises(UserError, match="'de' is not in the counts .*en"):
+        select_vocabulary(make_counts({"en": EN}), ["en", "de"], Rules(), VOCAB, SPECIALS)
+
+
+def test_rules_that_keep_only_specials_are_a_user_error():
+    with pytest.raises(UserError, match="keep no token of en beyond the special tokens"):
+        select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=1000), VOCAB, SPECIALS)
+
+
+@pytest.mark.parametrize("rules", [Rules(min_count=0), Rules(top_n=-3), Rules(min_line_share=0.0),
+                                   Rules(min_prob=2.0), Rules(coverage=1.5)])
+def test_out_of_range_rule_values_are_user_errors(rules):
+    with pytest.raises(UserError, match="must be"):
+        rules.validate()
+
+
+def test_rule_mask_on_an_empty_language_keeps_nothing():
+    zeros = np.zeros(len(VOCAB), dtype=np.int64)
+    for name, value in Rules(min_count=1, coverage=0.5, top_n=3).active().items():
+        assert not rule_mask(name, value, zeros, zeros, 0).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The published figure: mBERT en-fr, Geotrend's rule
+
+
+def bert_mlm_parameters(hidden: int, layers: int, intermediate: int, positions: int, types: int, vocab: int) -> int:
+    """Parameters of BertForMaskedLM (decoder tied to the word embeddings, no pooler)."""
+    embeddings = (vocab + positions + types) * hidden + 2 * hidden
+    layer = 4 * (hidden * hidden + hidden) + (hidden * intermediate + intermediate) \
+        + (intermediate * hidden + hidden) + 2 * 2 * hidden
+    head = hidden * hidden + hidden + 2 * hidden + vocab  # transform, LayerNorm, output bias
+    return embeddings + layers * layer + head
+
+
+def test_parameter_formula_matches_a_real_bert_for_masked_lm():
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=777, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=40, type_vocab_size=2)
+    model = BertForMaskedLM(config)
+    assert bert_mlm_parameters(32, 3, 48, 40, 2, 777) == sum(p.numel() for p in model.parameters())
+
+
+def test_mbert_en_fr_keeps_tens_of_thousands_of_tokens_and_a_third_fewer_parameters(mbert_vocab_dir):
+    from polyglot_distil.corpus import parse_sources
+    from polyglot_distil.count import count_corpora
+    from polyglot_distil.loading import load_tokenizer, vocab_in_id_order
+    from polyglot_distil.trim import special_token_ids
+
+    xnli = shared("xnli")
+    languages = {lang: parse_sources([str(xnli / f"{split}-{lang}.tsv") for split in ("dev", "test")])
+                 for lang in ("en", "fr")}
+    tokenizer = load_tokenizer(mbert_vocab_dir)
+    counts = count_corpora(str(mbert_vocab_dir), languages, tokenizer=tokenizer, show_progress=False)
+    vocab = vocab_in_id_order(tokenizer)
+    selection = select_vocabulary(counts, ["en", "fr"], Rules(min_line_share=GEOTREND_LINE_SHARE), vocab,
+                                  special_token_ids(tokenizer, SimpleNamespace()))  # no config ids
+    kept = len(selection.kept_ids)
+    before = bert_mlm_parameters(768, 12, 3072, 512, 2, len(vocab))
+    after = bert_mlm_parameters(768, 12, 3072, 512, 2, kept)
+    assert len(vocab) == 119_547 and round(before / 1e6) == 178  # the published mBERT size
+    assert 10_000 <= kept < 100_000
+    assert after <= 0.7 * before
