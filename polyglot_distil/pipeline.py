@@ -1,0 +1,454 @@
+"""One config, one command: the whole pipeline.
+
+    polyglot-distil run configs/mbert-en-sw-bistil.yaml
+    polyglot-distil run configs/demo.yaml general.max_steps=20 --from general
+    polyglot-distil run configs/mbert-en-fr-trim.yaml --only trim
+
+A YAML file describes the base model, the languages and their corpora, and one section per
+stage. Stages run in order -- count, trim, verify, student, general, finetune, task, eval --
+each into its own folder under `run_dir` with a completion marker (`DONE.json`); a re-run skips
+completed stages, and an interrupted training stage resumes from its last checkpoint.
+
+A stage's section holds that stage's command-line options, written as YAML (`max_steps: 200`
+for `--max-steps 200`, `keep_chars: true` for `--keep-chars`). They are validated against the
+command's own parser before anything runs, so a config and the command line cannot drift
+apart; the paths that connect stages (`--teacher`, `--counts`, `--out`, ...) are set by the
+pipeline and may not be given. `key=value` arguments override any field
+(`trim.min_line_share=1e-4`, `languages.target=sw`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from polyglot_distil.errors import UserError
+
+STAGES = ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
+TOP_LEVEL = {
+    "run_dir": "folder that holds every stage's output",
+    "model": "base model: hub name or local folder",
+    "languages": "mapping with 'source' and 'target' language codes",
+    "corpora": "mapping language -> list of sources (files, hf:..., manifests)",
+    "task_data": "mapping with 'train' and 'dev' NLI sources (English)",
+    "eval_data": "folder of {split}-{lang}.tsv XNLI files (omit for facebook/xnli from the hub)",
+    "stages": f"list of stages to run, in order (default: all of {', '.join(STAGES)})",
+    "trust_remote_code": "true to let model code from the hub run (default false)",
+    **{stage: f"options of the {stage} stage" for stage in STAGES},
+}
+MARKER = "DONE.json"
+FAILED = "FAILED"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validating
+
+
+def _set_dotted(config: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = config
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {dotted}=...: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read the YAML file and apply `key=value` overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level")
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {override!r}: expected key=value, e.g. general.max_steps=100")
+        _set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    config["_path"] = str(path)
+    return config
+
+
+def _expect(condition: bool, key: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise UserError(f"config key {key}: expected {expected}, got {value!r}")
+
+
+def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help",)}
+
+
+def _check_value(key: str, action: argparse.Action, value: Any) -> None:
+    """Validate one section value the way argparse would validate it on the command line."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        _expect(isinstance(value, bool), key, "true or false", value)
+        return
+    values = value if isinstance(action, argparse._AppendAction) and isinstance(value, list) else [value]
+    if isinstance(value, list) and not isinstance(action, argparse._AppendAction):
+        values = [",".join(str(v) for v in value)]  # lists become comma-separated options
+    for item in values:
+        _expect(not isinstance(item, (dict, list)), key, "a single value", item)
+        text = str(item).lower() if isinstance(item, bool) else str(item)
+        if action.type is not None:
+            try:
+                converted = action.type(text)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                name = getattr(action.type, "__name__", "a valid value")
+                raise UserError(f"config key {key}: expected {name}, got {item!r}") from None
+        else:
+            converted = text
+        if action.choices is not None and converted not in action.choices:
+            raise UserError(f"config key {key}: expected one of {', '.join(map(str, action.choices))}, got {item!r}")
+
+
+def section_argv(stage: str, section: dict, parser: argparse.ArgumentParser, wired: set[str]) -> list[str]:
+    """The command-line options of a stage section, validated against the stage's parser."""
+    actions = _option_actions(parser)
+    argv: list[str] = []
+    for name, value in section.items():
+        key = f"{stage}.{name}"
+        dest = name.replace("-", "_")
+        if dest in wired:
+            raise UserError(f"config key {key}: set by the pipeline (it connects the stages); remove it")
+        if dest not in actions:
+            known = ", ".join(sorted(d for d in actions if d not in wired))
+            raise UserError(f"config key {key}: unknown option (expected one of: {known})")
+        if value is None:
+            continue
+        action = actions[dest]
+        _check_value(key, action, value)
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif isinstance(action, argparse._StoreFalseAction):
+            argv += [] if value else [flag]
+        elif isinstance(action, argparse._AppendAction) and isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        elif isinstance(value, list):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass
+class Stage:
+    """One pipeline stage: the command it runs and how it is wired to the stages before it."""
+
+    name: str
+    command: tuple[str, ...]
+    wire: Callable[["Run"], list[str]]  # the connecting options (paths, languages)
+    wired: frozenset[str]  # their argparse dests, which a config section may not set
+    resumable: bool = False  # a training stage: an interrupted run continues with --resume
+
+
+class Run:
+    """A validated config and where each stage's output lives."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        base = Path(config["_path"]).parent
+        self.run_dir = Path(config["run_dir"])
+        self.base = base
+
+    def dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def source(self) -> str:
+        return self.config["languages"]["source"]
+
+    @property
+    def target(self) -> str:
+        return self.config["languages"]["target"]
+
+    @property
+    def langs(self) -> list[str]:
+        return [self.source, self.target] if self.source != self.target else [self.source]
+
+    def lang_specs(self, flag: str = "--lang") -> list[str]:
+        argv = []
+        for lang in self.langs:
+            for source in self.config["corpora"][lang]:
+                argv += [flag, f"{lang}={source}"]
+        return argv
+
+    def trust(self) -> list[str]:
+        return ["--trust-remote-code"] if self.config.get("trust_remote_code") else []
+
+    def heldout_specs(self) -> list[str]:
+        heldout = self.config.get("heldout") or self.config["corpora"]
+        argv = []
+        for lang in self.langs:
+            for source in heldout.get(lang, self.config["corpora"][lang]):
+                argv += ["--lang", f"{lang}={source}"]
+        return argv
+
+
+def _stage_table() -> dict[str, Stage]:
+    def stage(name, command, wire, wired, resumable=False):
+        return Stage(name, tuple(command), wire, frozenset(wired), resumable)
+
+    return {s.name: s for s in (
+        stage("count", ["count"], lambda r: [
+            "--tokenizer", r.config["model"], *r.lang_specs(), "--out", r.dir("count") / "counts.parquet",
+            *r.trust()], {"tokenizer", "lang", "out", "trust_remote_code", "shard"}),
+        stage("trim", ["trim"], lambda r: [
+            "--model", r.config["model"], "--counts", r.dir("count") / "counts.parquet",
+            "--langs", ",".join(r.langs), "--out", r.dir("trim") / "model", *r.trust()],
+            {"model", "counts", "langs", "out", "trust_remote_code"}),
+        stage("verify", ["verify"], lambda r: [
+            "--original", r.config["model"], "--trimmed", r.dir("trim") / "model", *r.heldout_specs(),
+            "--report", r.dir("verify") / "verify.json", *r.trust()],
+            {"original", "trimmed", "lang", "report", "trust_remote_code"}),
+        stage("student", ["student"], lambda r: [
+            "--teacher", r.dir("trim") / "model", "--out", r.dir("student") / "model"],
+            {"teacher", "out", "trust_remote_code"}),
+        stage("general", ["distil", "general"], lambda r: [
+            "--teacher", r.dir("trim") / "model", "--student", r.dir("student") / "model", *r.lang_specs(),
+            "--out", r.dir("general") / "run"],
+            {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True),
+        stage("finetune", ["finetune"], lambda r: [
+            "--model", r.config["model"], "--task", "nli", "--train", r.config["task_data"]["train"],
+            "--dev", r.config["task_data"]["dev"], "--out", r.dir("finetune") / "run", *r.trust()],
+            {"model", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
+        stage("task", ["distil", "task"], lambda r: [
+            "--teacher", r.dir("finetune") / "run" / "best", "--student", r.dir("general") / "run" / "final",
+            "--task", "nli", "--train", r.config["task_data"]["train"], "--dev", r.config["task_data"]["dev"],
+            "--out", r.dir("task") / "run"],
+            {"teacher", "student", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
+        stage("eval", ["eval", "xnli"], lambda r: [
+            "--model", r.dir("task") / "run" / "best", "--teacher", r.dir("finetune") / "run" / "best",
+            "--langs", ",".join(dict.fromkeys([r.target, r.source])),
+            *(["--data", r.config["eval_data"]] if r.config.get("eval_data") else []),
+            "--out", r.dir("eval") / "report"],
+            {"model", "teacher", "langs", "data", "out", "trust_remote_code"}),
+    )}
+
+
+def _subparser(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> argparse.ArgumentParser:
+    for word in words:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+def _stage_parser(root: argparse.ArgumentParser, stage: Stage) -> argparse.ArgumentParser | None:
+    try:
+        return _subparser(root, stage.command)
+    except (KeyError, StopIteration):
+        return None
+
+
+def validate(config: dict, root: argparse.ArgumentParser) -> list[Stage]:
+    """Check the whole config before anything runs; return the stages to run, in order."""
+    from polyglot_distil.corpus import parse_source
+
+    unknown = [k for k in config if k not in TOP_LEVEL and k != "_path"]
+    if unknown:
+        raise UserError(f"config key {unknown[0]}: unknown (expected one of: {', '.join(TOP_LEVEL)})")
+    for key in ("run_dir", "model"):
+        _expect(isinstance(config.get(key), str) and config[key], key, "a non-empty string", config.get(key))
+    languages = config.get("languages")
+    _expect(isinstance(languages, dict) and set(languages) == {"source", "target"}, "languages",
+            "a mapping with 'source' and 'target'", languages)
+    names = config.get("stages", list(STAGES))
+    _expect(isinstance(names, list) and all(n in STAGES for n in names), "stages",
+            f"a list of stages from {', '.join(STAGES)}", names)
+    table = _stage_table()
+    stages = [table[name] for name in STAGES if name in names]
+    base = Path(config["_path"]).parent
+    needs_corpora = any(s.name in ("count", "verify", "general") for s in stages)
+    if needs_corpora:
+        corpora = config.get("corpora")
+        _expect(isinstance(corpora, dict), "corpora", "a mapping language -> list of sources", corpora)
+        for lang in dict.fromkeys(languages.values()):
+            sources = corpora.get(lang)
+            _expect(isinstance(sources, list) and sources, f"corpora.{lang}", "a non-empty list of sources", sources)
+            for i, source in enumerate(sources):
+                try:
+                    parse_source(str(source))
+                except UserError as exc:
+                    raise UserError(f"config key corpora.{lang}[{i}]: {exc}") from None
+    if any(s.name in ("finetune", "task") for s in stages):
+        data = config.get("task_data")
+        _expect(isinstance(data, dict) and {"train", "dev"} <= set(data), "task_data",
+                "a mapping with 'train' and 'dev' NLI sources", data)
+        for key in ("train", "dev"):
+            value = str(data[key])
+            if not value.startswith("hf:") and not Path(value).exists():
+                raise UserError(f"config key task_data.{key}: file not found: {value}")
+    if config.get("eval_data") is not None and not Path(config["eval_data"]).is_dir():
+        raise UserError(f"config key eval_data: folder not found: {config['eval_data']}")
+    del base
+    for stage in stages:
+        section = config.get(stage.name) or {}
+        _expect(isinstance(section, dict), stage.name, "a mapping of options", section)
+        parser = _stage_parser(root, stage)
+        if parser is None:
+            raise UserError(f"stage {stage.name}: this version of polyglot-distil has no "
+                            f"'{' '.join(stage.command)}' command; remove it from 'stages'")
+        section_argv(stage.name, section, parser, set(stage.wired))
+    return stages
+
+
+def stage_argv(run: Run, stage: Stage, root: argparse.ArgumentParser) -> list[str]:
+    section = run.config.get(stage.name) or {}
+    options = section_argv(stage.name, section, _stage_parser(root, stage), set(stage.wired))
+    return [*stage.command, *(str(a) for a in stage.wire(run)), *options]
+
+
+def _argv_hash(argv: list[str]) -> str:
+    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+
+
+def run_pipeline(config: dict, only: str | None = None, start: str | None = None,
+                 root: argparse.ArgumentParser | None = None) -> list[str]:
+    """Run the config's stages; return the names of the stages that ran (not skipped)."""
+    from polyglot_distil.cli import build_parser
+
+    root = root or build_parser()
+    stages = validate(config, root)
+    names = [s.name for s in stages]
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            raise UserError(f"{flag} {value}: not a stage of this config (stages: {', '.join(names)})")
+    if only:
+        stages = [s for s in stages if s.name == only]
+    elif start:
+        stages = stages[names.index(start):]
+    run = Run(config)
+    rank, world = _process_rank()
+    ran = []
+    for stage in stages:
+        argv = stage_argv(run, stage, root)
+        settings_hash = _argv_hash(argv)  # before --resume / --overwrite, which change no result
+        marker = run.dir(stage.name) / MARKER
+        forced = only == stage.name or start == stage.name
+        if world > 1 and rank > 0:
+            # Under `accelerate launch`: every process trains; the other stages run on the main
+            # process while the rest wait for its marker.
+            if stage.resumable:
+                _wait_for(run.dir(stage.name) / ".started", stage.name)
+                args = root.parse_args(_read_started(run, stage) or argv)  # the main process's exact argv
+                args.func(args)
+            _wait_for(marker, stage.name)
+            continue
+        if marker.is_file() and not forced:
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("argv_hash") != settings_hash:
+                raise UserError(f"stage {stage.name} was completed with other settings ({marker}); "
+                                f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
+            print(f"[{stage.name}] done earlier, skipped")
+            continue
+        stage_dir = run.dir(stage.name)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        output = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        if stage.resumable and output is not None and (output / "checkpoints").is_dir() and not forced:
+            argv.append("--resume")
+            print(f"[{stage.name}] resuming from {output / 'checkpoints'}")
+        elif output is not None and output.exists():
+            argv.append("--overwrite")  # an earlier attempt that did not finish, or a forced re-run
+        elif stage.name == "verify":
+            argv.append("--overwrite")
+        print(f"[{stage.name}] polyglot-distil {' '.join(argv)}", flush=True)
+        start_time = time.time()
+        (stage_dir / FAILED).unlink(missing_ok=True)
+        if world > 1 and stage.resumable:
+            (stage_dir / ".started").write_text(json.dumps(argv), encoding="utf-8")
+        try:
+            args = root.parse_args(argv)
+            code = int(args.func(args) or 0)
+            if code != 0:
+                raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "
+                                "completed stages are skipped")
+        except BaseException:
+            (stage_dir / FAILED).write_text(stage.name, encoding="utf-8")
+            raise
+        finally:
+            (stage_dir / ".started").unlink(missing_ok=True)
+        marker.write_text(json.dumps({"stage": stage.name, "argv": argv, "argv_hash": settings_hash,
+                                      "seconds": round(time.time() - start_time, 1),
+                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n",
+                          encoding="utf-8")
+        ran.append(stage.name)
+    return ran
+
+
+def _process_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun / accelerate launch; (0, 1) otherwise."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
+    """Wait (without a collective, so without its timeout) for the main process's file."""
+    failed = path.parent / FAILED
+    while not path.exists():
+        if failed.exists():
+            raise UserError(f"stage {stage} failed on the main process; see its output")
+        time.sleep(poll_seconds)
+
+
+def _read_started(run: Run, stage: Stage) -> list[str]:
+    path = run.dir(stage.name) / ".started"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+
+
+def add_run_parser(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run the whole pipeline from one YAML config",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. general.steps=100")
+    p.add_argument("--only", metavar="STAGE", help="run only this stage (again, if it was done)")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on (it again, if done)")
+    p.add_argument("--check", action="store_true", help="validate the config and print the commands; run nothing")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args) -> int:
+    from polyglot_distil.cli import build_parser
+
+    config = load_config(args.config, args.overrides)
+    root = build_parser()
+    if args.check:
+        run = Run(config)
+        for stage in validate(config, root):
+            print(f"[{stage.name}] polyglot-distil {' '.join(stage_argv(run, stage, root))}")
+        print(f"{args.config}: valid")
+        return 0
+    ran = run_pipeline(config, args.only, args.start, root)
+    print(f"pipeline done ({', '.join(ran) or 'nothing to do'}); outputs under {config['run_dir']}")
+    report = Path(config["run_dir"]) / "eval" / "report" / "REPORT.md"
+    if report.is_file():
+        print(f"report: {report}\n")
+        print(main_tables(report.read_text(encoding="utf-8")))
+    return 0
+
+
+def main_tables(report_md: str, sections: tuple[str, ...] = ("Accuracy", "Fidelity", "Efficiency")) -> str:
+    """The report's headline sections (accuracy, fidelity, efficiency), without the rest."""
+    parts = report_md.split("\n## ")
+    return "\n".join("## " + p.strip() + "\n" for p in parts[1:] if p.startswith(sections))

@@ -1,0 +1,142 @@
+"""`polyglot-distil run`: configs validate before anything runs; the demo config runs end to end;
+completed stages are skipped; an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from polyglot_distil.cli import build_parser
+from polyglot_distil.errors import UserError
+from polyglot_distil.pipeline import STAGES, load_config, run_pipeline, validate
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_shipped_configs_are_there():
+    names = {p.name for p in CONFIGS}
+    assert {"demo.yaml", "mbert-en-fr-trim.yaml", "mbert-en-sw-bistil.yaml", "xlmr-en-sw-bistil.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = load_config(path)
+    stages = validate(config, build_parser())
+    assert stages, path
+    header = path.read_text(encoding="utf-8").splitlines()[:12]
+    assert any("polyglot-distil run configs/" + path.name in line for line in header), "header gives the command"
+    assert any(line.startswith("# Compute") for line in header), "header gives the expected compute"
+    assert any(line.startswith("# Needs first") for line in header), "header says what must exist first"
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    config["run_dir"] = str(tmp_path / "run")
+    config["model"] = str(tmp_path / "teacher")
+    for key in ("corpora",):
+        config[key] = {lang: [str(ROOT / s) for s in sources] for lang, sources in config[key].items()}
+    config["task_data"] = {k: str(ROOT / v) for k, v in config["task_data"].items()}
+    config["eval_data"] = str(ROOT / config["eval_data"])
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"trim__min_cuont": 2}, "config key trim.min_cuont: unknown option"),
+    ({"general__steps": "many"}, "config key general.steps: expected int, got 'many'"),
+    ({"general__mixed_precision": "fp8"}, "config key general.mixed_precision: expected one of no, bf16, fp16"),
+    ({"trim__keep_chars": "yes"}, "config key trim.keep_chars: expected true or false"),
+    ({"trim__out": "elsewhere"}, "config key trim.out: set by the pipeline"),
+    ({"languagez": {"source": "en"}}, "config key languagez: unknown"),
+    ({"corpora__sw": ["corpora/sw/missing.txt"]}, "config key corpora.sw[0]: source file not found"),
+    ({"task_data__train": "nli/missing-train.tsv"}, "config key task_data.train: file not found"),
+])
+def test_bad_config_gives_one_line_naming_the_key(tmp_path, capsys, changes, message):
+    path = write_config(tmp_path, **changes)
+    assert run_cli("run", path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists(), "nothing ran"
+
+
+def test_missing_config_file_is_an_error(tmp_path, capsys):
+    assert run_cli("run", tmp_path / "nope.yaml") == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_overrides_replace_config_fields(tmp_path):
+    path = write_config(tmp_path)
+    config = load_config(path, ["general.steps=7", "languages.target=fr", "trim.keep_chars=false"])
+    assert config["general"]["steps"] == 7 and config["languages"]["target"] == "fr"
+    assert config["trim"]["keep_chars"] is False
+    with pytest.raises(UserError, match="expected key=value"):
+        load_config(path, ["general.steps"])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo config, run as a user whose first run stopped after phase 1 and who ran it again."""
+    from polyglot_distil.smoke import build_smoke_model
+
+    tmp = tmp_path_factory.mktemp("demo")
+    samples = [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "de", "es", "sw")]
+    build_smoke_model(tmp / "teacher", "bert", texts=samples, vocab_size=1000)
+    path = write_config(tmp, general__steps=20, eval__repeats=1)
+    first = run_pipeline(load_config(path, ["stages=[count,trim,verify,student,general]"]))
+    markers = {s: (tmp / "run" / s / "DONE.json").stat().st_mtime_ns for s in first}
+    second = run_pipeline(load_config(path))
+    return {"tmp": tmp, "path": path, "first": first, "second": second, "markers": markers}
+
+
+def test_first_run_stops_after_phase_one(demo_run):
+    assert demo_run["first"] == ["count", "trim", "verify", "student", "general"]
+
+
+def test_rerun_resumes_at_the_next_stage_without_redoing_earlier_ones(demo_run):
+    assert demo_run["second"] == ["finetune", "task", "eval"]
+    for stage, mtime in demo_run["markers"].items():
+        assert (demo_run["tmp"] / "run" / stage / "DONE.json").stat().st_mtime_ns == mtime, stage
+
+
+def test_demo_produces_an_evaluated_compact_model(demo_run):
+    report = json.loads((demo_run["tmp"] / "run" / "eval" / "report" / "report.json").read_text())
+    text = json.dumps(report)
+    assert "sw" in text and "accuracy" in text
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    best = demo_run["tmp"] / "run" / "task" / "run" / "best"
+    model = AutoModelForSequenceClassification.from_pretrained(best)
+    assert model.config.num_labels == 3 and AutoTokenizer.from_pretrained(best) is not None
+    teacher = AutoModelForSequenceClassification.from_pretrained(demo_run["tmp"] / "teacher", num_labels=3)
+    assert model.num_parameters() < teacher.num_parameters()
+
+
+def test_completed_run_does_nothing_again(demo_run):
+    assert run_pipeline(load_config(demo_run["path"])) == []
+
+
+def test_interrupted_training_stage_resumes_from_its_checkpoint(demo_run, capsys):
+    (demo_run["tmp"] / "run" / "general" / "DONE.json").unlink()
+    assert run_pipeline(load_config(demo_run["path"])) == ["general"]
+    assert "resuming from" in capsys.readouterr().out
+
+
+def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
+    with pytest.raises(UserError, match="stage trim was completed with other settings"):
+        run_pipeline(load_config(demo_run["path"], ["trim.min_count=3"]))
+
+
+def test_stages_are_in_pipeline_order():
+    assert STAGES == ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
