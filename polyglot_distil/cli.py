@@ -5,7 +5,10 @@
     polyglot-distil trim    --model NAME --counts counts.parquet --langs en,fr --out DIR
     polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
     polyglot-distil student --teacher DIR --out DIR [--layers 6 --init-layers 0,2,4,7,9,11]
+    polyglot-distil finetune --model NAME --task nli --train SOURCE --dev SOURCE --out DIR
     polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
+    polyglot-distil distil task --teacher DIR --student DIR --task nli --train SOURCE --dev SOURCE --out DIR
+    polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
 
 Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
@@ -23,8 +26,8 @@ from polyglot_distil.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from polyglot_distil import count, distil_general, student
-    from polyglot_distil import evaluate, smoke, trim, verify
+    from polyglot_distil import count, distil_general, distil_task, finetune, sparse, student
+    from polyglot_distil import evaluate, pipeline, smoke, trim, verify
 
     parser = argparse.ArgumentParser(
         prog="polyglot-distil",
@@ -37,11 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     trim.add_trim_parser(subparsers)
     verify.add_verify_parser(subparsers)
     student.add_student_parser(subparsers)
+    finetune.add_finetune_parser(subparsers)
     distil = subparsers.add_parser("distil", help="distil a compact student (general phase, task phase)")
     distil_subparsers = distil.add_subparsers(dest="phase", metavar="PHASE", required=True)
     distil_general.add_distil_parser(distil_subparsers)
+    distil_task.add_distil_parser(distil_subparsers)
+    sparse.add_apply_diff_parser(subparsers)
     smoke.add_smoke_parser(subparsers)
     evaluate.add_eval_parser(subparsers)
+    pipeline.add_run_parser(subparsers)
     return parser
 
 

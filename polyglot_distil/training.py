@@ -12,7 +12,10 @@
 A phase plugs a `Recipe` into `train(settings, run_config, build_recipe)`: the trained module,
 its batches, its loss, optionally an evaluation whose metric picks the best model, a hook run on
 the gradients before each optimizer step (e.g. masking them for sparse fine-tuning), and extra
-tensors to checkpoint (e.g. theta0 and a mask). The loop does the rest:
+tensors to checkpoint (e.g. theta0 and a mask). A run in stages (lottery-ticket sparse
+fine-tuning: full fine-tuning, then a reset and masked training) adds a hook run before each
+step, its own learning-rate schedule, a label for each metrics row, and the step after which
+evaluations compete for the best model. The loop does the rest:
 
 - AdamW (no weight decay on biases and norms), a linear schedule with warmup, gradient clipping,
   gradient accumulation and bf16/fp16 autocast through `accelerate.Accelerator`;
@@ -110,6 +113,14 @@ class Recipe:
     after_backward(model) sees the unwrapped module with this step's averaged gradients, before
     clipping and the optimizer step. extra_state() / load_extra_state(tensors) round-trip
     tensors through checkpoints. parameter_groups(model, weight_decay) -> AdamW groups.
+
+    For runs in stages: before_step(k, model, optimizer) runs before step k (0-based; also the
+    first step after a resume) with the unwrapped module and the optimizer, to change what is
+    trained mid-run (e.g. reset the weights and clear `optimizer.state`, a fresh optimizer).
+    lr_lambda(k) is the learning-rate multiplier of step k (default: linear warmup, then linear
+    decay to 0 over the run). row_fields(step) adds fields to the metrics rows of `step`
+    (1-based, as logged). Evaluations at steps <= best_after are logged but do not compete for
+    OUT/best/.
     """
 
     model: torch.nn.Module
@@ -123,6 +134,10 @@ class Recipe:
     extra_state: Callable[[], dict[str, torch.Tensor]] | None = None
     load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None
     parameter_groups: Callable[[torch.nn.Module, float], list[dict]] | None = None
+    before_step: Callable[[int, torch.nn.Module, Any], None] | None = None
+    lr_lambda: Callable[[int], float] | None = None
+    row_fields: Callable[[int], dict] | None = None
+    best_after: int = 0
 
 
 @dataclass
@@ -349,7 +364,10 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
     model = recipe.model
     optimizer = torch.optim.AdamW((recipe.parameter_groups or default_parameter_groups)(model, settings.weight_decay),
                                   lr=settings.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+    if recipe.lr_lambda is not None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_lambda)
+    else:
+        scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = {"step": 0, "best_value": None, "best_step": None}
     if resume_from is not None:
@@ -372,6 +390,8 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
     last_train, last_eval, started = {}, {}, time.perf_counter()
     model.train()
     while state["step"] < settings.steps:
+        if recipe.before_step is not None:
+            recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
         for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum):
             with accelerator.accumulate(model):
                 with accelerator.autocast():
@@ -391,10 +411,12 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
         step = state["step"]
         since_log += 1
         bar.update(1)
+        fields = recipe.row_fields(step) if recipe.row_fields is not None else {}
 
         if step % settings.log_every == 0 or step == settings.steps:
             means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
-            last_train = {"kind": "train", "step": step, **dict(zip(names, means)), "lr": scheduler.get_last_lr()[0],
+            last_train = {"kind": "train", "step": step, **fields, **dict(zip(names, means)),
+                          "lr": scheduler.get_last_lr()[0],
                           "grad_norm": None if grad_norm is None else float(grad_norm),
                           "epoch": round(step / data.batches_per_epoch, 4),
                           "elapsed_s": round(time.perf_counter() - started, 2)}
@@ -407,10 +429,11 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
             model.eval()
             metrics = recipe.evaluate(model, accelerator)
             model.train()
-            last_eval = {"kind": "eval", "step": step, **metrics}
+            last_eval = {"kind": "eval", "step": step, **fields, **metrics}
             value = metrics[recipe.best_metric]
             best = state["best_value"]
-            if best is None or (value > best if recipe.higher_is_better else value < best):
+            competes = step > recipe.best_after
+            if competes and (best is None or (value > best if recipe.higher_is_better else value < best)):
                 state["best_value"], state["best_step"] = value, step
                 if main:
                     with atomic_dir(out / "best", overwrite=True) as tmp:

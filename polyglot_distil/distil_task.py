@@ -1,0 +1,371 @@
+"""Phase 2: task-specific sparse distillation from a task-tuned teacher (BiStil).
+
+    polyglot-distil distil task --teacher out/teacher-nli/best --student out/phase1/final --task nli \
+        --train 'hf:nyu-mll/multi_nli?split=train' --dev 'hf:nyu-mll/multi_nli?split=validation_matched' \
+        --out out/task
+    polyglot-distil distil task ... --full-epochs 1 --sparse-epochs 1 --density 0.08 --exclude-embeddings
+    accelerate launch --multi_gpu --num_processes 4 -m polyglot_distil distil task ...   # 4 GPUs
+    polyglot-distil distil task ... --out out/task --resume                            # continue
+    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+
+The teacher is a 3-way NLI classifier (`polyglot-distil finetune`); the student, a phase-1 model
+folder (masked-LM), gets a new 3-way head (seeded). When the teacher's vocabulary is larger than
+the student's (the teacher fine-tuned on the full multilingual model, the student trimmed), the
+teacher is reduced to the student's vocabulary with the trim's row selection (`trim_model_vocab`
+with `old_ids` found by token string): both then read the same ids, and on them the reduced
+teacher computes exactly what the full one does. Every student token must be in the teacher's
+vocabulary.
+
+Loss, each term with its weight (BiStil: logits, hidden and attention 1, label 0):
+
+    logits     soft cross-entropy of the student's softmax at --temperature against the teacher's
+               (no T^2 factor, as in BiStil's code), mean over pairs
+    hidden     mean over i of MSE(student hidden state i, teacher hidden state map(i)), 0 = embeddings
+    attention  mean over layers j of MSE(student attention j, teacher attention layer_map[j]), no padding
+    label      cross-entropy against the gold labels
+
+Lottery-ticket sparse fine-tuning (`sparse.py`), one run of the training loop in two stages:
+(1) --full-epochs of full fine-tuning (weight decay 0); (2) at the switch, the K = --density x
+(selectable body parameters: LayerNorm excluded and frozen, embeddings included unless
+--exclude-embeddings) entries that moved most from theta0 form the mask, every parameter (the
+head included) returns to theta0, the optimizer starts afresh (its state cleared, the learning
+rate schedule restarted), and --sparse-epochs train only the mask and the head. theta0 and the
+mask are in every checkpoint, so a run interrupted in either stage resumes to the same result.
+
+Output: OUT/best/ (the dense model with the best English dev accuracy in stage 2: the one to
+use), OUT/final/, OUT/sparse_diff/ (the best model as a sparse difference from the phase-1
+student, see sparse.py), OUT/metrics.jsonl (rows with `stage`: full or sparse; evaluations give
+`dev_accuracy` and `dev_agreement`, the share of dev pairs where student and teacher agree),
+OUT/checkpoints/, OUT/run_config.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from polyglot_distil.errors import UserError
+
+TERMS = ("logits", "hidden", "attention", "label")
+
+
+@dataclass
+class TaskLossWeights:
+    logits: float = 1.0
+    hidden: float = 1.0
+    attention: float = 1.0
+    label: float = 0.0
+    temperature: float = 2.0
+
+    def enabled(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
+
+
+def loss_weights(args) -> TaskLossWeights:
+    weights = TaskLossWeights(temperature=args.temperature)
+    for name in TERMS:
+        value = getattr(args, f"{name}_weight")
+        if value < 0:
+            raise UserError(f"--{name}-weight must not be negative, not {value}")
+        setattr(weights, name, value)
+    if not weights.enabled():
+        raise UserError("every loss weight is 0: enable at least one loss (e.g. --logits-weight 1)")
+    if not weights.temperature > 0:
+        raise UserError(f"--temperature must be positive, not {weights.temperature}")
+    return weights
+
+
+@dataclass
+class Stages:
+    """Step counts of the two stages; steps [0, full) are stage 1, [full, full + sparse) stage 2."""
+
+    full: int
+    sparse: int
+    warmup: int = 0
+
+    def name(self, step: int) -> str:
+        """The stage of logged step `step` (1-based: the step-th step done)."""
+        return "full" if step <= self.full else "sparse"
+
+    def lr_multiplier(self, k: int) -> float:
+        """Step k (0-based): linear warmup then linear decay to 0, restarted for each stage."""
+        i, length = (k, self.full) if k < self.full else (k - self.full, self.sparse)
+        if i < self.warmup:
+            return i / max(1, self.warmup)
+        return max(0.0, (length - i) / max(1, length - self.warmup))
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher and student
+
+
+def reduce_to_vocabulary(teacher, teacher_vocab: list[str], student_vocab: list[str], teacher_name: str,
+                         student_name: str) -> np.ndarray | None:
+    """Reduce `teacher` (in place) to the student's vocabulary: old_ids[student id] = the teacher
+    id of the same token string, rows selected by `trim.trim_model_vocab`. Returns old_ids, or
+    None when the vocabularies are already the same."""
+    from polyglot_distil.trim import trim_model_vocab
+
+    if teacher_vocab == student_vocab:
+        return None
+    position = {}
+    for i, token in enumerate(teacher_vocab):
+        position.setdefault(token, i)
+    missing = [t for t in student_vocab if t not in position]
+    if missing:
+        shown = ", ".join(repr(t) for t in missing[:3])
+        raise UserError(f"the vocabularies of teacher {teacher_name} ({len(teacher_vocab):,} tokens) and student "
+                        f"{student_name} ({len(student_vocab):,}) cannot be reconciled: {len(missing):,} student "
+                        f"tokens are not in the teacher's ({shown}); distil from a teacher fine-tuned on the model "
+                        "the student was trimmed from")
+    old_ids = np.asarray([position[t] for t in student_vocab], dtype=np.int64)
+    rows = teacher.get_input_embeddings().weight.shape[0]
+    if old_ids.max() >= rows:
+        raise UserError(f"teacher {teacher_name}: its tokenizer has ids up to {old_ids.max()} but its embedding only "
+                        f"{rows:,} rows")
+    trim_model_vocab(teacher, old_ids)
+    return old_ids
+
+
+def load_teacher(args, student_tokenizer, attn: str):
+    """The teacher classifier (`evaluate.Classifier`), frozen, on the student's vocabulary."""
+    from polyglot_distil.evaluate import load_classifier
+    from polyglot_distil.loading import vocab_in_id_order
+
+    teacher = load_classifier(args.teacher, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
+    reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student_tokenizer),
+                         args.teacher, args.student)
+    teacher.model.eval().requires_grad_(False)
+    return teacher
+
+
+def load_student(args, attn: str):
+    """(classifier on the phase-1 student with a new seeded head, names of the new parameters)."""
+    from transformers import AutoConfig
+
+    from polyglot_distil.finetune import is_sequence_classifier, new_classifier
+    from polyglot_distil.loading import load_model
+
+    config = load_model(args.student, AutoConfig, trust_remote_code=args.trust_remote_code)
+    if is_sequence_classifier(config):
+        raise UserError(f"--student {args.student} is already a sequence classifier; pass the phase-1 student "
+                        "(e.g. the final/ folder of 'distil general'), which gets a new 3-way head")
+    return new_classifier(args.student, args.seed, args.trust_remote_code, attn_implementation=attn)
+
+
+def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int], args) -> None:
+    from polyglot_distil.student import check_layers
+
+    t, s = teacher.config, student.config
+    if t.model_type != s.model_type:
+        raise UserError(f"teacher {args.teacher} is a {t.model_type} model but student {args.student} a "
+                        f"{s.model_type} one; distil a student from its own teacher's family")
+    check_layers(layer_map, t.num_hidden_layers, s.num_hidden_layers, "--layer-map")
+    if weights.hidden and s.hidden_size != t.hidden_size:
+        raise UserError(f"the hidden loss compares states of equal width, but the student's hidden size is "
+                        f"{s.hidden_size} and the teacher's {t.hidden_size}; pass --hidden-weight 0")
+    if weights.attention and s.num_attention_heads != t.num_attention_heads:
+        raise UserError(f"the attention loss compares heads one to one, but the student has {s.num_attention_heads} "
+                        f"and the teacher {t.num_attention_heads}; pass --attention-weight 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskLossWeights, layer_map: list[int]):
+    """One batch's (weighted loss, {term: scalar}). `teacher_order` [3] puts the teacher's
+    classes in XNLI order, the student's."""
+    import torch
+    import torch.nn.functional as F
+
+    from polyglot_distil import losses
+    from polyglot_distil.finetune import model_inputs
+    from polyglot_distil.student import hidden_state_pairs
+
+    inputs = model_inputs(batch)
+    wanted = {"output_hidden_states": weights.hidden > 0, "output_attentions": weights.attention > 0}
+    s = model(**inputs, **wanted)
+    with torch.no_grad():
+        t = teacher(**inputs, **wanted)
+    mask = batch["attention_mask"]
+    terms = {}
+    if weights.logits:
+        terms["logits"] = losses.soft_cross_entropy(s.logits, t.logits[:, teacher_order], weights.temperature)
+    if weights.hidden:
+        pairs = hidden_state_pairs(layer_map)
+        terms["hidden"] = losses.hidden_mse([s.hidden_states[i] for i, _ in pairs],
+                                            [t.hidden_states[k] for _, k in pairs], mask)
+    if weights.attention:
+        terms["attention"] = losses.attention_mse(s.attentions, [t.attentions[k] for k in layer_map], mask)
+    if weights.label:
+        terms["label"] = F.cross_entropy(s.logits.float(), batch["labels"])
+    return sum(getattr(weights, name) * term for name, term in terms.items()), terms
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+
+
+def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev_data, accelerator, keep: dict):
+    """Load teacher, student and data; return the two-stage `Recipe`. `keep["ticket"]` receives
+    the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
+    import torch
+
+    from polyglot_distil.finetune import NLIBatches, dev_predictions, encode_pairs, save_classifier
+    from polyglot_distil.loading import load_tokenizer
+    from polyglot_distil.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count
+    from polyglot_distil.student import default_layer_map, parse_layers
+    from polyglot_distil.training import Recipe
+
+    attn = "eager" if weights.attention > 0 else "sdpa"  # attention maps need the eager attention
+    tokenizer = load_tokenizer(args.student, args.trust_remote_code)
+    teacher = load_teacher(args, tokenizer, attn)
+    student, new_names = load_student(args, attn)
+    t_layers, s_layers = teacher.model.config.num_hidden_layers, student.config.num_hidden_layers
+    layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
+    check_pair(teacher.model, student, weights, layer_map, args)
+
+    groups = parameter_groups(student, new_names, include_embeddings=args.include_embeddings)
+    params = dict(student.named_parameters())
+    selectable = sum(params[n].numel() for n in groups.selectable)
+    what = "the student's body (LayerNorm excluded, embeddings " + \
+        ("included)" if args.include_embeddings else "excluded)")
+    k = sparse_count(args.density, args.sparse_params, selectable, what)
+    for name in groups.frozen:
+        params[name].requires_grad_(False)
+    fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
+    ticket = keep["ticket"] = LotteryTicket(student, groups, k)
+
+    show = False if args.no_progress or not accelerator.is_main_process else None
+    pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
+    data = NLIBatches(pairs, train_data.labels, args.batch_size, args.seed)
+    teacher.model.to(accelerator.device)
+    teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli), device=accelerator.device)
+    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
+                                  args.max_length)
+    if accelerator.is_main_process:
+        print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
+              f"selectable ({k / selectable:.2%}); head {', '.join(groups.head)}", file=sys.stderr)
+        if teacher.note:
+            print(f"note: {teacher.note}", file=sys.stderr)
+
+    def compute_loss(model, batch):
+        return distillation_loss(model, teacher.model, teacher_order, batch, weights, layer_map)
+
+    def before_step(step, model, optimizer):
+        if step == stages.full:  # also after a resume from the checkpoint taken just before it
+            ticket.switch(optimizer)
+
+    def after_backward(model):
+        if ticket.mask is not None:
+            ticket.mask_gradients()
+
+    def evaluate(model, accelerator):
+        predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, list(range(3)),
+                                    args.batch_size, args.max_length)
+        return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
+                "dev_agreement": float(np.mean(predicted == teacher_dev))}
+
+    info = {"command": "distil task", "teacher": str(args.teacher), "student": str(args.student), "task": args.task,
+            "train": args.train, "dev": args.dev, "train_pairs": len(train_data), "weights": asdict(weights),
+            "layer_map": layer_map, "density": args.density, "k": k, "include_embeddings": args.include_embeddings,
+            "stage_steps": {"full": stages.full, "sparse": stages.sparse}}
+    keep["info"] = {**info, "base": str(args.student), "base_fingerprint": fingerprint}
+
+    def save_model(trained, folder: Path) -> None:
+        save_classifier(trained, folder, args.student, tokenizer, info)
+
+    return Recipe(model=student, train_data=data, compute_loss=compute_loss, save_model=save_model,
+                  evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True,
+                  after_backward=after_backward, extra_state=ticket.state, load_extra_state=ticket.load_state,
+                  before_step=before_step, lr_lambda=stages.lr_multiplier,
+                  row_fields=lambda step: {"stage": stages.name(step)}, best_after=stages.full)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_distil_parser(distil_subparsers) -> None:
+    """Add `distil task` to the `distil` command group."""
+    from polyglot_distil.finetune import add_task_arguments, add_training_arguments
+
+    p = distil_subparsers.add_parser("task", help="phase 2: sparse task distillation from a fine-tuned teacher",
+                                     description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", required=True, help="3-way NLI classifier folder (from 'polyglot-distil finetune')")
+    p.add_argument("--student", required=True, help="phase-1 student folder (e.g. the final/ of 'distil general')")
+    p.add_argument("--out", required=True, help="output folder (best/, final/, sparse_diff/, checkpoints, metrics)")
+    add_task_arguments(p)
+    g = p.add_argument_group("lottery-ticket sparse fine-tuning")
+    g.add_argument("--full-epochs", type=float, default=5.0, help="stage 1: full fine-tuning (fractions allowed)")
+    g.add_argument("--sparse-epochs", type=float, default=5.0, help="stage 2: training the mask only")
+    g.add_argument("--density", type=float, default=0.08, help="K as a share of the selectable body parameters")
+    g.add_argument("--sparse-params", type=int, help="K as a number of parameters (overrides --density)")
+    g.add_argument("--include-embeddings", dest="include_embeddings", action="store_true", default=True,
+                   help="the embeddings may be chosen (default, as in BiStil's code)")
+    g.add_argument("--exclude-embeddings", dest="include_embeddings", action="store_false",
+                   help="freeze the embeddings; choose from the layers only")
+    g = p.add_argument_group("losses")
+    g.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the logit loss")
+    g.add_argument("--logits-weight", type=float, default=1.0)
+    g.add_argument("--hidden-weight", type=float, default=1.0)
+    g.add_argument("--attention-weight", type=float, default=1.0)
+    g.add_argument("--label-weight", type=float, default=0.0, help="gold-label cross-entropy (BiStil: 0)")
+    g.add_argument("--layer-map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
+    g = p.add_argument_group("training (each stage: a fresh AdamW, weight decay 0, its own linear schedule)")
+    add_training_arguments(g, lr=2e-5, batch_size=32)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code to run")
+    p.set_defaults(func=run_distil_task)
+
+
+def run_distil_task(args) -> int:
+    from safetensors.torch import load_file
+
+    from polyglot_distil.finetune import read_task_data, steps_for, training_settings
+    from polyglot_distil.outputs import atomic_dir
+    from polyglot_distil.sparse import write_diff
+    from polyglot_distil.student import quiet_transformers
+    from polyglot_distil.training import train
+
+    quiet_transformers()
+    weights = loss_weights(args)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.warmup_steps < 0:
+        raise UserError(f"--warmup-steps must be 0 or more, not {args.warmup_steps}")
+    train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
+    batches_per_epoch = len(train_data) // args.batch_size
+    if batches_per_epoch == 0:
+        raise UserError(f"--batch-size {args.batch_size} is more than the {len(train_data)} training pairs; "
+                        "give more data or a smaller --batch-size")
+    stages = Stages(steps_for(args.full_epochs, batches_per_epoch, "--full-epochs"),
+                    steps_for(args.sparse_epochs, batches_per_epoch, "--sparse-epochs"), args.warmup_steps)
+    settings = training_settings(args, stages.full + stages.sparse, batches_per_epoch)
+    run_config = {
+        "phase": "task", "teacher": str(args.teacher), "student": str(args.student), "task": args.task,
+        "train": args.train, "dev": args.dev, "max_train_examples": args.max_train_examples,
+        "max_length": args.max_length, "full_epochs": args.full_epochs, "sparse_epochs": args.sparse_epochs,
+        "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
+        "weights": asdict(weights), "layer_map": args.layer_map,
+    }
+    keep: dict = {}
+    result = train(settings, run_config,
+                   lambda accelerator: build_recipe(args, weights, stages, train_data, dev_data, accelerator, keep))
+    if not result.is_main_process:
+        return 0
+    out = Path(args.out)
+    if not (out / "best" / "model.safetensors").is_file():
+        raise UserError(f"{out / 'best'} is missing, so no sparse diff can be written; rerun with --overwrite")
+    best = load_file(out / "best" / "model.safetensors")
+    with atomic_dir(out / "sparse_diff", overwrite=True) as tmp:
+        record = write_diff(tmp, best, keep["ticket"], out / "best" / "config.json", keep["info"])
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
+    print(f"step {result.step} ({stages.full} full + {stages.sparse} sparse): {summary}; best dev accuracy "
+          f"{result.best_value:.4f} at step {result.best_step}; K = {record['k']:,}")
+    print(f"wrote {out / 'best'}, {result.final_dir} and {out / 'sparse_diff'}")
+    return 0

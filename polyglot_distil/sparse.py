@@ -1,0 +1,291 @@
+"""Lottery-ticket sparse fine-tuning (Ansell et al. 2022; BiStil's task phase): which entries of a
+model are trained, theta0 and the mask, and the sparse difference a run saves.
+
+    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+
+After a first stage of full fine-tuning, the K entries of the body with the largest |theta -
+theta0| form the mask; every parameter returns to theta0 and a second stage trains only the
+mask (and the head). The parameters of a classifier built on a phase-1 student fall in three
+groups (`ParameterGroups`):
+
+    head        what the student did not have: the classification head (and BERT's pooler),
+                newly initialised; trained densely in both stages, reset to theta0 in between
+    selectable  the rest of the body (embeddings optional), from which the K entries are chosen
+    frozen      LayerNorm weights (and the embeddings when they are excluded): never trained
+
+The sparse difference (OUT/sparse_diff/) is the trained model relative to the phase-1 student:
+`diff.safetensors` holds, per body parameter with chosen entries, `body.NAME.indices` (flat
+indices, int32 or int64) and `body.NAME.values` (the trained values there, not differences, so
+that applying it rebuilds the model bit for bit), and `head.NAME` (whole head tensors);
+`sparse_diff.json` the base's fingerprint, density, K and the names; `config.json` the
+classifier's configuration. `apply-diff` rebuilds the dense model from the base and the diff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from polyglot_distil.errors import UserError
+
+DIFF_FILE = "diff.safetensors"
+INFO_FILE = "sparse_diff.json"
+FORMAT = "polyglot-distil sparse diff 1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parameters
+
+
+@dataclass
+class ParameterGroups:
+    """Parameter names of a classifier, by role (see the module docstring); model order."""
+
+    head: list[str]
+    selectable: list[str]
+    frozen: list[str]
+
+
+def _is_layer_norm(module_name: str, module) -> bool:
+    lowered = module_name.lower()
+    return isinstance(module, torch.nn.LayerNorm) or "layernorm" in lowered or "layer_norm" in lowered
+
+
+def parameter_groups(model, new_names: set[str], include_embeddings: bool = True) -> ParameterGroups:
+    """Split `model`'s parameters: `new_names` (newly initialised on load) and everything outside
+    `model.base_model` are the head; LayerNorm (and, unless `include_embeddings`, the embedding
+    module) are frozen; the rest of the body is selectable."""
+    body = {id(p) for p in model.base_model.parameters()}
+    embeddings = getattr(model.base_model, "embeddings", None)
+    embedding_ids = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
+    norms = {id(p) for name, module in model.named_modules() if _is_layer_norm(name, module)
+             for p in module.parameters(recurse=False)}
+    groups = ParameterGroups([], [], [])
+    for name, param in model.named_parameters():
+        if name in new_names or id(param) not in body:
+            groups.head.append(name)
+        elif id(param) in norms or (not include_embeddings and id(param) in embedding_ids):
+            groups.frozen.append(name)
+        else:
+            groups.selectable.append(name)
+    return groups
+
+
+def sparse_count(density: float | None, count: int | None, selectable: int, what: str) -> int:
+    """K: `count` if given, else floor(density x selectable); one clear line when it is 0 or more
+    than the selectable entries."""
+    if count is None:
+        if density is None or not density > 0:
+            raise UserError(f"--density must be positive, not {density}")
+        k = int(density * selectable)
+        given = f"--density {density:g} selects K = {k:,}"
+    else:
+        k, given = count, f"--sparse-params asks for K = {count:,}"
+    if k > selectable:
+        raise UserError(f"{given} entries, more than the {selectable:,} selectable parameters of {what}; "
+                        "lower it (or include the embeddings)")
+    if k < 1:
+        raise UserError(f"{given} entries of the {selectable:,} selectable parameters of {what}; raise it")
+    return k
+
+
+def body_fingerprint(weights: dict[str, torch.Tensor], names: list[str]) -> str:
+    """sha256 of the named tensors (name, dtype, shape, bytes), in sorted name order: which
+    phase-1 student a diff applies to."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        tensor = weights[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def top_k_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Bool masks, shaped like `scores`, with True at exactly the `k` largest scores of all
+    tensors together. Ties at the threshold go to the first entries in (tensor, flat index)
+    order, so the choice is exact and reproducible."""
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores.values()])
+    if not 1 <= k <= flat.numel():
+        raise ValueError(f"k = {k} outside 1..{flat.numel()}")
+    if not torch.isfinite(flat).all():
+        raise UserError("training diverged (weights are NaN or infinite) before the mask could be chosen; "
+                        "lower --lr")
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values  # the k-th largest
+    chosen = flat > threshold
+    short = k - int(chosen.sum())
+    if short:
+        chosen[torch.nonzero(flat == threshold).squeeze(1)[:short]] = True
+    masks, start = {}, 0
+    for name, s in scores.items():
+        masks[name] = chosen[start:start + s.numel()].reshape(s.shape)
+        start += s.numel()
+    return masks
+
+
+# ---------------------------------------------------------------------------------------------
+# The ticket: theta0 and the mask of one training run
+
+
+class LotteryTicket:
+    """theta0 of every trained parameter (CPU) and, once chosen, the mask of the selectable ones
+    (bool, on the model's device). `model` is the module being trained (not a DDP wrapper)."""
+
+    def __init__(self, model, groups: ParameterGroups, k: int):
+        self.model, self.groups, self.k = model, groups, k
+        params = dict(model.named_parameters())
+        self.trained = groups.head + groups.selectable
+        self.theta0 = {n: params[n].detach().to("cpu", copy=True) for n in self.trained}
+        self.mask: dict[str, torch.Tensor] | None = None
+
+    def _params(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    @torch.no_grad()
+    def choose(self) -> None:
+        """The mask: the K selectable entries that moved most from theta0."""
+        params = self._params()
+        changes = {n: (params[n].detach() - self.theta0[n].to(params[n].device)).abs() for n in self.groups.selectable}
+        self.mask = top_k_mask(changes, self.k)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Every trained parameter, the head included, back to theta0."""
+        params = self._params()
+        for name in self.trained:
+            params[name].copy_(self.theta0[name])
+
+    def switch(self, optimizer) -> None:
+        """From stage 1 to stage 2: choose the mask, reset to theta0, and clear the optimizer's
+        state, which makes it a fresh AdamW (its moments restart at zero, so entries outside the
+        mask, whose gradients are zero from then on, never move)."""
+        self.choose()
+        self.reset()
+        optimizer.state.clear()
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Exact zeros outside the mask (masked_fill, so a NaN or inf there cannot leak through a
+        product): with zero gradients from a fresh AdamW state, its moments there stay zero and
+        the entries keep theta0 bit for bit."""
+        params = self._params()
+        for name, mask in self.mask.items():
+            grad = params[name].grad
+            if grad is not None:
+                grad.masked_fill_(~mask, 0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {f"theta0.{n}": t for n, t in self.theta0.items()}
+        if self.mask is not None:
+            tensors.update({f"mask.{n}": m for n, m in self.mask.items()})
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        params = self._params()
+        self.theta0 = {n: tensors[f"theta0.{n}"] for n in self.trained}
+        if f"mask.{self.groups.selectable[0]}" in tensors:
+            self.mask = {n: tensors[f"mask.{n}"].to(params[n].device) for n in self.groups.selectable}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sparse difference
+
+
+def write_diff(folder: Path, weights: dict[str, torch.Tensor], ticket: LotteryTicket, config_file: Path,
+               info: dict) -> dict:
+    """Write the diff of the dense `weights` (a state dict trained with `ticket`) into `folder`.
+    Every selectable entry outside the mask must still be theta0 (checked: a difference is a bug,
+    and the diff would not rebuild the model). Returns the JSON record."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name in ticket.groups.selectable:
+        mask, base, trained = ticket.mask[name].cpu(), ticket.theta0[name], weights[name].cpu()
+        outside = ~mask
+        if not torch.equal(trained[outside], base[outside]):
+            raise RuntimeError(f"{name}: entries outside the mask moved from theta0 during sparse training")
+        indices = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        if len(indices):
+            dtype = torch.int32 if mask.numel() < 2**31 else torch.int64
+            tensors[f"body.{name}.indices"] = indices.to(dtype)
+            tensors[f"body.{name}.values"] = trained.reshape(-1)[indices].contiguous()
+    for name in ticket.groups.head:
+        tensors[f"head.{name}"] = weights[name].contiguous().cpu()
+    record = {"format": FORMAT, **info, "k": ticket.k,
+              "selectable": sum(ticket.theta0[n].numel() for n in ticket.groups.selectable),
+              "head": ticket.groups.head, "frozen": ticket.groups.frozen,
+              "body": [n for n in ticket.groups.selectable if f"body.{n}.indices" in tensors],
+              "values": "trained values at the flat indices (not differences)"}
+    save_file(tensors, folder / DIFF_FILE, metadata={"format": "pt"})
+    (folder / "config.json").write_bytes(Path(config_file).read_bytes())
+    (folder / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
+    """The dense classifier: the body of `base` with the diff's entries and head written in."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    diff = Path(diff)
+    if not (diff / INFO_FILE).is_file() or not (diff / DIFF_FILE).is_file():
+        raise UserError(f"--diff {diff}: not a sparse diff folder (expected {INFO_FILE} and {DIFF_FILE}, "
+                        "as 'distil task' writes in OUT/sparse_diff)")
+    record = json.loads((diff / INFO_FILE).read_text(encoding="utf-8"))
+    if record.get("format") != FORMAT:
+        raise UserError(f"--diff {diff}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
+    from polyglot_distil.finetune import new_classifier
+
+    config = AutoConfig.from_pretrained(diff)
+    model, new_names = new_classifier(base, 0, trust_remote_code, config=config)
+    head = set(record["head"])
+    if not new_names <= head:
+        lacking = ", ".join(sorted(new_names - head)[:3])
+        raise UserError(f"--base {base} lacks weights the diff does not carry ({lacking}); "
+                        "pass the phase-1 student that 'distil task' was given as --student")
+    weights = dict(model.named_parameters())
+    body = [n for n in weights if n not in head]
+    if body_fingerprint(weights, body) != record["base_fingerprint"]:
+        raise UserError(f"--base {base} is not the model this diff was trained from (its weights differ); "
+                        f"pass the phase-1 student given to 'distil task' ({record.get('base', 'see ' + INFO_FILE)})")
+    tensors = load_file(diff / DIFF_FILE)
+    with torch.no_grad():
+        for name in record["body"]:
+            flat = weights[name].view(-1)
+            flat[tensors[f"body.{name}.indices"].long()] = tensors[f"body.{name}.values"].to(flat.dtype)
+        for name in record["head"]:
+            weights[name].copy_(tensors[f"head.{name}"])
+    return model, record
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_apply_diff_parser(subparsers) -> None:
+    p = subparsers.add_parser("apply-diff", help="rebuild the dense task model from a phase-1 student and its diff",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="the phase-1 student folder the diff was trained from")
+    p.add_argument("--diff", required=True, help="the sparse diff folder (OUT/sparse_diff of 'distil task')")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
+    p.set_defaults(func=run_apply_diff)
+
+
+def run_apply_diff(args) -> int:
+    from polyglot_distil.outputs import atomic_dir, check_writable
+    from polyglot_distil.student import copy_tokenizer, quiet_transformers
+
+    quiet_transformers()
+    check_writable(args.out, args.overwrite)
+    model, record = apply_diff(args.base, args.diff, args.trust_remote_code)
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        model.save_pretrained(tmp)
+        copy_tokenizer(args.base, tmp)
+    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {args.base}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,261 @@
+"""Lottery-ticket pieces: the mask has exactly K entries, the largest changes, ties included; the
+parameter groups (head, selectable, frozen) of BERT and XLM-R classifiers built on masked-LM
+students; after the switch, AdamW leaves every entry outside the mask bitwise at theta0; theta0
+and the mask survive a checkpoint; the sparse diff rebuilds a model bit for bit and only on its
+own base. (A whole `distil task` run is tested in test_distil_task.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli
+from polyglot_distil.finetune import new_classifier
+from polyglot_distil.sparse import (LotteryTicket, apply_diff, body_fingerprint, parameter_groups, sparse_count,
+                                    top_k_mask, write_diff)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def classifier_on(student_dir, include_embeddings=True, seed=0):
+    model, new = new_classifier(str(student_dir), seed, attn_implementation="eager")
+    return model, parameter_groups(model, new, include_embeddings)
+
+
+def train_steps(model, optimizer, steps: int, ticket: LotteryTicket | None = None, seed: int = 0,
+                poison_outside: bool = False) -> None:
+    """`steps` AdamW steps of cross-entropy on random token ids and labels; with `ticket`, the
+    gradients masked as in stage 2 (after, with `poison_outside`, NaN is written outside the mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    model.train()
+    for _ in range(steps):
+        ids = torch.randint(5, vocab, (8, 12), generator=generator)
+        labels = torch.randint(0, 3, (8,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
+        loss.backward()
+        if ticket is not None:
+            params = dict(model.named_parameters())
+            if poison_outside:
+                for name, mask in ticket.mask.items():
+                    params[name].grad[~mask] = float("nan")
+            ticket.mask_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def adamw(model):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+
+
+def outside_mask_equal_theta0(model, ticket) -> bool:
+    params = dict(model.named_parameters())
+    return all(torch.equal(params[n].detach()[~m], ticket.theta0[n][~m]) for n, m in ticket.mask.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the entries
+
+
+def test_mask_has_exactly_k_entries_and_they_are_the_largest():
+    generator = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(40, 7, generator=generator), "b": torch.rand(101, generator=generator)}
+    masks = top_k_mask(scores, 57)
+    assert sum(int(m.sum()) for m in masks.values()) == 57
+    chosen = torch.cat([s[m] for s, m in zip(scores.values(), masks.values())])
+    left = torch.cat([s[~m] for s, m in zip(scores.values(), masks.values())])
+    assert chosen.min() > left.max()
+    assert all(masks[n].shape == scores[n].shape and masks[n].dtype == torch.bool for n in scores)
+
+
+def test_ties_at_the_threshold_still_give_exactly_k_the_first_in_order():
+    # Entries that never moved all score 0: K may cut through them.
+    scores = {"moved": torch.tensor([0.5, 0.0, 0.2]), "still": torch.zeros(2, 3)}
+    masks = top_k_mask(scores, 4)
+    assert masks["moved"].tolist() == [True, True, True]  # the two that moved, then the first tie
+    assert masks["still"].tolist() == [[True, False, False], [False, False, False]]
+
+
+def test_k_larger_than_the_selectable_parameters_is_an_error():
+    with pytest.raises(Exception, match="more than the 1,000 selectable parameters of the body"):
+        sparse_count(None, 1001, 1000, "the body")
+    with pytest.raises(Exception, match="--density 1.5 selects K = 1,500"):
+        sparse_count(1.5, None, 1000, "the body")
+    assert sparse_count(0.08, None, 1000, "the body") == 80
+
+
+def test_a_density_selecting_nothing_is_an_error():
+    with pytest.raises(Exception, match="selects K = 0"):
+        sparse_count(0.0001, None, 1000, "the body")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter groups
+
+
+@pytest.mark.parametrize("family, head", [
+    ("bert", ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]),
+    ("xlmr", ["classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+              "classifier.out_proj.bias"]),
+])
+def test_head_is_what_the_masked_lm_student_lacked(family, head, tiny_bert_dir, tiny_xlmr_dir):
+    _, groups = classifier_on(tiny_bert_dir if family == "bert" else tiny_xlmr_dir)
+    assert sorted(groups.head) == sorted(head)
+
+
+def test_layer_norm_is_frozen_and_embeddings_are_selectable_by_default(tiny_bert_dir):
+    _, groups = classifier_on(tiny_bert_dir)
+    assert groups.frozen and all("LayerNorm" in n for n in groups.frozen)
+    assert not any("LayerNorm" in n for n in groups.selectable)
+    assert "bert.embeddings.word_embeddings.weight" in groups.selectable
+    assert "bert.encoder.layer.0.attention.self.query.weight" in groups.selectable
+
+
+def test_excluded_embeddings_are_frozen(tiny_bert_dir):
+    _, groups = classifier_on(tiny_bert_dir, include_embeddings=False)
+    assert "bert.embeddings.word_embeddings.weight" in groups.frozen
+    assert not any(".embeddings." in n for n in groups.selectable)
+
+
+def test_new_head_is_the_same_for_the_same_seed(tiny_bert_dir):
+    a, _ = classifier_on(tiny_bert_dir, seed=3)
+    b, _ = classifier_on(tiny_bert_dir, seed=3)
+    c, _ = classifier_on(tiny_bert_dir, seed=4)
+    assert torch.equal(a.classifier.weight, b.classifier.weight)
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2 keeps theta0 outside the mask
+
+
+@pytest.fixture()
+def after_stage_one(tiny_bert_dir):
+    """A classifier after 5 full AdamW steps (its moments non-zero everywhere), its ticket, its
+    optimizer."""
+    model, groups = classifier_on(tiny_bert_dir)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in groups.frozen)
+    selectable = sum(p.numel() for n, p in model.named_parameters() if n in groups.selectable)
+    ticket = LotteryTicket(model, groups, sparse_count(0.08, None, selectable, "the body"))
+    optimizer = adamw(model)
+    train_steps(model, optimizer, 5)
+    return model, ticket, optimizer
+
+
+def test_stage_one_moments_left_in_adamw_would_move_entries_outside_the_mask(after_stage_one):
+    model, ticket, optimizer = after_stage_one
+    ticket.choose()
+    ticket.reset()  # but the optimizer keeps its state: the drift the switch must prevent
+    train_steps(model, optimizer, 2, ticket, seed=1)
+    assert not outside_mask_equal_theta0(model, ticket)
+
+
+def test_after_the_switch_entries_outside_the_mask_stay_bitwise_theta0(after_stage_one):
+    model, ticket, optimizer = after_stage_one
+    ticket.switch(optimizer)
+    assert sum(int(m.sum()) for m in ticket.mask.values()) == ticket.k
+    train_steps(model, optimizer, 4, ticket, seed=1, poison_outside=True)
+    assert outside_mask_equal_theta0(model, ticket)
+    params = dict(model.named_parameters())
+    moved = sum(int((params[n].detach()[m] != ticket.theta0[n][m]).sum()) for n, m in ticket.mask.items())
+    assert moved > 0.9 * ticket.k  # while the chosen entries trained
+    assert not torch.equal(params["classifier.weight"].detach(), ticket.theta0["classifier.weight"])
+
+
+def test_switch_resets_every_trained_parameter_to_theta0(after_stage_one):
+    model, ticket, optimizer = after_stage_one
+    ticket.switch(optimizer)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n].detach(), ticket.theta0[n]) for n in ticket.trained)
+    assert len(optimizer.state) == 0
+
+
+def test_theta0_and_mask_survive_a_checkpoint(after_stage_one, tiny_bert_dir):
+    model, ticket, optimizer = after_stage_one
+    ticket.switch(optimizer)
+    fresh_model, groups = classifier_on(tiny_bert_dir, seed=9)  # another head: theta0 must come from the state
+    restored = LotteryTicket(fresh_model, groups, ticket.k)
+    restored.load_state({k: v.clone() for k, v in ticket.state().items()})
+    assert all(torch.equal(restored.theta0[n], ticket.theta0[n]) for n in ticket.trained)
+    assert all(torch.equal(restored.mask[n], ticket.mask[n]) for n in ticket.mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sparse diff
+
+
+@pytest.fixture()
+def diff_dir(tmp_path, after_stage_one, tiny_bert_dir):
+    """A diff of a model trained 3 masked steps after the switch; returns (folder, its weights)."""
+    model, ticket, optimizer = after_stage_one
+    ticket.switch(optimizer)
+    body = [n for n, _ in model.named_parameters() if n not in ticket.groups.head]
+    fingerprint = body_fingerprint(dict(model.named_parameters()), body)  # at theta0: the student's body
+    train_steps(model, optimizer, 3, ticket, seed=2)
+    model.config.to_json_file(tmp_path / "config.json")
+    folder = tmp_path / "diff"
+    folder.mkdir()
+    write_diff(folder, model.state_dict(), ticket, tmp_path / "config.json",
+               {"base": str(tiny_bert_dir), "base_fingerprint": fingerprint, "density": 0.08})
+    return folder, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_diff_holds_k_indices_and_values_and_the_whole_head(diff_dir):
+    from safetensors.torch import load_file
+
+    folder, weights = diff_dir
+    record = json.loads((folder / "sparse_diff.json").read_text())
+    tensors = load_file(folder / "diff.safetensors")
+    assert sum(len(tensors[f"body.{n}.indices"]) for n in record["body"]) == record["k"]
+    assert all(torch.equal(tensors[f"head.{n}"], weights[n]) for n in record["head"])
+    assert record["k"] == int(0.08 * record["selectable"])
+
+
+def test_diff_applied_to_the_student_rebuilds_the_model_bit_for_bit(diff_dir, tiny_bert_dir):
+    folder, weights = diff_dir
+    rebuilt, _ = apply_diff(str(tiny_bert_dir), folder)
+    state = rebuilt.state_dict()
+    assert state.keys() == weights.keys()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+
+
+def test_a_model_moved_outside_its_mask_gives_no_diff(tmp_path, after_stage_one):
+    model, ticket, optimizer = after_stage_one
+    ticket.switch(optimizer)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    name = ticket.groups.selectable[0]
+    outside = torch.nonzero(~ticket.mask[name].reshape(-1))[0]
+    weights[name].view(-1)[outside] += 1.0
+    model.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(RuntimeError, match="outside the mask moved"):
+        write_diff(tmp_path, weights, ticket, tmp_path / "config.json", {"base_fingerprint": ""})
+
+
+def test_apply_diff_to_another_base_is_an_error(diff_dir, tmp_path, tiny_bert_dir, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = diff_dir
+    other = tmp_path / "other-student"
+    shutil.copytree(tiny_bert_dir, other)
+    weights = load_file(other / "model.safetensors")
+    weights["bert.encoder.layer.0.output.dense.bias"] += 1e-3
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    assert run_cli("apply-diff", "--base", other, "--diff", folder, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "not the model this diff" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_apply_diff_without_a_diff_folder_is_an_error(tmp_path, tiny_bert_dir, capsys):
+    assert run_cli("apply-diff", "--base", tiny_bert_dir, "--diff", tmp_path, "--out", tmp_path / "out") == 2
+    assert "not a sparse diff folder" in capsys.readouterr().err
