@@ -85,8 +85,8 @@ def tokenizer_fingerprint(tokenizer, vocab: list[str] | None = None) -> str:
     tokenizer must not be applied to another."""
     backend = tokenizer.backend_tokenizer
     digest = hashlib.sha256(type(backend.model).__name__.encode())
-    for token in vocab if vocab is not None else vocab_in_id_order(tokenizer):
-        digest.update(token.encode("utf-8", errors="surrogatepass") + b"\0")
+    tokens = vocab if vocab is not None else vocab_in_id_order(tokenizer)
+    digest.update("\0".join(tokens).encode("utf-8", errors="surrogatepass") + b"\0")
     return digest.hexdigest()
 
 

@@ -13,7 +13,7 @@ On the same corpus, in one run, it prints tokens/s for
   (c2) single-threaded batches of 500 folded into a dict (vocabtrimmer);
 the ratios b/a and b/c, and the peak memory (max RSS) of a `count` process on 1x and 4x the
 corpus. Targets: b/a >= 0.85; b/c grows with the number of cores; memory flat in corpus size.
-Uses ../shared/data (XNLI test text, mBERT vocab.txt, XLM-R tokenizer.json); falls back to the
+Uses ../shared/data (XNLI dev+test text of 15 languages, mBERT vocab.txt, XLM-R tokenizer.json); falls back to the
 bundled samples and a smoke tokenizer when it is absent.
 """
 
@@ -41,7 +41,7 @@ from polyglot_distil.loading import load_tokenizer, raw_backend  # noqa: E402
 
 def corpus_files(langs: list[str]) -> list[Path]:
     if (SHARED / "xnli").is_dir():
-        return [SHARED / "xnli" / f"test-{lang}.tsv" for lang in langs]
+        return [SHARED / "xnli" / f"{split}-{lang}.tsv" for lang in langs for split in ("dev", "test")]
     return [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "de", "es", "sw")]
 
 
@@ -129,7 +129,8 @@ def peak_memory_mib(tokenizer_dir: str, files: list[Path], times: int, tmp: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--langs", default="en,fr,de,es,ru,zh,ar,sw")
+    parser.add_argument("--langs", default="ar,bg,de,el,en,es,fr,hi,ru,sw,th,tr,ur,vi,zh",
+                        help="XNLI languages whose dev and test text make the corpus")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
