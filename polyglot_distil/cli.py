@@ -10,6 +10,8 @@
     polyglot-distil distil task --teacher DIR --student DIR --task nli --train SOURCE --dev SOURCE --out DIR
     polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
+    polyglot-distil run CONFIG.yaml [key=value ...] [--only STAGE] [--from STAGE]   # all of it
+    polyglot-distil smoke-model --texts corpora/*/sample.txt --out DIR   # tiny random model, offline
 
 Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
 a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user errors too).

@@ -243,19 +243,37 @@ def _open_binary(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _read_lines(path: str, decode: _Decoder) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline) for a possibly compressed text file."""
+def _read_chunks(path: str, decode: _Decoder, chunk_bytes: int = 1 << 20) -> Iterator[list[str]]:
+    """Lists of lines (without their newlines) of a possibly compressed text file, about
+    `chunk_bytes` at a time: one UTF-8 decode per chunk, per line only where a chunk holds
+    undecodable bytes (so they are replaced and counted)."""
     try:
         with _open_binary(path) as handle:
-            for number, raw in enumerate(handle, 1):
-                yield number, decode(raw.rstrip(b"\r\n"))
+            while raw_lines := handle.readlines(chunk_bytes):
+                try:
+                    text = b"".join(raw_lines).decode("utf-8")
+                except UnicodeDecodeError:
+                    yield [decode(raw.rstrip(b"\r\n")) for raw in raw_lines]
+                    continue
+                lines = text.split("\n")
+                if text.endswith("\n"):
+                    lines.pop()
+                yield [line.rstrip("\r") for line in lines] if "\r" in text else lines
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
+def _read_lines(path: str, decode: _Decoder) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline) for a possibly compressed text file."""
+    number = 0
+    for chunk in _read_chunks(path, decode):
+        for number, line in enumerate(chunk, number + 1):
+            yield number, line
+
+
 def _text_lines(source: Source, decode: _Decoder) -> Iterator[str]:
-    for _, line in _read_lines(source.path, decode):
-        yield line
+    for chunk in _read_chunks(source.path, decode):
+        yield from chunk
 
 
 def _tsv_lines(source: Source, decode: _Decoder) -> Iterator[str]:

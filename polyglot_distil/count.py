@@ -19,6 +19,7 @@ for `lines` (ids sorted within each line, duplicates masked). Memory is one batc
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import sys
@@ -38,6 +39,7 @@ from polyglot_distil.outputs import atomic_file, check_writable
 METADATA_KEY = b"polyglot_distil"
 FORMAT_VERSION = 1
 COLUMNS = ("lang", "token_id", "token", "count", "lines")
+GC_EVERY_BATCHES = 32
 
 
 @dataclass
@@ -106,16 +108,33 @@ def _fold(encodings, occurrences: np.ndarray, line_counts: np.ndarray) -> int:
     return total
 
 
-def count_lines(backend, lines: Iterable[str], vocab_size: int, batch_lines: int = 2048,
+def count_lines(backend, lines: Iterable[str], vocab_size: int, batch_lines: int = 8192,
                 progress=None) -> tuple[np.ndarray, np.ndarray, int]:
     """Token occurrences and line counts over `lines`, both int64[vocab_size], and the number of
     tokens. `backend` is a `tokenizers.Tokenizer` (truncation and padding off)."""
     occurrences = np.zeros(vocab_size, dtype=np.int64)
     line_counts = np.zeros(vocab_size, dtype=np.int64)
     tokens = 0
+    # Each batch makes thousands of short-lived lists (encodings, their ids) and no reference
+    # cycles; left on, the cyclic garbage collector rescans them over and over (~10% of the time).
+    # It runs every GC_EVERY_BATCHES batches instead, for whatever cycles a source's reader makes.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        tokens = _count_batches(backend, lines, batch_lines, occurrences, line_counts, progress)
+    finally:
+        if collecting:
+            gc.enable()
+    return occurrences, line_counts, tokens
+
+
+def _count_batches(backend, lines, batch_lines, occurrences, line_counts, progress) -> int:
+    tokens = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None  # (future, n_lines): the batch being encoded while the next one is read
-        for batch in _batches(lines, batch_lines):
+        for number, batch in enumerate(_batches(lines, batch_lines), 1):
+            if number % GC_EVERY_BATCHES == 0:
+                gc.collect()
             submitted = (pool.submit(backend.encode_batch_fast, batch, add_special_tokens=False), len(batch))
             if pending is not None:
                 tokens += _fold(pending[0].result(), occurrences, line_counts)
@@ -126,7 +145,7 @@ def count_lines(backend, lines: Iterable[str], vocab_size: int, batch_lines: int
             tokens += _fold(pending[0].result(), occurrences, line_counts)
             if progress is not None:
                 progress(pending[1], tokens)
-    return occurrences, line_counts, tokens
+    return tokens
 
 
 def _unk_id(tokenizer) -> int | None:
@@ -141,7 +160,7 @@ def _unk_id(tokenizer) -> int | None:
 
 
 def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps: Caps | None = None,
-                  shard: tuple[int, int] = (0, 1), batch_lines: int = 2048, show_progress: bool | None = None,
+                  shard: tuple[int, int] = (0, 1), batch_lines: int = 8192, show_progress: bool | None = None,
                   trust_remote_code: bool = False, tokenizer=None) -> Counts:
     """Count every language's corpus with the tokenizer `tokenizer_name` (or an already loaded
     `tokenizer`). Raises `UserError` for an empty corpus."""
@@ -337,7 +356,7 @@ def add_count_parser(subparsers) -> None:
     p.add_argument("--shard", help="I/N: count only shard I of N of every language (merge the parts after); "
                    "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
                    "OUT with '.shard-I-of-N' before its suffix")
-    p.add_argument("--batch-lines", type=int, default=2048, help="lines per encode_batch call")
+    p.add_argument("--batch-lines", type=int, default=8192, help="lines per encode_batch call")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code to run")
     p.add_argument("--no-progress", action="store_true")
