@@ -440,6 +440,8 @@ def run_run(args) -> int:
         print(f"{args.config}: valid")
         return 0
     ran = run_pipeline(config, args.only, args.start, root)
+    if _process_rank()[0] > 0:
+        return 0  # the main process reports
     print(f"pipeline done ({', '.join(ran) or 'nothing to do'}); outputs under {config['run_dir']}")
     report = Path(config["run_dir"]) / "eval" / "report" / "REPORT.md"
     if report.is_file():

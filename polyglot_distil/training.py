@@ -346,6 +346,8 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
     out = Path(settings.out)
     accelerator = make_accelerator(settings)
     world, main = accelerator.num_processes, accelerator.is_main_process
+    # Every process has checked OUT before the main process creates (or clears) it.
+    accelerator.wait_for_everyone()
     if settings.batch_size % (settings.grad_accum * world):
         raise UserError(f"--batch-size {settings.batch_size} cannot be cut into --grad-accum {settings.grad_accum} "
                         f"x {world} processes equal micro-batches; pass a multiple of {settings.grad_accum * world}")

@@ -140,3 +140,27 @@ def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
 
 def test_stages_are_in_pipeline_order():
     assert STAGES == ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
+
+
+def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
+    """Training stages on both (gloo) processes, the others on the main one, as on several GPUs."""
+    import os
+    import subprocess
+    import sys
+
+    from polyglot_distil.smoke import build_smoke_model
+
+    samples = [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "sw")]
+    build_smoke_model(tmp_path / "teacher", "bert", texts=samples, vocab_size=600, num_layers=2)
+    path = write_config(tmp_path, general__steps=8, student__layers=1, eval__no_efficiency=True,
+                        eval__repeats=None, finetune__epochs=1, task__full_epochs=1, task__sparse_epochs=1)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "-m",
+                             "polyglot_distil", "run", str(path)], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("pipeline done (count, trim, verify, student, general, finetune, task, eval)") == 1
+    assert all((tmp_path / "run" / stage / "DONE.json").is_file() for stage in STAGES)
+    metrics = (tmp_path / "run" / "general" / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(metrics[-1])["step"] == 8
