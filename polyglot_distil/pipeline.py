@@ -35,6 +35,7 @@ TOP_LEVEL = {
     "model": "base model: hub name or local folder",
     "languages": "mapping with 'source' and 'target' language codes",
     "corpora": "mapping language -> list of sources (files, hf:..., manifests)",
+    "heldout": "mapping language -> list of held-out sources for verify (default: the corpora)",
     "task_data": "mapping with 'train' and 'dev' NLI sources (English)",
     "eval_data": "folder of {split}-{lang}.tsv XNLI files (omit for facebook/xnli from the hub)",
     "stages": f"list of stages to run, in order (default: all of {', '.join(STAGES)})",
@@ -164,9 +165,7 @@ class Run:
 
     def __init__(self, config: dict):
         self.config = config
-        base = Path(config["_path"]).parent
         self.run_dir = Path(config["run_dir"])
-        self.base = base
 
     def dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -274,19 +273,22 @@ def validate(config: dict, root: argparse.ArgumentParser) -> list[Stage]:
             f"a list of stages from {', '.join(STAGES)}", names)
     table = _stage_table()
     stages = [table[name] for name in STAGES if name in names]
-    base = Path(config["_path"]).parent
     needs_corpora = any(s.name in ("count", "verify", "general") for s in stages)
-    if needs_corpora:
-        corpora = config.get("corpora")
-        _expect(isinstance(corpora, dict), "corpora", "a mapping language -> list of sources", corpora)
+    for key in ("corpora", "heldout") if needs_corpora else ():
+        corpora = config.get(key)
+        if key == "heldout" and corpora is None:
+            continue
+        _expect(isinstance(corpora, dict), key, "a mapping language -> list of sources", corpora)
         for lang in dict.fromkeys(languages.values()):
             sources = corpora.get(lang)
-            _expect(isinstance(sources, list) and sources, f"corpora.{lang}", "a non-empty list of sources", sources)
+            if key == "heldout" and sources is None:
+                continue
+            _expect(isinstance(sources, list) and sources, f"{key}.{lang}", "a non-empty list of sources", sources)
             for i, source in enumerate(sources):
                 try:
                     parse_source(str(source))
                 except UserError as exc:
-                    raise UserError(f"config key corpora.{lang}[{i}]: {exc}") from None
+                    raise UserError(f"config key {key}.{lang}[{i}]: {exc}") from None
     if any(s.name in ("finetune", "task") for s in stages):
         data = config.get("task_data")
         _expect(isinstance(data, dict) and {"train", "dev"} <= set(data), "task_data",
@@ -297,7 +299,6 @@ def validate(config: dict, root: argparse.ArgumentParser) -> list[Stage]:
                 raise UserError(f"config key task_data.{key}: file not found: {value}")
     if config.get("eval_data") is not None and not Path(config["eval_data"]).is_dir():
         raise UserError(f"config key eval_data: folder not found: {config['eval_data']}")
-    del base
     for stage in stages:
         section = config.get(stage.name) or {}
         _expect(isinstance(section, dict), stage.name, "a mapping of options", section)
