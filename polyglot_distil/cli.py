@@ -55,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from polyglot_distil.loading import quiet_transformers
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_transformers()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

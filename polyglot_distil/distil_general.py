@@ -384,10 +384,9 @@ STUDENT_OPTIONS = ("layers", "init_layers", "hidden_size", "intermediate_size", 
 
 def run_distil_general(args) -> int:
     from polyglot_distil.corpus import group_lang_specs
-    from polyglot_distil.student import quiet_transformers, spec_from_args
+    from polyglot_distil.student import spec_from_args
     from polyglot_distil.training import TrainSettings, train
 
-    quiet_transformers()
 
     if args.student:
         given = [o for o in STUDENT_OPTIONS if getattr(args, o) is not None]

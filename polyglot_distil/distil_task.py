@@ -329,10 +329,8 @@ def run_distil_task(args) -> int:
     from polyglot_distil.finetune import read_task_data, steps_for, training_settings
     from polyglot_distil.outputs import atomic_dir
     from polyglot_distil.sparse import write_diff
-    from polyglot_distil.student import quiet_transformers
     from polyglot_distil.training import train
 
-    quiet_transformers()
     weights = loss_weights(args)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")

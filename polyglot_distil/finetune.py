@@ -330,10 +330,8 @@ def add_finetune_parser(subparsers) -> None:
 
 
 def run_finetune(args) -> int:
-    from polyglot_distil.student import quiet_transformers
     from polyglot_distil.training import train
 
-    quiet_transformers()
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)

@@ -108,3 +108,11 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
 def folder_size_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk of every file below `path`."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def quiet_transformers() -> None:
+    """No per-file loading/saving bars from transformers: our commands show their own progress,
+    and those bars would bury it (and fill logs)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()

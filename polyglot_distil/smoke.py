@@ -57,7 +57,7 @@ def write_bert_tokenizer(folder: str | Path, vocab: list[str] | None = None, tex
 
         trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=False if not lowercase else None)
         trainer.train_from_iterator(_lines(texts), vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
-                                    min_frequency=1, limit_alphabet=1000)
+                                    min_frequency=1, limit_alphabet=1000, show_progress=False)
         # The trainer orders tied tokens differently from run to run: sort for a reproducible model.
         vocab = BERT_SPECIALS + sorted(t for t in trainer.get_vocab() if t not in BERT_SPECIALS)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -100,7 +100,7 @@ def _train_unigram(lines: list[str], vocab_size: int):
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIALS, unk_token="<unk>",
-                             shrinking_factor=0.75, max_piece_length=16)
+                             shrinking_factor=0.75, max_piece_length=16, show_progress=False)
     tokenizer.train_from_iterator(lines, trainer=trainer)
     # Multi-threaded training varies the scores' last digits and the order of ties from run to
     # run: round and sort the pieces for a reproducible model.

@@ -278,9 +278,8 @@ def add_apply_diff_parser(subparsers) -> None:
 
 def run_apply_diff(args) -> int:
     from polyglot_distil.outputs import atomic_dir, check_writable
-    from polyglot_distil.student import copy_tokenizer, quiet_transformers
+    from polyglot_distil.student import copy_tokenizer
 
-    quiet_transformers()
     check_writable(args.out, args.overwrite)
     model, record = apply_diff(args.base, args.diff, args.trust_remote_code)
     with atomic_dir(args.out, args.overwrite) as tmp:

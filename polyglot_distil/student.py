@@ -265,19 +265,11 @@ def add_student_parser(subparsers) -> None:
     p.set_defaults(func=run_student)
 
 
-def quiet_transformers() -> None:
-    """No per-file loading/saving bars from transformers: they would bury our own progress."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-
-
 def run_student(args) -> int:
     from transformers import AutoModelForMaskedLM
 
     from polyglot_distil.loading import load_model
 
-    quiet_transformers()
     check_writable(args.out, args.overwrite)
     spec = spec_from_args(args)
     teacher = load_model(args.teacher, AutoModelForMaskedLM, trust_remote_code=args.trust_remote_code)

@@ -572,10 +572,6 @@ def verification_texts(specs: list[str], counts: Counts, langs: list[str], max_l
 
 
 def run_trim(args) -> int:
-    if args.no_progress:
-        from polyglot_distil.verify import quiet_transformers
-
-        quiet_transformers()
     check_writable(args.out, args.overwrite)
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     if not langs:

@@ -288,16 +288,7 @@ def add_verify_parser(subparsers) -> None:
     p.set_defaults(func=run_verify)
 
 
-def quiet_transformers() -> None:
-    """No loading / saving progress bars from transformers (for --no-progress)."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-
-
 def run_verify(args) -> int:
-    if args.no_progress:
-        quiet_transformers()
     if args.report:
         check_writable(args.report, args.overwrite)
     if args.max_lines < 1 or args.batch_size < 1:

@@ -20,7 +20,6 @@ bundled samples and a smoke tokenizer when it is absent.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess

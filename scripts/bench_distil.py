@@ -40,8 +40,9 @@ from polyglot_distil.distil_general import (RECIPES, distillation_terms, logit_r
 from polyglot_distil.losses import mlm_cross_entropy  # noqa: E402
 from polyglot_distil.mlm_data import LanguageBatches, Masking, encode_text, to_blocks  # noqa: E402
 from polyglot_distil.smoke import build_smoke_model  # noqa: E402
+from polyglot_distil.loading import quiet_transformers  # noqa: E402
 from polyglot_distil.student import (StudentSpec, build_student, default_layer_map,  # noqa: E402
-                                     encoder_outputs, quiet_transformers)
+                                     encoder_outputs)
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
