@@ -42,6 +42,8 @@ TOP_LEVEL = {
     "trust_remote_code": "true to let model code from the hub run (default false)",
     **{stage: f"options of the {stage} stage" for stage in STAGES},
 }
+NEEDS = {"count": (), "trim": ("count",), "verify": ("trim",), "student": ("trim",), "general": ("trim", "student"),
+         "finetune": (), "task": ("finetune", "general"), "eval": ("task", "finetune")}
 MARKER = "DONE.json"
 FAILED = "FAILED"
 
@@ -158,6 +160,7 @@ class Stage:
     wire: Callable[["Run"], list[str]]  # the connecting options (paths, languages)
     wired: frozenset[str]  # their argparse dests, which a config section may not set
     resumable: bool = False  # a training stage: an interrupted run continues with --resume
+    needs: tuple[str, ...] = ()  # stages whose outputs it reads: when one re-runs, so does it
 
 
 class Run:
@@ -203,7 +206,7 @@ class Run:
 
 def _stage_table() -> dict[str, Stage]:
     def stage(name, command, wire, wired, resumable=False):
-        return Stage(name, tuple(command), wire, frozenset(wired), resumable)
+        return Stage(name, tuple(command), wire, frozenset(wired), resumable, NEEDS[name])
 
     return {s.name: s for s in (
         stage("count", ["count"], lambda r: [
@@ -320,9 +323,51 @@ def _argv_hash(argv: list[str]) -> str:
     return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
 
 
+@dataclass
+class Step:
+    """A stage as this invocation will treat it: `argv` to run it with, or None to skip it."""
+
+    stage: Stage
+    argv: list[str] | None
+    settings_hash: str  # of the stage's options, before --resume / --overwrite (they change no result)
+
+
+def plan(run: Run, stages: list[Stage], root: argparse.ArgumentParser, forced: bool) -> list[Step]:
+    """Decide, before anything runs, which stages run and how. A completed stage is skipped
+    unless `forced` (--only / --from) or a stage it reads from runs now (its inputs change). A
+    stage that runs on unchanged inputs resumes from its checkpoints when it has some (an
+    interrupted run); any other output it finds from an earlier attempt is overwritten."""
+    steps, rerun = [], set()
+    for stage in stages:
+        argv = stage_argv(run, stage, root)
+        settings_hash = _argv_hash(argv)
+        marker = run.dir(stage.name) / MARKER
+        running = forced or any(need in rerun for need in stage.needs)
+        if not running and marker.is_file():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("argv_hash") != settings_hash:
+                raise UserError(f"stage {stage.name} was completed with other settings ({marker}); "
+                                f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
+            steps.append(Step(stage, None, settings_hash))
+            continue
+        output = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        if stage.resumable and not running and output is not None and (output / "checkpoints").is_dir():
+            argv.append("--resume")
+        elif (output is not None and output.exists()) or stage.name == "verify":
+            argv.append("--overwrite")  # an earlier attempt, or a re-run with new inputs
+        rerun.add(stage.name)
+        steps.append(Step(stage, argv, settings_hash))
+    return steps
+
+
 def run_pipeline(config: dict, only: str | None = None, start: str | None = None,
                  root: argparse.ArgumentParser | None = None) -> list[str]:
-    """Run the config's stages; return the names of the stages that ran (not skipped)."""
+    """Run the config's stages; return the names of the stages that ran (not skipped).
+
+    Under `accelerate launch` (several processes) the main process makes the plan and sends it
+    to the others; the training stages run on every process, the other stages on the main one
+    while the rest wait for its marker (a file, so a long count is not cut by a collective's
+    timeout)."""
     from polyglot_distil.cli import build_parser
 
     root = root or build_parser()
@@ -337,44 +382,39 @@ def run_pipeline(config: dict, only: str | None = None, start: str | None = None
         stages = stages[names.index(start):]
     run = Run(config)
     rank, world = _process_rank()
+    steps, error = None, None
+    if rank == 0:
+        try:
+            steps = plan(run, stages, root, forced=bool(only or start))
+        except UserError as exc:
+            error = str(exc)
+        for step in steps or []:
+            if step.argv is not None:  # markers of stages about to run are stale from here on
+                run.dir(step.stage.name).mkdir(parents=True, exist_ok=True)
+                (run.dir(step.stage.name) / MARKER).unlink(missing_ok=True)
+                (run.dir(step.stage.name) / FAILED).unlink(missing_ok=True)
+    if world > 1:
+        steps, error = _share_plan(steps, error)
+    if error:
+        raise UserError(error)
     ran = []
-    for stage in stages:
-        argv = stage_argv(run, stage, root)
-        settings_hash = _argv_hash(argv)  # before --resume / --overwrite, which change no result
+    for step in steps:
+        stage, argv = step.stage, step.argv
         marker = run.dir(stage.name) / MARKER
-        forced = only == stage.name or start == stage.name
-        if world > 1 and rank > 0:
-            # Under `accelerate launch`: every process trains; the other stages run on the main
-            # process while the rest wait for its marker.
+        if argv is None:
+            if rank == 0:
+                print(f"[{stage.name}] done earlier, skipped")
+            continue
+        if rank > 0:
             if stage.resumable:
-                _wait_for(run.dir(stage.name) / ".started", stage.name)
-                args = root.parse_args(_read_started(run, stage) or argv)  # the main process's exact argv
+                args = root.parse_args(argv)
                 args.func(args)
             _wait_for(marker, stage.name)
             continue
-        if marker.is_file() and not forced:
-            done = json.loads(marker.read_text(encoding="utf-8"))
-            if done.get("argv_hash") != settings_hash:
-                raise UserError(f"stage {stage.name} was completed with other settings ({marker}); "
-                                f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
-            print(f"[{stage.name}] done earlier, skipped")
-            continue
-        stage_dir = run.dir(stage.name)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)
-        output = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
-        if stage.resumable and output is not None and (output / "checkpoints").is_dir() and not forced:
-            argv.append("--resume")
-            print(f"[{stage.name}] resuming from {output / 'checkpoints'}")
-        elif output is not None and output.exists():
-            argv.append("--overwrite")  # an earlier attempt that did not finish, or a forced re-run
-        elif stage.name == "verify":
-            argv.append("--overwrite")
+        if "--resume" in argv:
+            print(f"[{stage.name}] resuming from its checkpoints")
         print(f"[{stage.name}] polyglot-distil {' '.join(argv)}", flush=True)
         start_time = time.time()
-        (stage_dir / FAILED).unlink(missing_ok=True)
-        if world > 1 and stage.resumable:
-            (stage_dir / ".started").write_text(json.dumps(argv), encoding="utf-8")
         try:
             args = root.parse_args(argv)
             code = int(args.func(args) or 0)
@@ -382,11 +422,9 @@ def run_pipeline(config: dict, only: str | None = None, start: str | None = None
                 raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "
                                 "completed stages are skipped")
         except BaseException:
-            (stage_dir / FAILED).write_text(stage.name, encoding="utf-8")
+            (run.dir(stage.name) / FAILED).write_text(stage.name, encoding="utf-8")
             raise
-        finally:
-            (stage_dir / ".started").unlink(missing_ok=True)
-        marker.write_text(json.dumps({"stage": stage.name, "argv": argv, "argv_hash": settings_hash,
+        marker.write_text(json.dumps({"stage": stage.name, "argv": argv, "argv_hash": step.settings_hash,
                                       "seconds": round(time.time() - start_time, 1),
                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n",
                           encoding="utf-8")
@@ -401,6 +439,25 @@ def _process_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _share_plan(steps: list[Step] | None, error: str | None) -> tuple[list[Step], str | None]:
+    """Send the main process's plan (or its error) to every process; this happens at once, at
+    start-up, so the collective's timeout is no concern."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    # Joins the process group that accelerate launch set up (gloo on a machine without GPUs, as
+    # the training loop's Accelerator will).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != _process_rank()[1]:
+        raise UserError(f"launched as {_process_rank()[1]} processes, but accelerate set up {state.num_processes}")
+    plain = None if steps is None else [(s.stage.name, s.argv, s.settings_hash) for s in steps]
+    shared = [plain, error]  # stages hold functions, which do not pickle: send their names
+    broadcast_object_list(shared, from_process=0)
+    table = _stage_table()
+    return [Step(table[name], argv, h) for name, argv, h in shared[0] or []], shared[1]
+
+
 def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
     """Wait (without a collective, so without its timeout) for the main process's file."""
     failed = path.parent / FAILED
@@ -408,14 +465,6 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
         if failed.exists():
             raise UserError(f"stage {stage} failed on the main process; see its output")
         time.sleep(poll_seconds)
-
-
-def _read_started(run: Run, stage: Stage) -> list[str]:
-    path = run.dir(stage.name) / ".started"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
 
 
 def add_run_parser(subparsers) -> None:

@@ -127,10 +127,15 @@ def test_completed_run_does_nothing_again(demo_run):
     assert run_pipeline(load_config(demo_run["path"])) == []
 
 
-def test_interrupted_training_stage_resumes_from_its_checkpoint(demo_run, capsys):
+def test_interrupted_training_stage_resumes_and_what_reads_it_runs_again(demo_run, capsys):
     (demo_run["tmp"] / "run" / "general" / "DONE.json").unlink()
-    assert run_pipeline(load_config(demo_run["path"])) == ["general"]
-    assert "resuming from" in capsys.readouterr().out
+    assert run_pipeline(load_config(demo_run["path"])) == ["general", "task", "eval"]  # not finetune
+    assert "[general] resuming from its checkpoints" in capsys.readouterr().out
+
+
+def test_from_a_stage_runs_it_and_every_later_stage_again(demo_run):
+    assert run_pipeline(load_config(demo_run["path"]), start="task") == ["task", "eval"]
+    assert run_pipeline(load_config(demo_run["path"]), only="eval") == ["eval"]
 
 
 def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
