@@ -17,7 +17,8 @@ A language maps to one or more *sources*. A source is written as one string, `PA
 Every text is split into lines; blank lines (and lines shorter than `min_chars`) are skipped.
 A language's lines are numbered across its sources in order; that number decides the line's
 shard (`index % N`) and, with caps, its sampling priority, so `--shard I/N` runs partition
-exactly the lines one unsharded run sees. Undecodable bytes are replaced and counted.
+exactly the lines one unsharded run sees. Without caps, a hub dataset is split between the
+shards by the `datasets` library instead, so that each shard streams only its own part. Undecodable bytes are replaced and counted.
 
 Usage:
     texts = iter_language(parse_sources(["corpora/fr/sample.txt"]), Caps(max_lines=1000))
@@ -347,7 +348,9 @@ def _parquet_lines(source: Source, decode: _Decoder) -> Iterator[str]:
                 yield value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _hf_lines(source: Source, decode: _Decoder) -> Iterator[str]:
+def _hf_lines(source: Source, decode: _Decoder, shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """A hub dataset's text column, streamed; with `shard`, only that shard's part of the stream
+    (`split_dataset_by_node`: whole files per shard where they divide evenly)."""
     import datasets
 
     column = source.option("column", "text")
@@ -359,6 +362,10 @@ def _hf_lines(source: Source, decode: _Decoder) -> Iterator[str]:
         if _looks_offline(exc):
             reason = f"the Hugging Face hub is unreachable ({reason}); use a local file instead"
         raise UserError(f"cannot load dataset {source}: {reason}") from None
+    if shard is not None and shard[1] > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        stream = split_dataset_by_node(stream, rank=shard[0], world_size=shard[1])
     for record in stream:
         if column not in record:
             raise UserError(f"dataset {source}: no column {column!r} (columns: {', '.join(record)}); use ?column=NAME")
@@ -374,24 +381,36 @@ def _looks_offline(exc: BaseException) -> bool:
 _READERS = {"text": _text_lines, "tsv": _tsv_lines, "jsonl": _jsonl_lines, "parquet": _parquet_lines, "hf": _hf_lines}
 
 
-def iter_source(source: Source, decode: _Decoder | None = None) -> Iterator[str]:
-    """The non-blank lines of one source, in order (a text holding newlines gives several)."""
+def iter_source(source: Source, decode: _Decoder | None = None, shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """The non-blank lines of one source, in order (a text holding newlines gives several).
+    `shard` splits a hub dataset's stream between processes (other kinds ignore it)."""
     decode = decode or _Decoder()
-    for text in _READERS[source.kind](source, decode):
+    texts = _hf_lines(source, decode, shard) if source.kind == "hf" else _READERS[source.kind](source, decode)
+    for text in texts:
         for line in text.split("\n") if "\n" in text else (text,):
             line = line.rstrip("\r")
             if line.strip():
                 yield line
 
 
-def _numbered_lines(sources: list[Source], caps: Caps, decode: _Decoder) -> Iterator[tuple[int, str]]:
+def _numbered_lines(sources: list[Source], caps: Caps, decode: _Decoder,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[int | None, str]]:
+    """(index across the sources, line). Without caps, a sharded run streams only its own part of
+    a hub dataset, rather than the whole stream on every shard; those lines come with index None
+    (they are this shard's already). With caps the sample needs every line's index, so each
+    shard reads everything."""
     index = 0
+    split_hub = shard[1] > 1 and not caps.capped
     for source in sources:
-        for line in iter_source(source, decode):
+        presplit = split_hub and source.kind == "hf"
+        for line in iter_source(source, decode, shard if presplit else None):
             if len(line) < caps.min_chars:
                 continue
-            yield index, line
-            index += 1
+            if presplit:
+                yield None, line
+            else:
+                yield index, line
+                index += 1
 
 
 def _priorities(seed: int) -> Iterator[float]:
@@ -439,11 +458,11 @@ def iter_language(
     stats.sources = [str(s) for s in sources]
     shard_index, shard_count = shard
     decode = _Decoder()
-    numbered = _numbered_lines(sources, caps, decode)
+    numbered = _numbered_lines(sources, caps, decode, shard)
     if caps.capped:
         numbered = _sample(numbered, caps)
     for index, line in numbered:
-        if index % shard_count != shard_index:
+        if index is not None and index % shard_count != shard_index:
             continue
         stats.lines += 1
         stats.chars += len(line)

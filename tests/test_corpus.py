@@ -175,3 +175,38 @@ def test_auto_shard_follows_the_launcher_environment(monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert parse_shard("auto") == (0, 1)
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """`datasets.load_dataset(name, config, split=..., streaming=True)` answered by an in-memory
+    dataset of 4 files (shards), as the hub would answer for a real dataset."""
+    import datasets
+
+    records = {"text": [f"article {i}\nparagraph {i}" for i in range(30)], "id": list(range(30))}
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False, **kwargs):
+        calls.append((path, name, split, streaming))
+        return datasets.Dataset.from_dict(records).to_iterable_dataset(num_shards=4)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+def test_hub_dataset_is_streamed_and_split_into_lines(local_hub):
+    lines = read_all("hf:someone/wiki?config=20231101.sw&split=train")
+    assert local_hub == [("someone/wiki", "20231101.sw", "train", True)]
+    assert lines[:4] == ["article 0", "paragraph 0", "article 1", "paragraph 1"] and len(lines) == 60
+    with pytest.raises(UserError, match=r"no column 'content' \(columns: text, id\)"):
+        read_all("hf:someone/wiki?column=content")
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_shards_stream_disjoint_parts_of_a_hub_dataset(local_hub, shards):
+    whole = read_all("hf:someone/wiki")
+    parts = [read_all("hf:someone/wiki", shard=(i, shards)) for i in range(shards)]
+    assert sorted(sum(parts, [])) == sorted(whole)
+    assert all(0 < len(p) < len(whole) for p in parts)
+    # records, not lines, are split: both lines of a document land in the same shard
+    assert all(("paragraph 0" in p) == ("article 0" in p) for p in parts)
