@@ -326,21 +326,16 @@ def add_distil_parser(distil_subparsers) -> None:
 def run_distil_task(args) -> int:
     from safetensors.torch import load_file
 
-    from polyglot_distil.finetune import read_task_data, steps_for, training_settings
+    from polyglot_distil.finetune import epoch_batches, read_task_data, steps_for, training_settings
     from polyglot_distil.outputs import atomic_dir
     from polyglot_distil.sparse import write_diff
     from polyglot_distil.training import train
 
     weights = loss_weights(args)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.warmup_steps < 0:
         raise UserError(f"--warmup-steps must be 0 or more, not {args.warmup_steps}")
     train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
-    batches_per_epoch = len(train_data) // args.batch_size
-    if batches_per_epoch == 0:
-        raise UserError(f"--batch-size {args.batch_size} is more than the {len(train_data)} training pairs; "
-                        "give more data or a smaller --batch-size")
+    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
     stages = Stages(steps_for(args.full_epochs, batches_per_epoch, "--full-epochs"),
                     steps_for(args.sparse_epochs, batches_per_epoch, "--sparse-epochs"), args.warmup_steps)
     settings = training_settings(args, stages.full + stages.sparse, batches_per_epoch)

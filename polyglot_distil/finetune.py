@@ -329,16 +329,21 @@ def add_finetune_parser(subparsers) -> None:
     p.set_defaults(func=run_finetune)
 
 
+def epoch_batches(pairs: int, batch_size: int) -> int:
+    """Whole batches in an epoch of `pairs` training pairs (the remainder is left to later epochs)."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
+    if pairs < batch_size:
+        raise UserError(f"--batch-size {batch_size} is more than the {pairs} training pairs; "
+                        "give more data or a smaller --batch-size")
+    return pairs // batch_size
+
+
 def run_finetune(args) -> int:
     from polyglot_distil.training import train
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
-    batches_per_epoch = len(train_data) // args.batch_size
-    if batches_per_epoch == 0:
-        raise UserError(f"--batch-size {args.batch_size} is more than the {len(train_data)} training pairs; "
-                        "give more data or a smaller --batch-size")
+    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
     steps = steps_for(args.epochs, batches_per_epoch, "--epochs")
     settings = training_settings(args, steps, batches_per_epoch, args.weight_decay)
     run_config = {"phase": "finetune", "model": str(args.model), "task": args.task, "train": args.train,

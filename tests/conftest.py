@@ -70,6 +70,33 @@ def xnli_dir() -> Path:
     return shared("xnli")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train fastest, and steadiest on a busy machine, on one thread. Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def metrics_rows(out: Path, kind: str) -> list[dict]:
+    """The `kind` ("train" or "eval") rows of a training run's metrics.jsonl, without timings."""
+    import json
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows if r["kind"] == kind]
+
+
+def saved_weights(folder: Path) -> dict:
+    """A model folder's tensors by name, as saved."""
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
 def run_cli(*args: str) -> int:
     """Run the command line in-process; returns its exit status."""
     from polyglot_distil.cli import main

@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA, run_cli
+from conftest import ROOT, SHARED_DATA, metrics_rows, run_cli, saved_weights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest, and steadiest on a busy machine, on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -79,34 +73,23 @@ def run_dir(tmp_path_factory, teacher_dir, student_dir, texts):
     return out
 
 
-def _rows(out, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows if r["kind"] == kind]
-
-
-def _weights(folder) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model.safetensors")
-
-
 def test_loss_falls_well_below_its_start_on_real_text(tmp_path, teacher_dir, texts):
     student = tmp_path / "random-student"
     assert run_cli("student", "--teacher", teacher_dir, "--out", student, "--init", "random") == 0
     out = tmp_path / "run"
     assert run_cli(*_options(teacher_dir, student, texts, out, "--steps", 40, "--eval-every", 20,
                              "--save-every", 40, "--log-every", 1)) == 0
-    start = _rows(out, "train")[0]["loss"]  # the untrained student on the first batch
-    final = _rows(out, "eval")[-1]["eval_loss"]
+    start = metrics_rows(out, "train")[0]["loss"]  # the untrained student on the first batch
+    final = metrics_rows(out, "eval")[-1]["eval_loss"]
     assert final < 0.5 * start, (start, final)
 
 
 def test_metrics_have_one_row_per_logged_step_with_every_loss_term(run_dir):
-    train = _rows(run_dir, "train")
+    train = metrics_rows(run_dir, "train")
     assert [r["step"] for r in train] == list(range(1, 9))
     assert all({"loss", "hidden", "attention", "lr"} <= set(r) for r in train)
     assert all(abs(r["loss"] - r["hidden"] - r["attention"]) < 1e-6 for r in train)  # weights 1 and 1
-    assert [r["step"] for r in _rows(run_dir, "eval")] == [4, 8]
+    assert [r["step"] for r in metrics_rows(run_dir, "eval")] == [4, 8]
 
 
 def test_final_and_best_are_model_folders_with_the_teachers_tokenizer(run_dir, teacher_dir):
@@ -129,10 +112,10 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, 
     shutil.rmtree(out / "checkpoints" / "step-8")
     shutil.rmtree(out / "final")
     assert run_cli(*_options(teacher_dir, student_dir, texts, out, *RUN, "--resume")) == 0
-    expected, resumed = _weights(run_dir / "final"), _weights(out / "final")
+    expected, resumed = saved_weights(run_dir / "final"), saved_weights(out / "final")
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
-    assert _rows(out, "train") == _rows(run_dir, "train")
+    assert metrics_rows(out, "train") == metrics_rows(run_dir, "train")
 
 
 def test_two_processes_give_the_same_losses_as_one(tmp_path, run_dir, teacher_dir, student_dir, texts):
@@ -150,7 +133,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, run_dir, teacher_di
     assert (out / "checkpoints" / "step-8" / "random_states_1.pkl").exists()  # really two processes
     # Steps 2-8 run on weights updated with the gradients of the split batches, so equal losses
     # at every step also say that the processes' gradients were averaged right.
-    one, two = _rows(run_dir, "train"), _rows(out, "train")
+    one, two = metrics_rows(run_dir, "train"), metrics_rows(out, "train")
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(one, two):
         for term in ("loss", "hidden", "attention"):
@@ -160,7 +143,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, run_dir, teacher_di
 def test_accumulating_micro_batches_gives_the_same_losses(tmp_path, run_dir, teacher_dir, student_dir, texts):
     out = tmp_path / "accumulated"
     assert run_cli(*_options(teacher_dir, student_dir, texts, out, *RUN, "--grad-accum", 4)) == 0
-    for a, b in zip(_rows(run_dir, "train"), _rows(out, "train"), strict=True):
+    for a, b in zip(metrics_rows(run_dir, "train"), metrics_rows(out, "train"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
 
 
@@ -229,7 +212,7 @@ def test_distilbert_losses_train_a_narrower_student_built_on_the_fly(tmp_path, t
     assert run_cli("distil", "general", "--teacher", teacher_dir, "--hidden-size", 16, *lang_args, "--out", out,
                    "--recipe", "distilbert", "--hidden-weight", 1, "--block-size", 32, "--heldout-blocks", 8,
                    "--steps", 3, "--log-every", 1, "--no-progress") == 0
-    rows = _rows(out, "train")
+    rows = metrics_rows(out, "train")
     assert all({"hidden", "logits", "mlm", "cosine"} <= set(r) and "attention" not in r for r in rows)
     assert json.loads((out / "final" / "config.json").read_text())["hidden_size"] == 16
 

@@ -22,19 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPORA, SHARED_DATA, run_cli
+from conftest import CORPORA, SHARED_DATA, metrics_rows, run_cli
 from polyglot_distil.nli_data import read_nli
 
 TRAIN, DEV = CORPORA / "nli" / "train-en.tsv", CORPORA / "nli" / "dev-en.tsv"
 STAGE = 30  # steps of each stage in the main run: 2 epochs of 15 batches of 16 pairs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixed_vocab(path: Path, texts: list[Path], words: int = 800) -> Path:
@@ -118,11 +113,6 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-def _rows(out: Path, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows if r["kind"] == kind]
-
-
 def _masks(run: Path) -> dict[str, torch.Tensor]:
     extra = _load(run / "checkpoints" / f"step-{2 * STAGE}" / "extra_state.safetensors")
     return {k.removeprefix("mask."): v for k, v in extra.items() if k.startswith("mask.")}
@@ -194,21 +184,21 @@ def test_dense_model_is_the_phase1_student_plus_the_diff(tmp_path, run_dir, stud
 
 
 def test_metrics_rows_carry_their_stage_and_the_schedule_restarts(run_dir):
-    train = _rows(run_dir, "train")
+    train = metrics_rows(run_dir, "train")
     assert [r["stage"] for r in train] == ["full"] * STAGE + ["sparse"] * STAGE
     # The rate a row logs is the next step's: each stage decays linearly from 5e-3 to 0.
     next_lr = [r["lr"] for r in train]
     assert next_lr[STAGE - 2] == pytest.approx(5e-3 / STAGE)  # step 30, the last of stage 1
     assert next_lr[STAGE - 1] == pytest.approx(5e-3)  # step 31: a fresh schedule
     assert next_lr[-2] == pytest.approx(5e-3 / STAGE)
-    evals = _rows(run_dir, "eval")
+    evals = metrics_rows(run_dir, "eval")
     assert [(r["step"], r["stage"]) for r in evals] == [(15, "full"), (30, "full"), (45, "sparse"), (60, "sparse")]
     assert all({"dev_accuracy", "dev_agreement"} <= set(r) for r in evals)
 
 
 def test_best_is_the_best_dev_accuracy_of_stage_two(run_dir):
     best = json.loads((run_dir / "best" / "best.json").read_text())
-    sparse = [r for r in _rows(run_dir, "eval") if r["stage"] == "sparse"]
+    sparse = [r for r in metrics_rows(run_dir, "eval") if r["stage"] == "sparse"]
     top = max(r["dev_accuracy"] for r in sparse)
     assert best["step"] == next(r["step"] for r in sparse if r["dev_accuracy"] == top)
 
@@ -227,7 +217,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, run_dir,
     for path in ("final/model.safetensors", "best/model.safetensors", "sparse_diff/diff.safetensors"):
         expected, resumed = _load(run_dir / path), _load(out / path)
         assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected), path
-    assert _rows(out, "train") == _rows(run_dir, "train")
+    assert metrics_rows(out, "train") == metrics_rows(run_dir, "train")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPORA, run_cli
+from conftest import CORPORA, metrics_rows, run_cli, saved_weights
 from polyglot_distil.nli_data import LABELS, read_nli
 
 TRAIN, DEV = CORPORA / "nli" / "train-en.tsv", CORPORA / "nli" / "dev-en.tsv"
@@ -20,12 +20,7 @@ RUN = ("--epochs", 2, "--batch-size", 16, "--lr", 1e-3, "--max-length", 64, "--s
        "--keep-checkpoints", 3, "--no-progress")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def finetune(model, out, *extra) -> int:
@@ -40,17 +35,6 @@ def run_dir(tmp_path_factory, tiny_bert_dir):
     out = tmp_path_factory.mktemp("finetune") / "run"
     assert finetune(tiny_bert_dir, out) == 0
     return out
-
-
-def _rows(out, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows if r["kind"] == kind]
-
-
-def _weights(folder) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model.safetensors")
 
 
 def test_masked_lm_checkpoint_becomes_an_nli_classifier_folder(run_dir):
@@ -76,8 +60,8 @@ def test_bare_encoder_checkpoint_gets_a_new_head_too(tmp_path, sample_files):
 
 
 def test_metrics_have_every_step_and_one_dev_accuracy_per_epoch(run_dir):
-    assert [r["step"] for r in _rows(run_dir, "train")] == list(range(1, 31))
-    evals = _rows(run_dir, "eval")
+    assert [r["step"] for r in metrics_rows(run_dir, "train")] == list(range(1, 31))
+    evals = metrics_rows(run_dir, "eval")
     assert [r["step"] for r in evals] == [15, 30]
     assert all(0 <= r["dev_accuracy"] <= 1 for r in evals)
 
@@ -85,7 +69,7 @@ def test_metrics_have_every_step_and_one_dev_accuracy_per_epoch(run_dir):
 def test_best_is_the_evaluation_with_the_highest_dev_accuracy_and_has_it(run_dir):
     from polyglot_distil.evaluate import load_classifier, predict_xnli
 
-    evals = _rows(run_dir, "eval")
+    evals = metrics_rows(run_dir, "eval")
     best = json.loads((run_dir / "best" / "best.json").read_text())
     top = max(r["dev_accuracy"] for r in evals)
     assert best["step"] == next(r["step"] for r in evals if r["dev_accuracy"] == top)
@@ -100,9 +84,9 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, 
     shutil.rmtree(out / "checkpoints" / "step-30")
     shutil.rmtree(out / "final")
     assert finetune(tiny_bert_dir, out, "--resume") == 0
-    expected, resumed = _weights(run_dir / "final"), _weights(out / "final")
+    expected, resumed = saved_weights(run_dir / "final"), saved_weights(out / "final")
     assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected)
-    assert _rows(out, "train") == _rows(run_dir, "train")
+    assert metrics_rows(out, "train") == metrics_rows(run_dir, "train")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from polyglot_distil.sparse import (LotteryTicket, apply_diff, body_fingerprint,
                                     top_k_mask, write_diff)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def classifier_on(student_dir, include_embeddings=True, seed=0):
