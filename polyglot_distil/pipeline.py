@@ -1,7 +1,7 @@
 """One config, one command: the whole pipeline.
 
     polyglot-distil run configs/mbert-en-sw-bistil.yaml
-    polyglot-distil run configs/demo.yaml general.max_steps=20 --from general
+    polyglot-distil run configs/demo.yaml general.steps=20 --from general
     polyglot-distil run configs/mbert-en-fr-trim.yaml --only trim
 
 A YAML file describes the base model, the languages and their corpora, and one section per
@@ -9,8 +9,8 @@ stage. Stages run in order -- count, trim, verify, student, general, finetune, t
 each into its own folder under `run_dir` with a completion marker (`DONE.json`); a re-run skips
 completed stages, and an interrupted training stage resumes from its last checkpoint.
 
-A stage's section holds that stage's command-line options, written as YAML (`max_steps: 200`
-for `--max-steps 200`, `keep_chars: true` for `--keep-chars`). They are validated against the
+A stage's section holds that stage's command-line options, written as YAML (`steps: 200`
+for `--steps 200`, `keep_chars: true` for `--keep-chars`). They are validated against the
 command's own parser before anything runs, so a config and the command line cannot drift
 apart; the paths that connect stages (`--teacher`, `--counts`, `--out`, ...) are set by the
 pipeline and may not be given. `key=value` arguments override any field
@@ -78,7 +78,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
-            raise UserError(f"override {override!r}: expected key=value, e.g. general.max_steps=100")
+            raise UserError(f"override {override!r}: expected key=value, e.g. general.steps=100")
         _set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     config["_path"] = str(path)
     return config
