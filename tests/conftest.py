@@ -97,6 +97,33 @@ def saved_weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
+def fixed_vocab(path: Path, texts: list[Path], words: int = 800) -> Path:
+    """A WordPiece vocabulary in a fixed order: specials, characters, `##` characters, then the
+    most frequent words, written to `path`; independent of the tokenizer trainer's tie order."""
+    import re
+    from collections import Counter
+
+    from polyglot_distil.smoke import BERT_SPECIALS
+
+    counts = Counter(w for f in texts for w in re.findall(r"\w+|[^\w\s]", f.read_text(encoding="utf-8")))
+    chars = sorted({c for w in counts for c in w})
+    frequent = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:words]
+    path.write_text("\n".join(BERT_SPECIALS + chars + ["##" + c for c in chars] + frequent) + "\n", encoding="utf-8")
+    return path
+
+
+def redraw_encoder_matrices(model, std: float, seed: int = 1) -> None:
+    """Redraw the encoder's weight matrices at `std`, in place: at the usual init (0.02) a tiny
+    model's layers are nearly the identity and every input gets nearly the same output."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.base_model.encoder.parameters():
+            if param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
 def run_cli(*args: str) -> int:
     """Run the command line in-process; returns its exit status."""
     from polyglot_distil.cli import main

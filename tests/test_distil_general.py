@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA, metrics_rows, run_cli, saved_weights
+from conftest import ROOT, SHARED_DATA, metrics_rows, redraw_encoder_matrices, run_cli, saved_weights
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,11 +36,7 @@ def teacher_dir(tmp_path_factory, tiny_bert_dir):
     from transformers import AutoModelForMaskedLM
 
     model = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.base_model.encoder.parameters():
-            if param.ndim == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    redraw_encoder_matrices(model, std=0.2)
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     model.save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):

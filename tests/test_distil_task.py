@@ -13,16 +13,14 @@ student."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CORPORA, SHARED_DATA, metrics_rows, run_cli
+from conftest import CORPORA, SHARED_DATA, fixed_vocab, metrics_rows, redraw_encoder_matrices, run_cli
 from polyglot_distil.nli_data import read_nli
 
 TRAIN, DEV = CORPORA / "nli" / "train-en.tsv", CORPORA / "nli" / "dev-en.tsv"
@@ -30,18 +28,6 @@ STAGE = 30  # steps of each stage in the main run: 2 epochs of 15 batches of 16 
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def fixed_vocab(path: Path, texts: list[Path], words: int = 800) -> Path:
-    """A WordPiece vocabulary in a fixed order (the trainer orders ties differently from run to
-    run): specials, characters, `##` characters, the most frequent words."""
-    from polyglot_distil.smoke import BERT_SPECIALS
-
-    counts = Counter(w for f in texts for w in re.findall(r"\w+|[^\w\s]", f.read_text(encoding="utf-8")))
-    chars = sorted({c for w in counts for c in w})
-    frequent = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:words]
-    path.write_text("\n".join(BERT_SPECIALS + chars + ["##" + c for c in chars] + frequent) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +42,7 @@ def base_dir(tmp_path_factory, sample_files) -> Path:
     base = build_smoke_model(root / "base", "bert", vocab_file=fixed_vocab(root / "vocab.txt", sample_files),
                              num_layers=2)
     model = AutoModelForMaskedLM.from_pretrained(base)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.base_model.encoder.parameters():
-            if param.ndim == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    redraw_encoder_matrices(model, std=0.1)
     model.save_pretrained(base)
     return base
 

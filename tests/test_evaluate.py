@@ -8,16 +8,14 @@ import json
 import math
 import re
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPORA, SHARED_DATA, run_cli
+from conftest import CORPORA, SHARED_DATA, fixed_vocab, run_cli
 
 from polyglot_distil.evaluate import predict_logits, probability_loyalty
 from polyglot_distil.nli_data import LABELS
-from polyglot_distil.smoke import BERT_SPECIALS
 
 PAIRS = 24  # per language: enough for every label to be predicted, fast on two cores
 
@@ -52,17 +50,6 @@ def with_labels(source: Path, target: Path, id2label: dict[int, str]) -> Path:
     config["label2id"] = {v: k for k, v in id2label.items()}
     (target / "config.json").write_text(json.dumps(config))
     return target
-
-
-def fixed_vocab(path: Path, texts: list[Path], words: int = 800) -> Path:
-    """A WordPiece vocabulary in a fixed order: specials, characters, `##` characters, then the
-    most frequent words. (The WordPiece trainer orders tied tokens differently from run to run,
-    which would give the models different outputs, and these tests different cases, each run.)"""
-    counts = Counter(w for f in texts for w in re.findall(r"\w+|[^\w\s]", f.read_text(encoding="utf-8")))
-    chars = sorted({c for w in counts for c in w})
-    frequent = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:words]
-    path.write_text("\n".join(BERT_SPECIALS + chars + ["##" + c for c in chars] + frequent) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
