@@ -19,7 +19,6 @@ pipeline and may not be given. `key=value` arguments override any field
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.options import FLAG, POSITIONAL, Command, Option, exit_status
 
 STAGES = ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
 TOP_LEVEL = {
@@ -89,64 +89,6 @@ def _expect(condition: bool, key: str, expected: str, value: Any) -> None:
         raise UserError(f"config key {key}: expected {expected}, got {value!r}")
 
 
-def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help",)}
-
-
-def _check_value(key: str, action: argparse.Action, value: Any) -> None:
-    """Validate one section value the way argparse would validate it on the command line."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        _expect(isinstance(value, bool), key, "true or false", value)
-        return
-    values = value if isinstance(action, argparse._AppendAction) and isinstance(value, list) else [value]
-    if isinstance(value, list) and not isinstance(action, argparse._AppendAction):
-        values = [",".join(str(v) for v in value)]  # lists become comma-separated options
-    for item in values:
-        _expect(not isinstance(item, (dict, list)), key, "a single value", item)
-        text = str(item).lower() if isinstance(item, bool) else str(item)
-        if action.type is not None:
-            try:
-                converted = action.type(text)
-            except (TypeError, ValueError, argparse.ArgumentTypeError):
-                name = getattr(action.type, "__name__", "a valid value")
-                raise UserError(f"config key {key}: expected {name}, got {item!r}") from None
-        else:
-            converted = text
-        if action.choices is not None and converted not in action.choices:
-            raise UserError(f"config key {key}: expected one of {', '.join(map(str, action.choices))}, got {item!r}")
-
-
-def section_argv(stage: str, section: dict, parser: argparse.ArgumentParser, wired: set[str]) -> list[str]:
-    """The command-line options of a stage section, validated against the stage's parser."""
-    actions = _option_actions(parser)
-    argv: list[str] = []
-    for name, value in section.items():
-        key = f"{stage}.{name}"
-        dest = name.replace("-", "_")
-        if dest in wired:
-            raise UserError(f"config key {key}: set by the pipeline (it connects the stages); remove it")
-        if dest not in actions:
-            known = ", ".join(sorted(d for d in actions if d not in wired))
-            raise UserError(f"config key {key}: unknown option (expected one of: {known})")
-        if value is None:
-            continue
-        action = actions[dest]
-        _check_value(key, action, value)
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
-            argv += [flag] if value else []
-        elif isinstance(action, argparse._StoreFalseAction):
-            argv += [] if value else [flag]
-        elif isinstance(action, argparse._AppendAction) and isinstance(value, list):
-            for item in value:
-                argv += [flag, str(item)]
-        elif isinstance(value, list):
-            argv += [flag, ",".join(str(v) for v in value)]
-        else:
-            argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
-
-
 # ---------------------------------------------------------------------------------------------
 # Stages
 
@@ -156,9 +98,9 @@ class Stage:
     """One pipeline stage: the command it runs and how it is wired to the stages before it."""
 
     name: str
-    command: tuple[str, ...]
-    wire: Callable[["Run"], list[str]]  # the connecting options (paths, languages)
-    wired: frozenset[str]  # their argparse dests, which a config section may not set
+    command: Command
+    wire: Callable[["Run"], dict]  # the connecting options (paths, languages), {name: value}
+    wired: frozenset[str]  # their names, which a config section may not set
     resumable: bool = False  # a training stage: an interrupted run continues with --resume
     needs: tuple[str, ...] = ()  # stages whose outputs it reads: when one re-runs, so does it
 
@@ -185,83 +127,70 @@ class Run:
     def langs(self) -> list[str]:
         return [self.source, self.target] if self.source != self.target else [self.source]
 
-    def lang_specs(self, flag: str = "--lang") -> list[str]:
-        argv = []
-        for lang in self.langs:
-            for source in self.config["corpora"][lang]:
-                argv += [flag, f"{lang}={source}"]
-        return argv
+    def lang_specs(self) -> list[str]:
+        return [f"{lang}={source}" for lang in self.langs for source in self.config["corpora"][lang]]
 
-    def trust(self) -> list[str]:
-        return ["--trust-remote-code"] if self.config.get("trust_remote_code") else []
+    def trust(self) -> dict:
+        return {"trust_remote_code": True} if self.config.get("trust_remote_code") else {}
 
     def heldout_specs(self) -> list[str]:
         heldout = self.config.get("heldout") or self.config["corpora"]
-        argv = []
-        for lang in self.langs:
-            for source in heldout.get(lang, self.config["corpora"][lang]):
-                argv += ["--lang", f"{lang}={source}"]
-        return argv
+        return [f"{lang}={source}" for lang in self.langs for source in heldout.get(lang, self.config["corpora"][lang])]
 
 
 def _stage_table() -> dict[str, Stage]:
+    from polyglot_distil.distill.finetune import FINETUNE
+    from polyglot_distil.distill.general import GENERAL
+    from polyglot_distil.distill.task import TASK
+    from polyglot_distil.eval.xnli import XNLI
+    from polyglot_distil.models.student import STUDENT
+    from polyglot_distil.vocab.count import COUNT
+    from polyglot_distil.vocab.trim import TRIM
+    from polyglot_distil.vocab.verify import VERIFY
+
     def stage(name, command, wire, wired, resumable=False):
-        return Stage(name, tuple(command), wire, frozenset(wired), resumable, NEEDS[name])
+        return Stage(name, command, wire, frozenset(wired), resumable, NEEDS[name])
 
     return {s.name: s for s in (
-        stage("count", ["count"], lambda r: [
-            "--tokenizer", r.config["model"], *r.lang_specs(), "--out", r.dir("count") / "counts.parquet",
-            *r.trust()], {"tokenizer", "lang", "out", "trust_remote_code", "shard"}),
-        stage("trim", ["trim"], lambda r: [
-            "--model", r.config["model"], "--counts", r.dir("count") / "counts.parquet",
-            "--langs", ",".join(r.langs), "--out", r.dir("trim") / "model", *r.trust()],
+        stage("count", COUNT, lambda r: {
+            "tokenizer": r.config["model"], "lang": r.lang_specs(), "out": r.dir("count") / "counts.parquet",
+            **r.trust()}, {"tokenizer", "lang", "out", "trust_remote_code", "shard"}),
+        stage("trim", TRIM, lambda r: {
+            "model": r.config["model"], "counts": r.dir("count") / "counts.parquet",
+            "langs": ",".join(r.langs), "out": r.dir("trim") / "model", **r.trust()},
             {"model", "counts", "langs", "out", "trust_remote_code"}),
-        stage("verify", ["verify"], lambda r: [
-            "--original", r.config["model"], "--trimmed", r.dir("trim") / "model", *r.heldout_specs(),
-            "--report", r.dir("verify") / "verify.json", *r.trust()],
+        stage("verify", VERIFY, lambda r: {
+            "original": r.config["model"], "trimmed": r.dir("trim") / "model", "lang": r.heldout_specs(),
+            "report": r.dir("verify") / "verify.json", **r.trust()},
             {"original", "trimmed", "lang", "report", "trust_remote_code"}),
-        stage("student", ["student"], lambda r: [
-            "--teacher", r.dir("trim") / "model", "--out", r.dir("student") / "model"],
+        stage("student", STUDENT, lambda r: {
+            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model"},
             {"teacher", "out", "trust_remote_code"}),
-        stage("general", ["distil", "general"], lambda r: [
-            "--teacher", r.dir("trim") / "model", "--student", r.dir("student") / "model", *r.lang_specs(),
-            "--out", r.dir("general") / "run"],
+        stage("general", GENERAL, lambda r: {
+            "teacher": r.dir("trim") / "model", "student": r.dir("student") / "model", "lang": r.lang_specs(),
+            "out": r.dir("general") / "run"},
             {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True),
-        stage("finetune", ["finetune"], lambda r: [
-            "--model", r.config["model"], "--task", "nli", "--train", r.config["task_data"]["train"],
-            "--dev", r.config["task_data"]["dev"], "--out", r.dir("finetune") / "run", *r.trust()],
+        stage("finetune", FINETUNE, lambda r: {
+            "model": r.config["model"], "task": "nli", "train": [r.config["task_data"]["train"]],
+            "dev": [r.config["task_data"]["dev"]], "out": r.dir("finetune") / "run", **r.trust()},
             {"model", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
-        stage("task", ["distil", "task"], lambda r: [
-            "--teacher", r.dir("finetune") / "run" / "best", "--student", r.dir("general") / "run" / "final",
-            "--task", "nli", "--train", r.config["task_data"]["train"], "--dev", r.config["task_data"]["dev"],
-            "--out", r.dir("task") / "run"],
+        stage("task", TASK, lambda r: {
+            "teacher": r.dir("finetune") / "run" / "best", "student": r.dir("general") / "run" / "final",
+            "task": "nli", "train": [r.config["task_data"]["train"]], "dev": [r.config["task_data"]["dev"]],
+            "out": r.dir("task") / "run"},
             {"teacher", "student", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
-        stage("eval", ["eval", "xnli"], lambda r: [
-            "--model", r.dir("task") / "run" / "best", "--teacher", r.dir("finetune") / "run" / "best",
-            "--langs", ",".join(dict.fromkeys([r.target, r.source])),
-            *(["--data", r.config["eval_data"]] if r.config.get("eval_data") else []),
-            "--out", r.dir("eval") / "report"],
+        stage("eval", XNLI, lambda r: {
+            "model": r.dir("task") / "run" / "best", "teacher": r.dir("finetune") / "run" / "best",
+            "langs": ",".join(dict.fromkeys([r.target, r.source])),
+            **({"data": r.config["eval_data"]} if r.config.get("eval_data") else {}),
+            "out": r.dir("eval") / "report"},
             {"model", "teacher", "langs", "data", "out", "trust_remote_code"}),
     )}
 
 
-def _subparser(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> argparse.ArgumentParser:
-    for word in words:
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = action.choices[word]
-    return parser
-
-
-def _stage_parser(root: argparse.ArgumentParser, stage: Stage) -> argparse.ArgumentParser | None:
-    try:
-        return _subparser(root, stage.command)
-    except (KeyError, StopIteration):
-        return None
-
-
-def validate(config: dict, root: argparse.ArgumentParser) -> list[Stage]:
+def validate(config: dict) -> list[Stage]:
     """Check the whole config before anything runs; return the stages to run, in order."""
-    from polyglot_distil.corpus import parse_source
+    from polyglot_distil.data.corpus import parse_source
 
     unknown = [k for k in config if k not in TOP_LEVEL and k != "_path"]
     if unknown:
@@ -305,18 +234,20 @@ def validate(config: dict, root: argparse.ArgumentParser) -> list[Stage]:
     for stage in stages:
         section = config.get(stage.name) or {}
         _expect(isinstance(section, dict), stage.name, "a mapping of options", section)
-        parser = _stage_parser(root, stage)
-        if parser is None:
-            raise UserError(f"stage {stage.name}: this version of polyglot-distil has no "
-                            f"'{' '.join(stage.command)}' command; remove it from 'stages'")
-        section_argv(stage.name, section, parser, set(stage.wired))
+        stage.command.from_config(stage.name, section, set(stage.wired))
     return stages
 
 
-def stage_argv(run: Run, stage: Stage, root: argparse.ArgumentParser) -> list[str]:
+def stage_values(run: Run, stage: Stage) -> dict:
+    """The stage's options as the pipeline gives them: the wiring, then the config section."""
     section = run.config.get(stage.name) or {}
-    options = section_argv(stage.name, section, _stage_parser(root, stage), set(stage.wired))
-    return [*stage.command, *(str(a) for a in stage.wire(run)), *options]
+    wired = {name: str(value) if isinstance(value, Path) else value for name, value in stage.wire(run).items()}
+    return {**wired, **stage.command.from_config(stage.name, section, set(stage.wired))}
+
+
+def stage_argv(values: dict, stage: Stage) -> list[str]:
+    """The command line that runs the stage with `values` (for --check, markers and logs)."""
+    return [*stage.command.words, *stage.command.argv(values)]
 
 
 def _argv_hash(argv: list[str]) -> str:
@@ -328,19 +259,23 @@ class Step:
     """A stage as this invocation will treat it: `argv` to run it with, or None to skip it."""
 
     stage: Stage
-    argv: list[str] | None
+    values: dict | None  # the options to run it with (None: skip it)
     settings_hash: str  # of the stage's options, before --resume / --overwrite (they change no result)
 
+    @property
+    def argv(self) -> list[str] | None:
+        return None if self.values is None else stage_argv(self.values, self.stage)
 
-def plan(run: Run, stages: list[Stage], root: argparse.ArgumentParser, forced: bool) -> list[Step]:
+
+def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
     """Decide, before anything runs, which stages run and how. A completed stage is skipped
     unless `forced` (--only / --from) or a stage it reads from runs now (its inputs change). A
     stage that runs on unchanged inputs resumes from its checkpoints when it has some (an
     interrupted run); any other output it finds from an earlier attempt is overwritten."""
     steps, rerun = [], set()
     for stage in stages:
-        argv = stage_argv(run, stage, root)
-        settings_hash = _argv_hash(argv)
+        values = stage_values(run, stage)
+        settings_hash = _argv_hash(stage_argv(values, stage))
         marker = run.dir(stage.name) / MARKER
         running = forced or any(need in rerun for need in stage.needs)
         if not running and marker.is_file():
@@ -350,28 +285,24 @@ def plan(run: Run, stages: list[Stage], root: argparse.ArgumentParser, forced: b
                                 f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
             steps.append(Step(stage, None, settings_hash))
             continue
-        output = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        output = Path(values["out"]) if values.get("out") is not None else None
         if stage.resumable and not running and output is not None and (output / "checkpoints").is_dir():
-            argv.append("--resume")
+            values["resume"] = True
         elif (output is not None and output.exists()) or stage.name == "verify":
-            argv.append("--overwrite")  # an earlier attempt, or a re-run with new inputs
+            values["overwrite"] = True  # an earlier attempt, or a re-run with new inputs
         rerun.add(stage.name)
-        steps.append(Step(stage, argv, settings_hash))
+        steps.append(Step(stage, values, settings_hash))
     return steps
 
 
-def run_pipeline(config: dict, only: str | None = None, start: str | None = None,
-                 root: argparse.ArgumentParser | None = None) -> list[str]:
+def run_pipeline(config: dict, only: str | None = None, start: str | None = None) -> list[str]:
     """Run the config's stages; return the names of the stages that ran (not skipped).
 
     Under `accelerate launch` (several processes) the main process makes the plan and sends it
     to the others; the training stages run on every process, the other stages on the main one
     while the rest wait for its marker (a file, so a long count is not cut by a collective's
     timeout)."""
-    from polyglot_distil.cli import build_parser
-
-    root = root or build_parser()
-    stages = validate(config, root)
+    stages = validate(config)
     names = [s.name for s in stages]
     for flag, value in (("--only", only), ("--from", start)):
         if value is not None and value not in names:
@@ -385,11 +316,11 @@ def run_pipeline(config: dict, only: str | None = None, start: str | None = None
     steps, error = None, None
     if rank == 0:
         try:
-            steps = plan(run, stages, root, forced=bool(only or start))
+            steps = plan(run, stages, forced=bool(only or start))
         except UserError as exc:
             error = str(exc)
         for step in steps or []:
-            if step.argv is not None:  # markers of stages about to run are stale from here on
+            if step.values is not None:  # markers of stages about to run are stale from here on
                 run.dir(step.stage.name).mkdir(parents=True, exist_ok=True)
                 (run.dir(step.stage.name) / MARKER).unlink(missing_ok=True)
                 (run.dir(step.stage.name) / FAILED).unlink(missing_ok=True)
@@ -401,23 +332,21 @@ def run_pipeline(config: dict, only: str | None = None, start: str | None = None
     for step in steps:
         stage, argv = step.stage, step.argv
         marker = run.dir(stage.name) / MARKER
-        if argv is None:
+        if step.values is None:
             if rank == 0:
                 print(f"[{stage.name}] done earlier, skipped")
             continue
         if rank > 0:
             if stage.resumable:
-                args = root.parse_args(argv)
-                args.func(args)
+                stage.command.run(stage.command.namespace(**step.values))
             _wait_for(marker, stage.name)
             continue
-        if "--resume" in argv:
+        if step.values.get("resume"):
             print(f"[{stage.name}] resuming from its checkpoints")
         print(f"[{stage.name}] polyglot-distil {' '.join(argv)}", flush=True)
         start_time = time.time()
         try:
-            args = root.parse_args(argv)
-            code = int(args.func(args) or 0)
+            code = exit_status(stage.command.run(stage.command.namespace(**step.values)))
             if code != 0:
                 raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "
                                 "completed stages are skipped")
@@ -451,11 +380,11 @@ def _share_plan(steps: list[Step] | None, error: str | None) -> tuple[list[Step]
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes != _process_rank()[1]:
         raise UserError(f"launched as {_process_rank()[1]} processes, but accelerate set up {state.num_processes}")
-    plain = None if steps is None else [(s.stage.name, s.argv, s.settings_hash) for s in steps]
+    plain = None if steps is None else [(s.stage.name, s.values, s.settings_hash) for s in steps]
     shared = [plain, error]  # stages hold functions, which do not pickle: send their names
     broadcast_object_list(shared, from_process=0)
     table = _stage_table()
-    return [Step(table[name], argv, h) for name, argv, h in shared[0] or []], shared[1]
+    return [Step(table[name], values, h) for name, values, h in shared[0] or []], shared[1]
 
 
 def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
@@ -467,40 +396,39 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
         time.sleep(poll_seconds)
 
 
-def add_run_parser(subparsers) -> None:
-    p = subparsers.add_parser("run", help="run the whole pipeline from one YAML config",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. general.steps=100")
-    p.add_argument("--only", metavar="STAGE", help="run only this stage (again, if it was done)")
-    p.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on (it again, if done)")
-    p.add_argument("--check", action="store_true", help="validate the config and print the commands; run nothing")
-    p.set_defaults(func=run_run)
-
-
-def run_run(args) -> int:
-    from polyglot_distil.cli import build_parser
-
+def run_run(args) -> dict:
     config = load_config(args.config, args.overrides)
-    root = build_parser()
     if args.check:
         run = Run(config)
-        for stage in validate(config, root):
-            print(f"[{stage.name}] polyglot-distil {' '.join(stage_argv(run, stage, root))}")
+        for stage in validate(config):
+            print(f"[{stage.name}] polyglot-distil {' '.join(stage_argv(stage_values(run, stage), stage))}")
         print(f"{args.config}: valid")
-        return 0
-    ran = run_pipeline(config, args.only, args.start, root)
+        return {"valid": True, "ran": []}
+    ran = run_pipeline(config, args.only, args.start)
     if _process_rank()[0] > 0:
-        return 0  # the main process reports
+        return {"ran": ran}  # the main process reports
     print(f"pipeline done ({', '.join(ran) or 'nothing to do'}); outputs under {config['run_dir']}")
     report = Path(config["run_dir"]) / "eval" / "report" / "REPORT.md"
     if report.is_file():
         print(f"report: {report}\n")
         print(main_tables(report.read_text(encoding="utf-8")))
-    return 0
+    return {"ran": ran, "run_dir": str(config["run_dir"])}
 
 
 def main_tables(report_md: str, sections: tuple[str, ...] = ("Accuracy", "Fidelity", "Efficiency")) -> str:
     """The report's headline sections (accuracy, fidelity, efficiency), without the rest."""
     parts = report_md.split("\n## ")
     return "\n".join("## " + p.strip() + "\n" for p in parts[1:] if p.startswith(sections))
+
+
+RUN = Command(
+    ("run",), "run the whole pipeline from one YAML config", description=__doc__.split("\n\n")[0], run=run_run,
+    options=[
+        Option("config", kind=POSITIONAL, help="YAML config (see configs/)"),
+        Option("overrides", kind=POSITIONAL, nargs="*", default=[], metavar="KEY=VALUE",
+               help="override config fields, e.g. general.steps=100"),
+        Option("only", metavar="STAGE", help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}"),
+        Option("start", flag="--from", metavar="STAGE",
+               help=f"run from this stage on (it again, if done); one of: {', '.join(STAGES)}"),
+        Option("check", kind=FLAG, help="validate the config and print the commands; run nothing"),
+    ])

@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from polyglot_distil.corpus import parse_sources  # noqa: E402
-from polyglot_distil.count import count_corpora  # noqa: E402
-from polyglot_distil.loading import load_tokenizer, raw_backend  # noqa: E402
+from polyglot_distil.data.corpus import parse_sources  # noqa: E402
+from polyglot_distil.vocab.count import count_corpora  # noqa: E402
+from polyglot_distil.data.tokenization import untruncated  # noqa: E402
+from polyglot_distil.models.loading import load_tokenizer  # noqa: E402
 
 
 def corpus_files(langs: list[str]) -> list[Path]:
@@ -45,7 +46,7 @@ def corpus_files(langs: list[str]) -> list[Path]:
 
 
 def tokenizers_to_test(tmp: Path) -> dict[str, str]:
-    from polyglot_distil.smoke import write_bert_tokenizer, write_xlmr_tokenizer
+    from polyglot_distil.models.smoke import write_bert_tokenizer, write_xlmr_tokenizer
 
     found = {}
     if (SHARED / "mbert" / "vocab.txt").is_file():
@@ -65,7 +66,7 @@ def tokenizers_to_test(tmp: Path) -> dict[str, str]:
 def load_lines(files: list[Path]) -> list[str]:
     lines = []
     for source in parse_sources([str(f) for f in files]):
-        from polyglot_distil.corpus import iter_source
+        from polyglot_distil.data.corpus import iter_source
 
         lines.extend(iter_source(source))
     return lines
@@ -129,8 +130,8 @@ def peak_memory_mib(tokenizer_dir: str, files: list[Path], times: int, tmp: Path
 def count_rate_with_threads(tokenizer_dir: str, files: list[Path], threads: int) -> float:
     """Tokens/s of `count_corpora` in a fresh process whose tokenizer may use `threads` cores."""
     code = (
-        "import time; from polyglot_distil.corpus import parse_sources; "
-        "from polyglot_distil.count import count_corpora; from polyglot_distil.loading import load_tokenizer; "
+        "import time; from polyglot_distil.data.corpus import parse_sources; "
+        "from polyglot_distil.vocab.count import count_corpora; from polyglot_distil.models.loading import load_tokenizer; "
         f"t = load_tokenizer({tokenizer_dir!r}); s = {{'all': parse_sources({[str(f) for f in files]!r})}}; "
         f"start = time.perf_counter(); c = count_corpora({tokenizer_dir!r}, s, tokenizer=t, show_progress=False); "
         "print('RATE', c.totals['all'].tokens / (time.perf_counter() - start))"
@@ -156,7 +157,7 @@ def main() -> None:
         tmp = Path(tmp)
         for name, tokenizer_dir in tokenizers_to_test(tmp).items():
             tokenizer = load_tokenizer(tokenizer_dir)
-            backend = raw_backend(tokenizer)
+            backend = untruncated(tokenizer).__enter__()  # for the whole benchmark of this tokenizer
             sources = {"all": parse_sources([str(f) for f in files])}
             def run_count() -> int:
                 return count_corpora(tokenizer_dir, sources, tokenizer=tokenizer, show_progress=False).totals["all"].tokens

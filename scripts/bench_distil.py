@@ -35,14 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from polyglot_distil.distil_general import (RECIPES, distillation_terms, logit_rows,  # noqa: E402
-                                            student_module, teacher_outputs)
-from polyglot_distil.losses import mlm_cross_entropy  # noqa: E402
-from polyglot_distil.mlm_data import LanguageBatches, Masking, encode_text, to_blocks  # noqa: E402
-from polyglot_distil.smoke import build_smoke_model  # noqa: E402
-from polyglot_distil.loading import quiet_transformers  # noqa: E402
-from polyglot_distil.student import (StudentSpec, build_student, default_layer_map,  # noqa: E402
-                                     encoder_outputs)
+from polyglot_distil.distill.general import RECIPES, logit_rows, student_module, teacher_outputs  # noqa: E402
+from polyglot_distil.distill.objective import distillation_terms  # noqa: E402
+from polyglot_distil.distill.losses import mlm_cross_entropy  # noqa: E402
+from polyglot_distil.data.mlm import LanguageBatches, Masking, encode_text, to_blocks  # noqa: E402
+from polyglot_distil.models.smoke import build_smoke_model  # noqa: E402
+from polyglot_distil.models.loading import quiet_transformers  # noqa: E402
+from polyglot_distil.models.encoder import encoder_outputs  # noqa: E402
+from polyglot_distil.models.student import StudentSpec, build_student, default_layer_map  # noqa: E402
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -116,7 +116,8 @@ def main() -> None:
 
         def with_losses():
             s = model(batch["input_ids"], mask, rows)
-            terms = distillation_terms(s, frozen_teacher, batch, rows, weights, layer_map)
+            terms = distillation_terms(s, frozen_teacher, mask, weights, layer_map,
+                                       mlm_labels=batch["labels"][rows] if weights.mlm else None)
             sum(getattr(weights, k) * v for k, v in terms.items()).backward()
 
         def teacher_forward():
@@ -133,7 +134,8 @@ def main() -> None:
         def step():
             s = model(batch["input_ids"], mask, rows)
             t = teacher_outputs(teacher, batch, weights, rows)
-            terms = distillation_terms(s, t, batch, rows, weights, layer_map)
+            terms = distillation_terms(s, t, mask, weights, layer_map,
+                                       mlm_labels=batch["labels"][rows] if weights.mlm else None)
             sum(getattr(weights, k) * v for k, v in terms.items()).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -32,9 +32,10 @@ def main() -> None:
 
     import torch
 
-    from polyglot_distil.evaluate import load_classifier, measure_efficiency, predict_logits
-    from polyglot_distil.nli_data import read_nli
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.eval.efficiency import measure_efficiency
+    from polyglot_distil.models.classifier import load_classifier, predict_logits
+    from polyglot_distil.data.nli import read_nli
+    from polyglot_distil.models.smoke import build_smoke_model
 
     xnli = SHARED / "xnli" / "test-fr.tsv"
     data = read_nli(xnli if xnli.exists() else ROOT / "corpora" / "nli" / "test-fr.tsv")

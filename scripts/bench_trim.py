@@ -37,7 +37,7 @@ def build_mbert(folder: Path) -> None:
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from polyglot_distil.smoke import write_bert_tokenizer
+    from polyglot_distil.models.smoke import write_bert_tokenizer
 
     vocab = (SHARED / "mbert" / "vocab.txt").read_text(encoding="utf-8").splitlines()
     write_bert_tokenizer(folder, vocab=vocab)
@@ -65,10 +65,10 @@ def main() -> int:
     import numpy as np
     from transformers.utils import logging
 
-    from polyglot_distil.corpus import Caps, iter_language, parse_sources
-    from polyglot_distil.count import count_corpora
-    from polyglot_distil.trim import trim
-    from polyglot_distil.vocab import GEOTREND_LINE_SHARE, Rules
+    from polyglot_distil.data.corpus import Caps, iter_language, parse_sources
+    from polyglot_distil.vocab.count import count_corpora
+    from polyglot_distil.vocab.trim import trim
+    from polyglot_distil.vocab.select import GEOTREND_LINE_SHARE, Rules
 
     logging.disable_progress_bar()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trim."))

@@ -33,7 +33,7 @@ def sample_files() -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, sample_files) -> Path:
     """BertForMaskedLM, hidden 32, 4 layers, WordPiece (~1000 tokens) trained on the samples."""
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     return build_smoke_model(tmp_path_factory.mktemp("tiny_bert"), "bert", texts=sample_files, vocab_size=1000)
 
@@ -41,7 +41,7 @@ def tiny_bert_dir(tmp_path_factory, sample_files) -> Path:
 @pytest.fixture(scope="session")
 def tiny_xlmr_dir(tmp_path_factory, sample_files) -> Path:
     """XLMRobertaForMaskedLM, hidden 32, 4 layers, Unigram (~1000 pieces) trained on the samples."""
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     return build_smoke_model(tmp_path_factory.mktemp("tiny_xlmr"), "xlmr", texts=sample_files, vocab_size=1000)
 
@@ -49,7 +49,7 @@ def tiny_xlmr_dir(tmp_path_factory, sample_files) -> Path:
 @pytest.fixture(scope="session")
 def mbert_vocab_dir(tmp_path_factory) -> Path:
     """BertForMaskedLM, hidden 32, with the real 119,547-token mBERT (cased) vocabulary."""
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     vocab = shared("mbert", "vocab.txt")
     return build_smoke_model(tmp_path_factory.mktemp("mbert_vocab"), "bert", vocab_file=vocab, num_layers=2)
@@ -59,7 +59,7 @@ def mbert_vocab_dir(tmp_path_factory) -> Path:
 def xlmr_tokenizer_dir(tmp_path_factory) -> Path:
     """XLMRobertaForMaskedLM, hidden 32, with the real 250,002-entry XLM-R tokenizer (its
     tokenizer.json sets truncation at 128 and padding, as many saved tokenizers do)."""
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     tokenizer_json = shared("xlmr", "tokenizer.json")
     return build_smoke_model(tmp_path_factory.mktemp("xlmr_tok"), "xlmr", tokenizer_json=tokenizer_json, num_layers=2)
@@ -103,7 +103,7 @@ def fixed_vocab(path: Path, texts: list[Path], words: int = 800) -> Path:
     import re
     from collections import Counter
 
-    from polyglot_distil.smoke import BERT_SPECIALS
+    from polyglot_distil.models.smoke import BERT_SPECIALS
 
     counts = Counter(w for f in texts for w in re.findall(r"\w+|[^\w\s]", f.read_text(encoding="utf-8")))
     chars = sorted({c for w in counts for c in w})

@@ -10,7 +10,7 @@ import lzma
 
 import pytest
 
-from polyglot_distil.corpus import (Caps, ReadStats, group_lang_specs, iter_language, parse_lang_spec,
+from polyglot_distil.data.corpus import (Caps, ReadStats, group_lang_specs, iter_language, parse_lang_spec,
                                     parse_shard, parse_source, read_manifest)
 from polyglot_distil.errors import UserError
 

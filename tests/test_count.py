@@ -4,6 +4,7 @@ real tokenizers; shards merged equal one run; bad input fails with one line and 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -11,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CORPORA, run_cli
-from polyglot_distil.corpus import parse_sources
-from polyglot_distil.count import count_corpora, count_lines, merge, read_counts, write_counts
-from polyglot_distil.loading import load_tokenizer, raw_backend
+from polyglot_distil.data.corpus import parse_sources
+from polyglot_distil.vocab.count import count_corpora, count_lines, merge, read_counts, write_counts
+from polyglot_distil.data.tokenization import untruncated
+from polyglot_distil.models.loading import load_tokenizer
 
 
 def reference_counts(tokenizer, lines):
@@ -28,7 +30,8 @@ def reference_counts(tokenizer, lines):
 
 def assert_matches_reference(tokenizer_dir, lines):
     tokenizer = load_tokenizer(tokenizer_dir)
-    occurrences, line_counts, tokens = count_lines(raw_backend(tokenizer), lines, len(tokenizer), batch_lines=7)
+    with untruncated(tokenizer) as backend:
+        occurrences, line_counts, tokens = count_lines(backend, lines, len(tokenizer), batch_lines=7)
     ref_occ, ref_lines = reference_counts(tokenizer, lines)
     assert tokens == sum(ref_occ.values()) > 0
     assert {i: int(c) for i, c in enumerate(occurrences) if c} == dict(ref_occ)
@@ -72,7 +75,8 @@ def test_lines_counts_a_token_once_per_line(tiny_bert_dir):
     tokenizer = load_tokenizer(tiny_bert_dir)
     lines = ["la la la la", "la", "autre chose"]
     (la_id,) = tokenizer("la", add_special_tokens=False)["input_ids"]
-    occurrences, line_counts, _ = count_lines(raw_backend(tokenizer), lines, len(tokenizer))
+    with untruncated(tokenizer) as backend:
+        occurrences, line_counts, _ = count_lines(backend, lines, len(tokenizer))
     assert occurrences[la_id] == 5
     assert line_counts[la_id] == 2
 
@@ -186,3 +190,26 @@ def test_auto_shard_writes_one_file_per_rank(tmp_path, tiny_bert_dir, monkeypatc
     assert [p.name for p in parts] == ["counts.shard-0-of-2.parquet", "counts.shard-1-of-2.parquet"]
     lines = sum(read_counts(p).totals["en"].lines for p in parts)
     assert lines == sum(1 for line in sample.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def test_untruncated_restores_the_callers_settings(tmp_path):
+    """Counting sees every token, and the caller's tokenizer keeps its truncation and padding
+    (the shared XLM-R tokenizer.json sets both)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_file(str(_xlmr_json()))
+    assert backend.truncation is not None and backend.padding is not None
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    before = (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding)
+    long_line = " ".join(["word"] * 400)
+    with untruncated(tokenizer) as raw:
+        assert len(raw.encode(long_line).ids) > 400
+    assert (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding) == before
+
+
+def _xlmr_json():
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "xlmr" / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"needs {path}")
+    return path

@@ -91,7 +91,7 @@ def test_metrics_have_one_row_per_logged_step_with_every_loss_term(run_dir):
 def test_final_and_best_are_model_folders_with_the_teachers_tokenizer(run_dir, teacher_dir):
     from transformers import AutoModelForMaskedLM
 
-    from polyglot_distil.loading import load_tokenizer, vocab_in_id_order
+    from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 
     best_step = json.loads((run_dir / "best" / "best.json").read_text())["step"]
     assert best_step in (4, 8)
@@ -144,7 +144,7 @@ def test_accumulating_micro_batches_gives_the_same_losses(tmp_path, run_dir, tea
 
 
 def test_processes_and_micro_batches_take_equal_disjoint_row_slices():
-    from polyglot_distil.training import micro_batch
+    from polyglot_distil.distill.training import micro_batch
 
     batch = {"input_ids": torch.arange(24).reshape(8, 3), "language": "fr"}
     parts = [micro_batch(batch, index, 4, "cpu") for index in range(4)]
@@ -153,7 +153,7 @@ def test_processes_and_micro_batches_take_equal_disjoint_row_slices():
 
 
 def _language_batches(seed=0, languages=("en", "fr"), sizes=(40, 100)):
-    from polyglot_distil.mlm_data import LanguageBatches, Masking
+    from polyglot_distil.data.mlm import LanguageBatches, Masking
 
     rng = np.random.default_rng(0)
     blocks = {lang: rng.integers(10, 1000, (n, 16)).astype(np.int32) for lang, n in zip(languages, sizes)}
@@ -186,7 +186,7 @@ def test_batch_k_depends_only_on_seed_and_k():
 
 
 def test_masking_chooses_15_percent_of_ordinary_tokens_80_10_10():
-    from polyglot_distil.mlm_data import Masking, mask_tokens
+    from polyglot_distil.data.mlm import Masking, mask_tokens
 
     ids = torch.randint(10, 1000, (400, 64))
     ids[:, 0] = 2

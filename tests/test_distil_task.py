@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import CORPORA, SHARED_DATA, fixed_vocab, metrics_rows, redraw_encoder_matrices, run_cli
-from polyglot_distil.nli_data import read_nli
+from polyglot_distil.data.nli import read_nli
 
 TRAIN, DEV = CORPORA / "nli" / "train-en.tsv", CORPORA / "nli" / "dev-en.tsv"
 STAGE = 30  # steps of each stage in the main run: 2 epochs of 15 batches of 16 pairs
@@ -36,7 +36,7 @@ def base_dir(tmp_path_factory, sample_files) -> Path:
     0.02 a tiny model fine-tuned on 240 pairs predicts nearly one label for everything)."""
     from transformers import AutoModelForMaskedLM
 
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     root = tmp_path_factory.mktemp("base")
     base = build_smoke_model(root / "base", "bert", vocab_file=fixed_vocab(root / "vocab.txt", sample_files),
@@ -60,11 +60,11 @@ def teacher_dir(tmp_path_factory, base_dir) -> Path:
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, base_dir) -> Path:
     """The base trimmed to English and Swahili, as a student folder (its 2 layers copied)."""
-    from polyglot_distil.corpus import parse_sources
-    from polyglot_distil.count import count_corpora
-    from polyglot_distil.loading import load_tokenizer
-    from polyglot_distil.trim import trim
-    from polyglot_distil.vocab import Rules
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.vocab.count import count_corpora
+    from polyglot_distil.models.loading import load_tokenizer
+    from polyglot_distil.vocab.trim import trim
+    from polyglot_distil.vocab.select import Rules
 
     root = tmp_path_factory.mktemp("student")
     languages = {lang: parse_sources([str(CORPORA / lang / "sample.txt")]) for lang in ("en", "sw")}
@@ -105,7 +105,7 @@ def _masks(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_the_teacher_has_the_larger_vocabulary(teacher_dir, student_dir):
-    from polyglot_distil.loading import load_tokenizer
+    from polyglot_distil.models.loading import load_tokenizer
 
     assert len(load_tokenizer(student_dir)) < len(load_tokenizer(teacher_dir))  # so it is reduced
 
@@ -139,7 +139,7 @@ def test_after_stage_two_every_body_entry_outside_the_mask_is_bitwise_the_studen
 
 
 def test_theta0_in_checkpoints_is_the_student_and_a_seeded_head(run_dir, student_dir):
-    from polyglot_distil.finetune import new_classifier
+    from polyglot_distil.models.classifier import new_classifier
 
     extra = _load(run_dir / "checkpoints" / f"step-{STAGE}" / "extra_state.safetensors")
     assert not any(k.startswith("mask.") for k in extra)  # before the switch: no mask yet
@@ -207,9 +207,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, run_dir,
 
 
 def test_reduced_teacher_computes_on_student_ids_what_it_computed_on_its_own(teacher_dir, student_dir):
-    from polyglot_distil.distil_task import reduce_to_vocabulary
-    from polyglot_distil.evaluate import load_classifier
-    from polyglot_distil.loading import load_tokenizer, vocab_in_id_order
+    from polyglot_distil.distill.task import reduce_to_vocabulary
+    from polyglot_distil.models.classifier import load_classifier
+    from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 
     full, reduced = (load_classifier(teacher_dir, attn_implementation="eager") for _ in range(2))
     student_tokenizer = load_tokenizer(student_dir)
@@ -243,7 +243,8 @@ def xnli_run(tmp_path_factory, teacher_dir, student_dir) -> Path:
 
 
 def test_student_agrees_with_the_teacher_on_heldout_english_nli(xnli_run, teacher_dir):
-    from polyglot_distil.evaluate import load_classifier, predict_xnli
+    from polyglot_distil.eval.predict import predict_xnli
+    from polyglot_distil.models.classifier import load_classifier
 
     heldout = read_nli(SHARED_DATA / "xnli" / "test-en.tsv").select(range(600))
     teacher = predict_xnli(load_classifier(teacher_dir), heldout, max_length=64).argmax(1)

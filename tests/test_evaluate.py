@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from conftest import CORPORA, SHARED_DATA, fixed_vocab, run_cli
 
-from polyglot_distil.evaluate import predict_logits, probability_loyalty
-from polyglot_distil.nli_data import LABELS
+from polyglot_distil.eval.metrics import probability_loyalty
+from polyglot_distil.models.classifier import predict_logits
+from polyglot_distil.data.nli import LABELS
 
 PAIRS = 24  # per language: enough for every label to be predicted, fast on two cores
 
@@ -56,7 +57,7 @@ def with_labels(source: Path, target: Path, id2label: dict[int, str]) -> Path:
 def models(tmp_path_factory, sample_files) -> dict[str, Path]:
     """Tiny (hidden 32, 2 layers) NLI classifiers: a student and a teacher with different weights,
     the student with its classes in another order or with generic names, and a 2-way one."""
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     root = tmp_path_factory.mktemp("nli_models")
     vocab = fixed_vocab(root / "vocab.txt", sample_files)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import CORPORA, metrics_rows, run_cli, saved_weights
-from polyglot_distil.nli_data import LABELS, read_nli
+from polyglot_distil.data.nli import LABELS, read_nli
 
 TRAIN, DEV = CORPORA / "nli" / "train-en.tsv", CORPORA / "nli" / "dev-en.tsv"
 RUN = ("--epochs", 2, "--batch-size", 16, "--lr", 1e-3, "--max-length", 64, "--save-every", 15, "--log-every", 1,
@@ -51,7 +51,7 @@ def test_masked_lm_checkpoint_becomes_an_nli_classifier_folder(run_dir):
 def test_bare_encoder_checkpoint_gets_a_new_head_too(tmp_path, sample_files):
     from transformers import AutoConfig
 
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     bare = build_smoke_model(tmp_path / "bare", "bert", texts=sample_files, vocab_size=300, num_layers=1, head="base")
     assert finetune(bare, tmp_path / "run", "--epochs", 0.5) == 0
@@ -67,7 +67,8 @@ def test_metrics_have_every_step_and_one_dev_accuracy_per_epoch(run_dir):
 
 
 def test_best_is_the_evaluation_with_the_highest_dev_accuracy_and_has_it(run_dir):
-    from polyglot_distil.evaluate import load_classifier, predict_xnli
+    from polyglot_distil.eval.predict import predict_xnli
+    from polyglot_distil.models.classifier import load_classifier
 
     evals = metrics_rows(run_dir, "eval")
     best = json.loads((run_dir / "best" / "best.json").read_text())
@@ -114,7 +115,8 @@ def classifiers(tmp_path_factory, run_dir):
 
 
 def test_existing_nli_classifier_keeps_its_class_order_and_learns_the_same(tmp_path, classifiers):
-    from polyglot_distil.evaluate import load_classifier, predict_xnli
+    from polyglot_distil.eval.predict import predict_xnli
+    from polyglot_distil.models.classifier import load_classifier
 
     for name in ("plain", "permuted"):
         assert finetune(classifiers[name], tmp_path / name, "--epochs", 1) == 0
@@ -139,7 +141,7 @@ def test_generic_label_names_are_taken_in_xnli_order_and_written_out(tmp_path, r
 
 
 def test_max_train_examples_takes_a_seeded_sample_in_source_order():
-    from polyglot_distil.finetune import read_task_data
+    from polyglot_distil.distill.finetune import read_task_data
 
     first, _ = read_task_data([str(TRAIN)], [str(DEV)], 100, seed=0)
     again, _ = read_task_data([str(TRAIN)], [str(DEV)], 100, seed=0)
@@ -149,8 +151,8 @@ def test_max_train_examples_takes_a_seeded_sample_in_source_order():
 
 
 def test_batches_cover_an_epoch_without_repeats_and_depend_only_on_seed_and_number(tiny_bert_dir):
-    from polyglot_distil.finetune import NLIBatches, encode_pairs
-    from polyglot_distil.loading import load_tokenizer
+    from polyglot_distil.distill.finetune import NLIBatches, encode_pairs
+    from polyglot_distil.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_bert_dir)
     data = read_nli(TRAIN)
@@ -189,7 +191,7 @@ def test_unknown_label_in_the_training_data_names_file_and_line(capsys, tmp_path
 
 
 def test_classifier_with_other_labels_is_an_error(capsys, tmp_path, sample_files):
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     two_way = build_smoke_model(tmp_path / "two", "bert", texts=sample_files, vocab_size=300, num_layers=1,
                                 head="sequence-classification", num_labels=2)

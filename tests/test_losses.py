@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polyglot_distil import losses
+from polyglot_distil.distill import losses
 
 
 @pytest.fixture

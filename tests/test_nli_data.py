@@ -10,7 +10,7 @@ import pytest
 from conftest import shared
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.nli_data import LABELS, NLIData, read_nli, xnli_split
+from polyglot_distil.data.nli import LABELS, NLIData, read_nli, xnli_split
 
 
 def write(path, text: str):

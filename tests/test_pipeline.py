@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from polyglot_distil.cli import build_parser
 from polyglot_distil.errors import UserError
 from polyglot_distil.pipeline import STAGES, load_config, run_pipeline, validate
 
@@ -26,7 +25,7 @@ def test_the_shipped_configs_are_there():
 def test_every_shipped_config_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_config(path)
-    stages = validate(config, build_parser())
+    stages = validate(config)
     assert stages, path
     header = path.read_text(encoding="utf-8").splitlines()[:12]
     assert any("polyglot-distil run configs/" + path.name in line for line in header), "header gives the command"
@@ -88,7 +87,7 @@ def test_overrides_replace_config_fields(tmp_path):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The demo config, run as a user whose first run stopped after phase 1 and who ran it again."""
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     tmp = tmp_path_factory.mktemp("demo")
     samples = [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "de", "es", "sw")]
@@ -153,7 +152,7 @@ def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
     import subprocess
     import sys
 
-    from polyglot_distil.smoke import build_smoke_model
+    from polyglot_distil.models.smoke import build_smoke_model
 
     samples = [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "sw")]
     build_smoke_model(tmp_path / "teacher", "bert", texts=samples, vocab_size=600, num_layers=2)

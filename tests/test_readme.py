@@ -43,3 +43,21 @@ def test_readme_command_parses(command):
 def test_readme_has_commands_for_every_stage():
     used = {shlex.split(c)[1] for c in readme_commands()}
     assert {"count", "merge", "trim", "verify", "student", "distil", "finetune", "eval", "run"} <= used
+
+
+def test_the_from_python_snippet_runs(tmp_path, tiny_bert_dir, monkeypatch):
+    """The README's "From Python" block, run as written, in a folder laid out like the project
+    after scripts/demo.sh (the smoke teacher at out/demo/teacher, the bundled corpora)."""
+    import shutil
+
+    snippet = re.search(r"## From Python\n.*?```python\n(.*?)```", README, flags=re.S).group(1)
+    (tmp_path / "out" / "demo").mkdir(parents=True)
+    shutil.copytree(tiny_bert_dir, tmp_path / "out" / "demo" / "teacher")
+    (tmp_path / "corpora").symlink_to(ROOT / "corpora")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md (From Python)", "exec"), namespace)
+    report = namespace["report"]
+    assert report["params_after"] < report["params_before"]
+    assert (tmp_path / "out" / "py" / "trimmed" / "model.safetensors").is_file()
+    assert namespace["checked"]["exit_status"] == 0

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from polyglot_distil.finetune import new_classifier
-from polyglot_distil.sparse import (LotteryTicket, apply_diff, body_fingerprint, parameter_groups, sparse_count,
-                                    top_k_mask, write_diff)
+from polyglot_distil.models.classifier import new_classifier
+from polyglot_distil.distill.diff import apply_diff, write_diff
+from polyglot_distil.distill.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count, top_k_mask
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

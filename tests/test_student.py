@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from polyglot_distil.student import default_init_layers, default_layer_map, encoder_outputs, hidden_state_pairs
+from polyglot_distil.models.encoder import encoder_outputs
+from polyglot_distil.models.student import default_init_layers, default_layer_map, hidden_state_pairs
 
 
 def _load(folder, attn="eager"):
@@ -34,7 +35,7 @@ def test_default_mappings_are_bistils_for_twelve_to_six_layers():
 
 
 def test_student_has_half_the_layers_and_the_teachers_vocabulary(bert_student, tiny_bert_dir):
-    from polyglot_distil.loading import load_tokenizer, vocab_in_id_order
+    from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 
     student, teacher = _load(bert_student), _load(tiny_bert_dir)
     assert student.config.num_hidden_layers == teacher.config.num_hidden_layers // 2

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from conftest import CORPORA, run_cli, shared
-from polyglot_distil.corpus import Caps, iter_language, parse_sources
-from polyglot_distil.count import count_corpora, write_counts
-from polyglot_distil.loading import load_tokenizer, raw_backend, vocab_in_id_order
-from polyglot_distil.vocab import Rules, id_map_for
+from polyglot_distil.data.corpus import Caps, iter_language, parse_sources
+from polyglot_distil.vocab.count import count_corpora, write_counts
+from polyglot_distil.data.tokenization import untruncated
+from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
+from polyglot_distil.vocab.select import Rules, id_map_for
 
 KINDS = ["tiny_bert", "tiny_xlmr", "mbert", "xlmr_real"]
 EN_FR = [CORPORA / "en" / "sample.txt", CORPORA / "fr" / "sample.txt"]
@@ -50,14 +51,14 @@ class Trimmed:
         self.report = json.loads((out / "trim_report.json").read_text(encoding="utf-8"))
         self.old_ids = np.asarray(self.report["old_ids"], dtype=np.int64)
         self.before, self.after = load_tokenizer(source), load_tokenizer(out)
-        backend = raw_backend(self.before)
         id_map = id_map_for(self.old_ids, len(vocab_in_id_order(self.before)))
-        self.covered = [text for text in texts if (id_map[backend.encode(text).ids] >= 0).all()]
+        with untruncated(self.before) as backend:
+            self.covered = [text for text in texts if (id_map[backend.encode(text).ids] >= 0).all()]
         assert len(self.covered) >= 10  # the equivalence tests would prove nothing on fewer texts
 
 
 def make_trim(tmp: Path, source: Path, corpus: dict[str, list], rules: Rules, verify_lines: int = 40) -> Trimmed:
-    from polyglot_distil.trim import trim
+    from polyglot_distil.vocab.trim import trim
 
     source = with_random_mlm_bias(source, tmp / "source")
     languages = {lang: parse_sources([str(s) for s in files]) for lang, files in corpus.items()}
@@ -255,8 +256,8 @@ def test_trimmed_sentencepiece_model_keeps_the_fairseq_offset(tmp_path, sample_f
     import sentencepiece as spm
     from transformers import XLMRobertaTokenizer
 
-    from polyglot_distil.smoke import build_smoke_model
-    from polyglot_distil.trim import trim
+    from polyglot_distil.models.smoke import build_smoke_model
+    from polyglot_distil.vocab.trim import trim
 
     lines = [line for f in sample_files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     model_file = io.BytesIO()
@@ -302,8 +303,8 @@ def test_trimmed_sentencepiece_model_keeps_the_fairseq_offset(tmp_path, sample_f
 def test_every_head_is_kept(tmp_path, sample_files, head, auto_class):
     import transformers
 
-    from polyglot_distil.smoke import build_smoke_model
-    from polyglot_distil.trim import trim
+    from polyglot_distil.models.smoke import build_smoke_model
+    from polyglot_distil.vocab.trim import trim
 
     source = build_smoke_model(tmp_path / "source", "bert", texts=sample_files, vocab_size=400, num_layers=1,
                                head=head, num_labels=2 if head == "question-answering" else 3)
@@ -321,7 +322,7 @@ def test_every_head_is_kept(tmp_path, sample_files, head, auto_class):
 def test_an_untied_decoder_is_reindexed_on_its_own(tmp_path, tiny_bert_dir):
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from polyglot_distil.trim import trim
+    from polyglot_distil.vocab.trim import trim
 
     source = tmp_path / "untied"
     shutil.copytree(tiny_bert_dir, source)
@@ -343,7 +344,7 @@ def test_the_source_dtype_is_kept_in_safetensors(tmp_path, tiny_bert_dir):
     from safetensors import safe_open
     from transformers import AutoModelForMaskedLM
 
-    from polyglot_distil.trim import trim
+    from polyglot_distil.vocab.trim import trim
 
     source = tmp_path / "fp16"
     shutil.copytree(tiny_bert_dir, source)
@@ -446,12 +447,13 @@ def test_an_existing_output_is_kept_without_overwrite(tmp_path, tiny_bert_dir, b
 
 
 def test_a_verification_failure_writes_no_folder(tmp_path, tiny_bert_dir, bert_counts, capsys, monkeypatch):
-    import polyglot_distil.verify as verify
+    import polyglot_distil.vocab.trim as trim_stage
+    import polyglot_distil.vocab.verify as verify
 
     def broken(*args, **kwargs):
         return {"en": verify.LanguageCheck(texts=1, covered=1, compared=1, differing=1, max_hidden_diff=1e-7)}
 
-    monkeypatch.setattr(verify, "verify_equivalence", broken)
+    monkeypatch.setattr(trim_stage, "verify_equivalence", broken)
     err = trim_error(capsys, "--model", tiny_bert_dir, "--counts", bert_counts, "--langs", "en",
                      "--verify-lines", "5", "--out", tmp_path / "out")
     assert "differs from" in err and "was not written" in err

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import CORPORA, run_cli
-from polyglot_distil.corpus import Caps, iter_language, parse_sources
-from polyglot_distil.count import count_corpora
-from polyglot_distil.verify import compare_texts, load_pair
-from polyglot_distil.vocab import Rules
+from polyglot_distil.data.corpus import Caps, iter_language, parse_sources
+from polyglot_distil.vocab.count import count_corpora
+from polyglot_distil.vocab.verify import compare_texts, load_pair
+from polyglot_distil.vocab.select import Rules
 
 EN, FR = CORPORA / "en" / "sample.txt", CORPORA / "fr" / "sample.txt"
 
@@ -39,7 +39,7 @@ def source(tmp_path_factory, tiny_bert_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def trimmed(source) -> Path:
-    from polyglot_distil.trim import trim
+    from polyglot_distil.vocab.trim import trim
 
     counts = count_corpora(str(source), {"en": parse_sources([str(EN)]), "fr": parse_sources([str(FR)])},
                            show_progress=False)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import shared
-from polyglot_distil.count import Counts, LanguageTotals
+from polyglot_distil.vocab.count import Counts, LanguageTotals
 from polyglot_distil.errors import UserError
-from polyglot_distil.vocab import (BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, char_token_mask, rule_mask,
+from polyglot_distil.vocab.select import (BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, char_token_mask, rule_mask,
                                    select_vocabulary)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "la", "cat", "chat", "##s", "a", "##a", "é", "xyz"]
@@ -176,10 +176,10 @@ def test_parameter_formula_matches_a_real_bert_for_masked_lm():
 
 
 def test_mbert_en_fr_keeps_tens_of_thousands_of_tokens_and_a_third_fewer_parameters(mbert_vocab_dir):
-    from polyglot_distil.corpus import parse_sources
-    from polyglot_distil.count import count_corpora
-    from polyglot_distil.loading import load_tokenizer, vocab_in_id_order
-    from polyglot_distil.trim import special_token_ids
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.vocab.count import count_corpora
+    from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
+    from polyglot_distil.vocab.trim import special_token_ids
 
     xnli = shared("xnli")
     languages = {lang: parse_sources([str(xnli / f"{split}-{lang}.tsv") for split in ("dev", "test")])

@@ -33,16 +33,28 @@ OUT/checkpoints/, OUT/metrics.jsonl, OUT/run_config.json.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
+from polyglot_distil.distill.objective import distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.errors import UserError
+from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME
+from polyglot_distil.models.encoder import max_positions
+from polyglot_distil.models.student import STUDENT_OPTIONS
+from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, group, \
+    out_option
 
 TERMS = ("hidden", "attention", "logits", "mlm", "cosine")
 
 
 @dataclass
 class LossWeights:
+    """Phase 1's term weights (see objective.py); TERMS is the order the terms are added in."""
+
+    TERMS: ClassVar[tuple[str, ...]] = TERMS
+    LOGIT_LOSS: ClassVar[str] = "kl"  # KL over the MLM vocabulary at T, times T²
+
     hidden: float = 1.0
     attention: float = 1.0
     logits: float = 0.0
@@ -55,6 +67,9 @@ class LossWeights:
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
+DISTIL_GROUP_HELP = "distil a compact student (general phase, task phase)"
+LAYER_MAP = Option("layer_map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
+
 RECIPES = {
     "bistil": LossWeights(hidden=1, attention=1),
     "distilbert": LossWeights(hidden=0, attention=0, logits=5, mlm=2, cosine=1),
@@ -62,20 +77,9 @@ RECIPES = {
 
 
 def loss_weights(args) -> LossWeights:
-    weights = LossWeights(**asdict(RECIPES[args.recipe]))
-    for name in TERMS:
-        given = getattr(args, f"{name}_weight")
-        if given is not None:
-            if given < 0:
-                raise UserError(f"--{name}-weight must not be negative, not {given}")
-            setattr(weights, name, given)
-    if args.temperature is not None:
-        weights.temperature = args.temperature
+    weights = resolve_weights(RECIPES[args.recipe], {name: getattr(args, f"{name}_weight") for name in TERMS},
+                              args.temperature)
     weights.logit_positions = args.logit_positions
-    if not weights.enabled():
-        raise UserError("every loss weight is 0: enable at least one loss (e.g. --hidden-weight 1)")
-    if weights.temperature <= 0:
-        raise UserError(f"--temperature must be positive, not {weights.temperature}")
     return weights
 
 
@@ -86,7 +90,7 @@ def loss_weights(args) -> LossWeights:
 def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str, student_name: str,
                           teacher_rows: int, student_rows: int) -> None:
     """Teacher and student must give every token the same id (compared in id order)."""
-    from polyglot_distil.loading import vocab_in_id_order
+    from polyglot_distil.models.loading import vocab_in_id_order
 
     t_vocab, s_vocab = vocab_in_id_order(teacher_tokenizer), vocab_in_id_order(student_tokenizer)
     if t_vocab != s_vocab:
@@ -97,12 +101,6 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: st
     if teacher_rows != student_rows:
         raise UserError(f"teacher {teacher_name} has {teacher_rows:,} embedding rows but student {student_name} has "
                         f"{student_rows:,}; build the student from this teacher with 'polyglot-distil student'")
-
-
-def _max_block_size(config) -> int:
-    # RoBERTa-style position ids start after the padding id, which costs pad_token_id + 1 positions.
-    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
-    return config.max_position_embeddings - offset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,8 +114,8 @@ def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | No
 
     from tqdm.auto import tqdm
 
-    from polyglot_distil.corpus import Caps, ReadStats, iter_language
-    from polyglot_distil.mlm_data import encode_text, to_blocks
+    from polyglot_distil.data.corpus import Caps, ReadStats, iter_language
+    from polyglot_distil.data.mlm import encode_text, to_blocks
 
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
@@ -142,7 +140,7 @@ def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | No
 
 def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed: int):
     """(training batches, held-out batches or None) from every language's blocks."""
-    from polyglot_distil.mlm_data import LanguageBatches, split_heldout
+    from polyglot_distil.data.mlm import LanguageBatches, split_heldout
 
     if heldout_blocks and heldout_blocks < batch_size:
         raise UserError(f"--heldout-blocks {heldout_blocks} is less than one batch of {batch_size} blocks; "
@@ -165,7 +163,7 @@ def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed
 def _student_forward(parts, input_ids, attention_mask, logit_rows=None, *, hidden_states: bool, attentions: bool):
     """The trained computation (inside the DDP-wrapped module): the student's outputs, its hidden
     states projected to the teacher's width when it is narrower."""
-    from polyglot_distil.student import encoder_outputs
+    from polyglot_distil.models.encoder import encoder_outputs
 
     out = encoder_outputs(parts["student"], input_ids, attention_mask, hidden_states=hidden_states,
                           attentions=attentions, logit_rows=logit_rows)
@@ -196,8 +194,8 @@ def student_module(student, teacher, weights: LossWeights):
     narrower student, the projection of its hidden states. Called as `module(ids, mask, rows)`."""
     import functools
 
-    from polyglot_distil.student import mlm_head
-    from polyglot_distil.training import Trainable
+    from polyglot_distil.models.encoder import mlm_head
+    from polyglot_distil.distill.training import Trainable
 
     if not (weights.logits or weights.mlm):  # the head gets no gradient (its decoder is tied to the embeddings)
         embedding = student.get_input_embeddings().weight
@@ -214,7 +212,7 @@ def student_module(student, teacher, weights: LossWeights):
 def logit_rows(batch: dict, weights: LossWeights):
     """Where the MLM head runs: every token for the logit loss (unless restricted to the masked
     ones), the masked ones for the MLM loss alone, nowhere otherwise (bool [B, L] or None)."""
-    from polyglot_distil.mlm_data import IGNORE_INDEX
+    from polyglot_distil.data.mlm import IGNORE_INDEX
 
     if weights.logits and weights.logit_positions == "all":
         return batch["attention_mask"].bool()
@@ -225,36 +223,11 @@ def teacher_outputs(teacher, batch: dict, weights: LossWeights, rows) -> dict:
     """The teacher's forward, no gradients, returning only what the enabled losses read."""
     import torch
 
-    from polyglot_distil.student import encoder_outputs
+    from polyglot_distil.models.encoder import encoder_outputs
 
     with torch.no_grad():
         return encoder_outputs(teacher, batch["input_ids"], batch["attention_mask"], hidden_states=weights.hidden > 0,
                                attentions=weights.attention > 0, logit_rows=rows if weights.logits else None)
-
-
-def distillation_terms(s: dict, t: dict, batch: dict, rows, weights: LossWeights, layer_map: list[int]) -> dict:
-    """{term: scalar} for every enabled loss, from the student's and teacher's outputs."""
-    from polyglot_distil import losses
-    from polyglot_distil.mlm_data import IGNORE_INDEX
-    from polyglot_distil.student import hidden_state_pairs
-
-    mask = batch["attention_mask"]
-    terms = {}
-    if weights.hidden:
-        pairs = hidden_state_pairs(layer_map)
-        terms["hidden"] = losses.hidden_mse([s["hidden"][i] for i, _ in pairs],
-                                            [t["hidden"][k] for _, k in pairs], mask)
-    if weights.attention:
-        terms["attention"] = losses.attention_mse(s["attentions"], [t["attentions"][k] for k in layer_map], mask)
-    if weights.logits:
-        terms["logits"] = losses.logit_kl(s["logits"], t["logits"], weights.temperature)
-    if weights.mlm:
-        labels = batch["labels"][rows]
-        masked = labels != IGNORE_INDEX  # with the logit loss, rows are every token: keep the masked ones
-        terms["mlm"] = losses.mlm_cross_entropy(s["logits"][masked], labels[masked])
-    if weights.cosine:
-        terms["cosine"] = losses.cosine_hidden(s["last"], t["last"], mask)
-    return terms
 
 
 def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_map: list[int]):
@@ -262,20 +235,22 @@ def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_m
     rows = logit_rows(batch, weights)
     s = model(batch["input_ids"], batch["attention_mask"], rows)
     t = teacher_outputs(teacher, batch, weights, rows)
-    terms = distillation_terms(s, t, batch, rows, weights, layer_map)
-    return sum(getattr(weights, name) * term for name, term in terms.items()), terms
+    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map,
+                               mlm_labels=batch["labels"][rows] if weights.mlm else None)
+    return weighted_sum(terms, weights), terms
 
 
 def build_recipe(args, weights: LossWeights, settings, accelerator):
     """Load teacher, student and text; return the training `Recipe` of phase 1."""
     from transformers import AutoModelForMaskedLM
 
-    from polyglot_distil.corpus import group_lang_specs
-    from polyglot_distil.loading import load_model, load_tokenizer
-    from polyglot_distil.mlm_data import Masking
-    from polyglot_distil.student import build_student, check_layers, copy_tokenizer, default_layer_map, parse_layers, \
+    from polyglot_distil.data.corpus import group_lang_specs
+    from polyglot_distil.models.loading import load_model, load_tokenizer
+    from polyglot_distil.data.mlm import Masking
+    from polyglot_distil.models.loading import copy_tokenizer
+    from polyglot_distil.models.student import build_student, check_layers, default_layer_map, parse_layers, \
         spec_from_args
-    from polyglot_distil.training import Recipe, mean_over_batches
+    from polyglot_distil.distill.training import Recipe, mean_over_batches
 
     languages = group_lang_specs(args.lang)
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
@@ -297,7 +272,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
         raise UserError(f"the attention loss compares heads one to one, but the student has "
                         f"{student.config.num_attention_heads} and the teacher {teacher.config.num_attention_heads}; "
                         "pass --attention-weight 0")
-    longest = _max_block_size(student.config)
+    longest = max_positions(student.config)
     if not 3 <= args.block_size <= longest:
         raise UserError(f"--block-size {args.block_size}: the models take blocks of 3 to {longest} tokens")
 
@@ -329,67 +304,17 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
 # Command line
 
 
-def add_distil_parser(distil_subparsers) -> None:
-    """Add `distil general` to the `distil` command group."""
-    from polyglot_distil.student import add_student_arguments
-
-    p = distil_subparsers.add_parser("general", help="phase 1: distil a bilingual student on masked-LM text",
-                                     description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, help="teacher model folder (usually the trimmed model)")
-    p.add_argument("--student", help="student model folder (from 'polyglot-distil student'); "
-                                     "without it a student is built from the teacher with the options below")
-    p.add_argument("--lang", action="append", required=True, metavar="LANG=SOURCE",
-                   help="a language and one of its text sources (as in 'count'); repeat per source and language")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, best/ and final/ models)")
-    g = p.add_argument_group("student (when --student is not given)")
-    add_student_arguments(g)
-    g = p.add_argument_group("data")
-    g.add_argument("--block-size", type=int, default=256, help="tokens per block, [CLS] and [SEP] included")
-    g.add_argument("--max-lines", type=int, help="cap on lines read per language (seeded sample)")
-    g.add_argument("--mask-probability", type=float, default=0.15)
-    g.add_argument("--heldout-blocks", type=int, default=100, help="blocks per language held out for the "
-                                                                  "evaluation loss (0: none)")
-    g = p.add_argument_group("losses")
-    g.add_argument("--recipe", choices=sorted(RECIPES), default="bistil", help="preset loss weights")
-    for name in TERMS:
-        g.add_argument(f"--{name}-weight", type=float, help=f"weight of the {name} loss (overrides the recipe)")
-    g.add_argument("--temperature", type=float, help="softmax temperature of the logit loss (default 2)")
-    g.add_argument("--logit-positions", choices=("all", "masked"), default="all",
-                   help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones")
-    g.add_argument("--layer-map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=200_000, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=8, help="blocks per optimizer step, all processes together")
-    g.add_argument("--grad-accum", type=int, default=1, help="cut each batch into this many micro-batches "
-                                                             "(less memory, same result)")
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
-    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    g.add_argument("--eval-every", type=int, default=5000, help="steps between held-out evaluations")
-    g.add_argument("--save-every", type=int, default=5000, help="steps between checkpoints")
-    g.add_argument("--keep-checkpoints", type=int, default=2)
-    g.add_argument("--log-every", type=int, default=50, help="steps between rows of metrics.jsonl")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    g.add_argument("--overwrite", action="store_true", help="delete an existing --out and start over")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code to run")
-    p.set_defaults(func=run_distil_general)
+STUDENT_SHAPE = ("layers", "init_layers", "hidden_size", "intermediate_size", "heads")
 
 
-STUDENT_OPTIONS = ("layers", "init_layers", "hidden_size", "intermediate_size", "heads")
-
-
-def run_distil_general(args) -> int:
-    from polyglot_distil.corpus import group_lang_specs
-    from polyglot_distil.student import spec_from_args
-    from polyglot_distil.training import TrainSettings, train
+def run_distil_general(args) -> dict:
+    from polyglot_distil.data.corpus import group_lang_specs
+    from polyglot_distil.models.student import spec_from_args
+    from polyglot_distil.distill.training import TrainSettings, train
 
 
     if args.student:
-        given = [o for o in STUDENT_OPTIONS if getattr(args, o) is not None]
+        given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
         if given or args.init != "teacher" or args.dropout != 0.0:
             option = (given or ["init" if args.init != "teacher" else "dropout"])[0].replace("_", "-")
             raise UserError(f"--{option} shapes a student built here; with --student {args.student} drop it")
@@ -416,9 +341,58 @@ def run_distil_general(args) -> int:
     }
     result = train(settings, run_config, lambda accelerator: build_recipe(args, weights, settings, accelerator))
     if not result.is_main_process:
-        return 0
+        return result.summary()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
     best = f"; best eval_loss {result.best_value:.4g} at step {result.best_step}" if result.best_step else ""
     print(f"step {result.step}: {summary}{best}")
     print(f"wrote {result.final_dir}")
-    return 0
+    return result.summary()
+
+
+GENERAL = Command(
+    ("distil", "general"), "phase 1: distil a bilingual student on masked-LM text",
+    description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_general, options=[
+        Option("teacher", required=True, help="teacher model folder (usually the trimmed model)"),
+        Option("student", help="student model folder (from 'polyglot-distil student'); "
+                               "without it a student is built from the teacher with the options below"),
+        Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
+               help="a language and one of its text sources (as in 'count'); repeat per source and language"),
+        out_option("output folder (checkpoints, metrics, best/ and final/ models)"),
+        *group("student (when --student is not given)", STUDENT_OPTIONS),
+        *group("data", [
+            Option("block_size", type=int, default=256, help="tokens per block, [CLS] and [SEP] included"),
+            Option("max_lines", type=int, help="cap on lines read per language (seeded sample)"),
+            Option("mask_probability", type=float, default=0.15),
+            Option("heldout_blocks", type=int, default=100,
+                   help="blocks per language held out for the evaluation loss (0: none)"),
+        ]),
+        *group("losses", [
+            Option("recipe", choices=tuple(sorted(RECIPES)), default="bistil", help="preset loss weights"),
+            *(Option(f"{name}_weight", type=float, help=f"weight of the {name} loss (overrides the recipe)")
+              for name in TERMS),
+            Option("temperature", type=float, help="softmax temperature of the logit loss (default 2)"),
+            Option("logit_positions", choices=("all", "masked"), default="all",
+                   help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones"),
+            LAYER_MAP,
+        ]),
+        *group("training", [
+            Option("steps", type=int, default=200_000, help="optimizer steps"),
+            Option("batch_size", type=int, default=8, help="blocks per optimizer step, all processes together"),
+            Option("grad_accum", type=int, default=1,
+                   help="cut each batch into this many micro-batches (less memory, same result)"),
+            Option("lr", type=float, default=1e-4),
+            Option("warmup_steps", type=int, default=0),
+            Option("weight_decay", type=float, default=0.0),
+            Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
+            MIXED_PRECISION,
+            Option("eval_every", type=int, default=5000, help="steps between held-out evaluations"),
+            Option("save_every", type=int, default=5000, help="steps between checkpoints"),
+            Option("keep_checkpoints", type=int, default=2),
+            Option("log_every", type=int, default=50, help="steps between rows of metrics.jsonl"),
+            SEED,
+            RESUME,
+            replace(OVERWRITE, help="delete an existing --out and start over"),
+        ]),
+        NO_PROGRESS,
+        replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
+    ])

@@ -25,16 +25,20 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from polyglot_distil.corpus import Caps, ReadStats, Source, group_lang_specs, iter_language, parse_shard
+from polyglot_distil.data.corpus import Caps, ReadStats, Source, group_lang_specs, iter_language, parse_shard
 from polyglot_distil.errors import UserError
-from polyglot_distil.loading import load_tokenizer, raw_backend, tokenizer_fingerprint, vocab_in_id_order
+from polyglot_distil.data.tokenization import untruncated
+from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint, vocab_in_id_order
+from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, POSITIONAL, SEED, TRUST_REMOTE_CODE, Command, \
+    Option, out_option
 from polyglot_distil.outputs import atomic_file, check_writable
+from polyglot_distil.tables import text_table
 
 METADATA_KEY = b"polyglot_distil"
 FORMAT_VERSION = 1
@@ -167,7 +171,6 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
     from tqdm.auto import tqdm
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
-    backend = raw_backend(tokenizer)
     vocab = vocab_in_id_order(tokenizer)
     result = Counts(tokenizer=str(tokenizer_name), fingerprint=tokenizer_fingerprint(tokenizer, vocab), vocab=vocab,
                     unk_id=_unk_id(tokenizer))
@@ -184,8 +187,9 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{n_tokens / elapsed / 1e3:,.0f}k tokens/s", refresh=False)
 
-        occurrences, line_counts, tokens = count_lines(
-            backend, iter_language(sources, caps, shard, stats), len(vocab), batch_lines, progress)
+        with untruncated(tokenizer) as backend:
+            occurrences, line_counts, tokens = count_lines(
+                backend, iter_language(sources, caps, shard, stats), len(vocab), batch_lines, progress)
         bar.close()
         if stats.lines == 0 and shard == (0, 1):
             where = ", ".join(str(s) for s in sources)
@@ -330,37 +334,11 @@ def summary_table(counts: Counts) -> str:
         unk_share = f"{100 * t.unk / t.tokens:.3f}" if t.tokens else "-"
         rows.append((lang, f"{t.lines:,}", f"{t.tokens:,}", f"{t.chars:,}", f"{t.distinct:,}", f"{t.unk:,}",
                      unk_share, f"{t.replaced_bytes:,}", rate))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows, rule=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_count_parser(subparsers) -> None:
-    p = subparsers.add_parser("count", help="count token occurrences per language (Parquet)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokenizer", required=True, help="hub name, model folder or tokenizer.json")
-    p.add_argument("--lang", action="append", required=True, metavar="LANG=SOURCE",
-                   help="a language and one of its sources; repeat for more sources or languages")
-    p.add_argument("--out", required=True, help="the Parquet file to write")
-    p.add_argument("--max-lines", type=int, help="cap on lines per language (deterministic sample)")
-    p.add_argument("--max-bytes", type=int, help="cap on UTF-8 bytes per language (deterministic sample)")
-    p.add_argument("--min-chars", type=int, default=0, help="skip lines shorter than this (Geotrend: 6)")
-    p.add_argument("--sample", choices=("random", "head"), default="random",
-                   help="how caps choose lines: seeded random sample over the whole corpus, or the first lines")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard", help="I/N: count only shard I of N of every language (merge the parts after); "
-                   "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
-                   "OUT with '.shard-I-of-N' before its suffix")
-    p.add_argument("--batch-lines", type=int, default=8192, help="lines per encode_batch call")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code to run")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_count)
 
 
 def shard_path(out: str | Path, shard: tuple[int, int]) -> Path:
@@ -369,7 +347,7 @@ def shard_path(out: str | Path, shard: tuple[int, int]) -> Path:
     return out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}")
 
 
-def run_count(args) -> int:
+def run_count(args) -> dict:
     shard = parse_shard(args.shard)
     if args.shard == "auto" and shard[1] > 1:
         args.out = str(shard_path(args.out, shard))
@@ -384,22 +362,45 @@ def run_count(args) -> int:
                            trust_remote_code=args.trust_remote_code)
     write_counts(counts, args.out, args.overwrite)
     print(summary_table(counts))
-    print(f"wrote {args.out} ({sum(int(np.count_nonzero(c)) for c in counts.occurrences.values()):,} rows)")
-    return 0
+    rows = sum(int(np.count_nonzero(c)) for c in counts.occurrences.values())
+    print(f"wrote {args.out} ({rows:,} rows)")
+    return {"out": str(args.out), "rows": rows, "totals": {lang: asdict(t) for lang, t in counts.totals.items()}}
 
 
-def add_merge_parser(subparsers) -> None:
-    p = subparsers.add_parser("merge", help="add counts files (e.g. shards) into one")
-    p.add_argument("parts", nargs="+", help="counts files written by 'count'")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=run_merge)
-
-
-def run_merge(args) -> int:
+def run_merge(args) -> dict:
     check_writable(args.out, args.overwrite)
     merged = merge([read_counts(p) for p in args.parts])
     write_counts(merged, args.out, args.overwrite)
     print(summary_table(merged))
     print(f"wrote {args.out} from {len(args.parts)} parts")
-    return 0
+    return {"out": str(args.out), "parts": len(args.parts), "totals": {lang: asdict(t) for lang, t in merged.totals.items()}}
+
+
+COUNT = Command(
+    ("count",), "count token occurrences per language (Parquet)", description=__doc__.split("\n\n")[0],
+    run=run_count, options=[
+        Option("tokenizer", required=True, help="hub name, model folder or tokenizer.json"),
+        Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
+               help="a language and one of its sources; repeat for more sources or languages"),
+        out_option("the Parquet file to write"),
+        Option("max_lines", type=int, help="cap on lines per language (deterministic sample)"),
+        Option("max_bytes", type=int, help="cap on UTF-8 bytes per language (deterministic sample)"),
+        Option("min_chars", type=int, default=0, help="skip lines shorter than this (Geotrend: 6)"),
+        Option("sample", choices=("random", "head"), default="random",
+               help="how caps choose lines: seeded random sample over the whole corpus, or the first lines"),
+        SEED,
+        Option("shard", help="I/N: count only shard I of N of every language (merge the parts after); "
+               "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
+               "OUT with '.shard-I-of-N' before its suffix"),
+        Option("batch_lines", type=int, default=8192, help="lines per encode_batch call"),
+        replace(OVERWRITE, help="replace an existing output file"),
+        replace(TRUST_REMOTE_CODE, help="allow the tokenizer's own code to run"),
+        NO_PROGRESS,
+    ])
+
+MERGE = Command(
+    ("merge",), "add counts files (e.g. shards) into one", run=run_merge, options=[
+        Option("parts", kind=POSITIONAL, nargs="+", help="counts files written by 'count'"),
+        out_option("the merged Parquet file to write"),
+        replace(OVERWRITE, help="replace an existing output file"),
+    ])

@@ -1,7 +1,5 @@
 """Lottery-ticket sparse fine-tuning (Ansell et al. 2022; BiStil's task phase): which entries of a
-model are trained, theta0 and the mask, and the sparse difference a run saves.
-
-    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+model are trained, theta0 and the mask.
 
 After a first stage of full fine-tuning, the K entries of the body with the largest |theta -
 theta0| form the mask; every parameter returns to theta0 and a second stage trains only the
@@ -13,28 +11,17 @@ groups (`ParameterGroups`):
     selectable  the rest of the body (embeddings optional), from which the K entries are chosen
     frozen      LayerNorm weights (and the embeddings when they are excluded): never trained
 
-The sparse difference (OUT/sparse_diff/) is the trained model relative to the phase-1 student:
-`diff.safetensors` holds, per body parameter with chosen entries, `body.NAME.indices` (flat
-indices, int32 or int64) and `body.NAME.values` (the trained values there, not differences, so
-that applying it rebuilds the model bit for bit), and `head.NAME` (whole head tensors);
-`sparse_diff.json` the base's fingerprint, density, K and the names; `config.json` the
-classifier's configuration. `apply-diff` rebuilds the dense model from the base and the diff.
+The trained model is saved as a sparse difference from the phase-1 student (`diff.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from polyglot_distil.errors import UserError
-
-DIFF_FILE = "diff.safetensors"
-INFO_FILE = "sparse_diff.json"
-FORMAT = "polyglot-distil sparse diff 1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,101 +177,3 @@ class LotteryTicket:
             self.mask = {n: tensors[f"mask.{n}"].to(params[n].device) for n in self.groups.selectable}
 
 
-# ---------------------------------------------------------------------------------------------
-# The sparse difference
-
-
-def write_diff(folder: Path, weights: dict[str, torch.Tensor], ticket: LotteryTicket, config_file: Path,
-               info: dict) -> dict:
-    """Write the diff of the dense `weights` (a state dict trained with `ticket`) into `folder`.
-    Every selectable entry outside the mask must still be theta0 (checked: a difference is a bug,
-    and the diff would not rebuild the model). Returns the JSON record."""
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for name in ticket.groups.selectable:
-        mask, base, trained = ticket.mask[name].cpu(), ticket.theta0[name], weights[name].cpu()
-        outside = ~mask
-        if not torch.equal(trained[outside], base[outside]):
-            raise RuntimeError(f"{name}: entries outside the mask moved from theta0 during sparse training")
-        indices = torch.nonzero(mask.reshape(-1)).squeeze(1)
-        if len(indices):
-            dtype = torch.int32 if mask.numel() < 2**31 else torch.int64
-            tensors[f"body.{name}.indices"] = indices.to(dtype)
-            tensors[f"body.{name}.values"] = trained.reshape(-1)[indices].contiguous()
-    for name in ticket.groups.head:
-        tensors[f"head.{name}"] = weights[name].contiguous().cpu()
-    record = {"format": FORMAT, **info, "k": ticket.k,
-              "selectable": sum(ticket.theta0[n].numel() for n in ticket.groups.selectable),
-              "head": ticket.groups.head, "frozen": ticket.groups.frozen,
-              "body": [n for n in ticket.groups.selectable if f"body.{n}.indices" in tensors],
-              "values": "trained values at the flat indices (not differences)"}
-    save_file(tensors, folder / DIFF_FILE, metadata={"format": "pt"})
-    (folder / "config.json").write_bytes(Path(config_file).read_bytes())
-    (folder / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return record
-
-
-def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
-    """The dense classifier: the body of `base` with the diff's entries and head written in."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    diff = Path(diff)
-    if not (diff / INFO_FILE).is_file() or not (diff / DIFF_FILE).is_file():
-        raise UserError(f"--diff {diff}: not a sparse diff folder (expected {INFO_FILE} and {DIFF_FILE}, "
-                        "as 'distil task' writes in OUT/sparse_diff)")
-    record = json.loads((diff / INFO_FILE).read_text(encoding="utf-8"))
-    if record.get("format") != FORMAT:
-        raise UserError(f"--diff {diff}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
-    from polyglot_distil.finetune import new_classifier
-
-    config = AutoConfig.from_pretrained(diff)
-    model, new_names = new_classifier(base, 0, trust_remote_code, config=config)
-    head = set(record["head"])
-    if not new_names <= head:
-        lacking = ", ".join(sorted(new_names - head)[:3])
-        raise UserError(f"--base {base} lacks weights the diff does not carry ({lacking}); "
-                        "pass the phase-1 student that 'distil task' was given as --student")
-    weights = dict(model.named_parameters())
-    body = [n for n in weights if n not in head]
-    if body_fingerprint(weights, body) != record["base_fingerprint"]:
-        raise UserError(f"--base {base} is not the model this diff was trained from (its weights differ); "
-                        f"pass the phase-1 student given to 'distil task' ({record.get('base', 'see ' + INFO_FILE)})")
-    tensors = load_file(diff / DIFF_FILE)
-    with torch.no_grad():
-        for name in record["body"]:
-            flat = weights[name].view(-1)
-            flat[tensors[f"body.{name}.indices"].long()] = tensors[f"body.{name}.values"].to(flat.dtype)
-        for name in record["head"]:
-            weights[name].copy_(tensors[f"head.{name}"])
-    return model, record
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_apply_diff_parser(subparsers) -> None:
-    p = subparsers.add_parser("apply-diff", help="rebuild the dense task model from a phase-1 student and its diff",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True, help="the phase-1 student folder the diff was trained from")
-    p.add_argument("--diff", required=True, help="the sparse diff folder (OUT/sparse_diff of 'distil task')")
-    p.add_argument("--out", required=True, help="the model folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
-    p.set_defaults(func=run_apply_diff)
-
-
-def run_apply_diff(args) -> int:
-    from polyglot_distil.outputs import atomic_dir, check_writable
-    from polyglot_distil.student import copy_tokenizer
-
-    check_writable(args.out, args.overwrite)
-    model, record = apply_diff(args.base, args.diff, args.trust_remote_code)
-    with atomic_dir(args.out, args.overwrite) as tmp:
-        model.save_pretrained(tmp)
-        copy_tokenizer(args.base, tmp)
-    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {args.base}")
-    print(f"wrote {args.out}")
-    return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
@@ -61,17 +62,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     return tokenizer
 
 
-def raw_backend(tokenizer):
-    """The tokenizer's `tokenizers.Tokenizer` with truncation and padding switched off, so that
-    counting and verifying see every token of every line. Switched off in place rather than on a
-    copy (a copy of XLM-R's 250k-piece model costs a second); `transformers` sets both again on
-    each call that asks for them."""
-    backend = tokenizer.backend_tokenizer
-    backend.no_truncation()
-    backend.no_padding()
-    return backend
-
-
 def vocab_in_id_order(tokenizer) -> list[str]:
     """Every token string, indexed by id (added tokens included)."""
     backend = tokenizer.backend_tokenizer
@@ -116,3 +106,18 @@ def quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+
+
+def copy_tokenizer(source: str | Path, target: Path, tokenizer=None) -> None:
+    """Put the tokenizer of model folder (or hub name) `source` into folder `target`."""
+    source_dir = Path(source)
+    if source_dir.is_dir():
+        for name in TOKENIZER_FILES:
+            if (source_dir / name).is_file():
+                shutil.copyfile(source_dir / name, target / name)
+    else:
+        (tokenizer or load_tokenizer(source)).save_pretrained(target)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")

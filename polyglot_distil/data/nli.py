@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from polyglot_distil.corpus import _Decoder, _looks_offline, _read_lines
+from polyglot_distil.data.corpus import _Decoder, _looks_offline, _read_lines
 from polyglot_distil.errors import UserError
 
 LABELS = ("entailment", "neutral", "contradiction")

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from polyglot_distil.corpus import Caps, group_lang_specs, iter_language
+from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language
 from polyglot_distil.errors import UserError
-from polyglot_distil.loading import load_model, load_tokenizer, raw_backend, vocab_in_id_order
+from polyglot_distil.tables import text_table
+from polyglot_distil.models.encoder import max_positions
+from polyglot_distil.data.tokenization import untruncated
+from polyglot_distil.models.loading import load_model, load_tokenizer, vocab_in_id_order
+from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option
 from polyglot_distil.outputs import atomic_file, check_writable
-from polyglot_distil.trim import model_class_for, vocab_size
-from polyglot_distil.vocab import id_map_for
+from polyglot_distil.vocab.trim_model import model_class_for
+from polyglot_distil.vocab.trim_tokenizer import vocab_size
+from polyglot_distil.vocab.select import id_map_for
 
 
 class EquivalenceError(UserError):
@@ -106,13 +111,6 @@ class _KeptRowsDecoder:
             setattr(self.parent, self.attr, self.decoder)
 
 
-def max_positions(model) -> int:
-    """Longest input the model takes, in tokens (RoBERTa-style positions start after the pad id)."""
-    limit = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
-    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
-    return limit - (padding_idx + 1) if padding_idx is not None else limit
-
-
 def _padded(id_lists: list[list[int]], pad_id: int):
     import torch
 
@@ -125,7 +123,7 @@ def _padded(id_lists: list[list[int]], pad_id: int):
     return ids, mask
 
 
-def _differences(before, after, real):
+def _tensor_differences(before, after, real):
     """Per text (bool[batch]) whether any real position differs, and the largest absolute
     difference; `before`/`after` are [batch, seq, dim], `real` [batch, seq, 1]. A NaN on one
     side only is a difference of inf (a plain max would hide it)."""
@@ -146,10 +144,12 @@ def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tok
 
     check = LanguageCheck(texts=len(texts))
     id_map = id_map_for(old_ids, vocab_size(original_tokenizer))
-    before = raw_backend(original_tokenizer).encode_batch(texts)
-    after = raw_backend(trimmed_tokenizer).encode_batch(texts)
+    with untruncated(original_tokenizer) as backend:
+        before = backend.encode_batch(texts)
+    with untruncated(trimmed_tokenizer) as backend:
+        after = backend.encode_batch(texts)
     unk_before, unk_after = original_tokenizer.unk_token_id, trimmed_tokenizer.unk_token_id
-    limit = max_positions(original_model)
+    limit = max_positions(original_model.config)
     to_run = []
     for i, (b, a) in enumerate(zip(before, after)):
         ids_b, ids_a = np.asarray(b.ids, dtype=np.int64), np.asarray(a.ids, dtype=np.int64)
@@ -184,10 +184,10 @@ def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tok
             out_b = original_model(input_ids=ids_b, attention_mask=mask, output_hidden_states=True)
             out_a = trimmed_model(input_ids=ids_a, attention_mask=mask, output_hidden_states=True)
             real = mask.bool()[..., None]
-            differs, gap = _differences(out_b.hidden_states[-1], out_a.hidden_states[-1], real)
+            differs, gap = _tensor_differences(out_b.hidden_states[-1], out_a.hidden_states[-1], real)
             check.max_hidden_diff = max(check.max_hidden_diff, gap)
             if has_mlm:
-                differs_logits, gap = _differences(out_b.logits, out_a.logits, real)
+                differs_logits, gap = _tensor_differences(out_b.logits, out_a.logits, real)
                 check.max_logit_diff = max(check.max_logit_diff, gap)
                 differs |= differs_logits
             check.differing += int(differs.sum())
@@ -262,33 +262,14 @@ def verify_table(results: dict[str, LanguageCheck]) -> str:
                      f"{r.compared:,}", f"{r.max_hidden_diff:g}",
                      "-" if r.max_logit_diff is None else f"{r.max_logit_diff:g}",
                      "equal" if r.passed else f"{r.differing} DIFFER"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                     for row in rows)
+    return text_table(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 
 
-def add_verify_parser(subparsers) -> None:
-    p = subparsers.add_parser("verify", help="prove a trimmed model equals the original on covered text",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--original", required=True, help="hub name or folder of the model that was trimmed")
-    p.add_argument("--trimmed", required=True, help="folder written by 'polyglot-distil trim'")
-    p.add_argument("--lang", action="append", required=True, metavar="LANG=SOURCE",
-                   help="held-out text of a language; repeat for more sources or languages")
-    p.add_argument("--max-lines", type=int, default=1000, help="lines per language (seeded random sample)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--report", help="also write the figures to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --report file")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the original model's own code to run")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_verify)
-
-
-def run_verify(args) -> int:
+def run_verify(args) -> dict:
     if args.report:
         check_writable(args.report, args.overwrite)
     if args.max_lines < 1 or args.batch_size < 1:
@@ -302,9 +283,28 @@ def run_verify(args) -> int:
     if args.report:
         with atomic_file(args.report, args.overwrite) as tmp:
             tmp.write_text(json.dumps({lang: r.as_dict() for lang, r in results.items()}, indent=1), encoding="utf-8")
+    report = {"languages": {lang: r.as_dict() for lang, r in results.items()}, "exit_status": 0}
     failed = [lang for lang, r in results.items() if not r.passed]
     if failed:
         print(f"verify: the trimmed model differs on covered text of {', '.join(failed)}", file=sys.stderr)
-        return 1
+        report["exit_status"] = 1
+        return report
     print("verify: identical on every covered text")
-    return 0
+    return report
+
+
+VERIFY = Command(
+    ("verify",), "prove a trimmed model equals the original on covered text", description=__doc__.split("\n\n")[0],
+    run=run_verify, options=[
+        Option("original", required=True, help="hub name or folder of the model that was trimmed"),
+        Option("trimmed", required=True, help="folder written by 'polyglot-distil trim'"),
+        Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
+               help="held-out text of a language; repeat for more sources or languages"),
+        Option("max_lines", type=int, default=1000, help="lines per language (seeded random sample)"),
+        SEED,
+        Option("batch_size", type=int, default=8),
+        Option("report", help="also write the figures to this JSON file"),
+        replace(OVERWRITE, help="replace an existing --report file"),
+        replace(TRUST_REMOTE_CODE, help="allow the original model's own code to run"),
+        NO_PROGRESS,
+    ])

@@ -150,6 +150,12 @@ class TrainResult:
     last_eval: dict = field(default_factory=dict)
     is_main_process: bool = True
 
+    def summary(self) -> dict:
+        """The run's report: steps, where the models are, the best and last metrics."""
+        return {"step": self.step, "final_dir": str(self.final_dir), "best_dir": str(Path(self.final_dir).parent / "best"),
+                "best_step": self.best_step, "best_value": self.best_value, "last_train": dict(self.last_train),
+                "last_eval": dict(self.last_eval)}
+
 
 class Trainable(torch.nn.Module):
     """Several trained modules and the function that runs them, as one module: `forward(*a, **k)`
@@ -224,7 +230,7 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): config}
 
 
-def _differences(saved: dict, new: dict) -> str:
+def _config_differences(saved: dict, new: dict) -> str:
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
     changed = [f"{k}: {old.get(k)!r} -> {now.get(k)!r}"
                for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
@@ -250,7 +256,7 @@ def check_output(settings: TrainSettings, config: dict) -> Path | None:
                         "pass a new --out")
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     if saved.get("hash") != config_hash(config):
-        changes = _differences(saved.get("config", {}), config)
+        changes = _config_differences(saved.get("config", {}), config)
         raise UserError(f"--resume: {out} was made with a different configuration ({changes}); "
                         "rerun with its options or pass a new --out")
     found = checkpoints(out)

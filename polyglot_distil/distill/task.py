@@ -42,18 +42,30 @@ OUT/checkpoints/, OUT/run_config.json.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 
+from polyglot_distil.distill.objective import distillation_terms, resolve_weights, weighted_sum
+from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS
+from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
+from polyglot_distil.distill.settings import training_options
 from polyglot_distil.errors import UserError
+from polyglot_distil.models.encoder import classifier_outputs
+from polyglot_distil.options import NEGATED, NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, group, out_option
 
 TERMS = ("logits", "hidden", "attention", "label")
 
 
 @dataclass
 class TaskLossWeights:
+    """Phase 2's term weights (see objective.py); TERMS is the order the terms are added in."""
+
+    TERMS: ClassVar[tuple[str, ...]] = TERMS
+    LOGIT_LOSS: ClassVar[str] = "soft_ce"  # soft cross-entropy over the classes at T, no T² (BiStil's code)
+
     logits: float = 1.0
     hidden: float = 1.0
     attention: float = 1.0
@@ -65,17 +77,8 @@ class TaskLossWeights:
 
 
 def loss_weights(args) -> TaskLossWeights:
-    weights = TaskLossWeights(temperature=args.temperature)
-    for name in TERMS:
-        value = getattr(args, f"{name}_weight")
-        if value < 0:
-            raise UserError(f"--{name}-weight must not be negative, not {value}")
-        setattr(weights, name, value)
-    if not weights.enabled():
-        raise UserError("every loss weight is 0: enable at least one loss (e.g. --logits-weight 1)")
-    if not weights.temperature > 0:
-        raise UserError(f"--temperature must be positive, not {weights.temperature}")
-    return weights
+    return resolve_weights(TaskLossWeights(), {name: getattr(args, f"{name}_weight") for name in TERMS},
+                           args.temperature)
 
 
 @dataclass
@@ -107,7 +110,7 @@ def reduce_to_vocabulary(teacher, teacher_vocab: list[str], student_vocab: list[
     """Reduce `teacher` (in place) to the student's vocabulary: old_ids[student id] = the teacher
     id of the same token string, rows selected by `trim.trim_model_vocab`. Returns old_ids, or
     None when the vocabularies are already the same."""
-    from polyglot_distil.trim import trim_model_vocab
+    from polyglot_distil.vocab.trim_model import trim_model_vocab
 
     if teacher_vocab == student_vocab:
         return None
@@ -132,8 +135,8 @@ def reduce_to_vocabulary(teacher, teacher_vocab: list[str], student_vocab: list[
 
 def load_teacher(args, student_tokenizer, attn: str):
     """The teacher classifier (`evaluate.Classifier`), frozen, on the student's vocabulary."""
-    from polyglot_distil.evaluate import load_classifier
-    from polyglot_distil.loading import vocab_in_id_order
+    from polyglot_distil.models.classifier import load_classifier
+    from polyglot_distil.models.loading import vocab_in_id_order
 
     teacher = load_classifier(args.teacher, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
     reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student_tokenizer),
@@ -146,8 +149,8 @@ def load_student(args, attn: str):
     """(classifier on the phase-1 student with a new seeded head, names of the new parameters)."""
     from transformers import AutoConfig
 
-    from polyglot_distil.finetune import is_sequence_classifier, new_classifier
-    from polyglot_distil.loading import load_model
+    from polyglot_distil.models.classifier import is_sequence_classifier, new_classifier
+    from polyglot_distil.models.loading import load_model
 
     config = load_model(args.student, AutoConfig, trust_remote_code=args.trust_remote_code)
     if is_sequence_classifier(config):
@@ -157,7 +160,7 @@ def load_student(args, attn: str):
 
 
 def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int], args) -> None:
-    from polyglot_distil.student import check_layers
+    from polyglot_distil.models.student import check_layers
 
     t, s = teacher.config, student.config
     if t.model_type != s.model_type:
@@ -180,30 +183,18 @@ def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskL
     """One batch's (weighted loss, {term: scalar}). `teacher_order` [3] puts the teacher's
     classes in XNLI order, the student's."""
     import torch
-    import torch.nn.functional as F
 
-    from polyglot_distil import losses
-    from polyglot_distil.finetune import model_inputs
-    from polyglot_distil.student import hidden_state_pairs
+    from polyglot_distil.data.nli_batches import model_inputs
 
     inputs = model_inputs(batch)
-    wanted = {"output_hidden_states": weights.hidden > 0, "output_attentions": weights.attention > 0}
-    s = model(**inputs, **wanted)
+    hidden, attentions = weights.hidden > 0, weights.attention > 0
+    s = classifier_outputs(model(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden, attentions)
     with torch.no_grad():
-        t = teacher(**inputs, **wanted)
-    mask = batch["attention_mask"]
-    terms = {}
-    if weights.logits:
-        terms["logits"] = losses.soft_cross_entropy(s.logits, t.logits[:, teacher_order], weights.temperature)
-    if weights.hidden:
-        pairs = hidden_state_pairs(layer_map)
-        terms["hidden"] = losses.hidden_mse([s.hidden_states[i] for i, _ in pairs],
-                                            [t.hidden_states[k] for _, k in pairs], mask)
-    if weights.attention:
-        terms["attention"] = losses.attention_mse(s.attentions, [t.attentions[k] for k in layer_map], mask)
-    if weights.label:
-        terms["label"] = F.cross_entropy(s.logits.float(), batch["labels"])
-    return sum(getattr(weights, name) * term for name, term in terms.items()), terms
+        t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden,
+                               attentions)
+    t["logits"] = t["logits"][:, teacher_order]
+    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"])
+    return weighted_sum(terms, weights), terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,11 +206,12 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
     import torch
 
-    from polyglot_distil.finetune import NLIBatches, dev_predictions, encode_pairs, save_classifier
-    from polyglot_distil.loading import load_tokenizer
-    from polyglot_distil.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count
-    from polyglot_distil.student import default_layer_map, parse_layers
-    from polyglot_distil.training import Recipe
+    from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs
+    from polyglot_distil.models.classifier import dev_predictions, save_classifier
+    from polyglot_distil.models.loading import load_tokenizer
+    from polyglot_distil.distill.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count
+    from polyglot_distil.models.student import default_layer_map, parse_layers
+    from polyglot_distil.distill.training import Recipe
 
     attn = "eager" if weights.attention > 0 else "sdpa"  # attention maps need the eager attention
     tokenizer = load_tokenizer(args.student, args.trust_remote_code)
@@ -290,46 +282,14 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
 # Command line
 
 
-def add_distil_parser(distil_subparsers) -> None:
-    """Add `distil task` to the `distil` command group."""
-    from polyglot_distil.finetune import add_task_arguments, add_training_arguments
-
-    p = distil_subparsers.add_parser("task", help="phase 2: sparse task distillation from a fine-tuned teacher",
-                                     description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, help="3-way NLI classifier folder (from 'polyglot-distil finetune')")
-    p.add_argument("--student", required=True, help="phase-1 student folder (e.g. the final/ of 'distil general')")
-    p.add_argument("--out", required=True, help="output folder (best/, final/, sparse_diff/, checkpoints, metrics)")
-    add_task_arguments(p)
-    g = p.add_argument_group("lottery-ticket sparse fine-tuning")
-    g.add_argument("--full-epochs", type=float, default=5.0, help="stage 1: full fine-tuning (fractions allowed)")
-    g.add_argument("--sparse-epochs", type=float, default=5.0, help="stage 2: training the mask only")
-    g.add_argument("--density", type=float, default=0.08, help="K as a share of the selectable body parameters")
-    g.add_argument("--sparse-params", type=int, help="K as a number of parameters (overrides --density)")
-    g.add_argument("--include-embeddings", dest="include_embeddings", action="store_true", default=True,
-                   help="the embeddings may be chosen (default, as in BiStil's code)")
-    g.add_argument("--exclude-embeddings", dest="include_embeddings", action="store_false",
-                   help="freeze the embeddings; choose from the layers only")
-    g = p.add_argument_group("losses")
-    g.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the logit loss")
-    g.add_argument("--logits-weight", type=float, default=1.0)
-    g.add_argument("--hidden-weight", type=float, default=1.0)
-    g.add_argument("--attention-weight", type=float, default=1.0)
-    g.add_argument("--label-weight", type=float, default=0.0, help="gold-label cross-entropy (BiStil: 0)")
-    g.add_argument("--layer-map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
-    g = p.add_argument_group("training (each stage: a fresh AdamW, weight decay 0, its own linear schedule)")
-    add_training_arguments(g, lr=2e-5, batch_size=32)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code to run")
-    p.set_defaults(func=run_distil_task)
-
-
-def run_distil_task(args) -> int:
+def run_distil_task(args) -> dict:
     from safetensors.torch import load_file
 
-    from polyglot_distil.finetune import epoch_batches, read_task_data, steps_for, training_settings
+    from polyglot_distil.data.nli_batches import epoch_batches, read_task_data
+    from polyglot_distil.distill.settings import steps_for, training_settings
     from polyglot_distil.outputs import atomic_dir
-    from polyglot_distil.sparse import write_diff
-    from polyglot_distil.training import train
+    from polyglot_distil.distill.diff import write_diff
+    from polyglot_distil.distill.training import train
 
     weights = loss_weights(args)
     if args.warmup_steps < 0:
@@ -350,7 +310,7 @@ def run_distil_task(args) -> int:
     result = train(settings, run_config,
                    lambda accelerator: build_recipe(args, weights, stages, train_data, dev_data, accelerator, keep))
     if not result.is_main_process:
-        return 0
+        return result.summary()
     out = Path(args.out)
     if not (out / "best" / "model.safetensors").is_file():
         raise UserError(f"{out / 'best'} is missing, so no sparse diff can be written; rerun with --overwrite")
@@ -361,4 +321,35 @@ def run_distil_task(args) -> int:
     print(f"step {result.step} ({stages.full} full + {stages.sparse} sparse): {summary}; best dev accuracy "
           f"{result.best_value:.4f} at step {result.best_step}; K = {record['k']:,}")
     print(f"wrote {out / 'best'}, {result.final_dir} and {out / 'sparse_diff'}")
-    return 0
+    return {**result.summary(), "k": record["k"], "sparse_diff": str(out / "sparse_diff")}
+
+
+TASK = Command(
+    ("distil", "task"), "phase 2: sparse task distillation from a fine-tuned teacher",
+    description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_task, options=[
+        Option("teacher", required=True, help="3-way NLI classifier folder (from 'polyglot-distil finetune')"),
+        Option("student", required=True, help="phase-1 student folder (e.g. the final/ of 'distil general')"),
+        out_option("output folder (best/, final/, sparse_diff/, checkpoints, metrics)"),
+        *TASK_DATA_OPTIONS,
+        *group("lottery-ticket sparse fine-tuning", [
+            Option("full_epochs", type=float, default=5.0, help="stage 1: full fine-tuning (fractions allowed)"),
+            Option("sparse_epochs", type=float, default=5.0, help="stage 2: training the mask only"),
+            Option("density", type=float, default=0.08, help="K as a share of the selectable body parameters"),
+            Option("sparse_params", type=int, help="K as a number of parameters (overrides --density)"),
+            Option("include_embeddings", kind=NEGATED, default=True, flag="--exclude-embeddings",
+                   help="freeze the embeddings and choose from the layers only (default: the embeddings may "
+                        "be chosen, as in BiStil's code)"),
+        ]),
+        *group("losses", [
+            Option("temperature", type=float, default=2.0, help="softmax temperature of the logit loss"),
+            Option("logits_weight", type=float, default=1.0),
+            Option("hidden_weight", type=float, default=1.0),
+            Option("attention_weight", type=float, default=1.0),
+            Option("label_weight", type=float, default=0.0, help="gold-label cross-entropy (BiStil: 0)"),
+            LAYER_MAP,
+        ]),
+        *training_options(lr=2e-5, batch_size=32,
+                          title="training (each stage: a fresh AdamW, weight decay 0, its own linear schedule)"),
+        NO_PROGRESS,
+        replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
+    ])

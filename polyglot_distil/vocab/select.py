@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from polyglot_distil.count import Counts
+from polyglot_distil.vocab.count import Counts
 from polyglot_distil.errors import UserError
+from polyglot_distil.tables import text_table
 
 GEOTREND_LINE_SHARE = 5e-5  # 0.005% of a language's lines (Abdaoui et al. 2020)
 BISTIL_MIN_PROB = 1e-6  # unigram probability in either language (Ansell et al. 2023)
@@ -192,9 +193,7 @@ def selection_table(report: dict) -> str:
     for lang, r in report["languages"].items():
         rows.append((lang, *(f"{r['by_rule'][n]:,}" for n in report["rules"]), f"{r['selected']:,}",
                      f"{r['only_this_language']:,}"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [text_table(rows)]
     lines.append(f"union of languages: {report['union_of_languages']:,}; " + "; ".join(
         f"{group.replace('_', ' ')}: +{g['added']:,}" for group, g in report["always_kept"].items()))
     lines.append(f"kept {report['kept']:,} of {report['vocab_size_before']:,} tokens")

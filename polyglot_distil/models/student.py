@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.models.loading import copy_tokenizer
+from polyglot_distil.options import OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
+from polyglot_distil.params import count_parameters
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
 _LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
 
 
@@ -189,62 +188,8 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
     return student, description
 
 
-def mlm_head(model):
-    """The masked-LM head of a `...ForMaskedLM` model (BERT `cls`, XLM-R `lm_head`): the one child
-    module that is not the encoder."""
-    heads = [module for module in model.children() if module is not model.base_model]
-    if len(heads) != 1:
-        raise UserError(f"{type(model).__name__} is not a masked-LM model with one head")
-    return heads[0]
-
-
-def encoder_outputs(model, input_ids, attention_mask, hidden_states: bool = False, attentions: bool = False,
-                    logit_rows=None) -> dict:
-    """Run a masked-LM model's encoder, and its head only at the positions `logit_rows` (bool
-    [B, L]), never over every position unless asked. Returns "last" [B, L, H]; "hidden": L+1
-    tensors [B, L, H] (0 = embedding output) or None; "attentions": one [B, A, L, L] per layer or
-    None (needs eager attention); "logits" [N, V] at the N positions of `logit_rows`, if given."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           output_hidden_states=hidden_states, output_attentions=attentions)
-    result = {"last": out.last_hidden_state, "hidden": out.hidden_states if hidden_states else None,
-              "attentions": out.attentions if attentions else None}
-    if logit_rows is not None:
-        result["logits"] = mlm_head(model)(out.last_hidden_state[logit_rows])
-    return result
-
-
-def copy_tokenizer(source: str | Path, target: Path, tokenizer=None) -> None:
-    """Put the tokenizer of model folder (or hub name) `source` into folder `target`."""
-    source_dir = Path(source)
-    if source_dir.is_dir():
-        for name in TOKENIZER_FILES:
-            if (source_dir / name).is_file():
-                shutil.copyfile(source_dir / name, target / name)
-    else:
-        from polyglot_distil.loading import load_tokenizer
-
-        (tokenizer or load_tokenizer(source)).save_pretrained(target)
-
-
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_student_arguments(parser) -> None:
-    """The options that shape a student (shared with `distil general`, which can build one)."""
-    parser.add_argument("--layers", type=int, help="student layers (default: half the teacher's)")
-    parser.add_argument("--init-layers", help="teacher layer (0-based) copied into each student layer, e.g. "
-                                              "0,2,4,7,9,11 (default: every other layer)")
-    parser.add_argument("--init", choices=("teacher", "random"), default="teacher",
-                        help="copy teacher layers (default), or random layers with the teacher's embeddings")
-    parser.add_argument("--hidden-size", type=int, help="narrower hidden size (embeddings from an SVD)")
-    parser.add_argument("--intermediate-size", type=int, help="feed-forward size (default: scaled with the width)")
-    parser.add_argument("--heads", type=int, help="attention heads (default: the teacher's)")
-    parser.add_argument("--dropout", type=float, default=0.0, help="hidden and attention dropout (BiStil: 0)")
 
 
 def spec_from_args(args) -> StudentSpec:
@@ -253,22 +198,10 @@ def spec_from_args(args) -> StudentSpec:
                        heads=args.heads, dropout=args.dropout, seed=args.seed)
 
 
-def add_student_parser(subparsers) -> None:
-    p = subparsers.add_parser("student", help="build a compact student from a teacher",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, help="teacher model folder (e.g. the trimmed model) or hub name")
-    p.add_argument("--out", required=True, help="the student model folder to write")
-    add_student_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
-    p.set_defaults(func=run_student)
-
-
-def run_student(args) -> int:
+def run_student(args) -> dict:
     from transformers import AutoModelForMaskedLM
 
-    from polyglot_distil.loading import load_model
+    from polyglot_distil.models.loading import load_model
 
     check_writable(args.out, args.overwrite)
     spec = spec_from_args(args)
@@ -280,8 +213,32 @@ def run_student(args) -> int:
         copy_tokenizer(args.teacher, tmp)
         (tmp / "student.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
     print(f"student: {description['layers']} layers (teacher {description['teacher_layers']}), "
-          f"hidden {student.config.hidden_size}, {count_parameters(student):,} parameters "
-          f"(teacher {count_parameters(teacher):,}); init {description['init']}"
+          f"hidden {student.config.hidden_size}, {count_parameters(student)['total']:,} parameters "
+          f"(teacher {count_parameters(teacher)['total']:,}); init {description['init']}"
           + (f" from teacher layers {description['init_layers']}" if description["init_layers"] else ""))
     print(f"wrote {args.out}")
-    return 0
+    return description
+
+
+STUDENT_OPTIONS = [  # the options that shape a student (shared with `distil general`, which can build one)
+    Option("layers", type=int, help="student layers (default: half the teacher's)"),
+    Option("init_layers", help="teacher layer (0-based) copied into each student layer, e.g. "
+                               "0,2,4,7,9,11 (default: every other layer)"),
+    Option("init", choices=("teacher", "random"), default="teacher",
+           help="copy teacher layers (default), or random layers with the teacher's embeddings"),
+    Option("hidden_size", type=int, help="narrower hidden size (embeddings from an SVD)"),
+    Option("intermediate_size", type=int, help="feed-forward size (default: scaled with the width)"),
+    Option("heads", type=int, help="attention heads (default: the teacher's)"),
+    Option("dropout", type=float, default=0.0, help="hidden and attention dropout (BiStil: 0)"),
+]
+
+STUDENT = Command(
+    ("student",), "build a compact student from a teacher", description=__doc__.split("\n\n")[0],
+    run=run_student, options=[
+        Option("teacher", required=True, help="teacher model folder (e.g. the trimmed model) or hub name"),
+        out_option("the student model folder to write"),
+        *STUDENT_OPTIONS,
+        replace(SEED, help="seed for the random weights"),
+        replace(OVERWRITE, help="replace an existing output folder"),
+        TRUST_REMOTE_CODE,
+    ])

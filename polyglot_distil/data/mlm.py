@@ -30,22 +30,22 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from polyglot_distil.data.tokenization import untruncated
+
 IGNORE_INDEX = -100
 
 
 def encode_text(lines: Iterable[str], tokenizer, batch_lines: int = 1024,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Token ids of all `lines`, concatenated, without special tokens: int32 [total tokens]."""
-    from polyglot_distil.loading import raw_backend
-
-    backend = raw_backend(tokenizer)
     parts: list[np.ndarray] = []
     iterator = iter(lines)
-    while batch := list(itertools.islice(iterator, batch_lines)):
-        for encoding in backend.encode_batch_fast(batch, add_special_tokens=False):
-            parts.append(np.asarray(encoding.ids, dtype=np.int32))
-        if progress is not None:
-            progress(len(batch))
+    with untruncated(tokenizer) as backend:
+        while batch := list(itertools.islice(iterator, batch_lines)):
+            for encoding in backend.encode_batch_fast(batch, add_special_tokens=False):
+                parts.append(np.asarray(encoding.ids, dtype=np.int32))
+            if progress is not None:
+                progress(len(batch))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 

@@ -20,9 +20,12 @@ a smoke model.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 from pathlib import Path
 from typing import Iterable
+
+from polyglot_distil.options import OVERWRITE, SEED, Command, Option, out_option
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -32,7 +35,7 @@ tags: [polyglot-distil, smoke-test]
 ---
 # Smoke model (random weights)
 
-Built by `polyglot_distil.smoke` to exercise the pipeline offline. Its weights are random:
+Built by `polyglot_distil.models.smoke` to exercise the pipeline offline. Its weights are random:
 any accuracy it shows is meaningless. Never report it as a result.
 """
 
@@ -171,25 +174,7 @@ def build_smoke_model(out: str | Path, family: str = "bert", *, texts: Iterable[
     return out
 
 
-def add_smoke_parser(subparsers) -> None:
-    p = subparsers.add_parser("smoke-model", help="build a tiny random-weight model (offline demo, tests)")
-    p.add_argument("--family", choices=("bert", "xlmr"), default="bert")
-    p.add_argument("--texts", nargs="*", default=[], help="text files to train the tokenizer on")
-    p.add_argument("--vocab-file", help="use this WordPiece vocab.txt instead of training (bert)")
-    p.add_argument("--tokenizer-json", help="use this Unigram tokenizer.json instead of training (xlmr)")
-    p.add_argument("--vocab-size", type=int, default=1000)
-    p.add_argument("--hidden-size", type=int, default=32)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--head", default="masked-lm",
-                   choices=("base", "masked-lm", "sequence-classification", "token-classification",
-                            "question-answering"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=run_smoke)
-
-
-def run_smoke(args) -> int:
+def run_smoke(args) -> dict:
     from polyglot_distil.errors import UserError
     from polyglot_distil.outputs import atomic_dir
 
@@ -203,4 +188,24 @@ def run_smoke(args) -> int:
                           tokenizer_json=args.tokenizer_json, vocab_size=args.vocab_size,
                           hidden_size=args.hidden_size, num_layers=args.layers, head=args.head, seed=args.seed)
     print(f"wrote smoke model (random weights) to {args.out}")
-    return 0
+    return {"out": str(args.out)}
+
+
+SMOKE_MODEL = Command(
+    ("smoke-model",), "build a tiny random-weight model (offline demo, tests)",
+    description="Build a tiny model with random weights and a tokenizer trained on the given texts (or a given "
+                "vocabulary): for trying the pipeline offline and for tests. Its numbers mean nothing.",
+    run=run_smoke, options=[
+        Option("family", choices=("bert", "xlmr"), default="bert", help="model family (default bert)"),
+        Option("texts", nargs="*", default=[], help="text files to train the tokenizer on"),
+        Option("vocab_file", help="use this WordPiece vocab.txt instead of training (bert)"),
+        Option("tokenizer_json", help="use this Unigram tokenizer.json instead of training (xlmr)"),
+        Option("vocab_size", type=int, default=1000),
+        Option("hidden_size", type=int, default=32),
+        Option("layers", type=int, default=4),
+        Option("head", default="masked-lm", choices=("base", "masked-lm", "sequence-classification",
+                                                   "token-classification", "question-answering")),
+        SEED,
+        out_option("the model folder to write"),
+        replace(OVERWRITE, help="replace an existing output folder"),
+    ])

@@ -1,0 +1,125 @@
+"""polyglot-distil from Python: one function per stage, each returning its report.
+
+    from polyglot_distil import api
+
+    api.count("bert-base-multilingual-cased", {"en": ["en.txt"], "fr": ["fr.txt"]}, "counts.parquet")
+    api.trim("bert-base-multilingual-cased", "counts.parquet", ["en", "fr"], "mbert-en-fr", min_count=2)
+    api.verify("bert-base-multilingual-cased", "mbert-en-fr", {"en": ["held-out.en.txt"]})
+    api.student("mbert-en-fr", "student", layers=6)
+    api.general("mbert-en-fr", {"en": ["en.txt"], "fr": ["fr.txt"]}, "phase1", student="student", steps=1000)
+    api.finetune("bert-base-multilingual-cased", ["train-en.tsv"], ["dev-en.tsv"], "teacher-nli")
+    api.task("teacher-nli/best", "phase1/final", ["train-en.tsv"], ["dev-en.tsv"], "phase2")
+    api.xnli("phase2/best", ["fr"], "eval", teacher="teacher-nli/best", data="xnli-tsvs")
+
+The positional arguments are what connects the stages; every other option of the command is a
+keyword with the command's name in Python spelling (`--min-line-share` -> `min_line_share`), its
+default and its checks (the same declaration the command line and `run` configs are made from;
+an unknown keyword is a `UserError`). Languages map to lists of sources as `count` reads them.
+A function raises `polyglot_distil.errors.UserError` with the same one-line message the command
+prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from polyglot_distil.errors import UserError
+from polyglot_distil.options import Command
+
+PathLike = str | os.PathLike
+
+
+def _call(command: Command, **values: Any) -> dict:
+    options = command.namespace(**{k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items()})
+    report = command.run(options)
+    if isinstance(report, dict) and report.get("exit_status"):
+        raise UserError(f"{command.name} failed (exit status {report['exit_status']})")
+    return report
+
+
+def _specs(languages: dict[str, Iterable[PathLike]]) -> list[str]:
+    if not isinstance(languages, dict) or not languages:
+        raise UserError("languages: expected a mapping language -> list of sources, e.g. {'en': ['en.txt']}")
+    return [f"{lang}={source}" for lang, sources in languages.items()
+            for source in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+
+
+def count(tokenizer: str, languages: dict[str, Iterable[PathLike]], out: PathLike, **options: Any) -> dict:
+    """Count token occurrences per language with the tokenizer; write the Parquet table `out`.
+    Options as `polyglot-distil count` (max_lines, min_chars, sample, shard, ...)."""
+    from polyglot_distil.vocab.count import COUNT
+
+    return _call(COUNT, tokenizer=tokenizer, lang=_specs(languages), out=out, **options)
+
+
+def trim(model: str, counts: PathLike, langs: Iterable[str], out: PathLike, **options: Any) -> dict:
+    """Trim `model` to the tokens `langs` use in `counts`; write the model folder `out` and return
+    the trim report. Rules and options as `polyglot-distil trim` (min_count, min_line_share,
+    min_prob, coverage, top_n, keep, keep_chars, verify_lines, no_verify, ...)."""
+    from polyglot_distil.vocab.trim import TRIM
+
+    return _call(TRIM, model=model, counts=counts, langs=",".join(langs), out=out, **options)
+
+
+def verify(original: str, trimmed: PathLike, languages: dict[str, Iterable[PathLike]], **options: Any) -> dict:
+    """Compare the trimmed model with the original on held-out text; the report's "languages"
+    holds the figures, "exit_status" 1 when they differ (no exception: a difference is a result)."""
+    from polyglot_distil.vocab.verify import VERIFY
+
+    return VERIFY.run(VERIFY.namespace(original=original, trimmed=str(trimmed), lang=_specs(languages), **options))
+
+
+def student(teacher: str, out: PathLike, **options: Any) -> dict:
+    """Build a compact student of `teacher` in `out` (layers, init_layers, init, hidden_size, ...)."""
+    from polyglot_distil.models.student import STUDENT
+
+    return _call(STUDENT, teacher=teacher, out=out, **options)
+
+
+def general(teacher: str, languages: dict[str, Iterable[PathLike]], out: PathLike, **options: Any) -> dict:
+    """Phase 1: distil a student (`student=FOLDER`, or built here from the student options) from
+    `teacher` on masked-LM text of `languages` into `out` (steps, batch_size, recipe, ...)."""
+    from polyglot_distil.distill.general import GENERAL
+
+    return _call(GENERAL, teacher=teacher, lang=_specs(languages), out=out, **options)
+
+
+def finetune(model: str, train: Iterable[str], dev: Iterable[str], out: PathLike, **options: Any) -> dict:
+    """Fine-tune `model` on English NLI (`train`, `dev` sources) into `out`: the task teacher."""
+    from polyglot_distil.distill.finetune import FINETUNE
+
+    return _call(FINETUNE, model=model, train=[str(s) for s in train], dev=[str(s) for s in dev], out=out,
+                 **options)
+
+
+def task(teacher: PathLike, student: PathLike, train: Iterable[str], dev: Iterable[str], out: PathLike,
+         **options: Any) -> dict:
+    """Phase 2: distil the task teacher into the phase-1 student by lottery-ticket sparse
+    fine-tuning, into `out` (full_epochs, sparse_epochs, density, ...)."""
+    from polyglot_distil.distill.task import TASK
+
+    return _call(TASK, teacher=str(teacher), student=str(student), train=[str(s) for s in train],
+                 dev=[str(s) for s in dev], out=out, **options)
+
+
+def apply_diff(base: PathLike, diff: PathLike, out: PathLike, **options: Any) -> dict:
+    """Rebuild the dense task model from the phase-1 student `base` and its sparse diff."""
+    from polyglot_distil.distill.diff import APPLY_DIFF
+
+    return _call(APPLY_DIFF, base=str(base), diff=str(diff), out=out, **options)
+
+
+def xnli(model: PathLike, langs: Iterable[str], out: PathLike, **options: Any) -> dict:
+    """Zero-shot XNLI of `model` on `langs` (teacher, data, split, limit, ...); writes `out` and
+    returns the report (accuracy, loyalty, efficiency)."""
+    from polyglot_distil.eval.xnli import XNLI
+
+    return _call(XNLI, model=str(model), langs=",".join(langs), out=out, **options)
+
+
+def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None, start: str | None = None) -> dict:
+    """The whole pipeline of a YAML config (as `polyglot-distil run`)."""
+    from polyglot_distil.pipeline import RUN
+
+    return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start)

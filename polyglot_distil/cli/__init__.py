@@ -1,0 +1,127 @@
+"""The `polyglot-distil` command: one subcommand per pipeline stage, one module per command.
+
+    polyglot-distil count   --tokenizer NAME --lang en=FILE --lang fr=FILE --out counts.parquet
+    polyglot-distil merge   part0.parquet part1.parquet --out counts.parquet
+    polyglot-distil trim    --model NAME --counts counts.parquet --langs en,fr --out DIR
+    polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
+    polyglot-distil student --teacher DIR --out DIR [--layers 6 --init-layers 0,2,4,7,9,11]
+    polyglot-distil finetune --model NAME --task nli --train SOURCE --dev SOURCE --out DIR
+    polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
+    polyglot-distil distil task --teacher DIR --student DIR --task nli --train SOURCE --dev SOURCE --out DIR
+    polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
+    polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
+    polyglot-distil run CONFIG.yaml [key=value ...] [--only STAGE] [--from STAGE]   # all of it
+    polyglot-distil smoke-model --texts corpora/*/sample.txt --out DIR   # tiny random model, offline
+
+Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
+a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user errors too).
+
+Each command module only names its stage's `Command` (declared with the stage, in the library);
+the parser is made from those declarations here, and `main` calls the stage function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from polyglot_distil import __version__
+from polyglot_distil.errors import UserError
+from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status
+
+
+def command_modules():
+    """The command modules, in pipeline order (the order of `--help`)."""
+    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, finetune, merge,
+                                     run, smoke_model, student, trim, verify)
+
+    return [count, merge, trim, verify, student, finetune, distil_general, distil_task, apply_diff, smoke_model,
+            eval_xnli, run]
+
+
+def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse.ArgumentParser:
+    """Add `command` (a group such as `distil` is made on first use) and its options."""
+    parent = root_subparsers
+    for depth, word in enumerate(command.words[:-1]):
+        key = command.words[:depth + 1]
+        if key not in subparsers:
+            group = parent.add_parser(word, help=command.group_help.get(word),
+                                      description=command.group_help.get(word))
+            subparsers[key] = group.add_subparsers(dest="_".join(key) + "_sub", metavar="SUB", required=True)
+        parent = subparsers[key]
+    formatter = argparse.RawDescriptionHelpFormatter if command.raw_description else argparse.HelpFormatter
+    parser = parent.add_parser(command.words[-1], help=command.help, description=command.description or command.help,
+                               formatter_class=formatter)
+    groups: dict = {}
+    for option in command.options:
+        target = parser
+        if option.group:
+            if option.group not in groups:
+                groups[option.group] = parser.add_argument_group(option.group)
+            target = groups[option.group]
+        kwargs: dict = {"help": option.help}
+        if option.kind == POSITIONAL:
+            target.add_argument(option.name, nargs=option.nargs, metavar=option.metavar, help=option.help,
+                                **({"default": option.default} if option.nargs in ("*", "?") else {}))
+            continue
+        if option.kind == FLAG:
+            kwargs.update(action="store_true")
+        elif option.kind == NEGATED:
+            kwargs.update(action="store_false", default=option.default)
+        else:
+            kwargs.update(type=option.type, default=option.default, choices=option.choices, metavar=option.metavar,
+                          required=option.required)
+            if option.kind == APPEND:
+                kwargs.update(action="append", default=None)
+            elif option.nargs:
+                kwargs.update(nargs=option.nargs)
+        target.add_argument(*option.flags, dest=option.name, **kwargs)
+    parser.set_defaults(_command=command)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyglot-distil",
+        description="Small, fast, language-specific models out of multilingual encoders.")
+    parser.add_argument("--version", action="version", version=f"polyglot-distil {__version__}")
+    root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers: dict = {}
+    for module in command_modules():
+        add_command(subparsers, root, module.COMMAND)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    """(command, options) for `argv`; list options that were not given get their default."""
+    args = build_parser().parse_args(argv)
+    command: Command = args._command
+    values = vars(args)
+    for option in command.options:
+        if option.kind == APPEND and values.get(option.name) is None:
+            values[option.name] = list(option.default or [])
+    for key in [k for k in values if k.startswith("_") or k == "command" or k.endswith("_sub")]:
+        del values[key]
+    return command, command.namespace(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, options = parse_args(argv)
+    try:
+        from polyglot_distil.models.loading import quiet_transformers
+
+        quiet_transformers()
+        return exit_status(command.run(options))
+    except UserError as exc:
+        if os.environ.get("POLYGLOT_DISTIL_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""NLI training data as the training loop takes it: the pairs of every source, tokenised once,
+in seeded, padded batches (`NLIBatches`); shared by `finetune` and `distil task`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from polyglot_distil.data.nli import NLIData, read_nli
+from polyglot_distil.errors import UserError
+from polyglot_distil.options import APPEND, Option
+
+def read_task_data(train: list[str], dev: list[str], max_train_examples: int | None, seed: int
+                   ) -> tuple[NLIData, NLIData]:
+    """The training and dev pairs of every source; with `max_train_examples`, a seeded sample of
+    the training pairs (kept in source order)."""
+    train_data = NLIData.concat([read_nli(s) for s in train])
+    dev_data = NLIData.concat([read_nli(s) for s in dev])
+    if max_train_examples is not None:
+        if max_train_examples < 1:
+            raise UserError(f"--max-train-examples must be at least 1, not {max_train_examples}")
+        if max_train_examples < len(train_data):
+            chosen = np.random.default_rng(seed).choice(len(train_data), max_train_examples, replace=False)
+            train_data = train_data.select(np.sort(chosen))
+    return train_data, dev_data
+
+
+@dataclass
+class EncodedPairs:
+    """Tokenised (premise, hypothesis) pairs, flat: pair i is tokens offsets[i]:offsets[i+1]."""
+
+    input_ids: np.ndarray  # int32[T]
+    token_type_ids: np.ndarray | None  # int8[T], for tokenizers that have them (BERT)
+    offsets: np.ndarray  # int64[N + 1]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def encode_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | None = None,
+                 chunk: int = 4096) -> EncodedPairs:
+    """Tokenise every pair once, truncated to `max_length` tokens (longest first), unpadded."""
+    from tqdm.auto import tqdm
+
+    if max_length < 8:
+        raise UserError(f"--max-length must be at least 8 tokens, not {max_length}")
+    with_types = "token_type_ids" in tokenizer.model_input_names
+    ids, types, lengths = [], [], []
+    for start in tqdm(range(0, len(data), chunk), desc="tokenize", unit=" chunks", file=sys.stderr,
+                      dynamic_ncols=True, disable=None if progress is None else not progress):
+        end = start + chunk
+        encoded = tokenizer(data.premises[start:end], data.hypotheses[start:end], truncation=True,
+                            max_length=max_length, padding=False, return_token_type_ids=with_types)
+        for i, row in enumerate(encoded["input_ids"]):
+            ids.append(np.asarray(row, dtype=np.int32))
+            lengths.append(len(row))
+            if with_types:
+                types.append(np.asarray(encoded["token_type_ids"][i], dtype=np.int8))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return EncodedPairs(np.concatenate(ids), np.concatenate(types) if with_types else None, offsets, pad_id)
+
+
+class NLIBatches:
+    """Shuffled batches of labelled pairs, batch k a pure function of (seed, k): position
+    k % batches_per_epoch of epoch k // batches_per_epoch (a new permutation each epoch; the
+    last incomplete batch of an epoch is left out). Returns int64 tensors `input_ids`,
+    `attention_mask` (and `token_type_ids`) [batch_size, L], padded to the longest pair of the
+    batch, `labels` [batch_size] and `rows` [batch_size] (the pairs' indices in the data)."""
+
+    def __init__(self, pairs: EncodedPairs, labels: np.ndarray, batch_size: int, seed: int = 0):
+        if len(pairs) < batch_size:
+            raise UserError(f"--batch-size {batch_size} is more than the {len(pairs)} training pairs; "
+                            "give more data or a smaller --batch-size")
+        self.pairs, self.labels, self.batch_size, self.seed = pairs, labels, batch_size, seed
+        self.batches_per_epoch = len(pairs) // batch_size
+
+    @functools.lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
+
+    def batch(self, index: int) -> dict:
+        import torch
+
+        epoch, position = divmod(index, self.batches_per_epoch)
+        rows = self._order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        pairs, offsets = self.pairs, self.pairs.offsets
+        width = int((offsets[rows + 1] - offsets[rows]).max())
+        input_ids = np.full((len(rows), width), pairs.pad_id, dtype=np.int64)
+        attention = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            start, end = offsets[row], offsets[row + 1]
+            input_ids[i, :end - start] = pairs.input_ids[start:end]
+            attention[i, :end - start] = 1
+            if pairs.token_type_ids is not None:
+                types[i, :end - start] = pairs.token_type_ids[start:end]
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+                 "labels": torch.from_numpy(self.labels[rows].astype(np.int64)), "rows": torch.from_numpy(rows)}
+        if pairs.token_type_ids is not None:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        return batch
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keys of a batch that the model's forward takes."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+def epoch_batches(pairs: int, batch_size: int) -> int:
+    """Whole batches in an epoch of `pairs` training pairs (the remainder is left to later epochs)."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
+    if pairs < batch_size:
+        raise UserError(f"--batch-size {batch_size} is more than the {pairs} training pairs; "
+                        "give more data or a smaller --batch-size")
+    return pairs // batch_size
+
+
+TASK_DATA_OPTIONS = [  # the task data options of `finetune` and `distil task`
+    Option("task", choices=("nli",), default="nli", help="the task (NLI: 3-way classification)"),
+    Option("train", kind=APPEND, required=True, metavar="SOURCE",
+           help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)"),
+    Option("dev", kind=APPEND, required=True, metavar="SOURCE", help="English dev pairs, for the best model (repeatable)"),
+    Option("max_train_examples", type=int, help="train on a seeded sample of this many pairs"),
+    Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
+]

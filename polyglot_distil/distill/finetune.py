@@ -1,0 +1,104 @@
+"""Fine-tune a model on English NLI: the task teacher of phase 2 (BiStil's MultiNLI teacher).
+
+    polyglot-distil finetune --model bert-base-multilingual-cased --task nli \
+        --train 'hf:nyu-mll/multi_nli?split=train' --dev 'hf:nyu-mll/multi_nli?split=validation_matched' \
+        --out out/teacher-nli
+    polyglot-distil finetune --model out/trimmed --task nli --train corpora/nli/train-en.tsv \
+        --dev corpora/nli/dev-en.tsv --epochs 2 --lr 5e-4 --batch-size 16 --out out/teacher-nli
+    accelerate launch --multi_gpu --num_processes 4 -m polyglot_distil finetune ...   # 4 GPUs
+    polyglot-distil finetune ... --out out/teacher-nli --resume                         # continue
+
+`--model` is a masked-LM or bare checkpoint (it gets a new, seeded 3-way classification head) or
+a 3-way NLI classifier (its head and class order are kept). Data: NLI sources as `nli_data`
+reads them (TSV/JSONL premise, hypothesis, label; `hf:NAME?split=...`). Loss: cross-entropy on
+the gold labels; the best model is the one with the highest English dev accuracy.
+
+Output (the training loop's, see training.py): OUT/best/ and OUT/final/, sequence-classification
+model folders with the tokenizer and `config.id2label` = entailment, neutral, contradiction;
+OUT/metrics.jsonl (`dev_accuracy` per evaluation), OUT/checkpoints/, OUT/run_config.json.
+
+The batches (`NLIBatches`) and the dev accuracy here are those `distil task` trains on too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from polyglot_distil.data.nli import NLIData
+from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, encode_pairs, epoch_batches, model_inputs, \
+    read_task_data
+from polyglot_distil.distill.settings import steps_for, training_options, training_settings
+from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
+from polyglot_distil.options import NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, out_option
+
+
+def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
+    from polyglot_distil.distill.training import Recipe
+
+    import torch.nn.functional as F
+
+
+    show = False if args.no_progress or not accelerator.is_main_process else None
+    model, tokenizer, to_xnli, note = load_for_finetuning(args.model, args.seed, args.trust_remote_code)
+    if note and accelerator.is_main_process:
+        print(f"note: {note}", file=sys.stderr)
+    class_of = np.argsort(to_xnli)  # the model's output class for each XNLI label
+    pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
+    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed)
+
+    def compute_loss(model, batch):
+        logits = model(**model_inputs(batch)).logits
+        return F.cross_entropy(logits.float(), batch["labels"]), {}
+
+    def evaluate(model, accelerator):
+        predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, to_xnli,
+                                    args.batch_size, args.max_length)
+        return {"dev_accuracy": float(np.mean(predicted == dev_data.labels))}
+
+    def save_model(trained, folder: Path) -> None:
+        save_classifier(trained, folder, args.model, tokenizer,
+                        {"command": "finetune", "model": str(args.model), "task": args.task,
+                         "train": args.train, "dev": args.dev, "train_pairs": len(train_data)})
+
+    return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
+                  evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def run_finetune(args) -> dict:
+    from polyglot_distil.distill.training import train
+
+    train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
+    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
+    steps = steps_for(args.epochs, batches_per_epoch, "--epochs")
+    settings = training_settings(args, steps, batches_per_epoch, args.weight_decay)
+    run_config = {"phase": "finetune", "model": str(args.model), "task": args.task, "train": args.train,
+                  "dev": args.dev, "max_train_examples": args.max_train_examples, "max_length": args.max_length,
+                  "epochs": args.epochs}
+    result = train(settings, run_config, lambda accelerator: build_recipe(args, train_data, dev_data, accelerator))
+    if result.is_main_process:
+        print(f"step {result.step} ({args.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
+              f"{result.best_value:.4f} at step {result.best_step}")
+        print(f"wrote {Path(args.out) / 'best'} and {result.final_dir}")
+    return result.summary()
+
+
+FINETUNE = Command(
+    ("finetune",), "fine-tune a model on English NLI (the task teacher)", description=__doc__.split("\n\n")[0],
+    run=run_finetune, options=[
+        Option("model", required=True, help="hub name or model folder (masked-LM, bare or NLI classifier)"),
+        out_option("output folder (checkpoints, metrics, best/ and final/ models)"),
+        *TASK_DATA_OPTIONS,
+        *training_options(lr=2e-5, batch_size=32),
+        Option("epochs", type=float, default=3.0, help="passes over the training pairs (fractions allowed)",
+               group="training"),
+        Option("weight_decay", type=float, default=0.0, group="training"),
+        NO_PROGRESS,
+        TRUST_REMOTE_CODE,
+    ])

@@ -1,0 +1,184 @@
+"""Zero-shot XNLI evaluation: accuracy, fidelity to a teacher, and efficiency, side by side.
+
+    polyglot-distil eval xnli --model out/student --teacher out/teacher --langs fr,sw \
+        --data ../shared/data/xnli --out out/eval-fr-sw
+    polyglot-distil eval xnli --model out/student --langs fr,de --split test --out out/eval   # facebook/xnli
+    polyglot-distil eval xnli ... --limit 300 --no-efficiency                                 # a quick look
+
+Both models are folders (or hub names) with a 3-way sequence-classification head; their output
+classes are mapped to XNLI's labels through `config.id2label` (generic LABEL_0..2 names are
+taken to be in XNLI order, and the report says so).
+
+Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib is installed):
+- accuracy per language and its average over languages; a confusion matrix per language
+  (rows: gold label, columns: predicted, in the order entailment, neutral, contradiction);
+- with `--teacher`: label loyalty (share of pairs where both predict the same label) and
+  probability loyalty (mean over pairs of 1 - sqrt(JS(p_model, p_teacher)); JS with natural
+  logarithms, so 0 <= JS <= ln 2 and loyalty lies in [1 - sqrt(ln 2) = 0.167, 1]);
+- efficiency of each model and the ratio model/teacher: parameters (total, embedding tables),
+  weight files on disk, peak memory (CPU: resident-memory increase while loading the model and
+  running one batch of 32 x 128 tokens), CPU latency (1 thread, batch 1, 128 tokens, median)
+  and throughput (all threads, batch 32 x 128), and on a GPU the same latency, throughput and
+  `torch.cuda.max_memory_allocated`. `--no-efficiency` skips the timed part.
+
+Speed: pairs are tokenised once, sorted by length (longest first) and batched with padding to
+the longest pair of each batch; predictions are put back in data order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import numpy as np
+
+from polyglot_distil.errors import UserError
+from polyglot_distil.eval.efficiency import _parameter_figures, _ratios, measure_efficiency, weights_disk_bytes
+from polyglot_distil.eval.metrics import accuracy, confusion_matrix, label_loyalty, probability_loyalty
+from polyglot_distil.eval.predict import predict_xnli
+from polyglot_distil.eval.report import render_markdown, write_plots
+from polyglot_distil.models.classifier import load_classifier
+from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, out_option
+from polyglot_distil.data.nli import LABELS, xnli_split
+from polyglot_distil.outputs import atomic_dir, check_writable
+
+ROLES = ("model", "teacher")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading an NLI classifier
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: pure functions on numpy arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# Efficiency
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def parse_langs(spec: str) -> list[str]:
+    langs = list(dict.fromkeys(csv(spec)))
+    if not langs:
+        raise UserError(f"--langs {spec!r}: expected comma-separated language codes, e.g. fr,sw")
+    return langs
+
+
+def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher: str | None = None,
+                  split: str = "test", data_dir: str | None = None, batch_size: int = 32, max_length: int = 128,
+                  limit: int | None = None, device: str = "auto", attn_implementation: str = "sdpa",
+                  efficiency: bool = True, repeats: int = 10, overwrite: bool = False,
+                  trust_remote_code: bool = False, progress: bool | None = None) -> dict:
+    """Evaluate `model` (and `teacher`) on XNLI `split` for `langs`; write OUT/report.json,
+    OUT/REPORT.md and plots; return the report as a dict."""
+    import torch
+
+    check_writable(out, overwrite)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    # Every language's data before any model work: a missing language fails in seconds.
+    data = {}
+    for lang in langs:
+        pairs = xnli_split(data_dir, split, lang)
+        data[lang] = pairs.select(range(min(limit, len(pairs)))) if limit else pairs
+    paths = {"model": model} | ({"teacher": teacher} if teacher else {})
+    classifiers = {role: load_classifier(path, device, attn_implementation, trust_remote_code)
+                   for role, path in paths.items()}
+    report: dict = {
+        "format_version": 1, "task": "xnli", "split": split, "data": str(data_dir) if data_dir else "hf:facebook/xnli",
+        "languages": langs, "labels": list(LABELS),
+        "settings": {"batch_size": batch_size, "max_length": max_length, "limit": limit, "device": device,
+                     "attn_implementation": attn_implementation, "js_log_base": "e"},
+        "models": {role: {"path": c.path, "class_labels": [LABELS[i] for i in c.to_xnli]}
+                   for role, c in classifiers.items()},
+        "efficiency": {role: _parameter_figures(c.model) | {"disk_bytes": weights_disk_bytes(c.path)}
+                       for role, c in classifiers.items()},
+        "results": {}, "notes": [c.note for c in classifiers.values() if c.note],
+    }
+    for lang, pairs in data.items():
+        probs = {role: predict_xnli(c, pairs, batch_size, max_length, f"{lang} {role}", progress)
+                 for role, c in classifiers.items()}
+        predicted = {role: p.argmax(axis=1) for role, p in probs.items()}
+        result = {"pairs": len(pairs),
+                  "accuracy": {role: accuracy(p, pairs.labels) for role, p in predicted.items()},
+                  "confusion": {role: confusion_matrix(pairs.labels, p).tolist() for role, p in predicted.items()}}
+        if teacher:
+            result["label_loyalty"] = label_loyalty(predicted["model"], predicted["teacher"])
+            result["probability_loyalty"] = probability_loyalty(probs["model"], probs["teacher"])
+        report["results"][lang] = result
+    results = report["results"].values()
+    report["average"] = {"accuracy": {role: float(np.mean([r["accuracy"][role] for r in results])) for role in paths}}
+    if teacher:
+        for key in ("label_loyalty", "probability_loyalty"):
+            report["average"][key] = float(np.mean([r[key] for r in results]))
+    del classifiers
+    if efficiency:
+        for role, path in paths.items():
+            report["efficiency"][role] |= measure_efficiency(path, repeats, attn_implementation=attn_implementation,
+                                                             trust_remote_code=trust_remote_code)
+    report["efficiency"]["measured"] = efficiency
+    if teacher:
+        report["efficiency"]["ratio"] = _ratios(report["efficiency"]["model"], report["efficiency"]["teacher"])
+    with atomic_dir(out, overwrite) as tmp:
+        report["plots"] = write_plots(report, tmp)
+        if report["plots"] is None:
+            report["notes"].append("plots skipped: matplotlib is not installed (pip install 'polyglot-distil[plots]')")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "REPORT.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def run_eval_xnli(args) -> dict:
+    for name in ("batch_size", "max_length", "repeats"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    report = evaluate_xnli(args.model, parse_langs(args.langs), args.out, teacher=args.teacher, split=args.split,
+                           data_dir=args.data, batch_size=args.batch_size, max_length=args.max_length,
+                           limit=args.limit, device=args.device, attn_implementation=args.attn_implementation,
+                           efficiency=not args.no_efficiency, repeats=args.repeats, overwrite=args.overwrite,
+                           trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None)
+    average = report["average"]
+    summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
+    print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {args.out}/REPORT.md")
+    return report
+
+
+XNLI = Command(
+    ("eval", "xnli"), "zero-shot XNLI per language, with a teacher side by side", description=__doc__,
+    raw_description=True,
+    group_help={"eval": "evaluate a model (zero-shot XNLI: accuracy, loyalty, efficiency)"},
+    run=run_eval_xnli, options=[
+        Option("model", required=True, help="model folder or hub name (3-way NLI classification head)"),
+        Option("teacher", help="the teacher to compare with (loyalty, efficiency ratios)"),
+        Option("langs", required=True, help="comma-separated XNLI languages, e.g. fr,sw"),
+        Option("split", default="test", help="test (default), dev/validation, or train"),
+        Option("data", help="folder of {split}-{lang}.tsv files (default: facebook/xnli from the hub)"),
+        out_option("folder for report.json, REPORT.md and plots"),
+        Option("batch_size", type=int, default=32),
+        Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
+        Option("limit", type=int, help="evaluate only the first N pairs of each language"),
+        Option("device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N"),
+        Option("attn_implementation", choices=("sdpa", "eager"), default="sdpa"),
+        Option("no_efficiency", kind=FLAG, help="skip the memory and speed measurements"),
+        Option("repeats", type=int, default=10, help="timed forward passes per speed figure (median)"),
+        replace(OVERWRITE, help="replace an existing output folder"),
+        replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
+        NO_PROGRESS,
+    ])

@@ -1,0 +1,200 @@
+"""NLI classifiers: loading one with its class order, building a new 3-way head on a body,
+predicting logits for (premise, hypothesis) pairs, and saving one as a plain model folder.
+
+Every stage that touches a classifier uses these: `finetune` (the task teacher), `distil task`
+(teacher and student), `eval xnli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyglot_distil.data.nli import LABELS, NLIData, label_id
+from polyglot_distil.errors import UserError
+from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer
+
+NLI_ID2LABEL = dict(enumerate(LABELS))
+
+
+@dataclass
+class Classifier:
+    """A loaded NLI model. `to_xnli[c]` is the XNLI label id (index into `LABELS`) of the
+    model's output class c; `note` says when the label names had to be assumed."""
+
+    path: str
+    model: Any
+    tokenizer: Any
+    to_xnli: list[int]
+    note: str | None = None
+
+
+def _head_of(config) -> str:
+    """What task head a config describes, in words ("a masked-LM head", "a 2-way ...")."""
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    kind = arch.split("For", 1)[1] if "For" in arch else ""
+    n = getattr(config, "num_labels", None)
+    return {
+        "SequenceClassification": f"a {n}-way classification head",
+        "TokenClassification": f"a {n}-way token-classification head",
+        "MaskedLM": "a masked-LM head",
+        "PreTraining": "pre-training heads (masked LM and next sentence)",
+        "CausalLM": "a causal-LM head",
+        "QuestionAnswering": "a question-answering head",
+        "MultipleChoice": "a multiple-choice head",
+        "": f"no task head ({arch or 'a bare encoder'})",
+    }.get(kind, f"a {kind} head ({arch})")
+
+
+def _label_order(path: str, config) -> tuple[list[int], str | None]:
+    names = [str(config.id2label.get(c, f"LABEL_{c}")).strip().lower() for c in range(len(LABELS))]
+    if names == [f"label_{c}" for c in range(len(LABELS))]:
+        return list(range(len(LABELS))), (f"{path}: generic label names LABEL_0..2 in config.json; assumed XNLI "
+                                          f"order ({', '.join(LABELS)})")
+    ids = [label_id(name) for name in names]
+    if None in ids or len(set(ids)) != len(LABELS):
+        raise UserError(f"{path}: its labels {names} (config.json id2label) are not {', '.join(LABELS)}; "
+                        "fix id2label to name the NLI label of each output")
+    return ids, None
+
+
+def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implementation: str = "sdpa",
+                    trust_remote_code: bool = False) -> Classifier:
+    """Load an NLI model and its tokenizer; one clear line if it has no 3-way classification head.
+
+    Compare two models' outputs only with both loaded with the same `attn_implementation`
+    (eager and sdpa differ by ~1e-7)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = str(path)
+    config = load_model(path, AutoConfig, trust_remote_code=trust_remote_code)
+    head = _head_of(config)
+    if config.architectures and head != f"a {len(LABELS)}-way classification head":
+        raise UserError(f"{path} has {head}, not a {len(LABELS)}-way sequence-classification head "
+                        f"({', '.join(LABELS)}); fine-tune it on NLI first")
+    if config.num_labels != len(LABELS):
+        raise UserError(f"{path} has a {config.num_labels}-way classification head; XNLI needs 3 ({', '.join(LABELS)})")
+    to_xnli, note = _label_order(path, config)
+    model, info = load_model(path, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code,
+                             attn_implementation=attn_implementation, output_loading_info=True)
+    if info["missing_keys"]:
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise UserError(f"{path} has no saved classification head (weights missing: {missing}); "
+                        "fine-tune it on NLI first")
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return Classifier(path, model.to(device).eval(), tokenizer, to_xnli, note)
+
+
+def predict_logits(model, tokenizer, premises: list[str], hypotheses: list[str], batch_size: int = 32,
+                   max_length: int = 128, desc: str | None = None, progress: bool | None = None,
+                   sort_by_length: bool = True) -> np.ndarray:
+    """float32[N, C]: the model's logits for each (premise, hypothesis) pair, in data order and
+    the model's own class order. Pairs are truncated to `max_length` tokens (longest first),
+    sorted by length (unless `sort_by_length=False`) and padded per batch to its longest pair."""
+    import torch
+    from tqdm.auto import tqdm
+
+    encoded = tokenizer(premises, hypotheses, truncation=True, max_length=max_length, padding=False)
+    inputs = [k for k in tokenizer.model_input_names if k in encoded]
+    pad_value = {k: 0 for k in inputs} | {"input_ids": tokenizer.pad_token_id or 0}
+    lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(premises))
+    order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths))
+    device = next(model.parameters()).device
+    out = np.empty((len(premises), model.config.num_labels), dtype=np.float32)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit=" batches", file=sys.stderr, dynamic_ncols=True,
+                      disable=None if progress is None else not progress):
+        rows = order[start:start + batch_size]
+        width = int(lengths[rows].max())
+        batch = {}
+        for key in inputs:
+            padded = np.full((len(rows), width), pad_value[key], dtype=np.int64)
+            for i, row in enumerate(rows):
+                values = encoded[key][row]
+                padded[i, :len(values)] = values
+            batch[key] = torch.from_numpy(padded).to(device)
+        with torch.inference_mode():
+            out[rows] = model(**batch).logits.float().cpu().numpy()
+    return out
+
+
+@contextlib.contextmanager
+def quiet_load_report():
+    """transformers logs a table of the weights a classifier built on a masked-LM checkpoint
+    drops (its MLM head) and adds (the new head): both intended here. (With that logger above
+    WARNING, transformers 5 also checks a tensor-parallel plan, and warns about it: silenced too.)"""
+    import logging
+
+    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def new_classifier(base: str, seed: int, trust_remote_code: bool = False, config=None, **kwargs):
+    """A 3-way NLI classifier (classes in XNLI order) on the body of checkpoint `base`: the head,
+    and whatever else `base` lacks (BERT's pooler after a masked-LM checkpoint), is new,
+    initialised from `seed`. With `config`, that configuration instead. Returns (model, the
+    names of the new parameters)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+
+    if config is None:
+        kwargs.update(id2label=NLI_ID2LABEL, label2id={v: k for k, v in NLI_ID2LABEL.items()})
+    else:
+        kwargs["config"] = config
+    with quiet_load_report(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, loading = load_model(base, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code,
+                                    output_loading_info=True, **kwargs)
+    return model, set(loading["missing_keys"])
+
+
+def is_sequence_classifier(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
+
+
+def load_for_finetuning(name: str, seed: int, trust_remote_code: bool = False, attn_implementation: str = "sdpa"):
+    """(classifier, tokenizer, to_xnli, note). A 3-way NLI classifier keeps its head and class
+    order (`to_xnli[c]`: the XNLI label of class c); any other checkpoint (masked-LM, bare
+    encoder, another task's head) gets a new 3-way head. A classification head with other
+    labels is an error (`evaluate.load_classifier`): its classes have no NLI meaning."""
+    from transformers import AutoConfig
+
+    config = load_model(name, AutoConfig, trust_remote_code=trust_remote_code)
+    if is_sequence_classifier(config):
+        classifier = load_classifier(name, attn_implementation=attn_implementation,
+                                     trust_remote_code=trust_remote_code)
+        config = classifier.model.config  # generic LABEL_0..2 names become the NLI names they were taken for
+        config.id2label = {c: LABELS[label] for c, label in enumerate(classifier.to_xnli)}
+        config.label2id = {name: c for c, name in config.id2label.items()}
+        return classifier.model, classifier.tokenizer, classifier.to_xnli, classifier.note
+    model, _ = new_classifier(name, seed, trust_remote_code, attn_implementation=attn_implementation)
+    return model, load_tokenizer(name, trust_remote_code), list(range(len(LABELS))), None
+
+
+def dev_predictions(model, tokenizer, dev: NLIData, to_xnli: list[int], batch_size: int, max_length: int) -> np.ndarray:
+    """int64[N]: the XNLI label id the model predicts for each dev pair."""
+    logits = predict_logits(model, tokenizer, dev.premises, dev.hypotheses, batch_size, max_length, progress=False)
+    return np.asarray(to_xnli)[logits.argmax(-1)]
+
+
+def save_classifier(model, folder: Path, tokenizer_source: str, tokenizer, info: dict) -> None:
+    """A model folder any `AutoModelForSequenceClassification` user loads: weights, config, the
+    tokenizer, and `info` as training.json."""
+    model.save_pretrained(folder)
+    copy_tokenizer(tokenizer_source, folder, tokenizer)
+    (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

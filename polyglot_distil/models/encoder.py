@@ -1,0 +1,47 @@
+"""What the losses read from an encoder: hidden states, attention maps, MLM logits at chosen
+positions; and the longest input a model takes.
+"""
+
+from __future__ import annotations
+
+from polyglot_distil.errors import UserError
+
+ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
+
+
+def max_positions(config) -> int:
+    """Longest input the model takes, in tokens. RoBERTa-style position ids start after the
+    padding id, which costs pad_token_id + 1 positions."""
+    limit = int(getattr(config, "max_position_embeddings", 0) or 10**9)
+    offset = config.pad_token_id + 1 if getattr(config, "model_type", None) in ROBERTA_FAMILY else 0
+    return limit - offset
+
+
+def mlm_head(model):
+    """The masked-LM head of a `...ForMaskedLM` model (BERT `cls`, XLM-R `lm_head`): the one child
+    module that is not the encoder."""
+    heads = [module for module in model.children() if module is not model.base_model]
+    if len(heads) != 1:
+        raise UserError(f"{type(model).__name__} is not a masked-LM model with one head")
+    return heads[0]
+
+
+def encoder_outputs(model, input_ids, attention_mask, hidden_states: bool = False, attentions: bool = False,
+                    logit_rows=None) -> dict:
+    """Run a masked-LM model's encoder, and its head only at the positions `logit_rows` (bool
+    [B, L]), never over every position unless asked. Returns "last" [B, L, H]; "hidden": L+1
+    tensors [B, L, H] (0 = embedding output) or None; "attentions": one [B, A, L, L] per layer or
+    None (needs eager attention); "logits" [N, V] at the N positions of `logit_rows`, if given."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                           output_hidden_states=hidden_states, output_attentions=attentions)
+    result = {"last": out.last_hidden_state, "hidden": out.hidden_states if hidden_states else None,
+              "attentions": out.attentions if attentions else None}
+    if logit_rows is not None:
+        result["logits"] = mlm_head(model)(out.last_hidden_state[logit_rows])
+    return result
+
+
+def classifier_outputs(out, hidden_states: bool, attentions: bool) -> dict:
+    """A sequence classifier's output in the form `encoder_outputs` gives (the losses read both)."""
+    return {"hidden": out.hidden_states if hidden_states else None,
+            "attentions": out.attentions if attentions else None, "logits": out.logits}

@@ -1,0 +1,192 @@
+"""Options declared once: every stage's options, from which the command line, the YAML config of
+`run` and the Python functions are all made.
+
+A stage module declares a `Command` (its words, help and `Option`s) next to the function that
+runs it. `cli/` turns the declaration into an argparse parser; `pipeline` checks a config section
+against the same declaration (`Command.from_config`) and calls the stage function directly; the
+library functions fill their keyword arguments in (`Command.namespace`). A default, a type or a
+choice is therefore written in one place, and the three cannot drift apart.
+
+This module is pure data and imports neither argparse nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Sequence
+
+from polyglot_distil.errors import UserError
+
+VALUE, FLAG, NEGATED, APPEND, POSITIONAL = "value", "flag", "negated", "append", "positional"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `name` is its attribute and its YAML key (`min_count`); its flag is
+    `--min-count` unless `flag` says otherwise.
+
+    kind: VALUE (takes one value, converted by `type`), FLAG (true when given), NEGATED (false
+    when given: `--exclude-embeddings` sets `include_embeddings` false; its YAML key is the flag's
+    name), APPEND (repeatable; a list in YAML), POSITIONAL (`nargs` values, command line only).
+    """
+
+    name: str
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    help: str | None = None
+    kind: str = VALUE
+    flag: str | None = None
+    choices: tuple | None = None
+    required: bool = False
+    metavar: str | None = None
+    nargs: str | None = None
+    group: str | None = None
+
+    @property
+    def flags(self) -> list[str]:
+        return [self.flag or "--" + self.yaml_key.replace("_", "-")]
+
+    @property
+    def yaml_key(self) -> str:
+        """The key of the option in a config section."""
+        if self.kind == NEGATED and self.flag:
+            return self.flag.lstrip("-").replace("-", "_")
+        return self.name
+
+    @property
+    def type_name(self) -> str:
+        return getattr(self.type, "__name__", "a valid value")
+
+    def convert(self, text: str, where: str) -> Any:
+        """`text` as the command line would convert it; a UserError naming `where` otherwise."""
+        value = text
+        if self.type is not None:
+            try:
+                value = self.type(text)
+            except (TypeError, ValueError):
+                raise UserError(f"{where}: expected {self.type_name}, got {text!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"{where}: expected one of {', '.join(map(str, self.choices))}, got {text!r}")
+        return value
+
+
+def group(title: str, options: Iterable[Option]) -> list[Option]:
+    """The same options, shown under `title` in `--help`."""
+    return [replace(option, group=title) for option in options]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: `words` (`("distil", "general")`), its help, its options, and `run`, the
+    stage function that takes the options (a namespace) and returns an exit status."""
+
+    words: tuple[str, ...]
+    help: str
+    options: Sequence[Option]
+    run: Callable[[Any], int]
+    description: str | None = None
+    raw_description: bool = False  # keep the description's line breaks in --help
+    group_help: dict = field(default_factory=dict)  # the help of a command group, e.g. {"distil": "..."}
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.words)
+
+    def option(self, name: str) -> Option:
+        return next(o for o in self.options if o.name == name)
+
+    def defaults(self) -> dict[str, Any]:
+        return {o.name: (list(o.default) if isinstance(o.default, list) else o.default) for o in self.options}
+
+    def namespace(self, **values: Any) -> SimpleNamespace:
+        """The options as the stage function takes them: the defaults, then `values` (Python
+        values, already of the right type), each name checked."""
+        known = self.defaults()
+        for name in values:
+            if name not in known:
+                raise UserError(f"{self.name}: unknown option {name!r} (expected one of: {', '.join(known)})")
+        return SimpleNamespace(**{**known, **values})
+
+    # -- configs ----------------------------------------------------------------------------
+
+    def by_yaml_key(self) -> dict[str, Option]:
+        return {o.yaml_key: o for o in self.options if o.kind != POSITIONAL}
+
+    def from_config(self, stage: str, section: dict, wired: set[str]) -> dict[str, Any]:
+        """A config section's {name: value}, converted and checked as the command line would
+        check them; keys the pipeline sets (`wired`) or that the command lacks are refused with
+        one line naming the key and what was expected."""
+        options = self.by_yaml_key()
+        values: dict[str, Any] = {}
+        for key, value in section.items():
+            where = f"config key {stage}.{key}"
+            name = key.replace("-", "_")
+            if name in wired:
+                raise UserError(f"{where}: set by the pipeline (it connects the stages); remove it")
+            if name not in options:
+                known = ", ".join(sorted(k for k in options if options[k].name not in wired))
+                raise UserError(f"{where}: unknown option (expected one of: {known})")
+            if value is None:
+                continue
+            option = options[name]
+            if option.kind in (FLAG, NEGATED):
+                if not isinstance(value, bool):
+                    raise UserError(f"{where}: expected true or false, got {value!r}")
+                values[option.name] = value if option.kind == FLAG else not value
+                continue
+            many = option.kind == APPEND or option.nargs in ("*", "+")
+            items = value if many and isinstance(value, list) else [value]
+            if isinstance(value, list) and not many:
+                items = [",".join(str(v) for v in value)]  # lists become comma-separated options
+            converted = []
+            for item in items:
+                if isinstance(item, (dict, list)):
+                    raise UserError(f"{where}: expected a single value, got {item!r}")
+                converted.append(option.convert(str(item).lower() if isinstance(item, bool) else str(item), where))
+            values[option.name] = converted if many else converted[0]
+        return values
+
+    def argv(self, values: dict[str, Any]) -> list[str]:
+        """The command line that gives `values` (for `run --check`, markers and logs)."""
+        argv: list[str] = []
+        by_name = {o.name: o for o in self.options}
+        for name, value in values.items():
+            option = by_name[name]
+            flag = option.flags[-1]
+            if option.kind == FLAG:
+                argv += [flag] if value else []
+            elif option.kind == NEGATED:
+                argv += [] if value else [flag]
+            elif option.kind == APPEND:
+                for item in value:
+                    argv += [flag, str(item)]
+            elif option.nargs in ("*", "+"):
+                argv += [flag, *map(str, value)]
+            elif value is not None:
+                argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+        return argv
+
+
+def exit_status(result) -> int:
+    """The exit status of a stage function's result: a report (dict) says it under
+    "exit_status" (0 when absent); an int is one."""
+    if isinstance(result, dict):
+        return int(result.get("exit_status", 0))
+    return int(result or 0)
+
+
+def csv(text: str) -> list[str]:
+    """`en,fr` -> ["en", "fr"] (blanks dropped)."""
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+# Options that many commands share, declared once.
+def out_option(help: str) -> Option:
+    return Option("out", required=True, help=help)
+
+
+OVERWRITE = Option("overwrite", kind=FLAG, help="replace an existing output")
+TRUST_REMOTE_CODE = Option("trust_remote_code", kind=FLAG, help="allow the model's own code to run")
+NO_PROGRESS = Option("no_progress", kind=FLAG, help="no progress bars")
+SEED = Option("seed", type=int, default=0)

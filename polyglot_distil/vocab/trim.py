@@ -1,0 +1,321 @@
+"""Trim a multilingual encoder to the vocabulary its languages use ("Load What You Need").
+
+    polyglot-distil trim --model bert-base-multilingual-cased --counts counts.parquet --langs en,fr \
+        --out models/mbert-en-fr                                  # Geotrend's rule: >= 0.005% of lines
+    polyglot-distil trim --model xlm-roberta-base --counts counts.parquet --langs en,sw \
+        --min-prob 1e-6 --keep-chars --out models/xlmr-en-sw       # BiStil's rule, no word lost to <unk>
+    polyglot-distil trim ... --coverage 0.999 --min-count 2 --keep-file keep.txt --no-verify
+
+The output folder loads with `AutoModel*` / `AutoTokenizer` and no code of ours:
+`model.safetensors` (the source's head and dtype; embedding rows, tied MLM decoder and its bias
+selected by index), `tokenizer.json` with every id remapped (vocabulary, added tokens,
+post-processor, padding), `tokenizer_config.json` with the source's settings (casing), a legacy
+`vocab.txt` (WordPiece) or trimmed `sentencepiece.bpe.model` (XLM-R, when the source has one),
+`trim_report.json` (`old_ids[new_id] = old_id`, parameters before/after, tokens kept per
+language and rule, the quick verify) and a model card `README.md`.
+
+Kept ids stay in their original order, so XLM-R's `<s>=0 <pad>=1 </s>=2 <unk>=3` keep the ids
+its position ids depend on. Supported tokenizers: WordPiece (BERT family) and SentencePiece
+Unigram (XLM-R). By default a quick `verify` runs on the first lines of the counted corpus
+before the folder is put in place: a trim that changes anything on covered text is not written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language, parse_sources
+from polyglot_distil.errors import UserError
+from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, tokenizer_fingerprint, \
+    vocab_in_id_order
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, \
+    group, out_option
+from polyglot_distil.outputs import atomic_dir, check_writable
+from polyglot_distil.params import count_parameters
+from polyglot_distil.vocab.count import Counts, read_counts
+from polyglot_distil.vocab.select import BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, select_vocabulary, \
+    selection_table
+from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, trim_sentencepiece
+from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, model_class_for, trim_model_vocab
+from polyglot_distil.vocab.trim_tokenizer import tokenizer_model_type, trim_tokenizer, vocab_size, write_vocab_txt
+from polyglot_distil.vocab.verify import EquivalenceError, verify_equivalence, verify_table
+
+
+def special_token_ids(tokenizer, config) -> list[int]:
+    """Ids that are always kept: the tokenizer's special and added tokens, and every special id
+    the model's config names."""
+    size = vocab_size(tokenizer)
+    ids = set(tokenizer.all_special_ids) | set(tokenizer.backend_tokenizer.get_added_tokens_decoder())
+    ids |= {getattr(config, key) for key in SPECIAL_ID_KEYS if isinstance(getattr(config, key, None), int)}
+    return sorted(i for i in ids if 0 <= i < size)
+
+
+def check_counts(counts: Counts, tokenizer, counts_path, model_name: str) -> None:
+    """Counts made with another tokenizer would select the wrong rows."""
+    size = vocab_size(tokenizer)
+    if counts.vocab_size != size or counts.fingerprint != tokenizer_fingerprint(tokenizer):
+        raise UserError(f"{counts_path or 'the counts'}: counted with the tokenizer {counts.tokenizer} "
+                        f"({counts.vocab_size:,} tokens), not with that of {model_name} ({size:,} tokens); "
+                        f"count again with --tokenizer {model_name}")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The trim
+
+
+def report_json(report: dict) -> str:
+    """The report indented for reading, with the long `old_ids` list on one line at the end."""
+    head = json.dumps({k: v for k, v in report.items() if k != "old_ids"}, indent=1, ensure_ascii=False)
+    return head[:-2] + f',\n "old_ids": {json.dumps(report["old_ids"])}\n}}\n'
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 6) if whole else 0.0
+
+
+def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: Rules, out: str | Path, *,
+         counts_path: str | Path | None = None, overwrite: bool = False,
+         verify_texts: dict[str, list[str]] | None = None, trust_remote_code: bool = False,
+         show_progress: bool | None = None, log=print) -> dict:
+    """Trim `model_name` to the tokens `rules` select from the counts of `langs` and write the
+    folder `out`. With `verify_texts` ({lang: texts}) the saved folder is checked against the
+    source before it is put in place. Returns the trim report (also in `out/trim_report.json`)."""
+    from transformers import AutoConfig
+
+    out = check_writable(out, overwrite)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(model_name, trust_remote_code)
+    kind = tokenizer_model_type(tokenizer, model_name)
+    if not isinstance(counts, Counts):
+        counts_path, counts = counts, read_counts(counts)
+    check_counts(counts, tokenizer, counts_path, model_name)
+    config = load_model(model_name, AutoConfig, trust_remote_code)  # the config picks the model class
+    model_class = model_class_for(config)
+    model = load_model(model_name, model_class, trust_remote_code, dtype="auto")
+    seconds["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    vocab = vocab_in_id_order(tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(vocab):
+        raise UserError(f"{model_name}: the tokenizer has {len(vocab):,} tokens but the embedding only {rows:,} rows")
+    selection = select_vocabulary(counts, langs, rules, vocab, special_token_ids(tokenizer, model.config))
+    for token in selection.missing_keep:
+        print(f"warning: keep-list token {token!r} is not in the vocabulary of {model_name}; ignored", file=sys.stderr)
+    kept_ids = selection.kept_ids
+    seconds["select"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    before = count_parameters(model)
+    params_before, bytes_before = before["total"], before["bytes"]
+    old_specials = {key: getattr(model.config, key, None) for key in SPECIAL_ID_KEYS}
+    vocab_params = trim_model_vocab(model, kept_ids)
+    trimmed_tokenizer = trim_tokenizer(tokenizer, kept_ids)
+    spm_path = find_sentencepiece(model_name) if kind == "Unigram" else None
+    spm_bytes = trim_sentencepiece(spm_path.read_bytes(), kept_ids, vocab) if spm_path else None
+    if spm_path and spm_bytes is None:
+        print(f"warning: {spm_path} does not match the tokenizer of {model_name}; no {SPM_FILE} written",
+              file=sys.stderr)
+    seconds["rebuild"] = time.perf_counter() - start
+
+    after = count_parameters(model)
+    report = {
+        "source": str(model_name), "architecture": type(model).__name__, "tokenizer_model": kind,
+        "dtype": str(model.dtype).replace("torch.", ""), "counts": str(counts_path) if counts_path else None,
+        "languages": list(langs),
+        "vocab_size_before": len(vocab), "vocab_size_after": len(kept_ids),
+        "params_before": params_before, "params_after": after["total"],
+        "vocab_params_before": vocab_params["before"], "vocab_params_after": vocab_params["after"],
+        "weights_bytes_before": bytes_before, "weights_bytes_after": after["bytes"],
+        "special_tokens": {token: [old, int(selection.id_map[old])]  # [old id, new id]
+                           for token, old in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids)},
+        "config_special_ids": {key.removesuffix("_token_id"): [old, getattr(model.config, key, None)]
+                               for key, old in old_specials.items() if isinstance(old, int)},
+        "selection": selection.report,
+    }
+    report["embedding_share_before"] = _share(report["vocab_params_before"], params_before)
+    report["embedding_share_after"] = _share(report["vocab_params_after"], report["params_after"])
+    report["reduction"] = _share(params_before - report["params_after"], params_before)
+
+    with atomic_dir(out, overwrite) as tmp:
+        start = time.perf_counter()
+        model.save_pretrained(tmp)
+        trimmed_tokenizer.save_pretrained(tmp)
+        legacy = []
+        if kind == "WordPiece":
+            write_vocab_txt(trimmed_tokenizer, tmp / "vocab.txt")
+            legacy.append("vocab.txt")
+        if spm_bytes is not None:
+            (tmp / SPM_FILE).write_bytes(spm_bytes)
+            legacy.append(SPM_FILE)
+        report["legacy_files"] = legacy
+        report["folder_bytes_after"] = folder_size_bytes(tmp)
+        seconds["save"] = time.perf_counter() - start
+        del model
+        report["verify"] = None
+        if verify_texts:
+            start = time.perf_counter()
+            (tmp / "trim_report.json").write_text(json.dumps({"old_ids": kept_ids.tolist()}), encoding="utf-8")
+            results = verify_equivalence(model_name, tmp, verify_texts, trust_remote_code=trust_remote_code,
+                                         show_progress=show_progress, original_tokenizer=tokenizer)
+            log(verify_table(results))
+            report["verify"] = {lang: r.as_dict() for lang, r in results.items()}
+            seconds["verify"] = time.perf_counter() - start
+            failed = [lang for lang, r in results.items() if not r.passed]
+            if failed:
+                raise EquivalenceError(f"the trimmed model differs from {model_name} on covered text of "
+                                       f"{', '.join(failed)}; {out} was not written (a bug: please report it)")
+        report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+        report["old_ids"] = kept_ids.tolist()
+        (tmp / "trim_report.json").write_text(report_json(report), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(report), encoding="utf-8")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def model_card(report: dict) -> str:
+    """README.md: what was trimmed, with the figures of trim_report.json as tables."""
+    pb, pa = report["params_before"], report["params_after"]
+    langs = ", ".join(report["languages"])
+    lines = [
+        "---", "tags: [polyglot-distil, vocabulary-trimming]", f"base_model: {report['source']}",
+        f"language: [{langs}]", "---",
+        f"# {report['source']}, vocabulary trimmed to {langs}", "",
+        f"The vocabulary of `{report['source']}` reduced to the tokens that {langs} use "
+        "(Abdaoui et al. 2020, \"Load What You Need\"), by `polyglot-distil trim`. On text the kept vocabulary "
+        "covers, tokenization, hidden states and MLM logits over the kept tokens are exactly those of the source.",
+        "", "| | source | trimmed | change |", "| --- | ---: | ---: | ---: |",
+        f"| parameters | {pb:,} | {pa:,} | {-100 * report['reduction']:+.1f}% |",
+        f"| vocabulary | {report['vocab_size_before']:,} | {report['vocab_size_after']:,} | "
+        f"{100 * (report['vocab_size_after'] / report['vocab_size_before'] - 1):+.1f}% |",
+        f"| embedding share of parameters | {100 * report['embedding_share_before']:.1f}% | "
+        f"{100 * report['embedding_share_after']:.1f}% | |",
+        f"| weights ({report['dtype']}) | {_mb(report['weights_bytes_before'])} | "
+        f"{_mb(report['weights_bytes_after'])} | |",
+        f"| folder on disk | | {_mb(report.get('folder_bytes_after'))} | |",
+        "", "## Kept tokens", "",
+        f"Rules (a token must pass all of them in a language; languages are united): `{report['selection']['rules']}`.",
+        "", "| language | selected | only this language |", "| --- | ---: | ---: |",
+    ]
+    for lang, r in report["selection"]["languages"].items():
+        lines.append(f"| {lang} | {r['selected']:,} | {r['only_this_language']:,} |")
+    for kept_group, g in report["selection"]["always_kept"].items():
+        lines.append(f"| always kept: {kept_group.replace('_', ' ')} | +{g['added']:,} | |")
+    if report.get("verify"):
+        lines += ["", "## Quick verification (sample of the counted corpus)", "",
+                  "| language | texts | covered | identical tokenization | max abs diff hidden | "
+                  "max abs diff MLM logits |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for lang, v in report["verify"].items():
+            logits = "-" if v["max_logit_diff"] is None else f"{v['max_logit_diff']:g}"
+            lines.append(f"| {lang} | {v['texts']:,} | {100 * v['covered_share']:.1f}% | "
+                         f"{100 * v['identical_share']:.1f}% | {v['max_hidden_diff']:g} | {logits} |")
+    lines += ["", "## Use", "", "```python", "from transformers import AutoModel, AutoTokenizer",
+              'tokenizer = AutoTokenizer.from_pretrained("PATH")', 'model = AutoModel.from_pretrained("PATH")', "```",
+              "", "`trim_report.json` maps each new id to the source's id (`old_ids`).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _keep_tokens(args) -> list[str]:
+    tokens = list(args.keep)
+    if args.keep_file:
+        path = Path(args.keep_file)
+        if not path.is_file():
+            raise UserError(f"--keep-file: {path} not found")
+        tokens += [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return tokens
+
+
+def verification_texts(specs: list[str], counts: Counts, langs: list[str], max_lines: int) -> dict[str, list[str]]:
+    """The first `max_lines` lines of each language: from `--verify-lang` specs, else from the
+    sources the counts were made from."""
+    if max_lines < 1:
+        raise UserError("--verify-lines must be at least 1")
+    caps = Caps(max_lines=max_lines, sample="head")
+    if specs:
+        return {lang: list(iter_language(sources, caps)) for lang, sources in group_lang_specs(specs).items()}
+    texts = {}
+    for lang in langs:
+        recorded = counts.totals[lang].sources if lang in counts.totals else []
+        try:
+            if not recorded:
+                raise UserError("the counts name no source")
+            texts[lang] = list(iter_language(parse_sources(recorded), caps))
+        except UserError as exc:
+            raise UserError(f"cannot read the counted corpus of {lang} for the quick verification ({exc}); "
+                            "pass --verify-lang LANG=SOURCE or --no-verify") from None
+    return texts
+
+
+def run_trim(args) -> dict:
+    check_writable(args.out, args.overwrite)
+    langs = csv(args.langs)
+    if not langs:
+        raise UserError("--langs: name at least one language, e.g. --langs en,fr")
+    rules = Rules(min_count=args.min_count, min_line_share=args.min_line_share, min_prob=args.min_prob,
+                  coverage=args.coverage, top_n=args.top_n, keep_tokens=_keep_tokens(args), keep_chars=args.keep_chars)
+    rules.validate()
+    counts = read_counts(args.counts)
+    missing = [lang for lang in langs if lang not in counts.occurrences]
+    if missing:
+        raise UserError(f"language {missing[0]!r} is not in {args.counts} (it has: {', '.join(counts.languages)})")
+    texts = None if args.no_verify else verification_texts(args.verify_lang, counts, langs, args.verify_lines)
+    report = trim(args.model, counts, langs, rules, args.out, counts_path=args.counts, overwrite=args.overwrite,
+                  verify_texts=texts, trust_remote_code=args.trust_remote_code,
+                  show_progress=False if args.no_progress else None)
+    print(selection_table(report["selection"]))
+    print(f"parameters {report['params_before']:,} -> {report['params_after']:,} "
+          f"(-{100 * report['reduction']:.1f}%), vocabulary {report['vocab_size_before']:,} -> "
+          f"{report['vocab_size_after']:,}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
+    print(f"wrote {args.out}")
+    return report
+
+
+TRIM = Command(
+    ("trim",), "keep the vocabulary some languages use (model + tokenizer)", description=__doc__.split("\n\n")[0],
+    run=run_trim, options=[
+        Option("model", required=True, help="hub name or model folder (WordPiece or Unigram tokenizer)"),
+        Option("counts", required=True, help="counts file written by 'polyglot-distil count'"),
+        Option("langs", required=True, help="comma-separated languages of the counts to keep, e.g. en,fr"),
+        out_option("the folder to write"),
+        *group("selection rules (per language all must hold; languages are united; "
+               f"default: --min-line-share {GEOTREND_LINE_SHARE})", [
+            Option("min_count", type=int, help="minimum occurrences in the language"),
+            Option("min_line_share", type=float,
+                   help=f"minimum share of the language's lines holding it (Geotrend: {GEOTREND_LINE_SHARE})"),
+            Option("min_prob", type=float, help=f"minimum unigram probability (BiStil: {BISTIL_MIN_PROB})"),
+            Option("coverage", type=float, help="keep the fewest tokens covering this share of occurrences"),
+            Option("top_n", type=int, help="keep the N most frequent tokens of each language"),
+            Option("keep", kind=APPEND, default=[], metavar="TOKEN", help="always keep TOKEN (repeatable)"),
+            Option("keep_file", help="always keep the tokens of this file (one per line)"),
+            Option("keep_chars", kind=FLAG,
+                   help="always keep single-character tokens (and ##x / ▁x), so no word becomes unknown"),
+        ]),
+        *group("quick verification (default: the first lines of the counted corpus)", [
+            Option("verify_lang", kind=APPEND, default=[], metavar="LANG=SOURCE",
+                   help="verify on this text instead of the counted sources"),
+            Option("verify_lines", type=int, default=100, help="lines per language to verify on"),
+            Option("no_verify", kind=FLAG, help="skip the quick verification"),
+        ]),
+        replace(OVERWRITE, help="replace an existing output folder"),
+        TRUST_REMOTE_CODE,
+        NO_PROGRESS,
+    ])

@@ -1,0 +1,137 @@
+"""The package's layering (docs/ARCHITECTURE.md) holds: imports only go down, and no module
+imports another that imports it back. Read from the source with `ast`, function-level imports
+included, so a lazy import cannot hide an upward dependency."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "polyglot_distil"
+
+# Lower number = lower layer. A module may import its own layer's modules and any lower layer's.
+LAYERS = {
+    "shared": 0,  # errors, outputs, tables, params, options
+    "data": 1,
+    "models": 2,
+    "vocab": 3, "distill": 3, "eval": 3,
+    "pipeline": 4, "api": 4,
+    "cli": 5, "__main__": 5,
+}
+FORBIDDEN = {  # same-level imports that are not allowed either
+    ("eval", "distill"), ("vocab", "distill"), ("vocab", "eval"),
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "shared"  # the package itself (__version__)
+    head = parts[1]
+    if head in LAYERS:
+        return head
+    return "shared"  # errors, outputs, tables, params, options
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imports_of(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
+    """(imported polyglot_distil module, line) for every import in the file, at any depth."""
+    out = []
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            # `from pkg import submodule` imports the submodule; `from module import name` the module
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name == "polyglot_distil" or name.startswith("polyglot_distil."):
+                while name not in known and "." in name:
+                    name = name.rpartition(".")[0]
+                out.append((name, node.lineno))
+    return out
+
+
+def uses_argparse(path: Path) -> int | None:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
+            return node.lineno
+        if isinstance(node, ast.ImportFrom) and node.module == "argparse":
+            return node.lineno
+    return None
+
+
+def test_imports_only_go_down():
+    known = modules()
+    problems = []
+    for module, path in known.items():
+        here = layer_of(module)
+        for target, line in imports_of(module, path, known):
+            there = layer_of(target)
+            rel = f"{path.relative_to(PACKAGE.parent)}:{line}"
+            if LAYERS[there] > LAYERS[here] or (here, there) in FORBIDDEN:
+                problems.append(f"{rel} ({here}) imports {known[target].relative_to(PACKAGE.parent)} ({there})")
+        if LAYERS[here] < LAYERS["cli"] and (line := uses_argparse(path)):
+            problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports argparse below cli/")
+    assert not problems, "upward imports:\n" + "\n".join(problems)
+
+
+def test_no_import_cycles():
+    known = modules()
+    graph = {m: sorted({t for t, _ in imports_of(m, p, known) if t != m}) for m, p in known.items()}
+    # A module's package __init__ runs before it; that edge is not a cycle of the code's design.
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in graph[m]:
+            if m.startswith(t + "."):
+                continue
+            if state.get(t) == 1:
+                cycle = stack[stack.index(t):] + [t]
+                cycles.append(" -> ".join(str(known[c].relative_to(PACKAGE.parent)) for c in cycle))
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+@pytest.mark.parametrize("source,target,expected", [
+    ("polyglot_distil.eval.xnli", "polyglot_distil.distill.general", "imports"),
+    ("polyglot_distil.data.corpus", "polyglot_distil.models.loading", "imports"),
+])
+def test_the_check_sees_an_upward_import(tmp_path, monkeypatch, source, target, expected):
+    """The check itself fails on a planted upward import (so it is not vacuous)."""
+    known = modules()
+    path = known[source]
+    planted = tmp_path / path.name
+    planted.write_text(path.read_text(encoding="utf-8") + f"\n\ndef _planted():\n    import {target}\n",
+                       encoding="utf-8")
+    targets = [t for t, _ in imports_of(source, planted, known)]
+    assert target in targets
+    assert LAYERS[layer_of(target)] > LAYERS[layer_of(source)] or (layer_of(source), layer_of(target)) in FORBIDDEN
