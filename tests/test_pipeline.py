@@ -111,8 +111,15 @@ def test_rerun_resumes_at_the_next_stage_without_redoing_earlier_ones(demo_run):
 
 def test_demo_produces_an_evaluated_compact_model(demo_run):
     report = json.loads((demo_run["tmp"] / "run" / "eval" / "report" / "report.json").read_text())
-    text = json.dumps(report)
-    assert "sw" in text and "accuracy" in text
+    assert report["languages"] == ["sw", "en"]
+    # every reported accuracy equals a plain recomputation: one pair at a time through the saved
+    # folders with transformers alone, labels read through each model's own id2label
+    for role, folder in (("model", demo_run["tmp"] / "run" / "task" / "run" / "best"),
+                         ("teacher", demo_run["tmp"] / "run" / "finetune" / "run" / "best")):
+        for lang in ("sw", "en"):
+            expected = _plain_accuracy(folder, ROOT / "corpora" / "nli" / f"test-{lang}.tsv")
+            assert report["results"][lang]["accuracy"][role] == pytest.approx(expected, abs=1e-12), (role, lang)
+            assert report["results"][lang]["pairs"] == 60
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     best = demo_run["tmp"] / "run" / "task" / "run" / "best"
@@ -120,6 +127,22 @@ def test_demo_produces_an_evaluated_compact_model(demo_run):
     assert model.config.num_labels == 3 and AutoTokenizer.from_pretrained(best) is not None
     teacher = AutoModelForSequenceClassification.from_pretrained(demo_run["tmp"] / "teacher", num_labels=3)
     assert model.num_parameters() < teacher.num_parameters()
+
+
+def _plain_accuracy(folder, tsv) -> float:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    right = total = 0
+    for line in tsv.read_text(encoding="utf-8").splitlines():
+        premise, hypothesis, gold = line.split("\t")
+        with torch.no_grad():
+            logits = model(**tokenizer(premise, hypothesis, truncation=True, max_length=128, return_tensors="pt")).logits
+        right += model.config.id2label[int(logits.argmax())] == gold
+        total += 1
+    return right / total
 
 
 def test_completed_run_does_nothing_again(demo_run):

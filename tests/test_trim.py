@@ -472,3 +472,79 @@ def _counts_with_missing_source(tmp_path: Path, tokenizer_dir: Path) -> Path:
     counts = count_corpora(str(tokenizer_dir), {"en": parse_sources([str(text)])}, show_progress=False)
     text.unlink()
     return write_counts(counts, tmp_path / "counts.parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every tensor of the source survives (a pooler and an NSP head included)
+
+
+def pretraining_checkpoint(tiny_bert_dir: Path, folder: Path, architecture: str) -> Path:
+    """The tiny BERT as a pre-training checkpoint (pooler and next-sentence head, random), its
+    config naming `architecture`: "BertForMaskedLM" is how the real bert-base-multilingual-cased
+    checkpoint is labelled although it carries both."""
+    from transformers import AutoConfig, BertForPreTraining
+
+    config = AutoConfig.from_pretrained(tiny_bert_dir)
+    torch.manual_seed(3)
+    model = BertForPreTraining(config)
+    with torch.no_grad():
+        model.cls.predictions.bias.normal_()
+    model.save_pretrained(folder)
+    spec = json.loads((folder / "config.json").read_text(encoding="utf-8"))  # save_pretrained names its own class
+    spec["architectures"] = [architecture]
+    (folder / "config.json").write_text(json.dumps(spec), encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        if (tiny_bert_dir / name).is_file():
+            shutil.copyfile(tiny_bert_dir / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("architecture", ["BertForMaskedLM", "BertForPreTraining"])
+def test_every_tensor_of_the_source_is_kept_and_the_pooler_verified(tmp_path, tiny_bert_dir, architecture):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from polyglot_distil.vocab.trim import trim
+
+    source = pretraining_checkpoint(tiny_bert_dir, tmp_path / "source", architecture)
+    counts = count_corpora(str(source), {"en": parse_sources([str(EN_FR[0])])}, show_progress=False)
+    texts = {"en": lines_of([EN_FR[0]], 40)}
+    report = trim(str(source), counts, ["en"], Rules(min_count=2), tmp_path / "out", verify_texts=texts,
+                  show_progress=False, log=lambda *_: None)
+    before, after = load_file(source / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert set(after) == set(before)  # pooler and cls.seq_relationship included
+    old_ids = torch.as_tensor(report["old_ids"])
+    rows = before["bert.embeddings.word_embeddings.weight"].shape[0]
+    for name, tensor in before.items():
+        expected = tensor.index_select(0, old_ids) if tensor.shape[0] == rows else tensor
+        assert torch.equal(after[name], expected), name
+    if architecture == "BertForMaskedLM":
+        assert "bert.pooler.dense.weight" in report["carried_tensors"]
+    # the built-in verify compared the pooler output, and found it equal
+    assert report["verify"]["en"]["max_pooler_diff"] == 0.0 and report["verify"]["en"]["compared"] > 10
+    original, trimmed_model = (AutoModel.from_pretrained(p, attn_implementation="eager").eval()
+                               for p in (source, tmp_path / "out"))
+    ids_before = load_tokenizer(source)(texts["en"][0], return_tensors="pt")
+    ids_after = load_tokenizer(tmp_path / "out")(texts["en"][0], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(original(**ids_before).pooler_output, trimmed_model(**ids_after).pooler_output)
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "the pooler output" in card and "MLM logits" in card
+
+
+def test_verify_fails_when_the_pooler_differs(tmp_path, tiny_bert_dir):
+    """The pooler comparison is not vacuous: a trimmed folder whose pooler was changed fails."""
+    from safetensors.torch import load_file, save_file
+
+    from polyglot_distil.vocab.trim import trim
+    from polyglot_distil.vocab.verify import verify_equivalence
+
+    source = pretraining_checkpoint(tiny_bert_dir, tmp_path / "source", "BertForMaskedLM")
+    counts = count_corpora(str(source), {"en": parse_sources([str(EN_FR[0])])}, show_progress=False)
+    trim(str(source), counts, ["en"], Rules(min_count=2), tmp_path / "out", show_progress=False, log=lambda *_: None)
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    weights["bert.pooler.dense.bias"] = weights["bert.pooler.dense.bias"] + 1e-3
+    save_file(weights, tmp_path / "out" / "model.safetensors", metadata={"format": "pt"})
+    results = verify_equivalence(str(source), tmp_path / "out", {"en": lines_of([EN_FR[0]], 20)}, show_progress=False)
+    assert results["en"].max_pooler_diff > 0 and not results["en"].passed
+    assert results["en"].max_hidden_diff == 0  # only the pooler changed

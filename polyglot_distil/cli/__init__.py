@@ -33,11 +33,11 @@ from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, 
 
 def command_modules():
     """The command modules, in pipeline order (the order of `--help`)."""
-    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, finetune, merge,
-                                     run, smoke_model, student, trim, verify)
+    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, finetune,
+                                     import_model, merge, run, smoke_model, student, trim, verify)
 
-    return [count, merge, trim, verify, student, finetune, distil_general, distil_task, apply_diff, smoke_model,
-            eval_xnli, run]
+    return [import_model, count, merge, trim, verify, student, finetune, distil_general, distil_task, apply_diff,
+            smoke_model, eval_xnli, run]
 
 
 def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse.ArgumentParser:
@@ -63,6 +63,7 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
         kwargs: dict = {"help": option.help}
         if option.kind == POSITIONAL:
             target.add_argument(option.name, nargs=option.nargs, metavar=option.metavar, help=option.help,
+                                choices=option.choices,
                                 **({"default": option.default} if option.nargs in ("*", "?") else {}))
             continue
         if option.kind == FLAG:

@@ -218,7 +218,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
 # Reading
 
 
-class _Decoder:
+class Decoder:
     """UTF-8 decoding that replaces undecodable bytes with U+FFFD and counts them."""
 
     def __init__(self) -> None:
@@ -244,7 +244,7 @@ def _open_binary(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _read_chunks(path: str, decode: _Decoder, chunk_bytes: int = 1 << 20) -> Iterator[list[str]]:
+def _read_chunks(path: str, decode: Decoder, chunk_bytes: int = 1 << 20) -> Iterator[list[str]]:
     """Lists of lines (without their newlines) of a possibly compressed text file, about
     `chunk_bytes` at a time: one UTF-8 decode per chunk, per line only where a chunk holds
     undecodable bytes (so they are replaced and counted)."""
@@ -264,7 +264,7 @@ def _read_chunks(path: str, decode: _Decoder, chunk_bytes: int = 1 << 20) -> Ite
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
-def _read_lines(path: str, decode: _Decoder) -> Iterator[tuple[int, str]]:
+def read_lines(path: str, decode: Decoder) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline) for a possibly compressed text file."""
     number = 0
     for chunk in _read_chunks(path, decode):
@@ -272,13 +272,13 @@ def _read_lines(path: str, decode: _Decoder) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _text_lines(source: Source, decode: _Decoder) -> Iterator[str]:
+def _text_lines(source: Source, decode: Decoder) -> Iterator[str]:
     for chunk in _read_chunks(source.path, decode):
         yield from chunk
 
 
-def _tsv_lines(source: Source, decode: _Decoder) -> Iterator[str]:
-    rows = _read_lines(source.path, decode)
+def _tsv_lines(source: Source, decode: Decoder) -> Iterator[str]:
+    rows = read_lines(source.path, decode)
     first = next(rows, None)
     if first is None:
         return
@@ -316,9 +316,9 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _jsonl_lines(source: Source, decode: _Decoder) -> Iterator[str]:
+def _jsonl_lines(source: Source, decode: Decoder) -> Iterator[str]:
     column = source.option("column", "text")
-    for number, line in _read_lines(source.path, decode):
+    for number, line in read_lines(source.path, decode):
         if not line.strip():
             continue
         try:
@@ -331,7 +331,7 @@ def _jsonl_lines(source: Source, decode: _Decoder) -> Iterator[str]:
             yield str(record[column])
 
 
-def _parquet_lines(source: Source, decode: _Decoder) -> Iterator[str]:
+def _parquet_lines(source: Source, decode: Decoder) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     column = source.option("column", "text")
@@ -348,7 +348,7 @@ def _parquet_lines(source: Source, decode: _Decoder) -> Iterator[str]:
                 yield value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _hf_lines(source: Source, decode: _Decoder, shard: tuple[int, int] | None = None) -> Iterator[str]:
+def _hf_lines(source: Source, decode: Decoder, shard: tuple[int, int] | None = None) -> Iterator[str]:
     """A hub dataset's text column, streamed; with `shard`, only that shard's part of the stream
     (`split_dataset_by_node`: whole files per shard where they divide evenly)."""
     import datasets
@@ -359,7 +359,7 @@ def _hf_lines(source: Source, decode: _Decoder, shard: tuple[int, int] | None = 
         stream = datasets.load_dataset(source.path, config, split=split, streaming=True)
     except Exception as exc:  # datasets raises many types: network, missing config, missing split
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if _looks_offline(exc):
+        if looks_offline(exc):
             reason = f"the Hugging Face hub is unreachable ({reason}); use a local file instead"
         raise UserError(f"cannot load dataset {source}: {reason}") from None
     if shard is not None and shard[1] > 1:
@@ -373,7 +373,7 @@ def _hf_lines(source: Source, decode: _Decoder, shard: tuple[int, int] | None = 
             yield str(record[column])
 
 
-def _looks_offline(exc: BaseException) -> bool:
+def looks_offline(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(w in text for w in ("offline", "connect", "resolve", "network", "timed out", "max retries"))
 
@@ -381,10 +381,10 @@ def _looks_offline(exc: BaseException) -> bool:
 _READERS = {"text": _text_lines, "tsv": _tsv_lines, "jsonl": _jsonl_lines, "parquet": _parquet_lines, "hf": _hf_lines}
 
 
-def iter_source(source: Source, decode: _Decoder | None = None, shard: tuple[int, int] | None = None) -> Iterator[str]:
+def iter_source(source: Source, decode: Decoder | None = None, shard: tuple[int, int] | None = None) -> Iterator[str]:
     """The non-blank lines of one source, in order (a text holding newlines gives several).
     `shard` splits a hub dataset's stream between processes (other kinds ignore it)."""
-    decode = decode or _Decoder()
+    decode = decode or Decoder()
     texts = _hf_lines(source, decode, shard) if source.kind == "hf" else _READERS[source.kind](source, decode)
     for text in texts:
         for line in text.split("\n") if "\n" in text else (text,):
@@ -393,7 +393,7 @@ def iter_source(source: Source, decode: _Decoder | None = None, shard: tuple[int
                 yield line
 
 
-def _numbered_lines(sources: list[Source], caps: Caps, decode: _Decoder,
+def _numbered_lines(sources: list[Source], caps: Caps, decode: Decoder,
                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[int | None, str]]:
     """(index across the sources, line). Without caps, a sharded run streams only its own part of
     a hub dataset, rather than the whole stream on every shard; those lines come with index None
@@ -457,7 +457,7 @@ def iter_language(
     stats = stats if stats is not None else ReadStats()
     stats.sources = [str(s) for s in sources]
     shard_index, shard_count = shard
-    decode = _Decoder()
+    decode = Decoder()
     numbered = _numbered_lines(sources, caps, decode, shard)
     if caps.capped:
         numbered = _sample(numbered, caps)

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from polyglot_distil.data.corpus import _Decoder, _looks_offline, _read_lines
+from polyglot_distil.data.corpus import Decoder, looks_offline, read_lines
 from polyglot_distil.errors import UserError
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -121,7 +121,7 @@ def _unknown_label(where: str, value) -> UserError:
 
 def _read_tsv(path: str) -> NLIData:
     rows = _Builder(path)
-    for number, line in _read_lines(path, _Decoder()):
+    for number, line in read_lines(path, Decoder()):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -140,7 +140,7 @@ def _read_tsv(path: str) -> NLIData:
 
 def _read_jsonl(path: str) -> NLIData:
     rows = _Builder(path)
-    for number, line in _read_lines(path, _Decoder()):
+    for number, line in read_lines(path, Decoder()):
         if not line.strip():
             continue
         try:
@@ -172,7 +172,7 @@ def _read_hf(name: str, config: str | None, split: str, offline_hint: str = "use
         table = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types: network, missing config, missing split
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if _looks_offline(exc):
+        if looks_offline(exc):
             reason = f"the Hugging Face hub is unreachable ({reason}); {offline_hint}"
         raise UserError(f"cannot load dataset {shown}: {reason}") from None
     missing = [k for k in ("premise", "hypothesis", "label") if k not in table.column_names]

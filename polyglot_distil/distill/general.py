@@ -194,10 +194,10 @@ def student_module(student, teacher, weights: LossWeights):
     narrower student, the projection of its hidden states. Called as `module(ids, mask, rows)`."""
     import functools
 
-    from polyglot_distil.models.encoder import mlm_head
     from polyglot_distil.distill.training import Trainable
+    from polyglot_distil.models.encoder import has_mlm_output, mlm_head
 
-    if not (weights.logits or weights.mlm):  # the head gets no gradient (its decoder is tied to the embeddings)
+    if not (weights.logits or weights.mlm) and has_mlm_output(student):  # the head gets no gradient
         embedding = student.get_input_embeddings().weight
         for param in mlm_head(student).parameters():
             if param is not embedding:
@@ -242,10 +242,12 @@ def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_m
 
 def build_recipe(args, weights: LossWeights, settings, accelerator):
     """Load teacher, student and text; return the training `Recipe` of phase 1."""
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoConfig
 
     from polyglot_distil.data.corpus import group_lang_specs
-    from polyglot_distil.models.loading import load_model, load_tokenizer
+    from polyglot_distil.models.checkpoint import carry_body_tensors
+    from polyglot_distil.models.encoder import has_mlm_output
+    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer
     from polyglot_distil.data.mlm import Masking
     from polyglot_distil.models.loading import copy_tokenizer
     from polyglot_distil.models.student import build_student, check_layers, default_layer_map, parse_layers, \
@@ -256,10 +258,17 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
     attn = "eager" if weights.attention > 0 else "sdpa"
     remote = args.trust_remote_code
-    teacher = load_model(args.teacher, AutoModelForMaskedLM, trust_remote_code=remote, attn_implementation=attn)
+    teacher_class = encoder_class_for(load_model(args.teacher, AutoConfig, trust_remote_code=remote))
+    teacher = load_model(args.teacher, teacher_class, trust_remote_code=remote, attn_implementation=attn)
+    if (weights.logits or weights.mlm) and not has_mlm_output(teacher):
+        raise UserError(f"teacher {args.teacher} has no masked-LM head (an embedding model?): the logit and MLM losses "
+                        "need one; distil with the hidden and attention losses (--recipe bistil)")
     tokenizer = load_tokenizer(args.teacher, remote)
     if args.student:
-        student = load_model(args.student, AutoModelForMaskedLM, trust_remote_code=remote, attn_implementation=attn)
+        student_class = encoder_class_for(load_model(args.student, AutoConfig, trust_remote_code=remote))
+        student = load_model(args.student, student_class, trust_remote_code=remote, attn_implementation=attn)
+        if (weights.logits or weights.mlm) and not has_mlm_output(student):
+            raise UserError(f"student {args.student} has no masked-LM head: the logit and MLM losses need one")
         check_same_vocabulary(tokenizer, load_tokenizer(args.student, remote), args.teacher, args.student,
                               teacher.get_input_embeddings().weight.shape[0],
                               student.get_input_embeddings().weight.shape[0])
@@ -288,6 +297,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
 
     def save_model(trained, folder: Path) -> None:
         trained.parts["student"].save_pretrained(folder)
+        carry_body_tensors(args.student or args.teacher, folder)  # the pretrained pooler, which a masked-LM class drops
         copy_tokenizer(args.student or args.teacher, folder, tokenizer)
         info = {"teacher": str(args.teacher), "student": args.student, "languages": list(languages),
                 "layer_map": layer_map, "weights": asdict(weights)}

@@ -7,7 +7,6 @@ Every stage that touches a classifier uses these: `finetune` (the task teacher),
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import numpy as np
 
 from polyglot_distil.data.nli import LABELS, NLIData, label_id
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer
+from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, quiet_load_report
 
 NLI_ID2LABEL = dict(enumerate(LABELS))
 
@@ -123,24 +122,6 @@ def predict_logits(model, tokenizer, premises: list[str], hypotheses: list[str],
         with torch.inference_mode():
             out[rows] = model(**batch).logits.float().cpu().numpy()
     return out
-
-
-@contextlib.contextmanager
-def quiet_load_report():
-    """transformers logs a table of the weights a classifier built on a masked-LM checkpoint
-    drops (its MLM head) and adds (the new head): both intended here. (With that logger above
-    WARNING, transformers 5 also checks a tensor-parallel plan, and warns about it: silenced too.)"""
-    import logging
-
-    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def new_classifier(base: str, seed: int, trust_remote_code: bool = False, config=None, **kwargs):

@@ -21,9 +21,14 @@ def mlm_head(model):
     """The masked-LM head of a `...ForMaskedLM` model (BERT `cls`, XLM-R `lm_head`): the one child
     module that is not the encoder."""
     heads = [module for module in model.children() if module is not model.base_model]
-    if len(heads) != 1:
-        raise UserError(f"{type(model).__name__} is not a masked-LM model with one head")
+    if len(heads) != 1 or model.get_output_embeddings() is None:
+        raise UserError(f"{type(model).__name__} has no masked-LM head; the logit and MLM losses need one "
+                        "(the hidden and attention losses, --recipe bistil, do not)")
     return heads[0]
+
+
+def has_mlm_output(model) -> bool:
+    return model is not model.base_model and model.get_output_embeddings() is not None
 
 
 def encoder_outputs(model, input_ids, attention_mask, hidden_states: bool = False, attentions: bool = False,

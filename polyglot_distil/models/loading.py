@@ -7,6 +7,7 @@ because the user fixes each differently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -90,7 +91,8 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
     if os.path.isfile(name):
         raise UserError(f"{name} is a file; pass the model's folder")
     try:
-        return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        with quiet_load_report():  # the caller decides what missing or unused weights mean
+            return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise _load_failure("model", name, exc) from None
 
@@ -121,3 +123,49 @@ def copy_tokenizer(source: str | Path, target: Path, tokenizer=None) -> None:
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+
+
+def model_class_for(config):
+    """The `transformers` class that loads the source with its head: MaskedLM when it has one,
+    else the class its config names, else the bare encoder."""
+    import transformers
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return transformers.AutoModelForMaskedLM
+    for name in architectures:
+        if hasattr(transformers, name):
+            return getattr(transformers, name)
+    return transformers.AutoModel
+
+
+def has_mlm_head(config) -> bool:
+    """Whether the checkpoint has a masked-LM head (ForMaskedLM, or ForPreTraining: MLM + NSP)."""
+    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in getattr(config, "architectures", None) or [])
+
+
+def encoder_class_for(config):
+    """The class distillation loads a pretrained encoder with: the masked-LM model when the
+    checkpoint has an MLM head, else the bare encoder (an embedding model such as E5 has none,
+    and a masked-LM class would give it a random head)."""
+    import transformers
+
+    return transformers.AutoModelForMaskedLM if has_mlm_head(config) else transformers.AutoModel
+
+
+@contextlib.contextmanager
+def quiet_load_report():
+    """transformers logs a table of the weights a classifier built on a masked-LM checkpoint
+    drops (its MLM head) and adds (the new head): both intended here. (With that logger above
+    WARNING, transformers 5 also checks a tensor-parallel plan, and warns about it: silenced too.)"""
+    import logging
+
+    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -28,6 +28,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.models.checkpoint import carry_body_tensors
 from polyglot_distil.models.loading import copy_tokenizer
 from polyglot_distil.options import OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
@@ -143,7 +144,6 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
     """A masked-LM student of the teacher's architecture, shaped and initialised as `spec` says.
     Returns (student, description for student.json)."""
     import torch
-    from transformers import AutoModelForMaskedLM
 
     teacher_layers = teacher.config.num_hidden_layers
     layers = spec.layers or max(1, teacher_layers // 2)
@@ -159,7 +159,8 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
 
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's random stream untouched
         torch.manual_seed(spec.seed)
-        student = AutoModelForMaskedLM.from_config(config, attn_implementation=attn_implementation)
+        # the teacher's class: a masked-LM teacher gives a masked-LM student, a bare encoder a bare one
+        student = type(teacher)._from_config(config, attn_implementation=attn_implementation)
     source = teacher.state_dict()
     with torch.no_grad():
         if same_shape:
@@ -199,17 +200,19 @@ def spec_from_args(args) -> StudentSpec:
 
 
 def run_student(args) -> dict:
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoConfig
 
-    from polyglot_distil.models.loading import load_model
+    from polyglot_distil.models.loading import encoder_class_for, load_model
 
     check_writable(args.out, args.overwrite)
     spec = spec_from_args(args)
-    teacher = load_model(args.teacher, AutoModelForMaskedLM, trust_remote_code=args.trust_remote_code)
+    config = load_model(args.teacher, AutoConfig, trust_remote_code=args.trust_remote_code)
+    teacher = load_model(args.teacher, encoder_class_for(config), trust_remote_code=args.trust_remote_code)
     student, description = build_student(teacher, spec)
     description["teacher"] = str(args.teacher)
     with atomic_dir(args.out, args.overwrite) as tmp:
         student.save_pretrained(tmp)
+        description["kept_from_teacher"] = carry_body_tensors(args.teacher, tmp)  # e.g. a pooler the class lacks
         copy_tokenizer(args.teacher, tmp)
         (tmp / "student.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
     print(f"student: {description['layers']} layers (teacher {description['teacher_layers']}), "

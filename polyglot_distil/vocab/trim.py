@@ -31,17 +31,19 @@ from pathlib import Path
 
 from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language, parse_sources
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, tokenizer_fingerprint, \
+from polyglot_distil.models.checkpoint import carry_tensors, copy_sentence_transformers, drop_tensors
+from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
     vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, \
     group, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
+from polyglot_distil.tables import markdown_table
 from polyglot_distil.vocab.count import Counts, read_counts
 from polyglot_distil.vocab.select import BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, select_vocabulary, \
     selection_table
 from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, trim_sentencepiece
-from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, model_class_for, trim_model_vocab
+from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, trim_model_vocab
 from polyglot_distil.vocab.trim_tokenizer import tokenizer_model_type, trim_tokenizer, vocab_size, write_vocab_txt
 from polyglot_distil.vocab.verify import EquivalenceError, verify_equivalence, verify_table
 
@@ -98,7 +100,9 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     check_counts(counts, tokenizer, counts_path, model_name)
     config = load_model(model_name, AutoConfig, trust_remote_code)  # the config picks the model class
     model_class = model_class_for(config)
-    model = load_model(model_name, model_class, trust_remote_code, dtype="auto")
+    model, loading = load_model(model_name, model_class, trust_remote_code, dtype="auto", output_loading_info=True)
+    unexpected = sorted(loading.get("unexpected_keys") or [])  # in the checkpoint, not in the class: carried over
+    new_in_class = sorted(loading.get("missing_keys") or [])  # in the class, not in the checkpoint: not saved
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -113,8 +117,11 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     seconds["select"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    # what the source holds: not the tensors the class made up (a pooler E5 never had), which are not saved
+    made_up = [p for name, p in model.state_dict().items() if name in set(new_in_class)]
+    made_up_params, made_up_bytes = sum(p.numel() for p in made_up), sum(p.numel() * p.element_size() for p in made_up)
     before = count_parameters(model)
-    params_before, bytes_before = before["total"], before["bytes"]
+    params_before, bytes_before = before["total"] - made_up_params, before["bytes"] - made_up_bytes
     old_specials = {key: getattr(model.config, key, None) for key in SPECIAL_ID_KEYS}
     vocab_params = trim_model_vocab(model, kept_ids)
     trimmed_tokenizer = trim_tokenizer(tokenizer, kept_ids)
@@ -126,8 +133,10 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     seconds["rebuild"] = time.perf_counter() - start
 
     after = count_parameters(model)
+    after = {"total": after["total"] - made_up_params, "bytes": after["bytes"] - made_up_bytes}
     report = {
         "source": str(model_name), "architecture": type(model).__name__, "tokenizer_model": kind,
+        "has_mlm_head": model.get_output_embeddings() is not None,
         "dtype": str(model.dtype).replace("torch.", ""), "counts": str(counts_path) if counts_path else None,
         "languages": list(langs),
         "vocab_size_before": len(vocab), "vocab_size_after": len(kept_ids),
@@ -147,7 +156,10 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
         model.save_pretrained(tmp)
+        report["carried_tensors"] = carry_tensors(model_name, unexpected, tmp, kept_ids, rows)
+        report["dropped_new_tensors"] = drop_tensors(tmp, new_in_class)  # e.g. a pooler E5 never had
         trimmed_tokenizer.save_pretrained(tmp)
+        report["sentence_transformers"] = copy_sentence_transformers(model_name, tmp)
         legacy = []
         if kind == "WordPiece":
             write_vocab_txt(trimmed_tokenizer, tmp / "vocab.txt")
@@ -187,6 +199,22 @@ def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:,.1f} MB"
 
 
+def _exactness(report: dict) -> str:
+    """What the card may claim: only the outputs the model has, and only as verified."""
+    verified = report.get("verify") or {}
+    outputs = ["tokenization", "hidden states"]
+    if any(v.get("max_logit_diff") is not None for v in verified.values()) or (not verified and report["has_mlm_head"]):
+        outputs.append("MLM logits over the kept tokens")
+    if any(v.get("max_pooler_diff") is not None for v in verified.values()):
+        outputs.append("the pooler output")
+    said = ", ".join(outputs[:-1]) + " and " + outputs[-1]
+    every = "Every tensor of the source is kept (vocabulary-sized ones re-indexed)."
+    if verified:
+        return (f"On text the kept vocabulary covers, {said} are exactly those of the source "
+                f"(verified on a sample, below). {every}")
+    return f"On text the kept vocabulary covers, {said} are meant to equal the source's; not verified here. {every}"
+
+
 def model_card(report: dict) -> str:
     """README.md: what was trimmed, with the figures of trim_report.json as tables."""
     pb, pa = report["params_before"], report["params_after"]
@@ -196,8 +224,7 @@ def model_card(report: dict) -> str:
         f"language: [{langs}]", "---",
         f"# {report['source']}, vocabulary trimmed to {langs}", "",
         f"The vocabulary of `{report['source']}` reduced to the tokens that {langs} use "
-        "(Abdaoui et al. 2020, \"Load What You Need\"), by `polyglot-distil trim`. On text the kept vocabulary "
-        "covers, tokenization, hidden states and MLM logits over the kept tokens are exactly those of the source.",
+        "(Abdaoui et al. 2020, \"Load What You Need\"), by `polyglot-distil trim`. " + _exactness(report),
         "", "| | source | trimmed | change |", "| --- | ---: | ---: | ---: |",
         f"| parameters | {pb:,} | {pa:,} | {-100 * report['reduction']:+.1f}% |",
         f"| vocabulary | {report['vocab_size_before']:,} | {report['vocab_size_after']:,} | "
@@ -216,16 +243,22 @@ def model_card(report: dict) -> str:
     for kept_group, g in report["selection"]["always_kept"].items():
         lines.append(f"| always kept: {kept_group.replace('_', ' ')} | +{g['added']:,} | |")
     if report.get("verify"):
-        lines += ["", "## Quick verification (sample of the counted corpus)", "",
-                  "| language | texts | covered | identical tokenization | max abs diff hidden | "
-                  "max abs diff MLM logits |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for lang, v in report["verify"].items():
-            logits = "-" if v["max_logit_diff"] is None else f"{v['max_logit_diff']:g}"
-            lines.append(f"| {lang} | {v['texts']:,} | {100 * v['covered_share']:.1f}% | "
-                         f"{100 * v['identical_share']:.1f}% | {v['max_hidden_diff']:g} | {logits} |")
+        checks = report["verify"].values()
+        columns = [("max abs diff MLM logits", "max_logit_diff"), ("max abs diff pooler", "max_pooler_diff")]
+        columns = [(title, key) for title, key in columns if any(v.get(key) is not None for v in checks)]
+        header = ["language", "texts", "covered", "identical tokenization", "max abs diff hidden",
+                  *(title for title, _ in columns)]
+        rows = [[lang, f"{v['texts']:,}", f"{100 * v['covered_share']:.1f}%", f"{100 * v['identical_share']:.1f}%",
+                 f"{v['max_hidden_diff']:g}", *(f"{v[key]:g}" for _, key in columns)]
+                for lang, v in report["verify"].items()]
+        lines += ["", "## Quick verification (sample of the counted corpus)", "", *markdown_table(header, rows)]
     lines += ["", "## Use", "", "```python", "from transformers import AutoModel, AutoTokenizer",
-              'tokenizer = AutoTokenizer.from_pretrained("PATH")', 'model = AutoModel.from_pretrained("PATH")', "```",
-              "", "`trim_report.json` maps each new id to the source's id (`old_ids`).", ""]
+              'tokenizer = AutoTokenizer.from_pretrained("PATH")', 'model = AutoModel.from_pretrained("PATH")', "```"]
+    if report.get("sentence_transformers"):
+        lines += ["", "A sentence-transformers model, as its source (modules, pooling and prompts kept):", "",
+                  "```python", "from sentence_transformers import SentenceTransformer",
+                  'embeddings = SentenceTransformer("PATH").encode(["..."])', "```"]
+    lines += ["", "`trim_report.json` maps each new id to the source's id (`old_ids`).", ""]
     return "\n".join(lines)
 
 

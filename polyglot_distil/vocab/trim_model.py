@@ -16,21 +16,6 @@ SPECIAL_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id
                    "unk_token_id", "mask_token_id", "decoder_start_token_id")
 
 
-def model_class_for(config):
-    """The `transformers` class that loads the source with its head: MaskedLM when it has one,
-    else the class its config names, else the bare encoder."""
-    import transformers
-
-    architectures = list(getattr(config, "architectures", None) or [])
-    if any(a.endswith("ForMaskedLM") for a in architectures):
-        return transformers.AutoModelForMaskedLM
-    for name in architectures:
-        if hasattr(transformers, name):
-            return getattr(transformers, name)
-    return transformers.AutoModel
-
-
-
 def _vocab_parameters(model):
     """The vocabulary-indexed parameters: input embedding, output decoder weight and bias, and
     the head's own output bias (BERT's `cls.predictions.bias`, XLM-R's `lm_head.bias`)."""

