@@ -398,11 +398,24 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
 
 
 def run_run(args) -> dict:
+    import shlex
+
+    if args.only and args.start:
+        raise UserError(f"--only {args.only} and --from {args.start} contradict each other: give one of them")
     config = load_config(args.config, args.overrides)
     if args.check:
         run = Run(config)
-        for stage in validate(config):
-            print(f"[{stage.name}] polyglot-distil {' '.join(stage_argv(stage_values(run, stage), stage))}")
+        stages = validate(config)
+        names = [s.name for s in stages]
+        for flag, value in (("--only", args.only), ("--from", args.start)):
+            if value is not None and value not in names:
+                raise UserError(f"{flag} {value}: not a stage of this config (stages: {', '.join(names)})")
+        if args.only:
+            stages = [s for s in stages if s.name == args.only]
+        elif args.start:
+            stages = stages[names.index(args.start):]
+        for stage in stages:
+            print(f"[{stage.name}] {shlex.join(['polyglot-distil', *stage_argv(stage_values(run, stage), stage)])}")
         print(f"{args.config}: valid")
         return {"valid": True, "ran": []}
     ran = run_pipeline(config, args.only, args.start)

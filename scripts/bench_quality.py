@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--student-epochs", type=float, default=2.0, help="row (e): direct fine-tuning")
     parser.add_argument("--student-lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-pairs", type=int, help="train on a seeded sample of this many English pairs")
     parser.add_argument("--dev-pairs", type=int, default=500, help="English dev pairs for the best checkpoint")
     parser.add_argument("--eval-limit", type=int, default=1000, help="dev pairs per language evaluated (0: all 2,490)")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,7 +106,8 @@ def main() -> int:
     stage("count", counts, lambda: api.count(str(e5), text, counts, no_progress=True))
     stage("trim", trimmed / "model.safetensors", lambda: api.trim(
         str(e5), counts, ["en", t], trimmed, keep_chars=True, no_progress=True))
-    common = dict(batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128)
+    common = dict(batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
+                  max_train_examples=args.train_pairs)
     stage("a: teacher", work / "a" / "best", lambda: api.finetune(
         str(e5), train, [str(dev)], work / "a", epochs=args.teacher_epochs, lr=args.teacher_lr, warmup_steps=20,
         **common))

@@ -338,3 +338,23 @@ def test_a_teacher_in_another_class_order_teaches_the_same_student(tmp_path, tea
                        torch.cat([t.flatten() for t in _load(tmp_path / "reordered" / "best" / "model.safetensors").values()]))
     plain, reordered = metrics_rows(tmp_path / "plain", "eval"), metrics_rows(tmp_path / "reordered", "eval")
     assert [r["dev_agreement"] for r in plain] == [r["dev_agreement"] for r in reordered]
+
+
+def test_the_teacher_cache_serves_what_the_teacher_computes(tmp_path, teacher_dir, student_dir, capsys):
+    """--teacher-cache: the first run builds it, the losses match an uncached run (float16 storage:
+    to about 1e-3), and a second run (another student row, a resume) reuses it without rebuilding."""
+    short = ["--full-epochs", 0.5, "--sparse-epochs", 0.5, "--log-every", 1, "--save-every", 100, "--eval-every", 15]
+    cache = tmp_path / "cache"
+    assert run_cli(*_options(teacher_dir, student_dir, tmp_path / "plain"), *short) == 0
+    assert run_cli(*_options(teacher_dir, student_dir, tmp_path / "cached"), *short, "--teacher-cache", cache) == 0
+    assert "teacher cache:" in capsys.readouterr().err
+    meta = json.loads((cache / "cache.json").read_text())
+    assert meta["pairs"] == 240 and meta["hidden"] == [0, 1, 2] and meta["attention"] == [0, 1]
+    plain, cached = metrics_rows(tmp_path / "plain", "train"), metrics_rows(tmp_path / "cached", "train")
+    assert len(plain) == len(cached) > 2
+    for a, b in zip(plain[:1], cached[:1]):  # step 1: the same student, so only the teacher's storage differs
+        for term in ("logits", "hidden", "attention"):
+            assert b[term] == pytest.approx(a[term], rel=5e-3), term
+    built = (cache / "cache.json").stat().st_mtime_ns
+    assert run_cli(*_options(teacher_dir, student_dir, tmp_path / "again"), *short, "--teacher-cache", cache) == 0
+    assert "teacher cache:" not in capsys.readouterr().err and (cache / "cache.json").stat().st_mtime_ns == built

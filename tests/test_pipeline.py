@@ -191,3 +191,21 @@ def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
     assert all((tmp_path / "run" / stage / "DONE.json").is_file() for stage in STAGES)
     metrics = (tmp_path / "run" / "general" / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(metrics[-1])["step"] == 8
+
+
+def test_only_and_from_together_are_refused(tmp_path, capsys):
+    assert run_cli("run", write_config(tmp_path), "--only", "trim", "--from", "general") == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_check_prints_pasteable_commands_of_the_planned_stages_only(tmp_path, capsys):
+    import shlex
+
+    path = write_config(tmp_path, trim__keep=["[unused1]", "a&b?"])
+    assert run_cli("run", path, "--check", "--from", "general") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0][1:] for line in lines] == ["general", "finetune", "task", "eval"]
+    assert run_cli("run", path, "--check", "--only", "trim") == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    argv = shlex.split(line.split("] ", 1)[1])  # what a shell would give the command
+    assert argv[argv.index("--keep") + 1] == "[unused1]" and "a&b?" in argv

@@ -116,3 +116,43 @@ def test_impossible_student_shapes_end_with_one_line_errors(options, message, tm
 def test_existing_student_folder_is_kept_without_overwrite(bert_student, tiny_bert_dir, capsys):
     assert run_cli("student", "--teacher", tiny_bert_dir, "--out", bert_student) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_the_reported_parameter_count_equals_a_hand_count_from_the_config(tmp_path, tiny_bert_dir):
+    """`student` reports (and params.count_parameters counts) exactly what a BERT masked-LM of the
+    student's config holds, counted by hand: tied decoder once, no pooler."""
+    import json
+
+    from transformers import AutoModelForMaskedLM
+
+    from conftest import run_cli
+    from polyglot_distil.params import count_parameters
+
+    assert run_cli("student", "--teacher", tiny_bert_dir, "--layers", 2, "--hidden-size", 16, "--heads", 2,
+                   "--out", tmp_path / "student") == 0
+    c = json.loads((tmp_path / "student" / "config.json").read_text())
+    V, H, I, L = c["vocab_size"], c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    P, T = c["max_position_embeddings"], c["type_vocab_size"]
+    embeddings = (V + P + T) * H + 2 * H
+    layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+    head = (H * H + H) + 2 * H + V  # transform, its LayerNorm, the decoder bias (weight tied to the embeddings)
+    counted = count_parameters(AutoModelForMaskedLM.from_pretrained(tmp_path / "student"))
+    assert counted["total"] == embeddings + L * layer + head
+    assert counted["embedding"] == (V + P + T) * H
+
+
+def test_zero_layers_is_an_error_not_the_default(tmp_path, tiny_bert_dir, capsys):
+    from conftest import run_cli
+
+    assert run_cli("student", "--teacher", tiny_bert_dir, "--layers", 0, "--out", tmp_path / "s") == 2
+    assert "--layers 0" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_help_shows_the_defaults():
+    from polyglot_distil.cli import build_parser
+
+    parser = build_parser()
+    general = parser._subparsers._group_actions[0].choices["distil"]._subparsers._group_actions[0].choices["general"]
+    text = general.format_help()
+    for shown in ("(default: 200000)", "(default: 0.0001)", "(default: 8)", "(default: 0)"):
+        assert shown in " ".join(text.split()), shown

@@ -548,3 +548,14 @@ def test_verify_fails_when_the_pooler_differs(tmp_path, tiny_bert_dir):
     results = verify_equivalence(str(source), tmp_path / "out", {"en": lines_of([EN_FR[0]], 20)}, show_progress=False)
     assert results["en"].max_pooler_diff > 0 and not results["en"].passed
     assert results["en"].max_hidden_diff == 0  # only the pooler changed
+
+
+def test_the_trim_removes_exactly_the_dropped_rows(tiny_bert):
+    """Parameters fall by the removed rows of the embedding (the decoder is tied) and of the MLM
+    bias, and the weights on disk by those rows' bytes (safetensors' header aside)."""
+    report = tiny_bert.report
+    removed = report["vocab_size_before"] - report["vocab_size_after"]
+    hidden = json.loads((tiny_bert.out / "config.json").read_text())["hidden_size"]
+    assert report["params_before"] - report["params_after"] == removed * (hidden + 1)
+    size = (tiny_bert.source / "model.safetensors").stat().st_size - (tiny_bert.out / "model.safetensors").stat().st_size
+    assert abs(size - 4 * removed * (hidden + 1)) < 2048  # float32; the header's length changes a little

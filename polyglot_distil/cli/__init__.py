@@ -60,7 +60,7 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
             if option.group not in groups:
                 groups[option.group] = parser.add_argument_group(option.group)
             target = groups[option.group]
-        kwargs: dict = {"help": option.help}
+        kwargs: dict = {"help": _help_with_default(option)}
         if option.kind == POSITIONAL:
             target.add_argument(option.name, nargs=option.nargs, metavar=option.metavar, help=option.help,
                                 choices=option.choices,
@@ -80,6 +80,15 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
         target.add_argument(*option.flags, dest=option.name, **kwargs)
     parser.set_defaults(_command=command)
     return parser
+
+
+def _help_with_default(option) -> str | None:
+    """The option's help, with its default when it has one worth saying and the help does not."""
+    text = option.help or ""
+    default = option.default
+    if option.kind in (FLAG, NEGATED, APPEND) or default in (None, [], "") or "default" in text:
+        return option.help
+    return f"{text} (default: {default})".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:

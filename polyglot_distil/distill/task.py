@@ -179,9 +179,11 @@ def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int],
 # Loss
 
 
-def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskLossWeights, layer_map: list[int]):
+def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskLossWeights, layer_map: list[int],
+                      cache=None):
     """One batch's (weighted loss, {term: scalar}). `teacher_order` [3] puts the teacher's
-    classes in XNLI order, the student's."""
+    classes in XNLI order, the student's; with a `cache` (teacher_cache.TeacherCache) the teacher's
+    outputs are read from it instead of computed."""
     import torch
 
     from polyglot_distil.data.nli_batches import model_inputs
@@ -190,9 +192,12 @@ def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskL
     hidden, attentions = weights.hidden > 0, weights.attention > 0
     s = classifier_outputs(model(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden, attentions)
     with torch.no_grad():
-        t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden,
-                               attentions)
-    t["logits"] = t["logits"][:, teacher_order]
+        if cache is not None:  # computed once per pair, already in XNLI order
+            t = cache.batch(batch["rows"], batch["input_ids"].shape[1], batch["input_ids"].device)
+        else:
+            t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions),
+                                   hidden, attentions)
+            t["logits"] = t["logits"][:, teacher_order]
     terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"])
     return weighted_sum(terms, weights), terms
 
@@ -239,6 +244,17 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli), device=accelerator.device)
     teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
                                   args.max_length)
+    cache = None
+    if args.teacher_cache:
+        from polyglot_distil.distill.teacher_cache import TeacherCache
+        from polyglot_distil.models.student import hidden_state_pairs
+
+        cache = TeacherCache.open_or_build(
+            args.teacher_cache, teacher.model, args.teacher, pairs, teacher_order,
+            hidden=[k for _, k in hidden_state_pairs(layer_map)] if weights.hidden else [],
+            attention=list(layer_map) if weights.attention else [], max_length=args.max_length,
+            batch_size=args.batch_size, device=accelerator.device, accelerator=accelerator,
+            log=lambda text: print(text, file=sys.stderr) if accelerator.is_main_process else None)
     if accelerator.is_main_process:
         print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
               f"selectable ({k / selectable:.2%}); head {', '.join(groups.head)}", file=sys.stderr)
@@ -246,7 +262,7 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
             print(f"note: {teacher.note}", file=sys.stderr)
 
     def compute_loss(model, batch):
-        return distillation_loss(model, teacher.model, teacher_order, batch, weights, layer_map)
+        return distillation_loss(model, teacher.model, teacher_order, batch, weights, layer_map, cache)
 
     def before_step(step, model, optimizer):
         if step == stages.full:  # also after a resume from the checkpoint taken just before it
@@ -304,7 +320,7 @@ def run_distil_task(args) -> dict:
         "train": args.train, "dev": args.dev, "max_train_examples": args.max_train_examples,
         "max_length": args.max_length, "full_epochs": args.full_epochs, "sparse_epochs": args.sparse_epochs,
         "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
-        "weights": asdict(weights), "layer_map": args.layer_map,
+        "weights": asdict(weights), "layer_map": args.layer_map, "teacher_cache": bool(args.teacher_cache),
     }
     keep: dict = {}
     result = train(settings, run_config,
@@ -347,6 +363,10 @@ TASK = Command(
             Option("attention_weight", type=float, default=1.0),
             Option("label_weight", type=float, default=0.0, help="gold-label cross-entropy (BiStil: 0)"),
             LAYER_MAP,
+            Option("teacher_cache", metavar="DIR",
+                   help="compute the teacher's outputs once per training pair and keep them in DIR (float16, "
+                        "memory-mapped), for every epoch, both stages, a resumed run and other students of the "
+                        "same teacher and data; rebuilt when the teacher or the data change"),
         ]),
         *training_options(lr=2e-5, batch_size=32,
                           title="training (each stage: a fresh AdamW, weight decay 0, its own linear schedule)"),

@@ -324,6 +324,13 @@ def make_accelerator(settings: TrainSettings):
     # Tied embeddings are stored once per checkpoint, and accelerate warns about it every time.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
+    # accelerate keeps one AcceleratorState per process: a second training stage in the same process
+    # (`run`, the Python API) with another --mixed-precision must start from a fresh one. The
+    # process group (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != settings.mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=settings.find_unused_parameters)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Launched as several processes on a machine without GPUs, accelerate needs cpu=True to join

@@ -146,7 +146,7 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
     import torch
 
     teacher_layers = teacher.config.num_hidden_layers
-    layers = spec.layers or max(1, teacher_layers // 2)
+    layers = spec.layers if spec.layers is not None else max(1, teacher_layers // 2)
     if not 1 <= layers <= teacher_layers:
         raise UserError(f"--layers {layers}: a student needs between 1 and the teacher's {teacher_layers} layers")
     init_layers = spec.init_layers or default_init_layers(teacher_layers, layers)
