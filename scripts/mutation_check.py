@@ -51,20 +51,25 @@ MUTATIONS = [
 ]
 
 
+def pytest(tests: list[str]) -> subprocess.CompletedProcess:
+    # this checkout's code, even where an editable install points at another one
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+
+
 def run(name: str, path: Path, original: str, mutated: str, tests: list[str]) -> bool:
-    """True when the tests fail on the mutated code (the mutation is killed)."""
+    """True when the tests fail on the mutated code (the mutation is killed) by a failed assertion,
+    not by an error that any change would cause."""
     source = path.read_text(encoding="utf-8")
     if source.count(original) != 1:
         raise SystemExit(f"{path}: the text to mutate for {name!r} is not there once; update this script")
     try:
         path.write_text(source.replace(original, mutated), encoding="utf-8")
-        # this checkout's code, even where an editable install points at another one
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                                cwd=ROOT, capture_output=True, text=True, env=env)
+        result = pytest(tests)
     finally:
         path.write_text(source, encoding="utf-8")
-    return result.returncode != 0
+    return result.returncode == 1 and " failed" in result.stdout
 
 
 def main() -> int:
@@ -72,9 +77,12 @@ def main() -> int:
     parser.add_argument("--only", help="run the mutations whose name holds this text")
     args = parser.parse_args()
     survived = 0
-    for name, path, original, mutated, tests in MUTATIONS:
-        if args.only and args.only not in name:
-            continue
+    chosen = [m for m in MUTATIONS if not args.only or args.only in m[0]]
+    for tests in {tuple(m[4]) for m in chosen}:  # the tests must pass on the code as it is
+        baseline = pytest(list(tests))
+        if baseline.returncode != 0:
+            raise SystemExit(f"the tests {' '.join(tests)} fail without any mutation:\n{baseline.stdout[-2000:]}")
+    for name, path, original, mutated, tests in chosen:
         start = time.time()
         killed = run(name, path, original, mutated, tests)
         survived += not killed
