@@ -16,6 +16,22 @@ from typing import Iterator
 from polyglot_distil.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give a folder from `mkdtemp` (0700) or a file from `mkstemp` (0600), and what it holds, the
+    permissions any file the user writes gets: a colleague can read a trimmed model."""
+    mask = _umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_symlink():
+            continue
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def check_writable(target: str | os.PathLike, overwrite: bool) -> Path:
     """Fail early, before any work, if `target` exists and may not be replaced."""
     target = Path(target)
@@ -37,6 +53,7 @@ def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        follow_umask(tmp)
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -52,6 +69,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        follow_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,8 @@ Columns: en and fr accuracy, label and probability loyalty to (a) on French, par
 latency (1 thread, batch 1 x 128) and throughput (all threads, batch 32 x 128), ratios to (a).
 Checks printed: (a) and (b) predict the same label on every French/English pair whose tokens the
 kept vocabulary covers; (c) at least 1.8x faster than (a) on one thread; (c) ahead of (d) and (e)
-on French. Work files go under --work (default out/bench-quality), reused by a re-run (a row
+on French. Phase 2 reads the teacher's outputs from a cache (`distil task --teacher-cache`)
+built once and shared by rows (c) and (d). Work files go under --work (default out/bench-quality), reused by a re-run (a row
 whose output exists is not trained again; --fresh starts over).
 """
 
@@ -125,11 +126,11 @@ def main() -> int:
             seed=args.seed, no_progress=True))
         stage("c: phase 2", work / "c" / "best", lambda: api.task(
             work / "b", work / "c-general" / "best", train, [str(dev)], work / "c", full_epochs=args.task_epochs,
-            sparse_epochs=args.task_epochs, lr=args.student_lr, **common))
+            sparse_epochs=args.task_epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"), **common))
     if "d" in rows:
         stage("d: phase 2 only", work / "d" / "best", lambda: api.task(
             work / "b", student, train, [str(dev)], work / "d", full_epochs=args.task_epochs,
-            sparse_epochs=args.task_epochs, lr=args.student_lr, **common))
+            sparse_epochs=args.task_epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"), **common))
     if "e" in rows:
         stage("e: shrink and fine-tune", work / "e" / "best", lambda: api.finetune(
             str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common))

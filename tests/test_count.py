@@ -213,3 +213,64 @@ def _xlmr_json():
     if not path.is_file():
         pytest.skip(f"needs {path}")
     return path
+
+
+def _shards(tmp_path, tiny_bert_dir, n: int) -> list:
+    sample = CORPORA / "en" / "sample.txt"
+    paths = []
+    for i in range(n):
+        paths.append(tmp_path / f"part{i}.parquet")
+        assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={sample}", "--shard", f"{i}/{n}",
+                       "--no-progress", "--out", paths[-1]) == 0
+    return paths
+
+
+def test_merging_a_shard_twice_or_missing_one_is_refused(tmp_path, tiny_bert_dir, capsys):
+    a, b, c = _shards(tmp_path, tiny_bert_dir, 3)
+    capsys.readouterr()
+    assert run_cli("merge", a, a, b, c, "--out", tmp_path / "twice.parquet") == 2
+    assert "same shard 0/3" in capsys.readouterr().err and not (tmp_path / "twice.parquet").exists()
+    assert run_cli("merge", a, c, "--out", tmp_path / "partial.parquet") == 2
+    assert "shard 1/3 missing" in capsys.readouterr().err
+    assert run_cli("merge", a, c, "--allow-partial", "--out", tmp_path / "partial.parquet") == 0
+    assert run_cli("merge", a, b, c, "--out", tmp_path / "all.parquet") == 0
+
+
+def test_counts_that_cannot_be_are_refused(tmp_path, tiny_bert_dir, capsys):
+    """Negative counts, or a token in more lines than it occurs, name the file and row."""
+    import pyarrow as pa
+
+    counts = count_corpora(str(tiny_bert_dir), {"en": parse_sources([str(CORPORA / "en" / "sample.txt")])},
+                           show_progress=False)
+    path = write_counts(counts, tmp_path / "good.parquet")
+    table = pq.read_table(path)
+    bad = table.set_column(table.column_names.index("count"), "count",
+                           pa.array([-5] + table.column("count").to_pylist()[1:], type=table.column("count").type))
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), tmp_path / "bad.parquet")
+    assert run_cli("merge", tmp_path / "bad.parquet", "--out", tmp_path / "out.parquet") == 2
+    err = capsys.readouterr().err
+    assert "bad.parquet: row 0" in err and "counts must be >= 0" in err
+
+
+def test_outputs_follow_the_umask(tmp_path, tiny_bert_dir):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "c.parquet"
+        assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+                       "--no-progress", "--out", out) == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        assert run_cli("student", "--teacher", tiny_bert_dir, "--out", tmp_path / "s") == 0
+        assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755
+        assert stat.S_IMODE((tmp_path / "s" / "config.json").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_a_missing_local_folder_is_reported_at_once(tmp_path, capsys):
+    """Before any hub look-up (which retries for a minute where the hub is unreachable)."""
+    assert run_cli("count", "--tokenizer", tmp_path / "models" / "nope", "--lang",
+                   f"en={CORPORA / 'en' / 'sample.txt'}", "--out", tmp_path / "c.parquet") == 2
+    assert "is not an existing folder" in capsys.readouterr().err

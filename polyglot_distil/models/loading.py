@@ -25,6 +25,16 @@ def _looks_like_path(name: str) -> bool:
     return not _HUB_ID.match(name) or name.startswith(".")
 
 
+def check_local_path(what: str, name: str) -> None:
+    """A name that can only be a local path (it starts with `.`, `/` or `~`, has more than one
+    separator, or its first part is a folder here) and is not there: say so at once, rather than
+    after the hub's retries."""
+    parts = name.replace(os.sep, "/").split("/")
+    looks_local = name.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
+    if looks_local and not os.path.exists(os.path.expanduser(name)):
+        raise UserError(f"{what} not found: {name} is not an existing folder (a hub name is NAME or ORG/NAME)")
+
+
 def _load_failure(what: str, name: str, exc: BaseException) -> UserError:
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -47,6 +57,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     name = str(name_or_path)
+    check_local_path("tokenizer", name)
     if os.path.isfile(name):
         if not name.endswith(".json"):
             raise UserError(f"cannot load a tokenizer from the file {name}: pass its folder or a tokenizer.json")
@@ -88,6 +99,7 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
 
     model_class = model_class or AutoModel
     name = str(name_or_path)
+    check_local_path("model", name)
     if os.path.isfile(name):
         raise UserError(f"{name} is a file; pass the model's folder")
     try:

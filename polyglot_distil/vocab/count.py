@@ -35,7 +35,7 @@ from polyglot_distil.data.corpus import Caps, ReadStats, Source, group_lang_spec
 from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint, vocab_in_id_order
-from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, POSITIONAL, SEED, TRUST_REMOTE_CODE, Command, \
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, POSITIONAL, SEED, TRUST_REMOTE_CODE, Command, \
     Option, out_option
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.tables import text_table
@@ -273,6 +273,13 @@ def read_counts(path: str | Path) -> Counts:
     id_col = table.column("token_id").to_numpy()
     count_col = table.column("count").to_numpy()
     lines_col = table.column("lines").to_numpy()
+    bad = np.flatnonzero((count_col < 0) | (lines_col < 0) | (lines_col > count_col) | (id_col < 0)
+                         | (id_col >= vocab_size))
+    if len(bad):
+        row = int(bad[0])
+        raise UserError(f"{path}: row {row:,} ({lang_col[row]}, token id {id_col[row]}) has count {count_col[row]} and "
+                        f"lines {lines_col[row]}: counts must be >= 0, lines <= count and ids within the "
+                        f"{vocab_size:,}-token vocabulary; count the corpus again")
     for token_id, token in zip(id_col.tolist(), table.column("token").to_pylist()):
         vocab[token_id] = token
     result = Counts(tokenizer=meta["tokenizer"], fingerprint=meta["tokenizer_fingerprint"], vocab=vocab,
@@ -289,6 +296,33 @@ def read_counts(path: str | Path) -> Counts:
         result.line_counts[lang] = line_counts
         result.totals[lang] = LanguageTotals(**totals)
     return result
+
+
+def check_shards(parts: list[Counts], names: list[str], allow_partial: bool = False) -> None:
+    """Shards of one count must each come once, and all of them (I/N for I = 0..N-1), unless
+    `allow_partial`; counts of other corpora (shard 0/1, or merged) add freely."""
+    seen: dict[tuple[str, str], str] = {}
+    totals: dict[int, set[int]] = {}
+    for part, name in zip(parts, names):
+        shard = part.extra.get("shard") or "0/1"
+        if shard == "merged" or "/" not in shard:
+            continue
+        index, count = (int(x) for x in shard.split("/"))
+        if count == 1:
+            continue
+        key = (part.fingerprint, shard, json.dumps(part.extra.get("caps"), sort_keys=True),
+               json.dumps({lang: t.sources for lang, t in part.totals.items()}, sort_keys=True))
+        if key in seen:
+            raise UserError(f"{name} and {seen[key]} are the same shard {shard} of one count; merging both would "
+                            "double it (pass each shard once)")
+        seen[key] = name
+        totals.setdefault(count, set()).add(index)
+    for count, indices in totals.items():
+        missing = sorted(set(range(count)) - indices)
+        if missing and not allow_partial:
+            raise UserError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{count}' for i in missing)} "
+                            f"missing from the merge; add {'them' if len(missing) > 1 else 'it'}, or pass "
+                            "--allow-partial to merge a part on purpose")
 
 
 def merge(parts: list[Counts]) -> Counts:
@@ -369,7 +403,9 @@ def run_count(args) -> dict:
 
 def run_merge(args) -> dict:
     check_writable(args.out, args.overwrite)
-    merged = merge([read_counts(p) for p in args.parts])
+    parts = [read_counts(p) for p in args.parts]
+    check_shards(parts, [str(p) for p in args.parts], args.allow_partial)
+    merged = merge(parts)
     write_counts(merged, args.out, args.overwrite)
     print(summary_table(merged))
     print(f"wrote {args.out} from {len(args.parts)} parts")
@@ -402,5 +438,6 @@ MERGE = Command(
     ("merge",), "add counts files (e.g. shards) into one", run=run_merge, options=[
         Option("parts", kind=POSITIONAL, nargs="+", help="counts files written by 'count'"),
         out_option("the merged Parquet file to write"),
+        Option("allow_partial", kind=FLAG, help="merge although shards of a count are missing"),
         replace(OVERWRITE, help="replace an existing output file"),
     ])
