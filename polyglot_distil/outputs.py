@@ -32,11 +32,14 @@ def follow_umask(path: Path) -> None:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def check_writable(target: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early, before any work, if `target` exists and may not be replaced."""
+def check_writable(target: str | os.PathLike, overwrite: bool, kind: str = "any") -> Path:
+    """Fail early, before any work, if `target` exists and may not be replaced (`kind` "file": an
+    output file, which never replaces a folder)."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists; pass --overwrite to replace it")
+    if kind == "file" and target.is_dir():
+        raise UserError(f"{target} is a folder; --overwrite replaces a file of the same kind only: give a file path")
     parent = target.parent if str(target.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise UserError(f"cannot write {target}: {parent} is not a folder")
@@ -47,6 +50,8 @@ def check_writable(target: str | os.PathLike, overwrite: bool) -> Path:
 def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to `target`, on error removed."""
     target = check_writable(target, overwrite)
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; --overwrite replaces a file of the same kind only: give a file path")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

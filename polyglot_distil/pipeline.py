@@ -73,7 +73,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a mapping of keys at the top level")
     for override in overrides:

@@ -274,3 +274,12 @@ def test_a_missing_local_folder_is_reported_at_once(tmp_path, capsys):
     assert run_cli("count", "--tokenizer", tmp_path / "models" / "nope", "--lang",
                    f"en={CORPORA / 'en' / 'sample.txt'}", "--out", tmp_path / "c.parquet") == 2
     assert "is not an existing folder" in capsys.readouterr().err
+
+
+def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, tiny_bert_dir, capsys):
+    folder = tmp_path / "counts.parquet"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+                   "--overwrite", "--out", folder) == 2
+    assert "is a folder" in capsys.readouterr().err and (folder / "mine.txt").read_text() == "keep me"

@@ -305,3 +305,23 @@ def test_the_loss_pairs_student_state_i_with_teacher_state_2i_and_attention_j_wi
         for wrong in ([0, 2], [0, 1], [2, 3], [3, 3]):
             _, terms = distillation_loss(model, teacher, batch, weights, wrong)
             assert terms["hidden"] > 1e-3 or terms["attention"] > 1e-5, wrong
+
+
+def test_a_bad_option_leaves_nothing_behind_and_the_corrected_rerun_starts(tmp_path, teacher_dir, texts, capsys):
+    out = tmp_path / "run"
+    options = ["distil", "general", "--teacher", teacher_dir, "--layers", 2, "--lang", texts[0], "--steps", 2,
+               "--batch-size", 2, "--block-size", 32, "--heldout-blocks", 0, "--no-progress", "--out", out]
+    assert run_cli(*options, "--lr", -1) == 2
+    assert "--lr must be positive" in capsys.readouterr().err and not out.exists()
+    assert run_cli(*options, "--resume") == 2  # nothing there to resume
+    assert "nothing to resume" in capsys.readouterr().err and not out.exists()
+    assert run_cli(*options) == 0
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, teacher_dir, texts, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert run_cli("distil", "general", "--teacher", teacher_dir, "--layers", 2, "--lang", texts[0], "--steps", 1,
+                   "--no-progress", "--overwrite", "--out", out) == 2
+    assert "not a training output folder" in capsys.readouterr().err and (out / "notes.txt").read_text() == "keep me"

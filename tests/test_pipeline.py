@@ -209,3 +209,11 @@ def test_check_prints_pasteable_commands_of_the_planned_stages_only(tmp_path, ca
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     argv = shlex.split(line.split("] ", 1)[1])  # what a shell would give the command
     assert argv[argv.index("--keep") + 1] == "[unused1]" and "a&b?" in argv
+
+
+def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("run_dir: out\nmodel: m\ntrim: {min_count: 2, keep_chars: [true}\n", encoding="utf-8")
+    assert run_cli("run", path) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3:" in err and "not valid YAML" in err

@@ -156,3 +156,11 @@ def test_help_shows_the_defaults():
     text = general.format_help()
     for shown in ("(default: 200000)", "(default: 0.0001)", "(default: 8)", "(default: 0)"):
         assert shown in " ".join(text.split()), shown
+
+
+def test_an_impossible_dropout_is_one_line(tmp_path, tiny_bert_dir, capsys):
+    from conftest import run_cli
+
+    assert run_cli("student", "--teacher", tiny_bert_dir, "--dropout", 2, "--out", tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dropout 2") and len(err.strip().splitlines()) == 1

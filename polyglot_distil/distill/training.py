@@ -91,6 +91,13 @@ class TrainSettings:
             raise UserError(f"--mixed-precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other: pass one of them")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, not {self.lr}")
+        for name in ("weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(self, name)}")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            raise UserError(f"--max-grad-norm must be 0 (no clipping) or more, not {self.max_grad_norm}")
 
 
 class BatchSource(Protocol):
@@ -246,6 +253,12 @@ def checkpoints(out: Path) -> list[Path]:
 def check_output(settings: TrainSettings, config: dict) -> Path | None:
     """Before any work: may the run write to OUT? Returns the checkpoint to resume from, if any."""
     out = Path(settings.out)
+    if settings.resume and not checkpoints(out):
+        raise UserError(f"--resume: {out} holds no checkpoint of a run, so there is nothing to resume; "
+                        "drop --resume to start a run there" + (" (with --overwrite)" if out.exists() else ""))
+    if settings.overwrite and out.exists() and not (out / "run_config.json").is_file():
+        raise UserError(f"--overwrite: {out} is not a training output folder (it has no run_config.json); "
+                        "it is not deleted: give another --out")
     if not out.exists() or settings.overwrite:
         return None
     if not settings.resume:
@@ -366,6 +379,7 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
                         f"x {world} processes equal micro-batches; pass a multiple of {settings.grad_accum * world}")
     recipe = build_recipe(accelerator)
 
+    created = main and (settings.overwrite or not out.exists())  # a failure before a checkpoint removes it
     if main:
         if settings.overwrite and out.exists():
             shutil.rmtree(out)
@@ -375,97 +389,102 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
             (out / "run_config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     accelerator.wait_for_everyone()
 
-    set_seed(settings.seed)
-    model = recipe.model
-    optimizer = torch.optim.AdamW((recipe.parameter_groups or default_parameter_groups)(model, settings.weight_decay),
-                                  lr=settings.lr)
-    if recipe.lr_lambda is not None:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_lambda)
-    else:
-        scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    state = {"step": 0, "best_value": None, "best_step": None}
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        saved = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
-        state = {k: saved[k] for k in state}
-        scheduler.load_state_dict(saved["scheduler"])
-        if recipe.load_extra_state and (resume_from / "extra_state.safetensors").is_file():
-            recipe.load_extra_state(load_file(resume_from / "extra_state.safetensors"))
-        if main:
-            _truncate_metrics(out, state["step"])
-            print(f"resuming from {resume_from} (step {state['step']})", file=sys.stderr)
-
-    data = recipe.train_data
-    # disable=None: a bar on a terminal, none in a log file; only the main process draws one.
-    quiet = None if settings.progress is None else not settings.progress
-    bar = tqdm(total=settings.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
-               file=sys.stderr, disable=quiet if main else True)
-    sums, names, since_log, grad_norm = None, ["loss"], 0, None
-    last_train, last_eval, started = {}, {}, time.perf_counter()
-    model.train()
-    while state["step"] < settings.steps:
-        if recipe.before_step is not None:
-            recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
-        for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum):
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, terms = recipe.compute_loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if recipe.after_backward is not None:
-                        recipe.after_backward(accelerator.unwrap_model(model))
-                    if settings.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
-            sums, names = (values if sums is None else sums + values), ["loss", *terms]
-        scheduler.step()
-        state["step"] += 1
-        step = state["step"]
-        since_log += 1
-        bar.update(1)
-        fields = recipe.row_fields(step) if recipe.row_fields is not None else {}
-
-        if step % settings.log_every == 0 or step == settings.steps:
-            means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
-            last_train = {"kind": "train", "step": step, **fields, **dict(zip(names, means)),
-                          "lr": scheduler.get_last_lr()[0],
-                          "grad_norm": None if grad_norm is None else float(grad_norm),
-                          "epoch": round(step / data.batches_per_epoch, 4),
-                          "elapsed_s": round(time.perf_counter() - started, 2)}
+    try:
+        set_seed(settings.seed)
+        model = recipe.model
+        optimizer = torch.optim.AdamW((recipe.parameter_groups or default_parameter_groups)(model, settings.weight_decay),
+                                      lr=settings.lr)
+        if recipe.lr_lambda is not None:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_lambda)
+        else:
+            scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        state = {"step": 0, "best_value": None, "best_step": None}
+        if resume_from is not None:
+            accelerator.load_state(str(resume_from))
+            saved = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+            state = {k: saved[k] for k in state}
+            scheduler.load_state_dict(saved["scheduler"])
+            if recipe.load_extra_state and (resume_from / "extra_state.safetensors").is_file():
+                recipe.load_extra_state(load_file(resume_from / "extra_state.safetensors"))
             if main:
-                _append_metrics(out, last_train)
-            bar.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
-            sums, since_log = None, 0
+                _truncate_metrics(out, state["step"])
+                print(f"resuming from {resume_from} (step {state['step']})", file=sys.stderr)
 
-        if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
-            model.eval()
-            metrics = recipe.evaluate(model, accelerator)
-            model.train()
-            last_eval = {"kind": "eval", "step": step, **fields, **metrics}
-            value = metrics[recipe.best_metric]
-            best = state["best_value"]
-            competes = step > recipe.best_after
-            if competes and (best is None or (value > best if recipe.higher_is_better else value < best)):
-                state["best_value"], state["best_step"] = value, step
+        data = recipe.train_data
+        # disable=None: a bar on a terminal, none in a log file; only the main process draws one.
+        quiet = None if settings.progress is None else not settings.progress
+        bar = tqdm(total=settings.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
+                   file=sys.stderr, disable=quiet if main else True)
+        sums, names, since_log, grad_norm = None, ["loss"], 0, None
+        last_train, last_eval, started = {}, {}, time.perf_counter()
+        model.train()
+        while state["step"] < settings.steps:
+            if recipe.before_step is not None:
+                recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
+            for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum):
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss, terms = recipe.compute_loss(model, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if recipe.after_backward is not None:
+                            recipe.after_backward(accelerator.unwrap_model(model))
+                        if settings.max_grad_norm:
+                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
+                sums, names = (values if sums is None else sums + values), ["loss", *terms]
+            scheduler.step()
+            state["step"] += 1
+            step = state["step"]
+            since_log += 1
+            bar.update(1)
+            fields = recipe.row_fields(step) if recipe.row_fields is not None else {}
+
+            if step % settings.log_every == 0 or step == settings.steps:
+                means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
+                last_train = {"kind": "train", "step": step, **fields, **dict(zip(names, means)),
+                              "lr": scheduler.get_last_lr()[0],
+                              "grad_norm": None if grad_norm is None else float(grad_norm),
+                              "epoch": round(step / data.batches_per_epoch, 4),
+                              "elapsed_s": round(time.perf_counter() - started, 2)}
                 if main:
-                    with atomic_dir(out / "best", overwrite=True) as tmp:
-                        recipe.save_model(accelerator.unwrap_model(model), tmp)
-                        (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n",
-                                                       encoding="utf-8")
-            if main:
-                _append_metrics(out, last_eval)
-            bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", recipe.best_metric: f"{value:.4f}"},
-                            refresh=False)
-            accelerator.wait_for_everyone()
+                    _append_metrics(out, last_train)
+                bar.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
+                sums, since_log = None, 0
 
-        if step % settings.save_every == 0 or step == settings.steps:
-            trainer_state = {**state, "data_position": step,
-                             "scheduler": scheduler.state_dict(), "config_hash": config_hash(config)}
-            _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
-    bar.close()
+            if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+                model.eval()
+                metrics = recipe.evaluate(model, accelerator)
+                model.train()
+                last_eval = {"kind": "eval", "step": step, **fields, **metrics}
+                value = metrics[recipe.best_metric]
+                best = state["best_value"]
+                competes = step > recipe.best_after
+                if competes and (best is None or (value > best if recipe.higher_is_better else value < best)):
+                    state["best_value"], state["best_step"] = value, step
+                    if main:
+                        with atomic_dir(out / "best", overwrite=True) as tmp:
+                            recipe.save_model(accelerator.unwrap_model(model), tmp)
+                            (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n",
+                                                           encoding="utf-8")
+                if main:
+                    _append_metrics(out, last_eval)
+                bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", recipe.best_metric: f"{value:.4f}"},
+                                refresh=False)
+                accelerator.wait_for_everyone()
+
+            if step % settings.save_every == 0 or step == settings.steps:
+                trainer_state = {**state, "data_position": step,
+                                 "scheduler": scheduler.state_dict(), "config_hash": config_hash(config)}
+                _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
+        bar.close()
+    except BaseException:
+        if created and not checkpoints(out):  # nothing worth keeping: a corrected rerun starts clean
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
     if main:
         with atomic_dir(out / "final", overwrite=True) as tmp:

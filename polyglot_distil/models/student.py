@@ -121,6 +121,8 @@ def svd_embeddings(weight, rank: int, seed: int = 0):
 def _student_config(teacher_config, spec: StudentSpec, layers: int):
     import copy
 
+    if not 0 <= spec.dropout < 1:
+        raise UserError(f"--dropout {spec.dropout}: a dropout probability is at least 0 and below 1 (BiStil: 0)")
     config = copy.deepcopy(teacher_config)
     config.num_hidden_layers = layers
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):

@@ -385,7 +385,7 @@ def run_count(args) -> dict:
     shard = parse_shard(args.shard)
     if args.shard == "auto" and shard[1] > 1:
         args.out = str(shard_path(args.out, shard))
-    check_writable(args.out, args.overwrite)  # before the (possibly long) work
+    check_writable(args.out, args.overwrite, kind="file")  # before the (possibly long) work
     languages = group_lang_specs(args.lang)
     caps = Caps(max_lines=args.max_lines, max_bytes=args.max_bytes, min_chars=args.min_chars,
                 sample=args.sample, seed=args.seed)
@@ -402,7 +402,7 @@ def run_count(args) -> dict:
 
 
 def run_merge(args) -> dict:
-    check_writable(args.out, args.overwrite)
+    check_writable(args.out, args.overwrite, kind="file")
     parts = [read_counts(p) for p in args.parts]
     check_shards(parts, [str(p) for p in args.parts], args.allow_partial)
     merged = merge(parts)

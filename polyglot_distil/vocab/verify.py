@@ -295,7 +295,7 @@ def verify_table(results: dict[str, LanguageCheck]) -> str:
 
 def run_verify(args) -> dict:
     if args.report:
-        check_writable(args.report, args.overwrite)
+        check_writable(args.report, args.overwrite, kind="file")
     if args.max_lines < 1 or args.batch_size < 1:
         raise UserError("--max-lines and --batch-size must be at least 1")
     caps = Caps(max_lines=args.max_lines, seed=args.seed)
