@@ -156,3 +156,16 @@ def test_a_folder_without_trim_report_is_refused(source, tiny_bert_dir, capsys):
 def test_a_trim_of_another_model_is_refused(trimmed, tiny_xlmr_dir, capsys):
     code = run_cli("verify", "--original", tiny_xlmr_dir, "--trimmed", trimmed, "--lang", f"en={EN}", "--no-progress")
     assert code == 2 and "is not a vocabulary trim of" in capsys.readouterr().err
+
+
+def test_a_language_the_trim_barely_covers_fails_instead_of_passing_on_nothing(tmp_path, source, trimmed, capsys):
+    """Text in a language the counts never saw: almost nothing is covered, so nothing vouches for
+    the trim there; verify fails with the covered share (unless --min-coverage is lowered)."""
+    folder = trimmed
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(["Ukubwa wa jiji hili ni mkubwa sana kuliko wote"] * 20), encoding="utf-8")
+    options = ["verify", "--original", source, "--trimmed", folder, "--lang", f"sw={other}", "--no-progress"]
+    assert run_cli(*options) == 1
+    err = capsys.readouterr().err
+    assert "too little text is covered" in err and "sw: 0 of 20 texts (0.0%)" in err
+    assert run_cli(*options, "--min-coverage", 0) == 0

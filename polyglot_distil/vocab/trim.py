@@ -139,7 +139,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
         "has_mlm_head": model.get_output_embeddings() is not None,
         "dtype": str(model.dtype).replace("torch.", ""), "counts": str(counts_path) if counts_path else None,
         "languages": list(langs),
-        "vocab_size_before": len(vocab), "vocab_size_after": len(kept_ids),
+        "vocab_size_before": len(vocab), "vocab_size_after": len(kept_ids), "embedding_rows_before": rows,
         "params_before": params_before, "params_after": after["total"],
         "vocab_params_before": vocab_params["before"], "vocab_params_after": vocab_params["after"],
         "weights_bytes_before": bytes_before, "weights_bytes_after": after["bytes"],
@@ -153,6 +153,8 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     report["embedding_share_after"] = _share(report["vocab_params_after"], report["params_after"])
     report["reduction"] = _share(params_before - report["params_after"], params_before)
 
+    if getattr(model.config, "auto_map", None) and not trust_remote_code:
+        del model.config.auto_map  # it points at code the folder does not hold
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
         model.save_pretrained(tmp)
@@ -227,8 +229,10 @@ def model_card(report: dict) -> str:
         "(Abdaoui et al. 2020, \"Load What You Need\"), by `polyglot-distil trim`. " + _exactness(report),
         "", "| | source | trimmed | change |", "| --- | ---: | ---: | ---: |",
         f"| parameters | {pb:,} | {pa:,} | {-100 * report['reduction']:+.1f}% |",
-        f"| vocabulary | {report['vocab_size_before']:,} | {report['vocab_size_after']:,} | "
+        f"| vocabulary (tokenizer) | {report['vocab_size_before']:,} | {report['vocab_size_after']:,} | "
         f"{100 * (report['vocab_size_after'] / report['vocab_size_before'] - 1):+.1f}% |",
+        f"| embedding rows | {report.get('embedding_rows_before', report['vocab_size_before']):,} | "
+        f"{report['vocab_size_after']:,} | |",
         f"| embedding share of parameters | {100 * report['embedding_share_before']:.1f}% | "
         f"{100 * report['embedding_share_after']:.1f}% | |",
         f"| weights ({report['dtype']}) | {_mb(report['weights_bytes_before'])} | "

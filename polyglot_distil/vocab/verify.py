@@ -298,6 +298,8 @@ def run_verify(args) -> dict:
         check_writable(args.report, args.overwrite, kind="file")
     if args.max_lines < 1 or args.batch_size < 1:
         raise UserError("--max-lines and --batch-size must be at least 1")
+    if not 0 <= args.min_coverage <= 1:
+        raise UserError(f"--min-coverage must be between 0 and 1, not {args.min_coverage}")
     caps = Caps(max_lines=args.max_lines, seed=args.seed)
     texts = {lang: list(iter_language(sources, caps)) for lang, sources in group_lang_specs(args.lang).items()}
     results = verify_equivalence(args.original, args.trimmed, texts, batch_size=args.batch_size,
@@ -313,6 +315,15 @@ def run_verify(args) -> dict:
         print(f"verify: the trimmed model differs on covered text of {', '.join(failed)}", file=sys.stderr)
         report["exit_status"] = 1
         return report
+    thin = {lang: r for lang, r in results.items() if r.texts == 0 or r.covered / r.texts < args.min_coverage}
+    if thin:  # "identical" must never mean "compared nothing"
+        shown = "; ".join(f"{lang}: {r.covered:,} of {r.texts:,} texts ({100 * r.covered / max(r.texts, 1):.1f}%)"
+                          for lang, r in thin.items())
+        print(f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; --min-coverage "
+              f"{args.min_coverage:g}): trim that language with more text, or verify on text it covers",
+              file=sys.stderr)
+        report["exit_status"] = 1
+        return report
     print("verify: identical on every covered text")
     return report
 
@@ -325,6 +336,9 @@ VERIFY = Command(
         Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
                help="held-out text of a language; repeat for more sources or languages"),
         Option("max_lines", type=int, default=1000, help="lines per language (seeded random sample)"),
+        Option("min_coverage", type=float, default=0.5,
+               help="fail a language whose share of covered texts (those the kept vocabulary tokenizes as the "
+                    "source did) is below this: 'identical' must not mean 'compared nothing'"),
         SEED,
         Option("batch_size", type=int, default=8),
         Option("report", help="also write the figures to this JSON file"),
