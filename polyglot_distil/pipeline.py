@@ -168,11 +168,11 @@ def _stage_table() -> dict[str, Stage]:
             "report": r.dir("verify") / "verify.json", **r.trust()},
             {"original", "trimmed", "lang", "report", "trust_remote_code"}),
         stage("student", STUDENT, lambda r: {
-            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model"},
+            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.trust()},
             {"teacher", "out", "trust_remote_code"}),
         stage("general", GENERAL, lambda r: {
             "teacher": r.dir("trim") / "model", "student": r.dir("student") / "model", "lang": r.lang_specs(),
-            "out": r.dir("general") / "run"},
+            "out": r.dir("general") / "run", **r.trust()},
             {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True),
         stage("finetune", FINETUNE, lambda r: {
             "model": r.config["model"], "task": "nli", "train": [r.config["task_data"]["train"]],
@@ -181,13 +181,13 @@ def _stage_table() -> dict[str, Stage]:
         stage("task", TASK, lambda r: {
             "teacher": r.dir("finetune") / "run" / "best", "student": r.dir("general") / "run" / "final",
             "task": "nli", "train": [r.config["task_data"]["train"]], "dev": [r.config["task_data"]["dev"]],
-            "out": r.dir("task") / "run"},
+            "out": r.dir("task") / "run", **r.trust()},
             {"teacher", "student", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
         stage("eval", XNLI, lambda r: {
             "model": r.dir("task") / "run" / "best", "teacher": r.dir("finetune") / "run" / "best",
             "langs": ",".join(dict.fromkeys([r.target, r.source])),
             **({"data": r.config["eval_data"]} if r.config.get("eval_data") else {}),
-            "out": r.dir("eval") / "report"},
+            "out": r.dir("eval") / "report", **r.trust()},
             {"model", "teacher", "langs", "data", "out", "trust_remote_code"}),
     )}
 

@@ -217,3 +217,14 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys):
     assert run_cli("run", path) == 2
     err = capsys.readouterr().err
     assert f"{path}:3:" in err and "not valid YAML" in err
+
+
+def test_trust_remote_code_reaches_every_stage(tmp_path):
+    from polyglot_distil.pipeline import Run, stage_values
+
+    config = load_config(write_config(tmp_path, trust_remote_code=True))
+    run = Run(config)
+    for stage in validate(config):
+        assert stage_values(run, stage).get("trust_remote_code") is True, stage.name
+    config = load_config(write_config(tmp_path))
+    assert not any(stage_values(Run(config), s).get("trust_remote_code") for s in validate(config))
