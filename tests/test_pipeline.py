@@ -112,6 +112,8 @@ def test_rerun_resumes_at_the_next_stage_without_redoing_earlier_ones(demo_run):
 def test_demo_produces_an_evaluated_compact_model(demo_run):
     report = json.loads((demo_run["tmp"] / "run" / "eval" / "report" / "report.json").read_text())
     assert report["languages"] == ["sw", "en"]
+    assert report["notes"][0].startswith("SMOKE RUN") and "SMOKE RUN" in (
+        demo_run["tmp"] / "run" / "eval" / "report" / "REPORT.md").read_text()
     # every reported accuracy equals a plain recomputation: one pair at a time through the saved
     # folders with transformers alone, labels read through each model's own id2label
     for role, folder in (("model", demo_run["tmp"] / "run" / "task" / "run" / "best"),

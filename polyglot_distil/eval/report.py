@@ -42,6 +42,7 @@ def render_markdown(report: dict) -> str:
     roles = list(report["models"])
     has_teacher = "teacher" in roles
     lines = [f"# XNLI zero-shot evaluation ({report['split']})", ""]
+    lines += [f"**{note}**\n" for note in report["notes"] if note.startswith("SMOKE RUN")]
     lines += [f"- {role}: `{m['path']}`" for role, m in report["models"].items()]
     lines += [f"- data: `{report['data']}`; device {report['settings']['device']}", "", "## Accuracy (%)", ""]
     header = "| language | pairs | " + " | ".join(roles) + (" | model - teacher |" if has_teacher else " |")

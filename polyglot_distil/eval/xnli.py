@@ -106,6 +106,10 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                        for role, c in classifiers.items()},
         "results": {}, "notes": [c.note for c in classifiers.values() if c.note],
     }
+    smoke = [role for role, c in classifiers.items() if getattr(c.model.config, "smoke_model", False)]
+    if smoke:
+        report["notes"].insert(0, f"SMOKE RUN: the {' and the '.join(smoke)} descend from a smoke model (random "
+                                  "weights, tiny data); these figures only show that the stages connect")
     for lang, pairs in data.items():
         probs = {role: predict_xnli(c, pairs, batch_size, max_length, f"{lang} {role}", progress)
                  for role, c in classifiers.items()}

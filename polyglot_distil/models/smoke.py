@@ -158,6 +158,7 @@ def build_smoke_model(out: str | Path, family: str = "bert", *, texts: Iterable[
     else:
         config = XLMRobertaConfig(max_position_embeddings=max_position_embeddings + 2, bos_token_id=0,
                                   eos_token_id=2, type_vocab_size=1, **common)
+    config.smoke_model = True  # carried by every model made from this one: reports say it is a smoke run
     if num_labels == 3:
         config.id2label = {0: "entailment", 1: "neutral", 2: "contradiction"}
         config.label2id = {v: k for k, v in config.id2label.items()}
