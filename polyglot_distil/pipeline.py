@@ -134,6 +134,12 @@ class Run:
     def lang_specs(self) -> list[str]:
         return [f"{lang}={source}" for lang in self.langs for source in self.config["corpora"][lang]]
 
+    def phase1_model(self, general) -> Path:
+        """Phase 1's model for phase 2: best/ (the best held-out loss, as BiStil keeps) when phase 1
+        holds blocks out, else final/."""
+        heldout = (self.config.get("general") or {}).get("heldout_blocks", general.option("heldout_blocks").default)
+        return self.dir("general") / "run" / ("best" if heldout else "final")
+
     def trust(self) -> dict:
         return {"trust_remote_code": True} if self.config.get("trust_remote_code") else {}
 
@@ -179,7 +185,7 @@ def _stage_table() -> dict[str, Stage]:
             "dev": [r.config["task_data"]["dev"]], "out": r.dir("finetune") / "run", **r.trust()},
             {"model", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
         stage("task", TASK, lambda r: {
-            "teacher": r.dir("finetune") / "run" / "best", "student": r.dir("general") / "run" / "final",
+            "teacher": r.dir("finetune") / "run" / "best", "student": r.phase1_model(GENERAL),
             "task": "nli", "train": [r.config["task_data"]["train"]], "dev": [r.config["task_data"]["dev"]],
             "out": r.dir("task") / "run", **r.trust()},
             {"teacher", "student", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),

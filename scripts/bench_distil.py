@@ -16,7 +16,9 @@ half its layers, then times (median of --repeats, after warm-up) for each loss r
     step       a whole training step: teacher + student + losses + backward + AdamW
 
 and prints the loss overhead (losses / outputs - 1: the issue's budget is 10%), the teacher's cost
-against a plain inference forward, and training steps per second. On a shared machine the figures
+against a plain inference forward, and training steps per second. Then phase 2 (`distil task`,
+one full and one sparse epoch over the 240 bundled English NLI pairs) with and without the
+teacher-output cache (`--teacher-cache`): the training time of each, and the cache's build time. On a shared machine the figures
 move by 10-20% from run to run: compare within one run.
 """
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
+    parser.add_argument("--no-phase2", action="store_true", help="skip the phase-2 cache comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_transformers()
@@ -154,6 +157,52 @@ def main() -> None:
         print(f"  distillation step    {ms['losses']:6.1f} ms teacher excluded, {ms['losses'] + ms['teacher']:.1f} ms "
               f"included (plain student step {ms['plain']:.1f} ms)")
         print(f"  training steps/s     {1e3 / ms['step']:6.2f}")
+
+
+    if not args.no_phase2:
+        phase2_cache(args)
+
+
+def phase2_cache(args) -> None:
+    """`distil task` for one full and one sparse epoch, without and with --teacher-cache."""
+    import json
+
+    from polyglot_distil import api
+
+    nli = ROOT / "corpora" / "nli"
+    texts = sorted((ROOT / "corpora").glob("*/sample.txt"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shape = dict(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                     intermediate_size=4 * args.hidden)
+        base = build_smoke_model(tmp / "base", "bert", texts=texts, vocab_size=args.vocab, **shape)
+        teacher = build_smoke_model(tmp / "teacher", "bert", vocab_file=base / "vocab.txt",
+                                    head="sequence-classification", **shape)
+        api.student(str(base), tmp / "student", layers=args.layers // 2)
+        common = dict(full_epochs=1, sparse_epochs=1, batch_size=16, max_length=128, eval_every=1000,
+                      no_progress=True)
+
+        def train_seconds(out: Path, **extra) -> float:
+            start = time.perf_counter()
+            api.task(teacher, tmp / "student", [str(nli / "train-en.tsv")], [str(nli / "dev-en.tsv")], out,
+                     **common, **extra)
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            train = max(r["elapsed_s"] for r in rows if r["kind"] == "train")
+            print(f"    ({out.name}: {time.perf_counter() - start:.1f} s in all)", flush=True)
+            return train
+
+        plain = train_seconds(tmp / "plain")
+        start = time.perf_counter()
+        first = train_seconds(tmp / "cached-first", teacher_cache=str(tmp / "cache"))
+        built = time.perf_counter() - start
+        cached = train_seconds(tmp / "cached", teacher_cache=str(tmp / "cache"))
+        steps = 2 * (240 // 16)
+        print(f"\nphase 2, {steps} steps (one full and one sparse epoch of 240 pairs, batch 16; teacher "
+              f"{args.layers} layers, student {args.layers // 2}):")
+        print(f"  without the teacher cache  {plain:6.1f} s  ({plain / steps * 1e3:.0f} ms/step)")
+        print(f"  with the cache             {cached:6.1f} s  ({cached / steps * 1e3:.0f} ms/step): "
+              f"{plain / cached:.2f}x faster")
+        print(f"  first run, building it     {first:6.1f} s of training; {built:.1f} s for the whole run")
 
 
 if __name__ == "__main__":

@@ -230,3 +230,12 @@ def test_trust_remote_code_reaches_every_stage(tmp_path):
         assert stage_values(run, stage).get("trust_remote_code") is True, stage.name
     config = load_config(write_config(tmp_path))
     assert not any(stage_values(Run(config), s).get("trust_remote_code") for s in validate(config))
+
+
+@pytest.mark.parametrize("heldout,folder", [(8, "best"), (0, "final")])
+def test_phase_2_starts_from_phase_1s_best_model_when_there_is_one(tmp_path, heldout, folder):
+    from polyglot_distil.pipeline import Run, stage_values
+
+    config = load_config(write_config(tmp_path, general__heldout_blocks=heldout))
+    task = next(s for s in validate(config) if s.name == "task")
+    assert Path(stage_values(Run(config), task)["student"]).name == folder
