@@ -135,3 +135,15 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch, source, target, 
     targets = [t for t, _ in imports_of(source, planted, known)]
     assert target in targets
     assert LAYERS[layer_of(target)] > LAYERS[layer_of(source)] or (layer_of(source), layer_of(target)) in FORBIDDEN
+
+
+def test_the_command_line_is_built_without_torch_or_transformers():
+    """`--help` and option errors answer at once: building the parser imports neither."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from polyglot_distil.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'datasets') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    assert result.stdout.strip() == "[]"
