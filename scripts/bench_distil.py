@@ -69,9 +69,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     parser.add_argument("--no-phase2", action="store_true", help="skip the phase-2 cache comparison")
+    parser.add_argument("--only-phase2", action="store_true", help="only the phase-2 cache comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_transformers()
+    if args.only_phase2:
+        phase2_cache(args)
+        return
 
     texts = sorted((ROOT / "corpora").glob("*/sample.txt"))
     with tempfile.TemporaryDirectory() as tmp:
