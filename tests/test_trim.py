@@ -370,7 +370,8 @@ def test_model_card_tabulates_the_report(mbert):
     card = (mbert.out / "README.md").read_text(encoding="utf-8")
     report = mbert.report
     assert f"| parameters | {report['params_before']:,} | {report['params_after']:,} |" in card
-    assert f"| vocabulary | {report['vocab_size_before']:,} | {report['vocab_size_after']:,} |" in card
+    assert f"| vocabulary (tokenizer) | {report['vocab_size_before']:,} | {report['vocab_size_after']:,} |" in card
+    assert f"| embedding rows | {report['embedding_rows_before']:,} | {report['vocab_size_after']:,} |" in card
     assert "embedding share" in card and "folder on disk" in card
 
 
