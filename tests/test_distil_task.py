@@ -331,7 +331,7 @@ def test_a_teacher_in_another_class_order_teaches_the_same_student(tmp_path, tea
     """The teacher's class order is reconciled with the data's: a teacher whose id2label is in
     another order (the same function) gives bitwise the same student, and the same predictions."""
     permuted = permuted_teacher(teacher_dir, tmp_path / "permuted", [2, 0, 1])
-    short = ["--full-epochs", 0.5, "--sparse-epochs", 0.5, "--save-every", 100, "--eval-every", 7]
+    short = ["--full-epochs", 0.25, "--sparse-epochs", 0.25, "--save-every", 100, "--eval-every", 4]
     for teacher, out in ((teacher_dir, tmp_path / "plain"), (permuted, tmp_path / "reordered")):
         assert run_cli(*_options(teacher, student_dir, out), *short) == 0
     assert torch.equal(torch.cat([t.flatten() for t in _load(tmp_path / "plain" / "best" / "model.safetensors").values()]),
@@ -343,7 +343,7 @@ def test_a_teacher_in_another_class_order_teaches_the_same_student(tmp_path, tea
 def test_the_teacher_cache_serves_what_the_teacher_computes(tmp_path, teacher_dir, student_dir, capsys):
     """--teacher-cache: the first run builds it, the losses match an uncached run (float16 storage:
     to about 1e-3), and a second run (another student row, a resume) reuses it without rebuilding."""
-    short = ["--full-epochs", 0.5, "--sparse-epochs", 0.5, "--log-every", 1, "--save-every", 100, "--eval-every", 15]
+    short = ["--full-epochs", 0.2, "--sparse-epochs", 0.2, "--log-every", 1, "--save-every", 100, "--eval-every", 100]
     cache = tmp_path / "cache"
     assert run_cli(*_options(teacher_dir, student_dir, tmp_path / "plain"), *short) == 0
     assert run_cli(*_options(teacher_dir, student_dir, tmp_path / "cached"), *short, "--teacher-cache", cache) == 0
