@@ -18,7 +18,7 @@ import numpy as np
 
 from polyglot_distil.data.nli import LABELS, NLIData, label_id
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, quiet_load_report
+from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer
 
 NLI_ID2LABEL = dict(enumerate(LABELS))
 
@@ -137,7 +137,7 @@ def new_classifier(base: str, seed: int, trust_remote_code: bool = False, config
         kwargs.update(id2label=NLI_ID2LABEL, label2id={v: k for k, v in NLI_ID2LABEL.items()})
     else:
         kwargs["config"] = config
-    with quiet_load_report(), torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # load_model already quiets transformers' load report
         torch.manual_seed(seed)
         model, loading = load_model(base, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code,
                                     output_loading_info=True, **kwargs)

@@ -118,7 +118,8 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
 
     start = time.perf_counter()
     # what the source holds: not the tensors the class made up (a pooler E5 never had), which are not saved
-    made_up = [p for name, p in model.state_dict().items() if name in set(new_in_class)]
+    state = model.state_dict()
+    made_up = [state[name] for name in new_in_class if name in state]
     made_up_params, made_up_bytes = sum(p.numel() for p in made_up), sum(p.numel() * p.element_size() for p in made_up)
     before = count_parameters(model)
     params_before, bytes_before = before["total"] - made_up_params, before["bytes"] - made_up_bytes
