@@ -27,20 +27,63 @@ def mlm_head(model):
     return heads[0]
 
 
+# (query, key, value) projection names: BERT, XLM-R and E5; most newer encoders; DistilBERT
+PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
+
+
+def encoder_layers(model):
+    """The encoder's transformer layers (a ModuleList of config.num_hidden_layers blocks)."""
+    import torch
+
+    count = model.config.num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise UserError(f"{type(model).__name__}: found no list of its {count} transformer layers")
+
+
+def attention_projections(model, layer: int) -> tuple:
+    """The query, key and value projections (nn.Linear, in that order) of the self-attention of
+    encoder layer `layer` (0-based): their outputs are the layer's queries, keys and values."""
+    import torch
+
+    for module in encoder_layers(model)[layer].modules():
+        for names in PROJECTION_NAMES:
+            if all(isinstance(getattr(module, name, None), torch.nn.Linear) for name in names):
+                return tuple(getattr(module, name) for name in names)
+    raise UserError(f"{type(model).__name__}: its self-attention has no query/key/value projections that "
+                    f"polyglot-distil knows ({', '.join('/'.join(n) for n in PROJECTION_NAMES)}); the relation "
+                    "loss reads them")
+
+
 def has_mlm_output(model) -> bool:
     return model is not model.base_model and model.get_output_embeddings() is not None
 
 
 def encoder_outputs(model, input_ids, attention_mask, hidden_states: bool = False, attentions: bool = False,
-                    logit_rows=None) -> dict:
+                    logit_rows=None, relation_layer: int | None = None) -> dict:
     """Run a masked-LM model's encoder, and its head only at the positions `logit_rows` (bool
     [B, L]), never over every position unless asked. Returns "last" [B, L, H]; "hidden": L+1
     tensors [B, L, H] (0 = embedding output) or None; "attentions": one [B, A, L, L] per layer or
-    None (needs eager attention); "logits" [N, V] at the N positions of `logit_rows`, if given."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           output_hidden_states=hidden_states, output_attentions=attentions)
+    None (needs eager attention); "logits" [N, V] at the N positions of `logit_rows`, if given;
+    "qkv": the queries, keys and values [B, L, H] of layer `relation_layer`'s self-attention, if
+    given (from hooks, so the fast attention kernel still runs)."""
+    captured: dict = {}
+    hooks = []
+    if relation_layer is not None:
+        for name, projection in zip("qkv", attention_projections(model, relation_layer)):
+            hooks.append(projection.register_forward_hook(
+                lambda module, args, output, name=name: captured.__setitem__(name, output)))
+    try:
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                               output_hidden_states=hidden_states, output_attentions=attentions)
+    finally:
+        for hook in hooks:
+            hook.remove()
     result = {"last": out.last_hidden_state, "hidden": out.hidden_states if hidden_states else None,
               "attentions": out.attentions if attentions else None}
+    if relation_layer is not None:
+        result["qkv"] = (captured["q"], captured["k"], captured["v"])
     if logit_rows is not None:
         result["logits"] = mlm_head(model)(out.last_hidden_state[logit_rows])
     return result
