@@ -9,6 +9,8 @@
     polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil distil task --teacher DIR --student DIR --task nli --train SOURCE --dev SOURCE --out DIR
     polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
+    polyglot-distil quantize --model DIR --out DIR [--method dynamic|qat --bits 8 --embeddings int8]
+    polyglot-distil export onnx --model DIR --out DIR [--int8 --text FILE]
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
     polyglot-distil run CONFIG.yaml [key=value ...] [--only STAGE] [--from STAGE]   # all of it
     polyglot-distil smoke-model --texts corpora/*/sample.txt --out DIR   # tiny random model, offline
@@ -33,11 +35,12 @@ from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, 
 
 def command_modules():
     """The command modules, in pipeline order (the order of `--help`)."""
-    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, finetune,
-                                     import_model, merge, run, smoke_model, student, trim, verify)
+    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, export_onnx,
+                                     finetune, import_model, merge, quantize, run, smoke_model, student, trim,
+                                     verify)
 
     return [import_model, count, merge, trim, verify, student, finetune, distil_general, distil_task, apply_diff,
-            smoke_model, eval_xnli, run]
+            quantize, export_onnx, smoke_model, eval_xnli, run]
 
 
 def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse.ArgumentParser:

@@ -29,6 +29,10 @@ def _parameter_figures(model) -> dict:
 def weights_disk_bytes(path: str) -> int | None:
     """Bytes of the weight files of a model folder (a hub name: its cached copy, if any)."""
     folder = Path(path)
+    if folder.suffix == ".onnx" and folder.is_file():  # an ONNX graph: it, and its external data
+        return sum(p.stat().st_size for p in (folder, folder.with_name(folder.name + ".data")) if p.is_file())
+    if (folder / "model.onnx").is_file():
+        return weights_disk_bytes(str(folder / "model.onnx"))
     if not folder.is_dir():
         try:
             from huggingface_hub import snapshot_download
@@ -92,7 +96,7 @@ def _timing_batch(classifier: Classifier, batch: int, tokens: int, device) -> di
     """A fixed pseudo-random input of `batch` x `tokens` ids (content does not change the cost)."""
     import torch
 
-    vocab = classifier.model.get_input_embeddings().num_embeddings
+    vocab = classifier.model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(min(5, vocab - 1), vocab, (batch, tokens), generator=generator)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -143,7 +147,7 @@ def measure_efficiency(path: str, repeats: int = 10, warmup: int = 2, attn_imple
     figures["cpu_throughput_pairs_per_s"] = THROUGHPUT_BATCH / seconds
     figures["cpu_threads"] = threads
     figures["timing_tokens"] = tokens
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not cpu_only(classifier.model):
         model = classifier.model.to("cuda")
         torch.cuda.reset_peak_memory_stats()
         sync = torch.cuda.synchronize
@@ -158,6 +162,12 @@ def measure_efficiency(path: str, repeats: int = 10, warmup: int = 2, attn_imple
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return figures
+
+
+def cpu_only(model) -> bool:
+    """Whether a loaded model runs on the CPU only: an ONNX graph (onnxruntime's CPU provider) or
+    an int8 model (PyTorch's dynamic int8 kernels)."""
+    return hasattr(model, "parameter_counts") or any(hasattr(m, "_packed_params") for m in model.modules())
 
 
 def _ratios(model: dict, teacher: dict) -> dict:

@@ -54,11 +54,20 @@ def render_markdown(report: dict) -> str:
             cells.append(f"{100 * (r['accuracy']['model'] - r['accuracy']['teacher']):+.2f}")
         lines.append(f"| {lang} | {r['pairs']} | " + " | ".join(cells) + " |")
     if has_teacher:
-        lines += ["", "## Fidelity to the teacher", "", "| language | label loyalty (%) | probability loyalty |",
-                  "| --- | --- | --- |"]
-        lines += [f"| {lang} | {_pct(r['label_loyalty'])} | {r['probability_loyalty']:.4f} |" for lang, r in rows]
+        with_baseline = "baseline" in roles
+        header = "| language | label loyalty (%) | probability loyalty |" + (
+            " baseline label loyalty (%) | baseline probability loyalty |" if with_baseline else "")
+        lines += ["", "## Fidelity to the teacher", "", header, "|" + " --- |" * (header.count("|") - 1)]
+        for lang, r in rows:
+            cells = [_pct(r["label_loyalty"]), f"{r['probability_loyalty']:.4f}"]
+            if with_baseline:
+                cells += [_pct(r["baseline_label_loyalty"]), f"{r['baseline_probability_loyalty']:.4f}"]
+            lines.append(f"| {lang} | " + " | ".join(cells) + " |")
         lines += ["", "Probability loyalty: mean over pairs of 1 - sqrt(JS), the Jensen-Shannon divergence between "
                   "the two label distributions taken with natural logarithms (0 <= JS <= ln 2)."]
+    if "baseline" in roles:
+        lines += ["", "## Agreement with the baseline", "", "| language | same label as the baseline (%) |",
+                  "| --- | --- |"] + [f"| {lang} | {_pct(r['agreement_with_baseline'])} |" for lang, r in rows]
     lines += ["", "## Confusion matrices", "", "Rows: gold label; columns: predicted label."]
     for lang, r in report["results"].items():
         for role in roles:
@@ -67,14 +76,16 @@ def render_markdown(report: dict) -> str:
             lines += [f"| {LABELS[i]} | " + " | ".join(str(v) for v in row) + " |"
                       for i, row in enumerate(r["confusion"][role])]
     eff = report["efficiency"]
-    header = "| figure | " + " | ".join(roles) + (" | model / teacher |" if has_teacher else " |")
+    ratios = [("model / teacher", "ratio")] if has_teacher else []
+    ratios += [("model / baseline", "ratio_to_baseline")] if "baseline" in roles else []
+    header = "| figure | " + " | ".join(roles + [title for title, _ in ratios]) + " |"
     lines += ["", "## Efficiency", "", header, "|" + " --- |" * (header.count("|") - 1)]
     for key, label, fmt in EFFICIENCY_ROWS:
         if all(eff[role].get(key) is None for role in roles):
             continue
         cells = [fmt(eff[role][key]) if eff[role].get(key) is not None else "–" for role in roles]
-        if has_teacher:
-            ratio = eff["ratio"].get(key)
+        for _, field in ratios:
+            ratio = eff[field].get(key)
             cells.append("–" if ratio is None else f"{ratio:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", f"CPU throughput used {eff['model']['cpu_threads']} threads." if eff["measured"]

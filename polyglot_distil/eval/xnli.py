@@ -5,9 +5,16 @@
     polyglot-distil eval xnli --model out/student --langs fr,de --split test --out out/eval   # facebook/xnli
     polyglot-distil eval xnli ... --limit 300 --no-efficiency                                 # a quick look
 
-Both models are folders (or hub names) with a 3-way sequence-classification head; their output
+    polyglot-distil eval xnli --model out/student-int8 --baseline out/task/best --teacher out/teacher \
+        --langs fr --out out/eval-int8                            # a deployed form beside its float model
+
+The models are folders (or hub names) with a 3-way sequence-classification head; their output
 classes are mapped to XNLI's labels through `config.id2label` (generic LABEL_0..2 names are
-taken to be in XNLI order, and the report says so).
+taken to be in XNLI order, and the report says so). Deployed forms are evaluated like any model,
+on the CPU: an int8 folder (`quantize`), an ONNX folder (`export onnx`: its model.onnx) or an
+.onnx file in one (model_int8.onnx). `--baseline` puts the float model a deployed form was made
+from beside it: its accuracy and loyalty, the share of pairs where both predict the same label
+(`agreement_with_baseline`), and the ratios of size and speed.
 
 Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib is installed):
 - accuracy per language and its average over languages; a confusion matrix per language
@@ -74,12 +81,13 @@ def parse_langs(spec: str) -> list[str]:
 
 
 def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher: str | None = None,
-                  split: str = "test", data_dir: str | None = None, batch_size: int = 32, max_length: int = 128,
+                  baseline: str | None = None, split: str = "test", data_dir: str | None = None, batch_size: int = 32, max_length: int = 128,
                   limit: int | None = None, device: str = "auto", attn_implementation: str = "sdpa",
                   efficiency: bool = True, repeats: int = 10, overwrite: bool = False,
                   trust_remote_code: bool = False, progress: bool | None = None) -> dict:
-    """Evaluate `model` (and `teacher`) on XNLI `split` for `langs`; write OUT/report.json,
-    OUT/REPORT.md and plots; return the report as a dict."""
+    """Evaluate `model` (and `baseline`, the float model it was quantized or exported from, and
+    `teacher`) on XNLI `split` for `langs`; write OUT/report.json, OUT/REPORT.md and plots;
+    return the report as a dict."""
     import torch
 
     check_writable(out, overwrite)
@@ -92,7 +100,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
     for lang in langs:
         pairs = xnli_split(data_dir, split, lang)
         data[lang] = pairs.select(range(min(limit, len(pairs)))) if limit else pairs
-    paths = {"model": model} | ({"teacher": teacher} if teacher else {})
+    paths = {"model": model} | ({"baseline": baseline} if baseline else {}) | ({"teacher": teacher} if teacher else {})
     classifiers = {role: load_classifier(path, device, attn_implementation, trust_remote_code)
                    for role, path in paths.items()}
     report: dict = {
@@ -120,11 +128,17 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         if teacher:
             result["label_loyalty"] = label_loyalty(predicted["model"], predicted["teacher"])
             result["probability_loyalty"] = probability_loyalty(probs["model"], probs["teacher"])
+            if baseline:
+                result["baseline_label_loyalty"] = label_loyalty(predicted["baseline"], predicted["teacher"])
+                result["baseline_probability_loyalty"] = probability_loyalty(probs["baseline"], probs["teacher"])
+        if baseline:  # how often the deployed form decides as the float model does
+            result["agreement_with_baseline"] = label_loyalty(predicted["model"], predicted["baseline"])
         report["results"][lang] = result
     results = report["results"].values()
     report["average"] = {"accuracy": {role: float(np.mean([r["accuracy"][role] for r in results])) for role in paths}}
-    if teacher:
-        for key in ("label_loyalty", "probability_loyalty"):
+    for key in ("label_loyalty", "probability_loyalty", "baseline_label_loyalty", "baseline_probability_loyalty",
+                "agreement_with_baseline"):
+        if all(key in r for r in results):
             report["average"][key] = float(np.mean([r[key] for r in results]))
     del classifiers
     if efficiency:
@@ -134,6 +148,9 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
     report["efficiency"]["measured"] = efficiency
     if teacher:
         report["efficiency"]["ratio"] = _ratios(report["efficiency"]["model"], report["efficiency"]["teacher"])
+    if baseline:
+        report["efficiency"]["ratio_to_baseline"] = _ratios(report["efficiency"]["model"],
+                                                            report["efficiency"]["baseline"])
     with atomic_dir(out, overwrite) as tmp:
         report["plots"] = write_plots(report, tmp)
         if report["plots"] is None:
@@ -153,7 +170,8 @@ def run_eval_xnli(args) -> dict:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
-    report = evaluate_xnli(args.model, parse_langs(args.langs), args.out, teacher=args.teacher, split=args.split,
+    report = evaluate_xnli(args.model, parse_langs(args.langs), args.out, teacher=args.teacher,
+                           baseline=args.baseline, split=args.split,
                            data_dir=args.data, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, device=args.device, attn_implementation=args.attn_implementation,
                            efficiency=not args.no_efficiency, repeats=args.repeats, overwrite=args.overwrite,
@@ -171,6 +189,8 @@ XNLI = Command(
     run=run_eval_xnli, options=[
         Option("model", required=True, help="model folder or hub name (3-way NLI classification head)"),
         Option("teacher", help="the teacher to compare with (loyalty, efficiency ratios)"),
+        Option("baseline", help="the float model --model was quantized or exported from, side by side "
+                                "(agreement, size and speed ratios)"),
         Option("langs", required=True, help="comma-separated XNLI languages, e.g. fr,sw"),
         Option("split", default="test", help="test (default), dev/validation, or train"),
         Option("data", help="folder of {split}-{lang}.tsv files (default: facebook/xnli from the hub)"),

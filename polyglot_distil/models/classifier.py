@@ -69,11 +69,17 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
     """Load an NLI model and its tokenizer; one clear line if it has no 3-way classification head.
 
     Compare two models' outputs only with both loaded with the same `attn_implementation`
-    (eager and sdpa differ by ~1e-7)."""
+    (eager and sdpa differ by ~1e-7). Deployed forms load too, on the CPU: an int8 folder
+    (`quantize`) and an ONNX graph (`export onnx`: its folder, or a .onnx file in it)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from polyglot_distil.models.onnx_model import load_onnx_classifier, onnx_file_of
+    from polyglot_distil.models.quantized import is_int8_folder, load_int8
+
     path = str(path)
-    config = load_model(path, AutoConfig, trust_remote_code=trust_remote_code)
+    onnx_file = onnx_file_of(path)
+    folder = str(onnx_file.parent) if onnx_file is not None else path
+    config = load_model(folder, AutoConfig, trust_remote_code=trust_remote_code)
     head = _head_of(config)
     if config.architectures and head != f"a {len(LABELS)}-way classification head":
         raise UserError(f"{path} has {head}, not a {len(LABELS)}-way sequence-classification head "
@@ -81,6 +87,10 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
     if config.num_labels != len(LABELS):
         raise UserError(f"{path} has a {config.num_labels}-way classification head; XNLI needs 3 ({', '.join(LABELS)})")
     to_xnli, note = _label_order(path, config)
+    if onnx_file is not None or is_int8_folder(path):
+        model = (load_onnx_classifier(onnx_file, config) if onnx_file is not None
+                 else load_int8(path, attn_implementation, trust_remote_code))
+        return Classifier(path, model.eval(), load_tokenizer(folder, trust_remote_code=trust_remote_code), to_xnli, note)
     model, info = load_model(path, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code,
                              attn_implementation=attn_implementation, output_loading_info=True)
     if info["missing_keys"]:

@@ -1,0 +1,387 @@
+"""`quantize`: int8 weights for a trained model, post-training or by quantization-aware distillation.
+
+    polyglot-distil quantize --model out/task/best --out out/student-int8                    # dynamic int8
+    polyglot-distil quantize --model out/task/best --out out/student-int8 --embeddings int8  # tables too
+    polyglot-distil quantize --model out/task/best --method qat --teacher out/teacher-nli/best \
+        --train corpora/nli/train-en.tsv --dev corpora/nli/dev-en.tsv --epochs 1 --out out/student-qat
+    polyglot-distil quantize ... --method qat --bits 4 --quantize-activations --out out/student-qat4
+
+`--method dynamic` (post-training): every Linear layer's weight becomes int8, one symmetric scale
+per output row from its largest |weight|; at run time PyTorch's dynamic int8 kernels quantize the
+activations per batch (CPU). Embedding tables stay float unless `--embeddings int8` (one scale per
+row). OUT is the int8 folder (models/quantized.py: `load_int8(OUT)` loads it; `eval xnli --model
+OUT` evaluates it).
+
+`--method qat`, quantization-aware distillation after KDLSQ-BERT: every Linear layer of the model
+computes with fake-quantized weights, round(w / s) * s clipped to the `--bits` grid, with a learned
+step s per output row (LSQ, Esser et al. 2020: straight-through rounding, the step's gradient scaled
+by 1 / sqrt(row length x qmax)), and with `--quantize-activations` also fake-quantized inputs with a
+learned step per layer. It trains, through the one training loop (checkpoints, `--resume`,
+metrics.jsonl), against the teacher's outputs as phase 2 does (`distil task`), each term weighted:
+
+    logits     KL(p_teacher || p_student) of the softmaxes at --temperature: phase 2's soft
+               cross-entropy less the teacher's entropy (a constant), so the same gradients and 0
+               when the student matches; no T^2
+    hidden     mean over i of MSE(student hidden state i, teacher hidden state map(i))
+    attention  attention-map MSE (off by default: eager attention is slower)
+    label      cross-entropy against the gold labels (off by default)
+
+The teacher defaults to the float model itself; a task teacher with more layers is paired as in
+phase 2 (`--layer-map`, default BiStil's 2i+1). Steps start at the dynamic method's scales at
+8 bits (`--step-init max`) and at LSQ's 2 mean|w| / sqrt(qmax) below (`lsq`). OUT/best/ (best English
+dev accuracy) and OUT/final/ are int8 folders, converted with the learned steps: the same integers
+the fake-quantized model computed with. The int8 model quantizes activations dynamically (8 bits,
+per batch), so learned activation steps serve the training only, and a 4- or 2-bit model is stored
+and run as int8 on fewer levels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+
+from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS
+from polyglot_distil.distill.general import LAYER_MAP
+from polyglot_distil.distill.objective import resolve_weights
+from polyglot_distil.distill.settings import training_options
+from polyglot_distil.errors import UserError
+from polyglot_distil.options import FLAG, NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, group, out_option
+
+TERMS = ("logits", "hidden", "attention", "label")
+
+
+@dataclass
+class QATLossWeights:
+    """QAT's term weights (see objective.py): phase 2's terms, attention off by default."""
+
+    TERMS: ClassVar[tuple[str, ...]] = TERMS
+    LOGIT_LOSS: ClassVar[str] = "soft_ce"  # less the teacher's entropy in `qat_loss`: a KL with no T²
+
+    logits: float = 1.0
+    hidden: float = 1.0
+    attention: float = 0.0
+    label: float = 0.0
+    temperature: float = 2.0
+
+    def enabled(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned step-size quantization (LSQ)
+
+
+def lsq_quantize(value, step, limit: int, grad_scale: float):
+    """round(value / step) * step, clipped to [-limit, limit] steps, with LSQ's gradients: the
+    rounding passes gradients straight through, the step's gradient is scaled by `grad_scale`.
+    `step` broadcasts against `value` (one per row: [rows, 1])."""
+    import torch
+
+    step = step.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    scaled = (step - step * grad_scale).detach() + step * grad_scale  # value of step, gradient x grad_scale
+    ratio = torch.clamp(value / scaled, -limit, limit)
+    return ((ratio.round() - ratio).detach() + ratio) * scaled
+
+
+def fake_quant_linear_class():
+    import torch
+
+    from polyglot_distil.models.quantized import qmax
+
+    class FakeQuantLinear(torch.nn.Linear):
+        """A Linear layer computing with weights fake-quantized to `bits` with a learned step per
+        output row (`weight_step`), and optionally inputs with a learned step (`input_step`)."""
+
+        def __init__(self, linear: torch.nn.Linear, bits: int, step, activations: bool):
+            torch.nn.Module.__init__(self)
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.weight, self.bias = linear.weight, linear.bias
+            self.bits, self.limit = bits, qmax(bits)
+            self.weight_step = torch.nn.Parameter(step.detach().clone().float().to(linear.weight.device))
+            self.input_step = torch.nn.Parameter(torch.ones((), device=linear.weight.device)) if activations else None
+
+        def quantized_weight(self):
+            return lsq_quantize(self.weight, self.weight_step[:, None], self.limit,
+                                1.0 / math.sqrt(self.in_features * self.limit))
+
+        def forward(self, x):
+            if self.input_step is not None:
+                x = lsq_quantize(x, self.input_step, self.limit, 1.0 / math.sqrt(x.numel() * self.limit))
+            return torch.nn.functional.linear(x, self.quantized_weight(), self.bias)
+
+    return FakeQuantLinear
+
+
+def initial_steps(weight, bits: int, how: str):
+    """float32[rows]: the step each row starts from. "max": the dynamic method's (largest |w| to
+    qmax); "lsq": LSQ's 2 mean|w| / sqrt(qmax)."""
+    from polyglot_distil.models.quantized import observed_scales, qmax
+
+    if how == "max":
+        return observed_scales(weight, bits)
+    return (2 * weight.detach().abs().mean(dim=1).float() / math.sqrt(qmax(bits))).clamp_min(1e-8)
+
+
+def fake_quantize_model(model, bits: int, activations: bool, step_init: str) -> list[str]:
+    """Replace every nn.Linear of `model` by a FakeQuantLinear (in place); their names."""
+    import torch
+
+    FakeQuantLinear = fake_quant_linear_class()
+    how = step_init if step_init != "auto" else ("max" if bits == 8 else "lsq")
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise UserError(f"{type(model).__name__} has no Linear layer to quantize")
+    for name in names:
+        linear = model.get_submodule(name)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                FakeQuantLinear(linear, bits, initial_steps(linear.weight, bits, how), activations))
+    return names
+
+
+def calibrate_input_steps(model, inputs: dict) -> None:
+    """Set every input step to LSQ's 2 mean|x| / sqrt(qmax), x the layer's inputs on `inputs`."""
+    import torch
+
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.setdefault(m, args[0].detach().abs().mean()))
+             for m in model.modules() if getattr(m, "input_step", None) is not None]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        for module, mean in seen.items():
+            module.input_step.fill_(float(2 * mean / math.sqrt(module.limit)) or 1e-8)
+
+
+def learned_steps(model) -> dict:
+    """{Linear name: its learned weight step per row}, for the int8 conversion."""
+    return {n: m.weight_step.detach().abs() for n, m in model.named_modules() if hasattr(m, "weight_step")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def qat_loss(model, teacher, teacher_order, batch: dict, weights: QATLossWeights, layer_map: list[int]):
+    """(weighted loss, {term: scalar}) of one batch: phase 2's terms, the logit term less the
+    teacher's entropy at T (so a student equal to its teacher scores 0)."""
+    import torch
+
+    from polyglot_distil.data.nli_batches import model_inputs
+    from polyglot_distil.distill.objective import distillation_terms, weighted_sum
+    from polyglot_distil.models.encoder import classifier_outputs
+
+    inputs = model_inputs(batch)
+    hidden, attentions = weights.hidden > 0, weights.attention > 0
+    s = classifier_outputs(model(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden, attentions)
+    with torch.no_grad():
+        t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions),
+                               hidden, attentions)
+        t["logits"] = t["logits"][:, teacher_order]
+    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"])
+    if "logits" in terms:
+        log_p = torch.log_softmax(t["logits"].float() / weights.temperature, dim=-1)
+        terms["logits"] = terms["logits"] + (log_p.exp() * log_p).sum(-1).mean()
+    return weighted_sum(terms, weights), terms
+
+
+# ---------------------------------------------------------------------------------------------
+# The two methods
+
+
+def _source_bytes(folder: str) -> int | None:
+    files = list(Path(folder).glob("*.safetensors")) + list(Path(folder).glob("*.bin"))
+    return sum(p.stat().st_size for p in files) or None
+
+
+def _check_source(path: str) -> None:
+    from polyglot_distil.models.quantized import is_int8_folder
+
+    if is_int8_folder(path):
+        raise UserError(f"{path} is already an int8 model; quantize the float model it was made from")
+    if Path(path).suffix == ".onnx" or (Path(path) / "model.onnx").is_file():
+        raise UserError(f"{path} is an ONNX model; quantize the PyTorch model folder it was exported from "
+                        "(or 'export onnx --int8' for onnxruntime's int8 variant)")
+
+
+def quantize_dynamic(args) -> dict:
+    """Post-training int8: write OUT from the float model."""
+    from transformers import AutoConfig
+
+    from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, model_class_for
+    from polyglot_distil.models.quantized import WEIGHTS_FILE, save_int8
+    from polyglot_distil.outputs import atomic_dir, check_writable
+
+    check_writable(args.out, args.overwrite)
+    config = load_model(args.model, AutoConfig, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, model_class_for(config), trust_remote_code=args.trust_remote_code).eval()
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        record = save_int8(model, tmp, 8, "dynamic", embeddings=args.embeddings == "int8")
+        copy_tokenizer(args.model, tmp, tokenizer)
+        report = {"command": "quantize", "model": str(args.model), "method": "dynamic", "bits": 8,
+                  "embeddings": args.embeddings, "linear_layers": len(record["linear"]),
+                  "embedding_tables": len(record["embeddings"]), "float_bytes": _source_bytes(args.model),
+                  "int8_bytes": (tmp / WEIGHTS_FILE).stat().st_size}
+        (tmp / "quantize.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    before = f"{report['float_bytes'] / 1e6:.1f} MB -> " if report["float_bytes"] else ""
+    print(f"int8: {report['linear_layers']} Linear layers" +
+          (f" and {report['embedding_tables']} embedding tables" if report["embedding_tables"] else "") +
+          f"; weights {before}{report['int8_bytes'] / 1e6:.1f} MB; wrote {args.out} "
+          "(load it with polyglot_distil.models.quantized.load_int8)")
+    return report
+
+
+def build_qat_recipe(args, weights: QATLossWeights, train_data, dev_data, accelerator, keep: dict):
+    import torch
+
+    from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs, model_inputs
+    from polyglot_distil.distill.task import check_pair, reduce_to_vocabulary
+    from polyglot_distil.distill.training import Recipe
+    from polyglot_distil.models.classifier import dev_predictions, load_classifier
+    from polyglot_distil.models.loading import copy_tokenizer, vocab_in_id_order
+    from polyglot_distil.models.quantized import save_int8
+    from polyglot_distil.models.student import default_layer_map, parse_layers
+
+    attn = "eager" if weights.attention > 0 else "sdpa"
+    teacher_path = args.teacher or args.model
+    student = load_classifier(args.model, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
+    teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
+    reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student.tokenizer),
+                         teacher_path, args.model)
+    teacher.model.eval().requires_grad_(False)
+    model, tokenizer = student.model, student.tokenizer
+    layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(
+        teacher.model.config.num_hidden_layers, model.config.num_hidden_layers)
+    check_pair(teacher.model, model, weights, layer_map, SimpleNamespace(teacher=teacher_path, student=args.model))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = args.dropout
+    names = fake_quantize_model(model, args.bits, args.quantize_activations, args.step_init)
+
+    show = False if args.no_progress or not accelerator.is_main_process else None
+    class_of = np.argsort(student.to_xnli)  # the student's output class of each XNLI label
+    pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
+    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed)
+    if args.quantize_activations:
+        calibrate_input_steps(model, model_inputs(data.batch(0)))
+    # teacher class of each student class: the teacher's class with the same XNLI label
+    teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli)[student.to_xnli], device=accelerator.device)
+    teacher.model.to(accelerator.device)
+    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
+                                  args.max_length)
+    if accelerator.is_main_process:
+        print(f"qat: {len(names)} Linear layers fake-quantized to {args.bits} bits"
+              f"{' (inputs too)' if args.quantize_activations else ''}; teacher {teacher_path}", file=sys.stderr)
+
+    def compute_loss(model, batch):
+        return qat_loss(model, teacher.model, teacher_order, batch, weights, layer_map)
+
+    def evaluate(model, accelerator):
+        predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, student.to_xnli,
+                                    args.batch_size, args.max_length)
+        return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
+                "dev_agreement": float(np.mean(predicted == teacher_dev))}
+
+    info = {"command": "quantize --method qat", "model": str(args.model), "teacher": str(teacher_path),
+            "bits": args.bits, "quantize_activations": args.quantize_activations, "train": args.train,
+            "dev": args.dev, "train_pairs": len(train_data), "weights": asdict(weights), "layer_map": layer_map}
+    keep["info"] = info
+
+    def save_model(trained, folder: Path) -> None:
+        save_int8(trained, folder, args.bits, "qat", learned_steps(trained), embeddings=args.embeddings == "int8")
+        copy_tokenizer(args.model, folder, tokenizer)
+        (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
+                  evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
+
+
+def quantize_qat(args) -> dict:
+    from polyglot_distil.data.nli_batches import epoch_batches, read_task_data
+    from polyglot_distil.distill.settings import steps_for, training_settings
+    from polyglot_distil.distill.training import train
+
+    if not args.train or not args.dev:
+        raise UserError("--method qat trains: pass --train SOURCE and --dev SOURCE (English NLI pairs)")
+    if not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout {args.dropout}: a dropout probability is at least 0 and below 1")
+    weights = resolve_weights(QATLossWeights(), {name: getattr(args, f"{name}_weight") for name in TERMS},
+                              args.temperature)
+    train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
+    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
+    steps = steps_for(args.epochs, batches_per_epoch, "--epochs")
+    settings = training_settings(args, steps, batches_per_epoch)
+    run_config = {"phase": "qat", "model": str(args.model), "teacher": str(args.teacher or args.model),
+                  "bits": args.bits, "embeddings": args.embeddings, "quantize_activations": args.quantize_activations,
+                  "step_init": args.step_init, "dropout": args.dropout, "train": args.train, "dev": args.dev,
+                  "max_train_examples": args.max_train_examples, "max_length": args.max_length,
+                  "epochs": args.epochs, "weights": asdict(weights), "layer_map": args.layer_map}
+    keep: dict = {}
+    result = train(settings, run_config,
+                   lambda accelerator: build_qat_recipe(args, weights, train_data, dev_data, accelerator, keep))
+    if result.is_main_process:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
+        print(f"step {result.step}: {summary}; best dev accuracy {result.best_value:.4f} at step {result.best_step}")
+        print(f"wrote {Path(args.out) / 'best'} and {result.final_dir} (int8 folders: "
+              "polyglot_distil.models.quantized.load_int8)")
+    return result.summary()
+
+
+def run_quantize(args) -> dict:
+    _check_source(args.model)
+    if args.method == "dynamic":
+        if args.bits != 8:
+            raise UserError(f"--bits {args.bits}: post-training quantization is int8 only; fewer bits need "
+                            "--method qat, which trains the steps")
+        given = [f"--{n.replace('_', '-')}" for n in ("teacher", "train", "dev", "quantize_activations")
+                 if getattr(args, n)]
+        if given:
+            raise UserError(f"{given[0]} applies to --method qat only (this is --method dynamic)")
+        return quantize_dynamic(args)
+    return quantize_qat(args)
+
+
+_TRAINING = training_options(lr=1e-5, batch_size=32, title="training (--method qat)")
+
+QUANTIZE = Command(
+    ("quantize",), "int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
+    description=__doc__.split("\n\n")[0], run=run_quantize, options=[
+        Option("model", required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
+        out_option("the int8 model folder (dynamic), or the training folder whose best/ and final/ are int8 (qat)"),
+        Option("method", choices=("dynamic", "qat"), default="dynamic",
+               help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)"),
+        Option("bits", type=int, choices=(8, 4, 2), default=8, help="weight bits (below 8: --method qat)"),
+        Option("embeddings", choices=("float", "int8"), default="float",
+               help="int8: embedding tables too, one scale per row"),
+        *group("quantization-aware distillation (--method qat)", [
+            Option("teacher", help="the teacher (default: --model itself, in float)"),
+            *[replace(o, required=False) for o in TASK_DATA_OPTIONS],
+            Option("epochs", type=float, default=1.0, help="passes over the training pairs (fractions allowed)"),
+            Option("quantize_activations", kind=FLAG, help="fake-quantize every Linear layer's input too"),
+            Option("step_init", choices=("auto", "max", "lsq"), default="auto",
+                   help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max at 8 "
+                        "bits, lsq below"),
+            Option("dropout", type=float, default=0.0, help="dropout while training"),
+            Option("temperature", type=float, default=2.0, help="softmax temperature of the logit loss"),
+            Option("logits_weight", type=float, default=1.0),
+            Option("hidden_weight", type=float, default=1.0),
+            Option("attention_weight", type=float, default=0.0),
+            Option("label_weight", type=float, default=0.0),
+            LAYER_MAP,
+        ]),
+        *_TRAINING,
+        NO_PROGRESS,
+        TRUST_REMOTE_CODE,
+    ])

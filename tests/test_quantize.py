@@ -1,0 +1,192 @@
+"""`quantize`: int8 weights within half a step of the float ones, int8 folders that load back with
+one call and compute with exactly the stored integers, quantization-aware distillation whose loss
+stays near zero when the teacher is the student itself, and one clear line for what cannot be done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CORPORA, fixed_vocab, run_cli
+
+from polyglot_distil.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, sample_files) -> Path:
+    """A tiny NLI classifier (hidden 32, 2 layers) with weights large enough that pairs differ."""
+    return spread_classifier(tmp_path_factory.mktemp("qmodel"), sample_files)
+
+
+def spread_classifier(root: Path, sample_files) -> Path:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from polyglot_distil.models.smoke import build_smoke_model
+
+    folder = build_smoke_model(root / "float", "bert", vocab_file=fixed_vocab(root / "vocab.txt", sample_files, 300),
+                               head="sequence-classification", num_layers=2)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.dim() > 1:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * (1.0 if "classifier" in name else 0.3))
+    model.save_pretrained(folder)
+    return folder
+
+
+def inputs(folder: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lines = (CORPORA / "fr" / "sample.txt").read_text(encoding="utf-8").splitlines()[:6]
+    return tokenizer(lines[:3], lines[3:6], return_tensors="pt", padding=True, truncation=True, max_length=64)
+
+
+def float_model(folder: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def test_fake_quantization_at_8_bits_with_the_observed_scale_is_within_half_a_step():
+    import torch
+
+    from polyglot_distil.distill.quantize import lsq_quantize
+    from polyglot_distil.models.quantized import fake_quantize, observed_scales
+
+    weight = torch.randn(16, 40, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.01, 2, 16)[:, None]
+    scale = observed_scales(weight, 8)
+    error = (fake_quantize(weight, scale, 8) - weight).abs()
+    assert (error <= scale[:, None] / 2 * (1 + 1e-5)).all()
+    assert error.max() > scale.min() / 10  # it does round
+    assert torch.allclose(scale, weight.abs().amax(1) / 127)
+    # LSQ's forward is the same fake quantization (to float rounding: the straight-through sums)
+    levels = lsq_quantize(weight, scale[:, None], 127, 0.1) / scale[:, None]
+    assert torch.equal(levels.round(), fake_quantize(weight, scale, 8).div(scale[:, None]).round())
+    assert (levels - levels.round()).abs().max() < 1e-4
+
+
+def test_dynamic_int8_loads_back_with_one_call_and_computes_with_the_stored_integers(tmp_path, classifier):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from polyglot_distil.models.quantized import load_int8, observed_scales, quantize_rows
+
+    assert run_cli("quantize", "--model", classifier, "--out", tmp_path / "int8") == 0
+    model = load_int8(tmp_path / "int8")
+    reference = float_model(classifier)
+    query = "bert.encoder.layer.1.attention.self.query"
+    float_weight = reference.get_submodule(query).weight
+    stored = model.get_submodule(query).weight()
+    assert torch.equal(stored.int_repr(), quantize_rows(float_weight, observed_scales(float_weight), 8))
+    int8_linear = [m for m in model.modules() if type(m).__name__ == "Linear" and callable(m.weight)]
+    assert len(int8_linear) == 14  # every Linear, the pooler and the head too
+    batch = inputs(classifier)
+    with torch.no_grad():
+        got, expected = model(**batch).logits, reference(**batch).logits
+    # int8 weights, and activations rounded per batch: near the float logits (a model put together
+    # wrongly, e.g. with random weights, is nowhere near), the same labels
+    assert (got - expected).abs().max() < 0.25 * expected.abs().max()
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    record = json.loads((tmp_path / "int8" / "int8.json").read_text())
+    assert record["method"] == "dynamic" and record["embeddings"] == []
+    assert "bert.embeddings.word_embeddings.weight" in load_file(tmp_path / "int8" / "model_int8.safetensors")
+    with pytest.raises(OSError):  # never mistaken for a float model with random weights
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "int8")
+
+
+def test_int8_embeddings_halve_the_weights_on_disk_and_keep_the_rows(tmp_path, classifier):
+    import torch
+
+    from polyglot_distil.models.quantized import load_int8
+
+    assert run_cli("quantize", "--model", classifier, "--out", tmp_path / "int8", "--embeddings", "int8") == 0
+    report = json.loads((tmp_path / "int8" / "quantize.json").read_text())
+    assert report["int8_bytes"] < report["float_bytes"] / 2
+    model, reference = load_int8(tmp_path / "int8"), float_model(classifier)
+    words = model.bert.embeddings.word_embeddings
+    ids = torch.arange(words.num_embeddings)
+    table = reference.bert.embeddings.word_embeddings.weight
+    step = table.abs().amax(1) / 127
+    assert ((words(ids) - table).abs() <= step[:, None] / 2 * (1 + 1e-5)).all()
+
+
+def test_a_qat_int8_folder_holds_the_learned_steps_and_the_integers_they_give(tmp_path, classifier):
+    import torch
+
+    from polyglot_distil.distill.quantize import fake_quantize_model, learned_steps
+    from polyglot_distil.models.quantized import load_int8, save_int8
+
+    model = float_model(classifier)
+    fake_quantize_model(model, 4, activations=False, step_init="auto")
+    name = "bert.encoder.layer.0.intermediate.dense"
+    layer = model.get_submodule(name)
+    with torch.no_grad():
+        layer.weight_step.mul_(1.3)  # as if trained
+    (tmp_path / "qat").mkdir()
+    save_int8(model, tmp_path / "qat", 4, "qat", learned_steps(model))
+    loaded = load_int8(tmp_path / "qat").get_submodule(name).weight()
+    expected = torch.clamp(torch.round(layer.weight / layer.weight_step[:, None]), -7, 7)
+    assert torch.equal(loaded.int_repr().float(), expected)
+    assert torch.allclose(loaded.q_per_channel_scales().float(), layer.weight_step.detach())
+    assert torch.allclose(loaded.dequantize(), layer.quantized_weight().detach(), atol=1e-6)
+
+
+def qat(out: Path, model: Path, *extra) -> list[dict]:
+    from conftest import metrics_rows
+
+    nli = CORPORA / "nli"
+    status = run_cli("quantize", "--model", model, "--method", "qat", "--train", nli / "train-en.tsv",
+                     "--dev", nli / "dev-en.tsv", "--max-train-examples", "64", "--batch-size", "16",
+                     "--epochs", "1", "--log-every", "1", "--no-progress", "--out", out, *extra)
+    assert status == 0
+    return metrics_rows(out, "train")
+
+
+def test_qat_with_the_teacher_as_its_own_student_keeps_the_loss_near_zero(tmp_path, classifier):
+    eight = qat(tmp_path / "q8", classifier)
+    two = qat(tmp_path / "q2", classifier, "--bits", "2")
+    assert len(eight) == 4 and all(row["loss"] < 5e-3 for row in eight)
+    assert all(0 <= row["logits"] < 5e-3 for row in eight)  # a KL: 0 for a student equal to its teacher
+    assert min(row["loss"] for row in two) > 100 * max(row["loss"] for row in eight)  # the loss does see rounding
+    for out in ("best", "final"):
+        assert json.loads((tmp_path / "q8" / out / "int8.json").read_text())["method"] == "qat"
+    assert run_cli("eval", "xnli", "--model", tmp_path / "q8" / "best", "--baseline", classifier, "--langs", "fr",
+                   "--data", CORPORA / "nli", "--no-efficiency", "--no-progress", "--out", tmp_path / "eval") == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["results"]["fr"]["agreement_with_baseline"] >= 0.9
+
+
+def test_what_cannot_be_quantized_is_one_line(tmp_path, capsys, classifier):
+    import torch
+
+    from polyglot_distil.models.quantized import int8_tensors
+
+    with pytest.raises(UserError, match="has no Linear layer to quantize"):
+        int8_tensors(torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4)), 8)
+    assert run_cli("quantize", "--model", classifier, "--bits", "4", "--out", tmp_path / "q") == 2
+    assert run_cli("quantize", "--model", classifier, "--train", "x.tsv", "--out", tmp_path / "q") == 2
+    assert run_cli("quantize", "--model", classifier, "--method", "qat", "--out", tmp_path / "q") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "error: --bits 4: post-training quantization is int8 only; fewer bits need --method qat, which trains the steps",
+        "error: --train applies to --method qat only (this is --method dynamic)",
+        "error: --method qat trains: pass --train SOURCE and --dev SOURCE (English NLI pairs)"]
+    assert not (tmp_path / "q").exists()
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, capsys, classifier):
+    out = tmp_path / "int8"
+    assert run_cli("quantize", "--model", classifier, "--out", out) == 0
+    assert run_cli("quantize", "--model", classifier, "--out", out) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out} already exists; pass --overwrite to replace it"
+    assert run_cli("quantize", "--model", classifier, "--out", out, "--embeddings", "int8", "--overwrite") == 0
+    assert json.loads((out / "int8.json").read_text())["embeddings"]
+    assert run_cli("quantize", "--model", out, "--out", tmp_path / "again") == 2
+    assert "already an int8 model" in capsys.readouterr().err
