@@ -189,5 +189,6 @@ def out_option(help: str) -> Option:
 OVERWRITE = Option("overwrite", kind=FLAG, help="replace an existing output")
 TRUST_REMOTE_CODE = Option("trust_remote_code", kind=FLAG, help="allow the model's own code to run")
 NO_PROGRESS = Option("no_progress", kind=FLAG,
-                     help="no progress bars (by default they show on a terminal, not in a log file)")
+                     help="no progress display (by default: a bar on a terminal; in a log file a line every 30 s, "
+                          "or every $POLYGLOT_DISTIL_PROGRESS_SECONDS, 0 for none)")
 SEED = Option("seed", type=int, default=0)

@@ -1,19 +1,41 @@
 """Write outputs atomically: to a temporary path beside the target, renamed into place at the end.
 
 A failed or interrupted command therefore never leaves a partial file or folder behind, and an
-existing output is only replaced when the user asked for it (`--overwrite`).
+existing output is only replaced when the user asked for it (`--overwrite`), and only by an output
+of the same kind: a file by a file, a folder by a folder that polyglot-distil wrote (it holds the
+marker `.polyglot-distil.json`, or a report of ours from before the marker).
+
+An output being written is locked: `.NAME.lock` beside it, created atomically, holds the writer's
+pid and host. A second run that targets the same output refuses with one line naming the lock; a
+lock left by a run that was killed (its pid is gone on this host) is reported with how to remove
+it. The run that takes the lock removes the temporaries an interrupted run of its own left beside
+the output (`.NAME.*.tmp`), and says so.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 from polyglot_distil.errors import UserError
+
+MARKER = ".polyglot-distil.json"
+
+# Reports that mark a folder as ours in outputs written before the marker existed.
+OUR_REPORTS = (MARKER, "trim_report.json", "student.json", "report.json", "run_config.json", "sparse_diff.json",
+               "DONE.json", "quantize.json", "verify.json")
+
+_held: dict[Path, Path] = {}  # output -> its lock file, taken by this process
+_temporaries: set[Path] = set()  # temporaries this process is writing (never removed as stale)
 
 
 def _umask() -> int:
@@ -32,53 +54,178 @@ def follow_umask(path: Path) -> None:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def check_writable(target: str | os.PathLike, overwrite: bool, kind: str = "any") -> Path:
-    """Fail early, before any work, if `target` exists and may not be replaced (`kind` "file": an
-    output file, which never replaces a folder)."""
+def written_by_us(folder: Path) -> bool:
+    """Is `folder` empty or an output polyglot-distil wrote (its marker or one of its reports)?"""
+    return not any(folder.iterdir()) or any((folder / name).is_file() for name in OUR_REPORTS)
+
+
+def _cannot_write(target: Path, exc: OSError) -> UserError:
+    where = exc.filename or target
+    return UserError(f"cannot write {target}: {where}: {exc.strerror or exc}; choose a folder you can write to")
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+def _main_process() -> bool:
+    """Only the main process of a multi-process run (`accelerate launch`) takes locks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _refuse_locked(target: Path, lock: Path) -> UserError:
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+        pid, host, since = int(owner["pid"]), str(owner["host"]), owner.get("since", "?")
+    except (OSError, ValueError, KeyError, TypeError):
+        return UserError(f"{target} is locked by {lock}, which cannot be read; if no run is writing {target}, "
+                         f"remove it: rm {lock}")
+    if host == socket.gethostname() and not _alive(pid):
+        return UserError(f"{target} is locked by {lock}, left by a run that ended without finishing (pid {pid}, "
+                         f"since {since}); if no run is writing {target}, remove the lock: rm {lock}")
+    return UserError(f"{target} is being written by another run (pid {pid} on {host}, since {since}; lock {lock}); "
+                     "wait for it to finish or give another output path")
+
+
+def hold_lock(target: str | os.PathLike) -> None:
+    """Lock `target` for this process (a no-op if it already holds the lock, or in a process
+    other than the main one). On first taking it, remove stale temporaries beside `target`."""
+    target = Path(target)
+    key = target.absolute()
+    if key in _held or not _main_process():
+        return
+    lock = lock_path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+    except FileExistsError:
+        raise _refuse_locked(target, lock) from None
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv[:3])}, handle)
+    _held[key] = lock
+    _remove_stale_temporaries(target)
+
+
+def release_lock(target: str | os.PathLike) -> None:
+    lock = _held.pop(Path(target).absolute(), None)
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+
+
+def release_locks() -> None:
+    """Release every lock this process holds (at the end of a command, and at exit)."""
+    for key in list(_held):
+        release_lock(key)
+
+
+atexit.register(release_locks)
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    parent = target.parent
+    for stale in [*parent.glob(f".{target.name}.*.tmp"), parent / f".{target.name}.old"]:
+        if not stale.exists() or stale.absolute() in _temporaries:
+            continue
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        print(f"note: removed {stale}, left by an interrupted run", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and atomic writes
+
+
+def check_writable(target: str | os.PathLike, overwrite: bool, kind: str = "dir") -> Path:
+    """Fail early, before any work, if `target` may not be written: it exists and `overwrite` is
+    off, it is of the other kind (`kind` "file" or "dir"), it is a folder polyglot-distil did not
+    write, its folder cannot be written, or another run holds its lock. Then lock it."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists; pass --overwrite to replace it")
     if kind == "file" and target.is_dir():
         raise UserError(f"{target} is a folder; --overwrite replaces a file of the same kind only: give a file path")
+    if kind == "dir" and target.exists() and not target.is_dir():
+        raise UserError(f"{target} is a file; --overwrite replaces a folder of the same kind only: give a folder path")
+    if kind == "dir" and target.is_dir() and not written_by_us(target):
+        raise UserError(f"{target} holds files polyglot-distil did not write (it has no {MARKER}); --overwrite "
+                        "replaces only outputs of polyglot-distil: give another path")
     parent = target.parent if str(target.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise UserError(f"cannot write {target}: {parent} is not a folder")
+    hold_lock(target)
     return target
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small file (a marker, a run record) so that a reader sees the old or the new text,
+    never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        follow_umask(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to `target`, on error removed."""
-    target = check_writable(target, overwrite)
-    if target.is_dir():
-        raise UserError(f"{target} is a folder; --overwrite replaces a file of the same kind only: give a file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    target = check_writable(target, overwrite, kind="file")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
     os.close(fd)
     tmp = Path(tmp)
+    _temporaries.add(tmp.absolute())
     try:
         yield tmp
         follow_umask(tmp)
-        if target.is_dir():
-            shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        _temporaries.discard(tmp.absolute())
+        release_lock(target)
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces `target`, on error it is removed."""
-    target = check_writable(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    """Yield an empty temporary folder (holding only the marker); on success it replaces `target`,
+    on error it is removed."""
+    target = check_writable(target, overwrite, kind="dir")
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    _temporaries.add(tmp.absolute())
+    try:
+        (tmp / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
         yield tmp
         follow_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old) if target.is_dir() else target.unlink()
+            os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -86,3 +233,5 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _temporaries.discard(tmp.absolute())
+        release_lock(target)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import FLAG, POSITIONAL, Command, Option, exit_status
+from polyglot_distil.outputs import hold_lock, release_lock, replace_text
 from polyglot_distil.tables import text_table
 
 STAGES = ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
@@ -79,6 +81,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         raise UserError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a mapping of keys at the top level")
+    resolve_paths(config, path.parent)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -86,6 +89,42 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         _set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     config["_path"] = str(path)
     return config
+
+
+# Options of stage sections that name a file or folder (resolved like the top-level paths).
+SECTION_PATHS = {"trim": ("keep_file",), "task": ("teacher_cache",)}
+
+
+def resolve_paths(config: dict, base: Path) -> None:
+    """Make the config's relative paths relative to its own folder `base`, so that
+    `run path/to/config.yaml` works from any folder: run_dir, eval_data, the corpora, heldout and
+    task_data sources (not `hf:` ones), `model` when it starts with `.`, `/` or `~` or names a
+    path beside the config (otherwise it is a hub name), and the path options of stage sections.
+    `key=value` overrides on the command line stay relative to the current folder."""
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str) or not value or value.startswith("hf:") or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return str(path) if path.is_absolute() else os.path.normpath(base / path)
+
+    def resolve_all(value: Any) -> Any:
+        return [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
+
+    for key in ("run_dir", "eval_data"):
+        if key in config:
+            config[key] = resolve(config[key])
+    model = config.get("model")
+    if isinstance(model, str) and (model.startswith((".", "/", "~")) or (base / model).exists()):
+        config["model"] = resolve(model)
+    for key in ("corpora", "heldout", "task_data"):
+        if isinstance(config.get(key), dict):
+            config[key] = {name: resolve_all(value) for name, value in config[key].items()}
+    for stage, keys in SECTION_PATHS.items():
+        section = config.get(stage)
+        for key in keys if isinstance(section, dict) else ():
+            if key in section:
+                section[key] = resolve(section[key])
 
 
 def _expect(condition: bool, key: str, expected: str, value: Any) -> None:
@@ -287,7 +326,16 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
         values = stage_values(run, stage)
         settings_hash = _argv_hash(stage_argv(values, stage))
         marker = run.dir(stage.name) / MARKER
-        running = forced or any(need in rerun for need in stage.needs)
+        upstream = [need for need in stage.needs if need in rerun]
+        running = forced or bool(upstream)
+        output = Path(values["out"]) if values.get("out") is not None else None
+        if upstream and not forced and (marker.is_file() or (output is not None and (output / "checkpoints").is_dir())):
+            # Its inputs are being re-made (their marker is missing): replacing a finished output,
+            # or days of checkpoints, is for the user to ask for.
+            first = next(s.name for s in stages if s.name in rerun)
+            raise UserError(f"stage {first} runs again (it has no {MARKER}), which would replace the output of "
+                            f"{stage.name} in {run.dir(stage.name)}; to re-run from there on purpose pass "
+                            f"--from {first}, or restore {run.dir(first) / MARKER}")
         if not running and marker.is_file():
             done = json.loads(marker.read_text(encoding="utf-8"))
             if done.get("argv_hash") != settings_hash:
@@ -295,7 +343,6 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                                 f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
             steps.append(Step(stage, None, settings_hash))
             continue
-        output = Path(values["out"]) if values.get("out") is not None else None
         if stage.resumable and not running and output is not None and (output / "checkpoints").is_dir():
             values["resume"] = True
         elif (output is not None and output.exists()) or stage.name == "verify":
@@ -323,6 +370,16 @@ def run_pipeline(config: dict, only: str | None = None, start: str | None = None
         stages = stages[names.index(start):]
     run = Run(config)
     rank, world = _process_rank()
+    if rank == 0:
+        hold_lock(run.run_dir)  # two runs of one config at once: the second refuses
+    try:
+        return _run_steps(run, stages, only, start, rank, world)
+    finally:
+        release_lock(run.run_dir)
+
+
+def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | None, rank: int,
+               world: int) -> list[str]:
     steps, error = None, None
     if rank == 0:
         try:
@@ -361,12 +418,11 @@ def run_pipeline(config: dict, only: str | None = None, start: str | None = None
                 raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "
                                 "completed stages are skipped")
         except BaseException:
-            (run.dir(stage.name) / FAILED).write_text(stage.name, encoding="utf-8")
+            replace_text(run.dir(stage.name) / FAILED, stage.name)
             raise
-        marker.write_text(json.dumps({"stage": stage.name, "argv": argv, "argv_hash": step.settings_hash,
-                                      "seconds": round(time.time() - start_time, 1),
-                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n",
-                          encoding="utf-8")
+        replace_text(marker, json.dumps({"stage": stage.name, "argv": argv, "argv_hash": step.settings_hash,
+                                         "seconds": round(time.time() - start_time, 1),
+                                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
         ran.append(stage.name)
     return ran
 

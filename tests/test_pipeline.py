@@ -13,7 +13,8 @@ from conftest import ROOT, run_cli
 from polyglot_distil.errors import UserError
 from polyglot_distil.pipeline import STAGES, load_config, run_pipeline, validate
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIG_DIR = ROOT / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def test_the_shipped_configs_are_there():
@@ -22,8 +23,8 @@ def test_the_shipped_configs_are_there():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_validates(path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_every_shipped_config_validates(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative paths in a config resolve against the config's folder
     config = load_config(path)
     stages = validate(config)
     assert stages, path
@@ -38,9 +39,9 @@ def write_config(tmp_path: Path, **changes) -> Path:
     config["run_dir"] = str(tmp_path / "run")
     config["model"] = str(tmp_path / "teacher")
     for key in ("corpora",):
-        config[key] = {lang: [str(ROOT / s) for s in sources] for lang, sources in config[key].items()}
-    config["task_data"] = {k: str(ROOT / v) for k, v in config["task_data"].items()}
-    config["eval_data"] = str(ROOT / config["eval_data"])
+        config[key] = {lang: [str((CONFIG_DIR / s).resolve()) for s in sources] for lang, sources in config[key].items()}
+    config["task_data"] = {k: str((CONFIG_DIR / v).resolve()) for k, v in config["task_data"].items()}
+    config["eval_data"] = str((CONFIG_DIR / config["eval_data"]).resolve())
     for dotted, value in changes.items():
         node = config
         *parents, last = dotted.split("__")
@@ -152,7 +153,16 @@ def test_completed_run_does_nothing_again(demo_run):
 
 
 def test_interrupted_training_stage_resumes_and_what_reads_it_runs_again(demo_run, capsys):
-    (demo_run["tmp"] / "run" / "general" / "DONE.json").unlink()
+    import shutil
+
+    run = demo_run["tmp"] / "run"
+    (run / "general" / "DONE.json").unlink()
+    # A lost marker does not silently replace the finished stages that read general's output ...
+    with pytest.raises(UserError, match="would replace the output of task .*--from general"):
+        run_pipeline(load_config(demo_run["path"]))
+    # ... as a run interrupted in general, before task ever ran, has none:
+    shutil.rmtree(run / "task")
+    shutil.rmtree(run / "eval")
     assert run_pipeline(load_config(demo_run["path"])) == ["general", "task", "eval"]  # not finetune
     assert "[general] resuming from its checkpoints" in capsys.readouterr().out
 

@@ -5,7 +5,6 @@ in seeded, padded batches (`NLIBatches`); shared by `finetune` and `distil task`
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,14 +44,13 @@ class EncodedPairs:
 def encode_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | None = None,
                  chunk: int = 4096) -> EncodedPairs:
     """Tokenise every pair once, truncated to `max_length` tokens (longest first), unpadded."""
-    from tqdm.auto import tqdm
+    from polyglot_distil.progress import progress as progress_display
 
     if max_length < 8:
         raise UserError(f"--max-length must be at least 8 tokens, not {max_length}")
     with_types = "token_type_ids" in tokenizer.model_input_names
     ids, types, lengths = [], [], []
-    for start in tqdm(range(0, len(data), chunk), desc="tokenize", unit=" chunks", file=sys.stderr,
-                      dynamic_ncols=True, disable=None if progress is None else not progress):
+    for start in progress_display(range(0, len(data), chunk), desc="tokenize", unit=" chunks", show=progress):
         end = start + chunk
         encoded = tokenizer(data.premises[start:end], data.hypotheses[start:end], truncation=True,
                             max_length=max_length, padding=False, return_token_type_ids=with_types)

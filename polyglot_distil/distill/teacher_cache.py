@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -115,7 +114,7 @@ def _build(folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[i
            batch_size: int, device) -> None:
     """Run the teacher over every pair (length-sorted batches) and write the arrays atomically."""
     import torch
-    from tqdm.auto import tqdm
+    from polyglot_distil.progress import progress
 
     n = len(pairs)
     lengths = np.diff(pairs.offsets).astype(np.int64)
@@ -132,8 +131,7 @@ def _build(folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[i
     files = {name: np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float16, shape=shape)
              for name, (shape, _) in arrays.items()}
     order = np.argsort(-lengths, kind="stable")
-    with torch.inference_mode(), tqdm(total=n, desc="teacher cache", unit=" pairs", file=sys.stderr,
-                                      disable=None) as bar:
+    with torch.inference_mode(), progress(total=n, desc="teacher cache", unit=" pairs") as bar:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             width = int(lengths[rows].max())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, POSITIONAL, SEED, TRUST_REMOTE_CODE, Command, \
     Option, out_option
 from polyglot_distil.outputs import atomic_file, check_writable
+from polyglot_distil.progress import progress
 from polyglot_distil.tables import text_table
 
 METADATA_KEY = b"polyglot_distil"
@@ -152,6 +152,40 @@ def _count_batches(backend, lines, batch_lines, occurrences, line_counts, progre
     return tokens
 
 
+def _progress_total(sources: list[Source], caps: Caps, shard: tuple[int, int]) -> tuple[float | None, bool]:
+    """(total, in bytes?) for a language's progress: the line cap when there is one, else the
+    bytes of its files when all are plain uncompressed text (a share of them for a shard), else
+    unknown."""
+    if caps.max_lines is not None and shard == (0, 1):
+        return caps.max_lines, False
+    files = [Path(s.path) for s in sources if s.kind == "text" and not s.path.endswith((".gz", ".bz2", ".xz"))]
+    if caps.capped or len(files) != len(sources) or not all(f.is_file() for f in files):
+        return None, False
+    return sum(f.stat().st_size for f in files) / shard[1], True
+
+
+MAX_REPLACED_SHARE = 0.01  # undecodable bytes per character above which a source is not UTF-8 text
+
+
+def _text_only(lines: Iterator[str], stats: ReadStats, lang: str, sources: list) -> Iterator[str]:
+    """Pass `lines` on, but stop with one line once the undecodable bytes exceed
+    MAX_REPLACED_SHARE of the characters (checked from 10,000 characters on, and at the end): a
+    binary file or another encoding would otherwise be counted as text without a word."""
+
+    def check(final: bool) -> None:
+        if (final or stats.chars >= 10_000) and stats.replaced_bytes > MAX_REPLACED_SHARE * max(stats.chars, 1):
+            where = ", ".join(str(s) for s in sources)
+            raise UserError(f"{lang}={where}: {stats.replaced_bytes:,} undecodable bytes in the first "
+                            f"{stats.chars:,} characters (over {MAX_REPLACED_SHARE:.0%}): not UTF-8 text (a binary "
+                            "file, or another encoding?); convert it to UTF-8, or pass --allow-replacements")
+
+    for number, line in enumerate(lines):
+        if number % 256 == 0:
+            check(False)
+        yield line
+    check(True)
+
+
 def _unk_id(tokenizer) -> int | None:
     if tokenizer.unk_token_id is not None:
         return int(tokenizer.unk_token_id)
@@ -165,11 +199,10 @@ def _unk_id(tokenizer) -> int | None:
 
 def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps: Caps | None = None,
                   shard: tuple[int, int] = (0, 1), batch_lines: int = 8192, show_progress: bool | None = None,
-                  trust_remote_code: bool = False, tokenizer=None) -> Counts:
+                  trust_remote_code: bool = False, tokenizer=None, allow_replacements: bool = False) -> Counts:
     """Count every language's corpus with the tokenizer `tokenizer_name` (or an already loaded
-    `tokenizer`). Raises `UserError` for an empty corpus."""
-    from tqdm.auto import tqdm
-
+    `tokenizer`). Raises `UserError` for an empty corpus, and for one that is not UTF-8 text
+    (more than `MAX_REPLACED_SHARE` of its characters undecodable) unless `allow_replacements`."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
     vocab = vocab_in_id_order(tokenizer)
     result = Counts(tokenizer=str(tokenizer_name), fingerprint=tokenizer_fingerprint(tokenizer, vocab), vocab=vocab,
@@ -177,19 +210,28 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
     result.extra = {"shard": f"{shard[0]}/{shard[1]}", "caps": asdict(caps or Caps())}
     for lang, sources in languages.items():
         stats = ReadStats()
-        # disable=None: a bar on a terminal, none in a log file (unless forced either way)
-        bar = tqdm(desc=f"count {lang}", unit=" lines", dynamic_ncols=True, file=sys.stderr,
-                   disable=None if show_progress is None else not show_progress)
-        start = time.perf_counter()
+        total, in_bytes = _progress_total(sources, caps or Caps(), shard)
+        bar = progress(total=total, desc=f"count {lang}", unit=" bytes" if in_bytes else " lines",
+                       show=show_progress)
+        start, read = time.perf_counter(), [0]
 
-        def progress(n_lines: int, n_tokens: int) -> None:
-            bar.update(n_lines)
+        def on_batch(n_lines: int, n_tokens: int) -> None:
+            bar.update(read[0] - bar.n if in_bytes else n_lines)
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{n_tokens / elapsed / 1e3:,.0f}k tokens/s", refresh=False)
 
+        def measured(lines: Iterator[str]) -> Iterator[str]:
+            for line in lines:
+                read[0] += len(line.encode("utf-8")) + 1
+                yield line
+
         with untruncated(tokenizer) as backend:
-            occurrences, line_counts, tokens = count_lines(
-                backend, iter_language(sources, caps, shard, stats), len(vocab), batch_lines, progress)
+            lines = iter_language(sources, caps, shard, stats)
+            if in_bytes:
+                lines = measured(lines)
+            if not allow_replacements:
+                lines = _text_only(lines, stats, lang, sources)
+            occurrences, line_counts, tokens = count_lines(backend, lines, len(vocab), batch_lines, on_batch)
         bar.close()
         if stats.lines == 0 and shard == (0, 1):
             where = ", ".join(str(s) for s in sources)
@@ -393,7 +435,7 @@ def run_count(args) -> dict:
         raise UserError("--batch-lines must be at least 1")
     counts = count_corpora(args.tokenizer, languages, caps, shard, args.batch_lines,
                            show_progress=False if args.no_progress else None,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, allow_replacements=args.allow_replacements)
     write_counts(counts, args.out, args.overwrite)
     print(summary_table(counts))
     rows = sum(int(np.count_nonzero(c)) for c in counts.occurrences.values())
@@ -429,6 +471,9 @@ COUNT = Command(
                "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
                "OUT with '.shard-I-of-N' before its suffix"),
         Option("batch_lines", type=int, default=8192, help="lines per encode_batch call"),
+        Option("allow_replacements", kind=FLAG,
+               help=f"count a source although over {MAX_REPLACED_SHARE:.0%} of its bytes are not UTF-8 "
+                    "(they become U+FFFD)"),
         replace(OVERWRITE, help="replace an existing output file"),
         replace(TRUST_REMOTE_CODE, help="allow the tokenizer's own code to run"),
         NO_PROGRESS,

@@ -35,6 +35,7 @@ from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_model, load_tokenizer, model_class_for, vocab_in_id_order
 from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option
 from polyglot_distil.outputs import atomic_file, check_writable
+from polyglot_distil.progress import progress
 from polyglot_distil.vocab.trim_tokenizer import vocab_size
 from polyglot_distil.vocab.select import id_map_for
 
@@ -262,13 +263,10 @@ def verify_equivalence(original: str, trimmed: str | Path, texts: dict[str, list
     """`compare_texts` for each language's texts ({lang: [text]}) between the model `original`
     (hub name or folder; its tokenizer may be passed already loaded) and the folder `trimmed`
     written by `trim`."""
-    from tqdm.auto import tqdm
-
     pair = load_pair(original, trimmed, trust_remote_code, original_tokenizer)
     results = {}
     for lang, lang_texts in texts.items():
-        bar = tqdm(desc=f"verify {lang}", unit=" texts", dynamic_ncols=True, file=sys.stderr,
-                   disable=None if show_progress is None else not show_progress)
+        bar = progress(total=len(lang_texts), desc=f"verify {lang}", unit=" texts", show=show_progress)
         results[lang] = compare_texts(*pair[:5], lang_texts, batch_size, progress=bar.update, poolers=pair[5])
         bar.close()
     return results
