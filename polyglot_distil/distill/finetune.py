@@ -55,7 +55,7 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
 
     def evaluate(model, accelerator):
         predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, to_xnli,
-                                    args.batch_size, args.max_length)
+                                    args.batch_size, args.max_length, accelerator)
         return {"dev_accuracy": float(np.mean(predicted == dev_data.labels))}
 
     def save_model(trained, folder: Path) -> None:

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 from pathlib import Path
 
-from polyglot_distil.distill.objective import distillation_terms, resolve_weights, weighted_sum
+from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.errors import UserError
 from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME
 from polyglot_distil.models.encoder import max_positions
@@ -236,7 +236,7 @@ def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_m
     s = model(batch["input_ids"], batch["attention_mask"], rows)
     t = teacher_outputs(teacher, batch, weights, rows)
     terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map,
-                               mlm_labels=batch["labels"][rows] if weights.mlm else None)
+                               mlm_labels=batch["labels"][rows] if weights.mlm else None, counts=batch.get("counts"))
     return weighted_sum(terms, weights), terms
 
 
@@ -304,10 +304,11 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
         (folder / "distillation.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     def evaluate(model, accelerator):
-        return mean_over_batches(model, heldout, compute_loss, accelerator, settings.grad_accum)
+        return mean_over_batches(model, heldout, compute_loss, accelerator, settings.grad_accum,
+                                 batch_counts=batch_counts)
 
     return Recipe(model=model, train_data=train_data, compute_loss=compute_loss, save_model=save_model,
-                  evaluate=evaluate if heldout is not None else None)
+                  evaluate=evaluate if heldout is not None else None, batch_counts=batch_counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,9 +340,7 @@ def run_distil_general(args) -> dict:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
         mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.eval_every,
         save_every=args.save_every, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None,
-        # Attention alone leaves the last layer's feed-forward without gradient.
-        find_unused_parameters=set(weights.enabled()) == {"attention"})
+        resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None)
     run_config = {
         "phase": "general", "teacher": str(args.teacher), "student": args.student,
         "student_spec": None if args.student else asdict(spec_from_args(args)),

@@ -5,6 +5,12 @@ V vocabulary. `mask` is the attention mask [B, L] (1 = token, 0 = padding); ever
 padding. Each returns a scalar; reductions are stated per function. Probabilities are computed
 in float32 whatever the autocast dtype.
 
+The token-averaged losses take an optional count to average over (`tokens`, `token_pairs`,
+`rows`, `labelled`; default: this batch's own). The training loop passes the global batch's
+count divided by the number of micro-batches it is cut into, so the micro-batches' losses
+average to the global batch's mean, whatever the processes and accumulation steps; with padded
+or unevenly masked micro-batches, means of micro-batch means would not.
+
     loss = hidden_mse(student_states, teacher_states, mask) + attention_mse(s_maps, t_maps, mask)
 """
 
@@ -16,35 +22,41 @@ import torch
 import torch.nn.functional as F
 
 
-def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor,
+               tokens: float | None = None) -> torch.Tensor:
     """Mean over the paired layers of the MSE between hidden states [B, L, H], averaged over
-    non-padding tokens and the H features (BiStil: student state i against teacher state 2i)."""
+    non-padding tokens (or `tokens`) and the H features (BiStil: student state i against teacher
+    state 2i)."""
     weights = mask.to(torch.float32)
-    denominator = weights.sum() * student[0].shape[-1]
+    denominator = (weights.sum() if tokens is None else tokens) * student[0].shape[-1]
     total = student[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student, teacher, strict=True):
         total = total + ((s.float() - t.float()).pow(2).sum(-1) * weights).sum() / denominator
     return total / len(student)
 
 
-def attention_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def attention_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor,
+                  token_pairs: float | None = None) -> torch.Tensor:
     """Mean over the paired layers of the MSE between attention probabilities [B, A, L, L],
-    averaged over the heads and the (query, key) pairs where both are tokens. (BiStil keeps the
-    entries where the teacher's probability is non-zero, which drops padding keys only.)"""
+    averaged over the heads and the (query, key) pairs where both are tokens (or `token_pairs`,
+    the sum over rows of length²). (BiStil keeps the entries where the teacher's probability is
+    non-zero, which drops padding keys only.)"""
     weights = mask.to(torch.float32)
     pairs = weights[:, None, :, None] * weights[:, None, None, :]  # [B, 1, L, L]
-    denominator = pairs.sum() * student[0].shape[1]
+    denominator = (pairs.sum() if token_pairs is None else token_pairs) * student[0].shape[1]
     total = student[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student, teacher, strict=True):
         total = total + ((s.float() - t.float()).pow(2) * pairs).sum() / denominator
     return total / len(student)
 
 
-def logit_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def logit_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+             rows: float | None = None) -> torch.Tensor:
     """KL(teacher || student) between the softmaxes at `temperature` of logits [N, V], summed
-    over V, averaged over the N positions, times temperature² (DistilBERT; Hinton et al.).
-    Gradients flow to the student's logits only."""
-    return _LogitKL.apply(student_logits, teacher_logits.detach(), temperature)
+    over V, averaged over the N positions (or `rows`), times temperature² (DistilBERT; Hinton et
+    al.). Gradients flow to the student's logits only."""
+    return _LogitKL.apply(student_logits, teacher_logits.detach(), temperature,
+                          float(student_logits.shape[0] if rows is None else rows))
 
 
 class _LogitKL(torch.autograd.Function):
@@ -56,7 +68,7 @@ class _LogitKL(torch.autograd.Function):
     BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block
 
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, temperature):
+    def forward(ctx, student_logits, teacher_logits, temperature, denominator):
         rows, vocab = student_logits.shape
         # On an accelerator, blocks would only add kernel launches: one block of every row.
         step = max(1, _LogitKL.BLOCK_ELEMENTS // vocab) if student_logits.device.type == "cpu" else max(1, rows)
@@ -71,18 +83,18 @@ class _LogitKL(torch.autograd.Function):
             kl += (t_probs * (t_log - s_log)).sum()
             student_log_probs[block], teacher_probs[block] = s_log, t_probs
         ctx.save_for_backward(student_log_probs, teacher_probs)
-        ctx.temperature, ctx.dtype, ctx.step = temperature, student_logits.dtype, step
-        return kl / rows * temperature**2
+        ctx.temperature, ctx.dtype, ctx.step, ctx.denominator = temperature, student_logits.dtype, step, denominator
+        return kl / denominator * temperature**2
 
     @staticmethod
     def backward(ctx, grad_output):
         student_log_probs, teacher_probs = ctx.saved_tensors
-        scale = grad_output * ctx.temperature / student_log_probs.shape[0]
+        scale = grad_output * ctx.temperature / ctx.denominator
         grad = torch.empty_like(student_log_probs)
         for start in range(0, grad.shape[0], ctx.step):
             block = slice(start, start + ctx.step)
             torch.exp(student_log_probs[block], out=grad[block]).sub_(teacher_probs[block]).mul_(scale)
-        return grad.to(ctx.dtype), None, None
+        return grad.to(ctx.dtype), None, None, None
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0
@@ -94,15 +106,18 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return -(teacher_probs * student_log_probs).sum(-1).mean()
 
 
-def mlm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mlm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, labelled: float | None = None) -> torch.Tensor:
     """Masked-LM cross-entropy of logits [N, V] against token ids [N] (-100 = ignore), mean over
-    the labelled positions."""
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    the labelled positions (or `labelled` of them)."""
+    if labelled is None:
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum") / labelled
 
 
-def cosine_hidden(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over non-padding tokens of 1 - cos(student, teacher) for hidden states [B, L, H]
-    (DistilBERT's cosine loss on the last hidden states)."""
+def cosine_hidden(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                  tokens: float | None = None) -> torch.Tensor:
+    """Mean over non-padding tokens (or `tokens`) of 1 - cos(student, teacher) for hidden states
+    [B, L, H] (DistilBERT's cosine loss on the last hidden states)."""
     weights = mask.to(torch.float32)
     cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # [B, L]
-    return ((1 - cosine) * weights).sum() / weights.sum()
+    return ((1 - cosine) * weights).sum() / (weights.sum() if tokens is None else tokens)

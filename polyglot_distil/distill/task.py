@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polyglot_distil.distill.objective import distillation_terms, resolve_weights, weighted_sum
+from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS
 from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
 from polyglot_distil.distill.settings import training_options
@@ -198,7 +198,8 @@ def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskL
             t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions),
                                    hidden, attentions)
             t["logits"] = t["logits"][:, teacher_order]
-    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"])
+    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"],
+                               counts=batch.get("counts"))
     return weighted_sum(terms, weights), terms
 
 
@@ -243,7 +244,7 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     teacher.model.to(accelerator.device)
     teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli), device=accelerator.device)
     teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
-                                  args.max_length)
+                                  args.max_length, accelerator)
     cache = None
     if args.teacher_cache:
         from polyglot_distil.distill.teacher_cache import TeacherCache
@@ -274,7 +275,7 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
 
     def evaluate(model, accelerator):
         predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, list(range(3)),
-                                    args.batch_size, args.max_length)
+                                    args.batch_size, args.max_length, accelerator)
         return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
                 "dev_agreement": float(np.mean(predicted == teacher_dev))}
 
@@ -291,7 +292,8 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
                   evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True,
                   after_backward=after_backward, extra_state=ticket.state, load_extra_state=ticket.load_state,
                   before_step=before_step, lr_lambda=stages.lr_multiplier,
-                  row_fields=lambda step: {"stage": stages.name(step)}, best_after=stages.full)
+                  row_fields=lambda step: {"stage": stages.name(step)}, best_after=stages.full,
+                  batch_counts=batch_counts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,12 @@ evaluations compete for the best model. The loop does the rest:
 - `batch_size` is global: step k trains on `recipe.train_data.batch(k)`, `batch_size` rows, whatever
   the number of processes and of accumulated micro-batches. It is cut into grad_accum x processes
   equal slices (`micro_batch`), so one process or eight, accumulating or not, compute the same
-  steps: accumulation and processes only change where and when the rows run;
+  steps: accumulation and processes only change where and when the rows run. Token-averaged
+  losses divide by the global batch's counts (`recipe.batch_counts`), shared out over the
+  slices, so padding does not weigh the slices differently;
+- under several processes (DDP), whether some trained parameters get no gradient from the
+  enabled losses (the pooler and classifier with the hidden loss alone) is found on the first
+  batch, by walking the loss's autograd graph, and DDP told so (`unused_parameters`);
 - evaluation every `eval_every` steps and at the end; the best model in OUT/best/;
 - a checkpoint every `save_every` steps and at the end, OUT/checkpoints/step-N/: model,
   optimizer and RNG states (`accelerator.save_state`), trainer_state.json (step, data position,
@@ -74,7 +79,6 @@ class TrainSettings:
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None  # None: a bar on a terminal only
-    find_unused_parameters: bool = False  # DDP: some trained parameters get no gradient
 
     # Where the run writes and how chatty it is do not change what it computes.
     NOT_HASHED = ("out", "resume", "overwrite", "progress", "keep_checkpoints", "log_every", "save_every",
@@ -128,6 +132,11 @@ class Recipe:
     decay to 0 over the run). row_fields(step) adds fields to the metrics rows of `step`
     (1-based, as logged). Evaluations at steps <= best_after are logged but do not compete for
     OUT/best/.
+
+    batch_counts(global batch) -> {name: count} counts what the loss averages over (tokens,
+    masked tokens, ...) on the whole global batch; each micro-batch gets them divided by the
+    number of micro-batches, as batch["counts"], so that the micro-batches' losses average to
+    the global batch's mean whatever the processes and accumulation steps.
     """
 
     model: torch.nn.Module
@@ -145,6 +154,7 @@ class Recipe:
     lr_lambda: Callable[[int], float] | None = None
     row_fields: Callable[[int], dict] | None = None
     best_after: int = 0
+    batch_counts: Callable[[dict], dict[str, float]] | None = None
 
 
 @dataclass
@@ -197,27 +207,53 @@ def micro_batch(batch: dict, index: int, parts: int, device) -> dict:
     return out
 
 
-def my_micro_batches(batch: dict, accelerator, grad_accum: int):
-    """This process's micro-batches of a global batch: slice `micro * processes + rank`."""
+def my_micro_batches(batch: dict, accelerator, grad_accum: int, batch_counts=None):
+    """This process's micro-batches of a global batch: slice `micro * processes + rank`; with
+    `batch_counts`, each carries "counts": the global batch's counts divided by the slices."""
     parts = grad_accum * accelerator.num_processes
+    shares = {name: count / parts for name, count in batch_counts(batch).items()} if batch_counts else None
     for micro in range(grad_accum):
-        yield micro_batch(batch, micro * accelerator.num_processes + accelerator.process_index, parts,
-                          accelerator.device)
+        piece = micro_batch(batch, micro * accelerator.num_processes + accelerator.process_index, parts,
+                            accelerator.device)
+        if shares is not None:
+            piece["counts"] = shares
+        yield piece
 
 
 def mean_over_batches(model, data: BatchSource, compute_loss, accelerator, grad_accum: int = 1,
-                      prefix: str = "eval_") -> dict[str, float]:
-    """Loss and loss terms averaged over one epoch of `data`, cut like training batches, reduced
-    over processes: {prefix + "loss": ..., prefix + term: ...}."""
+                      prefix: str = "eval_", batch_counts=None) -> dict[str, float]:
+    """Loss and loss terms averaged over one epoch of `data`, cut like training batches (with the
+    recipe's `batch_counts`), reduced over processes: {prefix + "loss": ..., prefix + term: ...}."""
     totals, names, count = None, ["loss"], 0
     with torch.no_grad(), accelerator.autocast():
         for index in range(data.batches_per_epoch):
-            for piece in my_micro_batches(data.batch(index), accelerator, grad_accum):
+            for piece in my_micro_batches(data.batch(index), accelerator, grad_accum, batch_counts):
                 loss, terms = compute_loss(model, piece)
                 values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
                 totals, names, count = (values if totals is None else totals + values), ["loss", *terms], count + 1
     totals = accelerator.reduce(totals, "mean") / count
     return {prefix + name: value for name, value in zip(names, totals.tolist())}
+
+
+def unused_parameters(model, compute_loss, batch: dict, accelerator) -> list[str]:
+    """Names of the trained parameters of `model` that the loss on `batch` does not reach, found
+    as DDP finds them: by walking the loss's autograd graph to its leaves (a forward pass, no
+    backward; the random state is restored). Under DDP such parameters need
+    find_unused_parameters, which costs that walk every step, so it is on only when needed."""
+    devices = [torch.cuda.current_device()] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), accelerator.autocast():
+        loss, _ = compute_loss(model, batch)
+    reached, seen, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # an AccumulateGrad node: where a parameter's gradient lands
+        if leaf is not None:
+            reached.add(id(leaf))
+        stack.extend(following for following, _ in node.next_functions)
+    return [name for name, param in model.named_parameters() if param.requires_grad and id(param) not in reached]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +380,8 @@ def make_accelerator(settings: TrainSettings):
 
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != settings.mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=settings.find_unused_parameters)
+    # find_unused_parameters is set on this handler once the first batch has shown it (`train`).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Launched as several processes on a machine without GPUs, accelerate needs cpu=True to join
     # them with gloo; without it each process would silently train alone.
@@ -398,6 +435,15 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_lambda)
         else:
             scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+        if world > 1:
+            first = next(my_micro_batches(recipe.train_data.batch(0), accelerator, settings.grad_accum,
+                                          recipe.batch_counts))
+            unused = unused_parameters(model.to(accelerator.device), recipe.compute_loss, first, accelerator)
+            accelerator.ddp_handler.find_unused_parameters = bool(unused)
+            if unused and main:
+                shown = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+                print(f"note: the enabled losses give no gradient to {shown}; DDP looks for unused "
+                      "parameters at every step", file=sys.stderr)
         model, optimizer = accelerator.prepare(model, optimizer)
         state = {"step": 0, "best_value": None, "best_step": None}
         if resume_from is not None:
@@ -422,7 +468,8 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
         while state["step"] < settings.steps:
             if recipe.before_step is not None:
                 recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
-            for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum):
+            for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum,
+                                          recipe.batch_counts):
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         loss, terms = recipe.compute_loss(model, batch)

@@ -103,10 +103,14 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
 
 def predict_logits(model, tokenizer, premises: list[str], hypotheses: list[str], batch_size: int = 32,
                    max_length: int = 128, desc: str | None = None, progress: bool | None = None,
-                   sort_by_length: bool = True) -> np.ndarray:
+                   sort_by_length: bool = True, part: tuple[int, int] = (0, 1)) -> np.ndarray:
     """float32[N, C]: the model's logits for each (premise, hypothesis) pair, in data order and
     the model's own class order. Pairs are truncated to `max_length` tokens (longest first),
-    sorted by length (unless `sort_by_length=False`) and padded per batch to its longest pair."""
+    sorted by length (unless `sort_by_length=False`) and padded per batch to its longest pair.
+
+    With `part=(i, n)` only batches i, i + n, i + 2n, ... of that order run (the batches one
+    process running them all would run, so the same logits) and the other rows are NaN; see
+    `gather_parts`."""
     import torch
     from tqdm.auto import tqdm
 
@@ -116,8 +120,9 @@ def predict_logits(model, tokenizer, premises: list[str], hypotheses: list[str],
     lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(premises))
     order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths))
     device = next(model.parameters()).device
-    out = np.empty((len(premises), model.config.num_labels), dtype=np.float32)
-    starts = range(0, len(order), batch_size)
+    out = np.full((len(premises), model.config.num_labels), np.nan, dtype=np.float32)
+    index, parts = part
+    starts = range(index * batch_size, len(order), parts * batch_size)
     for start in tqdm(starts, desc=desc, unit=" batches", file=sys.stderr, dynamic_ncols=True,
                       disable=None if progress is None else not progress):
         rows = order[start:start + batch_size]
@@ -177,9 +182,28 @@ def load_for_finetuning(name: str, seed: int, trust_remote_code: bool = False, a
     return model, load_tokenizer(name, trust_remote_code), list(range(len(LABELS))), None
 
 
-def dev_predictions(model, tokenizer, dev: NLIData, to_xnli: list[int], batch_size: int, max_length: int) -> np.ndarray:
-    """int64[N]: the XNLI label id the model predicts for each dev pair."""
-    logits = predict_logits(model, tokenizer, dev.premises, dev.hypotheses, batch_size, max_length, progress=False)
+def gather_parts(logits: np.ndarray) -> np.ndarray:
+    """The logits of every pair, from each process's `predict_logits(..., part=(rank, processes))`
+    (NaN outside its part): all processes get them all."""
+    from accelerate.utils import gather_object
+
+    combined = None
+    for piece in gather_object([logits]):  # in process order
+        combined = piece.copy() if combined is None else np.where(np.isnan(combined), piece, combined)
+    return combined
+
+
+def dev_predictions(model, tokenizer, dev: NLIData, to_xnli: list[int], batch_size: int, max_length: int,
+                    accelerator=None) -> np.ndarray:
+    """int64[N]: the XNLI label id the model predicts for each dev pair. With an `accelerator` of
+    several processes, each predicts its share of the batches and every process gets all the
+    predictions, the same as one process would make."""
+    processes = accelerator.num_processes if accelerator is not None else 1
+    part = (accelerator.process_index, processes) if processes > 1 else (0, 1)
+    logits = predict_logits(model, tokenizer, dev.premises, dev.hypotheses, batch_size, max_length, progress=False,
+                            part=part)
+    if processes > 1:
+        logits = gather_parts(logits)
     return np.asarray(to_xnli)[logits.argmax(-1)]
 
 
