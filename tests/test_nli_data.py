@@ -135,3 +135,39 @@ def test_shared_xnli_test_set_has_5010_balanced_pairs():
     data = read_nli(shared("xnli", "test-fr.tsv"))
     assert len(data) == 5010
     assert data.label_counts().tolist() == [1670, 1670, 1670]
+
+
+def _encoded_pairs(lengths: list[int]):
+    from polyglot_distil.data.nli_batches import EncodedPairs
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return EncodedPairs(np.arange(offsets[-1], dtype=np.int32) % 50 + 5, None, offsets, 0)
+
+
+def test_length_buckets_cut_padding_and_keep_epochs_whole_and_seeded():
+    import torch
+
+    from polyglot_distil.data.nli_batches import NLIBatches
+
+    lengths = list(np.random.default_rng(3).integers(8, 128, size=1000))
+    pairs, labels = _encoded_pairs(lengths), np.zeros(1000, dtype=np.int64)
+    plain, bucketed = NLIBatches(pairs, labels, 16, seed=1), NLIBatches(pairs, labels, 16, seed=1, length_buckets=20)
+    per_epoch = plain.batches_per_epoch
+    for data in (plain, bucketed):
+        rows = torch.cat([data.batch(k)["rows"] for k in range(per_epoch)])
+        assert len(rows) == per_epoch * 16 and len(set(rows.tolist())) == len(rows), "each pair once per epoch"
+        for k in (0, 7):
+            batch = data.batch(k)
+            for i, row in enumerate(batch["rows"].tolist()):  # each row holds its pair, then padding
+                assert batch["attention_mask"][i].sum() == lengths[row]
+
+    def padded(data):
+        return sum(data.batch(k)["input_ids"].numel() for k in range(per_epoch))
+
+    assert padded(bucketed) < 0.75 * padded(plain)
+    again = NLIBatches(pairs, labels, 16, seed=1, length_buckets=20)
+    assert torch.equal(again.batch(per_epoch + 3)["rows"], bucketed.batch(per_epoch + 3)["rows"])
+    assert not torch.equal(bucketed.batch(3)["rows"], bucketed.batch(per_epoch + 3)["rows"]), "a new order per epoch"
+    with pytest.raises(UserError, match="--length-buckets"):
+        NLIBatches(pairs, labels, 16, length_buckets=-1)

@@ -70,18 +70,37 @@ class NLIBatches:
     k % batches_per_epoch of epoch k // batches_per_epoch (a new permutation each epoch; the
     last incomplete batch of an epoch is left out). Returns int64 tensors `input_ids`,
     `attention_mask` (and `token_type_ids`) [batch_size, L], padded to the longest pair of the
-    batch, `labels` [batch_size] and `rows` [batch_size] (the pairs' indices in the data)."""
+    batch, `labels` [batch_size] and `rows` [batch_size] (the pairs' indices in the data).
 
-    def __init__(self, pairs: EncodedPairs, labels: np.ndarray, batch_size: int, seed: int = 0):
+    With `length_buckets=B` (> 1) each epoch's permutation is cut into groups of B batches, each
+    group is sorted by length and cut into batches, and the epoch's batches are shuffled: pairs
+    of similar length share a batch, so there is less padding to compute on, while every batch
+    is still a random draw from a random group."""
+
+    def __init__(self, pairs: EncodedPairs, labels: np.ndarray, batch_size: int, seed: int = 0,
+                 length_buckets: int = 0):
         if len(pairs) < batch_size:
             raise UserError(f"--batch-size {batch_size} is more than the {len(pairs)} training pairs; "
                             "give more data or a smaller --batch-size")
+        if length_buckets < 0:
+            raise UserError(f"--length-buckets must be 0 (off) or more, not {length_buckets}")
         self.pairs, self.labels, self.batch_size, self.seed = pairs, labels, batch_size, seed
+        self.length_buckets = length_buckets
         self.batches_per_epoch = len(pairs) // batch_size
 
     @functools.lru_cache(maxsize=2)
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.pairs))
+        if self.length_buckets <= 1:
+            return order
+        lengths = np.diff(self.pairs.offsets)
+        used = order[:self.batches_per_epoch * self.batch_size]  # whole batches; the rest waits
+        group = self.length_buckets * self.batch_size
+        sorted_groups = [chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.split(
+            used, range(group, len(used), group))]
+        batches = np.concatenate(sorted_groups).reshape(self.batches_per_epoch, self.batch_size)
+        return np.concatenate([batches[rng.permutation(len(batches))].reshape(-1), order[len(used):]])
 
     def batch(self, index: int) -> dict:
         import torch
@@ -128,4 +147,7 @@ TASK_DATA_OPTIONS = [  # the task data options of `finetune` and `distil task`
     Option("dev", kind=APPEND, required=True, metavar="SOURCE", help="English dev pairs, for the best model (repeatable)"),
     Option("max_train_examples", type=int, help="train on a seeded sample of this many pairs"),
     Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
+    Option("length_buckets", type=int, default=50,
+           help="batch pairs of similar length: sort each group of this many batches by length, then shuffle "
+                "the batches (less padding); 0: plain random batches"),
 ]
