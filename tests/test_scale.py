@@ -3,7 +3,8 @@ multi-process command of this module) compute what one process computes, for eve
 phase 2 (some leave parameters without gradient), phase 1 with the attention loss alone, and
 `finetune`; padded NLI batches give the same losses on 1 process, 2 processes and with
 --grad-accum 2 (one global mean); the dev evaluation shared out over processes gives the logits
-of one process, bit for bit."""
+of one process, bit for bit; fp16 checkpoints train float32 weights (bf16 through autocast) and
+are saved in their own dtype, or in --save-dtype."""
 
 from __future__ import annotations
 
@@ -277,3 +278,63 @@ def test_unused_parameters_are_the_ones_the_enabled_losses_do_not_reach(tiny_ber
     assert unused_parameters(model, logits, batch, accelerator) == []
     assert torch.equal(torch.get_rng_state(), state)
     assert all(p.grad is None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Float32 master weights
+
+
+def assert_same_weights(folder: Path, other: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(folder / "model.safetensors"), load_file(other / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def _saved_dtypes(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys() if str(f.get_slice(k).get_dtype()) != "I64"}
+
+
+def _half(source: Path, out: Path) -> Path:
+    from transformers import AutoConfig
+
+    from polyglot_distil.models.loading import copy_tokenizer, model_class_for
+
+    model_class_for(AutoConfig.from_pretrained(source)).from_pretrained(source).half().save_pretrained(out)
+    copy_tokenizer(source, out)
+    assert _saved_dtypes(out) == {"F16"}
+    return out
+
+
+def test_fp16_checkpoints_train_float32_weights_and_save_in_their_dtype(tmp_path, tiny_bert_dir, teacher_dir,
+                                                                        student_dir):
+    """An fp16 teacher and student: the weights trained (and checkpointed) are float32, the
+    forward runs in bf16 autocast, the losses are finite; the models are saved in fp16, the
+    dtype the run started from, or in --save-dtype."""
+    mlm_teacher, student = _half(tiny_bert_dir, tmp_path / "teacher16"), _half(student_dir, tmp_path / "student16")
+    general = tmp_path / "general"
+    assert run_cli(*_general(mlm_teacher, student, general, "--steps", 3, "--eval-every", 3, "--save-every", 3,
+                             "--mixed-precision", "bf16")) == 0
+    assert _saved_dtypes(general / "checkpoints" / "step-3") == {"F32"}  # what trains
+    assert _saved_dtypes(general / "final") == {"F16"}  # what the run started from
+    assert json.loads((general / "final" / "config.json").read_text())["dtype"] == "float16"
+    assert all(np.isfinite(r["loss"]) for r in metrics_rows(general, "train"))
+
+    task = tmp_path / "task"
+    nli_teacher = _half(teacher_dir, tmp_path / "nli-teacher16")
+    assert run_cli(*_task(nli_teacher, general / "final", task, "--mixed-precision", "bf16",
+                          "--save-dtype", "bfloat16")) == 0
+    assert _saved_dtypes(task / "checkpoints" / "step-3") == {"F32"}
+    assert _saved_dtypes(task / "best") == {"BF16"}
+    assert all(np.isfinite(r["loss"]) for r in metrics_rows(task, "train"))
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(task / "best")
+    assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_labels == 3
+    # the sparse diff, in the saved dtype, rebuilds best/ from the fp16 phase-1 model bit for bit
+    assert run_cli("apply-diff", "--base", general / "final", "--diff", task / "sparse_diff",
+                   "--out", tmp_path / "dense") == 0
+    assert_same_weights(tmp_path / "dense", task / "best")

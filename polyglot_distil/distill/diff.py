@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.classifier import new_classifier
-from polyglot_distil.models.loading import copy_tokenizer
+from polyglot_distil.models.loading import copy_tokenizer, saved_dtype
 from polyglot_distil.options import OVERWRITE, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 
@@ -50,7 +50,7 @@ def write_diff(folder: Path, weights: dict[str, torch.Tensor], ticket: LotteryTi
     for name in ticket.groups.selectable:
         mask, base, trained = ticket.mask[name].cpu(), ticket.theta0[name], weights[name].cpu()
         outside = ~mask
-        if not torch.equal(trained[outside], base[outside]):
+        if not torch.equal(trained[outside], base[outside].to(trained.dtype)):  # saved in --save-dtype
             raise RuntimeError(f"{name}: entries outside the mask moved from theta0 during sparse training")
         indices = torch.nonzero(mask.reshape(-1)).squeeze(1)
         if len(indices):
@@ -86,7 +86,9 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     if record.get("format") != FORMAT:
         raise UserError(f"--diff {diff}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
     config = AutoConfig.from_pretrained(diff)
-    model, new_names = new_classifier(base, 0, trust_remote_code, config=config)
+    # The base in float32, as `distil task` trained and fingerprinted it; the dense model in the
+    # dtype the trained model was saved in (the diff's values are in it).
+    model, new_names = new_classifier(base, 0, trust_remote_code, config=config, dtype=torch.float32)
     head = set(record["head"])
     if not new_names <= head:
         lacking = ", ".join(sorted(new_names - head)[:3])
@@ -104,7 +106,7 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
             flat[tensors[f"body.{name}.indices"].long()] = tensors[f"body.{name}.values"].to(flat.dtype)
         for name in record["head"]:
             weights[name].copy_(tensors[f"head.{name}"])
-    return model, record
+    return model.to(getattr(torch, saved_dtype(config))), record
 
 
 def run_apply_diff(args) -> dict:

@@ -36,13 +36,20 @@ from polyglot_distil.options import NO_PROGRESS, TRUST_REMOTE_CODE, Command, Opt
 
 
 def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
-    from polyglot_distil.distill.training import Recipe
-
+    import torch
     import torch.nn.functional as F
+    from transformers import AutoConfig
+
+    from polyglot_distil.distill.training import Recipe
+    from polyglot_distil.models.loading import load_model, saved_dtype
 
 
     show = False if args.no_progress or not accelerator.is_main_process else None
-    model, tokenizer, to_xnli, note = load_for_finetuning(args.model, args.seed, args.trust_remote_code)
+    # float32 weights whatever the checkpoint's dtype: bf16/fp16 only through --mixed-precision's autocast
+    model, tokenizer, to_xnli, note = load_for_finetuning(args.model, args.seed, args.trust_remote_code,
+                                                          dtype=torch.float32)
+    save_dtype = args.save_dtype or saved_dtype(load_model(args.model, AutoConfig,
+                                                           trust_remote_code=args.trust_remote_code))
     if note and accelerator.is_main_process:
         print(f"note: {note}", file=sys.stderr)
     class_of = np.argsort(to_xnli)  # the model's output class for each XNLI label
@@ -61,7 +68,7 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
     def save_model(trained, folder: Path) -> None:
         save_classifier(trained, folder, args.model, tokenizer,
                         {"command": "finetune", "model": str(args.model), "task": args.task,
-                         "train": args.train, "dev": args.dev, "train_pairs": len(train_data)})
+                         "train": args.train, "dev": args.dev, "train_pairs": len(train_data)}, save_dtype)
 
     return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
                   evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
@@ -80,7 +87,7 @@ def run_finetune(args) -> dict:
     settings = training_settings(args, steps, batches_per_epoch, args.weight_decay)
     run_config = {"phase": "finetune", "model": str(args.model), "task": args.task, "train": args.train,
                   "dev": args.dev, "max_train_examples": args.max_train_examples, "max_length": args.max_length,
-                  "epochs": args.epochs}
+                  "epochs": args.epochs, **({"save_dtype": args.save_dtype} if args.save_dtype else {})}
     result = train(settings, run_config, lambda accelerator: build_recipe(args, train_data, dev_data, accelerator))
     if result.is_main_process:
         print(f"step {result.step} ({args.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.errors import UserError
-from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME
+from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME, SAVE_DTYPE
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.models.student import STUDENT_OPTIONS
 from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, group, \
@@ -242,12 +242,14 @@ def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_m
 
 def build_recipe(args, weights: LossWeights, settings, accelerator):
     """Load teacher, student and text; return the training `Recipe` of phase 1."""
+    import torch
     from transformers import AutoConfig
 
     from polyglot_distil.data.corpus import group_lang_specs
     from polyglot_distil.models.checkpoint import carry_body_tensors
     from polyglot_distil.models.encoder import has_mlm_output
-    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer
+    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer, save_pretrained_as, \
+        saved_dtype
     from polyglot_distil.data.mlm import Masking
     from polyglot_distil.models.loading import copy_tokenizer
     from polyglot_distil.models.student import build_student, check_layers, default_layer_map, parse_layers, \
@@ -258,15 +260,20 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
     attn = "eager" if weights.attention > 0 else "sdpa"
     remote = args.trust_remote_code
-    teacher_class = encoder_class_for(load_model(args.teacher, AutoConfig, trust_remote_code=remote))
-    teacher = load_model(args.teacher, teacher_class, trust_remote_code=remote, attn_implementation=attn)
+    teacher_config = load_model(args.teacher, AutoConfig, trust_remote_code=remote)
+    # float32 weights whatever the checkpoints' dtype: bf16/fp16 only through --mixed-precision's autocast
+    teacher = load_model(args.teacher, encoder_class_for(teacher_config), trust_remote_code=remote,
+                         attn_implementation=attn, dtype=torch.float32)
+    save_dtype = args.save_dtype or saved_dtype(teacher_config)
     if (weights.logits or weights.mlm) and not has_mlm_output(teacher):
         raise UserError(f"teacher {args.teacher} has no masked-LM head (an embedding model?): the logit and MLM losses "
                         "need one; distil with the hidden and attention losses (--recipe bistil)")
     tokenizer = load_tokenizer(args.teacher, remote)
     if args.student:
-        student_class = encoder_class_for(load_model(args.student, AutoConfig, trust_remote_code=remote))
-        student = load_model(args.student, student_class, trust_remote_code=remote, attn_implementation=attn)
+        student_config = load_model(args.student, AutoConfig, trust_remote_code=remote)
+        student = load_model(args.student, encoder_class_for(student_config), trust_remote_code=remote,
+                             attn_implementation=attn, dtype=torch.float32)
+        save_dtype = args.save_dtype or saved_dtype(student_config)
         if (weights.logits or weights.mlm) and not has_mlm_output(student):
             raise UserError(f"student {args.student} has no masked-LM head: the logit and MLM losses need one")
         check_same_vocabulary(tokenizer, load_tokenizer(args.student, remote), args.teacher, args.student,
@@ -296,7 +303,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
         return distillation_loss(model, teacher, batch, weights, layer_map)
 
     def save_model(trained, folder: Path) -> None:
-        trained.parts["student"].save_pretrained(folder)
+        save_pretrained_as(trained.parts["student"], folder, save_dtype)
         carry_body_tensors(args.student or args.teacher, folder)  # the pretrained pooler, which a masked-LM class drops
         copy_tokenizer(args.student or args.teacher, folder, tokenizer)
         info = {"teacher": str(args.teacher), "student": args.student, "languages": list(languages),
@@ -347,6 +354,7 @@ def run_distil_general(args) -> dict:
         "languages": {lang: [str(s) for s in sources] for lang, sources in languages.items()},
         "max_lines": args.max_lines, "block_size": args.block_size, "mask_probability": args.mask_probability,
         "heldout_blocks": args.heldout_blocks, "weights": asdict(weights), "layer_map": args.layer_map,
+        **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
     }
     result = train(settings, run_config, lambda accelerator: build_recipe(args, weights, settings, accelerator))
     if not result.is_main_process:
@@ -394,6 +402,7 @@ GENERAL = Command(
             Option("weight_decay", type=float, default=0.0),
             Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
             MIXED_PRECISION,
+            SAVE_DTYPE,
             Option("eval_every", type=int, default=5000, help="steps between held-out evaluations"),
             Option("save_every", type=int, default=5000, help="steps between checkpoints"),
             Option("keep_checkpoints", type=int, default=2),

@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.models.loading import SAVE_DTYPES
 from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, group
 
 
@@ -26,6 +27,7 @@ def training_options(lr: float, batch_size: int, title: str = "training") -> lis
         Option("warmup_steps", type=int, default=0),
         Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
         MIXED_PRECISION,
+        SAVE_DTYPE,
         Option("eval_every", type=int, help="steps between dev evaluations (default: once an epoch)"),
         Option("save_every", type=int, help="steps between checkpoints (default: --eval-every, at most 1000)"),
         Option("keep_checkpoints", type=int, default=2),
@@ -36,7 +38,11 @@ def training_options(lr: float, batch_size: int, title: str = "training") -> lis
     ])
 
 
-MIXED_PRECISION = Option("mixed_precision", choices=("no", "bf16", "fp16"), default="no")
+MIXED_PRECISION = Option("mixed_precision", choices=("no", "bf16", "fp16"), default="no",
+                         help="autocast the forward to this precision (the weights stay float32)")
+SAVE_DTYPE = Option("save_dtype", choices=SAVE_DTYPES,
+                    help="dtype of the saved models (default: that of the model training starts from; "
+                         "training itself keeps float32 weights)")
 RESUME = Option("resume", kind=FLAG, help="continue from the newest checkpoint in --out")
 
 

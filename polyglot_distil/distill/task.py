@@ -134,11 +134,14 @@ def reduce_to_vocabulary(teacher, teacher_vocab: list[str], student_vocab: list[
 
 
 def load_teacher(args, student_tokenizer, attn: str):
-    """The teacher classifier (`evaluate.Classifier`), frozen, on the student's vocabulary."""
+    """The teacher classifier (`evaluate.Classifier`), frozen, on the student's vocabulary, in float32."""
+    import torch
+
     from polyglot_distil.models.classifier import load_classifier
     from polyglot_distil.models.loading import vocab_in_id_order
 
-    teacher = load_classifier(args.teacher, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
+    teacher = load_classifier(args.teacher, attn_implementation=attn, trust_remote_code=args.trust_remote_code,
+                              dtype=torch.float32)
     reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student_tokenizer),
                          args.teacher, args.student)
     teacher.model.eval().requires_grad_(False)
@@ -146,17 +149,21 @@ def load_teacher(args, student_tokenizer, attn: str):
 
 
 def load_student(args, attn: str):
-    """(classifier on the phase-1 student with a new seeded head, names of the new parameters)."""
+    """(classifier on the phase-1 student with a new seeded head, in float32; names of the new
+    parameters; the dtype the student was saved in)."""
+    import torch
     from transformers import AutoConfig
 
     from polyglot_distil.models.classifier import is_sequence_classifier, new_classifier
-    from polyglot_distil.models.loading import load_model
+    from polyglot_distil.models.loading import load_model, saved_dtype
 
     config = load_model(args.student, AutoConfig, trust_remote_code=args.trust_remote_code)
     if is_sequence_classifier(config):
         raise UserError(f"--student {args.student} is already a sequence classifier; pass the phase-1 student "
                         "(e.g. the final/ folder of 'distil general'), which gets a new 3-way head")
-    return new_classifier(args.student, args.seed, args.trust_remote_code, attn_implementation=attn)
+    model, new_names = new_classifier(args.student, args.seed, args.trust_remote_code, attn_implementation=attn,
+                                      dtype=torch.float32)
+    return model, new_names, saved_dtype(config)
 
 
 def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int], args) -> None:
@@ -222,7 +229,7 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     attn = "eager" if weights.attention > 0 else "sdpa"  # attention maps need the eager attention
     tokenizer = load_tokenizer(args.student, args.trust_remote_code)
     teacher = load_teacher(args, tokenizer, attn)
-    student, new_names = load_student(args, attn)
+    student, new_names, student_dtype = load_student(args, attn)
     t_layers, s_layers = teacher.model.config.num_hidden_layers, student.config.num_hidden_layers
     layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
     check_pair(teacher.model, student, weights, layer_map, args)
@@ -286,7 +293,7 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     keep["info"] = {**info, "base": str(args.student), "base_fingerprint": fingerprint}
 
     def save_model(trained, folder: Path) -> None:
-        save_classifier(trained, folder, args.student, tokenizer, info)
+        save_classifier(trained, folder, args.student, tokenizer, info, args.save_dtype or student_dtype)
 
     return Recipe(model=student, train_data=data, compute_loss=compute_loss, save_model=save_model,
                   evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True,
@@ -323,6 +330,7 @@ def run_distil_task(args) -> dict:
         "max_length": args.max_length, "full_epochs": args.full_epochs, "sparse_epochs": args.sparse_epochs,
         "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
         "weights": asdict(weights), "layer_map": args.layer_map, "teacher_cache": bool(args.teacher_cache),
+        **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
     }
     keep: dict = {}
     result = train(settings, run_config,

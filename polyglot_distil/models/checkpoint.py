@@ -152,7 +152,11 @@ def carry_body_tensors(source: str | os.PathLike, folder: Path) -> list[str]:
     extra = {k: v for k, v in read_tensors(files, names).items() if v.shape[-1] == hidden}  # a narrower student: none
     if not extra:
         return []
-    save_file({**load_file(target), **{k: v.contiguous() for k, v in extra.items()}}, target, metadata={"format": "pt"})
+    tensors = load_file(target)
+    dtype = next((v.dtype for v in tensors.values() if v.is_floating_point()), None)  # as the model was saved
+    extra = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in extra.items()}
+    save_file({**tensors, **extra}, target, metadata={"format": "pt"})
     return sorted(extra)
 
 

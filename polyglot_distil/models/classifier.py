@@ -18,7 +18,7 @@ import numpy as np
 
 from polyglot_distil.data.nli import LABELS, NLIData, label_id
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer
+from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, save_pretrained_as
 
 NLI_ID2LABEL = dict(enumerate(LABELS))
 
@@ -65,8 +65,9 @@ def _label_order(path: str, config) -> tuple[list[int], str | None]:
 
 
 def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implementation: str = "sdpa",
-                    trust_remote_code: bool = False) -> Classifier:
+                    trust_remote_code: bool = False, dtype=None) -> Classifier:
     """Load an NLI model and its tokenizer; one clear line if it has no 3-way classification head.
+    `dtype` (a torch dtype; None: the one it was saved in): training loads float32.
 
     Compare two models' outputs only with both loaded with the same `attn_implementation`
     (eager and sdpa differ by ~1e-7). Deployed forms load too, on the CPU: an int8 folder
@@ -92,7 +93,8 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
                  else load_int8(path, attn_implementation, trust_remote_code))
         return Classifier(path, model.eval(), load_tokenizer(folder, trust_remote_code=trust_remote_code), to_xnli, note)
     model, info = load_model(path, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code,
-                             attn_implementation=attn_implementation, output_loading_info=True)
+                             attn_implementation=attn_implementation, output_loading_info=True,
+                             **({"dtype": dtype} if dtype is not None else {}))
     if info["missing_keys"]:
         missing = ", ".join(sorted(info["missing_keys"])[:3])
         raise UserError(f"{path} has no saved classification head (weights missing: {missing}); "
@@ -163,22 +165,25 @@ def is_sequence_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
 
 
-def load_for_finetuning(name: str, seed: int, trust_remote_code: bool = False, attn_implementation: str = "sdpa"):
+def load_for_finetuning(name: str, seed: int, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+                        dtype=None):
     """(classifier, tokenizer, to_xnli, note). A 3-way NLI classifier keeps its head and class
     order (`to_xnli[c]`: the XNLI label of class c); any other checkpoint (masked-LM, bare
     encoder, another task's head) gets a new 3-way head. A classification head with other
-    labels is an error (`evaluate.load_classifier`): its classes have no NLI meaning."""
+    labels is an error (`evaluate.load_classifier`): its classes have no NLI meaning. `dtype`:
+    as `load_classifier`."""
     from transformers import AutoConfig
 
     config = load_model(name, AutoConfig, trust_remote_code=trust_remote_code)
     if is_sequence_classifier(config):
         classifier = load_classifier(name, attn_implementation=attn_implementation,
-                                     trust_remote_code=trust_remote_code)
+                                     trust_remote_code=trust_remote_code, dtype=dtype)
         config = classifier.model.config  # generic LABEL_0..2 names become the NLI names they were taken for
         config.id2label = {c: LABELS[label] for c, label in enumerate(classifier.to_xnli)}
         config.label2id = {name: c for c, name in config.id2label.items()}
         return classifier.model, classifier.tokenizer, classifier.to_xnli, classifier.note
-    model, _ = new_classifier(name, seed, trust_remote_code, attn_implementation=attn_implementation)
+    model, _ = new_classifier(name, seed, trust_remote_code, attn_implementation=attn_implementation,
+                              **({"dtype": dtype} if dtype is not None else {}))
     return model, load_tokenizer(name, trust_remote_code), list(range(len(LABELS))), None
 
 
@@ -207,9 +212,10 @@ def dev_predictions(model, tokenizer, dev: NLIData, to_xnli: list[int], batch_si
     return np.asarray(to_xnli)[logits.argmax(-1)]
 
 
-def save_classifier(model, folder: Path, tokenizer_source: str, tokenizer, info: dict) -> None:
-    """A model folder any `AutoModelForSequenceClassification` user loads: weights, config, the
-    tokenizer, and `info` as training.json."""
-    model.save_pretrained(folder)
+def save_classifier(model, folder: Path, tokenizer_source: str, tokenizer, info: dict,
+                    dtype: str | None = None) -> None:
+    """A model folder any `AutoModelForSequenceClassification` user loads: weights (in `dtype`,
+    see `loading.save_pretrained_as`), config, the tokenizer, and `info` as training.json."""
+    save_pretrained_as(model, folder, dtype)
     copy_tokenizer(tokenizer_source, folder, tokenizer)
     (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -181,3 +181,45 @@ def quiet_load_report():
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes: training stages train float32 weights (bf16/fp16 only through autocast) and save in
+# the dtype of the model they started from, unless told otherwise (--save-dtype)
+
+SAVE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def saved_dtype(config) -> str:
+    """The dtype a checkpoint's weights were saved in, as its configuration (freshly loaded, not a
+    model's) says; "float32" when it does not say."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return name if name in SAVE_DTYPES else "float32"
+
+
+def save_pretrained_as(model, folder: str | os.PathLike, dtype: str | None = None) -> None:
+    """`model.save_pretrained(folder)` with the floating-point tensors, and config.json's dtype, in
+    `dtype` (one of SAVE_DTYPES; None: as they are). The model itself is left as it is; tied
+    tensors stay tied (each is converted once)."""
+    import json
+
+    import torch
+
+    target = getattr(torch, dtype) if dtype is not None else None
+    if target is None or all(p.dtype == target for p in model.parameters() if p.is_floating_point()):
+        model.save_pretrained(folder)
+        return
+    converted, state = {}, {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+            if view not in converted:
+                converted[view] = tensor.to(target)
+            tensor = converted[view]
+        state[name] = tensor
+    model.save_pretrained(folder, state_dict=state)
+    config_file = Path(folder) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["dtype"] = dtype
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -161,8 +161,9 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
 
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's random stream untouched
         torch.manual_seed(spec.seed)
-        # the teacher's class: a masked-LM teacher gives a masked-LM student, a bare encoder a bare one
-        student = type(teacher)._from_config(config, attn_implementation=attn_implementation)
+        # the teacher's class: a masked-LM teacher gives a masked-LM student, a bare encoder a bare one;
+        # and the teacher's dtype as loaded (the configuration's may be another: the dtype it was saved in)
+        student = type(teacher)._from_config(config, attn_implementation=attn_implementation, dtype=teacher.dtype)
     source = teacher.state_dict()
     with torch.no_grad():
         if same_shape:
