@@ -9,6 +9,8 @@
     api.general("mbert-en-fr", {"en": ["en.txt"], "fr": ["fr.txt"]}, "phase1", student="student", steps=1000)
     api.finetune("bert-base-multilingual-cased", ["train-en.tsv"], ["dev-en.tsv"], "teacher-nli")
     api.task("teacher-nli/best", "phase1/final", ["train-en.tsv"], ["dev-en.tsv"], "phase2")
+    api.quantize("phase2/best", "phase2-int8")                      # or method="qat", train=..., dev=...
+    api.export_onnx("phase2/best", "phase2-onnx", int8=True)
     api.xnli("phase2/best", ["fr"], "eval", teacher="teacher-nli/best", data="xnli-tsvs")
 
 The positional arguments are what connects the stages; every other option of the command is a
@@ -108,6 +110,23 @@ def apply_diff(base: PathLike, diff: PathLike, out: PathLike, **options: Any) ->
     from polyglot_distil.distill.diff import APPLY_DIFF
 
     return _call(APPLY_DIFF, base=str(base), diff=str(diff), out=out, **options)
+
+
+def quantize(model: PathLike, out: PathLike, **options: Any) -> dict:
+    """Int8 weights for `model` into `out`: method="dynamic" (post-training, the default) or
+    method="qat" (quantization-aware distillation: train, dev, teacher, bits, epochs, ...); load
+    the result with `polyglot_distil.models.quantized.load_int8`."""
+    from polyglot_distil.distill.quantize import QUANTIZE
+
+    return _call(QUANTIZE, model=str(model), out=out, **options)
+
+
+def export_onnx(model: PathLike, out: PathLike, **options: Any) -> dict:
+    """An ONNX graph of `model` in `out`, checked with onnxruntime against PyTorch (text, int8,
+    opset, tolerance, ...); returns export.json's record."""
+    from polyglot_distil.models.onnx_model import EXPORT_ONNX
+
+    return _call(EXPORT_ONNX, model=str(model), out=out, **options)
 
 
 def xnli(model: PathLike, langs: Iterable[str], out: PathLike, **options: Any) -> dict:

@@ -19,12 +19,18 @@ Rows:
   (e) the same student fine-tuned directly on the English labels (shrink and fine-tune)
   (f) phase 1 with the DistilBERT recipe: not possible here, E5 has no MLM head (the logit and
       MLM losses need one; `distil general --recipe distilbert` refuses with one line)
+  (g) (c) after dynamic int8 (`quantize --embeddings int8`: every Linear layer and embedding table)
+  (h) (c) after quantization-aware distillation to int8 (`quantize --method qat --embeddings int8`,
+      (c) its own teacher, --qat-epochs over the English pairs)
+  (i) (c) as an ONNX graph (`export onnx`), run by onnxruntime
+  (j) (c) as onnxruntime's int8 variant of that graph (`export onnx --int8`)
 
 Columns: en and fr accuracy, label and probability loyalty to (a) on French, parameters, disk, CPU
 latency (1 thread, batch 1 x 128) and throughput (all threads, batch 32 x 128), ratios to (a).
 Checks printed: (a) and (b) predict the same label on every French/English pair whose tokens the
 kept vocabulary covers; (c) at least 1.8x faster than (a) on one thread; (c) ahead of (d) and (e)
-on French. Phase 2 reads the teacher's outputs from a cache (`distil task --teacher-cache`)
+on French; (g) within 1 point of (c) on French at less than half its disk size; (h) no worse than
+(g); the ONNX graph's largest difference from PyTorch. Phase 2 reads the teacher's outputs from a cache (`distil task --teacher-cache`)
 built once and shared by rows (c) and (d). Work files go under --work (default out/bench-quality), reused by a re-run (a row
 whose output exists is not trained again; --fresh starts over).
 """
@@ -47,7 +53,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-quality")
     parser.add_argument("--xnli", type=Path, default=SHARED / "xnli", help="folder of {split}-{lang}.tsv")
-    parser.add_argument("--rows", default="a,b,c,e", help="rows to run (a and b always; c, d, e optional)")
+    parser.add_argument("--rows", default="a,b,c,e,g,h,i,j",
+                        help="rows to run (a and b always; c, d, e, g, h, i, j optional; g-j need c)")
     parser.add_argument("--target", default="fr")
     parser.add_argument("--teacher-epochs", type=float, default=2.0)
     parser.add_argument("--teacher-lr", type=float, default=5e-5)
@@ -56,6 +63,8 @@ def main() -> int:
     parser.add_argument("--task-epochs", type=float, default=1.0, help="each LT-SFT stage of phase 2")
     parser.add_argument("--student-epochs", type=float, default=2.0, help="row (e): direct fine-tuning")
     parser.add_argument("--student-lr", type=float, default=1e-4)
+    parser.add_argument("--qat-epochs", type=float, default=1.0, help="row (h): quantization-aware distillation")
+    parser.add_argument("--qat-lr", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-pairs", type=int, help="train on a seeded sample of this many English pairs")
     parser.add_argument("--dev-pairs", type=int, default=500, help="English dev pairs for the best checkpoint")
@@ -135,11 +144,24 @@ def main() -> int:
         stage("e: shrink and fine-tune", work / "e" / "best", lambda: api.finetune(
             str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common))
 
+    if "c" in rows:
+        best = work / "c" / "best"
+        if "g" in rows:
+            stage("g: dynamic int8", work / "g" / "int8.json", lambda: api.quantize(best, work / "g", embeddings="int8"))
+        if "h" in rows:
+            stage("h: qat int8", work / "h" / "best", lambda: api.quantize(
+                best, work / "h", method="qat", embeddings="int8", train=train, dev=[str(dev)], epochs=args.qat_epochs, lr=args.qat_lr,
+                **common))
+        if rows & {"i", "j"}:
+            stage("i, j: onnx", work / "onnx" / "export.json", lambda: api.export_onnx(
+                best, work / "onnx", int8=True, text=[f"{args.xnli / f'dev-{t}.tsv'}?columns=premise"],
+                check_lines=64))
     models = {"a": teacher, "b": work / "b", "c": work / "c" / "best", "d": work / "d" / "best",
-              "e": work / "e" / "best"}
+              "e": work / "e" / "best", "g": work / "g", "h": work / "h" / "best", "i": work / "onnx",
+              "j": work / "onnx" / "model_int8.onnx"}
     reports = {}
     for row, folder in models.items():
-        if row not in rows and row not in ("a", "b"):
+        if (row not in rows and row not in ("a", "b")) or (row in "ghij" and "c" not in rows):
             continue
         out = work / "eval" / row
         stage(f"eval {row}", out / "report.json", lambda: api.xnli(
@@ -165,6 +187,17 @@ def main() -> int:
                 print(f"(c) vs ({other}) on {t}: {100 * fr['c']:.2f}% vs {100 * fr[other]:.2f}% "
                       f"({'ahead' if fr['c'] > fr[other] else 'NOT ahead'})")
         print(f"(c) is {100 * (fr['a'] - fr['c']):.2f} points below (a) on {t}")
+        if "g" in fr:
+            size = eff["g"]["disk_bytes"] / eff["c"]["disk_bytes"]
+            print(f"(g) dynamic int8 vs (c) on {t}: {100 * (fr['g'] - fr['c']):+.2f} points (target within 1), disk "
+                  f"{size:.2f}x (target < 0.5): {'met' if fr['g'] >= fr['c'] - 0.01 and size < 0.5 else 'MISSED'}")
+        if "h" in fr and "g" in fr:
+            print(f"(h) QAT int8 vs (g) on {t}: {100 * fr['h']:.2f}% vs {100 * fr['g']:.2f}% "
+                  f"({'no worse: met' if fr['h'] >= fr['g'] else 'WORSE: MISSED'})")
+        if (work / "onnx" / "export.json").is_file():
+            checks = json.loads((work / "onnx" / "export.json").read_text(encoding="utf-8"))["max_abs_difference"]
+            print(f"(i) ONNX vs PyTorch: max abs logit difference {checks['float']:.2e}; (j) int8 graph "
+                  f"{checks.get('int8', float('nan')):.2e}")
     print(f"(a) English dev accuracy {100 * reports['a']['results']['en']['accuracy']['model']:.2f}% "
           f"(target >= 55%, chance 33%): {'met' if reports['a']['results']['en']['accuracy']['model'] >= 0.55 else 'MISSED'}")
     print("(f) DistilBERT recipe: n/a: multilingual-e5-small has no MLM head, which its logit and MLM losses need")
