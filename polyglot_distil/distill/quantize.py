@@ -32,7 +32,8 @@ phase 2 (`--layer-map`, default BiStil's 2i+1). Steps start at the dynamic metho
 dev accuracy) and OUT/final/ are int8 folders, converted with the learned steps: the same integers
 the fake-quantized model computed with. The int8 model quantizes activations dynamically (8 bits,
 per batch), so learned activation steps serve the training only, and a 4- or 2-bit model is stored
-and run as int8 on fewer levels.
+and run as int8 on fewer levels. With `--embeddings int8` the tables are quantized at the
+conversion, with observed scales (they are not trained fake-quantized).
 """
 
 from __future__ import annotations
@@ -273,7 +274,8 @@ def build_qat_recipe(args, weights: QATLossWeights, train_data, dev_data, accele
     show = False if args.no_progress or not accelerator.is_main_process else None
     class_of = np.argsort(student.to_xnli)  # the student's output class of each XNLI label
     pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
-    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed)
+    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed,
+                      args.length_buckets)
     if args.quantize_activations:
         calibrate_input_steps(model, model_inputs(data.batch(0)))
     # teacher class of each student class: the teacher's class with the same XNLI label
@@ -326,7 +328,7 @@ def quantize_qat(args) -> dict:
     run_config = {"phase": "qat", "model": str(args.model), "teacher": str(args.teacher or args.model),
                   "bits": args.bits, "embeddings": args.embeddings, "quantize_activations": args.quantize_activations,
                   "step_init": args.step_init, "dropout": args.dropout, "train": args.train, "dev": args.dev,
-                  "max_train_examples": args.max_train_examples, "max_length": args.max_length,
+                  "max_train_examples": args.max_train_examples, "max_length": args.max_length, "length_buckets": args.length_buckets,
                   "epochs": args.epochs, "weights": asdict(weights), "layer_map": args.layer_map}
     keep: dict = {}
     result = train(settings, run_config,
@@ -353,7 +355,9 @@ def run_quantize(args) -> dict:
     return quantize_qat(args)
 
 
-_TRAINING = training_options(lr=1e-5, batch_size=32, title="training (--method qat)")
+# The saved models are int8 whatever the training dtype: no --save-dtype.
+_TRAINING = [o for o in training_options(lr=1e-5, batch_size=32, title="training (--method qat)")
+             if o.name != "save_dtype"]
 
 QUANTIZE = Command(
     ("quantize",), "int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
