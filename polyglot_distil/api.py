@@ -28,13 +28,17 @@ from typing import Any, Iterable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import Command
+from polyglot_distil.outputs import release_locks
 
 PathLike = str | os.PathLike
 
 
 def _call(command: Command, **values: Any) -> dict:
     options = command.namespace(**{k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items()})
-    report = command.run(options)
+    try:
+        report = command.run(options)
+    finally:
+        release_locks()  # of outputs a failed stage did not get to write
     if isinstance(report, dict) and report.get("exit_status"):
         raise UserError(f"{command.name} failed (exit status {report['exit_status']})")
     return report

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +326,25 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, teacher_dir, tex
     assert run_cli("distil", "general", "--teacher", teacher_dir, "--layers", 2, "--lang", texts[0], "--steps", 1,
                    "--no-progress", "--overwrite", "--out", out) == 2
     assert "not a training output folder" in capsys.readouterr().err and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_refuses_when_an_input_changed_under_the_same_path(tmp_path, teacher_dir, texts, capsys):
+    teacher, corpus = tmp_path / "teacher", tmp_path / "en.txt"
+    shutil.copytree(teacher_dir, teacher)
+    corpus.write_text(Path(texts[0].split("=", 1)[1]).read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "run"
+    options = ["distil", "general", "--teacher", teacher, "--layers", 2, "--lang", f"en={corpus}", "--steps", 2,
+               "--save-every", 1, "--batch-size", 2, "--block-size", 32, "--heldout-blocks", 0, "--no-progress",
+               "--out", out]
+    assert run_cli(*options) == 0
+    recorded = json.loads((out / "run_config.json").read_text())["inputs"]
+    assert str(teacher) in recorded and str(corpus) in recorded
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoints" / "step-2")  # interrupted after step 1
+    with corpus.open("a", encoding="utf-8") as handle:
+        handle.write("a line added after the run started\n")
+    assert run_cli(*options[:-2], "--resume", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "changed since it started" in err and str(corpus) in err and "changed size" in err
+    corpus.write_text(Path(texts[0].split("=", 1)[1]).read_text(encoding="utf-8"), encoding="utf-8")  # restored
+    assert run_cli(*options[:-2], "--resume", "--out", out) == 0, "same content, new time: resumes"

@@ -32,6 +32,7 @@ import sys
 from polyglot_distil import __version__
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status
+from polyglot_distil.outputs import release_locks
 
 
 def command_modules():
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_locks()  # of outputs a failed command did not get to write
 
 
 if __name__ == "__main__":

@@ -99,7 +99,29 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     if body_fingerprint(weights, body) != record["base_fingerprint"]:
         raise UserError(f"--base {base} is not the model this diff was trained from (its weights differ); "
                         f"pass the phase-1 student given to 'distil task' ({record.get('base', 'see ' + INFO_FILE)})")
-    tensors = load_file(diff / DIFF_FILE)
+    try:
+        tensors = load_file(diff / DIFF_FILE)
+    except Exception as exc:  # safetensors raises its own SafetensorError on a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--diff {diff / DIFF_FILE} cannot be read ({first}): the file is damaged or cut short; "
+                        "copy it again from the 'distil task' run (OUT/sparse_diff)") from None
+    expected = [*(f"body.{n}.{part}" for n in record["body"] for part in ("indices", "values")),
+                *(f"head.{n}" for n in record["head"])]
+    missing = [key for key in expected if key not in tensors]
+    if missing:
+        raise UserError(f"--diff {diff / DIFF_FILE} lacks {missing[0]}, which {INFO_FILE} lists: the two files do "
+                        "not belong together; copy the whole sparse_diff folder again")
+    for name in record["head"]:
+        if tuple(tensors[f"head.{name}"].shape) != tuple(weights[name].shape):
+            raise UserError(f"--diff {diff}: head tensor {name} has shape {tuple(tensors[f'head.{name}'].shape)}, "
+                            f"the model built from --base {base} {tuple(weights[name].shape)}; pass the phase-1 "
+                            "student that 'distil task' was given as --student")
+    for name in record["body"]:
+        top = int(tensors[f"body.{name}.indices"].max()) if len(tensors[f"body.{name}.indices"]) else -1
+        if top >= weights[name].numel():
+            raise UserError(f"--diff {diff}: {name} has entries beyond the --base model's tensor "
+                            f"(index {top:,} of {weights[name].numel():,}); pass the phase-1 student that "
+                            "'distil task' was given as --student")
     with torch.no_grad():
         for name in record["body"]:
             flat = weights[name].view(-1)
@@ -109,12 +131,27 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     return model.to(getattr(torch, saved_dtype(config))), record
 
 
+def model_card(args, record: dict) -> str:
+    """The README of an apply-diff output: what it is, from what, and how to load it."""
+    density = record.get("density")
+    return "\n".join([
+        "# Task model rebuilt from a sparse diff", "",
+        "Written by `polyglot-distil apply-diff`: the phase-1 student",
+        f"`{args.base}` with the sparse difference `{args.diff}` of a `distil task` (lottery-ticket sparse",
+        "fine-tuning) written in. It equals that run's `best/` model bit for bit.", "",
+        f"- body entries trained: {record['k']:,}" + (f" (density {density})" if density is not None else ""),
+        f"- head tensors: {len(record['head'])}",
+        "", "Load it with `AutoModelForSequenceClassification.from_pretrained(folder)` and",
+        "`AutoTokenizer.from_pretrained(folder)`.", ""])
+
+
 def run_apply_diff(args) -> dict:
     check_writable(args.out, args.overwrite)
     model, record = apply_diff(args.base, args.diff, args.trust_remote_code)
     with atomic_dir(args.out, args.overwrite) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer(args.base, tmp)
+        (tmp / "README.md").write_text(model_card(args, record), encoding="utf-8")
     print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {args.base}")
     print(f"wrote {args.out}")
     return record

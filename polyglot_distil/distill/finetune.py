@@ -54,7 +54,8 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
         print(f"note: {note}", file=sys.stderr)
     class_of = np.argsort(to_xnli)  # the model's output class for each XNLI label
     pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
-    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed)
+    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed,
+                      args.length_buckets)
 
     def compute_loss(model, batch):
         logits = model(**model_inputs(batch)).logits
@@ -87,6 +88,7 @@ def run_finetune(args) -> dict:
     settings = training_settings(args, steps, batches_per_epoch, args.weight_decay)
     run_config = {"phase": "finetune", "model": str(args.model), "task": args.task, "train": args.train,
                   "dev": args.dev, "max_train_examples": args.max_train_examples, "max_length": args.max_length,
+                  "length_buckets": args.length_buckets,
                   "epochs": args.epochs, **({"save_dtype": args.save_dtype} if args.save_dtype else {})}
     result = train(settings, run_config, lambda accelerator: build_recipe(args, train_data, dev_data, accelerator))
     if result.is_main_process:

@@ -247,7 +247,8 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
 
     show = False if args.no_progress or not accelerator.is_main_process else None
     pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
-    data = NLIBatches(pairs, train_data.labels, args.batch_size, args.seed)
+    data = NLIBatches(pairs, train_data.labels, args.batch_size, args.seed,
+                      args.length_buckets)
     teacher.model.to(accelerator.device)
     teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli), device=accelerator.device)
     teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
@@ -327,7 +328,8 @@ def run_distil_task(args) -> dict:
     run_config = {
         "phase": "task", "teacher": str(args.teacher), "student": str(args.student), "task": args.task,
         "train": args.train, "dev": args.dev, "max_train_examples": args.max_train_examples,
-        "max_length": args.max_length, "full_epochs": args.full_epochs, "sparse_epochs": args.sparse_epochs,
+        "max_length": args.max_length, "length_buckets": args.length_buckets, "full_epochs": args.full_epochs,
+        "sparse_epochs": args.sparse_epochs,
         "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
         "weights": asdict(weights), "layer_map": args.layer_map, "teacher_cache": bool(args.teacher_cache),
         **({"save_dtype": args.save_dtype} if args.save_dtype else {}),

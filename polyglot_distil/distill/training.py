@@ -55,7 +55,9 @@ from typing import Any, Callable, Protocol
 import torch
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.outputs import atomic_dir
+from polyglot_distil.inputs import changed_inputs, input_fingerprints
+from polyglot_distil.outputs import atomic_dir, hold_lock, release_lock, replace_text
+from polyglot_distil.progress import progress
 
 
 @dataclass
@@ -286,8 +288,10 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def check_output(settings: TrainSettings, config: dict) -> Path | None:
-    """Before any work: may the run write to OUT? Returns the checkpoint to resume from, if any."""
+def check_output(settings: TrainSettings, config: dict, inputs: dict | None = None) -> Path | None:
+    """Before any work: may the run write to OUT? Returns the checkpoint to resume from, if any.
+    A resumed run must have the configuration and (`inputs`, their fingerprints) the inputs it
+    started with."""
     out = Path(settings.out)
     if settings.resume and not checkpoints(out):
         raise UserError(f"--resume: {out} holds no checkpoint of a run, so there is nothing to resume; "
@@ -308,6 +312,11 @@ def check_output(settings: TrainSettings, config: dict) -> Path | None:
         changes = _config_differences(saved.get("config", {}), config)
         raise UserError(f"--resume: {out} was made with a different configuration ({changes}); "
                         "rerun with its options or pass a new --out")
+    changed = changed_inputs(saved["inputs"], inputs or {}) if "inputs" in saved else []
+    if changed:
+        more = f"; and {len(changed) - 2} more" if len(changed) > 2 else ""
+        raise UserError(f"--resume: an input of the run in {out} changed since it started ({'; '.join(changed[:2])}"
+                        f"{more}); restore it, or start over with --overwrite or a new --out")
     found = checkpoints(out)
     return found[-1] if found else None
 
@@ -330,7 +339,7 @@ def _truncate_metrics(out: Path, step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    replace_text(path, "".join(line + "\n" for line in kept))
 
 
 def _save_checkpoint(accelerator, out: Path, trainer_state: dict, recipe: Recipe, keep: int) -> None:
@@ -398,15 +407,24 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
     """Run (or resume) training. `run_config` describes everything else that decides the result
     (models, data, losses); `build_recipe(accelerator)` loads models and data once OUT is known to
     be writable."""
-    from accelerate.utils import set_seed
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
     settings.check()
     config = {"training": settings.result_config(), **run_config}
-    resume_from = check_output(settings, config)
+    inputs = input_fingerprints(run_config, skip=[settings.out])
+    resume_from = check_output(settings, config, inputs)
     out = Path(settings.out)
+    hold_lock(out)  # a second run writing OUT at the same time refuses (main process only)
+    try:
+        return _train(settings, config, inputs, out, resume_from, build_recipe)
+    finally:
+        release_lock(out)
+
+
+def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resume_from: Path | None,
+           build_recipe: Callable[[Any], Recipe]) -> TrainResult:
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+    from transformers import get_linear_schedule_with_warmup
+
     accelerator = make_accelerator(settings)
     world, main = accelerator.num_processes, accelerator.is_main_process
     # Every process has checked OUT before the main process creates (or clears) it.
@@ -422,8 +440,8 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "run_config.json").is_file():
-            record = {"hash": config_hash(config), "config": config}
-            (out / "run_config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            record = {"hash": config_hash(config), "config": config, "inputs": inputs}
+            replace_text(out / "run_config.json", json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
 
     try:
@@ -458,10 +476,9 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
                 print(f"resuming from {resume_from} (step {state['step']})", file=sys.stderr)
 
         data = recipe.train_data
-        # disable=None: a bar on a terminal, none in a log file; only the main process draws one.
-        quiet = None if settings.progress is None else not settings.progress
-        bar = tqdm(total=settings.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
-                   file=sys.stderr, disable=quiet if main else True)
+        # A bar on a terminal, a line every 30 s in a log file; only the main process shows progress.
+        bar = progress(total=settings.steps, initial=state["step"], desc="train", unit="step",
+                       show=settings.progress if main else False)
         sums, names, since_log, grad_norm = None, ["loss"], 0, None
         last_train, last_eval, started = {}, {}, time.perf_counter()
         model.train()

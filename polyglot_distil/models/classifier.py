@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,7 @@ def predict_logits(model, tokenizer, premises: list[str], hypotheses: list[str],
     process running them all would run, so the same logits) and the other rows are NaN; see
     `gather_parts`."""
     import torch
-    from tqdm.auto import tqdm
+    from polyglot_distil.progress import progress as progress_display
 
     encoded = tokenizer(premises, hypotheses, truncation=True, max_length=max_length, padding=False)
     inputs = [k for k in tokenizer.model_input_names if k in encoded]
@@ -125,8 +124,7 @@ def predict_logits(model, tokenizer, premises: list[str], hypotheses: list[str],
     out = np.full((len(premises), model.config.num_labels), np.nan, dtype=np.float32)
     index, parts = part
     starts = range(index * batch_size, len(order), parts * batch_size)
-    for start in tqdm(starts, desc=desc, unit=" batches", file=sys.stderr, dynamic_ncols=True,
-                      disable=None if progress is None else not progress):
+    for start in progress_display(starts, desc=desc, unit=" batches", show=progress):
         rows = order[start:start + batch_size]
         width = int(lengths[rows].max())
         batch = {}
