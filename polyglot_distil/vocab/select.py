@@ -9,9 +9,10 @@
 How rules combine: within one language a token must pass *every* rule given (each one narrows
 the choice, as vocabtrimmer's "count >= 2, then top-N"); the union over the chosen languages is
 kept (BiStil's max(p_src, p_tgt) >= 1e-6 is the union of two per-language rules). Then, whatever
-the rules say, the special tokens, the user's keep-list and (with `keep_chars`) every
-single-character token are added. Kept tokens keep their original relative order, so the
-specials at the start of XLM-R's vocabulary (`<s> <pad> </s> <unk>`) keep their ids.
+the rules say, the special tokens, the byte pieces `<0x00>`..`<0xFF>` of a byte-fallback model,
+the user's keep-list and (with `keep_chars`) every single-character token are added. Kept tokens
+keep their original relative order, so the specials at the start of XLM-R's vocabulary
+(`<s> <pad> </s> <unk>`) keep their ids.
 
 Everything here is vectorised numpy over arrays of the vocabulary's size: O(V).
 """
@@ -129,9 +130,10 @@ def char_token_mask(vocab: list[str]) -> np.ndarray:
 
 
 def select_vocabulary(counts: Counts, langs: list[str], rules: Rules, vocab: list[str],
-                      special_ids: np.ndarray | list[int]) -> Selection:
+                      special_ids: np.ndarray | list[int], byte_ids: np.ndarray | list[int] = ()) -> Selection:
     """Apply `rules` to the counts of `langs`. `vocab` is the tokenizer's vocabulary in id order
-    (a counts file only names the tokens it saw); `special_ids` are always kept."""
+    (a counts file only names the tokens it saw); `special_ids` and `byte_ids` (a byte-fallback
+    model's `<0xNN>` pieces: any character without a piece is spelled with them) are always kept."""
     rules.validate()
     missing = [lang for lang in langs if lang not in counts.occurrences]
     if missing:
@@ -167,11 +169,16 @@ def select_vocabulary(counts: Counts, langs: list[str], rules: Rules, vocab: lis
     missing_keep = [t for t in rules.keep_tokens if t not in index]
     keep_list[[index[t] for t in rules.keep_tokens if t in index]] = True
     chars = char_token_mask(vocab) if rules.keep_chars else np.zeros(len(vocab), dtype=bool)
+    groups = [("special", special), ("keep_list", keep_list), ("keep_chars", chars)]
+    if len(byte_ids):
+        byte_pieces = np.zeros(len(vocab), dtype=bool)
+        byte_pieces[np.asarray(byte_ids, dtype=np.int64)] = True
+        groups.insert(1, ("byte_fallback", byte_pieces))
 
     kept = np.zeros(len(vocab), dtype=bool)
     kept[:size] = union
     added = {}
-    for group, mask in (("special", special), ("keep_list", keep_list), ("keep_chars", chars)):
+    for group, mask in groups:
         added[group] = {"tokens": int(mask.sum()), "added": int((mask & ~kept).sum())}
         kept |= mask
     kept_ids = np.flatnonzero(kept).astype(np.int64)

@@ -42,9 +42,11 @@ from polyglot_distil.tables import markdown_table
 from polyglot_distil.vocab.count import Counts, read_counts
 from polyglot_distil.vocab.select import BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, select_vocabulary, \
     selection_table
-from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, trim_sentencepiece
+from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, sentencepiece_byte_ids, \
+    trim_sentencepiece
 from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, trim_model_vocab
-from polyglot_distil.vocab.trim_tokenizer import tokenizer_model_type, trim_tokenizer, vocab_size, write_vocab_txt
+from polyglot_distil.vocab.trim_tokenizer import byte_fallback_ids, tokenizer_model_type, trim_tokenizer, vocab_size, \
+    write_vocab_txt
 from polyglot_distil.vocab.verify import EquivalenceError, verify_equivalence, verify_table
 
 
@@ -110,7 +112,12 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < len(vocab):
         raise UserError(f"{model_name}: the tokenizer has {len(vocab):,} tokens but the embedding only {rows:,} rows")
-    selection = select_vocabulary(counts, langs, rules, vocab, special_token_ids(tokenizer, model.config))
+    spm_path = find_sentencepiece(model_name) if kind == "Unigram" else None
+    spm_data = spm_path.read_bytes() if spm_path else None
+    # a byte-fallback model's <0xNN> pieces (of tokenizer.json, or of the legacy file) are always kept
+    byte_ids = set(byte_fallback_ids(tokenizer)) | set(sentencepiece_byte_ids(spm_data, vocab) if spm_data else ())
+    selection = select_vocabulary(counts, langs, rules, vocab, special_token_ids(tokenizer, model.config),
+                                  sorted(byte_ids))
     for token in selection.missing_keep:
         print(f"warning: keep-list token {token!r} is not in the vocabulary of {model_name}; ignored", file=sys.stderr)
     kept_ids = selection.kept_ids
@@ -126,8 +133,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     old_specials = {key: getattr(model.config, key, None) for key in SPECIAL_ID_KEYS}
     vocab_params = trim_model_vocab(model, kept_ids)
     trimmed_tokenizer = trim_tokenizer(tokenizer, kept_ids)
-    spm_path = find_sentencepiece(model_name) if kind == "Unigram" else None
-    spm_bytes = trim_sentencepiece(spm_path.read_bytes(), kept_ids, vocab) if spm_path else None
+    spm_bytes = trim_sentencepiece(spm_data, kept_ids, vocab) if spm_data else None
     if spm_path and spm_bytes is None:
         print(f"warning: {spm_path} does not match the tokenizer of {model_name}; no {SPM_FILE} written",
               file=sys.stderr)

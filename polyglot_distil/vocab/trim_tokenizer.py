@@ -35,6 +35,19 @@ def tokenizer_model_type(tokenizer, name: str) -> str:
     return kind
 
 
+BYTE_PIECES = tuple(f"<0x{byte:02X}>" for byte in range(256))
+
+
+def byte_fallback_ids(tokenizer) -> list[int]:
+    """Ids of the `<0x00>`..`<0xFF>` pieces of a byte-fallback model (SentencePiece Unigram or BPE
+    with `byte_fallback`, or a vocabulary holding all 256): it spells every character it has no
+    piece for with them, so a trim keeps them whatever the counts say. Empty otherwise."""
+    backend = tokenizer.backend_tokenizer
+    ids = sorted(i for i in (backend.token_to_id(piece) for piece in BYTE_PIECES) if i is not None)
+    if len(ids) == len(BYTE_PIECES) or (ids and json.loads(backend.model.__getstate__()).get("byte_fallback")):
+        return ids
+    return []
+
 
 def _remap_post_processor(spec: dict | None, id_map: np.ndarray) -> None:
     """Special-token ids are written into the post-processor: remap them in place."""
