@@ -88,7 +88,14 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     config = AutoConfig.from_pretrained(diff)
     # The base in float32, as `distil task` trained and fingerprinted it; the dense model in the
     # dtype the trained model was saved in (the diff's values are in it).
-    model, new_names = new_classifier(base, 0, trust_remote_code, config=config, dtype=torch.float32)
+    try:
+        model, new_names = new_classifier(base, 0, trust_remote_code, config=config, dtype=torch.float32)
+    except RuntimeError as exc:  # transformers: the base's tensors do not fit the diff's configuration
+        if "mismatch" not in str(exc).lower():
+            raise
+        raise UserError(f"--base {base} does not fit the diff in {diff} (its tensors have other shapes: another "
+                        "vocabulary or size); pass the phase-1 student that 'distil task' was given as "
+                        "--student") from None
     head = set(record["head"])
     if not new_names <= head:
         lacking = ", ".join(sorted(new_names - head)[:3])
