@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 import re
 import shutil
+import struct
+import warnings
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
@@ -44,8 +47,9 @@ def _load_failure(what: str, name: str, exc: BaseException) -> UserError:
     if _looks_like_path(name):
         return UserError(f"{what} not found: {name} is not an existing path")
     if any(w in lowered for w in ("offline", "couldn't connect", "connection", "resolve", "max retries", "timed out")):
-        return UserError(f"cannot load {what} {name!r}: the Hugging Face hub is unreachable and no local copy is "
-                         "cached; pass a local folder, or run once with network access")
+        local = f"there is no folder {name} here, and " if "/" in name else ""
+        return UserError(f"cannot load {what} {name!r}: {local}the Hugging Face hub is unreachable and no local copy "
+                         "is cached; pass a local folder, or run once with network access")
     if any(w in lowered for w in ("not a valid model identifier", "repository not found", "404", "does not appear")):
         return UserError(f"{what} not found: {name!r} is neither a local path nor a model on the Hugging Face hub")
     return UserError(f"cannot load {what} {name!r}: {first}")
@@ -53,8 +57,13 @@ def _load_failure(what: str, name: str, exc: BaseException) -> UserError:
 
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
     """A fast (Rust-backed) `transformers` tokenizer from a hub name, a model folder, or a bare
-    `tokenizer.json` file."""
+    `tokenizer.json` file. An XLM-R folder with only `sentencepiece.bpe.model` is read by
+    `models/sentencepiece_model.py` (transformers would need `protobuf`, and drops byte fallback,
+    which is restored when it drops it from a folder's tokenizer.json)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from polyglot_distil.models.sentencepiece_model import SPM_FILE, restore_byte_fallback, \
+        xlmr_tokenizer_from_sentencepiece
 
     name = str(name_or_path)
     check_local_path("tokenizer", name)
@@ -66,12 +75,47 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
         except Exception as exc:
             raise _load_failure("tokenizer", name, exc) from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        tokenizer = xlmr_tokenizer_from_sentencepiece(name)
+    except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
+        raise UserError(f"cannot load tokenizer from {name}: {SPM_FILE} is not a readable SentencePiece model "
+                        f"({type(exc).__name__}: {exc})") from None
+    if tokenizer is not None:
+        return tokenizer
+    protobuf = _has_protobuf()
+    try:
+        # without protobuf, transformers warns that it falls back to tiktoken: the error below says it once
+        with contextlib.nullcontext() if protobuf else _quiet_logger("transformers.tokenization_utils_tokenizers"):
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as exc:
+        if "tiktoken" in str(exc) and not protobuf:  # transformers' fallback for a .model file
+            raise UserError(f"cannot load tokenizer from {name}: transformers reads its SentencePiece model file "
+                            "only with the protobuf package; install it: pip install protobuf") from None
         raise _load_failure("tokenizer", name, exc) from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise UserError(f"the tokenizer of {name} has no fast (tokenizers) version, which polyglot-distil needs")
-    return tokenizer
+    return restore_byte_fallback(tokenizer, name)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _has_protobuf() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("google.protobuf") is not None
+    except (ImportError, ValueError):  # no `google` package at all
+        return False
 
 
 def vocab_in_id_order(tokenizer) -> list[str]:
@@ -103,10 +147,20 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
     if os.path.isfile(name):
         raise UserError(f"{name} is a file; pass the model's folder")
     try:
-        with quiet_load_report():  # the caller decides what missing or unused weights mean
+        with quiet_load_report(), warnings.catch_warnings():  # the caller decides what missing weights mean
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if unsafe
             return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise _load_failure("model", name, exc) from None
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"cannot load model from {name}: its pickle checkpoint (.bin) holds more than tensors "
+                        f"(torch.load with weights_only=True refused it: {type(exc).__name__}); use a safetensors "
+                        "copy of the model from a source you trust") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"cannot load model from {name}: a safetensors file is damaged or cut short "
+                        f"({(str(exc).strip().splitlines() or ['?'])[0]}); download or write it again") from None
 
 
 def folder_size_bytes(path: str | os.PathLike) -> int:
