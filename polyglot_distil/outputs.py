@@ -235,3 +235,37 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
             shutil.rmtree(tmp, ignore_errors=True)
         _temporaries.discard(tmp.absolute())
         release_lock(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes, several nodes: the main process's files must be seen by every process
+
+
+def shared_fs_timeout() -> float:
+    """Seconds a process waits to see a file the main process has written (default 120;
+    POLYGLOT_DISTIL_SHARED_FS_TIMEOUT sets it)."""
+    try:
+        return float(os.environ.get("POLYGLOT_DISTIL_SHARED_FS_TIMEOUT", "120"))
+    except ValueError:
+        return 120.0
+
+
+def wait_visible(paths, what: str = "a file the main process wrote", timeout: float | None = None,
+                 poll_seconds: float = 0.2) -> Path:
+    """The first of `paths` (one path or several) this process sees, waiting up to `timeout`
+    seconds (`shared_fs_timeout()`) for the main process's write to show; not seen by then: one
+    line naming the path and saying the folder must be on a filesystem every node sees."""
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    timeout = shared_fs_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in paths:
+            if path.exists():
+                return path
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll_seconds)
+    rank = os.environ.get("RANK", "0")
+    raise UserError(f"process {rank} on {socket.gethostname()} does not see {paths[0]} ({what}) {timeout:g} s after "
+                    f"the main process wrote it: {paths[0].parent} must be on a filesystem every node sees "
+                    "(a shared filesystem such as NFS or Lustre); give an --out (or run_dir) there")

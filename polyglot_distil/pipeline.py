@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import FLAG, POSITIONAL, Command, Option, exit_status
-from polyglot_distil.outputs import hold_lock, release_lock, replace_text
+from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
 STAGES = ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
@@ -395,6 +395,8 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
         steps, error = _share_plan(steps, error)
     if error:
         raise UserError(error)
+    if rank > 0:  # several nodes: the markers polled below must be visible here
+        wait_visible(lock_path(run.run_dir), what="the run folder's lock, taken by the main process")
     ran = []
     for step in steps:
         stage, argv = step.stage, step.argv

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 import torch
@@ -61,12 +61,58 @@ def to_blocks(ids: np.ndarray, block_size: int, first_id: int, last_id: int) -> 
     return blocks
 
 
-def split_heldout(blocks: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training blocks, `count` held-out blocks chosen at random with `seed`)."""
+def write_blocks(lines: Iterable[str], tokenizer, block_size: int, first_id: int, last_id: int, handle: BinaryIO,
+                 batch_lines: int = 1024, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Tokenize `lines` a batch at a time and write their blocks to the binary `handle` (int32,
+    row-major, exactly the rows `to_blocks(encode_text(lines), ...)` gives), holding one batch of
+    lines and less than one block of left-over tokens, never an array per line.
+    Returns (blocks written, tokens read)."""
+    body = block_size - 2
+    tail = np.zeros(0, dtype=np.int32)
+    blocks = tokens = 0
+    iterator = iter(lines)
+    with untruncated(tokenizer) as backend:
+        while batch := list(itertools.islice(iterator, batch_lines)):
+            encodings = backend.encode_batch_fast(batch, add_special_tokens=False)
+            ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32)
+            del encodings
+            tokens += len(ids)
+            ids = np.concatenate([tail, ids]) if len(tail) else ids
+            count = len(ids) // body
+            if count:
+                handle.write(to_blocks(ids[: count * body], block_size, first_id, last_id).tobytes())
+                blocks += count
+            tail = ids[count * body:].copy()
+            if progress is not None:
+                progress(len(batch))
+    return blocks, tokens
+
+
+class Rows:
+    """Chosen rows of a block array (a memory map), without copying them: `len`, and indexing
+    with an index array gives those rows as an array (read from the map then)."""
+
+    def __init__(self, blocks: np.ndarray, indices: np.ndarray):
+        self.blocks, self.indices = blocks, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.blocks[self.indices[index]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self.blocks[self.indices]
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def split_heldout(blocks: np.ndarray, count: int, seed: int) -> tuple[Rows, Rows]:
+    """(training blocks, `count` held-out blocks chosen at random with `seed`), as `Rows` of
+    `blocks`: views, so a memory-mapped block array is not read into memory."""
     order = np.random.default_rng([seed, 7919]).permutation(len(blocks))
     held = np.sort(order[:count])
     keep = np.sort(order[count:])
-    return blocks[keep], blocks[held]
+    return Rows(blocks, keep), Rows(blocks, held)
 
 
 @dataclass(frozen=True)

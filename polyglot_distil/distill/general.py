@@ -108,34 +108,44 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: st
 
 
 def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | None, seed: int,
-                show_progress: bool | None) -> dict:
-    """{lang: int32 blocks [n, block_size]} from each language's sources."""
-    import sys
-
-    from tqdm.auto import tqdm
+                show_progress: bool | None, cache_dir: str | Path, main: bool = True, barrier=None) -> dict:
+    """{lang: int32 blocks [n, block_size]} from each language's sources, memory-mapped from the
+    token cache in `cache_dir` (data/token_cache.py): tokenized once, by the main process, when
+    no cache of these sources, this tokenizer and these block settings is there yet."""
+    import hashlib
 
     from polyglot_distil.data.corpus import Caps, ReadStats, iter_language
-    from polyglot_distil.data.mlm import encode_text, to_blocks
+    from polyglot_distil.data.mlm import write_blocks
+    from polyglot_distil.data.token_cache import cached_blocks
+    from polyglot_distil.inputs import path_fingerprint
+    from polyglot_distil.progress import progress
 
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if first is None or last is None or tokenizer.mask_token_id is None:
         raise UserError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) and mask tokens, which masked-LM blocks need")
-    blocks = {}
-    for lang, sources in languages.items():
+    key = {
+        "sources": {lang: [[str(s), None if s.kind == "hf" else path_fingerprint(Path(s.path))] for s in sources]
+                    for lang, sources in languages.items()},
+        "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "block_size": block_size, "first_id": int(first), "last_id": int(last), "max_lines": max_lines, "seed": seed,
+    }
+
+    def write(lang, handle) -> int:
+        sources = languages[lang]
         stats = ReadStats()
         where = ", ".join(str(s) for s in sources)
-        with tqdm(desc=f"tokenize {lang}", unit=" lines", file=sys.stderr, dynamic_ncols=True,
-                  disable=None if show_progress is None else not show_progress) as bar:
-            ids = encode_text(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
-                              tokenizer, progress=bar.update)
+        with progress(total=max_lines, desc=f"tokenize {lang}", unit=" lines", show=show_progress) as bar:
+            count, tokens = write_blocks(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
+                                         tokenizer, block_size, first, last, handle, progress=bar.update)
         if stats.lines == 0:
             raise UserError(f"no text for language {lang!r}: {where} holds no non-blank lines")
-        blocks[lang] = to_blocks(ids, block_size, first, last)
-        if len(blocks[lang]) == 0:
-            raise UserError(f"language {lang!r}: {where} gives {len(ids):,} tokens, less than one block of "
+        if count == 0:
+            raise UserError(f"language {lang!r}: {where} gives {tokens:,} tokens, less than one block of "
                             f"{block_size}; give more text or a smaller --block-size")
-    return blocks
+        return count
+
+    return cached_blocks(cache_dir, key, list(languages), write, block_size, main=main, barrier=barrier)
 
 
 def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed: int):
@@ -254,7 +264,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
     from polyglot_distil.models.loading import copy_tokenizer
     from polyglot_distil.models.student import build_student, check_layers, default_layer_map, parse_layers, \
         spec_from_args
-    from polyglot_distil.distill.training import Recipe, mean_over_batches
+    from polyglot_distil.distill.training import CACHE, Recipe, mean_over_batches
 
     languages = group_lang_specs(args.lang)
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
@@ -294,7 +304,8 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
 
     masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
     blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
-                         False if args.no_progress or not accelerator.is_main_process else None)
+                         False if args.no_progress or not accelerator.is_main_process else None,
+                         Path(args.out) / CACHE, accelerator.is_main_process, accelerator.wait_for_everyone)
     train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
     teacher.eval().requires_grad_(False).to(accelerator.device)
     model = student_module(student, teacher, weights)

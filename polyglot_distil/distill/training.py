@@ -56,8 +56,11 @@ import torch
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.inputs import changed_inputs, input_fingerprints
-from polyglot_distil.outputs import atomic_dir, hold_lock, release_lock, replace_text
+from polyglot_distil.outputs import atomic_dir, hold_lock, release_lock, replace_text, wait_visible
 from polyglot_distil.progress import progress
+
+
+CACHE = "cache"  # OUT/cache/: data prepared from the inputs, keyed by them; kept by --overwrite
 
 
 @dataclass
@@ -288,6 +291,11 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def unstarted(out: Path) -> bool:
+    """OUT does not exist, or holds only OUT/cache/ (a run stopped while preparing its data)."""
+    return not out.exists() or (out.is_dir() and {p.name for p in out.iterdir()} <= {CACHE})
+
+
 def check_output(settings: TrainSettings, config: dict, inputs: dict | None = None) -> Path | None:
     """Before any work: may the run write to OUT? Returns the checkpoint to resume from, if any.
     A resumed run must have the configuration and (`inputs`, their fingerprints) the inputs it
@@ -296,10 +304,10 @@ def check_output(settings: TrainSettings, config: dict, inputs: dict | None = No
     if settings.resume and not checkpoints(out):
         raise UserError(f"--resume: {out} holds no checkpoint of a run, so there is nothing to resume; "
                         "drop --resume to start a run there" + (" (with --overwrite)" if out.exists() else ""))
-    if settings.overwrite and out.exists() and not (out / "run_config.json").is_file():
+    if settings.overwrite and not unstarted(out) and not (out / "run_config.json").is_file():
         raise UserError(f"--overwrite: {out} is not a training output folder (it has no run_config.json); "
                         "it is not deleted: give another --out")
-    if not out.exists() or settings.overwrite:
+    if unstarted(out) or settings.overwrite:
         return None
     if not settings.resume:
         raise UserError(f"{out} already exists; pass --resume to continue the run in it, or --overwrite to start over")
@@ -354,6 +362,8 @@ def _save_checkpoint(accelerator, out: Path, trainer_state: dict, recipe: Recipe
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:  # every process writes its own state files into it
+        wait_visible(tmp, what="the checkpoint folder the main process made")
     accelerator.save_state(str(tmp))
     extra = recipe.extra_state() if recipe.extra_state else None
     if accelerator.is_main_process:
@@ -432,17 +442,27 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
     if settings.batch_size % (settings.grad_accum * world):
         raise UserError(f"--batch-size {settings.batch_size} cannot be cut into --grad-accum {settings.grad_accum} "
                         f"x {world} processes equal micro-batches; pass a multiple of {settings.grad_accum * world}")
-    recipe = build_recipe(accelerator)
+    fresh = main and unstarted(out)
+    try:
+        recipe = build_recipe(accelerator)  # may write OUT/cache/ (phase 1's token blocks)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
-    created = main and (settings.overwrite or not out.exists())  # a failure before a checkpoint removes it
+    created = main and (settings.overwrite or fresh)  # a failure before a checkpoint removes it
     if main:
         if settings.overwrite and out.exists():
-            shutil.rmtree(out)
+            for item in out.iterdir():  # OUT/cache/ is keyed by its inputs: still valid, and in use
+                if item.name != CACHE:
+                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "run_config.json").is_file():
             record = {"hash": config_hash(config), "config": config, "inputs": inputs}
             replace_text(out / "run_config.json", json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
+    if not main:  # several nodes: OUT must be on a filesystem every process sees
+        wait_visible(out / "run_config.json", what="the run's configuration")
 
     try:
         set_seed(settings.seed)
