@@ -10,7 +10,7 @@
 The teacher (frozen, eval mode, no gradients) and the student read the same masked blocks of
 each language's text (sources as in `count`), the languages balanced 50/50, each batch from one
 language. Losses, each with its weight (`--recipe bistil`, the default: hidden 1, attention 1;
-`--recipe distilbert`: logits 5, mlm 2, cosine 1):
+`--recipe distilbert`: logits 5, mlm 2, cosine 1; `--recipe minilm`: relation 1):
 
     hidden     mean over i of MSE(student hidden state i, teacher hidden state map(i)), 0 = embeddings
     attention  mean over layers j of MSE(student attention j, teacher attention layer_map[j]), no padding
@@ -18,13 +18,20 @@ language. Losses, each with its weight (`--recipe bistil`, the default: hidden 1
                masked ones: --logit-positions masked, DistilBERT's --restrict_ce_to_mask)
     mlm        masked-LM cross-entropy on the masked tokens
     cosine     1 - cos(student, teacher) of the last hidden states
+    relation   MiniLMv2: KL between the teacher's and the student's query-query, key-key and
+               value-value relations (softmax of scaled dot products over the tokens, in
+               --relation-heads heads), teacher layer --relation-layer (default the last) against the
+               student's last layer; no projection, so the student may be narrower
+
 
 `--layer-map 1,3,5,7,9,11` names the teacher layer each student layer imitates (default: the
 same relative depth, BiStil's 2j+1). Only what the enabled losses need is computed: attention
 maps (and the slower eager attention) only with the attention loss, MLM-head logits only with
-the logit or MLM loss, and then only at the positions used. A student narrower than the teacher
-is compared through a learned projection of its hidden states (TinyBERT), initialised by least
-squares between the two embedding matrices.
+the logit or MLM loss, and then only at the positions used; the relation loss reads queries, keys
+and values from hooks on one layer, with the fast attention kernel kept. A student narrower than
+the teacher is compared through a learned projection of its hidden states (TinyBERT), initialised
+by least squares between the two embedding matrices. `--freeze-embeddings` keeps the student's
+embeddings (word, position, type, their LayerNorm) as they start (LightMBERT).
 
 Output (see training.py): OUT/final/ and OUT/best/ (model folders with the tokenizer),
 OUT/checkpoints/, OUT/metrics.jsonl, OUT/run_config.json.
@@ -42,10 +49,10 @@ from polyglot_distil.errors import UserError
 from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME, SAVE_DTYPE
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.models.student import STUDENT_OPTIONS
-from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, group, \
-    out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, \
+    group, out_option
 
-TERMS = ("hidden", "attention", "logits", "mlm", "cosine")
+TERMS = ("hidden", "attention", "logits", "mlm", "cosine", "relation")
 
 
 @dataclass
@@ -60,8 +67,11 @@ class LossWeights:
     logits: float = 0.0
     mlm: float = 0.0
     cosine: float = 0.0
+    relation: float = 0.0
     temperature: float = 2.0
     logit_positions: str = "all"  # or "masked"
+    relation_heads: int | None = None  # None: the teacher's attention heads
+    relation_layer: int | None = None  # the teacher layer (0-based) of the relation loss; None: the last
 
     def enabled(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
@@ -73,6 +83,7 @@ LAYER_MAP = Option("layer_map", help="teacher layer (0-based) each student layer
 RECIPES = {
     "bistil": LossWeights(hidden=1, attention=1),
     "distilbert": LossWeights(hidden=0, attention=0, logits=5, mlm=2, cosine=1),
+    "minilm": LossWeights(hidden=0, attention=0, relation=1),  # MiniLMv2 (q-q, k-k, v-v)
 }
 
 
@@ -80,6 +91,9 @@ def loss_weights(args) -> LossWeights:
     weights = resolve_weights(RECIPES[args.recipe], {name: getattr(args, f"{name}_weight") for name in TERMS},
                               args.temperature)
     weights.logit_positions = args.logit_positions
+    weights.relation_heads, weights.relation_layer = args.relation_heads, args.relation_layer
+    if weights.relation_heads is not None and weights.relation_heads < 1:
+        raise UserError(f"--relation-heads must be at least 1, not {weights.relation_heads}")
     return weights
 
 
@@ -108,44 +122,34 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: st
 
 
 def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | None, seed: int,
-                show_progress: bool | None, cache_dir: str | Path, main: bool = True, barrier=None) -> dict:
-    """{lang: int32 blocks [n, block_size]} from each language's sources, memory-mapped from the
-    token cache in `cache_dir` (data/token_cache.py): tokenized once, by the main process, when
-    no cache of these sources, this tokenizer and these block settings is there yet."""
-    import hashlib
+                show_progress: bool | None) -> dict:
+    """{lang: int32 blocks [n, block_size]} from each language's sources."""
+    import sys
+
+    from tqdm.auto import tqdm
 
     from polyglot_distil.data.corpus import Caps, ReadStats, iter_language
-    from polyglot_distil.data.mlm import write_blocks
-    from polyglot_distil.data.token_cache import cached_blocks
-    from polyglot_distil.inputs import path_fingerprint
-    from polyglot_distil.progress import progress
+    from polyglot_distil.data.mlm import encode_text, to_blocks
 
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if first is None or last is None or tokenizer.mask_token_id is None:
         raise UserError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) and mask tokens, which masked-LM blocks need")
-    key = {
-        "sources": {lang: [[str(s), None if s.kind == "hf" else path_fingerprint(Path(s.path))] for s in sources]
-                    for lang, sources in languages.items()},
-        "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
-        "block_size": block_size, "first_id": int(first), "last_id": int(last), "max_lines": max_lines, "seed": seed,
-    }
-
-    def write(lang, handle) -> int:
-        sources = languages[lang]
+    blocks = {}
+    for lang, sources in languages.items():
         stats = ReadStats()
         where = ", ".join(str(s) for s in sources)
-        with progress(total=max_lines, desc=f"tokenize {lang}", unit=" lines", show=show_progress) as bar:
-            count, tokens = write_blocks(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
-                                         tokenizer, block_size, first, last, handle, progress=bar.update)
+        with tqdm(desc=f"tokenize {lang}", unit=" lines", file=sys.stderr, dynamic_ncols=True,
+                  disable=None if show_progress is None else not show_progress) as bar:
+            ids = encode_text(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
+                              tokenizer, progress=bar.update)
         if stats.lines == 0:
             raise UserError(f"no text for language {lang!r}: {where} holds no non-blank lines")
-        if count == 0:
-            raise UserError(f"language {lang!r}: {where} gives {tokens:,} tokens, less than one block of "
+        blocks[lang] = to_blocks(ids, block_size, first, last)
+        if len(blocks[lang]) == 0:
+            raise UserError(f"language {lang!r}: {where} gives {len(ids):,} tokens, less than one block of "
                             f"{block_size}; give more text or a smaller --block-size")
-        return count
-
-    return cached_blocks(cache_dir, key, list(languages), write, block_size, main=main, barrier=barrier)
+    return blocks
 
 
 def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed: int):
@@ -170,13 +174,14 @@ def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed
 # Models and loss
 
 
-def _student_forward(parts, input_ids, attention_mask, logit_rows=None, *, hidden_states: bool, attentions: bool):
+def _student_forward(parts, input_ids, attention_mask, logit_rows=None, *, hidden_states: bool, attentions: bool,
+                     relation_layer: int | None = None):
     """The trained computation (inside the DDP-wrapped module): the student's outputs, its hidden
     states projected to the teacher's width when it is narrower."""
     from polyglot_distil.models.encoder import encoder_outputs
 
     out = encoder_outputs(parts["student"], input_ids, attention_mask, hidden_states=hidden_states,
-                          attentions=attentions, logit_rows=logit_rows)
+                          attentions=attentions, logit_rows=logit_rows, relation_layer=relation_layer)
     if "projection" in parts:
         project = parts["projection"]
         out["last"] = project(out["last"])
@@ -199,9 +204,10 @@ def _embedding_projection(student, teacher):
     return projection
 
 
-def student_module(student, teacher, weights: LossWeights):
-    """The trained module: the student (its MLM head frozen unless a loss reads logits) and, for a
-    narrower student, the projection of its hidden states. Called as `module(ids, mask, rows)`."""
+def student_module(student, teacher, weights: LossWeights, freeze_embeddings: bool = False):
+    """The trained module: the student (its MLM head frozen unless a loss reads logits; its
+    embeddings frozen with `freeze_embeddings`) and, for a narrower student, the projection of its
+    hidden states. Called as `module(ids, mask, rows)`."""
     import functools
 
     from polyglot_distil.distill.training import Trainable
@@ -212,11 +218,15 @@ def student_module(student, teacher, weights: LossWeights):
         for param in mlm_head(student).parameters():
             if param is not embedding:
                 param.requires_grad_(False)
+    if freeze_embeddings:  # LightMBERT: the multilingual embeddings (and a head tied to them) stay as they are
+        getattr(student.base_model, "embeddings", student.get_input_embeddings()).requires_grad_(False)
     parts = {"student": student}
     if student.config.hidden_size != teacher.config.hidden_size and (weights.hidden or weights.cosine):
         parts["projection"] = _embedding_projection(student, teacher)
+    last = student.config.num_hidden_layers - 1
     return Trainable(parts, functools.partial(_student_forward, hidden_states=weights.hidden > 0,
-                                              attentions=weights.attention > 0))
+                                              attentions=weights.attention > 0,
+                                              relation_layer=last if weights.relation else None))
 
 
 def logit_rows(batch: dict, weights: LossWeights):
@@ -237,7 +247,8 @@ def teacher_outputs(teacher, batch: dict, weights: LossWeights, rows) -> dict:
 
     with torch.no_grad():
         return encoder_outputs(teacher, batch["input_ids"], batch["attention_mask"], hidden_states=weights.hidden > 0,
-                               attentions=weights.attention > 0, logit_rows=rows if weights.logits else None)
+                               attentions=weights.attention > 0, logit_rows=rows if weights.logits else None,
+                               relation_layer=weights.relation_layer if weights.relation else None)
 
 
 def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_map: list[int]):
@@ -248,6 +259,29 @@ def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_m
     terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map,
                                mlm_labels=batch["labels"][rows] if weights.mlm else None, counts=batch.get("counts"))
     return weighted_sum(terms, weights), terms
+
+
+def resolve_relation(weights: LossWeights, teacher_config, student_config) -> None:
+    """Check the relation loss's teacher layer and relation heads against the models, and fill in
+    their defaults (the teacher's last layer, the teacher's attention heads)."""
+    layers = teacher_config.num_hidden_layers
+    if weights.relation_layer is None:
+        weights.relation_layer = layers - 1
+    if not 0 <= weights.relation_layer < layers:
+        raise UserError(f"--relation-layer {weights.relation_layer}: teacher layer {weights.relation_layer} does "
+                        f"not exist (the teacher has {layers} layers, numbered 0 to {layers - 1})")
+    given = weights.relation_heads is not None
+    heads = weights.relation_heads if given else teacher_config.num_attention_heads
+    widths = (teacher_config.hidden_size, student_config.hidden_size)
+    if any(width % heads for width in widths):
+        import math
+
+        common = math.gcd(*widths)
+        divisors = ", ".join(str(d) for d in range(1, common + 1) if common % d == 0)
+        what = f"--relation-heads {heads}" if given else f"the default --relation-heads {heads} (the teacher's heads)"
+        raise UserError(f"{what} does not divide both hidden sizes (teacher {widths[0]}, student {widths[1]}); "
+                        f"pass --relation-heads with one of: {divisors}")
+    weights.relation_heads = heads
 
 
 def build_recipe(args, weights: LossWeights, settings, accelerator):
@@ -262,15 +296,18 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
         saved_dtype
     from polyglot_distil.data.mlm import Masking
     from polyglot_distil.models.loading import copy_tokenizer
-    from polyglot_distil.models.student import build_student, check_layers, default_layer_map, parse_layers, \
-        spec_from_args
-    from polyglot_distil.distill.training import CACHE, Recipe, mean_over_batches
+    from polyglot_distil.models.student import check_layers, default_layer_map, make_student, parse_layers, \
+        planned_config, spec_from_args
+    from polyglot_distil.distill.training import Recipe, mean_over_batches
 
     languages = group_lang_specs(args.lang)
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
     attn = "eager" if weights.attention > 0 else "sdpa"
     remote = args.trust_remote_code
     teacher_config = load_model(args.teacher, AutoConfig, trust_remote_code=remote)
+    if weights.relation:  # on the configurations: a wrong setting answers before the models load
+        resolve_relation(weights, teacher_config, load_model(args.student, AutoConfig, trust_remote_code=remote)
+                         if args.student else planned_config(teacher_config, spec_from_args(args)))
     # float32 weights whatever the checkpoints' dtype: bf16/fp16 only through --mixed-precision's autocast
     teacher = load_model(args.teacher, encoder_class_for(teacher_config), trust_remote_code=remote,
                          attn_implementation=attn, dtype=torch.float32)
@@ -290,7 +327,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
                               teacher.get_input_embeddings().weight.shape[0],
                               student.get_input_embeddings().weight.shape[0])
     else:
-        student, _ = build_student(teacher, spec_from_args(args), attn_implementation=attn)
+        student, _ = make_student(teacher, tokenizer, spec_from_args(args), attn_implementation=attn)
     t_layers, s_layers = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
     check_layers(layer_map, t_layers, s_layers, "--layer-map")
@@ -304,11 +341,10 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
 
     masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
     blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
-                         False if args.no_progress or not accelerator.is_main_process else None,
-                         Path(args.out) / CACHE, accelerator.is_main_process, accelerator.wait_for_everyone)
+                         False if args.no_progress or not accelerator.is_main_process else None)
     train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
     teacher.eval().requires_grad_(False).to(accelerator.device)
-    model = student_module(student, teacher, weights)
+    model = student_module(student, teacher, weights, args.freeze_embeddings)
 
     def compute_loss(model, batch):
         return distillation_loss(model, teacher, batch, weights, layer_map)
@@ -344,8 +380,9 @@ def run_distil_general(args) -> dict:
 
     if args.student:
         given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
-        if given or args.init != "teacher" or args.dropout != 0.0:
-            option = (given or ["init" if args.init != "teacher" else "dropout"])[0].replace("_", "-")
+        if given or args.init != "teacher" or args.dropout != 0.0 or args.importance_text:
+            option = (given or ["init" if args.init != "teacher" else "importance_text" if args.importance_text
+                                else "dropout"])[0].replace("_", "-")
             raise UserError(f"--{option} shapes a student built here; with --student {args.student} drop it")
     weights = loss_weights(args)
     languages = group_lang_specs(args.lang)
@@ -365,6 +402,7 @@ def run_distil_general(args) -> dict:
         "languages": {lang: [str(s) for s in sources] for lang, sources in languages.items()},
         "max_lines": args.max_lines, "block_size": args.block_size, "mask_probability": args.mask_probability,
         "heldout_blocks": args.heldout_blocks, "weights": asdict(weights), "layer_map": args.layer_map,
+        **({"freeze_embeddings": True} if args.freeze_embeddings else {}),
         **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
     }
     result = train(settings, run_config, lambda accelerator: build_recipe(args, weights, settings, accelerator))
@@ -402,6 +440,10 @@ GENERAL = Command(
             Option("logit_positions", choices=("all", "masked"), default="all",
                    help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones"),
             LAYER_MAP,
+            Option("relation_heads", type=int, help="relation heads of the relation loss (MiniLMv2; default: the "
+                                                    "teacher's attention heads); must divide both hidden sizes"),
+            Option("relation_layer", type=int, help="teacher layer (0-based) the relation loss reads (default: the "
+                                                    "last; MiniLMv2 takes an upper-middle one for large teachers)"),
         ]),
         *group("training", [
             Option("steps", type=int, default=200_000, help="optimizer steps"),
@@ -411,6 +453,7 @@ GENERAL = Command(
             Option("lr", type=float, default=1e-4),
             Option("warmup_steps", type=int, default=0),
             Option("weight_decay", type=float, default=0.0),
+            Option("freeze_embeddings", kind=FLAG, help="keep the student's embeddings as they start (LightMBERT)"),
             Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
             MIXED_PRECISION,
             SAVE_DTYPE,

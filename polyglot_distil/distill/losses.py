@@ -121,3 +121,36 @@ def cosine_hidden(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
     weights = mask.to(torch.float32)
     cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # [B, L]
     return ((1 - cosine) * weights).sum() / (weights.sum() if tokens is None else tokens)
+
+
+def self_attention_relations(vectors: torch.Tensor, relation_heads: int, mask: torch.Tensor) -> torch.Tensor:
+    """MiniLMv2's relation of queries, keys or values [B, L, H] with themselves, as log
+    probabilities [B, R, L, L]: the H features are cut into R relation heads of d_r = H / R (the
+    attention heads concatenated, then split), and row i of head r is log softmax_j(x_ri . x_rj /
+    sqrt(d_r)) over the non-padding tokens j (a padding column gets probability 0)."""
+    batch, length, width = vectors.shape
+    size = width // relation_heads
+    split = vectors.float().view(batch, length, relation_heads, size).transpose(1, 2)  # [B, R, L, d_r]
+    scores = split @ split.transpose(-1, -2) / size**0.5
+    # A finite fill (not -inf): the KL's p_T (log p_T - log p_S) is then 0, not nan, at padding.
+    scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(torch.float32).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def attention_relation_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor,
+                          relation_heads: int, tokens: float | None = None) -> torch.Tensor:
+    """MiniLMv2's multi-head self-attention relation loss between one teacher layer and one student
+    layer: `student` and `teacher` are the (queries, keys, values) of that layer's attention, each
+    [B, L, H_S] and [B, L, H_T] (the widths may differ; both must be multiples of R =
+    `relation_heads`). For each of the q-q, k-k and v-v relations: KL(teacher relation || student
+    relation) summed over the key tokens, averaged over the R relation heads and the non-padding
+    query tokens (or `tokens`); the three are added (the paper's weights: 1 each)."""
+    weights = mask.to(torch.float32)
+    denominator = (weights.sum() if tokens is None else tokens) * relation_heads
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student, teacher, strict=True):
+        s_log = self_attention_relations(s, relation_heads, mask)
+        t_log = self_attention_relations(t.detach(), relation_heads, mask)
+        kl = (t_log.exp() * (t_log - s_log)).sum(-1)  # [B, R, L]
+        total = total + (kl * weights[:, None, :]).sum() / denominator
+    return total

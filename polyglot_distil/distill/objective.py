@@ -1,5 +1,5 @@
 """The one distillation objective of both phases: term weights, the teacher-layer mapping, and the
-weighted sum of the hidden, attention, logit, MLM, cosine and label terms.
+weighted sum of the hidden, attention, logit, MLM, cosine, label and (MiniLMv2) relation terms.
 
 Both phases describe their losses with a weights dataclass (`general.LossWeights`,
 `task.TaskLossWeights`) whose `TERMS` give the terms in the order they are added, and whose
@@ -93,6 +93,9 @@ def distillation_terms(s: dict, t: dict, mask, weights, layer_map: list[int], *,
             terms[name] = losses.cosine_hidden(s["last"], t["last"], mask, counts.get("tokens"))
         elif name == "label":
             terms[name] = F.cross_entropy(s["logits"].float(), labels)
+        elif name == "relation":  # MiniLMv2: one teacher layer's q/k/v relations, the student's last layer's
+            terms[name] = losses.attention_relation_kl(s["qkv"], t["qkv"], mask, weights.relation_heads,
+                                                       counts.get("tokens"))
         else:
             raise ValueError(f"unknown loss term {name!r}")
     return terms

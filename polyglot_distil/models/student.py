@@ -4,14 +4,27 @@
     polyglot-distil student --teacher out/trimmed --out out/student --init-layers 0,2,4,7,9,11
     polyglot-distil student --teacher out/trimmed --out out/student --init random    # BiStil's code
     polyglot-distil student --teacher out/trimmed --out out/student --hidden-size 384
+    polyglot-distil student --teacher out/trimmed --out out/student --init-layers bottom   # LightMBERT
+    polyglot-distil student --teacher out/trimmed --out out/student --init importance --heads 8 \
+        --intermediate-size 1024 --importance-text fr=corpora/fr/sample.txt              # ETD-Impt
 
 The student has the teacher's architecture and tokenizer with `--layers` layers (default half
 the teacher's). With `--init teacher` (default) student layer j starts as a copy of teacher
 layer `init_layers[j]` (default every other layer: 0, 2, 4, ...; DistilBERT: 0,2,4,7,9,11), and
-the embeddings and masked-LM head are copied too. With `--init random` only the embeddings
-come from the teacher (BiStil's released code). With a narrower `--hidden-size` the word
-embeddings start from a truncated SVD of the teacher's (top components only, by
-`torch.svd_lowrank`; never a V x V matrix) and every other weight is random.
+the embeddings and masked-LM head are copied too; `--init-layers bottom` copies the bottom
+layers 0, 1, ..., N-1 (LightMBERT). With `--init random` only the embeddings come from the
+teacher (BiStil's released code). With a narrower `--hidden-size` the word embeddings start from
+a truncated SVD of the teacher's (top components only, by `torch.svd_lowrank`; never a V x V
+matrix) and every other weight is random.
+
+With `--init importance` (ETD-Impt) a narrower student copies the teacher's most important parts
+instead: in each layer the `--heads` attention heads and `--intermediate-size` feed-forward
+neurons, and overall the hidden features, with the highest first-order importance on a sample of
+`--importance-text` (models/importance.py: |weight x gradient| of the masked-LM loss, or of a
+hidden-state reconstruction loss for a model without an MLM head). A kept head keeps the
+teacher's head size, and a BERT layer projects to exactly its hidden size, so the hidden size is
+heads x the teacher's head size (12 x 32 -> 8 heads: hidden 256). student.json lists the kept
+heads and neurons of every layer, and the kept hidden features.
 
 Distillation pairs student layer j with teacher layer `teacher_layer_for(j)`: the layer at the
 same relative depth (12 -> 6: 1, 3, 5, 7, 9, 11, BiStil's 2j+1), and hidden state i (0 = the
@@ -30,7 +43,7 @@ from dataclasses import asdict, dataclass, replace
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.checkpoint import carry_body_tensors
 from polyglot_distil.models.loading import copy_tokenizer
-from polyglot_distil.options import OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import APPEND, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
 
@@ -96,13 +109,23 @@ class StudentSpec:
     """How to build a student. None means: like the teacher (layers: half of it)."""
 
     layers: int | None = None
-    init_layers: list[int] | None = None
-    init: str = "teacher"  # or "random": only the embeddings come from the teacher
+    init_layers: list[int] | str | None = None  # or "bottom": layers 0..N-1 (LightMBERT)
+    init: str = "teacher"  # or "random": only the embeddings come from the teacher; or "importance"
     hidden_size: int | None = None
     intermediate_size: int | None = None
     heads: int | None = None
     dropout: float = 0.0
     seed: int = 0
+    importance_text: list[str] | None = None  # LANG=SOURCE specs the importance scores read
+    importance_lines: int = 1000  # per language
+
+
+def resolve_init_layers(init_layers, teacher_layers: int, layers: int) -> list[int]:
+    """The teacher layer copied into each student layer: the given list, "bottom" (0..N-1), or
+    by default every other layer."""
+    if init_layers == "bottom":
+        return list(range(layers))
+    return init_layers or default_init_layers(teacher_layers, layers)
 
 
 def svd_embeddings(weight, rank: int, seed: int = 0):
@@ -118,6 +141,17 @@ def svd_embeddings(weight, rank: int, seed: int = 0):
     return u[:, :rank] * s[:rank], v[:, :rank]
 
 
+def ffn_size_key(config) -> str:
+    """The configuration key of a layer's feed-forward size: `intermediate_size` (BERT, XLM-R, E5)
+    or `hidden_dim` (DistilBERT, whose `dim`, `n_layers` and `n_heads` transformers already maps
+    to hidden_size, num_hidden_layers and num_attention_heads)."""
+    for key in ("intermediate_size", "hidden_dim"):
+        if isinstance(getattr(config, key, None), int):
+            return key
+    raise UserError(f"{type(config).__name__} names no feed-forward size (intermediate_size or hidden_dim): a "
+                    "student is built from a BERT-style encoder (BERT, XLM-R, E5, DistilBERT)")
+
+
 def _student_config(teacher_config, spec: StudentSpec, layers: int):
     import copy
 
@@ -128,13 +162,16 @@ def _student_config(teacher_config, spec: StudentSpec, layers: int):
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
         if hasattr(config, name):
             setattr(config, name, spec.dropout)
+    if spec.init == "importance":
+        return _importance_config(config, teacher_config, spec)
     width = spec.hidden_size or teacher_config.hidden_size
     if width > teacher_config.hidden_size:
         raise UserError(f"--hidden-size {width} is wider than the teacher's {teacher_config.hidden_size}; "
                         "a student can only be as wide or narrower")
     config.hidden_size = width
-    config.intermediate_size = spec.intermediate_size or round(
-        teacher_config.intermediate_size * width / teacher_config.hidden_size)
+    ffn = ffn_size_key(teacher_config)
+    setattr(config, ffn, spec.intermediate_size or round(
+        getattr(teacher_config, ffn) * width / teacher_config.hidden_size))
     config.num_attention_heads = spec.heads or teacher_config.num_attention_heads
     if width % config.num_attention_heads:
         raise UserError(f"--hidden-size {width} is not a multiple of the {config.num_attention_heads} attention "
@@ -142,22 +179,124 @@ def _student_config(teacher_config, spec: StudentSpec, layers: int):
     return config
 
 
-def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa"):
-    """A masked-LM student of the teacher's architecture, shaped and initialised as `spec` says.
+def _importance_config(config, teacher_config, spec: StudentSpec):
+    """The shape of an importance-initialised student: kept heads keep the teacher's head size,
+    so the hidden size is heads x head size; at most the teacher's heads and neurons."""
+    if ffn_size_key(teacher_config) != "intermediate_size":
+        raise UserError(f"--init importance knows BERT-layout layers (BERT, XLM-R, E5), not those of "
+                        f"{type(teacher_config).__name__}; use --init teacher or --init random")
+    teacher_heads = teacher_config.num_attention_heads
+    head_size = teacher_config.hidden_size // teacher_heads
+    heads = spec.heads or (spec.hidden_size // head_size if spec.hidden_size else teacher_heads)
+    if not 1 <= heads <= teacher_heads:
+        raise UserError(f"--heads {heads}: the teacher's layers have {teacher_heads} attention heads; keep between "
+                        f"1 and {teacher_heads}")
+    if spec.hidden_size and spec.hidden_size != heads * head_size:
+        raise UserError(f"--hidden-size {spec.hidden_size} with --init importance: a kept head keeps the teacher's "
+                        f"head size ({head_size}), so {heads} heads make a hidden size of {heads * head_size}; "
+                        "give --heads or a --hidden-size that is a multiple of the head size, not both")
+    width = heads * head_size
+    ffn = ffn_size_key(teacher_config)
+    most = getattr(teacher_config, ffn)
+    neurons = spec.intermediate_size or round(most * width / teacher_config.hidden_size)
+    if not 1 <= neurons <= most:
+        raise UserError(f"--intermediate-size {neurons}: the teacher's feed-forward layers have {most} neurons; "
+                        f"keep between 1 and {most}")
+    config.hidden_size, config.num_attention_heads = width, heads
+    setattr(config, ffn, neurons)
+    return config
+
+
+def planned_config(teacher_config, spec: StudentSpec):
+    """The student's configuration (its shape), checked, without building it."""
+    teacher_layers = teacher_config.num_hidden_layers
+    layers = spec.layers if spec.layers is not None else max(1, teacher_layers // 2)
+    if not 1 <= layers <= teacher_layers:
+        raise UserError(f"--layers {layers}: a student needs between 1 and the teacher's {teacher_layers} layers")
+    check_layers(resolve_init_layers(spec.init_layers, teacher_layers, layers), teacher_layers, layers,
+                 "--init-layers")
+    if spec.init not in ("teacher", "random", "importance"):
+        raise UserError(f"--init must be 'teacher', 'random' or 'importance', not {spec.init!r}")
+    return _student_config(teacher_config, spec, layers)
+
+
+# Where a layer tensor's dimensions index (BERT layout: BERT, XLM-R, E5): "hidden" features,
+# kept heads' "rows" (head x head size), FFN "neurons"; by the name after `.layer.N.`.
+_LAYER_AXES = {
+    "attention.self.query.weight": ("rows", "hidden"), "attention.self.query.bias": ("rows",),
+    "attention.self.key.weight": ("rows", "hidden"), "attention.self.key.bias": ("rows",),
+    "attention.self.value.weight": ("rows", "hidden"), "attention.self.value.bias": ("rows",),
+    "attention.output.dense.weight": ("hidden", "rows"), "attention.output.dense.bias": ("hidden",),
+    "attention.output.LayerNorm.weight": ("hidden",), "attention.output.LayerNorm.bias": ("hidden",),
+    "intermediate.dense.weight": ("neurons", "hidden"), "intermediate.dense.bias": ("neurons",),
+    "output.dense.weight": ("hidden", "neurons"), "output.dense.bias": ("hidden",),
+    "output.LayerNorm.weight": ("hidden",), "output.LayerNorm.bias": ("hidden",),
+}
+
+
+def _copy_important_parts(student, teacher, init_layers: list[int], kept: dict) -> None:
+    """Copy into every student tensor the teacher's kept rows and columns: student layer j from
+    teacher layer init_layers[j] (its kept heads and neurons), every tensor its kept hidden
+    features (embeddings, LayerNorms, heads, pooler alike)."""
+    import torch
+
+    source = teacher.state_dict()
+    hidden = torch.tensor(kept["hidden"])
+    head_size = teacher.config.hidden_size // teacher.config.num_attention_heads
+    width_t, width_s = teacher.config.hidden_size, student.config.hidden_size
+    for name, tensor in student.state_dict().items():
+        match = _LAYER_KEY.search(name)
+        if match:
+            j = int(match.group(1))
+            teacher_name = name[: match.start()] + f".layer.{init_layers[j]}." + name[match.end():]
+            axes = _LAYER_AXES.get(name[match.end():])
+            if axes is None:
+                raise UserError(f"{type(teacher).__name__}: tensor {name} is not laid out as a BERT layer's; "
+                                "--init importance knows BERT, XLM-R and E5 layers")
+            layer = kept["layers"][j]
+            index = {"hidden": hidden, "neurons": torch.tensor(layer["neurons"]),
+                     "rows": torch.tensor([h * head_size + i for h in layer["heads"] for i in range(head_size)])}
+        else:
+            teacher_name = name
+            axes = tuple("hidden" if (s, t) == (width_s, width_t) and s != t else None
+                         for s, t in zip(tensor.shape, source[name].shape))
+            index = {"hidden": hidden}
+        value = source[teacher_name]
+        for dim, axis in enumerate(axes):
+            if axis is not None:
+                value = value.index_select(dim, index[axis])
+        if value.shape != tensor.shape:
+            raise UserError(f"{type(teacher).__name__}: tensor {name} has shape {tuple(tensor.shape)} in the student "
+                            f"but {tuple(value.shape)} as taken from the teacher; --init importance knows BERT, "
+                            "XLM-R and E5 layouts")
+        tensor.copy_(value)
+
+
+def select_kept(scores: dict, config, init_layers: list[int]) -> dict:
+    """Per student layer, the teacher layer it comes from and its most important heads and
+    neurons; overall, the most important hidden features (each list in increasing order)."""
+    from polyglot_distil.models.importance import top_indices
+
+    return {"loss": scores["loss"], "hidden": top_indices(scores["hidden"], config.hidden_size),
+            "layers": [{"teacher_layer": t, "heads": top_indices(scores["heads"][t], config.num_attention_heads),
+                        "neurons": top_indices(scores["neurons"][t], getattr(config, ffn_size_key(config)))}
+                       for t in init_layers]}
+
+
+def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa", importance: dict | None = None):
+    """A masked-LM student of the teacher's architecture, shaped and initialised as `spec` says
+    (`importance`: the teacher's scores, for `--init importance`; see `make_student`).
     Returns (student, description for student.json)."""
     import torch
 
     teacher_layers = teacher.config.num_hidden_layers
-    layers = spec.layers if spec.layers is not None else max(1, teacher_layers // 2)
-    if not 1 <= layers <= teacher_layers:
-        raise UserError(f"--layers {layers}: a student needs between 1 and the teacher's {teacher_layers} layers")
-    init_layers = spec.init_layers or default_init_layers(teacher_layers, layers)
-    check_layers(init_layers, teacher_layers, layers, "--init-layers")
-    if spec.init not in ("teacher", "random"):
-        raise UserError(f"--init must be 'teacher' or 'random', not {spec.init!r}")
-    config = _student_config(teacher.config, spec, layers)
+    config = planned_config(teacher.config, spec)
+    layers = config.num_hidden_layers
+    init_layers = resolve_init_layers(spec.init_layers, teacher_layers, layers)
+    if spec.init == "importance" and importance is None:
+        raise ValueError("--init importance needs the teacher's importance scores (make_student computes them)")
     same_shape = all(getattr(config, k) == getattr(teacher.config, k)
-                     for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
+                     for k in ("hidden_size", ffn_size_key(teacher.config), "num_attention_heads"))
 
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's random stream untouched
         torch.manual_seed(spec.seed)
@@ -165,8 +304,11 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
         # and the teacher's dtype as loaded (the configuration's may be another: the dtype it was saved in)
         student = type(teacher)._from_config(config, attn_implementation=attn_implementation, dtype=teacher.dtype)
     source = teacher.state_dict()
+    kept = select_kept(importance, config, init_layers) if spec.init == "importance" else None
     with torch.no_grad():
-        if same_shape:
+        if kept is not None:
+            _copy_important_parts(student, teacher, init_layers, kept)
+        elif same_shape:
             for name, tensor in student.state_dict().items():
                 match = _LAYER_KEY.search(name)
                 if match:
@@ -184,12 +326,43 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
             reduced, _ = svd_embeddings(teacher.get_input_embeddings().weight, config.hidden_size, spec.seed)
             word.copy_(reduced.to(word.dtype))
     student.tie_weights()
+    init = spec.init if same_shape or kept is not None else "svd-embeddings"
     description = {
-        "teacher_layers": teacher_layers, "layers": layers, "init": spec.init if same_shape else "svd-embeddings",
-        "init_layers": init_layers if same_shape and spec.init == "teacher" else None,
+        "teacher_layers": teacher_layers, "layers": layers, "init": init,
+        "init_layers": init_layers if init in ("teacher", "importance") else None,
         "layer_map": default_layer_map(teacher_layers, layers), "spec": asdict(spec),
     }
+    if kept is not None:
+        description["kept"] = kept
     return student, description
+
+
+def make_student(teacher, tokenizer, spec: StudentSpec, attn_implementation: str = "sdpa"):
+    """`build_student`, with the teacher's importance scores measured first for `--init
+    importance` (on `spec.importance_text`)."""
+    importance = None
+    if spec.init == "importance":
+        from polyglot_distil.data.corpus import group_lang_specs
+        from polyglot_distil.models.importance import importance_batches, importance_scores
+
+        planned_config(teacher.config, spec)  # a shape error before the scoring's minutes
+        batches = importance_batches(tokenizer, group_lang_specs(spec.importance_text), spec.importance_lines,
+                                     teacher.get_input_embeddings().weight.shape[0], spec.seed)
+        importance = importance_scores(teacher, batches)
+    return build_student(teacher, spec, attn_implementation, importance)
+
+
+def kept_table(description: dict) -> str:
+    """The kept heads and neurons of every student layer, as a terminal table."""
+    from polyglot_distil.tables import text_table
+
+    kept = description["kept"]
+    rows = [["student layer", "teacher layer", "heads kept", "neurons kept"]]
+    for j, layer in enumerate(kept["layers"]):
+        shown = ",".join(map(str, layer["neurons"][:8])) + (",..." if len(layer["neurons"]) > 8 else "")
+        rows.append([str(j), str(layer["teacher_layer"]), ",".join(map(str, layer["heads"])),
+                     f"{len(layer['neurons'])}: {shown}"])
+    return text_table(rows, rule=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,21 +370,33 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa")
 
 
 def spec_from_args(args) -> StudentSpec:
-    return StudentSpec(layers=args.layers, init_layers=parse_layers(args.init_layers, "--init-layers"),
+    bottom = args.init_layers is not None and args.init_layers.strip() == "bottom"
+    text = list(args.importance_text or []) or None
+    if args.init == "importance" and not text:
+        raise UserError("--init importance needs --importance-text LANG=SOURCE: a sample of the target languages' "
+                        "text on which the teacher's heads and neurons are scored")
+    if text and args.init != "importance":
+        raise UserError("--importance-text is read only with --init importance")
+    if args.importance_lines < 1:
+        raise UserError(f"--importance-lines must be at least 1, not {args.importance_lines}")
+    return StudentSpec(layers=args.layers, init_layers="bottom" if bottom else parse_layers(args.init_layers,
+                                                                                           "--init-layers"),
                        init=args.init, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-                       heads=args.heads, dropout=args.dropout, seed=args.seed)
+                       heads=args.heads, dropout=args.dropout, seed=args.seed, importance_text=text,
+                       importance_lines=args.importance_lines)
 
 
 def run_student(args) -> dict:
     from transformers import AutoConfig
 
-    from polyglot_distil.models.loading import encoder_class_for, load_model
+    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer
 
     check_writable(args.out, args.overwrite)
     spec = spec_from_args(args)
     config = load_model(args.teacher, AutoConfig, trust_remote_code=args.trust_remote_code)
     teacher = load_model(args.teacher, encoder_class_for(config), trust_remote_code=args.trust_remote_code)
-    student, description = build_student(teacher, spec)
+    tokenizer = load_tokenizer(args.teacher, args.trust_remote_code) if spec.init == "importance" else None
+    student, description = make_student(teacher, tokenizer, spec)
     description["teacher"] = str(args.teacher)
     with atomic_dir(args.out, args.overwrite) as tmp:
         student.save_pretrained(tmp)
@@ -222,6 +407,10 @@ def run_student(args) -> dict:
           f"hidden {student.config.hidden_size}, {count_parameters(student)['total']:,} parameters "
           f"(teacher {count_parameters(teacher)['total']:,}); init {description['init']}"
           + (f" from teacher layers {description['init_layers']}" if description["init_layers"] else ""))
+    if "kept" in description:
+        kept = description["kept"]
+        print(f"kept by importance ({kept['loss']} loss): {len(kept['hidden'])} of {teacher.config.hidden_size} "
+              f"hidden features; per layer (all in student.json):\n{kept_table(description)}")
     print(f"wrote {args.out}")
     return description
 
@@ -229,13 +418,17 @@ def run_student(args) -> dict:
 STUDENT_OPTIONS = [  # the options that shape a student (shared with `distil general`, which can build one)
     Option("layers", type=int, help="student layers (default: half the teacher's)"),
     Option("init_layers", help="teacher layer (0-based) copied into each student layer, e.g. "
-                               "0,2,4,7,9,11 (default: every other layer)"),
-    Option("init", choices=("teacher", "random"), default="teacher",
-           help="copy teacher layers (default), or random layers with the teacher's embeddings"),
+                               "0,2,4,7,9,11, or 'bottom': 0,1,...,N-1 (LightMBERT) (default: every other layer)"),
+    Option("init", choices=("teacher", "random", "importance"), default="teacher",
+           help="copy teacher layers (default); random layers with the teacher's embeddings; or the teacher's "
+                "most important heads and neurons (narrower; needs --importance-text)"),
     Option("hidden_size", type=int, help="narrower hidden size (embeddings from an SVD)"),
     Option("intermediate_size", type=int, help="feed-forward size (default: scaled with the width)"),
     Option("heads", type=int, help="attention heads (default: the teacher's)"),
     Option("dropout", type=float, default=0.0, help="hidden and attention dropout (BiStil: 0)"),
+    Option("importance_text", kind=APPEND, metavar="LANG=SOURCE",
+           help="--init importance: text to score the teacher's heads and neurons on (as in 'count'); repeat"),
+    Option("importance_lines", type=int, default=1000, help="--init importance: lines read per language"),
 ]
 
 STUDENT = Command(
