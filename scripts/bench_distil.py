@@ -18,8 +18,12 @@ half its layers, then times (median of --repeats, after warm-up) for each loss r
 and prints the loss overhead (losses / outputs - 1: the issue's budget is 10%), the teacher's cost
 against a plain inference forward, and training steps per second. Then phase 2 (`distil task`,
 one full and one sparse epoch over the 240 bundled English NLI pairs) with and without the
-teacher-output cache (`--teacher-cache`): the training time of each, and the cache's build time. On a shared machine the figures
-move by 10-20% from run to run: compare within one run.
+teacher-output cache (`--teacher-cache`): the training time of each, and the cache's build time. Then
+the logit KL's memory (`--only-kl`): the peak memory (max RSS above the logits, the gradient
+included) and time of one forward + backward of the KL over [--kl-rows, --kl-vocab] float32
+logits, unchunked (autograd through log_softmax and kl_div) and chunked with the softmaxes
+recomputed in the backward pass (`losses.logit_kl`), each in a fresh process. On a shared machine
+the figures move by 10-20% from run to run: compare within one run.
 """
 
 from __future__ import annotations
@@ -70,11 +74,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     parser.add_argument("--no-phase2", action="store_true", help="skip the phase-2 cache comparison")
     parser.add_argument("--only-phase2", action="store_true", help="only the phase-2 cache comparison")
+    parser.add_argument("--only-kl", action="store_true", help="only the logit KL's memory, chunked and unchunked")
+    parser.add_argument("--no-kl", action="store_true", help="skip the logit KL's memory")
+    parser.add_argument("--kl-rows", type=int, default=512, help="logit rows N of the KL memory figure (8 x 256 "
+                                                                  "tokens: 2048)")
+    parser.add_argument("--kl-vocab", type=int, default=250_002, help="vocabulary V of the KL memory figure "
+                                                                      "(default: untrimmed XLM-R)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_transformers()
     if args.only_phase2:
         phase2_cache(args)
+        return
+    if args.only_kl:
+        kl_memory(args)
         return
 
     texts = sorted((ROOT / "corpora").glob("*/sample.txt"))
@@ -165,6 +178,67 @@ def main() -> None:
 
     if not args.no_phase2:
         phase2_cache(args)
+    if not args.no_kl:
+        kl_memory(args)
+
+
+KL_PROCESS = '''
+import resource, sys, time
+import torch
+import torch.nn.functional as F
+from polyglot_distil.distill import losses
+
+rows, vocab, threads, chunked = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "chunked"
+torch.set_num_threads(threads)
+generator = torch.Generator().manual_seed(0)
+student = torch.randn(rows, vocab, generator=generator).mul_(3).requires_grad_(True)
+teacher = torch.randn(rows, vocab, generator=generator).mul_(3)
+
+
+def kl():
+    if chunked:
+        return losses.logit_kl(student, teacher, 2.0)
+    return F.kl_div(F.log_softmax(student / 2.0, -1), F.log_softmax(teacher / 2.0, -1), log_target=True,
+                    reduction="batchmean") * 4.0
+
+
+def rss_mib():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+base = rss_mib()
+times = []
+for _ in range(3):
+    student.grad = None
+    start = time.perf_counter()
+    value = kl()
+    value.backward()
+    times.append(time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT", peak - base, sorted(times)[1], float(value))
+'''
+
+
+def kl_memory(args) -> None:
+    """Peak memory and time of the logit KL, unchunked and chunked, each in a fresh process."""
+    import subprocess
+
+    matrix_mib = args.kl_rows * args.kl_vocab * 4 / 2**20
+    print(f"\nlogit KL, forward + backward over [{args.kl_rows:,}, {args.kl_vocab:,}] float32 logits (one such matrix: "
+          f"{matrix_mib:,.0f} MiB); {args.threads} thread(s), median of 3; peak RSS above the two logit matrices, "
+          "the student's gradient included:")
+    results = {}
+    for kind, label in (("unchunked", "unchunked (autograd: log_softmax, kl_div)"),
+                        ("chunked", "chunked, softmaxes recomputed (logit_kl)")):
+        out = subprocess.run([sys.executable, "-c", KL_PROCESS, str(args.kl_rows), str(args.kl_vocab),
+                              str(args.threads), kind], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        peak, seconds, value = (float(x) for x in out.split("RESULT")[-1].split())
+        results[kind] = (peak, seconds, value)
+        print(f"  {label:45s} {peak:8,.0f} MiB ({peak / matrix_mib:4.1f} x [N, V])  {seconds * 1e3:8.0f} ms  "
+              f"loss {value:.6f}")
+    (peak_u, time_u, _), (peak_c, time_c, _) = results["unchunked"], results["chunked"]
+    print(f"  chunked: {peak_u / max(peak_c, 1e-9):.1f}x less memory, {time_c / time_u:.2f}x the time")
 
 
 def phase2_cache(args) -> None:

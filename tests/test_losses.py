@@ -60,19 +60,65 @@ def test_logit_kl_matches_the_textbook_formula_times_t_squared(generator):
     assert losses.logit_kl(teacher, teacher, t).abs() < 1e-6
 
 
-@pytest.mark.parametrize("block_elements", [1 << 18, 22])  # one block of rows; blocks of 2 rows
-def test_logit_kl_value_and_gradient_equal_autograd_through_kl_div(block_elements, generator, monkeypatch):
-    monkeypatch.setattr(losses._LogitKL, "BLOCK_ELEMENTS", block_elements)
-    teacher = torch.randn(6, 11, generator=generator)
-    ours = torch.randn(6, 11, generator=generator, requires_grad=True)
+def _reference_kl(student, teacher, t, rows=None):
+    """The unchunked loss: autograd through log_softmax and kl_div over the whole matrix."""
+    kl = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1), log_target=True,
+                  reduction="sum")
+    return kl / (student.shape[0] if rows is None else rows) * t * t
+
+
+# One chunk of every row (default size on these small logits), rows one by one, chunks that do and
+# do not divide the 7 rows, more rows per chunk than there are.
+@pytest.mark.parametrize("chunk_rows", [None, 1, 2, 3, 7, 50])
+def test_chunked_logit_kl_value_and_gradient_equal_the_unchunked_loss(chunk_rows, generator):
+    teacher = torch.randn(7, 13, generator=generator) * 4
+    ours = (torch.randn(7, 13, generator=generator) * 4).requires_grad_(True)
     reference = ours.detach().clone().requires_grad_(True)
-    value = losses.logit_kl(ours, teacher, 3.0)
-    value.backward()
-    reference_value = (F.kl_div(F.log_softmax(reference / 3.0, -1), F.log_softmax(teacher / 3.0, -1), log_target=True,
-                                reduction="batchmean") * 9.0)
-    reference_value.backward()
+    value = losses.logit_kl(ours, teacher, 3.0, rows=5.0, chunk_rows=chunk_rows)
+    (2.5 * value).backward()  # an upstream gradient other than 1
+    reference_value = _reference_kl(reference, teacher, 3.0, rows=5.0)
+    (2.5 * reference_value).backward()
     assert torch.allclose(value, reference_value, atol=1e-6)
     assert torch.allclose(ours.grad, reference.grad, atol=1e-7)
+    assert value > 0.1 and ours.grad.abs().max() > 1e-3  # not a trivial agreement
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4])
+def test_chunked_logit_kl_keeps_the_logits_dtype_and_matches_in_bfloat16(chunk_rows, generator):
+    teacher = torch.randn(6, 50, generator=generator).to(torch.bfloat16)
+    ours = torch.randn(6, 50, generator=generator).to(torch.bfloat16).requires_grad_(True)
+    reference = ours.detach().clone().requires_grad_(True)
+    value = losses.logit_kl(ours, teacher, 2.0, chunk_rows=chunk_rows)
+    value.backward()
+    _reference_kl(reference, teacher, 2.0).backward()
+    assert value.dtype == torch.float32 and ours.grad.dtype == torch.bfloat16
+    assert torch.allclose(value, _reference_kl(reference.detach(), teacher, 2.0), atol=1e-5)
+    assert torch.allclose(ours.grad.float(), reference.grad.float(), atol=1e-3, rtol=1e-2)
+
+
+def test_chunked_logit_kl_saves_no_matrix_beyond_its_inputs(generator):
+    """Bounded memory: what the graph keeps for the backward pass is the two logit matrices
+    themselves (no copy) and two floats per row, not float32 [N, V] softmaxes."""
+    rows, vocab = 16, 300
+    teacher = torch.randn(rows, vocab, generator=generator)
+    ours = torch.randn(rows, vocab, generator=generator, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        losses.logit_kl(ours, teacher, 2.0, chunk_rows=4)
+    inputs = {ours.data_ptr(), teacher.data_ptr()}
+    large = [t for t in saved if t.numel() > rows]
+    assert len(saved) == 4 and sum(t.numel() for t in saved) == 2 * rows * vocab + 2 * rows
+    assert len(large) == 2 and {t.data_ptr() for t in large} == inputs
+    # The unchunked reference keeps [N, V] float32 matrices of its own: the check can fail.
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        _reference_kl(ours, teacher, 2.0)
+    assert any(t.numel() == rows * vocab and t.data_ptr() not in inputs for t in saved)
+
+
+def test_logit_kl_rejects_a_chunk_of_no_rows(generator):
+    with pytest.raises(ValueError, match="chunk_rows"):
+        losses.logit_kl(torch.randn(2, 3), torch.randn(2, 3), chunk_rows=0)
 
 
 def test_soft_cross_entropy_of_identical_logits_is_the_teacher_entropy(generator):

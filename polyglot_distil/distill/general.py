@@ -438,7 +438,12 @@ GENERAL = Command(
               for name in TERMS),
             Option("temperature", type=float, help="softmax temperature of the logit loss (default 2)"),
             Option("logit_positions", choices=("all", "masked"), default="all",
-                   help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones"),
+                   help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones "
+                        "(15 percent of them). 'all' holds both models' logits over the whole vocabulary at "
+                        "every token and the student's gradient: 3 x tokens x vocabulary floats (about 6 GB in "
+                        "float32 at 8 x 256 tokens on an untrimmed 250k vocabulary: trim it first, or use "
+                        "'masked'); the KL runs in chunks of rows, its softmaxes recomputed in the backward pass "
+                        "(no further [tokens, vocabulary] matrices; one more exp per logit)"),
             LAYER_MAP,
             Option("relation_heads", type=int, help="relation heads of the relation loss (MiniLMv2; default: the "
                                                     "teacher's attention heads); must divide both hidden sizes"),
