@@ -66,6 +66,90 @@ def test_counts_equal_reference_for_real_mbert_vocabulary(mbert_vocab_dir, xnli_
     assert_matches_reference(mbert_vocab_dir, xnli_lines(xnli_dir, "fr") + xnli_lines(xnli_dir, "zh"))
 
 
+# Lines that could break joining: the separator's text (alone, inside words, twice, cut in two,
+# in other cases), other special tokens, empty and whitespace-only lines (Unicode spaces too),
+# characters the normaliser drops or spaces out, combining marks at a line's start, a word past
+# WordPiece's 100 characters.
+TRICKY_LINES = ["[SEP]", "a [SEP] b", "x[SEP]y[SEP]", "[SEP][SEP]", "[sep] [Sep]", "[SEP", "SEP]", "[SE", "P]",
+                "", " ", "  \t ", "\u3000", "\u00a0\u2009", "[CLS] [MASK] [UNK] [PAD]", "e\u0301t\u00e9",
+                "\u0301start", "\u4e2d\u6587\u5b57", "\x00\ufeff\u200b", "trailing [", "] leading",
+                "w" * 150, "la " * 40]
+
+
+def _both_ways(tokenizer, lines, **options):
+    with untruncated(tokenizer) as backend:
+        joined = count_lines(backend, lines, len(tokenizer), join=True, **options)
+        per_line = count_lines(backend, lines, len(tokenizer), join=False, batch_lines=64)
+    return joined, per_line
+
+
+@pytest.mark.parametrize("chunk_chars,batch_lines", [(1, 5), (23, 7), (64, 1000), (300, 31), (4096, 8192)])
+def test_joined_lines_count_exactly_as_one_line_at_a_time(tiny_bert_dir, chunk_chars, batch_lines):
+    """WordPiece lines joined with ' [SEP] ' into chunks: counts, line counts and tokens equal
+    the per-line reference for every chunk size (one line per chunk to all of them), the tricky
+    lines falling at every place in the chunks and batches."""
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    lines = sample_lines(40)
+    for step, tricky in enumerate(TRICKY_LINES):
+        lines.insert((7 * step * step) % len(lines), tricky)
+    lines = [""] + lines + ["[SEP]", ""]
+    joined, per_line = _both_ways(tokenizer, lines, chunk_chars=chunk_chars, batch_lines=batch_lines)
+    ref_occ, ref_lines = reference_counts(tokenizer, lines)
+    sep = tokenizer.sep_token_id
+    assert ref_occ[sep] == 7 and ref_lines[sep] == 5  # the literal [SEP]s count as tokens, per line
+    assert joined[2] == per_line[2] == sum(ref_occ.values())
+    for counts, lines_of in (joined[:2], per_line[:2]):
+        assert {i: int(c) for i, c in enumerate(counts) if c} == dict(ref_occ)
+        assert {i: int(c) for i, c in enumerate(lines_of) if c} == dict(ref_lines)
+
+
+def test_joining_is_chosen_for_bert_wordpiece_only(tiny_bert_dir, tiny_xlmr_dir):
+    from polyglot_distil.vocab.count import _join, joined_separator
+
+    bert, xlmr = load_tokenizer(tiny_bert_dir), load_tokenizer(tiny_xlmr_dir)
+    with untruncated(bert) as backend:
+        assert joined_separator(backend) == ("[SEP]", bert.sep_token_id)
+    with untruncated(xlmr) as backend:
+        assert joined_separator(backend) is None  # Unigram: per line (joining is slower there)
+        with pytest.raises(ValueError, match="cannot be joined"):
+            count_lines(backend, ["a"], len(xlmr), join=True)
+    chunks = _join(["ab", "c[SEP]d", "", "ef", "gh", "ij"], "[SEP]", 12)
+    assert chunks == [("ab", 0, 1, True), ("c[SEP]d", 1, 1, False), (" [SEP] ef", 2, 2, True),
+                      ("gh [SEP] ij", 4, 2, True)]
+
+
+def test_a_chunk_whose_separators_do_not_match_its_lines_is_counted_line_by_line(tiny_bert_dir):
+    """The guard: were a line holding '[SEP]' joined with others, the chunk is encoded again one
+    line at a time, and the counts stay exact."""
+    import numpy as np
+
+    from polyglot_distil.vocab.count import _fold_joined
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    batch = ["le chat", "x [SEP] y", "", "the cat sat"]
+    chunks = [(" [SEP] ".join(batch[:3]), 0, 3, True), (batch[3], 3, 1, True)]  # the literal joined, wrongly
+    occurrences, lines_of = np.zeros(len(tokenizer), np.int64), np.zeros(len(tokenizer), np.int64)
+    with untruncated(tokenizer) as backend:
+        encodings = backend.encode_batch_fast([c[0] for c in chunks], add_special_tokens=False)
+        tokens = _fold_joined(backend, encodings, chunks, batch, tokenizer.sep_token_id, occurrences, lines_of)
+    ref_occ, ref_lines = reference_counts(tokenizer, batch)
+    assert ref_occ[tokenizer.sep_token_id] == 1
+    assert tokens == sum(ref_occ.values())
+    assert {i: int(c) for i, c in enumerate(occurrences) if c} == dict(ref_occ)
+    assert {i: int(c) for i, c in enumerate(lines_of) if c} == dict(ref_lines)
+
+
+def test_joined_counts_equal_per_line_for_real_mbert_vocabulary(mbert_vocab_dir, xnli_dir):
+    tokenizer = load_tokenizer(mbert_vocab_dir)
+    lines = [line for lang in ("ar", "hi", "th", "zh", "vi", "el") for line in xnli_lines(xnli_dir, lang, 150)]
+    for step, tricky in enumerate(TRICKY_LINES):
+        lines.insert(37 * step, tricky)
+    joined, per_line = _both_ways(tokenizer, lines, chunk_chars=2000, batch_lines=500)
+    assert joined[2] == per_line[2] > 10_000
+    assert np.array_equal(joined[0], per_line[0]) and np.array_equal(joined[1], per_line[1])
+    assert per_line[0][tokenizer.sep_token_id] == 6  # the literal [SEP]s of TRICKY_LINES
+
+
 def test_counts_equal_reference_for_real_xlmr_tokenizer_without_truncation(xlmr_tokenizer_dir, xnli_dir):
     long_line = " ".join(["bonjour le monde"] * 100)  # ~300 pieces: past the file's truncation at 128
     assert_matches_reference(xlmr_tokenizer_dir, xnli_lines(xnli_dir, "sw") + xnli_lines(xnli_dir, "ar") + [long_line])

@@ -15,6 +15,15 @@ Speed: lines are tokenised in batches with `encode_batch_fast` (all cores, GIL r
 worker thread while the main thread reads the next batch and folds the previous one into numpy
 arrays: `bincount` over ids for `count`, and over the distinct (line, id) pairs of the batch
 for `lines` (ids sorted within each line, duplicates masked). Memory is one batch at a time.
+
+WordPiece tokenizers (BERT's normaliser and pre-tokenizer, mBERT) encode a batch's lines joined
+with ' [SEP] ' into chunks of JOIN_CHARS characters: a few hundred long inputs instead of
+thousands of short ones, faster than encoding line by line, and exact, since BERT's
+pre-tokenizer splits at the spaces and the special token is matched before normalisation; each
+token's line is the number of separator ids before it in its chunk. A line that holds the
+separator's text itself is encoded alone, and a chunk whose separators do not number its lines
+less one is encoded again line by line. Other tokenizers (XLM-R's Unigram: joining is slower
+there) encode line by line.
 """
 
 from __future__ import annotations
@@ -93,31 +102,118 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def _fold(encodings, occurrences: np.ndarray, line_counts: np.ndarray) -> int:
-    """Add one batch of encodings to the running arrays; return its number of tokens."""
+    """Add one batch of encodings, one per line, to the running arrays; return its number of tokens."""
     ids = [e.ids for e in encodings]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     total = int(lengths.sum())
     if total == 0:
         return 0
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+    return _fold_ids(flat, np.repeat(np.arange(len(ids), dtype=np.int64), lengths), occurrences, line_counts)
+
+
+def _fold_ids(flat: np.ndarray, line_of: np.ndarray, occurrences: np.ndarray, line_counts: np.ndarray) -> int:
+    """Add token ids `flat` and their lines `line_of` (non-decreasing) to the running arrays."""
+    if len(flat) == 0:
+        return 0
     occurrences += np.bincount(flat, minlength=len(occurrences))
     # Distinct (line, id) pairs: line numbers are non-decreasing, so a stable sort of
     # (line << 32 | id) only sorts ids within each line (timsort runs), then drop repeats.
-    line_of = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
     keys = np.sort((line_of << 32) | flat, kind="stable")
     first = np.empty(len(keys), dtype=bool)
     first[0] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     line_counts += np.bincount(keys[first] & 0xFFFFFFFF, minlength=len(line_counts))
-    return total
+    return len(flat)
+
+
+JOIN_CHARS = 4096  # characters per chunk of joined lines (WordPiece): a few KB
+
+
+def joined_separator(backend) -> tuple[str, int] | None:
+    """(text, id) of the token that lines can be joined with, exactly, for `count_lines`: "[SEP]"
+    for a WordPiece model behind BERT's pre-tokenizer (it splits at whitespace, so ' [SEP] '
+    between lines changes no line's tokens) and BERT's per-character normaliser or none, where
+    "[SEP]" is a special token matched on the raw text. None otherwise: count line by line."""
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    if not isinstance(backend.model, models.WordPiece) or not isinstance(backend.pre_tokenizer,
+                                                                         pre_tokenizers.BertPreTokenizer):
+        return None
+    if backend.normalizer is not None and not isinstance(backend.normalizer, normalizers.BertNormalizer):
+        return None
+    for token_id, token in backend.get_added_tokens_decoder().items():
+        if token.content == "[SEP]" and token.special and not token.normalized:
+            return token.content, int(token_id)
+    return None
+
+
+def _join(batch: list[str], separator: str, chunk_chars: int) -> list[tuple[str, int, int, bool]]:
+    """The batch's lines as chunks (text, first line, lines, joined?): runs of lines joined with
+    ' separator ' up to `chunk_chars` characters; a line holding the separator's text is a chunk
+    of its own, not joined."""
+    chunks: list[tuple[str, int, int, bool]] = []
+    joiner = f" {separator} "
+    start, size = 0, 0
+
+    def flush(end: int) -> None:
+        if end > start:
+            chunks.append((joiner.join(batch[start:end]), start, end - start, True))
+
+    for number, line in enumerate(batch):
+        if separator in line:
+            flush(number)
+            chunks.append((line, number, 1, False))
+            start, size = number + 1, 0
+            continue
+        size += len(line) + len(joiner)
+        if size >= chunk_chars:
+            flush(number + 1)
+            start, size = number + 1, 0
+    flush(len(batch))
+    return chunks
+
+
+def _fold_joined(backend, encodings, chunks, batch: list[str], separator_id: int, occurrences: np.ndarray,
+                 line_counts: np.ndarray) -> int:
+    """Add the encodings of `_join`'s chunks to the running arrays: a token's line is its chunk's
+    first line plus the separator ids before it in the chunk; separators are not counted. A joined
+    chunk whose separators are not its lines less one is encoded again line by line."""
+    ids = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    first = np.fromiter((c[1] for c in chunks), dtype=np.int64, count=len(chunks))
+    lines = np.fromiter((c[2] for c in chunks), dtype=np.int64, count=len(chunks))
+    joined = np.fromiter((c[3] for c in chunks), dtype=bool, count=len(chunks))
+    chunk_of = np.repeat(np.arange(len(chunks), dtype=np.int64), lengths)
+    is_separator = (flat == separator_id) & joined[chunk_of]
+    before = np.concatenate(([0], np.cumsum(is_separator)))  # separators before each token, and in all
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    wrong = joined & (before[offsets[1:]] - before[offsets[:-1]] != lines - 1)
+    if wrong.any():  # not seen: lines with the separator's text are chunks of their own
+        singles = [chunk for chunk, bad in zip(chunks, wrong) if not bad]
+        for chunk in itertools.compress(chunks, wrong):
+            singles.extend((batch[n], n, 1, False) for n in range(chunk[1], chunk[1] + chunk[2]))
+        singles.sort(key=lambda chunk: chunk[1])
+        again = backend.encode_batch_fast([chunk[0] for chunk in singles], add_special_tokens=False)
+        return _fold_joined(backend, again, singles, batch, separator_id, occurrences, line_counts)
+    line_of = first[chunk_of] + before[1:] - before[offsets[:-1]][chunk_of]
+    keep = ~is_separator
+    return _fold_ids(flat[keep], line_of[keep], occurrences, line_counts)
 
 
 def count_lines(backend, lines: Iterable[str], vocab_size: int, batch_lines: int = 8192,
-                progress=None) -> tuple[np.ndarray, np.ndarray, int]:
+                progress=None, join: bool | None = None, chunk_chars: int = JOIN_CHARS
+                ) -> tuple[np.ndarray, np.ndarray, int]:
     """Token occurrences and line counts over `lines`, both int64[vocab_size], and the number of
-    tokens. `backend` is a `tokenizers.Tokenizer` (truncation and padding off)."""
+    tokens. `backend` is a `tokenizers.Tokenizer` (truncation and padding off). `join`: encode
+    lines joined into chunks of `chunk_chars` characters (None: where `joined_separator` says it
+    is exact; False: line by line); the counts are the same."""
     occurrences = np.zeros(vocab_size, dtype=np.int64)
     line_counts = np.zeros(vocab_size, dtype=np.int64)
+    separator = joined_separator(backend) if join is not False else None
+    if join and separator is None:
+        raise ValueError("this tokenizer's lines cannot be joined exactly (not BERT's WordPiece with [SEP])")
     tokens = 0
     # Each batch makes thousands of short-lived lists (encodings, their ids) and no reference
     # cycles; left on, the cyclic garbage collector rescans them over and over (~10% of the time).
@@ -125,30 +221,41 @@ def count_lines(backend, lines: Iterable[str], vocab_size: int, batch_lines: int
     collecting = gc.isenabled()
     gc.disable()
     try:
-        tokens = _count_batches(backend, lines, batch_lines, occurrences, line_counts, progress)
+        tokens = _count_batches(backend, lines, batch_lines, occurrences, line_counts, progress, separator,
+                                chunk_chars)
     finally:
         if collecting:
             gc.enable()
     return occurrences, line_counts, tokens
 
 
-def _count_batches(backend, lines, batch_lines, occurrences, line_counts, progress) -> int:
+def _count_batches(backend, lines, batch_lines, occurrences, line_counts, progress, separator=None,
+                   chunk_chars: int = JOIN_CHARS) -> int:
     tokens = 0
+
+    def fold(pending) -> int:
+        future, batch, chunks = pending
+        if chunks is None:
+            return _fold(future.result(), occurrences, line_counts)
+        return _fold_joined(backend, future.result(), chunks, batch, separator[1], occurrences, line_counts)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None  # (future, n_lines): the batch being encoded while the next one is read
+        pending = None  # (future, lines, chunks): the batch being encoded while the next one is read
         for number, batch in enumerate(_batches(lines, batch_lines), 1):
             if number % GC_EVERY_BATCHES == 0:
                 gc.collect()
-            submitted = (pool.submit(backend.encode_batch_fast, batch, add_special_tokens=False), len(batch))
+            chunks = _join(batch, separator[0], chunk_chars) if separator is not None else None
+            texts = batch if chunks is None else [chunk[0] for chunk in chunks]
+            submitted = (pool.submit(backend.encode_batch_fast, texts, add_special_tokens=False), batch, chunks)
             if pending is not None:
-                tokens += _fold(pending[0].result(), occurrences, line_counts)
+                tokens += fold(pending)
                 if progress is not None:
-                    progress(pending[1], tokens)
+                    progress(len(pending[1]), tokens)
             pending = submitted
         if pending is not None:
-            tokens += _fold(pending[0].result(), occurrences, line_counts)
+            tokens += fold(pending)
             if progress is not None:
-                progress(pending[1], tokens)
+                progress(len(pending[1]), tokens)
     return tokens
 
 
@@ -199,10 +306,12 @@ def _unk_id(tokenizer) -> int | None:
 
 def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps: Caps | None = None,
                   shard: tuple[int, int] = (0, 1), batch_lines: int = 8192, show_progress: bool | None = None,
-                  trust_remote_code: bool = False, tokenizer=None, allow_replacements: bool = False) -> Counts:
+                  trust_remote_code: bool = False, tokenizer=None, allow_replacements: bool = False,
+                  join: bool | None = None) -> Counts:
     """Count every language's corpus with the tokenizer `tokenizer_name` (or an already loaded
     `tokenizer`). Raises `UserError` for an empty corpus, and for one that is not UTF-8 text
-    (more than `MAX_REPLACED_SHARE` of its characters undecodable) unless `allow_replacements`."""
+    (more than `MAX_REPLACED_SHARE` of its characters undecodable) unless `allow_replacements`.
+    `join`: as `count_lines` (None: lines joined into chunks where that is exact)."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
     vocab = vocab_in_id_order(tokenizer)
     result = Counts(tokenizer=str(tokenizer_name), fingerprint=tokenizer_fingerprint(tokenizer, vocab), vocab=vocab,
@@ -231,7 +340,7 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
                 lines = measured(lines)
             if not allow_replacements:
                 lines = _text_only(lines, stats, lang, sources)
-            occurrences, line_counts, tokens = count_lines(backend, lines, len(vocab), batch_lines, on_batch)
+            occurrences, line_counts, tokens = count_lines(backend, lines, len(vocab), batch_lines, on_batch, join)
         bar.close()
         if stats.lines == 0 and shard == (0, 1):
             where = ", ".join(str(s) for s in sources)
