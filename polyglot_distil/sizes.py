@@ -2,7 +2,7 @@
 size / latency / accuracy table with a plot.
 
     polyglot-distil sizes configs/demo.yaml --layers 1,2,3
-    polyglot-distil sizes configs/mbert-en-sw-bistil.yaml --layers 2,4,6 general.steps=50000
+    polyglot-distil sizes configs/mbert-en-sw-bistil.yaml general.steps=50000 --layers 2,4,6
     polyglot-distil sizes CONFIG.yaml --layers 4,6 --hidden-sizes 768,384   # every layers x hidden pair
 
 It is `run`, repeated: the config's count, trim, verify and finetune stages run once into
