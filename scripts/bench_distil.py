@@ -12,6 +12,8 @@ half its layers, then times (median of --repeats, after warm-up) for each loss r
     losses     the same with the distillation losses against precomputed teacher outputs
     teacher    the teacher's forward as training runs it (no gradients, only what the losses read)
     inference  the teacher's plain inference forward, model(**batch): sdpa, logits everywhere
+    same       a plain inference forward of the training teacher asked for the outputs the losses
+               read (output_hidden_states / output_attentions; the MLM head everywhere if logits)
     encoder    the same without the MLM head
     step       a whole training step: teacher + student + losses + backward + AdamW
 
@@ -22,7 +24,10 @@ teacher-output cache (`--teacher-cache`): the training time of each, and the cac
 the logit KL's memory (`--only-kl`): the peak memory (max RSS above the logits, the gradient
 included) and time of one forward + backward of the KL over [--kl-rows, --kl-vocab] float32
 logits, unchunked (autograd through log_softmax and kl_div) and chunked with the softmaxes
-recomputed in the backward pass (`losses.logit_kl`), each in a fresh process. On a shared machine
+recomputed in the backward pass (`losses.logit_kl`), each in a fresh process. Then phase 1's data
+preparation (`--only-data`): the peak RSS of `load_blocks` for 1x and 4x a corpus of --data-mib
+MiB, with the token cache (written, then reused) and as it was before (one array per line, then
+the blocks), each in a fresh process. On a shared machine
 the figures move by 10-20% from run to run: compare within one run.
 """
 
@@ -62,6 +67,20 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times) * 1e3
 
 
+def paired_ms(first, second, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Medians of two functions timed alternately (ABAB...), so that a shared machine's load
+    changes weigh on both alike."""
+    for _ in range(warmup):
+        first(), second()
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for fn, kept in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=256)
@@ -76,6 +95,9 @@ def main() -> None:
     parser.add_argument("--only-phase2", action="store_true", help="only the phase-2 cache comparison")
     parser.add_argument("--only-kl", action="store_true", help="only the logit KL's memory, chunked and unchunked")
     parser.add_argument("--no-kl", action="store_true", help="skip the logit KL's memory")
+    parser.add_argument("--only-data", action="store_true", help="only phase 1's data preparation memory")
+    parser.add_argument("--no-data", action="store_true", help="skip phase 1's data preparation memory")
+    parser.add_argument("--data-mib", type=float, default=8, help="corpus size (1x) of the data preparation figure")
     parser.add_argument("--kl-rows", type=int, default=512, help="logit rows N of the KL memory figure (8 x 256 "
                                                                   "tokens: 2048)")
     parser.add_argument("--kl-vocab", type=int, default=250_002, help="vocabulary V of the KL memory figure "
@@ -88,6 +110,9 @@ def main() -> None:
         return
     if args.only_kl:
         kl_memory(args)
+        return
+    if args.only_data:
+        data_memory(args)
         return
 
     texts = sorted((ROOT / "corpora").glob("*/sample.txt"))
@@ -122,7 +147,7 @@ def main() -> None:
         layer_map = default_layer_map(args.layers, args.layers // 2)
         rows = logit_rows(batch, weights)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        frozen_teacher = teacher_outputs(teacher, batch, weights, rows)
+        frozen_teacher = teacher_outputs(teacher, batch, weights, rows, layer_map)
 
         def plain():
             out = encoder_outputs(plain_student, batch["input_ids"], mask, logit_rows=batch["labels"] != -100)
@@ -141,7 +166,13 @@ def main() -> None:
             sum(getattr(weights, k) * v for k, v in terms.items()).backward()
 
         def teacher_forward():
-            teacher_outputs(teacher, batch, weights, rows)
+            teacher_outputs(teacher, batch, weights, rows, layer_map)
+
+        def same_outputs():  # a plain inference forward asked for the outputs the losses read
+            with torch.no_grad():
+                (teacher if rows is not None else teacher.base_model)(
+                    input_ids=batch["input_ids"], attention_mask=mask, output_hidden_states=weights.hidden > 0,
+                    output_attentions=weights.attention > 0)
 
         def inference():
             with torch.no_grad():
@@ -153,7 +184,7 @@ def main() -> None:
 
         def step():
             s = model(batch["input_ids"], mask, rows)
-            t = teacher_outputs(teacher, batch, weights, rows)
+            t = teacher_outputs(teacher, batch, weights, rows, layer_map)
             terms = distillation_terms(s, t, mask, weights, layer_map,
                                        mlm_labels=batch["labels"][rows] if weights.mlm else None)
             sum(getattr(weights, k) * v for k, v in terms.items()).backward()
@@ -161,8 +192,10 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
         ms = {label: median_ms(fn, args.repeats) for label, fn in (
-            ("plain", plain), ("outputs", outputs_only), ("losses", with_losses), ("teacher", teacher_forward),
-            ("inference", inference), ("encoder", encoder), ("step", step))}
+            ("plain", plain), ("outputs", outputs_only), ("losses", with_losses), ("inference", inference),
+            ("encoder", encoder), ("step", step))}
+        # the teacher against a plain forward asked for the same outputs, timed alternately, 3x the repeats
+        ms["teacher"], ms["same"] = paired_ms(teacher_forward, same_outputs, 3 * args.repeats)
         enabled = ", ".join(f"{k} {v:g}" for k, v in weights.enabled().items())
         print(f"\n{name} ({enabled}; {attn} attention)")
         for label, value in ms.items():
@@ -170,7 +203,8 @@ def main() -> None:
         print(f"  loss overhead        {100 * (ms['losses'] / ms['outputs'] - 1):+6.1f}%  (losses vs outputs; "
               f"vs plain: {100 * (ms['losses'] / ms['plain'] - 1):+.1f}%)")
         print(f"  teacher vs inference {ms['teacher'] / ms['inference']:6.2f}x  (vs encoder alone: "
-              f"{ms['teacher'] / ms['encoder']:.2f}x)")
+              f"{ms['teacher'] / ms['encoder']:.2f}x; vs a plain forward asked for the same outputs: "
+              f"{ms['teacher'] / ms['same']:.2f}x)")
         print(f"  distillation step    {ms['losses']:6.1f} ms teacher excluded, {ms['losses'] + ms['teacher']:.1f} ms "
               f"included (plain student step {ms['plain']:.1f} ms)")
         print(f"  training steps/s     {1e3 / ms['step']:6.2f}")
@@ -180,6 +214,8 @@ def main() -> None:
         phase2_cache(args)
     if not args.no_kl:
         kl_memory(args)
+    if not args.no_data:
+        data_memory(args)
 
 
 KL_PROCESS = '''
@@ -239,6 +275,62 @@ def kl_memory(args) -> None:
               f"loss {value:.6f}")
     (peak_u, time_u, _), (peak_c, time_c, _) = results["unchunked"], results["chunked"]
     print(f"  chunked: {peak_u / max(peak_c, 1e-9):.1f}x less memory, {time_c / time_u:.2f}x the time")
+
+
+DATA_PROCESS = '''
+import sys, time
+from transformers import AutoTokenizer
+from polyglot_distil.data.corpus import iter_language, parse_sources
+from polyglot_distil.data.mlm import encode_text, to_blocks
+from polyglot_distil.distill.general import load_blocks
+
+mode, tokenizer_dir, corpus, cache, block_size = sys.argv[1:6]
+tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def status_mib(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field)) / 1024
+
+
+with open("/proc/self/clear_refs", "w") as handle:  # the peak (VmHWM) from here on
+    handle.write("5")
+base, start = status_mib("VmRSS:"), time.perf_counter()
+if mode == "before":  # what load_blocks did before the token cache: one array per line, then blocks
+    ids = encode_text(iter_language(parse_sources([corpus])), tokenizer)
+    blocks = to_blocks(ids, int(block_size), tokenizer.cls_token_id, tokenizer.sep_token_id)
+else:
+    blocks = load_blocks({"en": parse_sources([corpus])}, tokenizer, int(block_size), None, 0, False, cache)["en"]
+print("RESULT", status_mib("VmHWM:") - base, time.perf_counter() - start, blocks.shape[0])
+'''
+
+
+def data_memory(args) -> None:
+    """Peak RSS of phase 1's data preparation for 1x and 4x the corpus, each in a fresh process:
+    the token cache (written, then reused) against tokenizing into one array per line."""
+    import subprocess
+
+    texts = sorted((ROOT / "corpora").glob("*/sample.txt"))
+    sample = "".join(f.read_text(encoding="utf-8") for f in texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tokenizer = build_smoke_model(tmp / "tokenizer", "bert", texts=texts, vocab_size=args.vocab, hidden_size=32,
+                                      num_layers=1, num_heads=2, intermediate_size=64)
+        repeats = max(1, round(args.data_mib * 2**20 / len(sample.encode("utf-8"))))
+        print(f"\nphase 1 data preparation (load_blocks, block {args.block_size}): peak RSS above the process "
+              f"before it (VmHWM - VmRSS), each in a fresh process; corpus 1x = the bundled samples x {repeats}:")
+        for scale in (1, 4):
+            corpus = tmp / f"corpus-{scale}x.txt"
+            corpus.write_text(sample * (repeats * scale), encoding="utf-8")
+            megabytes = corpus.stat().st_size / 2**20
+            for mode, label in (("before", "one array per line, then blocks (before)"),
+                                ("cache", "token cache, written"), ("cache", "token cache, reused")):
+                out = subprocess.run([sys.executable, "-c", DATA_PROCESS, mode, str(tokenizer), str(corpus),
+                                      str(tmp / f"cache-{scale}x"), str(args.block_size)], capture_output=True,
+                                     text=True, cwd=ROOT, check=True).stdout
+                peak, seconds, blocks = out.split("RESULT")[-1].split()
+                print(f"  {scale}x ({megabytes:5.1f} MiB text, {int(blocks):,} blocks)  {label:42s} "
+                      f"{float(peak):7.1f} MiB  {float(seconds):6.1f} s")
 
 
 def phase2_cache(args) -> None:

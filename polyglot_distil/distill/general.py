@@ -23,7 +23,6 @@ language. Losses, each with its weight (`--recipe bistil`, the default: hidden 1
                --relation-heads heads), teacher layer --relation-layer (default the last) against the
                student's last layer; no projection, so the student may be narrower
 
-
 `--layer-map 1,3,5,7,9,11` names the teacher layer each student layer imitates (default: the
 same relative depth, BiStil's 2j+1). Only what the enabled losses need is computed: attention
 maps (and the slower eager attention) only with the attention loss, MLM-head logits only with
@@ -122,34 +121,44 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: st
 
 
 def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | None, seed: int,
-                show_progress: bool | None) -> dict:
-    """{lang: int32 blocks [n, block_size]} from each language's sources."""
-    import sys
-
-    from tqdm.auto import tqdm
+                show_progress: bool | None, cache_dir: str | Path, main: bool = True, barrier=None) -> dict:
+    """{lang: int32 blocks [n, block_size]} from each language's sources, memory-mapped from the
+    token cache in `cache_dir` (data/token_cache.py): tokenized once, by the main process, when
+    no cache of these sources, this tokenizer and these block settings is there yet."""
+    import hashlib
 
     from polyglot_distil.data.corpus import Caps, ReadStats, iter_language
-    from polyglot_distil.data.mlm import encode_text, to_blocks
+    from polyglot_distil.data.mlm import write_blocks
+    from polyglot_distil.data.token_cache import cached_blocks
+    from polyglot_distil.inputs import path_fingerprint
+    from polyglot_distil.progress import progress
 
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if first is None or last is None or tokenizer.mask_token_id is None:
         raise UserError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) and mask tokens, which masked-LM blocks need")
-    blocks = {}
-    for lang, sources in languages.items():
+    key = {
+        "sources": {lang: [[str(s), None if s.kind == "hf" else path_fingerprint(Path(s.path))] for s in sources]
+                    for lang, sources in languages.items()},
+        "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "block_size": block_size, "first_id": int(first), "last_id": int(last), "max_lines": max_lines, "seed": seed,
+    }
+
+    def write(lang, handle) -> int:
+        sources = languages[lang]
         stats = ReadStats()
         where = ", ".join(str(s) for s in sources)
-        with tqdm(desc=f"tokenize {lang}", unit=" lines", file=sys.stderr, dynamic_ncols=True,
-                  disable=None if show_progress is None else not show_progress) as bar:
-            ids = encode_text(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
-                              tokenizer, progress=bar.update)
+        with progress(total=max_lines, desc=f"tokenize {lang}", unit=" lines", show=show_progress) as bar:
+            count, tokens = write_blocks(iter_language(sources, Caps(max_lines=max_lines, seed=seed), stats=stats),
+                                         tokenizer, block_size, first, last, handle, progress=bar.update)
         if stats.lines == 0:
             raise UserError(f"no text for language {lang!r}: {where} holds no non-blank lines")
-        blocks[lang] = to_blocks(ids, block_size, first, last)
-        if len(blocks[lang]) == 0:
-            raise UserError(f"language {lang!r}: {where} gives {len(ids):,} tokens, less than one block of "
+        if count == 0:
+            raise UserError(f"language {lang!r}: {where} gives {tokens:,} tokens, less than one block of "
                             f"{block_size}; give more text or a smaller --block-size")
-    return blocks
+        return count
+
+    return cached_blocks(cache_dir, key, list(languages), write, block_size, main=main, barrier=barrier)
 
 
 def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed: int):
@@ -239,15 +248,23 @@ def logit_rows(batch: dict, weights: LossWeights):
     return batch["labels"] != IGNORE_INDEX if weights.logits or weights.mlm else None
 
 
-def teacher_outputs(teacher, batch: dict, weights: LossWeights, rows) -> dict:
-    """The teacher's forward, no gradients, returning only what the enabled losses read."""
+def teacher_outputs(teacher, batch: dict, weights: LossWeights, rows, layer_map: list[int] | None = None) -> dict:
+    """The teacher's forward, no gradients, returning only what the enabled losses read: with
+    `layer_map`, only the hidden states and attention maps of the layers it maps to (as {k: tensor});
+    the other layers' are freed as the forward goes."""
     import torch
 
     from polyglot_distil.models.encoder import encoder_outputs
+    from polyglot_distil.models.student import hidden_state_pairs
+
+    hidden, attentions = weights.hidden > 0, weights.attention > 0
+    if layer_map is not None:
+        hidden = [k for _, k in hidden_state_pairs(layer_map)] if hidden else False
+        attentions = list(layer_map) if attentions else False
 
     with torch.no_grad():
-        return encoder_outputs(teacher, batch["input_ids"], batch["attention_mask"], hidden_states=weights.hidden > 0,
-                               attentions=weights.attention > 0, logit_rows=rows if weights.logits else None,
+        return encoder_outputs(teacher, batch["input_ids"], batch["attention_mask"], hidden_states=hidden,
+                               attentions=attentions, logit_rows=rows if weights.logits else None,
                                relation_layer=weights.relation_layer if weights.relation else None)
 
 
@@ -255,7 +272,7 @@ def distillation_loss(model, teacher, batch: dict, weights: LossWeights, layer_m
     """One batch's (weighted loss, {term: scalar}); `model` is the (prepared) `student_module`."""
     rows = logit_rows(batch, weights)
     s = model(batch["input_ids"], batch["attention_mask"], rows)
-    t = teacher_outputs(teacher, batch, weights, rows)
+    t = teacher_outputs(teacher, batch, weights, rows, layer_map)
     terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map,
                                mlm_labels=batch["labels"][rows] if weights.mlm else None, counts=batch.get("counts"))
     return weighted_sum(terms, weights), terms
@@ -298,7 +315,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
     from polyglot_distil.models.loading import copy_tokenizer
     from polyglot_distil.models.student import check_layers, default_layer_map, make_student, parse_layers, \
         planned_config, spec_from_args
-    from polyglot_distil.distill.training import Recipe, mean_over_batches
+    from polyglot_distil.distill.training import CACHE, Recipe, mean_over_batches
 
     languages = group_lang_specs(args.lang)
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
@@ -341,7 +358,8 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
 
     masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
     blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
-                         False if args.no_progress or not accelerator.is_main_process else None)
+                         False if args.no_progress or not accelerator.is_main_process else None,
+                         Path(args.out) / CACHE, accelerator.is_main_process, accelerator.wait_for_everyone)
     train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
     teacher.eval().requires_grad_(False).to(accelerator.device)
     model = student_module(student, teacher, weights, args.freeze_embeddings)

@@ -60,28 +60,80 @@ def has_mlm_output(model) -> bool:
     return model is not model.base_model and model.get_output_embeddings() is not None
 
 
-def encoder_outputs(model, input_ids, attention_mask, hidden_states: bool = False, attentions: bool = False,
+def _attention_recorder(model):
+    """(is this module one whose output holds an attention map, the output's index) from the
+    model's own output recording (transformers' `_can_record_outputs`), or None."""
+    spec = (getattr(model.base_model, "_can_record_outputs", None) or {}).get("attentions")
+    spec = spec[0] if isinstance(spec, list) and len(spec) == 1 else spec
+    if spec is None or isinstance(spec, list):
+        return None
+    index = getattr(spec, "index", 1) if not isinstance(spec, (str, type)) else 1
+    target = getattr(spec, "target_class", spec) if not isinstance(spec, (str, type)) else spec
+    name = getattr(spec, "class_name", None) if not isinstance(spec, (str, type)) else None
+    if isinstance(target, str):
+        name, target = target, None
+    if target is None and name is None:
+        return None
+    return (lambda module: isinstance(module, target)) if target is not None else \
+        (lambda module: type(module).__name__ == name), index
+
+
+def _capture_attentions(model, layers, captured: dict, hooks: list) -> bool:
+    """Hooks that keep the attention maps of encoder layers `layers` only, in `captured[k]`;
+    False when the model does not say which module gives them (the caller asks for all then)."""
+    recorder = _attention_recorder(model)
+    if recorder is None:
+        return False
+    is_attention, index = recorder
+    stack = encoder_layers(model)
+    found = {}
+    for k in layers:
+        modules = [m for m in stack[k].modules() if is_attention(m)]
+        if len(modules) != 1:
+            return False
+        found[k] = modules[0]
+    for k, module in found.items():
+        hooks.append(module.register_forward_hook(
+            lambda module, args, output, k=k: captured.__setitem__(k, output[index])))
+    return True
+
+
+def encoder_outputs(model, input_ids, attention_mask, hidden_states=False, attentions=False,
                     logit_rows=None, relation_layer: int | None = None) -> dict:
     """Run a masked-LM model's encoder, and its head only at the positions `logit_rows` (bool
     [B, L]), never over every position unless asked. Returns "last" [B, L, H]; "hidden": L+1
     tensors [B, L, H] (0 = embedding output) or None; "attentions": one [B, A, L, L] per layer or
     None (needs eager attention); "logits" [N, V] at the N positions of `logit_rows`, if given;
     "qkv": the queries, keys and values [B, L, H] of layer `relation_layer`'s self-attention, if
-    given (from hooks, so the fast attention kernel still runs)."""
+    given (from hooks, so the fast attention kernel still runs).
+
+    `hidden_states` and `attentions` may name the indices a loss reads (hidden state k, attention
+    map of layer k) instead of True: only those are kept, returned as {k: tensor}, the others
+    freed as the forward goes (a teacher whose student imitates every other layer)."""
     captured: dict = {}
+    maps: dict = {}
     hooks = []
+    hidden_wanted = hidden_states if isinstance(hidden_states, bool) else sorted(set(hidden_states))
+    attention_wanted = attentions if isinstance(attentions, bool) else sorted(set(attentions))
     if relation_layer is not None:
         for name, projection in zip("qkv", attention_projections(model, relation_layer)):
             hooks.append(projection.register_forward_hook(
                 lambda module, args, output, name=name: captured.__setitem__(name, output)))
     try:
+        hooked = not isinstance(attention_wanted, bool) and _capture_attentions(model, attention_wanted, maps, hooks)
         out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=hidden_states, output_attentions=attentions)
+                               output_hidden_states=hidden_wanted if hidden_wanted != [] else False,
+                               output_attentions=bool(attention_wanted) and not hooked)
     finally:
         for hook in hooks:
             hook.remove()
-    result = {"last": out.last_hidden_state, "hidden": out.hidden_states if hidden_states else None,
-              "attentions": out.attentions if attentions else None}
+    hidden = out.hidden_states if hidden_wanted is True else None
+    if not isinstance(hidden_wanted, bool):
+        hidden = {k: out.hidden_states[k] for k in hidden_wanted}
+    maps_out = out.attentions if attention_wanted is True else None
+    if not isinstance(attention_wanted, bool):
+        maps_out = maps if hooked else {k: out.attentions[k] for k in attention_wanted}
+    result = {"last": out.last_hidden_state, "hidden": hidden, "attentions": maps_out}
     if relation_layer is not None:
         result["qkv"] = (captured["q"], captured["k"], captured["v"])
     if logit_rows is not None:
