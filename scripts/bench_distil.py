@@ -46,7 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from polyglot_distil.distill.general import RECIPES, logit_rows, student_module, teacher_outputs  # noqa: E402
+from polyglot_distil.distill.general import RECIPES, logit_rows, resolve_relation, student_module, \
+    teacher_outputs  # noqa: E402
 from polyglot_distil.distill.objective import distillation_terms  # noqa: E402
 from polyglot_distil.distill.losses import mlm_cross_entropy  # noqa: E402
 from polyglot_distil.data.mlm import LanguageBatches, Masking, encode_text, to_blocks  # noqa: E402
@@ -143,6 +144,9 @@ def main() -> None:
         teacher = teachers[attn]
         plain_student, _ = build_student(teachers["sdpa"], StudentSpec(), attn_implementation="sdpa")
         student, _ = build_student(teacher, StudentSpec(), attn_implementation=attn)
+        if weights.relation:  # the relation loss's teacher layer and heads, as a training run fills them in
+            weights = dataclasses.replace(weights)
+            resolve_relation(weights, teacher.config, student.config)
         model = student_module(student, teacher, weights)
         layer_map = default_layer_map(args.layers, args.layers // 2)
         rows = logit_rows(batch, weights)
