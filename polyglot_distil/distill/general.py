@@ -26,14 +26,19 @@ language. Losses, each with its weight (`--recipe bistil`, the default: hidden 1
 `--layer-map 1,3,5,7,9,11` names the teacher layer each student layer imitates (default: the
 same relative depth, BiStil's 2j+1). Only what the enabled losses need is computed: attention
 maps (and the slower eager attention) only with the attention loss, MLM-head logits only with
-the logit or MLM loss, and then only at the positions used; the relation loss reads queries, keys
+the logit or MLM loss, and then only at the positions used; of the teacher's hidden states and
+attention maps only those of the layers the layer map names are kept; the relation loss reads queries, keys
 and values from hooks on one layer, with the fast attention kernel kept. A student narrower than
 the teacher is compared through a learned projection of its hidden states (TinyBERT), initialised
 by least squares between the two embedding matrices. `--freeze-embeddings` keeps the student's
 embeddings (word, position, type, their LayerNorm) as they start (LightMBERT).
 
+The text is tokenized once, by the main process, into memory-mapped blocks, OUT/cache/tokens-KEY/
+(data/token_cache.py, keyed by the sources' fingerprints, the tokenizer and the block settings):
+the other processes wait for it, a resumed run reuses it.
+
 Output (see training.py): OUT/final/ and OUT/best/ (model folders with the tokenizer),
-OUT/checkpoints/, OUT/metrics.jsonl, OUT/run_config.json.
+OUT/checkpoints/, OUT/metrics.jsonl, OUT/run_config.json, OUT/cache/.
 """
 
 from __future__ import annotations
