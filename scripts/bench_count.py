@@ -181,7 +181,10 @@ def main() -> None:
         tmp = Path(tmp)
         for name, tokenizer_dir in tokenizers_to_test(tmp).items():
             tokenizer = load_tokenizer(tokenizer_dir)
-            backend = untruncated(tokenizer).__enter__()  # for the whole benchmark of this tokenizer
+            # For the whole benchmark of this tokenizer; the context is kept referenced: a dropped one is
+            # collected at once, and its exit puts the tokenizer file's padding and truncation back.
+            untruncating = untruncated(tokenizer)
+            backend = untruncating.__enter__()
             sources = {"all": parse_sources([str(f) for f in files])}
             separator = joined_separator(backend)
 
