@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("--student-epochs", type=float, default=2.0, help="row (e): direct fine-tuning")
     parser.add_argument("--student-lr", type=float, default=1e-4)
     parser.add_argument("--qat-epochs", type=float, default=1.0, help="row (h): quantization-aware distillation")
+    parser.add_argument("--qat-pairs", type=int, default=1000, help="row (h): a seeded sample of the English pairs")
     parser.add_argument("--qat-lr", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-pairs", type=int, help="train on a seeded sample of this many English pairs")
@@ -150,8 +151,8 @@ def main() -> int:
             stage("g: dynamic int8", work / "g" / "int8.json", lambda: api.quantize(best, work / "g", embeddings="int8"))
         if "h" in rows:
             stage("h: qat int8", work / "h" / "best", lambda: api.quantize(
-                best, work / "h", method="qat", embeddings="int8", train=train, dev=[str(dev)], epochs=args.qat_epochs, lr=args.qat_lr,
-                **common))
+                best, work / "h", method="qat", embeddings="int8", train=train, dev=[str(dev)], epochs=args.qat_epochs,
+                lr=args.qat_lr, **{**common, "max_train_examples": args.qat_pairs}))
         if rows & {"i", "j"}:
             stage("i, j: onnx", work / "onnx" / "export.json", lambda: api.export_onnx(
                 best, work / "onnx", int8=True, text=[f"{args.xnli / f'dev-{t}.tsv'}?columns=premise"],
