@@ -138,6 +138,33 @@ def test_a_qat_int8_folder_holds_the_learned_steps_and_the_integers_they_give(tm
     assert torch.allclose(loaded.dequantize(), layer.quantized_weight().detach(), atol=1e-6)
 
 
+def test_quantized_activations_start_from_lsq_steps_of_the_first_batch(classifier):
+    import math
+
+    import torch
+
+    from polyglot_distil.distill.quantize import calibrate_input_steps, fake_quantize_model, lsq_quantize
+
+    model = float_model(classifier)
+    fake_quantize_model(model, 4, activations=True, step_init="auto")
+    seen = {}
+
+    def record(module, args) -> None:
+        seen.setdefault("x", args[0].detach())
+
+    layer = model.get_submodule("bert.encoder.layer.1.output.dense")
+    layer.register_forward_pre_hook(record)
+    batch = inputs(classifier)
+    calibrate_input_steps(model, batch)
+    assert layer.input_step.item() == pytest.approx(2 * seen["x"].abs().mean().item() / math.sqrt(7), rel=1e-5)
+    with torch.no_grad():  # the layer computes on inputs rounded to the 4-bit grid of that step
+        x, step = seen["x"], layer.input_step
+        rounded = lsq_quantize(x, step, 7, 1.0)
+        levels = rounded / step
+        assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= 7
+        assert torch.allclose(layer(x), torch.nn.functional.linear(rounded, layer.quantized_weight(), layer.bias))
+
+
 def qat(out: Path, model: Path, *extra) -> list[dict]:
     from conftest import metrics_rows
 
@@ -155,6 +182,8 @@ def test_qat_with_the_teacher_as_its_own_student_keeps_the_loss_near_zero(tmp_pa
     assert len(eight) == 4 and all(row["loss"] < 5e-3 for row in eight)
     assert all(0 <= row["logits"] < 5e-3 for row in eight)  # a KL: 0 for a student equal to its teacher
     assert min(row["loss"] for row in two) > 100 * max(row["loss"] for row in eight)  # the loss does see rounding
+    inputs_too = qat(tmp_path / "q8a", classifier, "--quantize-activations")
+    assert max(row["loss"] for row in eight) < min(row["loss"] for row in inputs_too) < min(row["loss"] for row in two)
     for out in ("best", "final"):
         assert json.loads((tmp_path / "q8" / out / "int8.json").read_text())["method"] == "qat"
     assert run_cli("eval", "xnli", "--model", tmp_path / "q8" / "best", "--baseline", classifier, "--langs", "fr",

@@ -152,8 +152,11 @@ def calibrate_input_steps(model, inputs: dict) -> None:
     import torch
 
     seen = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: seen.setdefault(m, args[0].detach().abs().mean()))
-             for m in model.modules() if getattr(m, "input_step", None) is not None]
+
+    def record(module, args) -> None:  # a pre-hook that returns something replaces the input
+        seen.setdefault(module, args[0].detach().abs().mean())
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if getattr(m, "input_step", None) is not None]
     try:
         with torch.no_grad():
             model(**inputs)
