@@ -219,3 +219,16 @@ def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, capsys, cl
     assert json.loads((out / "int8.json").read_text())["embeddings"]
     assert run_cli("quantize", "--model", out, "--out", tmp_path / "again") == 2
     assert "already an int8 model" in capsys.readouterr().err
+
+
+def test_an_interrupted_qat_run_resumes_to_the_same_int8_model(tmp_path, classifier):
+    import shutil
+
+    options = ("--save-every", "2", "--eval-every", "2", "--keep-checkpoints", "3", "--bits", "4",
+               "--quantize-activations")
+    qat(tmp_path / "run", classifier, *options)
+    finished = (tmp_path / "run" / "final" / "model_int8.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-4")  # as if stopped after step 2's checkpoint
+    shutil.rmtree(tmp_path / "run" / "final")
+    qat(tmp_path / "run", classifier, *options, "--resume")
+    assert (tmp_path / "run" / "final" / "model_int8.safetensors").read_bytes() == finished
