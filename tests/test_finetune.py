@@ -163,7 +163,7 @@ def test_max_train_examples_takes_a_seeded_sample_in_source_order():
 
 
 def test_batches_cover_an_epoch_without_repeats_and_depend_only_on_seed_and_number(tiny_bert_dir):
-    from polyglot_distil.distill.finetune import NLIBatches, encode_pairs
+    from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs
     from polyglot_distil.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_bert_dir)

@@ -171,3 +171,26 @@ def test_length_buckets_cut_padding_and_keep_epochs_whole_and_seeded():
     assert not torch.equal(bucketed.batch(3)["rows"], bucketed.batch(per_epoch + 3)["rows"]), "a new order per epoch"
     with pytest.raises(UserError, match="--length-buckets"):
         NLIBatches(pairs, labels, 16, length_buckets=-1)
+
+
+def test_nli_pairs_are_tokenized_once_into_the_cache_every_process_maps(tmp_path, tiny_bert_dir, monkeypatch):
+    import polyglot_distil.data.nli_batches as nli_batches
+    from conftest import CORPORA
+    from polyglot_distil.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    data = read_nli(CORPORA / "nli" / "train-en.tsv")
+    direct = nli_batches.encode_pairs(tokenizer, data, 64, progress=False)
+    cached = nli_batches.cached_pairs(tokenizer, data, 64, False, tmp_path / "cache")
+    assert isinstance(cached.input_ids, np.memmap) and cached.pad_id == direct.pad_id
+    for name in ("input_ids", "token_type_ids", "offsets"):
+        assert np.array_equal(getattr(cached, name), getattr(direct, name)), name
+
+    def no_tokenizing(*_, **__):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(nli_batches, "encode_pairs", no_tokenizing)
+    again = nli_batches.cached_pairs(tokenizer, data, 64, False, tmp_path / "cache", main=False)  # another process
+    assert np.array_equal(again.input_ids, direct.input_ids)
+    with pytest.raises(AssertionError, match="tokenized again"):  # other settings: other pairs
+        nli_batches.cached_pairs(tokenizer, data, 32, False, tmp_path / "cache")

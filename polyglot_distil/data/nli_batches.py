@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -63,6 +64,42 @@ def encode_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | Non
     np.cumsum(lengths, out=offsets[1:])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return EncodedPairs(np.concatenate(ids), np.concatenate(types) if with_types else None, offsets, pad_id)
+
+
+def cached_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | None, cache_dir: str | Path,
+                 main: bool = True, barrier=None) -> EncodedPairs:
+    """`encode_pairs`, done once: the main process tokenizes the pairs into the token cache in
+    `cache_dir` (data/token_cache.py, keyed by the pairs' text, the tokenizer and `max_length`),
+    and every process, a resumed run included, maps the same files instead of tokenizing them all
+    itself."""
+    import hashlib
+
+    from polyglot_distil.data.token_cache import cached_blocks
+
+    text = hashlib.sha256()
+    for premise, hypothesis in zip(data.premises, data.hypotheses):
+        text.update(premise.encode("utf-8", errors="surrogatepass") + b"\0" +
+                    hypothesis.encode("utf-8", errors="surrogatepass") + b"\1")
+    key = {"kind": "nli pairs", "pairs": len(data), "text": text.hexdigest(), "max_length": max_length,
+           "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()}
+    made: dict = {}
+
+    def write(name, handle) -> int:
+        if not made:
+            made["pairs"] = encode_pairs(tokenizer, data, max_length, progress)
+        pairs = made["pairs"]
+        array = {"ids": pairs.input_ids, "offsets": pairs.offsets,
+                 "types": pairs.token_type_ids if pairs.token_type_ids is not None else np.zeros(0)}[name]
+        if name == "offsets" and array[-1] >= 2**31:
+            raise UserError(f"{len(data):,} training pairs hold over 2**31 tokens; give fewer (--max-train-examples)")
+        handle.write(np.ascontiguousarray(array, dtype=np.int32).tobytes())
+        return len(array)
+
+    arrays = cached_blocks(cache_dir, key, ["ids", "types", "offsets"], write, 1, main=main, barrier=barrier)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    types = arrays["types"].reshape(-1)
+    return EncodedPairs(arrays["ids"].reshape(-1), types.astype(np.int8) if len(types) else None,
+                        arrays["offsets"].reshape(-1).astype(np.int64), pad_id)
 
 
 class NLIBatches:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.data.nli import NLIData
-from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, encode_pairs, epoch_batches, model_inputs, \
+from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, cached_pairs, epoch_batches, model_inputs, \
     read_task_data
 from polyglot_distil.distill.settings import steps_for, training_options, training_settings
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
@@ -40,7 +40,7 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
     import torch.nn.functional as F
     from transformers import AutoConfig
 
-    from polyglot_distil.distill.training import Recipe
+    from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.loading import load_model, saved_dtype
 
 
@@ -53,7 +53,8 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
     if note and accelerator.is_main_process:
         print(f"note: {note}", file=sys.stderr)
     class_of = np.argsort(to_xnli)  # the model's output class for each XNLI label
-    pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
+    pairs = cached_pairs(tokenizer, train_data, args.max_length, show, Path(args.out) / CACHE,
+                         main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
     data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed,
                       args.length_buckets)
 

@@ -219,12 +219,12 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
     import torch
 
-    from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs
+    from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
     from polyglot_distil.models.classifier import dev_predictions, save_classifier
     from polyglot_distil.models.loading import load_tokenizer
     from polyglot_distil.distill.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count
     from polyglot_distil.models.student import default_layer_map, parse_layers
-    from polyglot_distil.distill.training import Recipe
+    from polyglot_distil.distill.training import CACHE, Recipe
 
     attn = "eager" if weights.attention > 0 else "sdpa"  # attention maps need the eager attention
     tokenizer = load_tokenizer(args.student, args.trust_remote_code)
@@ -246,7 +246,8 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     ticket = keep["ticket"] = LotteryTicket(student, groups, k)
 
     show = False if args.no_progress or not accelerator.is_main_process else None
-    pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
+    pairs = cached_pairs(tokenizer, train_data, args.max_length, show, Path(args.out) / CACHE,
+                         main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
     data = NLIBatches(pairs, train_data.labels, args.batch_size, args.seed,
                       args.length_buckets)
     teacher.model.to(accelerator.device)
