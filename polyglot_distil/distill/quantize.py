@@ -44,7 +44,6 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
 
 import numpy as np
 
@@ -52,27 +51,17 @@ from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS
 from polyglot_distil.distill.general import LAYER_MAP
 from polyglot_distil.distill.objective import resolve_weights
 from polyglot_distil.distill.settings import training_options
+from polyglot_distil.distill.task import TERMS, TaskLossWeights
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import FLAG, NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, group, out_option
 
-TERMS = ("logits", "hidden", "attention", "label")
-
 
 @dataclass
-class QATLossWeights:
-    """QAT's term weights (see objective.py): phase 2's terms, attention off by default."""
+class QATLossWeights(TaskLossWeights):
+    """QAT's term weights (see objective.py): phase 2's terms and logit loss (`qat_loss` takes the
+    teacher's entropy off it: a KL with no T²), attention off by default."""
 
-    TERMS: ClassVar[tuple[str, ...]] = TERMS
-    LOGIT_LOSS: ClassVar[str] = "soft_ce"  # less the teacher's entropy in `qat_loss`: a KL with no T²
-
-    logits: float = 1.0
-    hidden: float = 1.0
     attention: float = 0.0
-    label: float = 0.0
-    temperature: float = 2.0
-
-    def enabled(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
 # ---------------------------------------------------------------------------------------------
