@@ -124,6 +124,24 @@ def redraw_encoder_matrices(model, std: float, seed: int = 1) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
+@pytest.fixture(scope="session")
+def redrawn_bert_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """The tiny BERT (hidden 32, 2 heads, 4 layers) with its layers' matrices redrawn at std 0.2: at
+    the usual 0.02 every layer is nearly the identity, every attention relation nearly uniform, and
+    a random student matches the teacher before any training. A teacher for distillation tests."""
+    import shutil
+
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir)
+    redraw_encoder_matrices(model, std=0.2)
+    out = tmp_path_factory.mktemp("redrawn") / "teacher"
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copyfile(tiny_bert_dir / name, out / name)
+    return out
+
+
 def run_cli(*args: str) -> int:
     """Run the command line in-process; returns its exit status."""
     from polyglot_distil.cli import main

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA, metrics_rows, redraw_encoder_matrices, run_cli, saved_weights
+from conftest import ROOT, SHARED_DATA, metrics_rows, run_cli, saved_weights
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,18 +31,8 @@ def texts(sample_files) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tiny_bert_dir):
-    """The tiny BERT with its layers' matrices redrawn at std 0.2: at the usual 0.02 every layer is
-    nearly the identity and a random student matches the teacher before any training."""
-    from transformers import AutoModelForMaskedLM
-
-    model = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir)
-    redraw_encoder_matrices(model, std=0.2)
-    out = tmp_path_factory.mktemp("teacher") / "teacher"
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copyfile(tiny_bert_dir / name, out / name)
-    return out
+def teacher_dir(redrawn_bert_dir):
+    return redrawn_bert_dir
 
 
 @pytest.fixture(scope="module")

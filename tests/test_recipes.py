@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import CORPORA, metrics_rows, redraw_encoder_matrices, run_cli, saved_weights
+from conftest import CORPORA, metrics_rows, run_cli, saved_weights
 from polyglot_distil.distill import losses
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,18 +29,8 @@ def _fails_with(capsys, message: str, *args) -> None:
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tiny_bert_dir):
-    """The tiny BERT (hidden 32, 2 heads, 4 layers) with its layers' matrices redrawn at std 0.2:
-    at the usual 0.02 every layer is nearly the identity and every relation nearly uniform."""
-    from transformers import AutoModelForMaskedLM
-
-    model = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir)
-    redraw_encoder_matrices(model, std=0.2)
-    out = tmp_path_factory.mktemp("recipes") / "teacher"
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copyfile(tiny_bert_dir / name, out / name)
-    return out
+def teacher_dir(redrawn_bert_dir):
+    return redrawn_bert_dir
 
 
 # ---------------------------------------------------------------------------------------------
