@@ -6,6 +6,7 @@
     polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
     polyglot-distil student --teacher DIR --out DIR [--layers 6 --init-layers 0,2,4,7,9,11]
     polyglot-distil finetune --model NAME --task nli --train SOURCE --dev SOURCE --out DIR
+    polyglot-distil distil search-map --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil distil task --teacher DIR --student DIR --task nli --train SOURCE --dev SOURCE --out DIR
     polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
@@ -37,12 +38,12 @@ from polyglot_distil.outputs import release_locks
 
 def command_modules():
     """The command modules, in pipeline order (the order of `--help`)."""
-    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_task, eval_xnli, export_onnx,
-                                     finetune, import_model, merge, quantize, run, sizes, smoke_model, student,
-                                     trim, verify)
+    from polyglot_distil.cli import (apply_diff, count, distil_general, distil_search_map, distil_task, eval_xnli,
+                                     export_onnx, finetune, import_model, merge, quantize, run, sizes, smoke_model,
+                                     student, trim, verify)
 
-    return [import_model, count, merge, trim, verify, student, finetune, distil_general, distil_task, apply_diff,
-            quantize, export_onnx, smoke_model, eval_xnli, run, sizes]
+    return [import_model, count, merge, trim, verify, student, finetune, distil_search_map, distil_general,
+            distil_task, apply_diff, quantize, export_onnx, smoke_model, eval_xnli, run, sizes]
 
 
 def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse.ArgumentParser:

@@ -306,21 +306,48 @@ def resolve_relation(weights: LossWeights, teacher_config, student_config) -> No
     weights.relation_heads = heads
 
 
+@dataclass
+class Phase1Inputs:
+    """What phase 1 loads once: the models, the tokenizer and the text's batches."""
+
+    teacher: object
+    student: object
+    tokenizer: object
+    languages: dict
+    layer_map: list[int]  # from --layer-map, or BiStil's default
+    train_data: object
+    heldout: object | None
+    save_dtype: str | None
+
+
 def build_recipe(args, weights: LossWeights, settings, accelerator):
     """Load teacher, student and text; return the training `Recipe` of phase 1."""
+    loaded = load_inputs(args, weights, settings, accelerator)
+    return phase1_recipe(args, weights, settings, loaded, loaded.layer_map)
+
+
+def layer_map_for(args, teacher, student) -> list[int]:
+    """`--layer-map` (numbers, or a `distil search-map` output), checked; default: BiStil's."""
+    from polyglot_distil.models.student import check_layers, default_layer_map, parse_layers
+
+    t_layers, s_layers = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    layer_map = parse_layers(getattr(args, "layer_map", None), "--layer-map") or default_layer_map(t_layers, s_layers)
+    check_layers(layer_map, t_layers, s_layers, "--layer-map")
+    return layer_map
+
+
+def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Path | None = None) -> Phase1Inputs:
+    """Load teacher and student (built here when `args.student` is not given) and tokenize the
+    text into OUT/cache/ (or `cache_dir`); check that they go together."""
     import torch
     from transformers import AutoConfig
 
     from polyglot_distil.data.corpus import group_lang_specs
-    from polyglot_distil.models.checkpoint import carry_body_tensors
-    from polyglot_distil.models.encoder import has_mlm_output
-    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer, save_pretrained_as, \
-        saved_dtype
     from polyglot_distil.data.mlm import Masking
-    from polyglot_distil.models.loading import copy_tokenizer
-    from polyglot_distil.models.student import check_layers, default_layer_map, make_student, parse_layers, \
-        planned_config, spec_from_args
-    from polyglot_distil.distill.training import CACHE, Recipe, mean_over_batches
+    from polyglot_distil.distill.training import CACHE
+    from polyglot_distil.models.encoder import has_mlm_output
+    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer, saved_dtype
+    from polyglot_distil.models.student import make_student, planned_config, spec_from_args
 
     languages = group_lang_specs(args.lang)
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
@@ -333,7 +360,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
     # float32 weights whatever the checkpoints' dtype: bf16/fp16 only through --mixed-precision's autocast
     teacher = load_model(args.teacher, encoder_class_for(teacher_config), trust_remote_code=remote,
                          attn_implementation=attn, dtype=torch.float32)
-    save_dtype = args.save_dtype or saved_dtype(teacher_config)
+    save_dtype = getattr(args, "save_dtype", None) or saved_dtype(teacher_config)
     if (weights.logits or weights.mlm) and not has_mlm_output(teacher):
         raise UserError(f"teacher {args.teacher} has no masked-LM head (an embedding model?): the logit and MLM losses "
                         "need one; distil with the hidden and attention losses (--recipe bistil)")
@@ -342,7 +369,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
         student_config = load_model(args.student, AutoConfig, trust_remote_code=remote)
         student = load_model(args.student, encoder_class_for(student_config), trust_remote_code=remote,
                              attn_implementation=attn, dtype=torch.float32)
-        save_dtype = args.save_dtype or saved_dtype(student_config)
+        save_dtype = getattr(args, "save_dtype", None) or saved_dtype(student_config)
         if (weights.logits or weights.mlm) and not has_mlm_output(student):
             raise UserError(f"student {args.student} has no masked-LM head: the logit and MLM losses need one")
         check_same_vocabulary(tokenizer, load_tokenizer(args.student, remote), args.teacher, args.student,
@@ -350,9 +377,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
                               student.get_input_embeddings().weight.shape[0])
     else:
         student, _ = make_student(teacher, tokenizer, spec_from_args(args), attn_implementation=attn)
-    t_layers, s_layers = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
-    check_layers(layer_map, t_layers, s_layers, "--layer-map")
+    layer_map = layer_map_for(args, teacher, student)
     if weights.attention and student.config.num_attention_heads != teacher.config.num_attention_heads:
         raise UserError(f"the attention loss compares heads one to one, but the student has "
                         f"{student.config.num_attention_heads} and the teacher {teacher.config.num_attention_heads}; "
@@ -364,10 +389,24 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
     masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
     blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
                          False if args.no_progress or not accelerator.is_main_process else None,
-                         Path(args.out) / CACHE, accelerator.is_main_process, accelerator.wait_for_everyone)
+                         cache_dir or Path(args.out) / CACHE, accelerator.is_main_process,
+                         accelerator.wait_for_everyone)
     train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
     teacher.eval().requires_grad_(False).to(accelerator.device)
-    model = student_module(student, teacher, weights, args.freeze_embeddings)
+    return Phase1Inputs(teacher, student, tokenizer, languages, layer_map, train_data, heldout, save_dtype)
+
+
+def phase1_recipe(args, weights: LossWeights, settings, loaded: Phase1Inputs, layer_map: list[int],
+                  student=None):
+    """The training `Recipe` of phase 1 for `loaded`'s student (or `student`, a copy of it)."""
+    from polyglot_distil.models.checkpoint import carry_body_tensors
+    from polyglot_distil.models.loading import copy_tokenizer, save_pretrained_as
+    from polyglot_distil.distill.training import Recipe, mean_over_batches
+
+    teacher, tokenizer, languages, heldout = loaded.teacher, loaded.tokenizer, loaded.languages, loaded.heldout
+    save_dtype = loaded.save_dtype
+    model = student_module(student if student is not None else loaded.student, teacher, weights,
+                           args.freeze_embeddings)
 
     def compute_loss(model, batch):
         return distillation_loss(model, teacher, batch, weights, layer_map)
@@ -384,7 +423,7 @@ def build_recipe(args, weights: LossWeights, settings, accelerator):
         return mean_over_batches(model, heldout, compute_loss, accelerator, settings.grad_accum,
                                  batch_counts=batch_counts)
 
-    return Recipe(model=model, train_data=train_data, compute_loss=compute_loss, save_model=save_model,
+    return Recipe(model=model, train_data=loaded.train_data, compute_loss=compute_loss, save_model=save_model,
                   evaluate=evaluate if heldout is not None else None, batch_counts=batch_counts)
 
 

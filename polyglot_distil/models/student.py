@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.checkpoint import carry_body_tensors
@@ -76,10 +77,22 @@ def hidden_state_pairs(layer_map: list[int]) -> list[tuple[int, int]]:
     return [(0, 0)] + [(j + 1, t + 1) for j, t in enumerate(layer_map)]
 
 
+LAYER_MAP_FILE = "layer_map.txt"  # what `distil search-map` writes: the best mapping, as --layer-map takes it
+
+
 def parse_layers(text: str | None, option: str) -> list[int] | None:
-    """`"0,2,4"` -> [0, 2, 4]; None stays None."""
+    """`"0,2,4"` -> [0, 2, 4]; None stays None. A file, or a folder with a `layer_map.txt` (what
+    `distil search-map` writes), holds the numbers."""
     if text is None:
         return None
+    source = Path(text)
+    if source.is_dir() and (source / LAYER_MAP_FILE).is_file():
+        source = source / LAYER_MAP_FILE
+    if source.is_file():
+        text = source.read_text(encoding="utf-8").strip()
+    elif source.is_dir():
+        raise UserError(f"{option} {source}: the folder has no {LAYER_MAP_FILE} (written by 'polyglot-distil "
+                        "distil search-map')")
     try:
         layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:

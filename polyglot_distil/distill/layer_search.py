@@ -1,0 +1,365 @@
+"""Which teacher layer should each student layer imitate? A search over layer mappings on a proxy
+(after the GA layer-mapping search of Li et al., 2021: short distillation runs rank the mappings).
+
+    polyglot-distil distil search-map --teacher out/trimmed --student out/student \
+        --lang en=corpora/en/sample.txt --lang fr=corpora/fr/sample.txt --out out/search
+    polyglot-distil distil general ... --layer-map out/search          # the best mapping found
+    polyglot-distil distil search-map ... --candidates "1,3,5,7,9,11;0,2,4,6,8,11"   # given ones only
+
+Every candidate mapping gets one short phase-1 run (`--steps`, on a `--max-lines` sample of each
+language's text, the recipe's losses with that mapping, the same seed and batches), through phase
+1's own training loop. A student built here from the teacher's layers (no `--student`, no
+`--init-layers`, `--init teacher`) starts, for each candidate, from the teacher layers it is mapped
+to, as `student --init-layers MAP` would build it; a given `--student` (or another `--init`)
+starts every candidate from the same weights. The runs are ranked by one criterion that
+does not depend on the mapping (the recipe's own loss does: a mapping onto lower teacher layers is
+easier to imitate, not better): on the held-out blocks after the run,
+
+    hidden    MSE between the student's and the teacher's last hidden states (the default when
+              the student is as wide as the teacher)
+    relation  MiniLMv2's q-q, k-k and v-v relation KL between the teacher's last layer and the
+              student's last layer (the default for a narrower student: no projection needed)
+
+Candidates: the strictly increasing mappings of the student's layers onto the teacher's. When
+there are at most `--budget` of them, every one is tried; otherwise a genetic search tries
+`--budget` of them: a first population of the BiStil mapping (2j+1), the top and bottom layers
+and random ones, then children of the best half (position-wise crossover, a mutation moving one
+layer by one), each mapping tried once. `--candidates` tries exactly the mappings given.
+
+Output: OUT/layer_map.txt (the best mapping: `--layer-map OUT` or `--layer-map OUT/layer_map.txt`
+reads it), OUT/search.json (every candidate's held-out criterion and phase-1 loss, in the order
+tried), OUT/candidates/MAP/ (each run's metrics; its models are deleted once it is scored) and
+OUT/cache/ (the tokenized text, shared by the runs). An interrupted search continues with
+`--resume`: scored candidates are not run again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from polyglot_distil.distill.general import DISTIL_GROUP_HELP
+from polyglot_distil.errors import UserError
+from polyglot_distil.options import FLAG, OVERWRITE, Command, Option, group
+
+CRITERIA = ("hidden", "relation")
+
+
+# ---------------------------------------------------------------------------------------------
+# The search, on any scoring function
+
+
+def increasing_mappings(teacher_layers: int, student_layers: int) -> int:
+    """How many strictly increasing mappings there are: C(teacher, student)."""
+    return math.comb(teacher_layers, student_layers)
+
+
+def _repair(mapping: list[int], teacher_layers: int, rng: random.Random) -> tuple[int, ...]:
+    """A strictly increasing mapping close to `mapping`: its distinct layers, topped up with
+    random unused ones."""
+    kept = sorted(set(mapping))
+    unused = [layer for layer in range(teacher_layers) if layer not in kept]
+    while len(kept) < len(mapping):
+        kept.append(unused.pop(rng.randrange(len(unused))))
+    return tuple(sorted(kept))
+
+
+def _child(a: tuple, b: tuple, teacher_layers: int, rng: random.Random) -> tuple[int, ...]:
+    """Position-wise crossover of two mappings, then (half the time) one layer moved by one."""
+    child = [rng.choice(pair) for pair in zip(a, b)]
+    if rng.random() < 0.5:
+        j = rng.randrange(len(child))
+        child[j] = min(teacher_layers - 1, max(0, child[j] + rng.choice((-1, 1))))
+    return _repair(child, teacher_layers, rng)
+
+
+def _random_mapping(teacher_layers: int, student_layers: int, rng: random.Random) -> tuple[int, ...]:
+    return tuple(sorted(rng.sample(range(teacher_layers), student_layers)))
+
+
+def search_mappings(score: Callable[[tuple[int, ...]], float], teacher_layers: int, student_layers: int,
+                    budget: int = 12, population: int = 6, seed: int = 0,
+                    candidates: list[tuple[int, ...]] | None = None) -> tuple[tuple[int, ...], dict]:
+    """(the mapping of lowest `score`, {mapping: score} in the order tried). `score` is called once
+    per mapping. Exhaustive when `candidates` are given or when all increasing mappings fit in
+    `budget`; a genetic search of `budget` evaluations otherwise."""
+    from polyglot_distil.models.student import default_layer_map
+
+    history: dict[tuple[int, ...], float] = {}
+
+    def evaluate(mapping) -> None:
+        mapping = tuple(mapping)
+        if mapping not in history:
+            history[mapping] = float(score(mapping))
+
+    rng = random.Random(seed)
+    if candidates is not None:
+        for mapping in candidates:
+            evaluate(mapping)
+    elif increasing_mappings(teacher_layers, student_layers) <= budget:
+        for mapping in itertools.combinations(range(teacher_layers), student_layers):
+            evaluate(mapping)
+    else:
+        first = [tuple(default_layer_map(teacher_layers, student_layers)),
+                 tuple(range(teacher_layers - student_layers, teacher_layers)), tuple(range(student_layers))]
+        while len(set(first)) < min(population, budget):
+            first.append(_random_mapping(teacher_layers, student_layers, rng))
+        for mapping in list(dict.fromkeys(first))[:min(population, budget)]:
+            evaluate(mapping)
+        while len(history) < budget:
+            ranked = sorted(history, key=history.get)
+            parents = ranked[:max(2, len(ranked) // 2)]
+            for _ in range(100):
+                a, b = rng.sample(parents, 2)
+                child = _child(a, b, teacher_layers, rng)
+                if child not in history:
+                    break
+            else:  # the best half's neighbourhood is used up: a new random one
+                while child in history:
+                    child = _random_mapping(teacher_layers, student_layers, rng)
+            evaluate(child)
+    if not history:
+        raise UserError("--candidates is empty: give one or more mappings, e.g. '1,3,5;0,2,5'")
+    best = min(history, key=history.get)
+    return best, history
+
+
+def parse_candidates(text: str | None) -> list[tuple[int, ...]] | None:
+    """`"1,3,5;0,2,5"` -> [(1, 3, 5), (0, 2, 5)]."""
+    from polyglot_distil.models.student import parse_layers
+
+    if text is None:
+        return None
+    return [tuple(parse_layers(part, "--candidates")) for part in text.split(";") if part.strip()]
+
+
+def label(mapping) -> str:
+    return "-".join(str(layer) for layer in mapping)
+
+
+# ---------------------------------------------------------------------------------------------
+# The criterion
+
+
+def criterion_loss(criterion: str, teacher, relation):
+    """`compute_loss(model, batch)` -> (held-out criterion, {}) for `mean_over_batches`: the
+    student's last hidden state (projected when narrower) against the teacher's, or the relations
+    of their last layers (`relation`: resolved general.LossWeights)."""
+    from polyglot_distil.distill import losses
+    from polyglot_distil.distill.general import _student_forward
+    from polyglot_distil.models.encoder import encoder_outputs
+
+    def compute(model, batch):
+        parts = getattr(model, "module", model).parts
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        student_last = parts["student"].config.num_hidden_layers - 1
+        s = _student_forward(parts, ids, mask, None, hidden_states=False, attentions=False,
+                             relation_layer=student_last if criterion == "relation" else None)
+        t = encoder_outputs(teacher, ids, mask, relation_layer=relation.relation_layer if criterion == "relation"
+                            else None)
+        if criterion == "hidden":
+            return losses.hidden_mse([s["last"]], [t["last"]], mask, batch.get("counts", {}).get("tokens")), {}
+        return losses.attention_relation_kl(s["qkv"], t["qkv"], mask, relation.relation_heads,
+                                            batch.get("counts", {}).get("tokens")), {}
+
+    return compute
+
+
+def resolve_criterion(args, weights, teacher_config, student_config) -> tuple[str, object]:
+    """The criterion (default: hidden for a student as wide as the teacher, relation otherwise),
+    checked against the models, and the relation settings it uses."""
+    from polyglot_distil.distill.general import LossWeights, resolve_relation
+
+    narrower = student_config.hidden_size != teacher_config.hidden_size
+    criterion = args.criterion or ("relation" if narrower else "hidden")
+    if criterion == "hidden" and narrower and not (weights.hidden or weights.cosine):
+        raise UserError(f"--criterion hidden compares last hidden states, but the student ({student_config.hidden_size}"
+                        f" wide) is narrower than the teacher ({teacher_config.hidden_size}) and the recipe has no "
+                        "hidden or cosine loss to learn a projection; use --criterion relation")
+    relation = LossWeights(hidden=0, attention=0, relation=1, relation_heads=args.relation_heads)
+    if criterion == "relation":
+        resolve_relation(relation, teacher_config, student_config)  # the teacher's last layer
+    return criterion, relation
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def run_search_map(args) -> dict:
+    import copy
+
+    from transformers import AutoConfig
+
+    from polyglot_distil.distill.general import STUDENT_SHAPE, load_inputs, loss_weights, phase1_recipe
+    from polyglot_distil.distill.training import CACHE, TrainSettings, config_hash, mean_over_batches, train
+    from polyglot_distil.models.loading import load_model
+    from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, make_student, planned_config, \
+        spec_from_args
+    from polyglot_distil.outputs import MARKER, check_writable, release_lock, replace_text
+
+    if args.student:
+        given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} shapes a student built here; with --student "
+                            f"{args.student} drop it")
+    for name in ("budget", "population", "steps"):
+        if getattr(args, name) < (2 if name == "population" else 1):
+            raise UserError(f"--{name} must be at least {2 if name == 'population' else 1}, not {getattr(args, name)}")
+    if args.heldout_blocks < 1:
+        raise UserError(f"--heldout-blocks must be at least 1: the candidates are ranked on held-out text, not "
+                        f"{args.heldout_blocks}")
+    weights = loss_weights(args)
+    candidates = parse_candidates(args.candidates)
+    remote = args.trust_remote_code
+    teacher_config = load_model(args.teacher, AutoConfig, trust_remote_code=remote)
+    student_config = (load_model(args.student, AutoConfig, trust_remote_code=remote) if args.student
+                      else planned_config(teacher_config, spec_from_args(args)))
+    t_layers, s_layers = teacher_config.num_hidden_layers, student_config.num_hidden_layers
+    for mapping in candidates or []:
+        check_layers(list(mapping), t_layers, s_layers, "--candidates")
+    criterion, relation = resolve_criterion(args, weights, teacher_config, student_config)
+    coupled = not args.student and args.init_layers is None and args.init == "teacher"
+
+    def settings_for(folder: Path) -> TrainSettings:
+        return TrainSettings(
+            out=folder, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
+            mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.steps, save_every=args.steps,
+            log_every=args.log_every, keep_checkpoints=1, overwrite=True, progress=False if args.no_progress else None)
+
+    out = Path(args.out)
+    settings_for(out / "candidates").check()  # before anything is written
+    search = {"teacher": str(args.teacher), "student": args.student, "student_spec": None if args.student else
+              str(spec_from_args(args)), "languages": args.lang, "max_lines": args.max_lines,
+              "block_size": args.block_size, "heldout_blocks": args.heldout_blocks, "steps": args.steps,
+              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "weights": str(weights),
+              "criterion": criterion, "init_from_mapping": coupled, "budget": args.budget, "population": args.population, "candidates": candidates}
+    record = out / "search_config.json"
+    if args.resume:
+        if not record.is_file():
+            raise UserError(f"--resume: {out} holds no search (no {record.name}); drop --resume")
+        if json.loads(record.read_text(encoding="utf-8"))["hash"] != config_hash(search):
+            raise UserError(f"--resume: the search in {out} was made with other options; rerun with its options, or "
+                            "start over with --overwrite")
+        check_writable(out, overwrite=True)
+    else:
+        check_writable(out, args.overwrite)
+        if out.exists():
+            for item in out.iterdir():  # the token cache is keyed by its inputs: kept
+                if item.name != CACHE:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
+        replace_text(record, json.dumps({"hash": config_hash(search), "search": search}, indent=2) + "\n")
+
+    loaded = None
+    tried: list[dict] = []
+
+    def score(mapping) -> float:
+        folder = out / "candidates" / label(mapping)
+        done = folder / "result.json"
+        if done.is_file():
+            result = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            settings = settings_for(folder)
+
+            def build(accelerator):
+                nonlocal loaded
+                if loaded is None:  # once: models and text, shared by every candidate
+                    loaded = load_inputs(args, weights, settings, accelerator, cache_dir=out / CACHE)
+                if coupled:  # the student starts from the teacher layers it is mapped to
+                    student, _ = make_student(loaded.teacher, loaded.tokenizer,
+                                              replace(spec_from_args(args), init_layers=list(mapping)),
+                                              attn_implementation=loaded.student.config._attn_implementation)
+                else:
+                    student = copy.deepcopy(loaded.student)
+                recipe = phase1_recipe(args, weights, settings, loaded, list(mapping), student)
+                proxy = criterion_loss(criterion, loaded.teacher, relation)
+
+                def evaluate(model, accelerator):
+                    metrics = mean_over_batches(model, loaded.heldout, recipe.compute_loss, accelerator,
+                                                settings.grad_accum, batch_counts=recipe.batch_counts)
+                    metrics.update(mean_over_batches(model, loaded.heldout, proxy, accelerator, settings.grad_accum,
+                                                     prefix="criterion_", batch_counts=recipe.batch_counts))
+                    return metrics
+
+                return replace(recipe, evaluate=evaluate, best_metric="criterion_loss")
+
+            run = train(settings, {"phase": "general", "search": search, "layer_map": list(mapping)}, build)
+            result = {"layer_map": list(mapping), "criterion": run.last_eval["criterion_loss"],
+                      "eval_loss": run.last_eval["eval_loss"], "train_loss": run.last_train.get("loss")}
+            if run.is_main_process:
+                for models in ("checkpoints", "best", "final"):  # scored: the short run's models are not kept
+                    shutil.rmtree(folder / models, ignore_errors=True)
+                replace_text(done, json.dumps(result, indent=2) + "\n")
+        tried.append(result)
+        print(f"{label(mapping):>24}  {criterion} {result['criterion']:.5g}  (phase-1 loss {result['eval_loss']:.4g})",
+              flush=True)
+        return result["criterion"]
+
+    space = increasing_mappings(t_layers, s_layers)
+    how = (f"{len(candidates)} given mappings" if candidates is not None else
+           f"all {space} increasing mappings" if space <= args.budget else
+           f"a genetic search over {args.budget} of {space:,} increasing mappings")
+    print(f"search: {how}, {args.steps} steps each; ranked by held-out {criterion}", flush=True)
+    best, history = search_mappings(score, t_layers, s_layers, args.budget, args.population, args.seed, candidates)
+    summary = {"best": list(best), "criterion": criterion, "best_value": history[best],
+               "default": None, "tried": tried}
+    from polyglot_distil.models.student import default_layer_map
+
+    default = tuple(default_layer_map(t_layers, s_layers))
+    if default in history:
+        summary["default"] = {"layer_map": list(default), "value": history[default]}
+    replace_text(out / "search.json", json.dumps(summary, indent=2) + "\n")
+    replace_text(out / LAYER_MAP_FILE, ",".join(str(layer) for layer in best) + "\n")
+    release_lock(out)
+    versus = (f" (the default {label(default)}: {history[default]:.5g})" if default in history and default != best
+              else " (the default mapping)" if default == best else "")
+    print(f"best mapping {','.join(map(str, best))}: held-out {criterion} {history[best]:.5g}{versus}")
+    init = f"polyglot-distil student ... --init-layers {','.join(map(str, best))}, then " if coupled else ""
+    print(f"wrote {out / LAYER_MAP_FILE}; use it with: {init}polyglot-distil distil general ... --layer-map {out}")
+    return summary
+
+
+def _options() -> list[Option]:
+    """phase 1's options (the candidate runs are phase-1 runs), with shorter defaults, and the search's."""
+    from polyglot_distil.distill.general import GENERAL
+
+    dropped = {"layer_map", "eval_every", "save_every", "keep_checkpoints", "resume", "overwrite", "save_dtype"}
+    shorter = {"steps": (100, "optimizer steps of each candidate's run"),
+               "max_lines": (2000, "lines read per language (a seeded sample; the search needs a small one)"),
+               "block_size": (128, None), "heldout_blocks": (16, "blocks per language the candidates are ranked on")}
+    options = []
+    for option in GENERAL.options:
+        if option.name in dropped:
+            continue
+        if option.name in shorter:
+            default, help = shorter[option.name]
+            option = replace(option, default=default, help=help or option.help)
+        if option.name == "out":
+            option = replace(option, help="output folder (layer_map.txt, search.json, each candidate's metrics)")
+        options.append(option)
+    return options + group("search", [
+        Option("candidates", help="try exactly these mappings, separated by ';' (e.g. '1,3,5;0,2,5'); default: "
+                                  "all increasing mappings, or a genetic search when there are more than --budget"),
+        Option("budget", type=int, default=12, help="candidate runs at most (the genetic search's evaluations)"),
+        Option("population", type=int, default=6, help="the genetic search's first population"),
+        Option("criterion", choices=CRITERIA,
+               help="held-out ranking: last hidden-state MSE (default for a student as wide as the teacher) or "
+                    "the last layers' MiniLMv2 relation KL (default for a narrower one)"),
+        Option("resume", kind=FLAG, help="continue the search in --out: scored candidates are not run again"),
+        replace(OVERWRITE, help="delete an existing --out (its token cache is kept) and start over"),
+    ])
+
+
+SEARCH_MAP = Command(
+    ("distil", "search-map"), "find the teacher layer each student layer should imitate (short phase-1 runs)",
+    description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_search_map,
+    options=_options())
