@@ -7,6 +7,7 @@
     api.verify("bert-base-multilingual-cased", "mbert-en-fr", {"en": ["held-out.en.txt"]})
     api.student("mbert-en-fr", "student", layers=6)
     api.general("mbert-en-fr", {"en": ["en.txt"], "fr": ["fr.txt"]}, "phase1", student="student", steps=1000)
+    api.search_map("mbert-en-fr", {"en": ["en.txt"]}, "search", student="student")  # then layer_map="search"
     api.finetune("bert-base-multilingual-cased", ["train-en.tsv"], ["dev-en.tsv"], "teacher-nli")
     api.task("teacher-nli/best", "phase1/final", ["train-en.tsv"], ["dev-en.tsv"], "phase2")
     api.quantize("phase2/best", "phase2-int8")                      # or method="qat", train=..., dev=...
@@ -89,6 +90,15 @@ def general(teacher: str, languages: dict[str, Iterable[PathLike]], out: PathLik
     from polyglot_distil.distill.general import GENERAL
 
     return _call(GENERAL, teacher=teacher, lang=_specs(languages), out=out, **options)
+
+
+def search_map(teacher: str, languages: dict[str, Iterable[PathLike]], out: PathLike, **options: Any) -> dict:
+    """Rank mappings of student layers onto teacher layers by short phase-1 runs (`student=FOLDER`
+    or the student options; steps, budget, candidates, criterion, ...); writes `out`/layer_map.txt,
+    which `general(..., layer_map=out)` reads. Returns {"best": [...], "tried": [...], ...}."""
+    from polyglot_distil.distill.layer_search import SEARCH_MAP
+
+    return _call(SEARCH_MAP, teacher=teacher, lang=_specs(languages), out=out, **options)
 
 
 def finetune(model: str, train: Iterable[str], dev: Iterable[str], out: PathLike, **options: Any) -> dict:

@@ -24,13 +24,23 @@ Rows:
       (c) its own teacher, --qat-epochs over the English pairs)
   (i) (c) as an ONNX graph (`export onnx`), run by onnxruntime
   (j) (c) as onnxruntime's int8 variant of that graph (`export onnx --int8`)
+The recipes of the literature, each a student of the same 6-layer size (but m) with the same
+phase-1 budget as (c) and the same phase 2:
+  (k) MiniLMv2: phase 1 with `--recipe minilm` (q-q, k-k, v-v relations of the last layers)
+  (l) LightMBERT-style: the bottom 6 layers (`student --init-layers bottom`), embeddings frozen in
+      phase 1 (`--freeze-embeddings`)
+  (m) importance-based narrow student: 6 layers, FFN 768 of 1,536 neurons, the layers, heads and
+      neurons of highest |weight x gradient| (`student --init importance --intermediate-size 768`)
+  (n) the layer mapping found by `distil search-map` (--search-budget candidates of --search-steps
+      steps x 8 blocks each, ranked by held-out last-hidden-state MSE; this compute comes on top
+      of the phase-1 budget): the student starts from those layers and imitates them in both phases
 
 Columns: en and fr accuracy, label and probability loyalty to (a) on French, parameters, disk, CPU
 latency (1 thread, batch 1 x 128) and throughput (all threads, batch 32 x 128), ratios to (a).
 Checks printed: (a) and (b) predict the same label on every French/English pair whose tokens the
 kept vocabulary covers; (c) at least 1.8x faster than (a) on one thread; (c) ahead of (d) and (e)
 on French; (g) within 1 point of (c) on French at less than half its disk size; (h) no worse than
-(g); the ONNX graph's largest difference from PyTorch. Phase 2 reads the teacher's outputs from a cache (`distil task --teacher-cache`)
+(g); the ONNX graph's largest difference from PyTorch; the recipes ranked on French. Phase 2 reads the teacher's outputs from a cache (`distil task --teacher-cache`)
 built once and shared by rows (c) and (d). Work files go under --work (default out/bench-quality), reused by a re-run (a row
 whose output exists is not trained again; --fresh starts over).
 """
@@ -53,10 +63,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-quality")
     parser.add_argument("--xnli", type=Path, default=SHARED / "xnli", help="folder of {split}-{lang}.tsv")
-    parser.add_argument("--rows", default="a,b,c,e,g,h,i,j",
-                        help="rows to run (a and b always; c, d, e, g, h, i, j optional; g-j need c)")
+    parser.add_argument("--rows", default="a,b,c,e,g,h,i,j,k,l,m,n",
+                        help="rows to run (a and b always; c-e and g-n optional; g-j need c)")
     parser.add_argument("--target", default="fr")
-    parser.add_argument("--teacher-epochs", type=float, default=2.0)
+    parser.add_argument("--teacher-epochs", type=float, default=3.0)
     parser.add_argument("--teacher-lr", type=float, default=5e-5)
     parser.add_argument("--student-layers", type=int, default=6)
     parser.add_argument("--general-steps", type=int, default=300, help="phase-1 steps (batch 16 x 128 tokens)")
@@ -66,10 +76,13 @@ def main() -> int:
     parser.add_argument("--qat-epochs", type=float, default=1.0, help="row (h): quantization-aware distillation")
     parser.add_argument("--qat-pairs", type=int, default=1000, help="row (h): a seeded sample of the English pairs")
     parser.add_argument("--qat-lr", type=float, default=1e-5)
+    parser.add_argument("--narrow-ffn", type=int, default=768, help="row (m): FFN neurons kept per layer (of 1,536)")
+    parser.add_argument("--search-steps", type=int, default=50, help="row (n): steps of each candidate's run")
+    parser.add_argument("--search-budget", type=int, default=8, help="row (n): candidate mappings tried")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-pairs", type=int, help="train on a seeded sample of this many English pairs")
     parser.add_argument("--dev-pairs", type=int, default=500, help="English dev pairs for the best checkpoint")
-    parser.add_argument("--eval-limit", type=int, default=1000, help="dev pairs per language evaluated (0: all 2,490)")
+    parser.add_argument("--eval-limit", type=int, default=0, help="dev pairs per language evaluated (0: all 2,490)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete --work first")
     args = parser.parse_args()
@@ -128,22 +141,53 @@ def main() -> int:
     student = work / "student"
     stage("student", student / "model.safetensors", lambda: api.student(
         str(trimmed), student, layers=args.student_layers))
+    # Every student row: the same phase-1 budget (steps x 16 blocks x 128 tokens), the same phase 2.
+    phase1 = dict(steps=args.general_steps, batch_size=16, block_size=128, heldout_blocks=32,
+                  eval_every=max(1, args.general_steps // 3), save_every=max(1, args.general_steps // 3), lr=1e-4,
+                  warmup_steps=min(100, args.general_steps // 10), seed=args.seed, no_progress=True)
+    phase2 = dict(full_epochs=args.task_epochs, sparse_epochs=args.task_epochs, lr=args.student_lr,
+                  teacher_cache=str(work / "teacher-cache"), **common)
+
+    def student_row(row: str, start: Path, layer_map: str | None = None, **general_options) -> None:
+        """Phase 1 of the student `start` against the trimmed pretrained model, then phase 2 against (b)."""
+        mapped = {"layer_map": layer_map} if layer_map else {}
+        stage(f"{row}: phase 1", work / f"{row}-general" / "final", lambda: api.general(
+            str(trimmed), text, work / f"{row}-general", student=str(start), **phase1, **mapped, **general_options))
+        stage(f"{row}: phase 2", work / row / "best", lambda: api.task(
+            work / "b", work / f"{row}-general" / "best", train, [str(dev)], work / row, **phase2, **mapped))
+
     if "c" in rows:
-        stage("c: phase 1", work / "c-general" / "final", lambda: api.general(
-            str(trimmed), text, work / "c-general", student=str(student), steps=args.general_steps, batch_size=16,
-            block_size=128, heldout_blocks=32, eval_every=max(1, args.general_steps // 3),
-            save_every=max(1, args.general_steps // 3), lr=1e-4, warmup_steps=min(100, args.general_steps // 10),
-            seed=args.seed, no_progress=True))
-        stage("c: phase 2", work / "c" / "best", lambda: api.task(
-            work / "b", work / "c-general" / "best", train, [str(dev)], work / "c", full_epochs=args.task_epochs,
-            sparse_epochs=args.task_epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"), **common))
+        student_row("c", student)
     if "d" in rows:
         stage("d: phase 2 only", work / "d" / "best", lambda: api.task(
-            work / "b", student, train, [str(dev)], work / "d", full_epochs=args.task_epochs,
-            sparse_epochs=args.task_epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"), **common))
+            work / "b", student, train, [str(dev)], work / "d", **phase2))
     if "e" in rows:
         stage("e: shrink and fine-tune", work / "e" / "best", lambda: api.finetune(
             str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common))
+
+    # The recipes of the literature, each on the same budget as (c)
+    if "k" in rows:  # MiniLMv2: q-q, k-k, v-v relations of the last layers
+        student_row("k", student, recipe="minilm")
+    if "l" in rows:  # LightMBERT: the bottom 6 layers, embeddings frozen in phase 1
+        stage("l: student", work / "student-bottom" / "model.safetensors", lambda: api.student(
+            str(trimmed), work / "student-bottom", layers=args.student_layers, init_layers="bottom"))
+        student_row("l", work / "student-bottom", freeze_embeddings=True)
+    if "m" in rows:  # the most important heads' layers and FFN neurons (|weight x gradient|)
+        stage("m: student", work / "student-importance" / "model.safetensors", lambda: api.student(
+            str(trimmed), work / "student-importance", layers=args.student_layers, init="importance",
+            intermediate_size=args.narrow_ffn, importance_text=[f"{lang}={src[0]}" for lang, src in text.items()],
+            importance_lines=500))
+        student_row("m", work / "student-importance")
+    if "n" in rows:  # the layer mapping found by `distil search-map`
+        stage("n: search", work / "search" / "layer_map.txt", lambda: api.search_map(
+            str(trimmed), text, work / "search", layers=args.student_layers, steps=args.search_steps,
+            budget=args.search_budget, batch_size=8, block_size=128, max_lines=2000, heldout_blocks=16, lr=1e-4,
+            seed=args.seed, no_progress=True, **({"resume": True} if (work / "search" / "search_config.json").is_file()
+                                                 else {"overwrite": True})))
+        searched = (work / "search" / "layer_map.txt").read_text(encoding="utf-8").strip()
+        stage("n: student", work / "student-searched" / "model.safetensors", lambda: api.student(
+            str(trimmed), work / "student-searched", layers=args.student_layers, init_layers=searched))
+        student_row("n", work / "student-searched", layer_map=searched)
 
     if "c" in rows:
         best = work / "c" / "best"
@@ -159,7 +203,7 @@ def main() -> int:
                 check_lines=64))
     models = {"a": teacher, "b": work / "b", "c": work / "c" / "best", "d": work / "d" / "best",
               "e": work / "e" / "best", "g": work / "g", "h": work / "h" / "best", "i": work / "onnx",
-              "j": work / "onnx" / "model_int8.onnx"}
+              "j": work / "onnx" / "model_int8.onnx", **{row: work / row / "best" for row in "klmn"}}
     reports = {}
     for row, folder in models.items():
         if (row not in rows and row not in ("a", "b")) or (row in "ghij" and "c" not in rows):
@@ -202,6 +246,18 @@ def main() -> int:
     print(f"(a) English dev accuracy {100 * reports['a']['results']['en']['accuracy']['model']:.2f}% "
           f"(target >= 55%, chance 33%): {'met' if reports['a']['results']['en']['accuracy']['model'] >= 0.55 else 'MISSED'}")
     print("(f) DistilBERT recipe: n/a: multilingual-e5-small has no MLM head, which its logit and MLM losses need")
+    recipes = {"c": "BiStil", "k": "MiniLMv2", "l": "LightMBERT-style", "m": f"importance, FFN {args.narrow_ffn}",
+               "n": "searched mapping"}
+    ranked = sorted((row for row in recipes if row in fr), key=lambda row: -fr[row])
+    if len(ranked) > 1:
+        print(f"recipes at the same phase-1 budget ({args.general_steps} steps x 16 x 128 tokens), by {t} accuracy: "
+              + "; ".join(f"({row}) {recipes[row]} {100 * fr[row]:.2f}%" for row in ranked))
+    if (work / "search" / "search.json").is_file():
+        found = json.loads((work / "search" / "search.json").read_text(encoding="utf-8"))
+        default = found.get("default") or {}
+        print(f"(n) searched mapping {found['best']} (held-out {found['criterion']} {found['best_value']:.4g}; BiStil's "
+              f"{default.get('layer_map')}: {default.get('value', float('nan')):.4g}), {len(found['tried'])} candidates x "
+              f"{args.search_steps} steps x 8 blocks, on top of the phase-1 budget")
     budget = {k: v for k, v in vars(args).items() if k not in ("work", "xnli", "fresh")}
     print(f"budget: {json.dumps(budget)}")
     print(f"stage seconds: {json.dumps(timings)}")

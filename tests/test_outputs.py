@@ -52,6 +52,8 @@ def command_lines(model: Path, counts: Path, config: Path):
         "finetune": ["finetune", "--model", model, "--task", "nli", "--train", TRAIN, "--dev", DEV, "--out", "OUT"],
         "distil general": ["distil", "general", "--teacher", model, "--student", model, "--lang", f"en={SAMPLE}",
                            "--out", "OUT"],
+        "distil search-map": ["distil", "search-map", "--teacher", model, "--student", model, "--lang",
+                              f"en={SAMPLE}", "--out", "OUT"],
         "distil task": ["distil", "task", "--teacher", model, "--student", model, "--task", "nli", "--train", TRAIN,
                         "--dev", DEV, "--out", "OUT"],
         "apply-diff": ["apply-diff", "--base", model, "--diff", model, "--out", "OUT"],
@@ -65,8 +67,15 @@ def command_lines(model: Path, counts: Path, config: Path):
     }
 
 
-COMMANDS = ["count", "merge", "trim", "verify", "student", "finetune", "distil general", "distil task", "apply-diff",
-            "eval xnli", "smoke-model", "import-model", "quantize", "export onnx", "run", "sizes"]
+COMMANDS = ["count", "merge", "trim", "verify", "student", "finetune", "distil search-map", "distil general",
+            "distil task", "apply-diff", "eval xnli", "smoke-model", "import-model", "quantize", "export onnx", "run",
+            "sizes"]
+
+
+def test_the_output_checks_cover_every_command():
+    from polyglot_distil.cli import command_modules
+
+    assert sorted(COMMANDS) == sorted(module.COMMAND.name for module in command_modules())
 
 
 @pytest.fixture(scope="module")
