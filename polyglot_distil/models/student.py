@@ -91,7 +91,7 @@ def parse_layers(text: str | None, option: str) -> list[int] | None:
     if source.is_file():
         text = source.read_text(encoding="utf-8").strip()
     elif source.is_dir():
-        raise UserError(f"{option} {source}: the folder has no {LAYER_MAP_FILE} (written by 'polyglot-distil "
+        raise UserError(f"{option} {source}: the folder has no layer_map.txt (written by 'polyglot-distil "
                         "distil search-map')")
     try:
         layers = [int(x) for x in text.split(",") if x.strip()]
