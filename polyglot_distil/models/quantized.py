@@ -80,16 +80,63 @@ def _quiet_deprecations():
     return context
 
 
-def int8_linear(weight_int8, scale, bias):
-    """A `torch.ao.nn.quantized.dynamic.Linear` computing with exactly these integers and scales."""
+ACTIVATION_BITS_VARIABLE = "POLYGLOT_DISTIL_INT8_ACTIVATION_BITS"
+
+
+def activation_bits() -> int:
+    """How many bits the int8 Linear layers quantize their activations to on this machine: 8 where
+    the CPU's int8 dot product accumulates into 32 bits (x86 with VNNI; ARM's QNNPACK engine), 7
+    elsewhere. PyTorch's dynamic int8 Linear always keeps 7 (`reduce_range`): on x86 without
+    VNNI, FBGEMM adds pairs of 8-bit x 8-bit products in 16 bits, which full 8-bit activations can
+    saturate. $POLYGLOT_DISTIL_INT8_ACTIVATION_BITS (7 or 8) overrides the choice."""
+    import os
+
+    import torch
+
+    given = os.environ.get(ACTIVATION_BITS_VARIABLE)
+    if given:
+        if given not in ("7", "8"):
+            raise UserError(f"${ACTIVATION_BITS_VARIABLE} must be 7 or 8, not {given!r}")
+        return int(given)
+    if torch.backends.quantized.engine == "qnnpack":
+        return 8
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return 7
+    return 8 if {"avx512_vnni", "avx_vnni"} & set(flags) else 7
+
+
+def _int8_linear_class():
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    class Int8Linear(Linear):
+        """PyTorch's dynamic int8 Linear (int8 weights, activations quantized per batch to
+        `activation_bits`), with the activation range chosen for the CPU instead of always 7 bits."""
+
+        reduce_range = True
+
+        def forward(self, x):
+            import torch
+
+            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
+                                                   reduce_range=self.reduce_range)
+            return y.to(x.dtype)
+
+    return Int8Linear
+
+
+def int8_linear(weight_int8, scale, bias, bits: int | None = None):
+    """A dynamic int8 Linear computing with exactly these integers and scales, its activations
+    quantized to `bits` (7 or 8; default `activation_bits()`)."""
     import torch
 
     context = _quiet_deprecations()
     try:
-        from torch.ao.nn.quantized.dynamic import Linear
-
         rows, columns = weight_int8.shape
-        module = Linear(columns, rows, bias_=bias is not None, dtype=torch.qint8)
+        module = _int8_linear_class()(columns, rows, bias_=bias is not None, dtype=torch.qint8)
+        module.reduce_range = (bits or activation_bits()) < 8
         dequantized = weight_int8.float() * scale.float()[:, None]
         qweight = torch.quantize_per_channel(dequantized, scale.double(), torch.zeros(rows, dtype=torch.long), 0,
                                              torch.qint8)
@@ -183,8 +230,8 @@ def save_int8(model, folder: Path, bits: int, method: str, linear_scales: dict |
 
 def load_int8(path, attn_implementation: str = "sdpa", trust_remote_code: bool = False):
     """The int8 model of folder `path` (written by `polyglot-distil quantize`), in eval mode on
-    CPU: int8 Linear layers (PyTorch dynamic int8), int8 embeddings if it has them, the rest
-    float. One clear line if the folder is incomplete."""
+    CPU: int8 Linear layers (PyTorch dynamic int8, activations quantized to `activation_bits()`),
+    int8 embeddings if it has them, the rest float. One clear line if the folder is incomplete."""
     import torch
     import transformers
     from safetensors.torch import load_file
@@ -215,10 +262,11 @@ def load_int8(path, attn_implementation: str = "sdpa", trust_remote_code: bool =
         raise UserError(f"{folder / WEIGHTS_FILE} does not match its config ({'missing' if missing else 'unexpected'} "
                         f"tensors: {shown})")
     Int8Embedding = _int8_embedding_class()
+    bits = activation_bits()
     try:
         for name in record["linear"]:
             _set_module(model, name, int8_linear(tensors[f"{name}.weight_int8"], tensors[f"{name}.weight_scale"],
-                                                 tensors.get(f"{name}.bias")))
+                                                 tensors.get(f"{name}.bias"), bits))
         for name in record["embeddings"]:
             old = model.get_submodule(name)
             _set_module(model, name, Int8Embedding(tensors[f"{name}.weight_int8"], tensors[f"{name}.weight_scale"],
