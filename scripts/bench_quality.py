@@ -213,7 +213,12 @@ def main() -> int:
             folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
             limit=args.eval_limit or None, repeats=5, no_progress=True))
         reports[row] = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    same = _same_predictions_on_covered(teacher, work / "b", args, t)
+    checked = work / f"same-predictions-{t}-{args.eval_limit}.json"  # (a) and (b) do not change in a re-run
+    if checked.is_file():
+        same = json.loads(checked.read_text(encoding="utf-8"))
+    else:
+        same = _same_predictions_on_covered(teacher, work / "b", args, t)
+        checked.write_text(json.dumps(same), encoding="utf-8")
     print()
     print(_table(reports, t))
     print()
