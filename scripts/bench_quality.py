@@ -21,7 +21,8 @@ Rows:
       MLM losses need one; `distil general --recipe distilbert` refuses with one line)
   (g) (c) after dynamic int8 (`quantize --embeddings int8`: every Linear layer and embedding table)
   (h) (c) after quantization-aware distillation to int8 (`quantize --method qat --embeddings int8`,
-      (c) its own teacher, --qat-epochs over the English pairs)
+      from the task teacher (b), as KDLSQ-BERT distils from the full-precision teacher; --qat-epochs
+      over --qat-pairs English pairs)
   (i) (c) as an ONNX graph (`export onnx`), run by onnxruntime
   (j) (c) as onnxruntime's int8 variant of that graph (`export onnx --int8`)
 The recipes of the literature, each a student of the same 6-layer size (but m) with the same
@@ -195,7 +196,8 @@ def main() -> int:
             stage("g: dynamic int8", work / "g" / "int8.json", lambda: api.quantize(best, work / "g", embeddings="int8"))
         if "h" in rows:
             stage("h: qat int8", work / "h" / "best", lambda: api.quantize(
-                best, work / "h", method="qat", embeddings="int8", train=train, dev=[str(dev)], epochs=args.qat_epochs,
+                best, work / "h", method="qat", embeddings="int8", teacher=str(work / "b"), train=train,
+                dev=[str(dev)], epochs=args.qat_epochs,
                 lr=args.qat_lr, **{**common, "max_train_examples": args.qat_pairs}))
         if rows & {"i", "j"}:
             stage("i, j: onnx", work / "onnx" / "export.json", lambda: api.export_onnx(
