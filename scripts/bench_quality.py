@@ -149,13 +149,23 @@ def main() -> int:
     phase2 = dict(full_epochs=args.task_epochs, sparse_epochs=args.task_epochs, lr=args.student_lr,
                   teacher_cache=str(work / "teacher-cache"), **common)
 
+    def evaluate(row: str, folder: Path) -> dict:
+        out = work / "eval" / row
+        stage(f"eval {row}", out / "report.json", lambda: api.xnli(
+            folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
+            limit=args.eval_limit or None, repeats=5, no_progress=True))
+        return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
     def student_row(row: str, start: Path, layer_map: str | None = None, **general_options) -> None:
-        """Phase 1 of the student `start` against the trimmed pretrained model, then phase 2 against (b)."""
+        """Phase 1 of the student `start` against the trimmed pretrained model, then phase 2 against
+        (b); a recipe row is evaluated at once (a run cut short keeps the rows it finished)."""
         mapped = {"layer_map": layer_map} if layer_map else {}
         stage(f"{row}: phase 1", work / f"{row}-general" / "final", lambda: api.general(
             str(trimmed), text, work / f"{row}-general", student=str(start), **phase1, **mapped, **general_options))
         stage(f"{row}: phase 2", work / row / "best", lambda: api.task(
             work / "b", work / f"{row}-general" / "best", train, [str(dev)], work / row, **phase2, **mapped))
+        if row in "klmn":
+            evaluate(row, work / row / "best")
 
     if "c" in rows:
         student_row("c", student)
@@ -173,12 +183,6 @@ def main() -> int:
         stage("l: student", work / "student-bottom" / "model.safetensors", lambda: api.student(
             str(trimmed), work / "student-bottom", layers=args.student_layers, init_layers="bottom"))
         student_row("l", work / "student-bottom", freeze_embeddings=True)
-    if "m" in rows:  # the most important heads' layers and FFN neurons (|weight x gradient|)
-        stage("m: student", work / "student-importance" / "model.safetensors", lambda: api.student(
-            str(trimmed), work / "student-importance", layers=args.student_layers, init="importance",
-            intermediate_size=args.narrow_ffn, importance_text=[f"{lang}={src[0]}" for lang, src in text.items()],
-            importance_lines=500))
-        student_row("m", work / "student-importance")
     if "n" in rows:  # the layer mapping found by `distil search-map`
         stage("n: search", work / "search" / "layer_map.txt", lambda: api.search_map(
             str(trimmed), text, work / "search", layers=args.student_layers, steps=args.search_steps,
@@ -190,6 +194,12 @@ def main() -> int:
             str(trimmed), work / "student-searched", layers=args.student_layers, init_layers=searched))
         student_row("n", work / "student-searched", layer_map=searched)
 
+    if "m" in rows:  # the most important heads' layers and FFN neurons (|weight x gradient|)
+        stage("m: student", work / "student-importance" / "model.safetensors", lambda: api.student(
+            str(trimmed), work / "student-importance", layers=args.student_layers, init="importance",
+            intermediate_size=args.narrow_ffn, importance_text=[f"{lang}={src[0]}" for lang, src in text.items()],
+            importance_lines=500))
+        student_row("m", work / "student-importance")
     if "c" in rows:
         best = work / "c" / "best"
         if "g" in rows:
@@ -210,11 +220,7 @@ def main() -> int:
     for row, folder in models.items():
         if (row not in rows and row not in ("a", "b")) or (row in "ghij" and "c" not in rows):
             continue
-        out = work / "eval" / row
-        stage(f"eval {row}", out / "report.json", lambda: api.xnli(
-            folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
-            limit=args.eval_limit or None, repeats=5, no_progress=True))
-        reports[row] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        reports[row] = evaluate(row, folder)
     checked = work / f"same-predictions-{t}-{args.eval_limit}.json"  # (a) and (b) do not change in a re-run
     if checked.is_file():
         same = json.loads(checked.read_text(encoding="utf-8"))
