@@ -164,7 +164,7 @@ def main() -> int:
             str(trimmed), text, work / f"{row}-general", student=str(start), **phase1, **mapped, **general_options))
         stage(f"{row}: phase 2", work / row / "best", lambda: api.task(
             work / "b", work / f"{row}-general" / "best", train, [str(dev)], work / row, **phase2, **mapped))
-        if row in "klmn":
+        if row != "c":
             evaluate(row, work / row / "best")
 
     if "c" in rows:
@@ -172,6 +172,7 @@ def main() -> int:
     if "d" in rows:
         stage("d: phase 2 only", work / "d" / "best", lambda: api.task(
             work / "b", student, train, [str(dev)], work / "d", **phase2))
+        evaluate("d", work / "d" / "best")
     if "e" in rows:
         stage("e: shrink and fine-tune", work / "e" / "best", lambda: api.finetune(
             str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common))
