@@ -142,6 +142,15 @@ def test_a_bad_search_option_gives_one_line(tmp_path, tiny_bert_dir, capsys, arg
     assert not (tmp_path / "search").exists()
 
 
+def test_a_search_that_fails_before_scoring_a_candidate_leaves_no_output(tmp_path, tiny_bert_dir, capsys):
+    # the block size is checked against the loaded models, after the search's folder was made
+    assert run_cli("distil", "search-map", "--teacher", tiny_bert_dir, "--layers", 2, *LANGS, *SHORT,
+                   "--block-size", 100000, "--out", tmp_path / "search") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --block-size 100000") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "search").exists()
+
+
 def test_general_reads_a_layer_map_file_and_refuses_a_folder_without_one(tmp_path, tiny_bert_dir, capsys):
     (tmp_path / "map.txt").write_text("0,3\n")
     assert run_cli("distil", "general", "--teacher", tiny_bert_dir, "--layers", 2, *LANGS, *SHORT,

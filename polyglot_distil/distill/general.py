@@ -434,18 +434,23 @@ def phase1_recipe(args, weights: LossWeights, settings, loaded: Phase1Inputs, la
 STUDENT_SHAPE = ("layers", "init_layers", "hidden_size", "intermediate_size", "heads")
 
 
-def run_distil_general(args) -> dict:
-    from polyglot_distil.data.corpus import group_lang_specs
-    from polyglot_distil.models.student import spec_from_args
-    from polyglot_distil.distill.training import TrainSettings, train
-
-
+def check_student_options(args) -> None:
+    """The student options shape a student built here: with --student they are a mistake."""
     if args.student:
         given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
         if given or args.init != "teacher" or args.dropout != 0.0 or args.importance_text:
             option = (given or ["init" if args.init != "teacher" else "importance_text" if args.importance_text
                                 else "dropout"])[0].replace("_", "-")
             raise UserError(f"--{option} shapes a student built here; with --student {args.student} drop it")
+
+
+def run_distil_general(args) -> dict:
+    from polyglot_distil.data.corpus import group_lang_specs
+    from polyglot_distil.models.student import spec_from_args
+    from polyglot_distil.distill.training import TrainSettings, train
+
+
+    check_student_options(args)
     weights = loss_weights(args)
     languages = group_lang_specs(args.lang)
     if args.heldout_blocks < 0:

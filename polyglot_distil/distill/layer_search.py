@@ -197,18 +197,14 @@ def run_search_map(args) -> dict:
 
     from transformers import AutoConfig
 
-    from polyglot_distil.distill.general import STUDENT_SHAPE, load_inputs, loss_weights, phase1_recipe
+    from polyglot_distil.distill.general import check_student_options, load_inputs, loss_weights, phase1_recipe
     from polyglot_distil.distill.training import CACHE, TrainSettings, config_hash, mean_over_batches, train
     from polyglot_distil.models.loading import load_model
-    from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, make_student, planned_config, \
-        spec_from_args
+    from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, make_student, \
+        planned_config, spec_from_args
     from polyglot_distil.outputs import MARKER, check_writable, release_lock, replace_text
 
-    if args.student:
-        given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
-        if given:
-            raise UserError(f"--{given[0].replace('_', '-')} shapes a student built here; with --student "
-                            f"{args.student} drop it")
+    check_student_options(args)
     for name in ("budget", "population", "steps"):
         if getattr(args, name) < (2 if name == "population" else 1):
             raise UserError(f"--{name} must be at least {2 if name == 'population' else 1}, not {getattr(args, name)}")
@@ -240,7 +236,8 @@ def run_search_map(args) -> dict:
               str(spec_from_args(args)), "languages": args.lang, "max_lines": args.max_lines,
               "block_size": args.block_size, "heldout_blocks": args.heldout_blocks, "steps": args.steps,
               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "weights": str(weights),
-              "criterion": criterion, "init_from_mapping": coupled, "budget": args.budget, "population": args.population, "candidates": candidates}
+              "criterion": criterion, "init_from_mapping": coupled, "budget": args.budget,
+              "population": args.population, "candidates": candidates}
     record = out / "search_config.json"
     if args.resume:
         if not record.is_file():
@@ -309,11 +306,15 @@ def run_search_map(args) -> dict:
            f"all {space} increasing mappings" if space <= args.budget else
            f"a genetic search over {args.budget} of {space:,} increasing mappings")
     print(f"search: {how}, {args.steps} steps each; ranked by held-out {criterion}", flush=True)
-    best, history = search_mappings(score, t_layers, s_layers, args.budget, args.population, args.seed, candidates)
+    try:
+        best, history = search_mappings(score, t_layers, s_layers, args.budget, args.population, args.seed,
+                                        candidates)
+    except BaseException:
+        if not args.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     summary = {"best": list(best), "criterion": criterion, "best_value": history[best],
                "default": None, "tried": tried}
-    from polyglot_distil.models.student import default_layer_map
-
     default = tuple(default_layer_map(t_layers, s_layers))
     if default in history:
         summary["default"] = {"layer_map": list(default), "value": history[default]}
