@@ -1,3 +1,3 @@
-from polyglot_distil.cli import main
+from polyglot_distil.cli import command_line
 
-raise SystemExit(main())
+raise SystemExit(command_line())

@@ -30,15 +30,19 @@ def dev_logits(model: str, dev: str, out: str) -> None:
 
 
 def main(path: str) -> int:
+    from polyglot_distil.cli import leave_process_group
     from polyglot_distil.cli import main as cli
 
-    for command in json.loads(open(path, encoding="utf-8").read()):
-        if command[0] == "dev-logits":
-            dev_logits(*command[1:])
-        elif cli(command) != 0:
-            print(f"failed: {' '.join(command)}", file=sys.stderr)
-            return 1
-    return 0
+    try:
+        for command in json.loads(open(path, encoding="utf-8").read()):
+            if command[0] == "dev-logits":
+                dev_logits(*command[1:])
+            elif cli(command) != 0:
+                print(f"failed: {' '.join(command)}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        leave_process_group()
 
 
 if __name__ == "__main__":

@@ -159,6 +159,23 @@ def test_two_processes_writing_one_output_the_second_refuses(tmp_path):
         first.wait()
 
 
+def test_the_program_leaves_its_process_group_and_main_keeps_it(tmp_path):
+    """Under `accelerate launch` each process joins a process group; the program destroys it before
+    the interpreter exits (gloo's threads left to exit can abort a rank), while `main`, which `run`,
+    the API and the launched tests call several times in one process, leaves it in place."""
+    code = ("import sys, torch.distributed as dist\n"
+            "from polyglot_distil.cli import command_line, main\n"
+            "dist.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0, world_size=1)\n"
+            "sys.argv = ['polyglot-distil', 'student', '--teacher', sys.argv[2], '--out', sys.argv[3]]\n"
+            "print('main', main(sys.argv[1:]), dist.is_initialized())\n"
+            "print('command_line', command_line(), dist.is_initialized())\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store"), str(tmp_path / "no-such-model"),
+                             str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["main 2 True", "command_line 2 False"], result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stale_lock_is_reported_with_how_to_remove_it(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

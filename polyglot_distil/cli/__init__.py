@@ -141,5 +141,23 @@ def main(argv: list[str] | None = None) -> int:
         release_locks()  # of outputs a failed command did not get to write
 
 
+def command_line() -> int:
+    """The `polyglot-distil` program: `main`, then leave the process group, if this process is one of
+    several (`accelerate launch`), before the interpreter exits; `main` keeps it, as callers that run
+    several commands in one process (`run`, the API, the tests) need it."""
+    try:
+        return main()
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy torch.distributed's default process group if one was made. Left to the interpreter's
+    exit, gloo's threads can abort a process ("terminate called without an active exception")."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command_line())
