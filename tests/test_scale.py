@@ -86,6 +86,10 @@ def _commands(root: Path, teacher, student, tiny_bert) -> dict[str, list[str]]:
                 for name, extra in TASK_LOSSES.items()}
     commands["finetune"] = _finetune(student, root / "finetune")
     commands["general-attention"] = _general(tiny_bert, student, root / "general-attention", "--hidden-weight", 0)
+    commands["search-map"] = [str(a) for a in (
+        "distil", "search-map", "--teacher", tiny_bert, "--layers", 2, *TEXTS, "--candidates", "1,3;0,3;0,1",
+        "--steps", 2, "--block-size", 32, "--heldout-blocks", 8, "--batch-size", 8, "--lr", 1e-3, "--no-progress",
+        "--out", root / "search-map")]
     commands["dev-logits"] = ["dev-logits", str(teacher), str(DEV), str(root / "dev-logits.npy")]
     return commands
 
@@ -167,6 +171,22 @@ def test_phase_1_with_the_attention_loss_alone_runs_on_two_processes(tmp_path, t
     one = _one_process(tmp_path, "general-attention", teacher_dir, student_dir, tiny_bert_dir)
     _same_rows(one, two_processes / "general-attention")
     assert set(metrics_rows(one, "train")[0]) >= {"attention"} and "hidden" not in metrics_rows(one, "train")[0]
+
+
+def test_the_layer_mapping_search_on_two_processes_ranks_as_one_process(tmp_path, two_processes, teacher_dir,
+                                                                       student_dir, tiny_bert_dir):
+    """Every candidate's held-out criterion and phase-1 loss, the best mapping and its file: the
+    same when `distil search-map` runs on 2 processes (each candidate's run shared out)."""
+    one = _one_process(tmp_path, "search-map", teacher_dir, student_dir, tiny_bert_dir)
+    a, b = (json.loads((folder / "search.json").read_text()) for folder in (one, two_processes / "search-map"))
+    assert [r["layer_map"] for r in a["tried"]] == [r["layer_map"] for r in b["tried"]] == [[1, 3], [0, 3], [0, 1]]
+    for x, y in zip(a["tried"], b["tried"]):
+        assert y["criterion"] == pytest.approx(x["criterion"], rel=1e-4) and x["criterion"] > 0
+        assert y["eval_loss"] == pytest.approx(x["eval_loss"], rel=1e-4)
+    assert len({r["criterion"] for r in a["tried"]}) == 3  # the mappings are told apart
+    assert a["best"] == b["best"]
+    assert (one / "layer_map.txt").read_text() == (two_processes / "search-map" / "layer_map.txt").read_text()
+    assert (two_processes / "search-map" / "candidates" / "1-3" / "run_config.json").is_file()
 
 
 def test_dev_logits_shared_out_over_two_processes_are_those_of_one_process(two_processes, teacher_dir):

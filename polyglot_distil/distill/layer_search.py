@@ -192,6 +192,20 @@ def resolve_criterion(args, weights, teacher_config, student_config) -> tuple[st
 # The command
 
 
+def _processes():
+    """(is this the main process, a barrier) under `accelerate launch`; (True, a no-op) alone."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return True, lambda: None
+    import torch
+    from accelerate import PartialState
+
+    # gloo on a machine without GPUs, as the training loop's Accelerator joins it
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.is_main_process, state.wait_for_everyone
+
+
 def run_search_map(args) -> dict:
     import copy
 
@@ -232,6 +246,9 @@ def run_search_map(args) -> dict:
 
     out = Path(args.out)
     settings_for(out / "candidates").check()  # before anything is written
+    # Under `accelerate launch` every process runs every candidate (the training loop shares each
+    # run out); every process checks OUT before the main one writes; only the main one writes.
+    main, barrier = _processes()
     search = {"teacher": str(args.teacher), "student": args.student, "student_spec": None if args.student else
               str(spec_from_args(args)), "languages": args.lang, "max_lines": args.max_lines,
               "block_size": args.block_size, "heldout_blocks": args.heldout_blocks, "steps": args.steps,
@@ -248,6 +265,8 @@ def run_search_map(args) -> dict:
         check_writable(out, overwrite=True)
     else:
         check_writable(out, args.overwrite)
+    barrier()
+    if main and not args.resume:
         if out.exists():
             for item in out.iterdir():  # the token cache is keyed by its inputs: kept
                 if item.name != CACHE:
@@ -255,6 +274,7 @@ def run_search_map(args) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
         replace_text(record, json.dumps({"hash": config_hash(search), "search": search}, indent=2) + "\n")
+    barrier()
 
     loaded = None
     tried: list[dict] = []
@@ -297,20 +317,22 @@ def run_search_map(args) -> dict:
                     shutil.rmtree(folder / models, ignore_errors=True)
                 replace_text(done, json.dumps(result, indent=2) + "\n")
         tried.append(result)
-        print(f"{label(mapping):>24}  {criterion} {result['criterion']:.5g}  (phase-1 loss {result['eval_loss']:.4g})",
-              flush=True)
+        if main:
+                print(f"{label(mapping):>24}  {criterion} {result['criterion']:.5g}  (phase-1 loss "
+                  f"{result['eval_loss']:.4g})", flush=True)
         return result["criterion"]
 
     space = increasing_mappings(t_layers, s_layers)
     how = (f"{len(candidates)} given mappings" if candidates is not None else
            f"all {space} increasing mappings" if space <= args.budget else
            f"a genetic search over {args.budget} of {space:,} increasing mappings")
-    print(f"search: {how}, {args.steps} steps each; ranked by held-out {criterion}", flush=True)
+    if main:
+        print(f"search: {how}, {args.steps} steps each; ranked by held-out {criterion}", flush=True)
     try:
         best, history = search_mappings(score, t_layers, s_layers, args.budget, args.population, args.seed,
                                         candidates)
     except BaseException:
-        if not args.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
+        if main and not args.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
             shutil.rmtree(out, ignore_errors=True)
         raise
     summary = {"best": list(best), "criterion": criterion, "best_value": history[best],
@@ -318,9 +340,13 @@ def run_search_map(args) -> dict:
     default = tuple(default_layer_map(t_layers, s_layers))
     if default in history:
         summary["default"] = {"layer_map": list(default), "value": history[default]}
+    if not main:
+        barrier()  # the main process has written the results
+        return summary
     replace_text(out / "search.json", json.dumps(summary, indent=2) + "\n")
     replace_text(out / LAYER_MAP_FILE, ",".join(str(layer) for layer in best) + "\n")
     release_lock(out)
+    barrier()
     versus = (f" (the default {label(default)}: {history[default]:.5g})" if default in history and default != best
               else " (the default mapping)" if default == best else "")
     print(f"best mapping {','.join(map(str, best))}: held-out {criterion} {history[best]:.5g}{versus}")
