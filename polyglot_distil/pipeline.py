@@ -3,11 +3,17 @@
     polyglot-distil run configs/mbert-en-sw-bistil.yaml
     polyglot-distil run configs/demo.yaml general.steps=20 --from general
     polyglot-distil run configs/mbert-en-fr-trim.yaml --only trim
+    polyglot-distil run configs/demo.yaml "stages=[count,trim,search,student,general]"   # a searched mapping
 
 A YAML file describes the base model, the languages and their corpora, and one section per
 stage. Stages run in order -- count, trim, verify, student, general, finetune, task, eval --
 each into its own folder under `run_dir` with a completion marker (`DONE.json`); a re-run skips
 completed stages, and an interrupted training stage resumes from its last checkpoint.
+
+One stage runs only when `stages` names it: search (`distil search-map`, between verify and
+student). Its students have the student section's shape, and its short runs use the general
+section's recipe and loss options unless the search section sets them; the mapping it finds
+becomes the student's `--init-layers` and the `--layer-map` of phases 1 and 2.
 
 A stage's section holds that stage's command-line options, written as YAML (`steps: 200`
 for `--steps 200`, `keep_chars: true` for `--keep-chars`). They are validated against the
@@ -32,7 +38,18 @@ from polyglot_distil.options import FLAG, POSITIONAL, Command, Option, exit_stat
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
-STAGES = ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
+STAGES = ("count", "trim", "verify", "search", "student", "general", "finetune", "task", "eval")
+OPTIONAL = ("search",)  # run only when `stages` names them
+DEFAULT_STAGES = tuple(stage for stage in STAGES if stage not in OPTIONAL)
+# The search's students take the student section's shape; its short runs the general section's
+# recipe (the search section may set these), so that the proxy is the phase 1 that follows.
+SEARCH_FROM_STUDENT = ("layers", "init", "hidden_size", "intermediate_size", "heads", "dropout", "importance_text",
+                       "importance_lines")
+SEARCH_FROM_GENERAL = ("recipe", "hidden_weight", "attention_weight", "logits_weight", "mlm_weight", "cosine_weight",
+                       "relation_weight", "temperature", "logit_positions", "relation_heads", "relation_layer",
+                       "mask_probability", "block_size", "freeze_embeddings", "mixed_precision")
+# What the search decides, which the other sections may then not set.
+SET_BY_SEARCH = (("student", "init_layers"), ("general", "layer_map"), ("task", "layer_map"))
 TOP_LEVEL = {
     "run_dir": "folder that holds every stage's output",
     "model": "base model: hub name or local folder",
@@ -41,12 +58,14 @@ TOP_LEVEL = {
     "heldout": "mapping language -> list of held-out sources for verify (default: the corpora)",
     "task_data": "mapping with 'train' and 'dev' NLI sources (English)",
     "eval_data": "folder of {split}-{lang}.tsv XNLI files (omit for facebook/xnli from the hub)",
-    "stages": f"list of stages to run, in order (default: all of {', '.join(STAGES)})",
+    "stages": f"list of stages to run, in order (default: {', '.join(DEFAULT_STAGES)}; add search for a searched "
+              "layer mapping)",
     "trust_remote_code": "true to let model code from the hub run (default false)",
     **{stage: f"options of the {stage} stage" for stage in STAGES},
 }
-NEEDS = {"count": (), "trim": ("count",), "verify": ("trim",), "student": ("trim",), "general": ("trim", "student"),
-         "finetune": (), "task": ("finetune", "general"), "eval": ("task", "finetune")}
+NEEDS = {"count": (), "trim": ("count",), "verify": ("trim",), "search": ("trim",), "student": ("trim", "search"),
+         "general": ("trim", "student", "search"), "finetune": (), "task": ("finetune", "general", "search"),
+         "eval": ("task", "finetune")}
 MARKER = "DONE.json"
 FAILED = "FAILED"
 
@@ -144,8 +163,9 @@ class Stage:
     command: Command
     wire: Callable[["Run"], dict]  # the connecting options (paths, languages), {name: value}
     wired: frozenset[str]  # their names, which a config section may not set
-    resumable: bool = False  # a training stage: an interrupted run continues with --resume
+    resumable: bool = False  # a training stage (on every process): an interrupted run continues with --resume
     needs: tuple[str, ...] = ()  # stages whose outputs it reads: when one re-runs, so does it
+    resume_from: str = "checkpoints"  # what an interrupted run leaves in its --out to resume from
 
 
 class Run:
@@ -179,6 +199,21 @@ class Run:
         heldout = (self.config.get("general") or {}).get("heldout_blocks", general.option("heldout_blocks").default)
         return self.dir("general") / "run" / ("best" if heldout else "final")
 
+    @property
+    def searched(self) -> bool:
+        """Whether the run's stages include search (whether or not this invocation runs it)."""
+        return "search" in self.config.get("stages", DEFAULT_STAGES)
+
+    def search_map(self, option: str) -> dict:
+        """{option: the search's output folder} when the run searches (the option reads its
+        layer_map.txt when the stage runs), else {}."""
+        return {option: self.dir("search") / "run"} if self.searched else {}
+
+    def options_of(self, stage: str, command: Command, names: tuple[str, ...]) -> dict:
+        """The options `names` as the config's `stage` section gives them (validated already)."""
+        values = command.from_config(stage, self.config.get(stage) or {}, set())
+        return {name: values[name] for name in names if name in values}
+
     def trust(self) -> dict:
         return {"trust_remote_code": True} if self.config.get("trust_remote_code") else {}
 
@@ -190,6 +225,7 @@ class Run:
 def _stage_table() -> dict[str, Stage]:
     from polyglot_distil.distill.finetune import FINETUNE
     from polyglot_distil.distill.general import GENERAL
+    from polyglot_distil.distill.layer_search import SEARCH_MAP
     from polyglot_distil.distill.task import TASK
     from polyglot_distil.eval.xnli import XNLI
     from polyglot_distil.models.student import STUDENT
@@ -197,8 +233,8 @@ def _stage_table() -> dict[str, Stage]:
     from polyglot_distil.vocab.trim import TRIM
     from polyglot_distil.vocab.verify import VERIFY
 
-    def stage(name, command, wire, wired, resumable=False):
-        return Stage(name, command, wire, frozenset(wired), resumable, NEEDS[name])
+    def stage(name, command, wire, wired, resumable=False, resume_from="checkpoints"):
+        return Stage(name, command, wire, frozenset(wired), resumable, NEEDS[name], resume_from)
 
     return {s.name: s for s in (
         stage("count", COUNT, lambda r: {
@@ -212,12 +248,19 @@ def _stage_table() -> dict[str, Stage]:
             "original": r.config["model"], "trimmed": r.dir("trim") / "model", "lang": r.heldout_specs(),
             "report": r.dir("verify") / "verify.json", **r.trust()},
             {"original", "trimmed", "lang", "report", "trust_remote_code"}),
+        stage("search", SEARCH_MAP, lambda r: {
+            "teacher": r.dir("trim") / "model", "lang": r.lang_specs(), "out": r.dir("search") / "run",
+            **r.options_of("general", GENERAL, SEARCH_FROM_GENERAL), **r.options_of("student", STUDENT, SEARCH_FROM_STUDENT),
+            **r.trust()},
+            {"teacher", "student", "init_layers", "lang", "out", "resume", "trust_remote_code", *SEARCH_FROM_STUDENT},
+            resumable=True, resume_from="search_config.json"),
         stage("student", STUDENT, lambda r: {
-            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.trust()},
+            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.search_map("init_layers"),
+            **r.trust()},
             {"teacher", "out", "trust_remote_code"}),
         stage("general", GENERAL, lambda r: {
             "teacher": r.dir("trim") / "model", "student": r.dir("student") / "model", "lang": r.lang_specs(),
-            "out": r.dir("general") / "run", **r.trust()},
+            "out": r.dir("general") / "run", **r.search_map("layer_map"), **r.trust()},
             {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True),
         stage("finetune", FINETUNE, lambda r: {
             "model": r.config["model"], "task": "nli", "train": [r.config["task_data"]["train"]],
@@ -226,7 +269,7 @@ def _stage_table() -> dict[str, Stage]:
         stage("task", TASK, lambda r: {
             "teacher": r.dir("finetune") / "run" / "best", "student": r.phase1_model(GENERAL),
             "task": "nli", "train": [r.config["task_data"]["train"]], "dev": [r.config["task_data"]["dev"]],
-            "out": r.dir("task") / "run", **r.trust()},
+            "out": r.dir("task") / "run", **r.search_map("layer_map"), **r.trust()},
             {"teacher", "student", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
         stage("eval", XNLI, lambda r: {
             "model": r.dir("task") / "run" / "best", "teacher": r.dir("finetune") / "run" / "best",
@@ -249,12 +292,16 @@ def validate(config: dict) -> list[Stage]:
     languages = config.get("languages")
     _expect(isinstance(languages, dict) and set(languages) == {"source", "target"}, "languages",
             "a mapping with 'source' and 'target'", languages)
-    names = config.get("stages", list(STAGES))
+    names = config.get("stages", list(DEFAULT_STAGES))
     _expect(isinstance(names, list) and all(n in STAGES for n in names), "stages",
             f"a list of stages from {', '.join(STAGES)}", names)
     table = _stage_table()
     stages = [table[name] for name in STAGES if name in names]
-    needs_corpora = any(s.name in ("count", "verify", "general") for s in stages)
+    for section, key in SET_BY_SEARCH if "search" in names else ():
+        if isinstance(config.get(section), dict) and key in config[section]:
+            raise UserError(f"config key {section}.{key}: set by the search stage (stages names search); remove it, "
+                            "or drop search from stages")
+    needs_corpora = any(s.name in ("count", "verify", "search", "general") for s in stages)
     for key in ("corpora", "heldout") if needs_corpora else ():
         corpora = config.get(key)
         if key == "heldout" and corpora is None:
@@ -329,7 +376,7 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
         upstream = [need for need in stage.needs if need in rerun]
         running = forced or bool(upstream)
         output = Path(values["out"]) if values.get("out") is not None else None
-        if upstream and not forced and (marker.is_file() or (output is not None and (output / "checkpoints").is_dir())):
+        if upstream and not forced and (marker.is_file() or (output is not None and (output / stage.resume_from).exists())):
             # Its inputs are being re-made (their marker is missing): replacing a finished output,
             # or days of checkpoints, is for the user to ask for.
             first = next(s.name for s in stages if s.name in rerun)
@@ -343,7 +390,7 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                                 f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
             steps.append(Step(stage, None, settings_hash))
             continue
-        if stage.resumable and not running and output is not None and (output / "checkpoints").is_dir():
+        if stage.resumable and not running and output is not None and (output / stage.resume_from).exists():
             values["resume"] = True
         elif (output is not None and output.exists()) or stage.name == "verify":
             values["overwrite"] = True  # an earlier attempt, or a re-run with new inputs
@@ -411,7 +458,7 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
             _wait_for(marker, stage.name)
             continue
         if step.values.get("resume"):
-            print(f"[{stage.name}] resuming from its checkpoints")
+            print(f"[{stage.name}] resuming where it stopped ({stage.resume_from})")
         print(f"[{stage.name}] polyglot-distil {' '.join(argv)}", flush=True)
         start_time = time.time()
         try:

@@ -9,6 +9,7 @@ It is `run`, repeated: the config's count, trim, verify and finetune stages run 
 `run_dir`; then, for each size, the student, general, task and eval stages run into
 `run_dir/sizes/L{layers}[-H{hidden}]/` with the config's `student` section set to that size
 (`layers`, and `hidden_size` when given); each size's folder links to the shared stages' outputs.
+A config whose stages name search searches a layer mapping per size, before its student.
 Every stage behaves as under `run`: completed stages are skipped, an interrupted one resumes, and
 running the command again with more sizes runs only the new ones.
 
@@ -59,7 +60,7 @@ def size_config(config: dict, layers: int, hidden: int | None, folder: Path) -> 
     """The config of one size: its own run_dir, the per-size stages, the student section set."""
     sized = copy.deepcopy(config)
     sized["run_dir"] = str(folder)
-    sized["stages"] = list(PER_SIZE)
+    sized["stages"] = (["search"] if "search" in config.get("stages", ()) else []) + list(PER_SIZE)
     student = dict(sized.get("student") or {})
     student["layers"] = layers
     if hidden:
@@ -164,7 +165,7 @@ def write_plot(rows: list[dict], path: Path) -> bool:
 
 def run_sizes(args) -> dict:
     from polyglot_distil.outputs import replace_text
-    from polyglot_distil.pipeline import STAGES, load_config, run_pipeline, validate
+    from polyglot_distil.pipeline import DEFAULT_STAGES, load_config, run_pipeline, validate
 
     sizes = parse_sizes(args.layers, args.hidden_sizes)
     config = load_config(args.config, args.overrides)
@@ -173,7 +174,7 @@ def run_sizes(args) -> dict:
     if missing:
         raise UserError(f"{args.config}: 'sizes' builds, distils and evaluates each size, but the config's stages "
                         f"lack {', '.join(missing)}; list them under 'stages' (or drop 'stages': all of "
-                        f"{', '.join(STAGES)})")
+                        f"{', '.join(DEFAULT_STAGES)})")
     run_dir = Path(config["run_dir"])
     shared = [stage for stage in names if stage in SHARED]
     configs = {size_label(n, h): size_config(config, n, h, run_dir / "sizes" / size_label(n, h)) for n, h in sizes}

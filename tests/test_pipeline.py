@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, run_cli
 from polyglot_distil.errors import UserError
-from polyglot_distil.pipeline import STAGES, load_config, run_pipeline, validate
+from polyglot_distil.pipeline import DEFAULT_STAGES, STAGES, load_config, run_pipeline, validate
 
 CONFIG_DIR = ROOT / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -62,6 +62,10 @@ def write_config(tmp_path: Path, **changes) -> Path:
     ({"languagez": {"source": "en"}}, "config key languagez: unknown"),
     ({"corpora__sw": ["corpora/sw/missing.txt"]}, "config key corpora.sw[0]: source file not found"),
     ({"task_data__train": "nli/missing-train.tsv"}, "config key task_data.train: file not found"),
+    ({"stages": ["trim", "search", "student"], "student__init_layers": "0,1"},
+     "config key student.init_layers: set by the search stage"),
+    ({"stages": ["search", "general"], "general__layer_map": "1,3"}, "config key general.layer_map: set by the search"),
+    ({"stages": ["search"], "search__layers": 3}, "config key search.layers: set by the pipeline"),
 ])
 def test_bad_config_gives_one_line_naming_the_key(tmp_path, capsys, changes, message):
     path = write_config(tmp_path, **changes)
@@ -164,7 +168,7 @@ def test_interrupted_training_stage_resumes_and_what_reads_it_runs_again(demo_ru
     shutil.rmtree(run / "task")
     shutil.rmtree(run / "eval")
     assert run_pipeline(load_config(demo_run["path"])) == ["general", "task", "eval"]  # not finetune
-    assert "[general] resuming from its checkpoints" in capsys.readouterr().out
+    assert "[general] resuming where it stopped (checkpoints)" in capsys.readouterr().out
 
 
 def test_from_a_stage_runs_it_and_every_later_stage_again(demo_run):
@@ -178,7 +182,44 @@ def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
 
 
 def test_stages_are_in_pipeline_order():
-    assert STAGES == ("count", "trim", "verify", "student", "general", "finetune", "task", "eval")
+    assert STAGES == ("count", "trim", "verify", "search", "student", "general", "finetune", "task", "eval")
+
+
+def test_search_runs_only_when_named_and_its_mapping_reaches_student_and_both_phases(tmp_path, capsys):
+    """A run whose stages name search: its students take the student section's shape and its runs
+    the general section's recipe; the mapping it writes is the student's init layers and phase 1's
+    and phase 2's layer map. A re-run skips it; without it in stages nothing takes a mapping."""
+    from polyglot_distil.models.smoke import build_smoke_model
+    from polyglot_distil.pipeline import Run, stage_values
+
+    samples = [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "sw")]
+    build_smoke_model(tmp_path / "teacher", "bert", texts=samples, vocab_size=600, num_layers=4)
+    path = write_config(tmp_path, general__steps=3, general__eval_every=3, general__save_every=3,
+                        general__block_size=32, general__attention_weight=0, student__layers=2,
+                        search={"steps": 2, "candidates": "0,2;2,3;0,1", "batch_size": 4, "heldout_blocks": 4,
+                                "max_lines": 100, "no_progress": True})
+    assert [s.name for s in validate(load_config(path))] == [s for s in STAGES if s != "search"]
+    plain = load_config(path)
+    assert not any(k in stage_values(Run(plain), s) for s in validate(plain) for k in ("init_layers", "layer_map"))
+
+    config = load_config(path, ["stages=[count,trim,search,student,general,task]"])
+    stages = {s.name: s for s in validate(config)}
+    search = stage_values(Run(config), stages["search"])
+    assert (search["layers"], search["block_size"], search["attention_weight"]) == (2, 32, 0.0)
+    assert stage_values(Run(config), stages["task"])["layer_map"] == str(tmp_path / "run" / "search" / "run")
+    assert run_pipeline(load_config(path, ["stages=[count,trim,search,student,general]"])) == [
+        "count", "trim", "search", "student", "general"]
+    found = json.loads((tmp_path / "run" / "search" / "run" / "search.json").read_text())
+    assert len(found["tried"]) == 3
+    mapping = [int(x) for x in (tmp_path / "run" / "search" / "run" / "layer_map.txt").read_text().split(",")]
+    assert mapping == found["best"] and min(found["tried"], key=lambda r: r["criterion"])["layer_map"] == mapping
+    assert mapping != [1, 3]  # not the default mapping (4 teacher layers, 2 student layers)
+    student = json.loads((tmp_path / "run" / "student" / "model" / "student.json").read_text())
+    assert student["init_layers"] == mapping
+    general = tmp_path / "run" / "general" / "run"
+    assert json.loads((general / "final" / "distillation.json").read_text())["layer_map"] == mapping
+    assert json.loads((general / "run_config.json").read_text())["config"]["layer_map"] == ",".join(map(str, mapping))
+    assert run_pipeline(load_config(path, ["stages=[count,trim,search,student,general]"])) == []
 
 
 def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
@@ -200,7 +241,7 @@ def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
                             cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("pipeline done (count, trim, verify, student, general, finetune, task, eval)") == 1
-    assert all((tmp_path / "run" / stage / "DONE.json").is_file() for stage in STAGES)
+    assert all((tmp_path / "run" / stage / "DONE.json").is_file() for stage in DEFAULT_STAGES)
     metrics = (tmp_path / "run" / "general" / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(metrics[-1])["step"] == 8
 

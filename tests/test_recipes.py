@@ -301,6 +301,19 @@ def test_sizes_are_every_layers_and_hidden_pair_and_bad_lists_are_one_line():
             parse_sizes(layers, None)
 
 
+def test_each_size_searches_its_own_mapping_when_the_config_searches(tmp_path):
+    from polyglot_distil.sizes import size_config
+
+    base = {"run_dir": "run", "student": {"layers": 6, "heads": 4}}
+    plain = size_config(base, 2, None, tmp_path / "L2")
+    assert plain["stages"] == ["student", "general", "task", "eval"] and plain["student"] == {"layers": 2, "heads": 4}
+    searched = size_config({**base, "stages": ["count", "trim", "search", "student", "general", "task", "eval"]}, 4,
+                           128, tmp_path / "L4-H128")
+    assert searched["stages"] == ["search", "student", "general", "task", "eval"]
+    assert searched["student"] == {"layers": 4, "heads": 4, "hidden_size": 128}  # the search's students, too
+    assert searched["run_dir"] == str(tmp_path / "L4-H128") and base["student"]["layers"] == 6
+
+
 @pytest.fixture(scope="module")
 def sizes_run(tmp_path_factory, tiny_bert_dir):
     """`sizes --layers 1,2` on a config whose shared stages were done before: the trimmed model is

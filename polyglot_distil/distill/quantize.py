@@ -306,6 +306,7 @@ def quantize_qat(args) -> dict:
     from polyglot_distil.data.nli_batches import epoch_batches, read_task_data
     from polyglot_distil.distill.settings import steps_for, training_settings
     from polyglot_distil.distill.training import train
+    from polyglot_distil.models.student import layer_map_record
 
     if not args.train or not args.dev:
         raise UserError("--method qat trains: pass --train SOURCE and --dev SOURCE (English NLI pairs)")
@@ -321,7 +322,7 @@ def quantize_qat(args) -> dict:
                   "bits": args.bits, "embeddings": args.embeddings, "quantize_activations": args.quantize_activations,
                   "step_init": args.step_init, "dropout": args.dropout, "train": args.train, "dev": args.dev,
                   "max_train_examples": args.max_train_examples, "max_length": args.max_length, "length_buckets": args.length_buckets,
-                  "epochs": args.epochs, "weights": asdict(weights), "layer_map": args.layer_map}
+                  "epochs": args.epochs, "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map)}
     keep: dict = {}
     result = train(settings, run_config,
                    lambda accelerator: build_qat_recipe(args, weights, train_data, dev_data, accelerator, keep))

@@ -314,6 +314,7 @@ def run_distil_task(args) -> dict:
 
     from polyglot_distil.data.nli_batches import epoch_batches, read_task_data
     from polyglot_distil.distill.settings import steps_for, training_settings
+    from polyglot_distil.models.student import layer_map_record
     from polyglot_distil.outputs import atomic_dir
     from polyglot_distil.distill.diff import write_diff
     from polyglot_distil.distill.training import train
@@ -332,7 +333,7 @@ def run_distil_task(args) -> dict:
         "max_length": args.max_length, "length_buckets": args.length_buckets, "full_epochs": args.full_epochs,
         "sparse_epochs": args.sparse_epochs,
         "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
-        "weights": asdict(weights), "layer_map": args.layer_map, "teacher_cache": bool(args.teacher_cache),
+        "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map), "teacher_cache": bool(args.teacher_cache),
         **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
     }
     keep: dict = {}

@@ -102,6 +102,13 @@ def parse_layers(text: str | None, option: str) -> list[int] | None:
     return layers
 
 
+def layer_map_record(text: str | None, option: str = "--layer-map") -> str | None:
+    """The mapping `text` gives, as a run's record keeps it: the numbers, not the file or folder
+    they were read from (a search that found another mapping is another run)."""
+    layers = parse_layers(text, option)
+    return None if layers is None else ",".join(str(layer) for layer in layers)
+
+
 def check_layers(layers: list[int], teacher_layers: int, student_layers: int, option: str) -> None:
     """One teacher layer per student layer, each one that exists (0-based)."""
     if len(layers) != student_layers:
