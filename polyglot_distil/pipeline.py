@@ -250,8 +250,8 @@ def _stage_table() -> dict[str, Stage]:
             {"original", "trimmed", "lang", "report", "trust_remote_code"}),
         stage("search", SEARCH_MAP, lambda r: {
             "teacher": r.dir("trim") / "model", "lang": r.lang_specs(), "out": r.dir("search") / "run",
-            **r.options_of("general", GENERAL, SEARCH_FROM_GENERAL), **r.options_of("student", STUDENT, SEARCH_FROM_STUDENT),
-            **r.trust()},
+            **r.options_of("general", GENERAL, SEARCH_FROM_GENERAL),
+            **r.options_of("student", STUDENT, SEARCH_FROM_STUDENT), **r.trust()},
             {"teacher", "student", "init_layers", "lang", "out", "resume", "trust_remote_code", *SEARCH_FROM_STUDENT},
             resumable=True, resume_from="search_config.json"),
         stage("student", STUDENT, lambda r: {
@@ -376,7 +376,8 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
         upstream = [need for need in stage.needs if need in rerun]
         running = forced or bool(upstream)
         output = Path(values["out"]) if values.get("out") is not None else None
-        if upstream and not forced and (marker.is_file() or (output is not None and (output / stage.resume_from).exists())):
+        started = output is not None and (output / stage.resume_from).exists()  # an interrupted run's traces
+        if upstream and not forced and (marker.is_file() or started):
             # Its inputs are being re-made (their marker is missing): replacing a finished output,
             # or days of checkpoints, is for the user to ask for.
             first = next(s.name for s in stages if s.name in rerun)
@@ -390,7 +391,7 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                                 f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
             steps.append(Step(stage, None, settings_hash))
             continue
-        if stage.resumable and not running and output is not None and (output / stage.resume_from).exists():
+        if stage.resumable and not running and started:
             values["resume"] = True
         elif (output is not None and output.exists()) or stage.name == "verify":
             values["overwrite"] = True  # an earlier attempt, or a re-run with new inputs
