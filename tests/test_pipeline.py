@@ -221,6 +221,22 @@ def test_search_runs_only_when_named_and_its_mapping_reaches_student_and_both_ph
     assert json.loads((general / "run_config.json").read_text())["config"]["layer_map"] == ",".join(map(str, mapping))
     assert run_pipeline(load_config(path, ["stages=[count,trim,search,student,general]"])) == []
 
+    # An interrupted search (no marker, one candidate unscored) resumes: the scored ones are kept.
+    search_dir = tmp_path / "run" / "search" / "run"
+    (tmp_path / "run" / "search" / "DONE.json").unlink()
+    for name in ("search.json", "layer_map.txt"):
+        (search_dir / name).unlink()
+    (search_dir / "candidates" / "0-1" / "result.json").unlink()
+    kept = (search_dir / "candidates" / "0-2" / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_pipeline(load_config(path, ["stages=[count,trim,search]"])) == ["search"]
+    out = capsys.readouterr().out
+    assert "[search] resuming where it stopped (search_config.json)" in out and "--resume" in out
+    assert (search_dir / "candidates" / "0-2" / "result.json").stat().st_mtime_ns == kept
+    again = json.loads((search_dir / "search.json").read_text())
+    assert again["best"] == found["best"] and [r["layer_map"] for r in again["tried"]] == [[0, 2], [2, 3], [0, 1]]
+    assert [r["criterion"] for r in again["tried"]] == pytest.approx([r["criterion"] for r in found["tried"]], rel=1e-5)
+
 
 def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
     """Training stages on both (gloo) processes, the others on the main one, as on several GPUs."""
