@@ -111,7 +111,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 # Options of stage sections that name a file or folder (resolved like the top-level paths).
-SECTION_PATHS = {"trim": ("keep_file",), "task": ("teacher_cache",)}
+SECTION_PATHS = {"trim": ("keep_file",), "task": ("teacher_cache",), "eval": ("teacher_cache",)}
 
 
 def resolve_paths(config: dict, base: Path) -> None:
@@ -166,6 +166,7 @@ class Stage:
     resumable: bool = False  # a training stage (on every process): an interrupted run continues with --resume
     needs: tuple[str, ...] = ()  # stages whose outputs it reads: when one re-runs, so does it
     resume_from: str = "checkpoints"  # what an interrupted run leaves in its --out to resume from
+    neutral: frozenset[str] = frozenset()  # options that change no result: not in its settings hash
 
 
 class Run:
@@ -233,8 +234,8 @@ def _stage_table() -> dict[str, Stage]:
     from polyglot_distil.vocab.trim import TRIM
     from polyglot_distil.vocab.verify import VERIFY
 
-    def stage(name, command, wire, wired, resumable=False, resume_from="checkpoints"):
-        return Stage(name, command, wire, frozenset(wired), resumable, NEEDS[name], resume_from)
+    def stage(name, command, wire, wired, resumable=False, resume_from="checkpoints", neutral=()):
+        return Stage(name, command, wire, frozenset(wired), resumable, NEEDS[name], resume_from, frozenset(neutral))
 
     return {s.name: s for s in (
         stage("count", COUNT, lambda r: {
@@ -276,7 +277,8 @@ def _stage_table() -> dict[str, Stage]:
             "langs": ",".join(dict.fromkeys([r.target, r.source])),
             **({"data": r.config["eval_data"]} if r.config.get("eval_data") else {}),
             "out": r.dir("eval") / "report", **r.trust()},
-            {"model", "teacher", "langs", "data", "out", "trust_remote_code"}),
+            {"model", "teacher", "langs", "data", "out", "trust_remote_code"},
+            neutral={"teacher_cache"}),  # exact float64 predictions: the same report with or without
     )}
 
 
@@ -350,6 +352,12 @@ def _argv_hash(argv: list[str]) -> str:
     return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
 
 
+def settings_hash(values: dict, stage: Stage) -> str:
+    """What a completed stage's marker keeps of its options: a hash of the command line, without
+    the options that change no result (so that adding one does not make a stage run again)."""
+    return _argv_hash(stage_argv({k: v for k, v in values.items() if k not in stage.neutral}, stage))
+
+
 @dataclass
 class Step:
     """A stage as this invocation will treat it: `argv` to run it with, or None to skip it."""
@@ -371,7 +379,7 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
     steps, rerun = [], set()
     for stage in stages:
         values = stage_values(run, stage)
-        settings_hash = _argv_hash(stage_argv(values, stage))
+        settings = settings_hash(values, stage)
         marker = run.dir(stage.name) / MARKER
         upstream = [need for need in stage.needs if need in rerun]
         running = forced or bool(upstream)
@@ -386,17 +394,17 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                             f"--from {first}, or restore {run.dir(first) / MARKER}")
         if not running and marker.is_file():
             done = json.loads(marker.read_text(encoding="utf-8"))
-            if done.get("argv_hash") != settings_hash:
+            if done.get("argv_hash") != settings:
                 raise UserError(f"stage {stage.name} was completed with other settings ({marker}); "
                                 f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
-            steps.append(Step(stage, None, settings_hash))
+            steps.append(Step(stage, None, settings))
             continue
         if stage.resumable and not running and started:
             values["resume"] = True
         elif (output is not None and output.exists()) or stage.name == "verify":
             values["overwrite"] = True  # an earlier attempt, or a re-run with new inputs
         rerun.add(stage.name)
-        steps.append(Step(stage, values, settings_hash))
+        steps.append(Step(stage, values, settings))
     return steps
 
 

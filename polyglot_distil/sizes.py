@@ -9,7 +9,9 @@ It is `run`, repeated: the config's count, trim, verify and finetune stages run 
 `run_dir`; then, for each size, the student, general, task and eval stages run into
 `run_dir/sizes/L{layers}[-H{hidden}]/` with the config's `student` section set to that size
 (`layers`, and `hidden_size` when given); each size's folder links to the shared stages' outputs.
-A config whose stages name search searches a layer mapping per size, before its student.
+A config whose stages name search searches a layer mapping per size, before its student. The
+task teacher's XNLI predictions are kept in `run_dir/sizes/teacher-predictions/` (`eval xnli
+--teacher-cache`), so that it predicts once for all sizes; its speed is measured in each.
 Every stage behaves as under `run`: completed stages are skipped, an interrupted one resumes, and
 running the command again with more sizes runs only the new ones.
 
@@ -66,6 +68,10 @@ def size_config(config: dict, layers: int, hidden: int | None, folder: Path) -> 
     if hidden:
         student["hidden_size"] = hidden
     sized["student"] = student
+    # Every size is evaluated against the one task teacher: it predicts once (sizes/teacher-predictions).
+    evaluation = dict(sized.get("eval") or {})
+    evaluation.setdefault("teacher_cache", str(folder.parent / "teacher-predictions"))
+    sized["eval"] = evaluation
     return sized
 
 

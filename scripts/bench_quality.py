@@ -153,7 +153,7 @@ def main() -> int:
         out = work / "eval" / row
         stage(f"eval {row}", out / "report.json", lambda: api.xnli(
             folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
-            limit=args.eval_limit or None, repeats=5, no_progress=True))
+            limit=args.eval_limit or None, repeats=5, teacher_cache=str(work / "teacher-predictions"), no_progress=True))
         return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
     def student_row(row: str, start: Path, layer_map: str | None = None, **general_options) -> None:

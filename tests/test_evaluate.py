@@ -125,6 +125,56 @@ def test_accuracy_loyalty_and_confusion_equal_a_hand_computation(tmp_path, model
     assert report["average"]["accuracy"]["model"] == fr["accuracy"]["model"]
 
 
+def test_the_teacher_cache_runs_the_teacher_once_and_notices_when_it_changes(tmp_path, models, nli_dir, monkeypatch,
+                                                                           capsys):
+    """Students evaluated against one teacher with --teacher-cache: the teacher predicts once, the
+    next evaluations read its predictions and report what an uncached run reports; new weights
+    under the same path are predicted afresh (and replace the old entries)."""
+    from polyglot_distil.eval import xnli
+
+    teacher, cache = shutil.copytree(models["teacher"], tmp_path / "teacher"), tmp_path / "cache"
+    calls: list[str] = []
+    real = xnli.predict_xnli
+    monkeypatch.setattr(xnli, "predict_xnli", lambda c, pairs, b, m, desc, p: calls.append(desc) or real(c, pairs, b, m,
+                                                                                                       desc, p))
+    common = ("--teacher", teacher, "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")
+
+    def figures(report):
+        return {lang: (r["accuracy"]["teacher"], r["label_loyalty"], r["probability_loyalty"])
+                for lang, r in report["results"].items()}
+
+    first = evaluate(tmp_path / "first", "--model", models["student"], *common, "--teacher-cache", cache)
+    assert calls == ["fr model", "fr teacher", "sw model", "sw teacher"] and len(list(cache.glob("*.npy"))) == 2
+    calls.clear()
+    capsys.readouterr()
+    cached = evaluate(tmp_path / "cached", "--model", models["permuted"], *common, "--teacher-cache", cache)
+    assert calls == ["fr model", "sw model"] and "fr teacher: predictions from" in capsys.readouterr().out
+    assert cached["settings"]["teacher_cache"] == str(cache)
+    plain = evaluate(tmp_path / "plain", "--model", models["permuted"], *common)
+    assert figures(cached) == figures(plain) and figures(first) == figures(evaluate(
+        tmp_path / "plain-first", "--model", models["student"], *common))
+
+    spread_weights(teacher, seed=5)  # the same path, other weights
+    calls.clear()
+    changed = evaluate(tmp_path / "changed", "--model", models["student"], *common, "--teacher-cache", cache)
+    assert calls == ["fr model", "fr teacher", "sw model", "sw teacher"] and len(list(cache.glob("*.npy"))) == 2
+    calls.clear()
+    assert figures(changed) != figures(first)
+    assert figures(changed) == figures(evaluate(tmp_path / "changed-plain", "--model", models["student"], *common))
+
+
+def test_a_teacher_cache_without_a_teacher_or_on_a_file_is_one_line(tmp_path, capsys, models, nli_dir):
+    common = ("eval", "xnli", "--model", models["student"], "--langs", "fr", "--data", nli_dir, "--limit", 4,
+              "--no-efficiency", "--no-progress")
+    assert run_cli(*common, "--out", tmp_path / "a", "--teacher-cache", tmp_path / "cache") == 2
+    assert "--teacher-cache keeps the teacher's predictions: give --teacher too" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert run_cli(*common, "--out", tmp_path / "b", "--teacher", models["teacher"], "--teacher-cache",
+                   tmp_path / "file") == 2
+    assert "not a folder; give a folder" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "cache").exists()
+
+
 def test_a_model_against_itself_is_fully_loyal(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["student"], "--teacher", models["student"],
                       "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")

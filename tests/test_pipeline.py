@@ -299,6 +299,21 @@ def test_trust_remote_code_reaches_every_stage(tmp_path):
     assert not any(stage_values(Run(config), s).get("trust_remote_code") for s in validate(config))
 
 
+def test_an_option_that_changes_no_result_leaves_a_completed_stage_done(tmp_path):
+    """eval's --teacher-cache (exact predictions, read back) is left out of the settings a marker
+    keeps: `sizes` adding it does not make completed evaluations run again; other options count."""
+    from polyglot_distil.pipeline import Run, settings_hash, stage_values
+
+    def hashes(**changes):
+        config = load_config(write_config(tmp_path, **changes))
+        return {s.name: settings_hash(stage_values(Run(config), s), s) for s in validate(config)}
+
+    plain = hashes()
+    assert hashes(eval__teacher_cache=str(tmp_path / "cache")) == plain
+    assert hashes(eval__limit=5)["eval"] != plain["eval"]
+    assert hashes(task__teacher_cache=str(tmp_path / "cache"))["task"] != plain["task"]  # float16: not neutral
+
+
 @pytest.mark.parametrize("heldout,folder", [(8, "best"), (0, "final")])
 def test_phase_2_starts_from_phase_1s_best_model_when_there_is_one(tmp_path, heldout, folder):
     from polyglot_distil.pipeline import Run, stage_values

@@ -312,6 +312,7 @@ def test_each_size_searches_its_own_mapping_when_the_config_searches(tmp_path):
     assert searched["stages"] == ["search", "student", "general", "task", "eval"]
     assert searched["student"] == {"layers": 4, "heads": 4, "hidden_size": 128}  # the search's students, too
     assert searched["run_dir"] == str(tmp_path / "L4-H128") and base["student"]["layers"] == 6
+    assert plain["eval"]["teacher_cache"] == searched["eval"]["teacher_cache"] == str(tmp_path / "teacher-predictions")
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +352,10 @@ def test_sizes_builds_distils_and_evaluates_one_student_per_size(sizes_run):
         report = json.loads((folder / "eval" / "report" / "report.json").read_text())
         assert report["models"]["teacher"]["path"].endswith("finetune/run/best")
         assert all((folder / stage / "DONE.json").is_file() for stage in ("student", "general", "task", "eval"))
+        assert report["settings"]["teacher_cache"] == str(sizes_run / "sizes" / "teacher-predictions")
+    # one task teacher, predicted once for both sizes: one entry per split and language
+    assert sorted(p.name.split("-")[1] for p in (sizes_run / "sizes" / "teacher-predictions").glob("*.npy")) == [
+        "en", "fr"]
 
 
 def test_sizes_writes_a_size_latency_accuracy_table_and_plot_with_the_teacher(sizes_run):

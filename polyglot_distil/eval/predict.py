@@ -3,6 +3,12 @@ order (entailment, neutral, contradiction)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
 from polyglot_distil.data.nli import NLIData
@@ -22,3 +28,49 @@ def predict_xnli(classifier: Classifier, data: NLIData, batch_size: int = 32, ma
     logits = predict_logits(classifier.model, classifier.tokenizer, data.premises, data.hypotheses,
                             batch_size, max_length, desc, progress)
     return xnli_probabilities(classifier, logits)
+
+
+CACHE_FORMAT = "polyglot-distil xnli predictions 1"
+
+
+def prediction_key(model_path: str, data: NLIData, settings: dict) -> str:
+    """What a local model's XNLI predictions depend on, hashed: its files (name, size,
+    modification time), the pairs and their labels, and `settings` (batch size, length, device,
+    attention kernel), with the torch and transformers versions."""
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    path = Path(model_path)
+    for file in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    for text in (*data.premises, *data.hypotheses):
+        digest.update(text.encode("utf-8") + b"\0")
+    digest.update(np.asarray(data.labels, dtype=np.int64).tobytes())
+    digest.update(json.dumps({**settings, "torch": torch.__version__, "transformers": transformers.__version__},
+                             sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_xnli(cache_dir: str | os.PathLike, name: str, key: str, predict) -> tuple[np.ndarray, bool]:
+    """(`predict()`'s probabilities, whether they came from CACHE_DIR): read from
+    CACHE_DIR/NAME-KEY.npy when there, else computed and kept there (replacing NAME's older
+    entries, made for other files, data or settings)."""
+    folder = Path(cache_dir)
+    target = folder / f"{name}-{key}.npy"
+    if target.is_file():
+        return np.load(target, allow_pickle=False), True
+    probs = predict()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, probs, allow_pickle=False)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    for old in folder.glob(f"{name}-*.npy"):
+        if old != target and len(old.stem) == len(target.stem):
+            old.unlink(missing_ok=True)
+    return probs, False

@@ -29,7 +29,10 @@ Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib
   `torch.cuda.max_memory_allocated`. `--no-efficiency` skips the timed part.
 
 Speed: pairs are tokenised once, sorted by length (longest first) and batched with padding to
-the longest pair of each batch; predictions are put back in data order.
+the longest pair of each batch; predictions are put back in data order. `--teacher-cache DIR`
+keeps the teacher's predictions (keyed by its files' names, sizes and times, the pairs and the
+settings) so that students evaluated against one teacher run it once; its speed is still
+measured in every evaluation, beside the model's.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import numpy as np
 from polyglot_distil.errors import UserError
 from polyglot_distil.eval.efficiency import _parameter_figures, _ratios, measure_efficiency, weights_disk_bytes
 from polyglot_distil.eval.metrics import accuracy, confusion_matrix, label_loyalty, probability_loyalty
-from polyglot_distil.eval.predict import predict_xnli
+from polyglot_distil.eval.predict import cached_xnli, prediction_key, predict_xnli
 from polyglot_distil.eval.report import render_markdown, write_plots
 from polyglot_distil.models.classifier import load_classifier
 from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, out_option
@@ -51,26 +54,6 @@ from polyglot_distil.data.nli import LABELS, xnli_split
 from polyglot_distil.outputs import atomic_dir, check_writable
 
 ROLES = ("model", "teacher")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading an NLI classifier
-
-
-# ---------------------------------------------------------------------------------------------
-# Prediction
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics: pure functions on numpy arrays
-
-
-# ---------------------------------------------------------------------------------------------
-# Efficiency
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
 
 
 def parse_langs(spec: str) -> list[str]:
@@ -84,10 +67,12 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                   baseline: str | None = None, split: str = "test", data_dir: str | None = None, batch_size: int = 32, max_length: int = 128,
                   limit: int | None = None, device: str = "auto", attn_implementation: str = "sdpa",
                   efficiency: bool = True, repeats: int = 10, overwrite: bool = False,
-                  trust_remote_code: bool = False, progress: bool | None = None) -> dict:
+                  trust_remote_code: bool = False, progress: bool | None = None,
+                  teacher_cache: str | None = None) -> dict:
     """Evaluate `model` (and `baseline`, the float model it was quantized or exported from, and
     `teacher`) on XNLI `split` for `langs`; write OUT/report.json, OUT/REPORT.md and plots;
-    return the report as a dict."""
+    return the report as a dict. `teacher_cache`: a folder where the teacher's predictions are
+    kept and reused."""
     import torch
 
     check_writable(out, overwrite)
@@ -107,7 +92,8 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         "format_version": 1, "task": "xnli", "split": split, "data": str(data_dir) if data_dir else "hf:facebook/xnli",
         "languages": langs, "labels": list(LABELS),
         "settings": {"batch_size": batch_size, "max_length": max_length, "limit": limit, "device": device,
-                     "attn_implementation": attn_implementation, "js_log_base": "e"},
+                     "attn_implementation": attn_implementation, "js_log_base": "e",
+                     **({"teacher_cache": str(teacher_cache)} if teacher and teacher_cache else {})},
         "models": {role: {"path": c.path, "class_labels": [LABELS[i] for i in c.to_xnli]}
                    for role, c in classifiers.items()},
         "efficiency": {role: _parameter_figures(c.model) | {"disk_bytes": weights_disk_bytes(c.path)}
@@ -118,9 +104,23 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
     if smoke:
         report["notes"].insert(0, f"SMOKE RUN: the {' and the '.join(smoke)} descend from a smoke model (random "
                                   "weights, tiny data); these figures only show that the stages connect")
+    settings = {"batch_size": batch_size, "max_length": max_length, "device": device,
+                "attn_implementation": attn_implementation}
+
+    def predict(role: str, classifier, lang: str, pairs) -> np.ndarray:
+        def compute():
+            return predict_xnli(classifier, pairs, batch_size, max_length, f"{lang} {role}", progress)
+
+        if role != "teacher" or not teacher_cache or not os.path.exists(paths["teacher"]):  # a hub name may change
+            return compute()
+        key = prediction_key(paths["teacher"], pairs, {**settings, "split": split, "lang": lang})
+        probs, cached = cached_xnli(teacher_cache, f"{split}-{lang}", key, compute)
+        if cached:
+            print(f"{lang} teacher: predictions from {teacher_cache}", flush=True)
+        return probs
+
     for lang, pairs in data.items():
-        probs = {role: predict_xnli(c, pairs, batch_size, max_length, f"{lang} {role}", progress)
-                 for role, c in classifiers.items()}
+        probs = {role: predict(role, c, lang, pairs) for role, c in classifiers.items()}
         predicted = {role: p.argmax(axis=1) for role, p in probs.items()}
         result = {"pairs": len(pairs),
                   "accuracy": {role: accuracy(p, pairs.labels) for role, p in predicted.items()},
@@ -160,22 +160,23 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
     return report
 
 
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
 def run_eval_xnli(args) -> dict:
     for name in ("batch_size", "max_length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.teacher_cache and not args.teacher:
+        raise UserError("--teacher-cache keeps the teacher's predictions: give --teacher too")
+    if args.teacher_cache and os.path.exists(args.teacher_cache) and not os.path.isdir(args.teacher_cache):
+        raise UserError(f"--teacher-cache {args.teacher_cache}: not a folder; give a folder (made if missing)")
     report = evaluate_xnli(args.model, parse_langs(args.langs), args.out, teacher=args.teacher,
                            baseline=args.baseline, split=args.split,
                            data_dir=args.data, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, device=args.device, attn_implementation=args.attn_implementation,
                            efficiency=not args.no_efficiency, repeats=args.repeats, overwrite=args.overwrite,
-                           trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None)
+                           trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None,
+                           teacher_cache=args.teacher_cache)
     average = report["average"]
     summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
     print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {args.out}/REPORT.md")
@@ -202,6 +203,9 @@ XNLI = Command(
         Option("attn_implementation", choices=("sdpa", "eager"), default="sdpa"),
         Option("no_efficiency", kind=FLAG, help="skip the memory and speed measurements"),
         Option("repeats", type=int, default=10, help="timed forward passes per speed figure (median)"),
+        Option("teacher_cache", metavar="DIR", help="keep the teacher's predictions in DIR and reuse them (keyed by "
+                                                    "its files, the pairs and the settings): several students "
+                                                    "evaluated against one teacher run it once"),
         replace(OVERWRITE, help="replace an existing output folder"),
         replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
         NO_PROGRESS,
