@@ -111,7 +111,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 # Options of stage sections that name a file or folder (resolved like the top-level paths).
-SECTION_PATHS = {"trim": ("keep_file",), "task": ("teacher_cache",), "eval": ("teacher_cache",)}
+SECTION_PATHS = {"trim": ("keep_file",), "search": ("token_cache",), "general": ("token_cache",),
+                 "task": ("teacher_cache",), "eval": ("teacher_cache",)}
 
 
 def resolve_paths(config: dict, base: Path) -> None:
@@ -254,7 +255,7 @@ def _stage_table() -> dict[str, Stage]:
             **r.options_of("general", GENERAL, SEARCH_FROM_GENERAL),
             **r.options_of("student", STUDENT, SEARCH_FROM_STUDENT), **r.trust()},
             {"teacher", "student", "init_layers", "lang", "out", "resume", "trust_remote_code", *SEARCH_FROM_STUDENT},
-            resumable=True, resume_from="search_config.json"),
+            resumable=True, resume_from="search_config.json", neutral={"token_cache"}),
         stage("student", STUDENT, lambda r: {
             "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.search_map("init_layers"),
             **r.trust()},
@@ -262,7 +263,8 @@ def _stage_table() -> dict[str, Stage]:
         stage("general", GENERAL, lambda r: {
             "teacher": r.dir("trim") / "model", "student": r.dir("student") / "model", "lang": r.lang_specs(),
             "out": r.dir("general") / "run", **r.search_map("layer_map"), **r.trust()},
-            {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True),
+            {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True,
+            neutral={"token_cache"}),  # where the tokenized text is kept
         stage("finetune", FINETUNE, lambda r: {
             "model": r.config["model"], "task": "nli", "train": [r.config["task_data"]["train"]],
             "dev": [r.config["task_data"]["dev"]], "out": r.dir("finetune") / "run", **r.trust()},

@@ -9,9 +9,10 @@ It is `run`, repeated: the config's count, trim, verify and finetune stages run 
 `run_dir`; then, for each size, the student, general, task and eval stages run into
 `run_dir/sizes/L{layers}[-H{hidden}]/` with the config's `student` section set to that size
 (`layers`, and `hidden_size` when given); each size's folder links to the shared stages' outputs.
-A config whose stages name search searches a layer mapping per size, before its student. The
-task teacher's XNLI predictions are kept in `run_dir/sizes/teacher-predictions/` (`eval xnli
---teacher-cache`), so that it predicts once for all sizes; its speed is measured in each.
+A config whose stages name search searches a layer mapping per size, before its student. Phase 1's
+text is tokenized once for all sizes, into `run_dir/sizes/token-cache/` (`--token-cache`), and
+the task teacher's XNLI predictions are kept in `run_dir/sizes/teacher-predictions/` (`eval
+xnli --teacher-cache`), so that it predicts once; its speed is measured beside each size.
 Every stage behaves as under `run`: completed stages are skipped, an interrupted one resumes, and
 running the command again with more sizes runs only the new ones.
 
@@ -68,10 +69,15 @@ def size_config(config: dict, layers: int, hidden: int | None, folder: Path) -> 
     if hidden:
         student["hidden_size"] = hidden
     sized["student"] = student
-    # Every size is evaluated against the one task teacher: it predicts once (sizes/teacher-predictions).
-    evaluation = dict(sized.get("eval") or {})
-    evaluation.setdefault("teacher_cache", str(folder.parent / "teacher-predictions"))
-    sized["eval"] = evaluation
+    # Every size reads the same text (tokenized once: sizes/token-cache) and is evaluated against
+    # the one task teacher (which predicts once: sizes/teacher-predictions).
+    for section, option, shared in (("search", "token_cache", "token-cache"), ("general", "token_cache", "token-cache"),
+                                    ("eval", "teacher_cache", "teacher-predictions")):
+        if section not in sized["stages"]:
+            continue
+        values = dict(sized.get(section) or {})
+        values.setdefault(option, str(folder.parent / shared))
+        sized[section] = values
     return sized
 
 

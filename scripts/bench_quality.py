@@ -41,9 +41,12 @@ latency (1 thread, batch 1 x 128) and throughput (all threads, batch 32 x 128), 
 Checks printed: (a) and (b) predict the same label on every French/English pair whose tokens the
 kept vocabulary covers; (c) at least 1.8x faster than (a) on one thread; (c) ahead of (d) and (e)
 on French; (g) within 1 point of (c) on French at less than half its disk size; (h) no worse than
-(g); the ONNX graph's largest difference from PyTorch; the recipes ranked on French. Phase 2 reads the teacher's outputs from a cache (`distil task --teacher-cache`)
-built once and shared by rows (c) and (d). Work files go under --work (default out/bench-quality), reused by a re-run (a row
-whose output exists is not trained again; --fresh starts over).
+(g); the ONNX graph's largest difference from PyTorch; the recipes ranked on French. The rows
+share three caches in the work folder: phase 1's tokenized text (`--token-cache`), the task
+teacher's outputs for phase 2 (`distil task --teacher-cache`, rebuilt when a row maps other
+layers) and (a)'s XNLI predictions for the evaluations (`eval xnli --teacher-cache`). Work files
+go under --work (default out/bench-quality), reused by a re-run (a row whose output exists is not
+trained again; --fresh starts over).
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def main() -> int:
     # Every student row: the same phase-1 budget (steps x 16 blocks x 128 tokens), the same phase 2.
     phase1 = dict(steps=args.general_steps, batch_size=16, block_size=128, heldout_blocks=32,
                   eval_every=max(1, args.general_steps // 3), save_every=max(1, args.general_steps // 3), lr=1e-4,
-                  warmup_steps=min(100, args.general_steps // 10), seed=args.seed, no_progress=True)
+                  warmup_steps=min(100, args.general_steps // 10), seed=args.seed, no_progress=True,
+                  token_cache=str(work / "token-cache"))  # the same text for every row: tokenized once
     phase2 = dict(full_epochs=args.task_epochs, sparse_epochs=args.task_epochs, lr=args.student_lr,
                   teacher_cache=str(work / "teacher-cache"), **common)
 
@@ -153,7 +157,8 @@ def main() -> int:
         out = work / "eval" / row
         stage(f"eval {row}", out / "report.json", lambda: api.xnli(
             folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
-            limit=args.eval_limit or None, repeats=5, teacher_cache=str(work / "teacher-predictions"), no_progress=True))
+            limit=args.eval_limit or None, repeats=5, teacher_cache=str(work / "teacher-predictions"),
+            no_progress=True))
         return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
     def student_row(row: str, start: Path, layer_map: str | None = None, **general_options) -> None:
@@ -188,7 +193,8 @@ def main() -> int:
         stage("n: search", work / "search" / "layer_map.txt", lambda: api.search_map(
             str(trimmed), text, work / "search", layers=args.student_layers, steps=args.search_steps,
             budget=args.search_budget, batch_size=8, block_size=128, max_lines=2000, heldout_blocks=16, lr=1e-4,
-            seed=args.seed, no_progress=True, **({"resume": True} if (work / "search" / "search_config.json").is_file()
+            seed=args.seed, no_progress=True, token_cache=str(work / "token-cache"),
+            **({"resume": True} if (work / "search" / "search_config.json").is_file()
                                                  else {"overwrite": True})))
         searched = (work / "search" / "layer_map.txt").read_text(encoding="utf-8").strip()
         stage("n: student", work / "student-searched" / "model.safetensors", lambda: api.student(

@@ -300,8 +300,9 @@ def test_trust_remote_code_reaches_every_stage(tmp_path):
 
 
 def test_an_option_that_changes_no_result_leaves_a_completed_stage_done(tmp_path):
-    """eval's --teacher-cache (exact predictions, read back) is left out of the settings a marker
-    keeps: `sizes` adding it does not make completed evaluations run again; other options count."""
+    """eval's --teacher-cache (exact predictions, read back) and general's --token-cache are left
+    out of the settings a marker keeps: `sizes` adding them does not make completed stages run
+    again; other options count."""
     from polyglot_distil.pipeline import Run, settings_hash, stage_values
 
     def hashes(**changes):
@@ -310,6 +311,7 @@ def test_an_option_that_changes_no_result_leaves_a_completed_stage_done(tmp_path
 
     plain = hashes()
     assert hashes(eval__teacher_cache=str(tmp_path / "cache")) == plain
+    assert hashes(general__token_cache=str(tmp_path / "tokens")) == plain  # where the blocks are kept
     assert hashes(eval__limit=5)["eval"] != plain["eval"]
     assert hashes(task__teacher_cache=str(tmp_path / "cache"))["task"] != plain["task"]  # float16: not neutral
 

@@ -313,6 +313,8 @@ def test_each_size_searches_its_own_mapping_when_the_config_searches(tmp_path):
     assert searched["student"] == {"layers": 4, "heads": 4, "hidden_size": 128}  # the search's students, too
     assert searched["run_dir"] == str(tmp_path / "L4-H128") and base["student"]["layers"] == 6
     assert plain["eval"]["teacher_cache"] == searched["eval"]["teacher_cache"] == str(tmp_path / "teacher-predictions")
+    assert plain["general"]["token_cache"] == searched["search"]["token_cache"] == str(tmp_path / "token-cache")
+    assert "search" not in plain
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +355,9 @@ def test_sizes_builds_distils_and_evaluates_one_student_per_size(sizes_run):
         assert report["models"]["teacher"]["path"].endswith("finetune/run/best")
         assert all((folder / stage / "DONE.json").is_file() for stage in ("student", "general", "task", "eval"))
         assert report["settings"]["teacher_cache"] == str(sizes_run / "sizes" / "teacher-predictions")
-    # one task teacher, predicted once for both sizes: one entry per split and language
+    # one text, tokenized once for both sizes; one task teacher, predicted once: an entry per split and language
+    assert len(list((sizes_run / "sizes" / "token-cache").glob("tokens-*"))) == 1
+    assert not (sizes_run / "sizes" / "L1" / "general" / "run" / "cache").exists()
     assert sorted(p.name.split("-")[1] for p in (sizes_run / "sizes" / "teacher-predictions").glob("*.npy")) == [
         "en", "fr"]
 

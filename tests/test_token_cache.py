@@ -84,6 +84,40 @@ def test_cached_blocks_equal_the_uncached_ones_and_a_second_run_tokenizes_nothin
         sorted(map(tuple, expected["en"].tolist()))
 
 
+def test_runs_sharing_a_token_cache_tokenize_once_keep_each_others_blocks_and_train_alike(tmp_path, tiny_bert_dir,
+                                                                                         monkeypatch, capsys):
+    """`distil general --token-cache DIR`: the second run on the same text reads the first one's
+    blocks (and trains exactly as with its own cache); other block settings add their blocks
+    beside them instead of replacing them; a file given as the folder is one line."""
+    import polyglot_distil.data.mlm as mlm
+    from conftest import CORPORA, metrics_rows, run_cli
+
+    shared = tmp_path / "tokens"
+
+    def general(out, *extra):
+        return run_cli("distil", "general", "--teacher", tiny_bert_dir, "--layers", 2, "--lang",
+                       f"en={CORPORA / 'en' / 'sample.txt'}", "--lang", f"fr={CORPORA / 'fr' / 'sample.txt'}",
+                       "--block-size", 32, "--heldout-blocks", 4, "--batch-size", 4, "--steps", 2, "--lr", 1e-3,
+                       "--no-progress", "--out", out, *extra)
+
+    assert general(tmp_path / "own") == 0
+    assert general(tmp_path / "first", "--token-cache", shared) == 0
+    assert not (tmp_path / "first" / "cache").exists() and len(list(shared.glob("tokens-*"))) == 1
+    real = mlm.write_blocks
+    calls = []
+    monkeypatch.setattr(mlm, "write_blocks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert general(tmp_path / "second", "--token-cache", shared) == 0
+    assert calls == []  # read, not tokenized
+    for kind in ("train", "eval"):
+        assert metrics_rows(tmp_path / "second", kind) == metrics_rows(tmp_path / "own", kind)
+    assert general(tmp_path / "other", "--token-cache", shared, "--block-size", 24) == 0
+    assert len(calls) == 2 and len(list(shared.glob("tokens-*"))) == 2  # both kept: the folder is shared
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert general(tmp_path / "bad", "--token-cache", tmp_path / "file") == 2
+    assert "--token-cache" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_the_other_processes_wait_for_the_main_processs_cache(tmp_path):
     from polyglot_distil.data.token_cache import cached_blocks
 

@@ -56,11 +56,13 @@ def _open_blocks(folder: Path, block_size: int) -> dict[str, np.ndarray]:
 
 def cached_blocks(root: str | os.PathLike, key: dict, languages: list[str],
                   write: Callable[[str, BinaryIO], int], block_size: int, main: bool = True,
-                  barrier: Callable[[], None] | None = None, poll_seconds: float = 1.0) -> dict[str, np.ndarray]:
+                  barrier: Callable[[], None] | None = None, poll_seconds: float = 1.0,
+                  prune: bool = True) -> dict[str, np.ndarray]:
     """{lang: int32 blocks [n, block_size]}, memory-mapped from `root/tokens-HASH/`, written
     first (by the main process, `write(lang, handle) -> blocks written`) when missing. Every
     process calls it; `barrier` (all processes) runs once in each, after the main process has
-    marked that it is writing."""
+    marked that it is writing. `prune`: writing removes the blocks of other inputs from `root`
+    (a run's own cache); off for a folder that several runs share."""
     root = Path(root)
     folder = root / f"tokens-{cache_key(key)}"
     writing, failed = folder.with_name(folder.name + ".writing"), folder.with_name(folder.name + ".failed")
@@ -76,7 +78,7 @@ def cached_blocks(root: str | os.PathLike, key: dict, languages: list[str],
             barrier()
         if not ready:
             try:
-                _write(root, folder, key, languages, write)
+                _write(root, folder, key, languages, write, prune)
             except BaseException as exc:
                 failed.write_text(str(exc) if isinstance(exc, UserError) else type(exc).__name__, encoding="utf-8")
                 raise
@@ -96,9 +98,10 @@ def cached_blocks(root: str | os.PathLike, key: dict, languages: list[str],
     return _open_blocks(folder, block_size)
 
 
-def _write(root: Path, folder: Path, key: dict, languages: list[str], write: Callable[[str, BinaryIO], int]) -> None:
+def _write(root: Path, folder: Path, key: dict, languages: list[str], write: Callable[[str, BinaryIO], int],
+           prune: bool = True) -> None:
     for stale in root.glob("tokens-*"):  # blocks of other inputs (an --overwrite with new settings)
-        if stale.is_dir() and stale != folder:
+        if stale.is_dir() and stale != folder and prune:
             shutil.rmtree(stale, ignore_errors=True)
         elif stale.suffix == ".failed":
             stale.unlink(missing_ok=True)

@@ -126,10 +126,12 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: st
 
 
 def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | None, seed: int,
-                show_progress: bool | None, cache_dir: str | Path, main: bool = True, barrier=None) -> dict:
+                show_progress: bool | None, cache_dir: str | Path, main: bool = True, barrier=None,
+                shared: bool = False) -> dict:
     """{lang: int32 blocks [n, block_size]} from each language's sources, memory-mapped from the
     token cache in `cache_dir` (data/token_cache.py): tokenized once, by the main process, when
-    no cache of these sources, this tokenizer and these block settings is there yet."""
+    no cache of these sources, this tokenizer and these block settings is there yet. A `shared`
+    cache (`--token-cache`) keeps the blocks of other inputs."""
     import hashlib
 
     from polyglot_distil.data.corpus import Caps, ReadStats, iter_language
@@ -163,7 +165,8 @@ def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | No
                             f"{block_size}; give more text or a smaller --block-size")
         return count
 
-    return cached_blocks(cache_dir, key, list(languages), write, block_size, main=main, barrier=barrier)
+    return cached_blocks(cache_dir, key, list(languages), write, block_size, main=main, barrier=barrier,
+                         prune=not shared)
 
 
 def split_data(blocks: dict, heldout_blocks: int, batch_size: int, masking, seed: int):
@@ -338,7 +341,7 @@ def layer_map_for(args, teacher, student) -> list[int]:
 
 def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Path | None = None) -> Phase1Inputs:
     """Load teacher and student (built here when `args.student` is not given) and tokenize the
-    text into OUT/cache/ (or `cache_dir`); check that they go together."""
+    text into `--token-cache`, else `cache_dir`, else OUT/cache/; check that they go together."""
     import torch
     from transformers import AutoConfig
 
@@ -387,10 +390,11 @@ def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Pa
         raise UserError(f"--block-size {args.block_size}: the models take blocks of 3 to {longest} tokens")
 
     masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
+    shared = getattr(args, "token_cache", None)
     blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
                          False if args.no_progress or not accelerator.is_main_process else None,
-                         cache_dir or Path(args.out) / CACHE, accelerator.is_main_process,
-                         accelerator.wait_for_everyone)
+                         shared or cache_dir or Path(args.out) / CACHE, accelerator.is_main_process,
+                         accelerator.wait_for_everyone, shared=bool(shared))
     train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
     teacher.eval().requires_grad_(False).to(accelerator.device)
     return Phase1Inputs(teacher, student, tokenizer, languages, layer_map, train_data, heldout, save_dtype)
@@ -435,13 +439,16 @@ STUDENT_SHAPE = ("layers", "init_layers", "hidden_size", "intermediate_size", "h
 
 
 def check_student_options(args) -> None:
-    """The student options shape a student built here: with --student they are a mistake."""
+    """The student options shape a student built here: with --student they are a mistake. (And
+    --token-cache must be a folder.)"""
     if args.student:
         given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
         if given or args.init != "teacher" or args.dropout != 0.0 or args.importance_text:
             option = (given or ["init" if args.init != "teacher" else "importance_text" if args.importance_text
                                 else "dropout"])[0].replace("_", "-")
             raise UserError(f"--{option} shapes a student built here; with --student {args.student} drop it")
+    if args.token_cache and Path(args.token_cache).exists() and not Path(args.token_cache).is_dir():
+        raise UserError(f"--token-cache {args.token_cache}: not a folder; give a folder (made if missing)")
 
 
 def run_distil_general(args) -> dict:
@@ -498,6 +505,9 @@ GENERAL = Command(
             Option("mask_probability", type=float, default=0.15),
             Option("heldout_blocks", type=int, default=100,
                    help="blocks per language held out for the evaluation loss (0: none)"),
+            Option("token_cache", metavar="DIR",
+                   help="folder of the tokenized text, shared by runs on the same text, tokenizer and block "
+                        "settings (default: OUT/cache, the run's own)"),
         ]),
         *group("losses", [
             Option("recipe", choices=tuple(sorted(RECIPES)), default="bistil", help="preset loss weights"),

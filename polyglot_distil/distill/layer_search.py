@@ -290,7 +290,7 @@ def run_search_map(args) -> dict:
             def build(accelerator):
                 nonlocal loaded
                 if loaded is None:  # once: models and text, shared by every candidate
-                    loaded = load_inputs(args, weights, settings, accelerator, cache_dir=out / CACHE)
+                    loaded = load_inputs(args, weights, settings, accelerator, cache_dir=out / CACHE)  # or --token-cache
                 if coupled:  # the student starts from the teacher layers it is mapped to
                     student, _ = make_student(loaded.teacher, loaded.tokenizer,
                                               replace(spec_from_args(args), init_layers=list(mapping)),
