@@ -115,7 +115,8 @@ def test_runs_sharing_a_token_cache_tokenize_once_keep_each_others_blocks_and_tr
     (tmp_path / "file").write_text("x")
     capsys.readouterr()
     assert general(tmp_path / "bad", "--token-cache", tmp_path / "file") == 2
-    assert "--token-cache" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    err = capsys.readouterr().err
+    assert f"--token-cache {tmp_path / 'file'}: not a folder" in err and not (tmp_path / "bad").exists()
 
 
 def test_the_other_processes_wait_for_the_main_processs_cache(tmp_path):
