@@ -475,7 +475,8 @@ def run_distil_general(args) -> dict:
         "student_spec": None if args.student else asdict(spec_from_args(args)),
         "languages": {lang: [str(s) for s in sources] for lang, sources in languages.items()},
         "max_lines": args.max_lines, "block_size": args.block_size, "mask_probability": args.mask_probability,
-        "heldout_blocks": args.heldout_blocks, "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map),
+        "heldout_blocks": args.heldout_blocks, "weights": asdict(weights),
+        "layer_map": layer_map_record(args.layer_map),
         **({"freeze_embeddings": True} if args.freeze_embeddings else {}),
         **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
     }

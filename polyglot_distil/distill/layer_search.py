@@ -290,7 +290,8 @@ def run_search_map(args) -> dict:
             def build(accelerator):
                 nonlocal loaded
                 if loaded is None:  # once: models and text, shared by every candidate
-                    loaded = load_inputs(args, weights, settings, accelerator, cache_dir=out / CACHE)  # or --token-cache
+                    # the text's blocks in --token-cache when given, else OUT/cache/
+                    loaded = load_inputs(args, weights, settings, accelerator, cache_dir=out / CACHE)
                 if coupled:  # the student starts from the teacher layers it is mapped to
                     student, _ = make_student(loaded.teacher, loaded.tokenizer,
                                               replace(spec_from_args(args), init_layers=list(mapping)),
@@ -318,7 +319,7 @@ def run_search_map(args) -> dict:
                 replace_text(done, json.dumps(result, indent=2) + "\n")
         tried.append(result)
         if main:
-                print(f"{label(mapping):>24}  {criterion} {result['criterion']:.5g}  (phase-1 loss "
+            print(f"{label(mapping):>24}  {criterion} {result['criterion']:.5g}  (phase-1 loss "
                   f"{result['eval_loss']:.4g})", flush=True)
         return result["criterion"]
 

@@ -333,7 +333,8 @@ def run_distil_task(args) -> dict:
         "max_length": args.max_length, "length_buckets": args.length_buckets, "full_epochs": args.full_epochs,
         "sparse_epochs": args.sparse_epochs,
         "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
-        "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map), "teacher_cache": bool(args.teacher_cache),
+        "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map),
+        "teacher_cache": bool(args.teacher_cache),
         **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
     }
     keep: dict = {}
