@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, run_cli
 from polyglot_distil.errors import UserError
-from polyglot_distil.pipeline import DEFAULT_STAGES, STAGES, load_config, run_pipeline, validate
+from polyglot_distil.pipeline import STAGES, load_config, run_pipeline, validate
 
 CONFIG_DIR = ROOT / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -239,7 +239,8 @@ def test_search_runs_only_when_named_and_its_mapping_reaches_student_and_both_ph
 
 
 def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
-    """Training stages on both (gloo) processes, the others on the main one, as on several GPUs."""
+    """Training stages on both (gloo) processes, the others on the main one, as on several GPUs;
+    with every stage, the search too."""
     import os
     import subprocess
     import sys
@@ -249,15 +250,21 @@ def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
     samples = [ROOT / "corpora" / lang / "sample.txt" for lang in ("en", "fr", "sw")]
     build_smoke_model(tmp_path / "teacher", "bert", texts=samples, vocab_size=600, num_layers=2)
     path = write_config(tmp_path, general__steps=8, student__layers=1, eval__no_efficiency=True,
-                        eval__repeats=None, finetune__epochs=1, task__full_epochs=1, task__sparse_epochs=1)
+                        eval__repeats=None, finetune__epochs=1, task__full_epochs=1, task__sparse_epochs=1,
+                        stages=list(STAGES), search={"steps": 2, "batch_size": 4, "heldout_blocks": 4, "max_lines": 200,
+                                                     "no_progress": True})
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "-m",
                              "polyglot_distil", "run", str(path)], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("pipeline done (count, trim, verify, student, general, finetune, task, eval)") == 1
-    assert all((tmp_path / "run" / stage / "DONE.json").is_file() for stage in DEFAULT_STAGES)
+    assert result.stdout.count(f"pipeline done ({', '.join(STAGES)})") == 1
+    assert all((tmp_path / "run" / stage / "DONE.json").is_file() for stage in STAGES)
+    found = json.loads((tmp_path / "run" / "search" / "run" / "search.json").read_text(encoding="utf-8"))
+    assert [r["layer_map"] for r in found["tried"]] == [[0], [1]]  # the 2 mappings of 1 layer onto 2
+    student = json.loads((tmp_path / "run" / "student" / "model" / "student.json").read_text(encoding="utf-8"))
+    assert student["init_layers"] == found["best"]
     metrics = (tmp_path / "run" / "general" / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(metrics[-1])["step"] == 8
 
