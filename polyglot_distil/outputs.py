@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from polyglot_distil.errors import UserError
 
@@ -176,11 +176,17 @@ def check_writable(target: str | os.PathLike, overwrite: bool, kind: str = "dir"
 def replace_text(path: str | os.PathLike, text: str) -> None:
     """Write a small file (a marker, a run record) so that a reader sees the old or the new text,
     never half of it."""
+    replace_file(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def replace_file(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through `write(binary handle)` so that a reader sees the old file or the new
+    one, never half of it; the new file gets the user's usual permissions."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
         follow_umask(Path(tmp))
         os.replace(tmp, path)
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from polyglot_distil.data.nli import NLIData
 from polyglot_distil.eval.metrics import softmax
 from polyglot_distil.models.classifier import Classifier, predict_logits
+from polyglot_distil.outputs import replace_file
 
 
 def xnli_probabilities(classifier: Classifier, logits: np.ndarray) -> np.ndarray:
@@ -63,13 +63,7 @@ def cached_xnli(cache_dir: str | os.PathLike, name: str, key: str, predict) -> t
         return np.load(target, allow_pickle=False), True
     probs = predict()
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, probs, allow_pickle=False)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    replace_file(target, lambda handle: np.save(handle, probs, allow_pickle=False))
     for old in folder.glob(f"{name}-*.npy"):
         if old != target and len(old.stem) == len(target.stem):
             old.unlink(missing_ok=True)
