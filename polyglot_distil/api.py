@@ -37,7 +37,7 @@ PathLike = str | os.PathLike
 def _call(command: Command, **values: Any) -> dict:
     options = command.namespace(**{k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items()})
     try:
-        report = command.run(options)
+        report = command.call(options)
     finally:
         release_locks()  # of outputs a failed stage did not get to write
     if isinstance(report, dict) and report.get("exit_status"):
@@ -74,7 +74,7 @@ def verify(original: str, trimmed: PathLike, languages: dict[str, Iterable[PathL
     holds the figures, "exit_status" 1 when they differ (no exception: a difference is a result)."""
     from polyglot_distil.vocab.verify import VERIFY
 
-    return VERIFY.run(VERIFY.namespace(original=original, trimmed=str(trimmed), lang=_specs(languages), **options))
+    return VERIFY.call(VERIFY.namespace(original=original, trimmed=str(trimmed), lang=_specs(languages), **options))
 
 
 def student(teacher: str, out: PathLike, **options: Any) -> dict:

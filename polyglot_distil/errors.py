@@ -7,3 +7,15 @@ else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Something the user can fix: the message says what was wrong, where, and what to do."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, SLURM preemption, Kubernetes), handled as Ctrl-C is: the same cleanup runs
+    (temporaries removed, locks released, a training run's checkpoint saved), exit status 143."""
+
+
+def interruption(signum: int) -> KeyboardInterrupt:
+    """The exception a signal is turned into: Terminated for SIGTERM, KeyboardInterrupt otherwise."""
+    import signal
+
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 from polyglot_distil.errors import UserError
 
 VALUE, FLAG, NEGATED, APPEND, POSITIONAL = "value", "flag", "negated", "append", "positional"
+READS, WRITES = "reads", "writes"  # an option's `role`: a path the command reads, or its output
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,23 @@ class Option:
     metavar: str | None = None
     nargs: str | None = None
     group: str | None = None
+    role: str | None = None  # READS: its value names files the command reads; WRITES: the output
+
+    def paths(self, value: Any) -> list[str]:
+        """The file paths in this option's value (`LANG=KIND:PATH?key=value` sources included)."""
+        values = value if isinstance(value, (list, tuple)) else [value]
+        found = []
+        for item in values:
+            if item is None:
+                continue
+            text = str(item)
+            if self.metavar and self.metavar.startswith("LANG=") and "=" in text:
+                text = text.split("=", 1)[1]
+            kind, colon, rest = text.partition(":")
+            if colon and kind.isalpha() and len(kind) > 1:  # KIND:PATH (not a Windows drive)
+                text = rest
+            found.append(text.split("?", 1)[0])
+        return found
 
     @property
     def flags(self) -> list[str]:
@@ -92,6 +110,24 @@ class Command:
     @property
     def name(self) -> str:
         return " ".join(self.words)
+
+    def paths(self, options: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(inputs, outputs) named by `options`: [(flag, path)], from the options' roles."""
+        inputs, outputs = [], []
+        for option in self.options:
+            if option.role:
+                name = option.name if option.kind == POSITIONAL else option.flags[-1]
+                pairs = [(name, path) for path in option.paths(getattr(options, option.name, None))]
+                (inputs if option.role == READS else outputs).extend(pairs)
+        return inputs, outputs
+
+    def call(self, options: Any):
+        """Run the stage on `options`, after refusing an output that is, holds or lies inside a
+        path it reads (an --overwrite would delete its own input)."""
+        from polyglot_distil.outputs import check_apart
+
+        check_apart(*self.paths(options))
+        return self.run(options)
 
     def option(self, name: str) -> Option:
         return next(o for o in self.options if o.name == name)
@@ -183,7 +219,7 @@ def csv(text: str) -> list[str]:
 
 # Options that many commands share, declared once.
 def out_option(help: str) -> Option:
-    return Option("out", required=True, help=help)
+    return Option("out", required=True, help=help, role=WRITES)
 
 
 OVERWRITE = Option("overwrite", kind=FLAG, help="replace an existing output")

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from polyglot_distil.errors import UserError
 
@@ -141,6 +141,10 @@ atexit.register(release_locks)
 
 def _remove_stale_temporaries(target: Path) -> None:
     parent = target.parent
+    aside = _aside(target)
+    if aside.is_dir() and aside.absolute() not in _temporaries:  # a run killed while replacing it
+        put_back(target, aside)
+        print(f"note: put back {target}, the output an interrupted --overwrite run was replacing", file=sys.stderr)
     for stale in [*parent.glob(f".{target.name}.*.tmp"), parent / f".{target.name}.old"]:
         if not stale.exists() or stale.absolute() in _temporaries:
             continue
@@ -150,6 +154,33 @@ def _remove_stale_temporaries(target: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Checks and atomic writes
+
+
+def _real(path: str) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def check_apart(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+    """Refuse, before anything is touched, an output that is one of the command's inputs, lies
+    inside one or holds one (symbolic links followed): writing it, with --overwrite above all,
+    would destroy what the command reads. `inputs` and `outputs` are [(flag, path)]; an input
+    that is not a local path (a hub name) is not compared."""
+    for out_flag, out in outputs:
+        target = _real(out)
+        for in_flag, source in inputs:
+            if not os.path.lexists(os.path.expanduser(source)):
+                continue
+            read = _real(source)
+            if target == read:
+                how = "is"
+            elif read in target.parents:
+                how = "lies inside"
+            elif target in read.parents:
+                how = "holds"
+            else:
+                continue
+            raise UserError(f"{out_flag} {out} {how} {in_flag} {source}, which the command reads: writing it would "
+                            f"destroy its own input; give another {out_flag}")
 
 
 def check_writable(target: str | os.PathLike, overwrite: bool, kind: str = "dir") -> Path:
@@ -241,6 +272,55 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
             shutil.rmtree(tmp, ignore_errors=True)
         _temporaries.discard(tmp.absolute())
         release_lock(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replacing a folder a command fills in place (a training run)
+
+
+def _aside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.replaced")
+
+
+def set_aside(target: str | os.PathLike, keep: Iterable[str] = ()) -> Path:
+    """--overwrite of a folder that a command fills in place: move the old `target` aside (to
+    `.NAME.replaced`) and start an empty one, holding only the old one's entries named in `keep`
+    (still valid, e.g. a cache keyed by its inputs). Returns where the old one is: `drop_aside`
+    deletes it once the new output is complete, `put_back` restores it when the command fails or is
+    interrupted; a run killed in between leaves it, and the next run that locks `target` puts it
+    back. The old output is therefore never lost to an unfinished new one."""
+    target = Path(target)
+    aside = _aside(target)
+    try:
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(target, aside)
+        _temporaries.add(aside.absolute())
+        target.mkdir()
+        for name in keep:
+            if (aside / name).exists():
+                os.replace(aside / name, target / name)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    return aside
+
+
+def put_back(target: str | os.PathLike, aside: Path, keep: Iterable[str] = ()) -> None:
+    """Delete the unfinished new `target` and restore the old one from `aside` (`set_aside`); the
+    entries named in `keep` go back with it."""
+    target = Path(target)
+    if target.is_dir():
+        for name in keep:
+            if (target / name).exists() and not (aside / name).exists():
+                os.replace(target / name, aside / name)
+        shutil.rmtree(target, ignore_errors=True)
+    os.replace(aside, target)
+    _temporaries.discard(aside.absolute())
+
+
+def drop_aside(aside: Path) -> None:
+    """The new output is complete: delete the old one `set_aside` kept."""
+    shutil.rmtree(aside, ignore_errors=True)
+    _temporaries.discard(aside.absolute())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -465,7 +465,7 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
             continue
         if rank > 0:
             if stage.resumable:
-                stage.command.run(stage.command.namespace(**step.values))
+                stage.command.call(stage.command.namespace(**step.values))
             _wait_for(marker, stage.name)
             continue
         if step.values.get("resume"):
@@ -473,7 +473,7 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
         print(f"[{stage.name}] polyglot-distil {' '.join(argv)}", flush=True)
         start_time = time.time()
         try:
-            code = exit_status(stage.command.run(stage.command.namespace(**step.values)))
+            code = exit_status(stage.command.call(stage.command.namespace(**step.values)))
             if code != 0:
                 raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "
                                 "completed stages are skipped")

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from polyglot_distil import __version__
-from polyglot_distil.errors import UserError
+from polyglot_distil.errors import Terminated, UserError, interruption
 from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status
 from polyglot_distil.outputs import release_locks
 
@@ -124,21 +126,39 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     command, options = parse_args(argv)
+    previous = _terminate_as_interrupt()
     try:
         from polyglot_distil.models.loading import quiet_transformers
 
         quiet_transformers()
-        return exit_status(command.run(options))
+        return exit_status(command.call(options))
     except UserError as exc:
         if os.environ.get("POLYGLOT_DISTIL_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         release_locks()  # of outputs a failed command did not get to write
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (`kill`, SLURM preemption, Kubernetes) raises `Terminated`, a KeyboardInterrupt, so that
+    it gets Ctrl-C's cleanup; returns the handler it replaced (None outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise interruption(signum)
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def command_line() -> int:

@@ -12,7 +12,7 @@ import numpy as np
 
 from polyglot_distil.data.nli import NLIData, read_nli
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import APPEND, Option
+from polyglot_distil.options import APPEND, READS, Option
 
 def read_task_data(train: list[str], dev: list[str], max_train_examples: int | None, seed: int
                    ) -> tuple[NLIData, NLIData]:
@@ -179,9 +179,9 @@ def epoch_batches(pairs: int, batch_size: int) -> int:
 
 TASK_DATA_OPTIONS = [  # the task data options of `finetune` and `distil task`
     Option("task", choices=("nli",), default="nli", help="the task (NLI: 3-way classification)"),
-    Option("train", kind=APPEND, required=True, metavar="SOURCE",
+    Option("train", role=READS, kind=APPEND, required=True, metavar="SOURCE",
            help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)"),
-    Option("dev", kind=APPEND, required=True, metavar="SOURCE", help="English dev pairs, for the best model (repeatable)"),
+    Option("dev", role=READS, kind=APPEND, required=True, metavar="SOURCE", help="English dev pairs, for the best model (repeatable)"),
     Option("max_train_examples", type=int, help="train on a seeded sample of this many pairs"),
     Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
     Option("length_buckets", type=int, default=50,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.classifier import new_classifier
 from polyglot_distil.models.loading import copy_tokenizer, saved_dtype
-from polyglot_distil.options import OVERWRITE, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 
 if TYPE_CHECKING:
@@ -169,8 +169,8 @@ APPLY_DIFF = Command(
     description="Rebuild the dense task model of 'distil task' from the phase-1 student it was trained from and "
                 "its sparse diff (OUT/sparse_diff): the result equals the run's best/ model bit for bit.",
     run=run_apply_diff, options=[
-        Option("base", required=True, help="the phase-1 student folder the diff was trained from"),
-        Option("diff", required=True, help="the sparse diff folder (OUT/sparse_diff of 'distil task')"),
+        Option("base", role=READS, required=True, help="the phase-1 student folder the diff was trained from"),
+        Option("diff", role=READS, required=True, help="the sparse diff folder (OUT/sparse_diff of 'distil task')"),
         out_option("the model folder to write"),
         replace(OVERWRITE, help="replace an existing output folder"),
         TRUST_REMOTE_CODE,

@@ -32,7 +32,7 @@ from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, cach
     read_task_data
 from polyglot_distil.distill.settings import steps_for, training_options, training_settings
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
-from polyglot_distil.options import NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, out_option
 
 
 def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
@@ -102,7 +102,7 @@ def run_finetune(args) -> dict:
 FINETUNE = Command(
     ("finetune",), "fine-tune a model on English NLI (the task teacher)", description=__doc__.split("\n\n")[0],
     run=run_finetune, options=[
-        Option("model", required=True, help="hub name or model folder (masked-LM, bare or NLI classifier)"),
+        Option("model", role=READS, required=True, help="hub name or model folder (masked-LM, bare or NLI classifier)"),
         out_option("output folder (checkpoints, metrics, best/ and final/ models)"),
         *TASK_DATA_OPTIONS,
         *training_options(lr=2e-5, batch_size=32),

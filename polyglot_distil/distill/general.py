@@ -53,8 +53,8 @@ from polyglot_distil.errors import UserError
 from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME, SAVE_DTYPE
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.models.student import STUDENT_OPTIONS
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, \
-    group, out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, Command, \
+    Option, group, out_option
 
 TERMS = ("hidden", "attention", "logits", "mlm", "cosine", "relation")
 
@@ -493,10 +493,10 @@ def run_distil_general(args) -> dict:
 GENERAL = Command(
     ("distil", "general"), "phase 1: distil a bilingual student on masked-LM text",
     description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_general, options=[
-        Option("teacher", required=True, help="teacher model folder (usually the trimmed model)"),
-        Option("student", help="student model folder (from 'polyglot-distil student'); "
+        Option("teacher", role=READS, required=True, help="teacher model folder (usually the trimmed model)"),
+        Option("student", role=READS, help="student model folder (from 'polyglot-distil student'); "
                                "without it a student is built from the teacher with the options below"),
-        Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
+        Option("lang", kind=APPEND, role=READS, required=True, metavar="LANG=SOURCE",
                help="a language and one of its text sources (as in 'count'); repeat per source and language"),
         out_option("output folder (checkpoints, metrics, best/ and final/ models)"),
         *group("student (when --student is not given)", STUDENT_OPTIONS),

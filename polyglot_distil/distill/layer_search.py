@@ -216,7 +216,8 @@ def run_search_map(args) -> dict:
     from polyglot_distil.models.loading import load_model
     from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, make_student, \
         planned_config, spec_from_args
-    from polyglot_distil.outputs import MARKER, check_writable, release_lock, replace_text
+    from polyglot_distil.outputs import MARKER, check_writable, drop_aside, put_back, release_lock, replace_text, \
+        set_aside
 
     check_student_options(args)
     for name in ("budget", "population", "steps"):
@@ -266,11 +267,12 @@ def run_search_map(args) -> dict:
     else:
         check_writable(out, args.overwrite)
     barrier()
+    replaced = None
     if main and not args.resume:
-        if out.exists():
-            for item in out.iterdir():  # the token cache is keyed by its inputs: kept
-                if item.name != CACHE:
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        if out.exists() and any(item.name != CACHE for item in out.iterdir()):
+            # the old search stays whole, aside, until this one is complete; the token cache is keyed
+            # by its inputs: kept
+            replaced = set_aside(out, keep=[CACHE])
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
         replace_text(record, json.dumps({"hash": config_hash(search), "search": search}, indent=2) + "\n")
@@ -333,7 +335,9 @@ def run_search_map(args) -> dict:
         best, history = search_mappings(score, t_layers, s_layers, args.budget, args.population, args.seed,
                                         candidates)
     except BaseException:
-        if main and not args.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
+        if replaced is not None:  # the old search comes back; the unfinished new one goes
+            put_back(out, replaced, keep=[CACHE])
+        elif main and not args.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
             shutil.rmtree(out, ignore_errors=True)
         raise
     summary = {"best": list(best), "criterion": criterion, "best_value": history[best],
@@ -346,6 +350,8 @@ def run_search_map(args) -> dict:
         return summary
     replace_text(out / "search.json", json.dumps(summary, indent=2) + "\n")
     replace_text(out / LAYER_MAP_FILE, ",".join(str(layer) for layer in best) + "\n")
+    if replaced is not None:
+        drop_aside(replaced)
     release_lock(out)
     barrier()
     versus = (f" (the default {label(default)}: {history[default]:.5g})" if default in history and default != best

@@ -53,7 +53,7 @@ from polyglot_distil.distill.objective import resolve_weights
 from polyglot_distil.distill.settings import training_options
 from polyglot_distil.distill.task import TERMS, TaskLossWeights
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import FLAG, NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, group, out_option
+from polyglot_distil.options import FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, group, out_option
 
 
 @dataclass
@@ -355,7 +355,7 @@ _TRAINING = [o for o in training_options(lr=1e-5, batch_size=32, title="training
 QUANTIZE = Command(
     ("quantize",), "int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
     description=__doc__.split("\n\n")[0], run=run_quantize, options=[
-        Option("model", required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
+        Option("model", role=READS, required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
         out_option("the int8 model folder (dynamic), or the training folder whose best/ and final/ are int8 (qat)"),
         Option("method", choices=("dynamic", "qat"), default="dynamic",
                help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)"),
@@ -363,7 +363,7 @@ QUANTIZE = Command(
         Option("embeddings", choices=("float", "int8"), default="float",
                help="int8: embedding tables too, one scale per row"),
         *group("quantization-aware distillation (--method qat)", [
-            Option("teacher", help="the teacher (default: --model itself, in float)"),
+            Option("teacher", role=READS, help="the teacher (default: --model itself, in float)"),
             *[replace(o, required=False) for o in TASK_DATA_OPTIONS],
             Option("epochs", type=float, default=1.0, help="passes over the training pairs (fractions allowed)"),
             Option("quantize_activations", kind=FLAG, help="fake-quantize every Linear layer's input too"),

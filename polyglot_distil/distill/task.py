@@ -54,7 +54,7 @@ from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
 from polyglot_distil.distill.settings import training_options
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.encoder import classifier_outputs
-from polyglot_distil.options import NEGATED, NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, group, out_option
+from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, group, out_option
 
 TERMS = ("logits", "hidden", "attention", "label")
 
@@ -358,8 +358,8 @@ def run_distil_task(args) -> dict:
 TASK = Command(
     ("distil", "task"), "phase 2: sparse task distillation from a fine-tuned teacher",
     description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_task, options=[
-        Option("teacher", required=True, help="3-way NLI classifier folder (from 'polyglot-distil finetune')"),
-        Option("student", required=True, help="phase-1 student folder (e.g. the final/ of 'distil general')"),
+        Option("teacher", role=READS, required=True, help="3-way NLI classifier folder (from 'polyglot-distil finetune')"),
+        Option("student", role=READS, required=True, help="phase-1 student folder (e.g. the final/ of 'distil general')"),
         out_option("output folder (best/, final/, sparse_diff/, checkpoints, metrics)"),
         *TASK_DATA_OPTIONS,
         *group("lottery-ticket sparse fine-tuning", [

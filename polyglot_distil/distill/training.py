@@ -46,7 +46,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,9 +56,10 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from polyglot_distil.errors import UserError
+from polyglot_distil.errors import UserError, interruption
 from polyglot_distil.inputs import changed_inputs, input_fingerprints
-from polyglot_distil.outputs import atomic_dir, hold_lock, release_lock, replace_text, wait_visible
+from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, set_aside, \
+    wait_visible
 from polyglot_distil.progress import progress
 
 
@@ -413,6 +416,40 @@ def make_accelerator(settings: TrainSettings):
     return accelerator
 
 
+class StepBoundary:
+    """Ctrl-C or SIGTERM while training: the step under way finishes and its checkpoint is saved,
+    then `stop` goes on with the interruption, so that `--resume` continues from that step. A second
+    signal interrupts at once. Only a single-process run waits (several processes would have to
+    agree on the step), and only in the main thread, where signals arrive."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.pending: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StepBoundary":
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        if self.pending is not None:
+            raise interruption(signum)
+        self.pending = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", file=sys.stderr)
+
+    def stop(self) -> None:
+        """Go on with the interruption that arrived during the step (once its state is saved)."""
+        if self.pending is not None:
+            raise interruption(self.pending)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
 def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any], Recipe]) -> TrainResult:
     """Run (or resume) training. `run_config` describes everything else that decides the result
     (models, data, losses); `build_recipe(accelerator)` loads models and data once OUT is known to
@@ -420,10 +457,12 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
     settings.check()
     config = {"training": settings.result_config(), **run_config}
     inputs = input_fingerprints(run_config, skip=[settings.out])
-    resume_from = check_output(settings, config, inputs)
     out = Path(settings.out)
-    hold_lock(out)  # a second run writing OUT at the same time refuses (main process only)
+    # A second run writing OUT at the same time refuses (main process only); taking the lock puts
+    # back a run that an --overwrite killed midway was replacing, before OUT is looked at.
+    hold_lock(out)
     try:
+        resume_from = check_output(settings, config, inputs)
         return _train(settings, config, inputs, out, resume_from, build_recipe)
     finally:
         release_lock(out)
@@ -450,21 +489,20 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
             shutil.rmtree(out, ignore_errors=True)
         raise
 
-    created = main and (settings.overwrite or fresh)  # a failure before a checkpoint removes it
-    if main:
-        if settings.overwrite and out.exists():
-            for item in out.iterdir():  # OUT/cache/ is keyed by its inputs: still valid, and in use
-                if item.name != CACHE:
-                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "run_config.json").is_file():
-            record = {"hash": config_hash(config), "config": config, "inputs": inputs}
-            replace_text(out / "run_config.json", json.dumps(record, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    if not main:  # several nodes: OUT must be on a filesystem every process sees
-        wait_visible(out / "run_config.json", what="the run's configuration")
-
+    created = main and fresh  # a failure before a checkpoint removes it
+    # --overwrite: the old run stays whole, aside, until the new one is complete (OUT/cache/ is keyed
+    # by its inputs: still valid, and in use)
+    replaced = set_aside(out, keep=[CACHE]) if main and settings.overwrite and not unstarted(out) else None
     try:
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "run_config.json").is_file():
+                record = {"hash": config_hash(config), "config": config, "inputs": inputs}
+                replace_text(out / "run_config.json", json.dumps(record, indent=2) + "\n")
+        accelerator.wait_for_everyone()
+        if not main:  # several nodes: OUT must be on a filesystem every process sees
+            wait_visible(out / "run_config.json", what="the run's configuration")
+
         set_seed(settings.seed)
         model = recipe.model
         optimizer = torch.optim.AdamW((recipe.parameter_groups or default_parameter_groups)(model, settings.weight_decay),
@@ -502,77 +540,87 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
         sums, names, since_log, grad_norm = None, ["loss"], 0, None
         last_train, last_eval, started = {}, {}, time.perf_counter()
         model.train()
-        while state["step"] < settings.steps:
-            if recipe.before_step is not None:
-                recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
-            for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum,
-                                          recipe.batch_counts):
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss, terms = recipe.compute_loss(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if recipe.after_backward is not None:
-                            recipe.after_backward(accelerator.unwrap_model(model))
-                        if settings.max_grad_norm:
-                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
-                sums, names = (values if sums is None else sums + values), ["loss", *terms]
-            scheduler.step()
-            state["step"] += 1
-            step = state["step"]
-            since_log += 1
-            bar.update(1)
-            fields = recipe.row_fields(step) if recipe.row_fields is not None else {}
+        with StepBoundary(enabled=world == 1) as boundary:
+            while state["step"] < settings.steps:
+                if recipe.before_step is not None:
+                    recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
+                for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum,
+                                              recipe.batch_counts):
+                    with accelerator.accumulate(model):
+                        with accelerator.autocast():
+                            loss, terms = recipe.compute_loss(model, batch)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            if recipe.after_backward is not None:
+                                recipe.after_backward(accelerator.unwrap_model(model))
+                            if settings.max_grad_norm:
+                                grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
+                    sums, names = (values if sums is None else sums + values), ["loss", *terms]
+                scheduler.step()
+                state["step"] += 1
+                step = state["step"]
+                since_log += 1
+                bar.update(1)
+                fields = recipe.row_fields(step) if recipe.row_fields is not None else {}
 
-            if step % settings.log_every == 0 or step == settings.steps:
-                means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
-                last_train = {"kind": "train", "step": step, **fields, **dict(zip(names, means)),
-                              "lr": scheduler.get_last_lr()[0],
-                              "grad_norm": None if grad_norm is None else float(grad_norm),
-                              "epoch": round(step / data.batches_per_epoch, 4),
-                              "elapsed_s": round(time.perf_counter() - started, 2)}
-                if main:
-                    _append_metrics(out, last_train)
-                bar.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
-                sums, since_log = None, 0
-
-            if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
-                model.eval()
-                metrics = recipe.evaluate(model, accelerator)
-                model.train()
-                last_eval = {"kind": "eval", "step": step, **fields, **metrics}
-                value = metrics[recipe.best_metric]
-                best = state["best_value"]
-                competes = step > recipe.best_after
-                if competes and (best is None or (value > best if recipe.higher_is_better else value < best)):
-                    state["best_value"], state["best_step"] = value, step
+                if step % settings.log_every == 0 or step == settings.steps:
+                    means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
+                    last_train = {"kind": "train", "step": step, **fields, **dict(zip(names, means)),
+                                  "lr": scheduler.get_last_lr()[0],
+                                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                                  "epoch": round(step / data.batches_per_epoch, 4),
+                                  "elapsed_s": round(time.perf_counter() - started, 2)}
                     if main:
-                        with atomic_dir(out / "best", overwrite=True) as tmp:
-                            recipe.save_model(accelerator.unwrap_model(model), tmp)
-                            (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n",
-                                                           encoding="utf-8")
-                if main:
-                    _append_metrics(out, last_eval)
-                bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", recipe.best_metric: f"{value:.4f}"},
-                                refresh=False)
-                accelerator.wait_for_everyone()
+                        _append_metrics(out, last_train)
+                    bar.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
+                    sums, since_log = None, 0
 
-            if step % settings.save_every == 0 or step == settings.steps:
-                trainer_state = {**state, "data_position": step,
-                                 "scheduler": scheduler.state_dict(), "config_hash": config_hash(config)}
-                _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
+                if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+                    model.eval()
+                    metrics = recipe.evaluate(model, accelerator)
+                    model.train()
+                    last_eval = {"kind": "eval", "step": step, **fields, **metrics}
+                    value = metrics[recipe.best_metric]
+                    best = state["best_value"]
+                    competes = step > recipe.best_after
+                    if competes and (best is None or (value > best if recipe.higher_is_better else value < best)):
+                        state["best_value"], state["best_step"] = value, step
+                        if main:
+                            with atomic_dir(out / "best", overwrite=True) as tmp:
+                                recipe.save_model(accelerator.unwrap_model(model), tmp)
+                                (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n",
+                                                               encoding="utf-8")
+                    if main:
+                        _append_metrics(out, last_eval)
+                    bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", recipe.best_metric: f"{value:.4f}"},
+                                    refresh=False)
+                    accelerator.wait_for_everyone()
+
+                # interrupted: this step's checkpoint first (not under --overwrite: the old run comes back)
+                stopping = boundary.pending is not None and replaced is None
+                if step % settings.save_every == 0 or step == settings.steps or stopping:
+                    trainer_state = {**state, "data_position": step,
+                                     "scheduler": scheduler.state_dict(), "config_hash": config_hash(config)}
+                    _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
+                if stopping and main:
+                    print(f"saved {out / 'checkpoints' / f'step-{step}'}: continue with --resume", file=sys.stderr)
+                boundary.stop()
         bar.close()
+        if main:
+            with atomic_dir(out / "final", overwrite=True) as tmp:
+                recipe.save_model(accelerator.unwrap_model(model), tmp)
     except BaseException:
-        if created and not checkpoints(out):  # nothing worth keeping: a corrected rerun starts clean
+        if replaced is not None:  # the old run comes back; the unfinished new one goes
+            put_back(out, replaced, keep=[CACHE])
+            print(f"note: {out} is the run it was before --overwrite: the new run did not finish", file=sys.stderr)
+        elif created and not checkpoints(out):  # nothing worth keeping: a corrected rerun starts clean
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-    if main:
-        with atomic_dir(out / "final", overwrite=True) as tmp:
-            recipe.save_model(accelerator.unwrap_model(model), tmp)
+    if replaced is not None:
+        drop_aside(replaced)
     accelerator.wait_for_everyone()
     return TrainResult(step=state["step"], final_dir=out / "final", best_step=state["best_step"],
                        best_value=state["best_value"], last_train=last_train, last_eval=last_eval,

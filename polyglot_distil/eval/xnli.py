@@ -49,7 +49,8 @@ from polyglot_distil.eval.metrics import accuracy, confusion_matrix, label_loyal
 from polyglot_distil.eval.predict import cached_xnli, prediction_key, predict_xnli
 from polyglot_distil.eval.report import render_markdown, write_plots
 from polyglot_distil.models.classifier import load_classifier
-from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, out_option
+from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, csv, \
+    out_option
 from polyglot_distil.data.nli import LABELS, xnli_split
 from polyglot_distil.outputs import atomic_dir, check_writable
 
@@ -188,13 +189,13 @@ XNLI = Command(
     raw_description=True,
     group_help={"eval": "evaluate a model (zero-shot XNLI: accuracy, loyalty, efficiency)"},
     run=run_eval_xnli, options=[
-        Option("model", required=True, help="model folder or hub name (3-way NLI classification head)"),
-        Option("teacher", help="the teacher to compare with (loyalty, efficiency ratios)"),
-        Option("baseline", help="the float model --model was quantized or exported from, side by side "
+        Option("model", role=READS, required=True, help="model folder or hub name (3-way NLI classification head)"),
+        Option("teacher", role=READS, help="the teacher to compare with (loyalty, efficiency ratios)"),
+        Option("baseline", role=READS, help="the float model --model was quantized or exported from, side by side "
                                 "(agreement, size and speed ratios)"),
         Option("langs", required=True, help="comma-separated XNLI languages, e.g. fr,sw"),
         Option("split", default="test", help="test (default), dev/validation, or train"),
-        Option("data", help="folder of {split}-{lang}.tsv files (default: facebook/xnli from the hub)"),
+        Option("data", role=READS, help="folder of {split}-{lang}.tsv files (default: facebook/xnli from the hub)"),
         out_option("folder for report.json, REPORT.md and plots"),
         Option("batch_size", type=int, default=32),
         Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),

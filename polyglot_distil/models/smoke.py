@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from polyglot_distil.options import OVERWRITE, SEED, Command, Option, out_option
+from polyglot_distil.options import OVERWRITE, READS, SEED, Command, Option, out_option
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -198,9 +198,9 @@ SMOKE_MODEL = Command(
                 "vocabulary): for trying the pipeline offline and for tests. Its numbers mean nothing.",
     run=run_smoke, options=[
         Option("family", choices=("bert", "xlmr"), default="bert", help="model family (default bert)"),
-        Option("texts", nargs="*", default=[], help="text files to train the tokenizer on"),
-        Option("vocab_file", help="use this WordPiece vocab.txt instead of training (bert)"),
-        Option("tokenizer_json", help="use this Unigram tokenizer.json instead of training (xlmr)"),
+        Option("texts", role=READS, nargs="*", default=[], help="text files to train the tokenizer on"),
+        Option("vocab_file", role=READS, help="use this WordPiece vocab.txt instead of training (bert)"),
+        Option("tokenizer_json", role=READS, help="use this Unigram tokenizer.json instead of training (xlmr)"),
         Option("vocab_size", type=int, default=1000),
         Option("hidden_size", type=int, default=32),
         Option("layers", type=int, default=4),

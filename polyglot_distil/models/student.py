@@ -44,7 +44,7 @@ from pathlib import Path
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.checkpoint import carry_body_tensors
 from polyglot_distil.models.loading import copy_tokenizer
-from polyglot_distil.options import APPEND, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import APPEND, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
 
@@ -446,7 +446,7 @@ STUDENT_OPTIONS = [  # the options that shape a student (shared with `distil gen
     Option("intermediate_size", type=int, help="feed-forward size (default: scaled with the width)"),
     Option("heads", type=int, help="attention heads (default: the teacher's)"),
     Option("dropout", type=float, default=0.0, help="hidden and attention dropout (BiStil: 0)"),
-    Option("importance_text", kind=APPEND, metavar="LANG=SOURCE",
+    Option("importance_text", role=READS, kind=APPEND, metavar="LANG=SOURCE",
            help="--init importance: text to score the teacher's heads and neurons on (as in 'count'); repeat"),
     Option("importance_lines", type=int, default=1000, help="--init importance: lines read per language"),
 ]
@@ -454,7 +454,7 @@ STUDENT_OPTIONS = [  # the options that shape a student (shared with `distil gen
 STUDENT = Command(
     ("student",), "build a compact student from a teacher", description=__doc__.split("\n\n")[0],
     run=run_student, options=[
-        Option("teacher", required=True, help="teacher model folder (e.g. the trimmed model) or hub name"),
+        Option("teacher", role=READS, required=True, help="teacher model folder (e.g. the trimmed model) or hub name"),
         out_option("the student model folder to write"),
         *STUDENT_OPTIONS,
         replace(SEED, help="seed for the random weights"),

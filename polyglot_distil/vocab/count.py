@@ -43,8 +43,8 @@ from polyglot_distil.data.corpus import Caps, ReadStats, Source, group_lang_spec
 from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint, vocab_in_id_order
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, POSITIONAL, SEED, TRUST_REMOTE_CODE, Command, \
-    Option, out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, POSITIONAL, READS, SEED, TRUST_REMOTE_CODE, \
+    Command, Option, out_option
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
 from polyglot_distil.tables import text_table
@@ -566,8 +566,8 @@ def run_merge(args) -> dict:
 COUNT = Command(
     ("count",), "count token occurrences per language (Parquet)", description=__doc__.split("\n\n")[0],
     run=run_count, options=[
-        Option("tokenizer", required=True, help="hub name, model folder or tokenizer.json"),
-        Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
+        Option("tokenizer", role=READS, required=True, help="hub name, model folder or tokenizer.json"),
+        Option("lang", kind=APPEND, role=READS, required=True, metavar="LANG=SOURCE",
                help="a language and one of its sources; repeat for more sources or languages"),
         out_option("the Parquet file to write"),
         Option("max_lines", type=int, help="cap on lines per language (deterministic sample)"),
@@ -590,7 +590,7 @@ COUNT = Command(
 
 MERGE = Command(
     ("merge",), "add counts files (e.g. shards) into one", run=run_merge, options=[
-        Option("parts", kind=POSITIONAL, nargs="+", help="counts files written by 'count'"),
+        Option("parts", kind=POSITIONAL, role=READS, nargs="+", help="counts files written by 'count'"),
         out_option("the merged Parquet file to write"),
         Option("allow_partial", kind=FLAG, help="merge although shards of a count are missing"),
         replace(OVERWRITE, help="replace an existing output file"),

@@ -34,8 +34,8 @@ from polyglot_distil.errors import UserError
 from polyglot_distil.models.checkpoint import carry_tensors, copy_sentence_transformers, drop_tensors
 from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
     vocab_in_id_order
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, \
-    group, out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, \
+    csv, group, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
 from polyglot_distil.tables import markdown_table
@@ -336,8 +336,8 @@ def run_trim(args) -> dict:
 TRIM = Command(
     ("trim",), "keep the vocabulary some languages use (model + tokenizer)", description=__doc__.split("\n\n")[0],
     run=run_trim, options=[
-        Option("model", required=True, help="hub name or model folder (WordPiece or Unigram tokenizer)"),
-        Option("counts", required=True, help="counts file written by 'polyglot-distil count'"),
+        Option("model", role=READS, required=True, help="hub name or model folder (WordPiece or Unigram tokenizer)"),
+        Option("counts", role=READS, required=True, help="counts file written by 'polyglot-distil count'"),
         Option("langs", required=True, help="comma-separated languages of the counts to keep, e.g. en,fr"),
         out_option("the folder to write"),
         *group("selection rules (per language all must hold; languages are united; "
@@ -349,12 +349,12 @@ TRIM = Command(
             Option("coverage", type=float, help="keep the fewest tokens covering this share of occurrences"),
             Option("top_n", type=int, help="keep the N most frequent tokens of each language"),
             Option("keep", kind=APPEND, default=[], metavar="TOKEN", help="always keep TOKEN (repeatable)"),
-            Option("keep_file", help="always keep the tokens of this file (one per line)"),
+            Option("keep_file", role=READS, help="always keep the tokens of this file (one per line)"),
             Option("keep_chars", kind=FLAG,
                    help="always keep single-character tokens (and ##x / ▁x), so no word becomes unknown"),
         ]),
         *group("quick verification (default: the first lines of the counted corpus)", [
-            Option("verify_lang", kind=APPEND, default=[], metavar="LANG=SOURCE",
+            Option("verify_lang", role=READS, kind=APPEND, default=[], metavar="LANG=SOURCE",
                    help="verify on this text instead of the counted sources"),
             Option("verify_lines", type=int, default=100, help="lines per language to verify on"),
             Option("no_verify", kind=FLAG, help="skip the quick verification"),

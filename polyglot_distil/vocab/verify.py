@@ -33,7 +33,8 @@ from polyglot_distil.models.checkpoint import checkpoint_files, has_pooler
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_model, load_tokenizer, model_class_for, vocab_in_id_order
-from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, SEED, TRUST_REMOTE_CODE, Command, Option
+from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, Command, \
+    Option
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
 from polyglot_distil.vocab.trim_tokenizer import vocab_size
@@ -329,9 +330,9 @@ def run_verify(args) -> dict:
 VERIFY = Command(
     ("verify",), "prove a trimmed model equals the original on covered text", description=__doc__.split("\n\n")[0],
     run=run_verify, options=[
-        Option("original", required=True, help="hub name or folder of the model that was trimmed"),
-        Option("trimmed", required=True, help="folder written by 'polyglot-distil trim'"),
-        Option("lang", kind=APPEND, required=True, metavar="LANG=SOURCE",
+        Option("original", role=READS, required=True, help="hub name or folder of the model that was trimmed"),
+        Option("trimmed", role=READS, required=True, help="folder written by 'polyglot-distil trim'"),
+        Option("lang", kind=APPEND, role=READS, required=True, metavar="LANG=SOURCE",
                help="held-out text of a language; repeat for more sources or languages"),
         Option("max_lines", type=int, default=1000, help="lines per language (seeded random sample)"),
         Option("min_coverage", type=float, default=0.5,
@@ -339,7 +340,7 @@ VERIFY = Command(
                     "source did) is below this: 'identical' must not mean 'compared nothing'"),
         SEED,
         Option("batch_size", type=int, default=8),
-        Option("report", help="also write the figures to this JSON file"),
+        Option("report", role=WRITES, help="also write the figures to this JSON file"),
         replace(OVERWRITE, help="replace an existing --report file"),
         replace(TRUST_REMOTE_CODE, help="allow the original model's own code to run"),
         NO_PROGRESS,

@@ -1,0 +1,165 @@
+"""Nothing lost on an interrupted or mistaken run (issue 25): an output that is, holds or lies
+inside an input is refused before anything is touched; `--overwrite` keeps the old output until the
+new one is complete, through Ctrl-C, SIGTERM and kill -9."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPORA, ROOT, run_cli, saved_weights
+from test_outputs import COMMANDS, command_lines
+
+SAMPLE = CORPORA / "en" / "sample.txt"
+NOT_READING_THE_MODEL = {"run", "sizes", "import-model", "smoke-model"}  # outputs in a config, or no model read
+
+
+def tree_digest(path: Path) -> str:
+    """One hash of every file's relative path and bytes under `path` (or of the file)."""
+    digest = hashlib.sha256()
+    for item in sorted([path] if path.is_file() else path.rglob("*")):
+        if item.is_file():
+            digest.update(str(item.relative_to(path.parent)).encode() + item.read_bytes())
+    return digest.hexdigest()
+
+
+def one_line(capsys, *args) -> str:
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def model(tmp_path, tiny_bert_dir) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, copy)
+    return copy
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - NOT_READING_THE_MODEL))
+def test_every_command_refuses_to_write_over_its_own_input(name, model, tmp_path, capsys):
+    counts = tmp_path / "counts.parquet"
+    counts.write_bytes(b"not read: the output check comes first")
+    line = command_lines(model, counts, tmp_path / "unused.yaml")[name]
+    victim = model if name != "merge" else counts
+    before = tree_digest(victim)
+    err = one_line(capsys, *[victim if part == "OUT" else part for part in line], "--overwrite")
+    assert err.count(f" {victim}") == 2 and "destroy its own input" in err, err
+    assert tree_digest(victim) == before
+
+
+def test_student_over_its_teacher_through_a_link_is_refused(model, tmp_path, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(model)
+    before = tree_digest(model)
+    err = one_line(capsys, "student", "--teacher", model, "--out", link, "--overwrite")
+    assert f"--out {link} is --teacher {model}" in err
+    assert tree_digest(model) == before
+
+
+def test_an_output_holding_or_inside_an_input_is_refused(model, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(model, run / "final")
+    before = tree_digest(run)
+    err = one_line(capsys, "quantize", "--model", run / "final", "--out", run, "--overwrite")
+    assert f"--out {run} holds --model {run / 'final'}" in err, err
+    err = one_line(capsys, "student", "--teacher", run / "final", "--out", run / "final" / "student")
+    assert "lies inside --teacher" in err, err
+    assert tree_digest(run) == before
+
+
+def test_count_refuses_to_write_over_its_corpus(tmp_path, tiny_bert_dir, capsys):
+    text = tmp_path / "en.txt"
+    shutil.copy(SAMPLE, text)
+    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en=text:{text}?x=1", "--out", text,
+                   "--overwrite")
+    assert f"is --lang {text}" in err
+    assert text.read_bytes() == SAMPLE.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupted runs: Ctrl-C, SIGTERM, kill -9
+
+
+def cli_process(*args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "polyglot_distil", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float = 120) -> tuple[int, str]:
+    """Send `signum` to `process` once `ready()` holds; its exit status and stderr."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the process never got ready"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
+
+
+def general(teacher: Path, out: Path, steps: int, *extra) -> list:
+    return ["distil", "general", "--teacher", teacher, "--lang", f"en={SAMPLE}", "--out", out, "--steps", steps,
+            "--block-size", "32", "--heldout-blocks", "4", "--batch-size", "4", "--layers", "1", "--log-every", "1",
+            "--eval-every", "1000", "--save-every", "1000", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert_dir) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert run_cli(*general(tiny_bert_dir, out, 2)) == 0
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])  # (Ctrl-C takes the SIGTERM path)
+def test_an_interrupted_overwrite_keeps_the_old_run(signum, finished_run, tiny_bert_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = saved_weights(run / "final")
+    aside = run.with_name(".run.replaced")
+    process = cli_process(*general(tiny_bert_dir, run, 100000, "--overwrite"))
+    code, err = signal_when(process, lambda: aside.is_dir() and (run / "metrics.jsonl").is_file(), signum)
+    assert code == {signal.SIGTERM: 143, signal.SIGKILL: -9}[signum], err
+    if signum == signal.SIGKILL:  # nothing ran: once its lock is removed, the next run puts the old one back
+        assert aside.is_dir()
+        (tmp_path / ".run.lock").unlink()
+        assert run_cli(*general(tiny_bert_dir, run, 2, "--resume")) == 0
+    after = saved_weights(run / "final")
+    assert after.keys() == before.keys() and all((after[k] == before[k]).all() for k in before)
+    assert not aside.exists() and not (tmp_path / ".run.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_releases_the_lock_and_the_run_resumes(tiny_bert_dir, tmp_path):
+    run = tmp_path / "run"
+    process = cli_process(*general(tiny_bert_dir, run, 100000))
+    code, err = signal_when(process, lambda: (run / "metrics.jsonl").is_file(), signal.SIGTERM)
+    assert code == 143 and "terminated" in err, err
+    saved = sorted((run / "checkpoints").glob("step-*"))
+    assert len(saved) == 1 and (saved[0] / "trainer_state.json").is_file(), err
+    assert not (tmp_path / ".run.lock").exists(), "a requeued job resumes without anyone removing the lock"
+
+
+def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
+    text = tmp_path / "big.txt"
+    text.write_text(SAMPLE.read_text(encoding="utf-8") * 400, encoding="utf-8")
+    out = tmp_path / "counts.parquet"
+    process = cli_process("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={text}", "--out", out)
+    code, err = signal_when(process, lambda: (tmp_path / ".counts.parquet.lock").exists(), signal.SIGTERM)
+    assert code == 143, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"], err
