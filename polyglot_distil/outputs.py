@@ -110,6 +110,10 @@ def hold_lock(target: str | os.PathLike) -> None:
     if key in _held or not _main_process():
         return
     lock = lock_path(target)
+    if any(held in key.parents for held in _held):
+        # This run holds a folder above `target` (a training run's OUT, above OUT/best): it owns
+        # the locks beneath it, a killed earlier run's included.
+        lock.unlink(missing_ok=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())

@@ -163,3 +163,36 @@ def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
     code, err = signal_when(process, lambda: (tmp_path / ".counts.parquet.lock").exists(), signal.SIGTERM)
     assert code == 143, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"], err
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("runs") / "checkpointed"
+    assert run_cli(*general(tiny_bert_dir, out, 4, "--save-every", "2")) == 0
+    return out
+
+
+def test_resume_owns_the_locks_a_killed_run_left_beneath_its_output(checkpointed_run, tiny_bert_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    shutil.rmtree(run / "final")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".final.lock").write_text(f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}"}}', encoding="utf-8")
+    assert run_cli(*general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume")) == 0
+    assert (run / "final" / "model.safetensors").is_file() and not (run / ".final.lock").exists()
+
+
+def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(checkpointed_run, tiny_bert_dir,
+                                                                           tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    shutil.rmtree(run / "final")
+    weights = run / "checkpoints" / "step-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    assert run_cli(*general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {weights.parent} cannot be read" in err and "resuming from" in err and "step 2" in err, err
+    expected, resumed = saved_weights(checkpointed_run / "final"), saved_weights(run / "final")
+    assert all((expected[k] == resumed[k]).all() for k in expected), "the uninterrupted run's result, bitwise"

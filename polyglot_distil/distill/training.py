@@ -291,7 +291,7 @@ def _config_differences(saved: dict, new: dict) -> str:
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints in OUT, oldest first."""
     found = [p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return sorted(found, key=_step_of)
 
 
 def unstarted(out: Path) -> bool:
@@ -330,6 +330,34 @@ def check_output(settings: TrainSettings, config: dict, inputs: dict | None = No
                         f"{more}); restore it, or start over with --overwrite or a new --out")
     found = checkpoints(out)
     return found[-1] if found else None
+
+
+def _load_checkpoint(accelerator, out: Path, newest: Path, scheduler, recipe: Recipe) -> tuple[Path, dict]:
+    """Load the newest complete checkpoint up to `newest` that can be read: a copy cut short (a disk
+    that filled, a killed copy) is named and the one before it is tried. Returns it and its
+    trainer_state.json."""
+    from safetensors.torch import load_file
+
+    tried = []
+    for folder in reversed([c for c in checkpoints(out) if _step_of(c) <= _step_of(newest)]):
+        try:
+            saved = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+            accelerator.load_state(str(folder))
+            scheduler.load_state_dict(saved["scheduler"])
+            if recipe.load_extra_state and (folder / "extra_state.safetensors").is_file():
+                recipe.load_extra_state(load_file(folder / "extra_state.safetensors"))
+            return folder, saved
+        except Exception as exc:  # noqa: BLE001 - whatever the reader raises on a cut file: named, not a traceback
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+            tried.append(f"{folder.name} ({reason})")
+            if accelerator.is_main_process:
+                print(f"note: checkpoint {folder} cannot be read ({reason}); trying the one before it", file=sys.stderr)
+    raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'} can be read ({'; '.join(tried[:2])}); "
+                    "start over with --overwrite")
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
 
 
 def _append_metrics(out: Path, row: dict) -> None:
@@ -471,7 +499,6 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
 def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resume_from: Path | None,
            build_recipe: Callable[[Any], Recipe]) -> TrainResult:
     from accelerate.utils import set_seed
-    from safetensors.torch import load_file
     from transformers import get_linear_schedule_with_warmup
 
     accelerator = make_accelerator(settings)
@@ -523,12 +550,8 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
         model, optimizer = accelerator.prepare(model, optimizer)
         state = {"step": 0, "best_value": None, "best_step": None}
         if resume_from is not None:
-            accelerator.load_state(str(resume_from))
-            saved = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+            resume_from, saved = _load_checkpoint(accelerator, out, resume_from, scheduler, recipe)
             state = {k: saved[k] for k in state}
-            scheduler.load_state_dict(saved["scheduler"])
-            if recipe.load_extra_state and (resume_from / "extra_state.safetensors").is_file():
-                recipe.load_extra_state(load_file(resume_from / "extra_state.safetensors"))
             if main:
                 _truncate_metrics(out, state["step"])
                 print(f"resuming from {resume_from} (step {state['step']})", file=sys.stderr)
