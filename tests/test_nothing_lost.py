@@ -196,3 +196,55 @@ def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(check
     assert f"checkpoint {weights.parent} cannot be read" in err and "resuming from" in err and "step 2" in err, err
     expected, resumed = saved_weights(checkpointed_run / "final"), saved_weights(run / "final")
     assert all((expected[k] == resumed[k]).all() for k in expected), "the uninterrupted run's result, bitwise"
+
+
+# ---------------------------------------------------------------------------------------------
+# One teacher cache shared by several runs
+
+SHARED_CACHE_RUN = """
+import sys, time, types
+from pathlib import Path
+import numpy as np, torch
+from polyglot_distil.distill.teacher_cache import TeacherCache
+
+class Pairs:
+    input_ids, offsets, pad_id, token_type_ids = np.arange(40) % 7, np.arange(0, 41, 4), 0, None
+    def __len__(self):
+        return 10
+
+class Teacher(torch.nn.Module):
+    config = types.SimpleNamespace(num_attention_heads=1, hidden_size=2)
+    def forward(self, input_ids, attention_mask, output_hidden_states, output_attentions):
+        Path(sys.argv[3]).touch()  # building; goes on once the test says so
+        while not Path(sys.argv[3] + ".go").exists():
+            time.sleep(0.05)
+        b, w = input_ids.shape
+        return types.SimpleNamespace(logits=torch.ones(b, 3), attentions=None,
+                                     hidden_states=[input_ids.float()[..., None].expand(b, w, 2)])
+
+print("started", flush=True)
+cache = TeacherCache.open_or_build(sys.argv[1], Teacher(), sys.argv[2], Pairs(), [0, 1, 2], [0], [], 64, 2, "cpu")
+print("rows", cache.logits.shape[0], "hidden", cache.hidden[0].shape[0])
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_a_teacher_cache_build_it_once_and_both_read_it(tmp_path, tiny_bert_dir):
+    cache, building = tmp_path / "shared", tmp_path / "building"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-c", SHARED_CACHE_RUN, str(cache), str(tiny_bert_dir), str(building)]
+    first = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not building.exists():  # the first run is building the cache: the second starts now
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert second.stdout.readline().strip() == "started"
+    time.sleep(1.0)  # the second run reaches the cache while the first builds it
+    Path(f"{building}.go").touch()
+    out, err = first.communicate(timeout=120)
+    second_out, second_err = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, err + second_err
+    assert out.splitlines()[-1] == second_out.splitlines()[-1] == "rows 10 hidden 40"
+    assert "teacher cache:" in out and "teacher cache:" not in second_out, "the second waited, then read it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "building.go", "shared"], "nothing else left"

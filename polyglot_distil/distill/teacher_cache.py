@@ -21,8 +21,10 @@ teacher state / attention layer `hidden-K.npy` float16 [tokens, H] and `attentio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -69,18 +71,20 @@ class TeacherCache:
         the others wait for it)."""
         folder = Path(folder)
         key = cache_key(teacher_path, pairs, hidden, attention, max_length)
-        meta = folder / "cache.json"
         main = accelerator is None or accelerator.is_main_process
-        if main and not (meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("key") == key):
-            if folder.exists():
-                if not meta.is_file():
-                    raise UserError(f"--teacher-cache {folder} exists and is not a teacher cache; give another folder")
-                log(f"teacher cache {folder}: made for another teacher, data or settings; rebuilding it")
-                shutil.rmtree(folder)
-            start = time.perf_counter()
-            _build(folder, key, teacher, pairs, teacher_order, hidden, attention, batch_size, device)
-            log(f"teacher cache: {len(pairs):,} pairs in {time.perf_counter() - start:.0f} s, "
-                f"{sum(p.stat().st_size for p in folder.iterdir()) / 1e6:,.0f} MB in {folder}")
+        if main and not _holds(folder, key):
+            if folder.exists() and not (folder / "cache.json").is_file():
+                raise UserError(f"--teacher-cache {folder} exists and is not a teacher cache; give another folder")
+            # Several runs share one cache (several students of one teacher): one builds it while
+            # the others wait, in a folder of its own, published whole by a rename.
+            with _building(folder):
+                if not _holds(folder, key):
+                    if folder.exists():
+                        log(f"teacher cache {folder}: made for another teacher, data or settings; rebuilding it")
+                    start = time.perf_counter()
+                    _build(folder, key, teacher, pairs, teacher_order, hidden, attention, batch_size, device)
+                    log(f"teacher cache: {len(pairs):,} pairs in {time.perf_counter() - start:.0f} s, "
+                        f"{sum(p.stat().st_size for p in folder.iterdir()) / 1e6:,.0f} MB in {folder}")
         if accelerator is not None:
             accelerator.wait_for_everyone()
         return cls(folder)
@@ -110,18 +114,72 @@ class TeacherCache:
         return out
 
 
+def _holds(folder: Path, key: str) -> bool:
+    meta = folder / "cache.json"
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _building(folder: Path, poll_seconds: float = 0.5):
+    """Hold `.DIR.building.lock` (its holder's pid inside) while building `folder`: a second run
+    waits for the first; a lock whose process is gone (killed) is taken over."""
+    lock = folder.with_name(f".{folder.name}.building.lock")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                owner = int(json.loads(lock.read_text(encoding="utf-8"))["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                owner = None  # being written this instant: look again
+            if owner is not None and not _alive(owner):
+                lock.unlink(missing_ok=True)
+            time.sleep(poll_seconds)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"pid": os.getpid()}, handle)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _build(folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[int], attention: list[int],
            batch_size: int, device) -> None:
     """Run the teacher over every pair (length-sorted batches) and write the arrays atomically."""
+    tmp = folder.with_name(f".{folder.name}.building-{os.getpid()}")  # this run's own
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _fill(tmp, folder, key, teacher, pairs, teacher_order, hidden, attention, batch_size, device)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fill(tmp: Path, folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[int], attention: list[int],
+          batch_size: int, device) -> None:
+    """Write the arrays into `tmp`, then publish it as `folder`."""
     import torch
     from polyglot_distil.progress import progress
 
     n = len(pairs)
     lengths = np.diff(pairs.offsets).astype(np.int64)
     heads = teacher.config.num_attention_heads
-    tmp = folder.with_name(f".{folder.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     total = int(lengths.sum())
     attention_offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(heads * lengths * lengths, out=attention_offsets[1:])
@@ -165,4 +223,8 @@ def _build(folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[i
         np.save(tmp / "attention_offsets.npy", attention_offsets)
     (tmp / "cache.json").write_text(json.dumps({"format": FORMAT, "key": key, "pairs": n, "hidden": hidden,
                                                 "attention": attention, "heads": heads}, indent=1), encoding="utf-8")
-    tmp.rename(folder)
+    if folder.exists():  # another key's cache: its readers keep their open maps
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, folder)
