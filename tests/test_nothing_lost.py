@@ -248,3 +248,14 @@ def test_two_runs_sharing_a_teacher_cache_build_it_once_and_both_read_it(tmp_pat
     assert out.splitlines()[-1] == second_out.splitlines()[-1] == "rows 10 hidden 40"
     assert "teacher cache:" in out and "teacher cache:" not in second_out, "the second waited, then read it"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "building.go", "shared"], "nothing else left"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, never a traceback
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_commands_help_is_shown(name, capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_cli(*name.split(), "--help")
+    assert exit.value.code == 0 and "usage:" in capsys.readouterr().out

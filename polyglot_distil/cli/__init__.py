@@ -54,12 +54,13 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
     for depth, word in enumerate(command.words[:-1]):
         key = command.words[:depth + 1]
         if key not in subparsers:
-            group = parent.add_parser(word, help=command.group_help.get(word),
+            group = parent.add_parser(word, help=_literal(command.group_help.get(word)),
                                       description=command.group_help.get(word))
             subparsers[key] = group.add_subparsers(dest="_".join(key) + "_sub", metavar="SUB", required=True)
         parent = subparsers[key]
     formatter = argparse.RawDescriptionHelpFormatter if command.raw_description else argparse.HelpFormatter
-    parser = parent.add_parser(command.words[-1], help=command.help, description=command.description or command.help,
+    parser = parent.add_parser(command.words[-1], help=_literal(command.help),
+                               description=command.description or command.help,
                                formatter_class=formatter)
     groups: dict = {}
     for option in command.options:
@@ -70,7 +71,7 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
             target = groups[option.group]
         kwargs: dict = {"help": _help_with_default(option)}
         if option.kind == POSITIONAL:
-            target.add_argument(option.name, nargs=option.nargs, metavar=option.metavar, help=option.help,
+            target.add_argument(option.name, nargs=option.nargs, metavar=option.metavar, help=kwargs["help"],
                                 choices=option.choices,
                                 **({"default": option.default} if option.nargs in ("*", "?") else {}))
             continue
@@ -90,13 +91,19 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
     return parser
 
 
+def _literal(text: str | None) -> str | None:
+    """`text` with its `%` signs kept as they are by argparse's help formatting."""
+    return text.replace("%", "%%") if text else text
+
+
 def _help_with_default(option) -> str | None:
-    """The option's help, with its default when it has one worth saying and the help does not."""
+    """The option's help, with its default when it has one worth saying and the help does not;
+    a `%` in it is a percent sign (argparse would read it as a format)."""
     text = option.help or ""
     default = option.default
-    if option.kind in (FLAG, NEGATED, APPEND) or default in (None, [], "") or "default" in text:
-        return option.help
-    return f"{text} (default: {default})".strip()
+    if option.kind not in (FLAG, NEGATED, APPEND) and default not in (None, [], "") and "default" not in text:
+        text = f"{text} (default: {default})".strip()
+    return _literal(text) if text else option.help
 
 
 def build_parser() -> argparse.ArgumentParser:
