@@ -105,7 +105,13 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise UserError(f"override {override!r}: expected key=value, e.g. general.steps=100")
-        _set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"override {override!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                            f"{key}='\"...\"'") from None
+        _set_dotted(config, key.strip(), value)
     config["_path"] = str(path)
     return config
 

@@ -259,3 +259,11 @@ def test_every_commands_help_is_shown(name, capsys):
     with pytest.raises(SystemExit) as exit:
         run_cli(*name.split(), "--help")
     assert exit.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override", ["general.steps=!!python/object:os.system", "model=[1", "a=b: c: d"])
+def test_an_override_that_is_not_yaml_is_one_line(override, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmodel: m\n", encoding="utf-8")
+    err = one_line(capsys, "run", config, override)
+    assert f"override {override!r}: the value is not valid YAML" in err
