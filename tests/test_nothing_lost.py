@@ -267,3 +267,21 @@ def test_an_override_that_is_not_yaml_is_one_line(override, tmp_path, capsys):
     config.write_text(f"run_dir: {tmp_path / 'run'}\nmodel: m\n", encoding="utf-8")
     err = one_line(capsys, "run", config, override)
     assert f"override {override!r}: the value is not valid YAML" in err
+
+
+def test_merge_refuses_the_same_counts_twice_even_inside_a_merged_file(tmp_path, tiny_bert_dir, capsys):
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.vocab.count import count_corpora, write_counts
+
+    sources = {"en": parse_sources([str(SAMPLE)])}
+    parts = [write_counts(count_corpora(str(tiny_bert_dir), sources, shard=(i, 2), show_progress=False),
+                          tmp_path / f"part{i}.parquet") for i in range(2)]
+    err = one_line(capsys, "merge", parts[0], parts[0], parts[1], "--out", tmp_path / "twice.parquet")
+    assert f"{parts[0]} and {parts[0]} both hold the counts of en shard 0/2" in err, err
+    assert run_cli("merge", *parts, "--out", tmp_path / "merged.parquet") == 0
+    # a glob that also matches the earlier merged file
+    err = one_line(capsys, "merge", tmp_path / "merged.parquet", *parts, "--out", tmp_path / "again.parquet")
+    assert "count those lines twice" in err and not (tmp_path / "again.parquet").exists()
+    whole = write_counts(count_corpora(str(tiny_bert_dir), sources, show_progress=False), tmp_path / "whole.parquet")
+    err = one_line(capsys, "merge", whole, whole, "--out", tmp_path / "doubled.parquet")
+    assert "shard 0/1" in err and "count those lines twice" in err

@@ -452,22 +452,22 @@ def read_counts(path: str | Path) -> Counts:
 def check_shards(parts: list[Counts], names: list[str], allow_partial: bool = False) -> None:
     """Shards of one count must each come once, and all of them (I/N for I = 0..N-1), unless
     `allow_partial`; counts of other corpora (shard 0/1, or merged) add freely."""
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[str, str] = {}
     totals: dict[int, set[int]] = {}
     for part, name in zip(parts, names):
+        for unit in counted_units(part):  # a merged part: each of its parts
+            if unit in seen:
+                what = json.loads(unit)
+                raise UserError(f"{name} and {seen[unit]} both hold the counts of {what['lang']} shard {what['shard']} "
+                                f"({', '.join(what['sources']) or 'the same sources'}); merging both would count "
+                                "those lines twice: pass each count once")
+            seen[unit] = name
         shard = part.extra.get("shard") or "0/1"
         if shard == "merged" or "/" not in shard:
             continue
         index, count = (int(x) for x in shard.split("/"))
-        if count == 1:
-            continue
-        key = (part.fingerprint, shard, json.dumps(part.extra.get("caps"), sort_keys=True),
-               json.dumps({lang: t.sources for lang, t in part.totals.items()}, sort_keys=True))
-        if key in seen:
-            raise UserError(f"{name} and {seen[key]} are the same shard {shard} of one count; merging both would "
-                            "double it (pass each shard once)")
-        seen[key] = name
-        totals.setdefault(count, set()).add(index)
+        if count > 1:
+            totals.setdefault(count, set()).add(index)
     for count, indices in totals.items():
         missing = sorted(set(range(count)) - indices)
         if missing and not allow_partial:
@@ -476,13 +476,25 @@ def check_shards(parts: list[Counts], names: list[str], allow_partial: bool = Fa
                             "--allow-partial to merge a part on purpose")
 
 
+def counted_units(counts: Counts) -> list[str]:
+    """What `counts` counted, one entry per language and shard (JSON: tokenizer, language, shard,
+    caps, sources); a merged file lists its parts' entries, so that a merge sees the same lines
+    come twice however the files were combined."""
+    if "units" in counts.extra:
+        return list(counts.extra["units"])
+    shard, caps = counts.extra.get("shard") or "0/1", counts.extra.get("caps")
+    return [json.dumps({"tokenizer": counts.fingerprint, "lang": lang, "shard": shard, "caps": caps,
+                        "sources": list(total.sources)}, sort_keys=True) for lang, total in counts.totals.items()]
+
+
 def merge(parts: list[Counts]) -> Counts:
     """Add counts made with the same tokenizer (shards of one corpus, or other corpora)."""
     first = parts[0]
     merged = Counts(tokenizer=first.tokenizer, fingerprint=first.fingerprint, vocab=list(first.vocab),
                     unk_id=first.unk_id)
     merged.extra = {"shard": "merged", "caps": first.extra.get("caps"),
-                    "merged_from": [p.extra.get("shard") for p in parts]}
+                    "merged_from": [p.extra.get("shard") for p in parts],
+                    "units": [unit for part in parts for unit in counted_units(part)]}
     for part in parts:
         if part.fingerprint != first.fingerprint:
             raise UserError(f"cannot merge counts made with different tokenizers: {first.tokenizer} and {part.tokenizer}")
