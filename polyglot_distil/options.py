@@ -222,6 +222,12 @@ def out_option(help: str) -> Option:
     return Option("out", required=True, help=help, role=WRITES)
 
 
+# Options that change no result, only how a run reports and saves its progress and whether it
+# resumes or starts over: a training run's configuration hash leaves them out (`--resume` accepts
+# them changed), and so does a `run` stage's completion marker (editing one re-runs nothing). The
+# one list for both. (`progress` is `no_progress` as TrainSettings holds it.)
+NO_RESULT = frozenset({"no_progress", "progress", "log_every", "keep_checkpoints", "save_every", "grad_accum",
+                       "resume", "overwrite"})
 OVERWRITE = Option("overwrite", kind=FLAG, help="replace an existing output")
 TRUST_REMOTE_CODE = Option("trust_remote_code", kind=FLAG, help="allow the model's own code to run")
 NO_PROGRESS = Option("no_progress", kind=FLAG,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import FLAG, POSITIONAL, Command, Option, exit_status
+from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
@@ -363,7 +363,8 @@ def _argv_hash(argv: list[str]) -> str:
 def settings_hash(values: dict, stage: Stage) -> str:
     """What a completed stage's marker keeps of its options: a hash of the command line, without
     the options that change no result (so that adding one does not make a stage run again)."""
-    return _argv_hash(stage_argv({k: v for k, v in values.items() if k not in stage.neutral}, stage))
+    kept = {k: v for k, v in values.items() if k not in stage.neutral and k not in NO_RESULT}
+    return _argv_hash(stage_argv(kept, stage))
 
 
 @dataclass

@@ -176,6 +176,12 @@ def test_from_a_stage_runs_it_and_every_later_stage_again(demo_run):
     assert run_pipeline(load_config(demo_run["path"]), only="eval") == ["eval"]
 
 
+def test_editing_an_option_that_changes_no_result_neither_reruns_nor_refuses(demo_run):
+    edits = ["count.no_progress=true", "general.log_every=3", "general.keep_checkpoints=5", "task.log_every=7",
+             "finetune.no_progress=true"]
+    assert run_pipeline(load_config(demo_run["path"], edits)) == []
+
+
 def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
     with pytest.raises(UserError, match="stage trim was completed with other settings"):
         run_pipeline(load_config(demo_run["path"], ["trim.min_count=3"]))

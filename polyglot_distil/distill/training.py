@@ -58,6 +58,7 @@ import torch
 
 from polyglot_distil.errors import UserError, interruption
 from polyglot_distil.inputs import changed_inputs, input_fingerprints
+from polyglot_distil.options import NO_RESULT
 from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, set_aside, \
     wait_visible
 from polyglot_distil.progress import progress
@@ -88,9 +89,8 @@ class TrainSettings:
     overwrite: bool = False
     progress: bool | None = None  # None: a bar on a terminal only
 
-    # Where the run writes and how chatty it is do not change what it computes.
-    NOT_HASHED = ("out", "resume", "overwrite", "progress", "keep_checkpoints", "log_every", "save_every",
-                  "grad_accum")
+    # Where the run writes, how chatty it is and how often it saves do not change what it computes.
+    NOT_HASHED = NO_RESULT | {"out"}
 
     def result_config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.NOT_HASHED}
