@@ -341,7 +341,31 @@ def validate(config: dict) -> list[Stage]:
         section = config.get(stage.name) or {}
         _expect(isinstance(section, dict), stage.name, "a mapping of options", section)
         stage.command.from_config(stage.name, section, set(stage.wired))
+    if "student" in names:
+        _check_student_shape(config, table["student"])
     return stages
+
+
+def _check_student_shape(config: dict, stage: Stage) -> None:
+    """The student section against the teacher's shape (its config.json: trimming keeps the
+    layers and widths), before the first stage runs: `--layers 3` of a 2-layer teacher is one
+    line now, not after hours of counting, trimming and fine-tuning."""
+    from polyglot_distil.models.student import planned_config, spec_from_args
+
+    teacher = Path(config["model"]) / "config.json"
+    if not teacher.is_file():
+        return  # a hub name: checked when the student stage loads it
+    from transformers import AutoConfig
+
+    section = stage.command.from_config("student", config.get("student") or {}, set(stage.wired))
+    try:
+        teacher_config = AutoConfig.from_pretrained(teacher.parent)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"config key model: {teacher} cannot be read ({str(exc).splitlines()[0]})") from None
+    try:
+        planned_config(teacher_config, spec_from_args(stage.command.namespace(**section)))
+    except UserError as exc:
+        raise UserError(f"config section student: {exc} (the teacher {config['model']})") from None
 
 
 def stage_values(run: Run, stage: Stage) -> dict:
