@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -57,6 +58,29 @@ def follow_umask(path: Path) -> None:
 def written_by_us(folder: Path) -> bool:
     """Is `folder` empty or an output polyglot-distil wrote (its marker or one of its reports)?"""
     return not any(folder.iterdir()) or any((folder / name).is_file() for name in OUR_REPORTS)
+
+
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (a file-size limit, ulimit -f)",
+            errno.EDQUOT: "disk quota exceeded"}
+_NO_ROOM_TEXT = {"no space left": errno.ENOSPC, "file too large": errno.EFBIG, "quota exceeded": errno.EDQUOT}
+
+
+def no_room(target: str | os.PathLike, exc: BaseException) -> UserError | None:
+    """The one line for a write that failed for want of room (a full disk, a file-size limit, a
+    quota), whichever library raised it (an OSError, or pyarrow's, safetensors' or torch's own
+    error saying so); None for any other exception."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc).lower()
+    if code not in _NO_ROOM:
+        code = next((c for phrase, c in _NO_ROOM_TEXT.items() if phrase in text), None)
+    if code is not None:
+        reason = _NO_ROOM[code]
+    elif "file write failed" in text or "failed writing" in text:  # torch's writer does not say why
+        reason = "the write failed (no space left on the device, or a file-size limit?)"
+    else:
+        return None
+    return UserError(f"cannot write {target}: {reason}; nothing of it was kept: make room (or raise the limit) "
+                     "and run again")
 
 
 def _cannot_write(target: Path, exc: OSError) -> UserError:
@@ -229,6 +253,20 @@ def replace_file(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 
 
 @contextlib.contextmanager
+def room_checked(target: Path) -> Iterator[None]:
+    """A write into `target` that fails for want of room ends with one line (`no_room`)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each library has its own error type for a full disk
+        failure = no_room(target, exc)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+@contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to `target`, on error removed."""
     target = check_writable(target, overwrite, kind="file")
@@ -240,7 +278,8 @@ def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = Path(tmp)
     _temporaries.add(tmp.absolute())
     try:
-        yield tmp
+        with room_checked(target):
+            yield tmp
         follow_umask(tmp)
         os.replace(tmp, target)
     finally:
@@ -260,8 +299,9 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         raise _cannot_write(target, exc) from None
     _temporaries.add(tmp.absolute())
     try:
-        (tmp / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
-        yield tmp
+        with room_checked(target):
+            (tmp / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
+            yield tmp
         follow_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")

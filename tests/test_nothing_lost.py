@@ -295,3 +295,34 @@ def test_a_student_larger_than_its_teacher_is_refused_before_any_stage(command, 
     err = one_line(capsys, command, ROOT / "configs" / "demo.yaml", *args)
     assert "--layers 5: a student needs between 1 and the teacher's 4 layers" in err
     assert not run.exists(), "nothing ran"
+
+
+def limited(limit_bytes: int):
+    """For subprocess: files may not grow past `limit_bytes` (ulimit -f); Python ignores SIGXFSZ,
+    so a write past it fails with EFBIG, as on a full disk it fails with ENOSPC."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["count", "trim", "training"])
+def test_a_write_past_a_file_size_limit_is_one_line_and_leaves_nothing(name, tiny_bert_dir, tmp_path):
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.vocab.count import count_corpora, write_counts
+
+    out = tmp_path / "out" / ("counts.parquet" if name == "count" else "model")
+    counts = write_counts(count_corpora(str(tiny_bert_dir), {"en": parse_sources([str(SAMPLE)])},
+                                        show_progress=False), tmp_path / "counts.parquet")
+    args = {"count": ["count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
+            "trim": ["trim", "--model", tiny_bert_dir, "--counts", counts, "--langs", "en", "--out", out, "--no-verify"],
+            "training": general(tiny_bert_dir, out, 2)}[name]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, "-m", "polyglot_distil", *map(str, args)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=limited(100_000 if name == "training" else 4000))  # (the token cache fits)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write") and "file too large" in last and "Traceback" not in result.stderr, \
+        result.stderr[-3000:]
+    assert list((tmp_path / "out").iterdir()) == [], "nothing left: no partial output, no temporary, no lock"

@@ -32,7 +32,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.outputs import wait_visible
+from polyglot_distil.outputs import room_checked, wait_visible
 
 META = "blocks.json"
 FORMAT = 1
@@ -110,10 +110,11 @@ def _write(root: Path, folder: Path, key: dict, languages: list[str], write: Cal
     tmp.mkdir(parents=True)
     meta = {"key": key, "languages": {}}
     try:
-        for lang in languages:
-            with open(tmp / f"{lang}.int32", "wb") as handle:
-                meta["languages"][lang] = {"blocks": int(write(lang, handle))}
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        with room_checked(folder):
+            for lang in languages:
+                with open(tmp / f"{lang}.int32", "wb") as handle:
+                    meta["languages"][lang] = {"blocks": int(write(lang, handle))}
+            (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     except BaseException:

@@ -59,8 +59,8 @@ import torch
 from polyglot_distil.errors import UserError, interruption
 from polyglot_distil.inputs import changed_inputs, input_fingerprints
 from polyglot_distil.options import NO_RESULT
-from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, set_aside, \
-    wait_visible
+from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, \
+    room_checked, set_aside, wait_visible
 from polyglot_distil.progress import progress
 
 
@@ -395,12 +395,18 @@ def _save_checkpoint(accelerator, out: Path, trainer_state: dict, recipe: Recipe
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:  # every process writes its own state files into it
         wait_visible(tmp, what="the checkpoint folder the main process made")
-    accelerator.save_state(str(tmp))
-    extra = recipe.extra_state() if recipe.extra_state else None
-    if accelerator.is_main_process:
-        if extra:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, tmp / "extra_state.safetensors")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+    try:
+        with room_checked(folder):
+            accelerator.save_state(str(tmp))
+            extra = recipe.extra_state() if recipe.extra_state else None
+            if accelerator.is_main_process:
+                if extra:
+                    save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()},
+                              tmp / "extra_state.safetensors")
+                (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(folder, ignore_errors=True)
