@@ -326,3 +326,14 @@ def test_a_write_past_a_file_size_limit_is_one_line_and_leaves_nothing(name, tin
     assert last.startswith("error: cannot write") and "file too large" in last and "Traceback" not in result.stderr, \
         result.stderr[-3000:]
     assert list((tmp_path / "out").iterdir()) == [], "nothing left: no partial output, no temporary, no lock"
+
+
+def test_a_config_that_disagrees_with_the_weights_is_one_line_naming_a_tensor(model, tmp_path, capsys):
+    import json
+
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "hidden_size": 64, "intermediate_size": 100}),
+                                       encoding="utf-8")
+    err = one_line(capsys, "student", "--teacher", model, "--out", tmp_path / "student")
+    assert "its config.json does not match its weights (tensor " in err and "[32] in model.safetensors" in err, err
+    assert not (tmp_path / "student").exists()

@@ -156,11 +156,42 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
         raise UserError(f"cannot load model from {name}: its pickle checkpoint (.bin) holds more than tensors "
                         f"(torch.load with weights_only=True refused it: {type(exc).__name__}); use a safetensors "
                         "copy of the model from a source you trust") from None
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        raise UserError(f"cannot load model from {name}: its config.json does not match its weights "
+                        f"({_first_mismatch(name, model_class, trust_remote_code)}); use the config.json that came "
+                        "with these weights") from None
     except Exception as exc:
         if type(exc).__name__ != "SafetensorError":
             raise
         raise UserError(f"cannot load model from {name}: a safetensors file is damaged or cut short "
                         f"({(str(exc).strip().splitlines() or ['?'])[0]}); download or write it again") from None
+
+
+def _first_mismatch(folder: str, model_class, trust_remote_code: bool) -> str:
+    """`tensor T is [a, b] in the weights, [c, d] by config.json` for the first tensor whose shape
+    the folder's config.json and its safetensors disagree on (a model built on the meta device)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = model_class.from_config(config)
+        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+        prefix = getattr(model, "base_model_prefix", "")
+        for path in sorted(Path(folder).glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as weights:
+                for key in weights.keys():
+                    shape = list(weights.get_slice(key).get_shape())
+                    for candidate in (key, f"{prefix}.{key}", key.split(".", 1)[-1]):
+                        if candidate in expected and expected[candidate] != shape:
+                            return f"tensor {key} is {shape} in {path.name}, {expected[candidate]} by config.json"
+    except Exception:  # noqa: BLE001 - only the detail of the message is lost
+        pass
+    return "a tensor's shape differs"
 
 
 def folder_size_bytes(path: str | os.PathLike) -> int:
