@@ -337,3 +337,54 @@ def test_a_config_that_disagrees_with_the_weights_is_one_line_naming_a_tensor(mo
     err = one_line(capsys, "student", "--teacher", model, "--out", tmp_path / "student")
     assert "its config.json does not match its weights (tensor " in err and "[32] in model.safetensors" in err, err
     assert not (tmp_path / "student").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# One text check for every command that reads text
+
+
+def utf16_file(path: Path) -> Path:
+    path.write_bytes(SAMPLE.read_text(encoding="utf-8").encode("utf-16-le"))  # no byte-order mark
+    return path
+
+
+@pytest.mark.parametrize("command", ["count", "distil general", "verify"])
+def test_utf16_without_a_bom_is_refused_by_every_command_that_reads_text(command, tmp_path, tiny_bert_dir, capsys):
+    text = utf16_file(tmp_path / "fr.txt")
+    args = {"count": ["count", "--tokenizer", tiny_bert_dir, "--out", tmp_path / "out.parquet"],
+            "distil general": general(tiny_bert_dir, tmp_path / "out", 1),
+            "verify": ["verify", "--original", tiny_bert_dir, "--trimmed", tiny_bert_dir]}[command]
+    err = one_line(capsys, *args, "--lang", f"fr={text}")
+    assert f"{text}: " in err and "NUL bytes" in err and "not UTF-8 text (UTF-16?)" in err and "iconv" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.parquet").exists()
+
+
+def test_a_line_of_megabytes_without_a_break_is_refused_before_the_tokenizer(tmp_path, tiny_bert_dir, capsys):
+    text = tmp_path / "one-line.txt"
+    text.write_text("word " * 1_000_000, encoding="utf-8")  # 5 MB, no newline
+    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en={text}", "--out",
+                   tmp_path / "out.parquet")
+    assert f"{text}: line 1 is 5.0 MB without a line break" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one-line.txt"], "no lock, no temporary left"
+
+
+def test_text_that_gives_no_token_is_refused_by_count_and_trim(tmp_path, tiny_bert_dir, capsys):
+    import numpy as np
+
+    from polyglot_distil.vocab.count import read_counts, write_counts
+
+    invisible = tmp_path / "invisible.txt"
+    invisible.write_text("\u200b \u200b\n\u200b\n", encoding="utf-8")  # zero-width spaces: not blank, no token
+    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--lang",
+                   f"sw={invisible}", "--out", tmp_path / "counts.parquet")
+    assert "language 'sw'" in err and "give no token" in err, err
+    # a counts file in which a language has no token (written before this check): trim says so
+    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--lang", f"sw={SAMPLE}",
+                   "--out", tmp_path / "counts.parquet", "--no-progress") == 0
+    counts = read_counts(tmp_path / "counts.parquet")
+    counts.occurrences["sw"] = np.zeros_like(counts.occurrences["sw"])
+    counts.line_counts["sw"] = np.zeros_like(counts.line_counts["sw"])
+    write_counts(counts, tmp_path / "empty-sw.parquet")
+    err = one_line(capsys, "trim", "--model", tiny_bert_dir, "--counts", tmp_path / "empty-sw.parquet", "--langs",
+                   "en,sw", "--out", tmp_path / "trimmed", "--no-verify")
+    assert "language 'sw' has no token in the counts" in err and not (tmp_path / "trimmed").exists()

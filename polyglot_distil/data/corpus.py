@@ -52,6 +52,11 @@ OPTIONS = {
     "manifest": set(),
 }
 XNLI_NAMES = ("premise", "hypothesis", "label")
+
+# The text check every command that reads text shares (`check_raw`, `iter_language`):
+MAX_REPLACED_SHARE = 0.01  # undecodable bytes per character above which a source is not UTF-8 text
+MAX_NUL_SHARE = 0.01  # NUL bytes per byte above which a file is UTF-16/32 or binary, not UTF-8 text
+MAX_LINE_BYTES = 4 << 20  # a longer line is a file without line breaks: the tokenizer's memory would explode
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
@@ -248,9 +253,12 @@ def _read_chunks(path: str, decode: Decoder, chunk_bytes: int = 1 << 20) -> Iter
     """Lists of lines (without their newlines) of a possibly compressed text file, about
     `chunk_bytes` at a time: one UTF-8 decode per chunk, per line only where a chunk holds
     undecodable bytes (so they are replaced and counted)."""
+    number = 0
     try:
         with _open_binary(path) as handle:
             while raw_lines := handle.readlines(chunk_bytes):
+                check_raw(path, raw_lines, number)
+                number += len(raw_lines)
                 try:
                     text = b"".join(raw_lines).decode("utf-8")
                 except UnicodeDecodeError:
@@ -262,6 +270,34 @@ def _read_chunks(path: str, decode: Decoder, chunk_bytes: int = 1 << 20) -> Iter
                 yield [line.rstrip("\r") for line in lines] if "\r" in text else lines
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def check_raw(path: str, raw_lines: list[bytes], before: int = 0) -> None:
+    """Refuse, with one line, bytes that are not lines of UTF-8 text: NUL bytes over MAX_NUL_SHARE
+    (UTF-16 or UTF-32 without a byte-order mark would otherwise be read as text with a NUL after
+    every letter), and a line over MAX_LINE_BYTES (a file with no line breaks). `before`: lines
+    read before these."""
+    for number, raw in enumerate(raw_lines, before + 1):
+        if len(raw) > MAX_LINE_BYTES:
+            raise UserError(f"{path}: line {number:,} is {len(raw) / 1e6:,.1f} MB without a line break (over "
+                            f"{MAX_LINE_BYTES / 1e6:.0f} MB): not text in lines; split it into sentences or paragraphs, "
+                            "one per line")
+    size = sum(map(len, raw_lines))
+    nul = sum(raw.count(0) for raw in raw_lines)
+    if nul > MAX_NUL_SHARE * size:
+        guess = "UTF-16" if nul < 0.6 * size else "UTF-32 or binary"
+        raise UserError(f"{path}: {nul:,} NUL bytes in {size:,} bytes: not UTF-8 text ({guess}?); convert it to "
+                        f"UTF-8, e.g. iconv -f {'UTF-16LE' if guess == 'UTF-16' else 'UTF-32LE'} -t UTF-8")
+
+
+def replaced_check(where: str, replaced: int, chars: int, final: bool, hint: str = "") -> None:
+    """Refuse text with more undecodable bytes than MAX_REPLACED_SHARE of its characters (judged
+    from 10,000 characters on, and at the end): a binary file or another encoding would
+    otherwise be read as text without a word."""
+    if (final or chars >= 10_000) and replaced > MAX_REPLACED_SHARE * max(chars, 1):
+        raise UserError(f"{where}: {replaced:,} undecodable bytes in the first {chars:,} characters (over "
+                        f"{MAX_REPLACED_SHARE:.0%}): not UTF-8 text (a binary file, or another encoding?); convert "
+                        f"it to UTF-8{hint}")
 
 
 def read_lines(path: str, decode: Decoder) -> Iterator[tuple[int, str]]:
@@ -445,20 +481,39 @@ def _sample(numbered: Iterator[tuple[int, str]], caps: Caps) -> Iterator[tuple[i
         yield index, line
 
 
+def _checked(numbered: Iterator[tuple[int | None, str]], decode: Decoder, where: str,
+             hint: str) -> Iterator[tuple[int | None, str]]:
+    chars = 0
+    for count, (index, line) in enumerate(numbered):
+        chars += len(line)
+        if count % 256 == 0:
+            replaced_check(where, decode.replaced, chars, False, hint)
+        yield index, line
+    replaced_check(where, decode.replaced, chars, True, hint)
+
+
 def iter_language(
     sources: list[Source],
     caps: Caps | None = None,
     shard: tuple[int, int] = (0, 1),
     stats: ReadStats | None = None,
+    allow_replacements: bool = False,
+    name: str | None = None,
+    hint: str = "",
 ) -> Iterator[str]:
     """Stream one language's lines: all sources in order, sampled by `caps`, then the lines of
-    shard `shard = (I, N)` (those whose index % N == I). `stats` is filled in as lines go by."""
+    shard `shard = (I, N)` (those whose index % N == I). `stats` is filled in as lines go by.
+    Text that is not UTF-8 is refused (`check_raw`, and `replaced_check` unless
+    `allow_replacements`); `name` (e.g. `en`) and `hint` go into that line."""
     caps = caps or Caps()
     stats = stats if stats is not None else ReadStats()
     stats.sources = [str(s) for s in sources]
     shard_index, shard_count = shard
     decode = Decoder()
     numbered = _numbered_lines(sources, caps, decode, shard)
+    if not allow_replacements:
+        where = ", ".join(str(s) for s in sources)
+        numbered = _checked(numbered, decode, f"{name}={where}" if name else where, hint)
     if caps.capped:
         numbered = _sample(numbered, caps)
     for index, line in numbered:

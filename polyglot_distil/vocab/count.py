@@ -39,7 +39,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from polyglot_distil.data.corpus import Caps, ReadStats, Source, group_lang_specs, iter_language, parse_shard
+from polyglot_distil.data.corpus import MAX_REPLACED_SHARE, Caps, ReadStats, Source, group_lang_specs, iter_language, \
+    parse_shard
 from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint, vocab_in_id_order
@@ -271,28 +272,6 @@ def _progress_total(sources: list[Source], caps: Caps, shard: tuple[int, int]) -
     return sum(f.stat().st_size for f in files) / shard[1], True
 
 
-MAX_REPLACED_SHARE = 0.01  # undecodable bytes per character above which a source is not UTF-8 text
-
-
-def _text_only(lines: Iterator[str], stats: ReadStats, lang: str, sources: list) -> Iterator[str]:
-    """Pass `lines` on, but stop with one line once the undecodable bytes exceed
-    MAX_REPLACED_SHARE of the characters (checked from 10,000 characters on, and at the end): a
-    binary file or another encoding would otherwise be counted as text without a word."""
-
-    def check(final: bool) -> None:
-        if (final or stats.chars >= 10_000) and stats.replaced_bytes > MAX_REPLACED_SHARE * max(stats.chars, 1):
-            where = ", ".join(str(s) for s in sources)
-            raise UserError(f"{lang}={where}: {stats.replaced_bytes:,} undecodable bytes in the first "
-                            f"{stats.chars:,} characters (over {MAX_REPLACED_SHARE:.0%}): not UTF-8 text (a binary "
-                            "file, or another encoding?); convert it to UTF-8, or pass --allow-replacements")
-
-    for number, line in enumerate(lines):
-        if number % 256 == 0:
-            check(False)
-        yield line
-    check(True)
-
-
 def _unk_id(tokenizer) -> int | None:
     if tokenizer.unk_token_id is not None:
         return int(tokenizer.unk_token_id)
@@ -309,8 +288,9 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
                   trust_remote_code: bool = False, tokenizer=None, allow_replacements: bool = False,
                   join: bool | None = None) -> Counts:
     """Count every language's corpus with the tokenizer `tokenizer_name` (or an already loaded
-    `tokenizer`). Raises `UserError` for an empty corpus, and for one that is not UTF-8 text
-    (more than `MAX_REPLACED_SHARE` of its characters undecodable) unless `allow_replacements`.
+    `tokenizer`). Raises `UserError` for an empty corpus, one whose lines give no token, and one
+    that is not UTF-8 text (`corpus.iter_language`'s check; the undecodable bytes are allowed with
+    `allow_replacements`).
     `join`: as `count_lines` (None: lines joined into chunks where that is exact)."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
     vocab = vocab_in_id_order(tokenizer)
@@ -335,16 +315,18 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
                 yield line
 
         with untruncated(tokenizer) as backend:
-            lines = iter_language(sources, caps, shard, stats)
+            lines = iter_language(sources, caps, shard, stats, allow_replacements, name=lang,
+                                  hint=", or pass --allow-replacements")
             if in_bytes:
                 lines = measured(lines)
-            if not allow_replacements:
-                lines = _text_only(lines, stats, lang, sources)
             occurrences, line_counts, tokens = count_lines(backend, lines, len(vocab), batch_lines, on_batch, join)
         bar.close()
+        where = ", ".join(str(s) for s in sources)
         if stats.lines == 0 and shard == (0, 1):
-            where = ", ".join(str(s) for s in sources)
             raise UserError(f"empty corpus for language {lang!r}: no non-blank lines in {where}")
+        if tokens == 0 and stats.lines > 0:
+            raise UserError(f"language {lang!r}: the {stats.lines:,} lines of {where} give no token (only spaces or "
+                            "invisible characters?); give real text")
         result.occurrences[lang] = occurrences
         result.line_counts[lang] = line_counts
         result.totals[lang] = LanguageTotals(

@@ -139,6 +139,10 @@ def select_vocabulary(counts: Counts, langs: list[str], rules: Rules, vocab: lis
     if missing:
         raise UserError(f"language {missing[0]!r} is not in the counts (it has: {', '.join(counts.languages)}); "
                         f"count it first: polyglot-distil count --lang {missing[0]}=FILE ...")
+    empty = [lang for lang in langs if not counts.occurrences[lang].any()]
+    if empty:  # its text gave no token: trimming to it would silently drop the language
+        raise UserError(f"language {empty[0]!r} has no token in the counts (its text gave none); count real text of "
+                        f"it, or leave it out of --langs")
     size = counts.vocab_size
     if len(vocab) < size:
         raise UserError(f"the counts cover {size:,} token ids but the tokenizer has only {len(vocab):,}")
