@@ -17,8 +17,8 @@ from polyglot_distil.errors import UserError
 LINES = ["Le chat dort.", "Il pleut sur la ville.", "Ça va très bien, merci !", "Mbwa analala.", "The end."]
 
 
-def read_all(*specs, caps=None, shard=(0, 1), stats=None):
-    return list(iter_language([parse_source(s) for s in specs], caps, shard, stats))
+def read_all(*specs, caps=None, shard=(0, 1), stats=None, allow_replacements=False):
+    return list(iter_language([parse_source(s) for s in specs], caps, shard, stats, allow_replacements))
 
 
 @pytest.fixture
@@ -47,9 +47,11 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"caf\xe9 au lait\nfine line\n\xff\xfe twice\n")
     stats = ReadStats()
-    lines = read_all(str(path), stats=stats)
+    lines = read_all(str(path), stats=stats, allow_replacements=True)
     assert lines == ["caf\ufffd au lait", "fine line", "\ufffd\ufffd twice"]
     assert stats.replaced_bytes == 3
+    with pytest.raises(UserError, match="3 undecodable bytes in the first 29 characters .*: not UTF-8 text"):
+        read_all(str(path))  # over 1% of the characters: refused unless allowed
 
 
 def test_xnli_tsv_defaults_to_premise_and_hypothesis(tmp_path):

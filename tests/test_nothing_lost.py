@@ -277,7 +277,7 @@ def test_merge_refuses_the_same_counts_twice_even_inside_a_merged_file(tmp_path,
     parts = [write_counts(count_corpora(str(tiny_bert_dir), sources, shard=(i, 2), show_progress=False),
                           tmp_path / f"part{i}.parquet") for i in range(2)]
     err = one_line(capsys, "merge", parts[0], parts[0], parts[1], "--out", tmp_path / "twice.parquet")
-    assert f"{parts[0]} and {parts[0]} both hold the counts of en shard 0/2" in err, err
+    assert f"{parts[0]} and {parts[0]} both hold the same shard 0/2 of the en counts" in err, err
     assert run_cli("merge", *parts, "--out", tmp_path / "merged.parquet") == 0
     # a glob that also matches the earlier merged file
     err = one_line(capsys, "merge", tmp_path / "merged.parquet", *parts, "--out", tmp_path / "again.parquet")

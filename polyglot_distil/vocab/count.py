@@ -440,8 +440,8 @@ def check_shards(parts: list[Counts], names: list[str], allow_partial: bool = Fa
         for unit in counted_units(part):  # a merged part: each of its parts
             if unit in seen:
                 what = json.loads(unit)
-                raise UserError(f"{name} and {seen[unit]} both hold the counts of {what['lang']} shard {what['shard']} "
-                                f"({', '.join(what['sources']) or 'the same sources'}); merging both would count "
+                raise UserError(f"{name} and {seen[unit]} both hold the same shard {what['shard']} of the {what['lang']} "
+                                f"counts ({', '.join(what['sources']) or 'the same sources'}); merging both would count "
                                 "those lines twice: pass each count once")
             seen[unit] = name
         shard = part.extra.get("shard") or "0/1"
