@@ -127,7 +127,7 @@ def finished_run(tmp_path_factory, tiny_bert_dir) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])  # (Ctrl-C takes the SIGTERM path)
-def test_an_interrupted_overwrite_keeps_the_old_run(signum, finished_run, tiny_bert_dir, tmp_path):
+def test_an_interrupted_overwrite_keeps_the_old_run(signum, finished_run, tiny_bert_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = saved_weights(run / "final")
@@ -139,6 +139,9 @@ def test_an_interrupted_overwrite_keeps_the_old_run(signum, finished_run, tiny_b
         assert aside.is_dir()
         (tmp_path / ".run.lock").unlink()
         assert run_cli(*general(tiny_bert_dir, run, 2, "--resume")) == 0
+        assert f"note: put back {run}" in capsys.readouterr().err
+    else:
+        assert "is the run it was before --overwrite" in err, err
     after = saved_weights(run / "final")
     assert after.keys() == before.keys() and all((after[k] == before[k]).all() for k in before)
     assert not aside.exists() and not (tmp_path / ".run.lock").exists()
@@ -149,7 +152,7 @@ def test_sigterm_saves_a_checkpoint_releases_the_lock_and_the_run_resumes(tiny_b
     run = tmp_path / "run"
     process = cli_process(*general(tiny_bert_dir, run, 100000))
     code, err = signal_when(process, lambda: (run / "metrics.jsonl").is_file(), signal.SIGTERM)
-    assert code == 143 and "terminated" in err, err
+    assert code == 143 and "terminated" in err and "continue with --resume" in err, err
     saved = sorted((run / "checkpoints").glob("step-*"))
     assert len(saved) == 1 and (saved[0] / "trainer_state.json").is_file(), err
     assert not (tmp_path / ".run.lock").exists(), "a requeued job resumes without anyone removing the lock"

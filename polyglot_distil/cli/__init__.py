@@ -19,6 +19,8 @@
 
 Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
 a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user errors too).
+Ctrl-C exits with 130 and SIGTERM (`kill`, SLURM preemption) with 143, after the same clean-up:
+temporaries removed, locks released, a training run's checkpoint saved.
 
 Each command module only names its stage's `Command` (declared with the stage, in the library);
 the parser is made from those declarations here, and `main` calls the stage function.
