@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.inputs import changed_inputs, input_fingerprints
 from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
@@ -391,6 +392,14 @@ def settings_hash(values: dict, stage: Stage) -> str:
     return _argv_hash(stage_argv(kept, stage))
 
 
+def stage_inputs(stage: Stage, values: dict) -> dict:
+    """Fingerprints of the paths the stage reads (its options' READS roles), kept in its marker:
+    a completed stage whose input changed under the same path is noticed, as a resumed training
+    run notices it."""
+    inputs, outputs = stage.command.paths(stage.command.namespace(**values))
+    return input_fingerprints([path for _, path in inputs], skip=[path for _, path in outputs])
+
+
 @dataclass
 class Step:
     """A stage as this invocation will treat it: `argv` to run it with, or None to skip it."""
@@ -430,6 +439,12 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
             if done.get("argv_hash") != settings:
                 raise UserError(f"stage {stage.name} was completed with other settings ({marker}); "
                                 f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
+            changed = changed_inputs(done["inputs"], stage_inputs(stage, values)) if "inputs" in done else []
+            if changed:
+                more = f"; and {len(changed) - 2} more" if len(changed) > 2 else ""
+                raise UserError(f"stage {stage.name} was completed on inputs that have changed since "
+                                f"({'; '.join(changed[:2])}{more}); re-run it on them with --from {stage.name}, "
+                                "or restore them")
             steps.append(Step(stage, None, settings))
             continue
         if stage.resumable and not running and started:
@@ -512,6 +527,7 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
             replace_text(run.dir(stage.name) / FAILED, stage.name)
             raise
         replace_text(marker, json.dumps({"stage": stage.name, "argv": argv, "argv_hash": step.settings_hash,
+                                         "inputs": stage_inputs(stage, step.values),
                                          "seconds": round(time.time() - start_time, 1),
                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
         ran.append(stage.name)

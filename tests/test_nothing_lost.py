@@ -391,3 +391,23 @@ def test_text_that_gives_no_token_is_refused_by_count_and_trim(tmp_path, tiny_be
     err = one_line(capsys, "trim", "--model", tiny_bert_dir, "--counts", tmp_path / "empty-sw.parquet", "--langs",
                    "en,sw", "--out", tmp_path / "trimmed", "--no-verify")
     assert "language 'sw' has no token in the counts" in err and not (tmp_path / "trimmed").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage's marker records its inputs' fingerprints
+
+
+def test_run_notices_a_completed_stages_input_that_changed_under_the_same_path(tmp_path, tiny_bert_dir, capsys):
+    text = tmp_path / "en.txt"
+    shutil.copy(SAMPLE, text)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmodel: {tiny_bert_dir}\nlanguages: {{source: en, target: en}}\n"
+                      f"corpora: {{en: [{text}]}}\nstages: [count]\ncount: {{no_progress: true}}\n", encoding="utf-8")
+    assert run_cli("run", config) == 0
+    os.utime(text, ns=(1, 1))  # new times, same content: nothing changed
+    assert run_cli("run", config) == 0 and "[count] done earlier, skipped" in capsys.readouterr().out
+    text.write_text(text.read_text(encoding="utf-8").replace("the", "a"), encoding="utf-8")
+    err = one_line(capsys, "run", config)
+    assert "stage count was completed on inputs that have changed since" in err and f"{text} changed" in err, err
+    assert run_cli("run", config, "--from", "count") == 0
+    assert run_cli("run", config) == 0
