@@ -392,6 +392,27 @@ def settings_hash(values: dict, stage: Stage) -> str:
     return _argv_hash(stage_argv(kept, stage))
 
 
+def _argv_changes(old: list[str], new: list[str]) -> str:
+    """`--min-count: 2 -> 3` for the options that differ between two command lines (options that
+    change no result left out)."""
+
+    def options(argv: list[str]) -> dict[str, str]:
+        found: dict[str, list[str]] = {}
+        flag = None
+        for word in argv:
+            if word.startswith("--"):
+                flag = word
+                found.setdefault(flag, [])
+            elif flag is not None:
+                found[flag].append(word)
+        return {k: " ".join(v) or "on" for k, v in found.items() if k[2:].replace("-", "_") not in NO_RESULT}
+
+    before, after = options(old), options(new)
+    changed = [f"{k}: {before.get(k, 'unset')} -> {after.get(k, 'unset')}"
+               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    return "; ".join(changed[:3])
+
+
 def stage_inputs(stage: Stage, values: dict) -> dict:
     """Fingerprints of the paths the stage reads (its options' READS roles), kept in its marker:
     a completed stage whose input changed under the same path is noticed, as a resumed training
@@ -437,8 +458,10 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
         if not running and marker.is_file():
             done = json.loads(marker.read_text(encoding="utf-8"))
             if done.get("argv_hash") != settings:
-                raise UserError(f"stage {stage.name} was completed with other settings ({marker}); "
-                                f"re-run it with --from {stage.name}, or remove {run.dir(stage.name)}")
+                changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage))
+                raise UserError(f"stage {stage.name} was completed with other settings ({changes or marker}); "
+                                f"re-run it with --from {stage.name} (the later stages read it: they run again "
+                                f"too), or restore its settings")
             changed = changed_inputs(done["inputs"], stage_inputs(stage, values)) if "inputs" in done else []
             if changed:
                 more = f"; and {len(changed) - 2} more" if len(changed) > 2 else ""

@@ -411,3 +411,19 @@ def test_run_notices_a_completed_stages_input_that_changed_under_the_same_path(t
     assert "stage count was completed on inputs that have changed since" in err and f"{text} changed" in err, err
     assert run_cli("run", config, "--from", "count") == 0
     assert run_cli("run", config) == 0
+
+
+@pytest.mark.parametrize("command", ["quantize", "distil general"])
+def test_a_tokenizer_larger_than_the_embedding_is_one_line_in_every_command(command, tmp_path, tiny_bert_dir,
+                                                                              capsys):
+    from polyglot_distil.models.smoke import build_smoke_model
+
+    small = build_smoke_model(tmp_path / "small", "bert", texts=[SAMPLE], vocab_size=300)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):  # another model's, 1000 tokens
+        shutil.copy(tiny_bert_dir / name, small / name)
+    capsys.readouterr()
+    args = {"quantize": ["quantize", "--model", small, "--out", tmp_path / "out"],
+            "distil general": general(small, tmp_path / "out", 1)}[command]
+    err = one_line(capsys, *args)
+    assert f"{small}: the tokenizer has" in err and "but the embedding only" in err, err
+    assert not (tmp_path / "out").exists()

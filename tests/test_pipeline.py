@@ -183,7 +183,7 @@ def test_editing_an_option_that_changes_no_result_neither_reruns_nor_refuses(dem
 
 
 def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
-    with pytest.raises(UserError, match="stage trim was completed with other settings"):
+    with pytest.raises(UserError, match=r"stage trim was completed with other settings \(--min-count: 2 -> 3\)"):
         run_pipeline(load_config(demo_run["path"], ["trim.min_count=3"]))
 
 

@@ -349,7 +349,8 @@ def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Pa
     from polyglot_distil.data.mlm import Masking
     from polyglot_distil.distill.training import CACHE
     from polyglot_distil.models.encoder import has_mlm_output
-    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer, saved_dtype
+    from polyglot_distil.models.loading import check_tokenizer_fits, encoder_class_for, load_model, load_tokenizer, \
+        saved_dtype
     from polyglot_distil.models.student import make_student, planned_config, spec_from_args
 
     languages = group_lang_specs(args.lang)
@@ -368,6 +369,7 @@ def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Pa
         raise UserError(f"teacher {args.teacher} has no masked-LM head (an embedding model?): the logit and MLM losses "
                         "need one; distil with the hidden and attention losses (--recipe bistil)")
     tokenizer = load_tokenizer(args.teacher, remote)
+    check_tokenizer_fits(teacher, tokenizer, args.teacher)
     if args.student:
         student_config = load_model(args.student, AutoConfig, trust_remote_code=remote)
         student = load_model(args.student, encoder_class_for(student_config), trust_remote_code=remote,

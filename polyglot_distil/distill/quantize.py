@@ -212,7 +212,8 @@ def quantize_dynamic(args) -> dict:
     """Post-training int8: write OUT from the float model."""
     from transformers import AutoConfig
 
-    from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, model_class_for
+    from polyglot_distil.models.loading import check_tokenizer_fits, copy_tokenizer, load_model, load_tokenizer, \
+        model_class_for
     from polyglot_distil.models.quantized import WEIGHTS_FILE, save_int8
     from polyglot_distil.outputs import atomic_dir, check_writable
 
@@ -220,6 +221,7 @@ def quantize_dynamic(args) -> dict:
     config = load_model(args.model, AutoConfig, trust_remote_code=args.trust_remote_code)
     model = load_model(args.model, model_class_for(config), trust_remote_code=args.trust_remote_code).eval()
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    check_tokenizer_fits(model, tokenizer, args.model)
     with atomic_dir(args.out, args.overwrite) as tmp:
         record = save_int8(model, tmp, 8, "dynamic", embeddings=args.embeddings == "int8")
         copy_tokenizer(args.model, tmp, tokenizer)

@@ -17,7 +17,8 @@ import numpy as np
 
 from polyglot_distil.data.nli import LABELS, NLIData, label_id
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, save_pretrained_as
+from polyglot_distil.models.loading import check_tokenizer_fits, copy_tokenizer, load_model, load_tokenizer, \
+    save_pretrained_as
 
 NLI_ID2LABEL = dict(enumerate(LABELS))
 
@@ -99,6 +100,7 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
         raise UserError(f"{path} has no saved classification head (weights missing: {missing}); "
                         "fine-tune it on NLI first")
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    check_tokenizer_fits(model, tokenizer, path)
     return Classifier(path, model.to(device).eval(), tokenizer, to_xnli, note)
 
 

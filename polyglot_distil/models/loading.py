@@ -194,6 +194,16 @@ def _first_mismatch(folder: str, model_class, trust_remote_code: bool) -> str:
     return "a tensor's shape differs"
 
 
+def check_tokenizer_fits(model, tokenizer, name: str | os.PathLike) -> None:
+    """The check `trim` applies, for every command that loads a model with a tokenizer: a token id
+    past the embedding's rows would fail deep inside the first forward pass."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise UserError(f"{name}: the tokenizer has {len(tokenizer):,} tokens but the embedding only {rows:,} rows (a "
+                        "tokenizer of another model?); use the tokenizer that came with the model")
+
+
 def folder_size_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk of every file below `path`."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -285,7 +285,8 @@ def run_export_onnx(args) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from polyglot_distil.models.loading import copy_tokenizer, load_model, load_tokenizer, model_class_for
+    from polyglot_distil.models.loading import check_tokenizer_fits, copy_tokenizer, load_model, load_tokenizer, \
+        model_class_for
     from polyglot_distil.models.quantized import is_int8_folder
     from polyglot_distil.outputs import atomic_dir, check_writable
 
@@ -303,6 +304,7 @@ def run_export_onnx(args) -> dict:
     model = load_model(args.model, model_class_for(config), trust_remote_code=args.trust_remote_code,
                        attn_implementation="eager").eval()
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    check_tokenizer_fits(model, tokenizer, args.model)
     batches = _check_inputs(tokenizer, texts, model.get_input_embeddings().num_embeddings, args.check_lines, 0)
     with atomic_dir(args.out, args.overwrite) as tmp:
         names = export_graph(model, tokenizer, tmp / FLOAT_FILE, args.opset)
