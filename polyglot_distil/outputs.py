@@ -102,7 +102,8 @@ def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` (on this host) still running?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,7 +120,7 @@ def _refuse_locked(target: Path, lock: Path) -> UserError:
     except (OSError, ValueError, KeyError, TypeError):
         return UserError(f"{target} is locked by {lock}, which cannot be read; if no run is writing {target}, "
                          f"remove it: rm {lock}")
-    if host == socket.gethostname() and not _alive(pid):
+    if host == socket.gethostname() and not pid_alive(pid):
         return UserError(f"{target} is locked by {lock}, left by a run that ended without finishing (pid {pid}, "
                          f"since {since}); if no run is writing {target}, remove the lock: rm {lock}")
     return UserError(f"{target} is being written by another run (pid {pid} on {host}, since {since}; lock {lock}); "

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.outputs import pid_alive
 
 FORMAT = "polyglot-distil teacher cache 1"
 
@@ -137,7 +138,7 @@ def _building(folder: Path, poll_seconds: float = 0.5):
                 owner = int(json.loads(lock.read_text(encoding="utf-8"))["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 owner = None  # being written this instant: look again
-            if owner is not None and not _alive(owner):
+            if owner is not None and not pid_alive(owner):
                 lock.unlink(missing_ok=True)
             time.sleep(poll_seconds)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -146,16 +147,6 @@ def _building(folder: Path, poll_seconds: float = 0.5):
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _build(folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[int], attention: list[int],
