@@ -127,6 +127,14 @@ def _refuse_locked(target: Path, lock: Path) -> UserError:
                      "wait for it to finish or give another output path")
 
 
+def _left_by_a_dead_run(lock: Path) -> bool:
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+        return owner["host"] == socket.gethostname() and not pid_alive(int(owner["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # absent, or being written this instant
+
+
 def hold_lock(target: str | os.PathLike) -> None:
     """Lock `target` for this process (a no-op if it already holds the lock, or in a process
     other than the main one). On first taking it, remove stale temporaries beside `target`."""
@@ -135,9 +143,9 @@ def hold_lock(target: str | os.PathLike) -> None:
     if key in _held or not _main_process():
         return
     lock = lock_path(target)
-    if any(held in key.parents for held in _held):
+    if any(held in key.parents for held in _held) and _left_by_a_dead_run(lock):
         # This run holds a folder above `target` (a training run's OUT, above OUT/best): it owns
-        # the locks beneath it, a killed earlier run's included.
+        # the locks beneath it that a killed earlier run left.
         lock.unlink(missing_ok=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,8 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
                         f"(torch.load with weights_only=True refused it: {type(exc).__name__}); use a safetensors "
                         "copy of the model from a source you trust") from None
     except RuntimeError as exc:
-        if "ignore_mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+        mismatch = "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc)
+        if not mismatch or "config" in kwargs:  # a configuration of the caller's: the caller names the cause
             raise
         raise UserError(f"cannot load model from {name}: its config.json does not match its weights "
                         f"({_first_mismatch(name, model_class, trust_remote_code)}); use the config.json that came "
