@@ -15,8 +15,9 @@ post-processor, padding), `tokenizer_config.json` with the source's settings (ca
 language and rule, the quick verify) and a model card `README.md`.
 
 Kept ids stay in their original order, so XLM-R's `<s>=0 <pad>=1 </s>=2 <unk>=3` keep the ids
-its position ids depend on. Supported tokenizers: WordPiece (BERT family) and SentencePiece
-Unigram (XLM-R). By default a quick `verify` runs on the first lines of the counted corpus
+its position ids depend on. Supported tokenizers: WordPiece (BERT family), SentencePiece
+Unigram (XLM-R, mT5) and BPE (byte-level as RoBERTa and Qwen, or SentencePiece-style with byte
+fallback as Gemma; the kept vocabulary is closed under merges, see trim_tokenizer.py). By default a quick `verify` runs on the first lines of the counted corpus
 before the folder is put in place: a trim that changes anything on covered text is not written.
 """
 
@@ -45,8 +46,8 @@ from polyglot_distil.vocab.select import BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, R
 from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, sentencepiece_byte_ids, \
     trim_sentencepiece
 from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, trim_model_vocab
-from polyglot_distil.vocab.trim_tokenizer import byte_fallback_ids, tokenizer_model_type, trim_tokenizer, vocab_size, \
-    write_vocab_txt
+from polyglot_distil.vocab.trim_tokenizer import byte_alphabet_ids, byte_fallback_ids, close_under_merges, \
+    tokenizer_model_type, trim_tokenizer, vocab_size, write_vocab_and_merges, write_vocab_txt
 from polyglot_distil.vocab.verify import EquivalenceError, verify_equivalence, verify_table
 
 
@@ -117,10 +118,15 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     # a byte-fallback model's <0xNN> pieces (of tokenizer.json, or of the legacy file) are always kept
     byte_ids = set(byte_fallback_ids(tokenizer)) | set(sentencepiece_byte_ids(spm_data, vocab) if spm_data else ())
     selection = select_vocabulary(counts, langs, rules, vocab, special_token_ids(tokenizer, model.config),
-                                  sorted(byte_ids))
+                                  sorted(byte_ids), byte_alphabet_ids(tokenizer))
     for token in selection.missing_keep:
         print(f"warning: keep-list token {token!r} is not in the vocabulary of {model_name}; ignored", file=sys.stderr)
-    kept_ids = selection.kept_ids
+    # BPE: the parts of every merge that makes a kept token, which text never shows as tokens
+    kept_ids, ancestors = close_under_merges(tokenizer, selection.kept_ids)
+    if kind == "BPE":
+        selection.report["always_kept"]["merge_ancestors"] = {"tokens": ancestors, "added": ancestors}
+        selection.report["kept"] = len(kept_ids)
+        selection = replace(selection, kept_ids=kept_ids)
     seconds["select"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -173,6 +179,8 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
         if kind == "WordPiece":
             write_vocab_txt(trimmed_tokenizer, tmp / "vocab.txt")
             legacy.append("vocab.txt")
+        if kind == "BPE":
+            legacy += write_vocab_and_merges(trimmed_tokenizer, tmp)
         if spm_bytes is not None:
             (tmp / SPM_FILE).write_bytes(spm_bytes)
             legacy.append(SPM_FILE)

@@ -1,0 +1,117 @@
+"""Tiny random-weight models around BPE tokenizers trained here with `tokenizers` on multilingual
+text of ../shared/data (English and Swahili Global Voices, XNLI premises of five languages):
+
+- byte-level BPE as RoBERTa's (ByteLevel pre-tokenizer, the 256-character byte alphabet, no unknown
+  token), and as Qwen's (a Split regex before ByteLevel, `ignore_merges`);
+- SentencePiece-style BPE as Gemma's (Metaspace `▁`, `byte_fallback` with `<0x00>`..`<0xFF>`
+  pieces, `<unk>`).
+
+Each has a few thousand merges. Used by tests/test_trim_bpe.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import shared
+
+XNLI_LANGS = ("en", "fr", "de", "ru", "zh")
+BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's first ids: its position ids need pad = 1
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+
+
+def training_lines(per_source: int = 1500) -> list[str]:
+    """Lines of Swahili and English Global Voices and of XNLI dev premises in five languages."""
+    text = shared("text")
+    lines = []
+    for path in (text / "GlobalVoices.en-sw.sw", text / "GlobalVoices.en-sw.en"):
+        lines += path.read_text(encoding="utf-8").splitlines()[:per_source]
+    for lang in XNLI_LANGS:
+        rows = shared("xnli", f"dev-{lang}.tsv").read_text(encoding="utf-8").splitlines()[1:per_source + 1]
+        lines += [row.split("\t")[0] for row in rows]
+    return [line for line in lines if line.strip()]
+
+
+def byte_level_bpe(lines: list[str], vocab_size: int = 3000, qwen: bool = False):
+    """A RoBERTa-style byte-level BPE (`qwen`: Qwen's regex split and `ignore_merges`)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not qwen)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"), byte_level]) if qwen else byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    if qwen:
+        spec = json.loads(tokenizer.to_str())
+        spec["model"]["ignore_merges"] = True
+        tokenizer = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+    return tokenizer
+
+
+def sentencepiece_bpe(lines: list[str], vocab_size: int = 3000):
+    """A Gemma-style BPE: Metaspace `▁` word starts, `<unk>`, byte fallback over the 256 `<0xNN>`
+    pieces (ids 5-260), then the trained tokens and their merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer_tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tokenizer.pre_tokenizer = metaspace
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+    trainer_tokenizer.train_from_iterator(lines, trainer)
+    trained = json.loads(trainer_tokenizer.to_str())["model"]
+    tokens = SPECIALS + BYTE_PIECES + [t for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1])
+                                      if t not in SPECIALS]
+    merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ", 1)) for m in trained["merges"]]
+    tokenizer = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, unk_token="<unk>",
+                                     byte_fallback=True, fuse_unk=True))
+    tokenizer.pre_tokenizer = metaspace
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Metaspace(replacement="▁", prepend_scheme="first")])
+    tokenizer.add_special_tokens(SPECIALS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                      unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    wrapped.save_pretrained(folder)
+
+
+def tiny_model(kind: str, vocab_size: int, folder: Path) -> None:
+    """A random model of `kind` ("roberta", "qwen2", "modernbert", "gemma3"): hidden 32, 2 layers,
+    `vocab_size` rows, saved in `folder`."""
+    import torch
+    import transformers as t
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    if kind == "roberta":
+        model = t.RobertaForMaskedLM(t.RobertaConfig(**common, max_position_embeddings=258, type_vocab_size=1))
+    elif kind == "qwen2":
+        model = t.Qwen2ForCausalLM(t.Qwen2Config(**common, num_key_value_heads=1, max_position_embeddings=256,
+                                                 tie_word_embeddings=True))
+    elif kind == "modernbert":
+        model = t.ModernBertForMaskedLM(t.ModernBertConfig(**common, max_position_embeddings=256, cls_token_id=0,
+                                                           sep_token_id=2, global_attn_every_n_layers=1,
+                                                           local_attention=64))
+    elif kind == "gemma3":
+        model = t.Gemma3ForCausalLM(t.Gemma3TextConfig(**common, num_key_value_heads=1, head_dim=16,
+                                                       max_position_embeddings=256, sliding_window=64))
+    else:
+        raise ValueError(kind)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large random weights, so that a wrong row or column shows in every output
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)

@@ -1,0 +1,219 @@
+"""`trim` on BPE tokenizers, exactly: byte-level BPE (RoBERTa-style, and Qwen-style with
+`ignore_merges`) and SentencePiece-style BPE with byte fallback (around a ModernBERT and a Gemma 3
+body), each trained here on multilingual text (tests/bpe_models.py). The kept vocabulary is closed
+under merges, the remaining merges keep their order, the byte alphabet / byte pieces are kept; on
+covered text the tokens are the original's (renumbered) and the outputs bitwise the original's; on
+any text, no `<unk>` appears where the original had none."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bpe_models import BYTE_PIECES, byte_level_bpe, save_tokenizer, sentencepiece_bpe, tiny_model, training_lines
+from conftest import shared
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# (model, tokenizer flavour)
+KINDS = {"roberta": "byte_level", "qwen2": "qwen", "modernbert": "sentencepiece", "gemma3": "sentencepiece"}
+
+
+def swahili(start: int, n: int) -> list[str]:
+    lines = shared("text", "GlobalVoices.en-sw.sw").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines[start:start + n] if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    return training_lines()
+
+
+@pytest.fixture(scope="module")
+def tokenizers_by_flavour(lines) -> dict:
+    return {"byte_level": byte_level_bpe(lines), "qwen": byte_level_bpe(lines, qwen=True),
+            "sentencepiece": sentencepiece_bpe(lines)}
+
+
+class BpeTrim:
+    """A source folder, its trim to Swahili (counted on 400 lines the tokenizer was not trained on)
+    and both tokenizers."""
+
+    def __init__(self, kind: str, source: Path, out: Path, report: dict):
+        from polyglot_distil.models.loading import load_tokenizer
+
+        self.kind, self.source, self.out, self.report = kind, source, out, report
+        self.old_ids = np.asarray(report["old_ids"], dtype=np.int64)
+        self.before, self.after = load_tokenizer(source), load_tokenizer(out)
+        self.id_map = np.full(len(self.before), -1, dtype=np.int64)
+        self.id_map[self.old_ids] = np.arange(len(self.old_ids))
+
+    def ids(self, text: str) -> tuple[list[int], list[int]]:
+        return (self.before.backend_tokenizer.encode(text, add_special_tokens=False).ids,
+                self.after.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def covers(self, ids_before: list[int]) -> bool:
+        return bool((self.id_map[ids_before] >= 0).all())
+
+
+def make_bpe_trim(root: Path, kind: str, tokenizer) -> BpeTrim:
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.models.loading import load_tokenizer
+    from polyglot_distil.vocab.count import count_corpora
+    from polyglot_distil.vocab.select import Rules
+    from polyglot_distil.vocab.trim import trim
+
+    source = root / "source"
+    save_tokenizer(tokenizer, source)
+    tiny_model(kind, tokenizer.get_vocab_size(), source)
+    corpus = root / "sw.txt"
+    corpus.write_text("\n".join(swahili(3000, 400)) + "\n", encoding="utf-8")
+    counts = count_corpora(str(source), {"sw": parse_sources([str(corpus)])}, show_progress=False,
+                           tokenizer=load_tokenizer(source))
+    report = trim(str(source), counts, ["sw"], Rules(min_count=2), root / "trimmed",
+                  verify_texts={"sw": swahili(3000, 60)}, show_progress=False, log=lambda *_: None)
+    return BpeTrim(kind, source, root / "trimmed", report)
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def bpe_trim(request, tmp_path_factory, tokenizers_by_flavour) -> BpeTrim:
+    kind = request.param
+    return make_bpe_trim(tmp_path_factory.mktemp(f"bpe_{kind}"), kind, tokenizers_by_flavour[KINDS[kind]])
+
+
+def random_texts(lines: list[str], n: int, seed: int) -> list[str]:
+    """Texts made of random runs of words from `lines`, some cut mid-word, some glued."""
+    rng = random.Random(seed)
+    words = [w for line in lines for w in line.split()]
+    texts = []
+    for _ in range(n):
+        start = rng.randrange(len(words))
+        text = " ".join(words[start:start + rng.randint(1, 8)])
+        if rng.random() < 0.3:
+            cut = rng.randrange(len(text) + 1)
+            text = text[cut:] if rng.random() < 0.5 else text[:cut]
+        if rng.random() < 0.2:
+            text = text.replace(" ", "", 1)
+        texts.append(text)
+    return texts
+
+
+def random_unicode(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pool = [chr(c) for c in list(range(0x20, 0x250)) + list(range(0x400, 0x500)) + list(range(0x4E00, 0x4E80))
+            + [0x1F917, 0x1F600, 0x0301, 0x200D, 0xFEFF]]
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 20))) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The trim itself
+
+
+def test_builtin_verify_passed_on_covered_swahili(bpe_trim):
+    result = bpe_trim.report["verify"]["sw"]
+    assert result["passed"] and result["compared"] >= 30 and result["max_hidden_diff"] == 0
+    assert result["max_logit_diff"] == 0  # every model here has an output head
+    assert bpe_trim.report["tokenizer_model"] == "BPE"
+    assert bpe_trim.report["vocab_size_after"] < bpe_trim.report["vocab_size_before"] / 2
+
+
+def test_kept_vocabulary_is_closed_under_merges_and_merges_keep_their_order(bpe_trim):
+    from polyglot_distil.vocab.trim_tokenizer import bpe_merges, merge_result
+
+    before = json.loads(bpe_trim.before.backend_tokenizer.to_str())["model"]
+    after = json.loads(bpe_trim.after.backend_tokenizer.to_str())["model"]
+    kept = after["vocab"]
+    old_merges = bpe_merges(before)
+    expected = [m for m in old_merges if m[0] in kept and m[1] in kept and merge_result(before, *m) in kept]
+    assert bpe_merges(after) == expected and 0 < len(expected) < len(old_merges)
+    for left, right in old_merges:  # every merge that makes a kept token has both its parts kept
+        if merge_result(before, left, right) in kept:
+            assert left in kept and right in kept, (left, right)
+    ancestors = bpe_trim.report["selection"]["always_kept"]["merge_ancestors"]["added"]
+    assert ancestors > 0 and bpe_trim.report["vocab_size_after"] == bpe_trim.report["selection"]["kept"]
+
+
+def test_byte_alphabet_or_byte_pieces_are_always_kept(bpe_trim):
+    from tokenizers import pre_tokenizers
+
+    kept = set(bpe_trim.after.get_vocab())
+    if KINDS[bpe_trim.kind] == "sentencepiece":
+        assert set(BYTE_PIECES) <= kept and bpe_trim.report["selection"]["always_kept"]["byte_fallback"]["tokens"] == 256
+        assert json.loads(bpe_trim.after.backend_tokenizer.to_str())["model"]["byte_fallback"] is True
+    else:
+        assert set(pre_tokenizers.ByteLevel.alphabet()) <= kept
+        assert bpe_trim.report["selection"]["always_kept"]["byte_alphabet"]["tokens"] == 256
+
+
+# ---------------------------------------------------------------------------------------------
+# Property tests: many random texts
+
+
+def test_random_covered_texts_give_the_original_ids_renumbered(bpe_trim):
+    texts = random_texts(swahili(3000, 400), 1500, seed=1) + random_texts(swahili(9000, 400), 500, seed=2)
+    covered = 0
+    for text in texts:
+        old, new = bpe_trim.ids(text)
+        if bpe_trim.covers(old):
+            covered += 1
+            assert bpe_trim.old_ids[new].tolist() == old, text
+    assert covered >= 800  # enough texts were covered to prove something
+
+
+def test_uncovered_text_never_becomes_unknown_where_the_original_did_not(bpe_trim):
+    texts = random_unicode(400, seed=3) + random_texts(training_lines(200), 600, seed=4)
+    unk_before, unk_after = bpe_trim.before.unk_token_id, bpe_trim.after.unk_token_id
+    uncovered = 0
+    for text in texts:
+        old, new = bpe_trim.ids(text)
+        uncovered += not bpe_trim.covers(old)
+        if unk_before not in old:
+            assert unk_after not in new, text
+        assert bpe_trim.after.decode(new) == bpe_trim.before.decode(old)  # same text back
+    assert uncovered >= 500
+
+
+def test_without_the_merge_closure_verify_catches_the_difference(tmp_path, tokenizers_by_flavour, monkeypatch):
+    """The closure is what makes the trim exact: without it, intermediate tokens (never counted, as
+    text never shows them) are dropped with their merges, and the built-in verify refuses to write."""
+    from polyglot_distil.vocab import trim as trim_module
+    from polyglot_distil.vocab.verify import EquivalenceError
+
+    monkeypatch.setattr(trim_module, "close_under_merges", lambda tokenizer, kept: (kept, 0))
+    with pytest.raises(EquivalenceError, match="differs"):
+        make_bpe_trim(tmp_path, "roberta", tokenizers_by_flavour["byte_level"])
+    assert not (tmp_path / "trimmed").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading back
+
+
+def test_legacy_vocab_json_and_merges_txt_tokenize_like_tokenizer_json(bpe_trim):
+    from tokenizers import Tokenizer, models
+
+    assert bpe_trim.report["legacy_files"] == ["vocab.json", "merges.txt"]
+    spec = json.loads(bpe_trim.after.backend_tokenizer.to_str())
+    legacy = Tokenizer(models.BPE.from_file(str(bpe_trim.out / "vocab.json"), str(bpe_trim.out / "merges.txt"),
+                                            unk_token=spec["model"]["unk_token"],
+                                            byte_fallback=spec["model"]["byte_fallback"],
+                                            ignore_merges=spec["model"]["ignore_merges"],
+                                            fuse_unk=spec["model"]["fuse_unk"]))
+    legacy.pre_tokenizer = bpe_trim.after.backend_tokenizer.pre_tokenizer
+    for text in swahili(5000, 100) + random_unicode(50, seed=5):
+        assert legacy.encode(text).ids == bpe_trim.ids(text)[1], text
+
+
+def test_trimmed_folder_loads_with_auto_classes_and_no_size_mismatch(bpe_trim):
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(bpe_trim.out)
+    model_class = getattr(transformers, bpe_trim.report["architecture"])
+    model, info = model_class.from_pretrained(bpe_trim.out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.get_input_embeddings().weight.shape[0] == config.vocab_size == len(bpe_trim.after)
+    assert len(transformers.AutoTokenizer.from_pretrained(bpe_trim.out)) == config.vocab_size
