@@ -1,6 +1,6 @@
 """`trim` on BPE tokenizers, exactly: byte-level BPE (RoBERTa-style, and Qwen-style with
 `ignore_merges`) and SentencePiece-style BPE with byte fallback (around a ModernBERT and a Gemma 3
-body), each trained here on multilingual text (tests/bpe_models.py). The kept vocabulary is closed
+body), each trained here on multilingual text (tests/vocab_models.py). The kept vocabulary is closed
 under merges, the remaining merges keep their order, the byte alphabet / byte pieces are kept; on
 covered text the tokens are the original's (renumbered) and the outputs bitwise the original's; on
 any text, no `<unk>` appears where the original had none."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bpe_models import BYTE_PIECES, byte_level_bpe, save_tokenizer, sentencepiece_bpe, tiny_model, training_lines
+from vocab_models import BYTE_PIECES, byte_level_bpe, save_tokenizer, sentencepiece_bpe, tiny_model, training_lines
 from conftest import shared
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

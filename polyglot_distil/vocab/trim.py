@@ -32,7 +32,8 @@ from pathlib import Path
 
 from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language, parse_sources
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.checkpoint import carry_tensors, copy_sentence_transformers, drop_tensors
+from polyglot_distil.models.checkpoint import carried_tensors, carry_tensors, copy_sentence_transformers, \
+    drop_tensors
 from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
     vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, \
@@ -137,6 +138,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     before = count_parameters(model)
     params_before, bytes_before = before["total"] - made_up_params, before["bytes"] - made_up_bytes
     old_specials = {key: getattr(model.config, key, None) for key in SPECIAL_ID_KEYS}
+    carried = carried_tensors(model_name, unexpected, kept_ids, rows)  # before anything changes or is written
     vocab_params = trim_model_vocab(model, kept_ids)
     trimmed_tokenizer = trim_tokenizer(tokenizer, kept_ids)
     spm_bytes = trim_sentencepiece(spm_data, kept_ids, vocab) if spm_data else None
@@ -171,7 +173,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
         model.save_pretrained(tmp)
-        report["carried_tensors"] = carry_tensors(model_name, unexpected, tmp, kept_ids, rows)
+        report["carried_tensors"] = carry_tensors(carried, tmp)
         report["dropped_new_tensors"] = drop_tensors(tmp, new_in_class)  # e.g. a pooler E5 never had
         trimmed_tokenizer.save_pretrained(tmp)
         report["sentence_transformers"] = copy_sentence_transformers(model_name, tmp)

@@ -1,12 +1,14 @@
-"""Tiny random-weight models around BPE tokenizers trained here with `tokenizers` on multilingual
-text of ../shared/data (English and Swahili Global Voices, XNLI premises of five languages):
+"""Tiny random-weight models around tokenizers trained here with `tokenizers` on multilingual text
+of ../shared/data (English and Swahili Global Voices, XNLI premises of five languages):
 
 - byte-level BPE as RoBERTa's (ByteLevel pre-tokenizer, the 256-character byte alphabet, no unknown
   token), and as Qwen's (a Split regex before ByteLevel, `ignore_merges`);
 - SentencePiece-style BPE as Gemma's (Metaspace `▁`, `byte_fallback` with `<0x00>`..`<0xFF>`
-  pieces, `<unk>`).
+  pieces, `<unk>`);
+- SentencePiece Unigram as mT5's (`<pad> </s> <unk>` first, `</s>` after the text), and as
+  mBART's with its language codes (`en_XX`, `sw_KE`, ...) and `<mask>` last.
 
-Each has a few thousand merges. Used by tests/test_trim_bpe.py.
+The BPEs have a few thousand merges. Used by tests/test_trim_bpe.py and tests/test_trim_families.py.
 """
 
 from __future__ import annotations
@@ -114,4 +116,102 @@ def tiny_model(kind: str, vocab_size: int, folder: Path) -> None:
     with torch.no_grad():  # large random weights, so that a wrong row or column shows in every output
         for param in model.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+
+
+MBART_LANG_CODES = ["en_XX", "fr_XX", "de_DE", "ru_RU", "sw_KE", "zh_CN"]
+
+
+def unigram(lines: list[str], specials: list[str], vocab_size: int = 1500, suffix: list[str] = ()):
+    """A SentencePiece-style Unigram (Metaspace `▁`) with `specials` first and `suffix` (special
+    tokens too) after the trained pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
+                                      show_progress=False)
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.add_special_tokens(list(suffix))
+    return tokenizer
+
+
+def mt5_tokenizer(lines: list[str]):
+    from tokenizers import processors
+
+    tokenizer = unigram(lines, ["<pad>", "</s>", "<unk>"])
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    return tokenizer
+
+
+def mbart_tokenizer(lines: list[str], lang: str = "sw_KE"):
+    """mBART-50's layout: `<s> <pad> </s> <unk>`, the pieces, the language codes, `<mask>`; a
+    source text is `<lang> ... </s>` (mBART-50's order)."""
+    from tokenizers import processors
+
+    tokenizer = unigram(lines, ["<s>", "<pad>", "</s>", "<unk>"], suffix=MBART_LANG_CODES + ["<mask>"])
+    code = tokenizer.token_to_id(lang)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{lang} $A </s>", pair=f"{lang} $A $B </s>", special_tokens=[(lang, code), ("</s>", 2)])
+    return tokenizer
+
+
+def save_seq2seq_tokenizer(tokenizer, folder: Path, kind: str) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "mt5":
+        specials = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    else:
+        specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                        mask_token="<mask>", additional_special_tokens=MBART_LANG_CODES)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **specials).save_pretrained(folder)
+
+
+def tiny_seq2seq(kind: str, tokenizer, folder: Path) -> None:
+    """A random MT5ForConditionalGeneration (untied lm_head) or MBartForConditionalGeneration
+    (shared embeddings tied to the head, a random `final_logits_bias`): d_model 32, 2 + 2 layers."""
+    import torch
+    import transformers as t
+
+    size = tokenizer.get_vocab_size()
+    if kind == "mt5":
+        config = t.MT5Config(vocab_size=size, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2,
+                             num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                             tie_word_embeddings=False)
+        model = t.MT5ForConditionalGeneration(config)
+    else:
+        config = t.MBartConfig(vocab_size=size, d_model=32, encoder_layers=2, decoder_layers=2,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                               decoder_ffn_dim=64, max_position_embeddings=256, pad_token_id=1, bos_token_id=0,
+                               eos_token_id=2, decoder_start_token_id=2)
+        model = t.MBartForConditionalGeneration(config)
+        model.generation_config.forced_bos_token_id = tokenizer.token_to_id("sw_KE")  # mBART-50 generates into sw
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        if kind == "mbart":
+            model.final_logits_bias.copy_(torch.randn(model.final_logits_bias.shape, generator=generator))
+    if kind == "mt5":  # mT5's own lm_head, as its checkpoints hold (transformers unties it when loading them)
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=generator))
+    model.save_pretrained(folder)
+
+
+def tiny_mobilebert(vocab_size: int, folder: Path) -> None:
+    """A random MobileBertForMaskedLM whose embedding (16) is narrower than its hidden size (32): its
+    head's `dense` is [32 - 16, V], indexed by token id along its second axis."""
+    import torch
+    import transformers as t
+
+    config = t.MobileBertConfig(vocab_size=vocab_size, hidden_size=32, embedding_size=16, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, intra_bottleneck_size=16,
+                                true_hidden_size=16, num_feedforward_networks=1, max_position_embeddings=128,
+                                pad_token_id=0)
+    model = t.MobileBertForMaskedLM(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     model.save_pretrained(folder)
