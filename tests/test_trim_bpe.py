@@ -60,16 +60,19 @@ class BpeTrim:
         return bool((self.id_map[ids_before] >= 0).all())
 
 
-def make_bpe_trim(root: Path, kind: str, tokenizer) -> BpeTrim:
+def make_bpe_trim(root: Path, kind: str, tokenizer, source: Path | None = None) -> BpeTrim:
+    """Build a tiny `kind` model around `tokenizer` (or take the folder `source`), count 400
+    Swahili lines, keep the tokens seen twice, verify on 60 of them."""
     from polyglot_distil.data.corpus import parse_sources
     from polyglot_distil.models.loading import load_tokenizer
     from polyglot_distil.vocab.count import count_corpora
     from polyglot_distil.vocab.select import Rules
     from polyglot_distil.vocab.trim import trim
 
-    source = root / "source"
-    save_tokenizer(tokenizer, source)
-    tiny_model(kind, tokenizer.get_vocab_size(), source)
+    if source is None:
+        source = root / "source"
+        save_tokenizer(tokenizer, source)
+        tiny_model(kind, tokenizer.get_vocab_size(), source)
     corpus = root / "sw.txt"
     corpus.write_text("\n".join(swahili(3000, 400)) + "\n", encoding="utf-8")
     counts = count_corpora(str(source), {"sw": parse_sources([str(corpus)])}, show_progress=False,
@@ -217,3 +220,52 @@ def test_trimmed_folder_loads_with_auto_classes_and_no_size_mismatch(bpe_trim):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert model.get_input_embeddings().weight.shape[0] == config.vocab_size == len(bpe_trim.after)
     assert len(transformers.AutoTokenizer.from_pretrained(bpe_trim.out)) == config.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------
+# A Gemma-style folder with its SentencePiece BPE model file
+
+
+@pytest.fixture(scope="module")
+def gemma_spm_dir(tmp_path_factory) -> Path:
+    """A tiny Gemma3ForCausalLM with `tokenizer.model`, a SentencePiece BPE (byte fallback, no dummy
+    prefix, no normalisation, as Gemma's) trained with `sentencepiece`, and the tokenizer.json
+    transformers converts from it (with `protobuf`)."""
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("gemma_spm")
+    text = folder / "train.txt"
+    text.write_text("\n".join(training_lines(300)) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(folder / "tokenizer"), vocab_size=2000,
+                                   model_type="bpe", byte_fallback=True, add_dummy_prefix=False,
+                                   normalization_rule_name="identity", pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                                   num_threads=1, minloglevel=2)
+    text.unlink()
+    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    tiny_model("gemma3", len(tokenizer), folder)
+    return folder
+
+
+def test_gemma_tokenizer_model_is_trimmed_and_tokenizes_like_the_trimmed_tokenizer_json(gemma_spm_dir, tmp_path):
+    import sentencepiece as spm
+
+    trimmed = make_bpe_trim(tmp_path, "gemma3", None, source=gemma_spm_dir)
+    assert trimmed.report["legacy_files"] == ["vocab.json", "merges.txt", "tokenizer.model"]
+    assert trimmed.report["verify"]["sw"]["passed"]
+    before = spm.SentencePieceProcessor(model_file=str(gemma_spm_dir / "tokenizer.model"))
+    after = spm.SentencePieceProcessor(model_file=str(trimmed.out / "tokenizer.model"))
+    assert after.get_piece_size() == len(trimmed.old_ids) - (len(trimmed.before) - before.get_piece_size())
+    assert [after.id_to_piece(i) for i in range(after.get_piece_size()) if after.is_byte(i)] == BYTE_PIECES
+    covered = 0
+    for text in swahili(5000, 200) + random_unicode(30, seed=6):
+        old, new = trimmed.ids(text)
+        assert after.encode(text) == new, text  # the legacy file agrees with tokenizer.json everywhere
+        if trimmed.covers(old):
+            covered += 1
+            assert before.encode(text) == old and trimmed.old_ids[new].tolist() == old
+    assert covered >= 20

@@ -7,18 +7,23 @@
     polyglot-distil trim ... --coverage 0.999 --min-count 2 --keep-file keep.txt --no-verify
 
 The output folder loads with `AutoModel*` / `AutoTokenizer` and no code of ours:
-`model.safetensors` (the source's head and dtype; embedding rows, tied MLM decoder and its bias
-selected by index), `tokenizer.json` with every id remapped (vocabulary, added tokens,
-post-processor, padding), `tokenizer_config.json` with the source's settings (casing), a legacy
-`vocab.txt` (WordPiece) or trimmed `sentencepiece.bpe.model` (XLM-R, when the source has one),
+`model.safetensors` (the source's head and dtype; every tensor indexed by token id selected along
+its token axis: embedding rows, the output head, BART's `final_logits_bias`, ..., see
+trim_model.py), `tokenizer.json` with every id remapped (vocabulary, merges, added tokens,
+post-processor, padding), `tokenizer_config.json` with the source's settings (casing), legacy
+files (`vocab.txt` for WordPiece, `vocab.json` + `merges.txt` for BPE, and a trimmed
+SentencePiece file when the source has one: `sentencepiece.bpe.model`, `tokenizer.model`,
+`spiece.model`),
 `trim_report.json` (`old_ids[new_id] = old_id`, parameters before/after, tokens kept per
 language and rule, the quick verify) and a model card `README.md`.
 
 Kept ids stay in their original order, so XLM-R's `<s>=0 <pad>=1 </s>=2 <unk>=3` keep the ids
 its position ids depend on. Supported tokenizers: WordPiece (BERT family), SentencePiece
 Unigram (XLM-R, mT5) and BPE (byte-level as RoBERTa and Qwen, or SentencePiece-style with byte
-fallback as Gemma; the kept vocabulary is closed under merges, see trim_tokenizer.py). By default a quick `verify` runs on the first lines of the counted corpus
-before the folder is put in place: a trim that changes anything on covered text is not written.
+fallback as Gemma; the kept vocabulary is closed under merges, see trim_tokenizer.py); encoders,
+decoders and encoder-decoders (mT5, mBART). By default a quick `verify` runs on the first lines of
+the counted corpus before the folder is put in place: a trim that changes anything on covered text
+is not written.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from polyglot_distil.tables import markdown_table
 from polyglot_distil.vocab.count import Counts, read_counts
 from polyglot_distil.vocab.select import BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, select_vocabulary, \
     selection_table
-from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, sentencepiece_byte_ids, \
+from polyglot_distil.vocab.sentencepiece import find_sentencepiece, sentencepiece_byte_ids, \
     trim_sentencepiece
 from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, trim_model_vocab
 from polyglot_distil.vocab.trim_tokenizer import byte_alphabet_ids, byte_fallback_ids, close_under_merges, \
@@ -114,7 +119,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < len(vocab):
         raise UserError(f"{model_name}: the tokenizer has {len(vocab):,} tokens but the embedding only {rows:,} rows")
-    spm_path = find_sentencepiece(model_name) if kind == "Unigram" else None
+    spm_path = find_sentencepiece(model_name) if kind in ("Unigram", "BPE") else None
     spm_data = spm_path.read_bytes() if spm_path else None
     # a byte-fallback model's <0xNN> pieces (of tokenizer.json, or of the legacy file) are always kept
     byte_ids = set(byte_fallback_ids(tokenizer)) | set(sentencepiece_byte_ids(spm_data, vocab) if spm_data else ())
@@ -143,7 +148,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     trimmed_tokenizer = trim_tokenizer(tokenizer, kept_ids)
     spm_bytes = trim_sentencepiece(spm_data, kept_ids, vocab) if spm_data else None
     if spm_path and spm_bytes is None:
-        print(f"warning: {spm_path} does not match the tokenizer of {model_name}; no {SPM_FILE} written",
+        print(f"warning: {spm_path} does not match the tokenizer of {model_name}; no {spm_path.name} written",
               file=sys.stderr)
     seconds["rebuild"] = time.perf_counter() - start
 
@@ -184,8 +189,8 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
         if kind == "BPE":
             legacy += write_vocab_and_merges(trimmed_tokenizer, tmp)
         if spm_bytes is not None:
-            (tmp / SPM_FILE).write_bytes(spm_bytes)
-            legacy.append(SPM_FILE)
+            (tmp / spm_path.name).write_bytes(spm_bytes)
+            legacy.append(spm_path.name)
         report["legacy_files"] = legacy
         report["folder_bytes_after"] = folder_size_bytes(tmp)
         seconds["save"] = time.perf_counter() - start
