@@ -269,3 +269,40 @@ def test_gemma_tokenizer_model_is_trimmed_and_tokenizes_like_the_trimmed_tokeniz
             covered += 1
             assert before.encode(text) == old and trimmed.old_ids[new].tolist() == old
     assert covered >= 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Word-boundary markers on the merges: a continuing-subword prefix and an end-of-word suffix
+
+
+def test_prefix_and_suffix_bpe_trims_exactly(lines):
+    """A BPE with `##` on word-inner pieces and `</w>` on word ends (its merges drop the right
+    part's prefix): trimmed to the tokens seen twice in 300 Swahili lines, random covered texts keep their
+    tokens (renumbered)."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from polyglot_distil.vocab.select import id_map_for
+    from polyglot_distil.vocab.trim_tokenizer import close_under_merges, trim_tokenizer
+
+    backend = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(lines, trainers.BpeTrainer(  # each character comes in 4 forms: fewer of them
+        vocab_size=3000, special_tokens=["[UNK]"], continuing_subword_prefix="##", end_of_word_suffix="</w>",
+        limit_alphabet=150, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    counts = Counter(i for line in swahili(3000, 300) for i in backend.encode(line).ids)
+    seen = sorted({i for i, n in counts.items() if n >= 2} | {0})
+    kept, added = close_under_merges(tokenizer, np.asarray(seen, dtype=np.int64))
+    assert added > 0 and len(json.loads(backend.to_str())["model"]["merges"]) > 1000
+    trimmed = trim_tokenizer(tokenizer, kept).backend_tokenizer
+    id_map = id_map_for(kept, backend.get_vocab_size())
+    covered = 0
+    for text in random_texts(swahili(3000, 300), 1000, seed=7):
+        old = backend.encode(text).ids
+        if (id_map[old] >= 0).all():
+            covered += 1
+            assert kept[trimmed.encode(text).ids].tolist() == old, text
+    assert covered >= 500
