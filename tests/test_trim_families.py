@@ -218,3 +218,14 @@ def test_a_checkpoint_tensor_with_a_vocabulary_sized_second_axis_stops_the_trim(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cls.extra.token_table [4, " in err[0] and "nothing was written" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_command_proves_a_seq2seq_trim_and_the_card_says_what(seq2seq, tmp_path, capsys):
+    text = tmp_path / "sw.txt"
+    text.write_text("\n".join(swahili(3000, 60)) + "\n", encoding="utf-8")
+    assert run_cli("verify", "--original", seq2seq.source, "--trimmed", seq2seq.out, "--lang", f"sw={text}",
+                   "--max-lines", 30, "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "generated" in out and "identical on every covered text" in out
+    card = (seq2seq.out / "README.md").read_text(encoding="utf-8")
+    assert "the encoder's and decoder's hidden states (teacher forcing)" in card and "greedy generation" in card

@@ -226,11 +226,15 @@ def _mb(n: int | None) -> str:
 def _exactness(report: dict) -> str:
     """What the card may claim: only the outputs the model has, and only as verified."""
     verified = report.get("verify") or {}
-    outputs = ["tokenization", "hidden states"]
+    seq2seq = any(v.get("generated") is not None for v in verified.values())
+    outputs = ["tokenization", "the encoder's and decoder's hidden states (teacher forcing)" if seq2seq
+               else "hidden states"]
     if any(v.get("max_logit_diff") is not None for v in verified.values()) or (not verified and report["has_mlm_head"]):
-        outputs.append("MLM logits over the kept tokens")
+        outputs.append("the logits over the kept tokens")
     if any(v.get("max_pooler_diff") is not None for v in verified.values()):
         outputs.append("the pooler output")
+    if seq2seq:
+        outputs.append("greedy generation (the source choosing among the kept tokens)")
     said = ", ".join(outputs[:-1]) + " and " + outputs[-1]
     every = "Every tensor of the source is kept (vocabulary-sized ones re-indexed)."
     if verified:

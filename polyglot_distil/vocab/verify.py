@@ -348,7 +348,7 @@ def verify_equivalence(original: str, trimmed: str | Path, texts: dict[str, list
 
 def verify_table(results: dict[str, LanguageCheck]) -> str:
     header = ("lang", "texts", "covered", "identical", "unk before", "unk after", "too long", "compared",
-              "max|dh|", "max|dlogits|", "max|dpooler|", "result")
+              "max|dh|", "max|dlogits|", "max|dpooler|", "generated", "result")
     rows = [header]
     for lang, r in results.items():
         d = r.as_dict()
@@ -357,6 +357,7 @@ def verify_table(results: dict[str, LanguageCheck]) -> str:
                      f"{r.compared:,}", f"{r.max_hidden_diff:g}",
                      "-" if r.max_logit_diff is None else f"{r.max_logit_diff:g}",
                      "-" if r.max_pooler_diff is None else f"{r.max_pooler_diff:g}",
+                     "-" if r.generated is None else f"{r.generated:,}",
                      "equal" if r.passed else f"{r.differing} DIFFER"))
     return text_table(rows)
 
