@@ -91,8 +91,8 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
 
 
 def tiny_model(kind: str, vocab_size: int, folder: Path) -> None:
-    """A random model of `kind` ("roberta", "qwen2", "modernbert", "gemma3"): hidden 32, 2 layers,
-    `vocab_size` rows, saved in `folder`."""
+    """A random model of `kind` ("roberta", "qwen2", "modernbert", "gemma3", "gemma3_embedding"):
+    hidden 32, 2 layers, `vocab_size` rows, saved in `folder`."""
     import torch
     import transformers as t
 
@@ -110,6 +110,10 @@ def tiny_model(kind: str, vocab_size: int, folder: Path) -> None:
     elif kind == "gemma3":
         model = t.Gemma3ForCausalLM(t.Gemma3TextConfig(**common, num_key_value_heads=1, head_dim=16,
                                                        max_position_embeddings=256, sliding_window=64))
+    elif kind == "gemma3_embedding":  # EmbeddingGemma's body: bidirectional attention, no head
+        model = t.Gemma3TextModel(t.Gemma3TextConfig(**common, num_key_value_heads=1, head_dim=16,
+                                                     max_position_embeddings=256, sliding_window=64,
+                                                     use_bidirectional_attention=True))
     else:
         raise ValueError(kind)
     generator = torch.Generator().manual_seed(0)
@@ -215,3 +219,17 @@ def tiny_mobilebert(vocab_size: int, folder: Path) -> None:
         for param in model.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     model.save_pretrained(folder)
+
+
+def embedding_gemma_style(folder: Path, lines: list[str]) -> None:
+    """A sentence-transformers folder as EmbeddingGemma's: a bidirectional Gemma 3 body around a
+    SentencePiece-style BPE, mean pooling, normalisation."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    body_folder = folder.parent / f"{folder.name}-body"
+    tokenizer = sentencepiece_bpe(lines)
+    save_tokenizer(tokenizer, body_folder)
+    tiny_model("gemma3_embedding", tokenizer.get_vocab_size(), body_folder)
+    body = Transformer(str(body_folder))
+    SentenceTransformer(modules=[body, Pooling(body.get_embedding_dimension(), "mean"), Normalize()]).save(str(folder))
