@@ -178,6 +178,26 @@ def test_the_trimmed_seq2seq_model_generates_as_the_source_on_covered_text(seq2s
     assert compared >= 8
 
 
+def test_vocab_tensors_finds_each_token_axis(tmp_path):
+    """The tensors trim re-indexes, and along which axis, in MobileBERT and mBART (vocabulary 300,
+    no other axis of that size)."""
+    import transformers as t
+
+    from polyglot_distil.vocab.trim_model import vocab_tensors
+
+    tiny_mobilebert(300, tmp_path / "mobilebert")
+    mobilebert = t.MobileBertForMaskedLM.from_pretrained(tmp_path / "mobilebert")
+    mbart = t.MBartForConditionalGeneration(t.MBartConfig(
+        vocab_size=300, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64))
+    for model, expected in (
+            (mobilebert, {"mobilebert.embeddings.word_embeddings.weight": 0, "cls.predictions.bias": 0,
+                          "cls.predictions.dense.weight": 1}),
+            (mbart, {"model.shared.weight": 0, "final_logits_bias": 1})):
+        names = {id(tensor): name for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+        assert {names[id(tensor)]: axis for tensor, axis in vocab_tensors(model, 300)} == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # A tensor trim cannot place
 
