@@ -14,18 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vocab_models import BYTE_PIECES, byte_level_bpe, save_tokenizer, sentencepiece_bpe, tiny_model, training_lines
-from conftest import shared
+from vocab_models import BYTE_PIECES, byte_level_bpe, save_tokenizer, sentencepiece_bpe, swahili, tiny_model, \
+    training_lines, trim_to_swahili
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # (model, tokenizer flavour)
 KINDS = {"roberta": "byte_level", "qwen2": "qwen", "modernbert": "sentencepiece", "gemma3": "sentencepiece"}
-
-
-def swahili(start: int, n: int) -> list[str]:
-    lines = shared("text", "GlobalVoices.en-sw.sw").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines[start:start + n] if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +56,13 @@ class BpeTrim:
 
 
 def make_bpe_trim(root: Path, kind: str, tokenizer, source: Path | None = None) -> BpeTrim:
-    """Build a tiny `kind` model around `tokenizer` (or take the folder `source`), count 400
-    Swahili lines, keep the tokens seen twice, verify on 60 of them."""
-    from polyglot_distil.data.corpus import parse_sources
-    from polyglot_distil.models.loading import load_tokenizer
-    from polyglot_distil.vocab.count import count_corpora
-    from polyglot_distil.vocab.select import Rules
-    from polyglot_distil.vocab.trim import trim
-
+    """Build a tiny `kind` model around `tokenizer` (or take the folder `source`) and trim it to
+    Swahili (`trim_to_swahili`, verified on 60 lines)."""
     if source is None:
         source = root / "source"
         save_tokenizer(tokenizer, source)
         tiny_model(kind, tokenizer.get_vocab_size(), source)
-    corpus = root / "sw.txt"
-    corpus.write_text("\n".join(swahili(3000, 400)) + "\n", encoding="utf-8")
-    counts = count_corpora(str(source), {"sw": parse_sources([str(corpus)])}, show_progress=False,
-                           tokenizer=load_tokenizer(source))
-    report = trim(str(source), counts, ["sw"], Rules(min_count=2), root / "trimmed",
-                  verify_texts={"sw": swahili(3000, 60)}, show_progress=False, log=lambda *_: None)
-    return BpeTrim(kind, source, root / "trimmed", report)
+    return BpeTrim(kind, source, root / "trimmed", trim_to_swahili(root, source, verify_lines=60))
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
@@ -325,6 +308,7 @@ def readme_example() -> tuple[list[str], str]:
     return commands, re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_bpe_embedding_example_runs_and_encodes_as_the_source(tmp_path, monkeypatch, lines):
     """The README's commands, run as written with the hub model replaced by a tiny EmbeddingGemma-
     style sentence-transformer; its Python block then encodes, and on covered Swahili the trimmed

@@ -17,16 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, saved_weights, shared
-from vocab_models import MBART_LANG_CODES, mbart_tokenizer, mt5_tokenizer, save_seq2seq_tokenizer, tiny_mobilebert, \
-    tiny_seq2seq, training_lines
+from conftest import run_cli, saved_weights
+from vocab_models import MBART_LANG_CODES, mbart_tokenizer, mt5_tokenizer, save_seq2seq_tokenizer, swahili, \
+    tiny_mobilebert, tiny_seq2seq, training_lines, trim_to_swahili
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def swahili(start: int, n: int) -> list[str]:
-    lines = shared("text", "GlobalVoices.en-sw.sw").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines[start:start + n] if line.strip()]
 
 
 class FamilyTrim:
@@ -35,21 +30,8 @@ class FamilyTrim:
         self.old_ids = torch.tensor(report["old_ids"])
 
 
-def trim_to_swahili(root: Path, source: Path) -> FamilyTrim:
-    """Count 400 Swahili lines, keep tokens seen twice, verify on 40 of them."""
-    from polyglot_distil.data.corpus import parse_sources
-    from polyglot_distil.models.loading import load_tokenizer
-    from polyglot_distil.vocab.count import count_corpora
-    from polyglot_distil.vocab.select import Rules
-    from polyglot_distil.vocab.trim import trim
-
-    corpus = root / "sw.txt"
-    corpus.write_text("\n".join(swahili(3000, 400)) + "\n", encoding="utf-8")
-    counts = count_corpora(str(source), {"sw": parse_sources([str(corpus)])}, show_progress=False,
-                           tokenizer=load_tokenizer(source))
-    report = trim(str(source), counts, ["sw"], Rules(min_count=2), root / "trimmed",
-                  verify_texts={"sw": swahili(3000, 40)}, show_progress=False, log=lambda *_: None)
-    return FamilyTrim(source, root / "trimmed", report)
+def family_trim(root: Path, source: Path) -> FamilyTrim:
+    return FamilyTrim(source, root / "trimmed", trim_to_swahili(root, source, verify_lines=40))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +43,7 @@ def seq2seq_trim(root: Path, kind: str, lines: list[str]) -> FamilyTrim:
     tokenizer = mt5_tokenizer(lines) if kind == "mt5" else mbart_tokenizer(lines)
     save_seq2seq_tokenizer(tokenizer, root / "source", kind)
     tiny_seq2seq(kind, tokenizer, root / "source")
-    return trim_to_swahili(root, root / "source")
+    return family_trim(root, root / "source")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +68,7 @@ def mobilebert(tmp_path_factory, tiny_bert_dir) -> FamilyTrim:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
         shutil.copyfile(tiny_bert_dir / name, root / "source" / name)
     tiny_mobilebert(len((tiny_bert_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()), root / "source")
-    return trim_to_swahili(root, root / "source")
+    return family_trim(root, root / "source")
 
 
 def load(folder: Path):
@@ -156,6 +138,7 @@ def test_seq2seq_verify_compares_encoder_decoder_and_generation(seq2seq):
     assert config["vocab_size"] == len(seq2seq.old_ids) < seq2seq.report["vocab_size_before"]
 
 
+@pytest.mark.slow
 def test_the_trimmed_seq2seq_model_generates_as_the_source_on_covered_text(seq2seq):
     """Independently of verify, on lines it did not see: greedy generation of 6 tokens, the source restricted to the kept
     tokens, gives the same tokens (renumbered)."""
@@ -175,7 +158,9 @@ def test_the_trimmed_seq2seq_model_generates_as_the_source_on_covered_text(seq2s
         out_after = after.eval().generate(**new, **settings)
         assert seq2seq.old_ids[out_after].tolist() == out_before.tolist(), text
         compared += 1
-    assert compared >= 8
+        if compared == 8:
+            break
+    assert compared == 8
 
 
 def test_vocab_tensors_finds_each_token_axis(tmp_path):

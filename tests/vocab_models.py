@@ -25,6 +25,29 @@ QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^
               r"|\s+(?!\S)|\s+")
 
 
+def swahili(start: int, n: int) -> list[str]:
+    """Non-empty lines start..start+n of the Swahili side of Global Voices."""
+    lines = shared("text", "GlobalVoices.en-sw.sw").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines[start:start + n] if line.strip()]
+
+
+def trim_to_swahili(root: Path, source: Path, verify_lines: int) -> dict:
+    """Trim the model folder `source` into `root / "trimmed"`: count 400 Swahili lines (from line
+    3000), keep the tokens seen twice, verify on the first `verify_lines` of them. Returns the report."""
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.models.loading import load_tokenizer
+    from polyglot_distil.vocab.count import count_corpora
+    from polyglot_distil.vocab.select import Rules
+    from polyglot_distil.vocab.trim import trim
+
+    corpus = root / "sw.txt"
+    corpus.write_text("\n".join(swahili(3000, 400)) + "\n", encoding="utf-8")
+    counts = count_corpora(str(source), {"sw": parse_sources([str(corpus)])}, show_progress=False,
+                           tokenizer=load_tokenizer(source))
+    return trim(str(source), counts, ["sw"], Rules(min_count=2), root / "trimmed",
+                verify_texts={"sw": swahili(3000, verify_lines)}, show_progress=False, log=lambda *_: None)
+
+
 def training_lines(per_source: int = 1500) -> list[str]:
     """Lines of Swahili and English Global Voices and of XNLI dev premises in five languages."""
     text = shared("text")
