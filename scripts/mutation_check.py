@@ -43,7 +43,7 @@ MUTATIONS = [
      "pairs = torch.ones_like(weights[:, None, :, None] * weights[:, None, None, :])",
      ["tests/test_losses.py"]),
     ("T² dropped from the logit KL", PKG / "distill" / "losses.py",
-     "return kl / rows * temperature**2", "return kl / rows",
+     "return kl / denominator * temperature**2", "return kl / denominator",
      ["tests/test_losses.py"]),
     ("theta0 not restored before stage 2 of LT-SFT", PKG / "distill" / "sparse.py",
      "        self.choose()\n        self.reset()\n", "        self.choose()\n",
