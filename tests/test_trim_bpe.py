@@ -119,6 +119,7 @@ def test_kept_vocabulary_is_closed_under_merges_and_merges_keep_their_order(bpe_
     for left, right in old_merges:  # every merge that makes a kept token has both its parts kept
         if merge_result(before, left, right) in kept:
             assert left in kept and right in kept, (left, right)
+    assert bpe_trim.report["bpe_merges"] == {"before": len(old_merges), "after": len(expected)}
     ancestors = bpe_trim.report["selection"]["always_kept"]["merge_ancestors"]["added"]
     assert ancestors > 0 and bpe_trim.report["vocab_size_after"] == bpe_trim.report["selection"]["kept"]
 
@@ -133,6 +134,21 @@ def test_byte_alphabet_or_byte_pieces_are_always_kept(bpe_trim):
     else:
         assert set(pre_tokenizers.ByteLevel.alphabet()) <= kept
         assert bpe_trim.report["selection"]["always_kept"]["byte_alphabet"]["tokens"] == 256
+
+
+def test_a_bpe_with_dropout_is_refused_in_one_line(tokenizers_by_flavour):
+    """Dropout skips merges at random: no trim can reproduce its tokens."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.vocab.trim_tokenizer import tokenizer_model_type
+
+    spec = json.loads(tokenizers_by_flavour["byte_level"].to_str())
+    spec["model"]["dropout"] = 0.1
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    with pytest.raises(UserError, match="has dropout"):
+        tokenizer_model_type(tokenizer, "model")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,6 +169,9 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
                                for key, old in old_specials.items() if isinstance(old, int)},
         "selection": selection.report,
     }
+    if kind == "BPE":  # merges whose parts or result are gone are removed, the others keep their order
+        report["bpe_merges"] = {"before": len(json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]),
+                                "after": len(json.loads(trimmed_tokenizer.backend_tokenizer.to_str())["model"]["merges"])}
     report["embedding_share_before"] = _share(report["vocab_params_before"], params_before)
     report["embedding_share_after"] = _share(report["vocab_params_after"], report["params_after"])
     report["reduction"] = _share(params_before - report["params_after"], params_before)
