@@ -407,15 +407,17 @@ def trim_error(capsys, *args) -> str:
 
 
 def test_an_unsupported_tokenizer_type_names_the_supported_ones(tmp_path, bert_counts, capsys):
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(lines_of([EN_FR[0]], 50), vocab_size=300, show_progress=False)
-    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer).save_pretrained(tmp_path / "gpt2ish")
-    err = trim_error(capsys, "--model", tmp_path / "gpt2ish", "--counts", bert_counts, "--langs", "en",
+    words = Tokenizer(WordLevel(unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(lines_of([EN_FR[0]], 50), trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(tmp_path / "wordlevel")
+    err = trim_error(capsys, "--model", tmp_path / "wordlevel", "--counts", bert_counts, "--langs", "en",
                      "--out", tmp_path / "out")
-    assert "BPE (GPT-2-style byte-level BPE)" in err and "WordPiece" in err and "Unigram" in err
+    assert "its tokenizer is WordLevel" in err and "WordPiece" in err and "Unigram" in err and "BPE" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -4,7 +4,8 @@ A class loads only the tensors it has: `BertForMaskedLM` drops the pooler and th
 head that the real bert-base-multilingual-cased checkpoint carries, `RobertaForMaskedLM` the
 pooler of XLM-R. `trim` must keep every tensor of its source, so it reads the ones the loaded
 class left out (transformers' `unexpected_keys`) straight from the checkpoint files here, and
-`carry_tensors` writes them into the trimmed folder (re-indexed when vocabulary-sized).
+`carried_tensors` reads them (re-indexed when vocabulary-sized) and `carry_tensors` writes them into
+the trimmed folder.
 """
 
 from __future__ import annotations
@@ -73,25 +74,39 @@ def read_tensors(files: list[Path], names: set[str]) -> dict:
     return found
 
 
-def carry_tensors(source: str | os.PathLike, unexpected: list[str], folder: Path, kept_ids: np.ndarray,
-                  old_rows: int) -> list[str]:
-    """Write the source's tensors that the loaded class left out (`unexpected`) into the saved
-    `folder`'s safetensors: re-indexed to `kept_ids` when their first dimension is the old
-    vocabulary (`old_rows`), unchanged otherwise. Returns the names written."""
+def carried_tensors(source: str | os.PathLike, unexpected: list[str], kept_ids: np.ndarray,
+                    old_rows: int) -> dict:
+    """The source's tensors that the loaded class left out (`unexpected`), read from its checkpoint
+    and re-indexed to `kept_ids` when their first dimension is the old vocabulary (`old_rows`),
+    unchanged otherwise. One with the vocabulary's size along another axis cannot be placed (the
+    class that would say how it is indexed is not loaded): a UserError naming it."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     if not unexpected:
-        return []
+        return {}
     files = checkpoint_files(source)
     tensors = read_tensors(files, set(unexpected))
     missing = sorted(set(unexpected) - set(tensors))
     if missing:
         raise UserError(f"{source}: tensors {', '.join(missing[:3])} were in its checkpoint but cannot be read back "
                         "from its files; trim a local folder with safetensors weights")
+    for name, tensor in sorted(tensors.items()):
+        if old_rows in tuple(tensor.shape)[1:]:
+            raise UserError(f"cannot trim {source}: its tensor {name} {list(tensor.shape)}, which the model class "
+                            f"does not load, has an axis of the vocabulary's size ({old_rows:,}) after its first; "
+                            "trim cannot tell how it is indexed, and nothing was written")
     kept = torch.as_tensor(kept_ids, dtype=torch.long)
-    carried = {name: (t.index_select(0, kept) if t.dim() and t.shape[0] == old_rows else t).contiguous()
-               for name, t in tensors.items()}
+    return {name: (t.index_select(0, kept) if t.dim() and t.shape[0] == old_rows else t).contiguous()
+            for name, t in tensors.items()}
+
+
+def carry_tensors(carried: dict, folder: Path) -> list[str]:
+    """Write `carried` ({name: tensor}, from `carried_tensors`) into the saved `folder`'s
+    safetensors. Returns the names written."""
+    from safetensors.torch import load_file, save_file
+
+    if not carried:
+        return []
     single, index = folder / SAFETENSORS, folder / SAFETENSORS_INDEX
     if single.is_file():
         state = load_file(single)

@@ -130,10 +130,12 @@ def char_token_mask(vocab: list[str]) -> np.ndarray:
 
 
 def select_vocabulary(counts: Counts, langs: list[str], rules: Rules, vocab: list[str],
-                      special_ids: np.ndarray | list[int], byte_ids: np.ndarray | list[int] = ()) -> Selection:
+                      special_ids: np.ndarray | list[int], byte_ids: np.ndarray | list[int] = (),
+                      alphabet_ids: np.ndarray | list[int] = ()) -> Selection:
     """Apply `rules` to the counts of `langs`. `vocab` is the tokenizer's vocabulary in id order
-    (a counts file only names the tokens it saw); `special_ids` and `byte_ids` (a byte-fallback
-    model's `<0xNN>` pieces: any character without a piece is spelled with them) are always kept."""
+    (a counts file only names the tokens it saw); `special_ids`, `byte_ids` (a byte-fallback
+    model's `<0xNN>` pieces: any character without a piece is spelled with them) and
+    `alphabet_ids` (a byte-level BPE's 256 byte characters, which spell every text) are always kept."""
     rules.validate()
     missing = [lang for lang in langs if lang not in counts.occurrences]
     if missing:
@@ -174,10 +176,11 @@ def select_vocabulary(counts: Counts, langs: list[str], rules: Rules, vocab: lis
     keep_list[[index[t] for t in rules.keep_tokens if t in index]] = True
     chars = char_token_mask(vocab) if rules.keep_chars else np.zeros(len(vocab), dtype=bool)
     groups = [("special", special), ("keep_list", keep_list), ("keep_chars", chars)]
-    if len(byte_ids):
-        byte_pieces = np.zeros(len(vocab), dtype=bool)
-        byte_pieces[np.asarray(byte_ids, dtype=np.int64)] = True
-        groups.insert(1, ("byte_fallback", byte_pieces))
+    for group, ids in (("byte_alphabet", alphabet_ids), ("byte_fallback", byte_ids)):
+        if len(ids):
+            mask = np.zeros(len(vocab), dtype=bool)
+            mask[np.asarray(ids, dtype=np.int64)] = True
+            groups.insert(1, (group, mask))
 
     kept = np.zeros(len(vocab), dtype=bool)
     kept[:size] = union

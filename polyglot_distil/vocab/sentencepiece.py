@@ -1,5 +1,7 @@
-"""The legacy SentencePiece file (`sentencepiece.bpe.model`) of an XLM-R-family tokenizer,
-found beside the source and trimmed to the kept pieces.
+"""The legacy SentencePiece file of a tokenizer, found beside the source and trimmed to the kept
+pieces: XLM-R's `sentencepiece.bpe.model` (fairseq's id offset), and files whose piece i is the
+tokenizer's id i: Gemma's / Llama's `tokenizer.model` (SentencePiece BPE) and T5's / mT5's
+`spiece.model` (Unigram).
 """
 
 from __future__ import annotations
@@ -11,21 +13,28 @@ import numpy as np
 from polyglot_distil.models.sentencepiece_model import BYTE, SPM_FILE, read_sentencepiece
 from polyglot_distil.protobuf import fields, varint
 
-__all__ = ["SPM_FILE", "find_sentencepiece", "sentencepiece_byte_ids", "trim_sentencepiece"]
+__all__ = ["SPM_FILE", "SENTENCEPIECE_FILES", "find_sentencepiece", "sentencepiece_byte_ids", "trim_sentencepiece"]
+SENTENCEPIECE_FILES = (SPM_FILE, "tokenizer.model", "spiece.model")
 
 
 def find_sentencepiece(name_or_path: str) -> Path | None:
-    """The source's `sentencepiece.bpe.model`, in its folder or the hub cache, if it has one."""
+    """The source's SentencePiece file (SENTENCEPIECE_FILES), in its folder or the hub cache, if
+    it has one."""
     folder = Path(name_or_path)
-    if folder.is_dir():
-        return folder / SPM_FILE if (folder / SPM_FILE).is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    for name in SENTENCEPIECE_FILES:
+        if folder.is_dir():
+            if (folder / name).is_file():
+                return folder / name
+            continue
+        try:
+            from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(str(name_or_path), SPM_FILE)
-    except Exception:  # an odd name or a broken cache: the legacy file is optional
-        return None
-    return Path(cached) if isinstance(cached, str) else None
+            cached = try_to_load_from_cache(str(name_or_path), name)
+        except Exception:  # an odd name or a broken cache: the legacy file is optional
+            return None
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
 
 
 # SentencePiece's ModelProto, read and written at the wire level (the `sentencepiece` package
@@ -39,27 +48,45 @@ def _matches(names: list[str], hf_vocab: list[str]) -> bool:
         hf_vocab[h] == names[h - 1] for h in range(4, len(names) + 1))
 
 
+def _same_ids(names: list[str], hf_vocab: list[str]) -> bool:
+    """Whether piece i of the file is the tokenizer's id i (the tokenizer may add tokens after)."""
+    return 0 < len(names) <= len(hf_vocab) and names == hf_vocab[:len(names)]
+
+
+def _hf_ids_of_pieces(names: list[str], hf_vocab: list[str]) -> list[int] | None:
+    """The Hugging Face id of each piece of the file, or None when the file does not match."""
+    if _matches(names, hf_vocab):
+        return [3, 0, 2] + list(range(4, len(names) + 1))
+    if _same_ids(names, hf_vocab):
+        return list(range(len(names)))
+    return None
+
+
 def sentencepiece_byte_ids(data: bytes, hf_vocab: list[str]) -> list[int]:
     """The Hugging Face ids of the file's byte pieces (`<0x00>`..`<0xFF>`, type BYTE): a trim keeps
     them always, as a byte-fallback model spells every character it has no piece for with them.
     Empty when the file has none or does not match the tokenizer."""
     spm = read_sentencepiece(data)
-    if not _matches(spm.pieces, hf_vocab):
+    hf_ids = _hf_ids_of_pieces(spm.pieces, hf_vocab)
+    if hf_ids is None:
         return []
-    return [h for h in range(4, len(spm.pieces) + 1) if spm.types[h - 1] == BYTE]
+    return [h for h, kind in zip(hf_ids, spm.types) if kind == BYTE]
 
 
 def trim_sentencepiece(data: bytes, kept_ids: np.ndarray, hf_vocab: list[str]) -> bytes | None:
-    """A trimmed fairseq-style SentencePiece model for XLM-R: spm `<unk> <s> </s>` (ids 0-2)
-    stay, and Hugging Face id h >= 4 is spm id h - 1 before and after. None when the file
-    does not match the tokenizer (then no legacy file is written)."""
+    """The SentencePiece model trimmed to `kept_ids` (Hugging Face ids, ascending). Fairseq-style
+    (XLM-R): spm `<unk> <s> </s>` (ids 0-2) stay, and Hugging Face id h >= 4 is spm id h - 1 before
+    and after. Same ids (Gemma, T5): the pieces at the kept ids, so id i stays piece i. None when
+    the file does not match the tokenizer (then no legacy file is written)."""
     top = fields(data)
     pieces = [payload for number, _, payload in top if number == 1]
     names = [next((p for n, _, p in fields(piece) if n == 1), b"").decode("utf-8") for piece in pieces]
-    if not _matches(names, hf_vocab):
+    if _matches(names, hf_vocab):
+        new_pieces = pieces[:3] + [pieces[h - 1] for h in kept_ids.tolist() if 4 <= h <= len(pieces)]
+    elif _same_ids(names, hf_vocab):
+        new_pieces = [pieces[h] for h in kept_ids.tolist() if h < len(pieces)]
+    else:
         return None
-    kept = [pieces[h - 1] for h in kept_ids.tolist() if 4 <= h <= len(pieces)]
-    new_pieces = pieces[:3] + kept
     out = bytearray()
     pieces_written = False
     for number, raw, payload in top:

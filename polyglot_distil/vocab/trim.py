@@ -7,17 +7,23 @@
     polyglot-distil trim ... --coverage 0.999 --min-count 2 --keep-file keep.txt --no-verify
 
 The output folder loads with `AutoModel*` / `AutoTokenizer` and no code of ours:
-`model.safetensors` (the source's head and dtype; embedding rows, tied MLM decoder and its bias
-selected by index), `tokenizer.json` with every id remapped (vocabulary, added tokens,
-post-processor, padding), `tokenizer_config.json` with the source's settings (casing), a legacy
-`vocab.txt` (WordPiece) or trimmed `sentencepiece.bpe.model` (XLM-R, when the source has one),
+`model.safetensors` (the source's head and dtype; every tensor indexed by token id selected along
+its token axis: embedding rows, the output head, BART's `final_logits_bias`, ..., see
+trim_model.py), `tokenizer.json` with every id remapped (vocabulary, merges, added tokens,
+post-processor, padding), `tokenizer_config.json` with the source's settings (casing), legacy
+files (`vocab.txt` for WordPiece, `vocab.json` + `merges.txt` for BPE, and a trimmed
+SentencePiece file when the source has one: `sentencepiece.bpe.model`, `tokenizer.model`,
+`spiece.model`),
 `trim_report.json` (`old_ids[new_id] = old_id`, parameters before/after, tokens kept per
 language and rule, the quick verify) and a model card `README.md`.
 
 Kept ids stay in their original order, so XLM-R's `<s>=0 <pad>=1 </s>=2 <unk>=3` keep the ids
-its position ids depend on. Supported tokenizers: WordPiece (BERT family) and SentencePiece
-Unigram (XLM-R). By default a quick `verify` runs on the first lines of the counted corpus
-before the folder is put in place: a trim that changes anything on covered text is not written.
+its position ids depend on. Supported tokenizers: WordPiece (BERT family), SentencePiece
+Unigram (XLM-R, mT5) and BPE (byte-level as RoBERTa and Qwen, or SentencePiece-style with byte
+fallback as Gemma; the kept vocabulary is closed under merges, see trim_tokenizer.py); encoders,
+decoders and encoder-decoders (mT5, mBART). By default a quick `verify` runs on the first lines of
+the counted corpus before the folder is put in place: a trim that changes anything on covered text
+is not written.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from pathlib import Path
 
 from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language, parse_sources
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.checkpoint import carry_tensors, copy_sentence_transformers, drop_tensors
+from polyglot_distil.models.checkpoint import carried_tensors, carry_tensors, copy_sentence_transformers, \
+    drop_tensors
 from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
     vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, \
@@ -42,11 +49,11 @@ from polyglot_distil.tables import markdown_table
 from polyglot_distil.vocab.count import Counts, read_counts
 from polyglot_distil.vocab.select import BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, select_vocabulary, \
     selection_table
-from polyglot_distil.vocab.sentencepiece import SPM_FILE, find_sentencepiece, sentencepiece_byte_ids, \
+from polyglot_distil.vocab.sentencepiece import find_sentencepiece, sentencepiece_byte_ids, \
     trim_sentencepiece
 from polyglot_distil.vocab.trim_model import SPECIAL_ID_KEYS, trim_model_vocab
-from polyglot_distil.vocab.trim_tokenizer import byte_fallback_ids, tokenizer_model_type, trim_tokenizer, vocab_size, \
-    write_vocab_txt
+from polyglot_distil.vocab.trim_tokenizer import byte_alphabet_ids, byte_fallback_ids, close_under_merges, \
+    tokenizer_model_type, trim_tokenizer, vocab_size, write_vocab_and_merges, write_vocab_txt
 from polyglot_distil.vocab.verify import EquivalenceError, verify_equivalence, verify_table
 
 
@@ -112,15 +119,20 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < len(vocab):
         raise UserError(f"{model_name}: the tokenizer has {len(vocab):,} tokens but the embedding only {rows:,} rows")
-    spm_path = find_sentencepiece(model_name) if kind == "Unigram" else None
+    spm_path = find_sentencepiece(model_name) if kind in ("Unigram", "BPE") else None
     spm_data = spm_path.read_bytes() if spm_path else None
     # a byte-fallback model's <0xNN> pieces (of tokenizer.json, or of the legacy file) are always kept
     byte_ids = set(byte_fallback_ids(tokenizer)) | set(sentencepiece_byte_ids(spm_data, vocab) if spm_data else ())
     selection = select_vocabulary(counts, langs, rules, vocab, special_token_ids(tokenizer, model.config),
-                                  sorted(byte_ids))
+                                  sorted(byte_ids), byte_alphabet_ids(tokenizer))
     for token in selection.missing_keep:
         print(f"warning: keep-list token {token!r} is not in the vocabulary of {model_name}; ignored", file=sys.stderr)
-    kept_ids = selection.kept_ids
+    # BPE: the parts of every merge that makes a kept token, which text never shows as tokens
+    kept_ids, ancestors = close_under_merges(tokenizer, selection.kept_ids)
+    if kind == "BPE":
+        selection.report["always_kept"]["merge_ancestors"] = {"tokens": ancestors, "added": ancestors}
+        selection.report["kept"] = len(kept_ids)
+        selection = replace(selection, kept_ids=kept_ids)
     seconds["select"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -131,11 +143,12 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     before = count_parameters(model)
     params_before, bytes_before = before["total"] - made_up_params, before["bytes"] - made_up_bytes
     old_specials = {key: getattr(model.config, key, None) for key in SPECIAL_ID_KEYS}
+    carried = carried_tensors(model_name, unexpected, kept_ids, rows)  # before anything changes or is written
     vocab_params = trim_model_vocab(model, kept_ids)
     trimmed_tokenizer = trim_tokenizer(tokenizer, kept_ids)
     spm_bytes = trim_sentencepiece(spm_data, kept_ids, vocab) if spm_data else None
     if spm_path and spm_bytes is None:
-        print(f"warning: {spm_path} does not match the tokenizer of {model_name}; no {SPM_FILE} written",
+        print(f"warning: {spm_path} does not match the tokenizer of {model_name}; no {spm_path.name} written",
               file=sys.stderr)
     seconds["rebuild"] = time.perf_counter() - start
 
@@ -156,6 +169,9 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
                                for key, old in old_specials.items() if isinstance(old, int)},
         "selection": selection.report,
     }
+    if kind == "BPE":  # merges whose parts or result are gone are removed, the others keep their order
+        report["bpe_merges"] = {"before": len(json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]),
+                                "after": len(json.loads(trimmed_tokenizer.backend_tokenizer.to_str())["model"]["merges"])}
     report["embedding_share_before"] = _share(report["vocab_params_before"], params_before)
     report["embedding_share_after"] = _share(report["vocab_params_after"], report["params_after"])
     report["reduction"] = _share(params_before - report["params_after"], params_before)
@@ -165,7 +181,7 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
         model.save_pretrained(tmp)
-        report["carried_tensors"] = carry_tensors(model_name, unexpected, tmp, kept_ids, rows)
+        report["carried_tensors"] = carry_tensors(carried, tmp)
         report["dropped_new_tensors"] = drop_tensors(tmp, new_in_class)  # e.g. a pooler E5 never had
         trimmed_tokenizer.save_pretrained(tmp)
         report["sentence_transformers"] = copy_sentence_transformers(model_name, tmp)
@@ -173,9 +189,11 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
         if kind == "WordPiece":
             write_vocab_txt(trimmed_tokenizer, tmp / "vocab.txt")
             legacy.append("vocab.txt")
+        if kind == "BPE":
+            legacy += write_vocab_and_merges(trimmed_tokenizer, tmp)
         if spm_bytes is not None:
-            (tmp / SPM_FILE).write_bytes(spm_bytes)
-            legacy.append(SPM_FILE)
+            (tmp / spm_path.name).write_bytes(spm_bytes)
+            legacy.append(spm_path.name)
         report["legacy_files"] = legacy
         report["folder_bytes_after"] = folder_size_bytes(tmp)
         seconds["save"] = time.perf_counter() - start
@@ -211,11 +229,15 @@ def _mb(n: int | None) -> str:
 def _exactness(report: dict) -> str:
     """What the card may claim: only the outputs the model has, and only as verified."""
     verified = report.get("verify") or {}
-    outputs = ["tokenization", "hidden states"]
+    seq2seq = any(v.get("generated") is not None for v in verified.values())
+    outputs = ["tokenization", "the encoder's and decoder's hidden states (teacher forcing)" if seq2seq
+               else "hidden states"]
     if any(v.get("max_logit_diff") is not None for v in verified.values()) or (not verified and report["has_mlm_head"]):
-        outputs.append("MLM logits over the kept tokens")
+        outputs.append("the logits over the kept tokens")
     if any(v.get("max_pooler_diff") is not None for v in verified.values()):
         outputs.append("the pooler output")
+    if seq2seq:
+        outputs.append("greedy generation (the source choosing among the kept tokens)")
     said = ", ".join(outputs[:-1]) + " and " + outputs[-1]
     every = "Every tensor of the source is kept (vocabulary-sized ones re-indexed)."
     if verified:

@@ -9,7 +9,11 @@ Per language, on each text (tokenizers' truncation and padding off):
 - identical: the trimmed tokenizer gives the same token strings, and ids equal through `old_ids`;
 - the unknown-token rate (of non-special tokens) before and after;
 - on covered texts, the largest absolute difference of the last hidden states and of the MLM
-  logits over the kept tokens. Both models are loaded in float32 with eager attention; the
+  logits over the kept tokens. A sequence-to-sequence model (mT5, mBART) runs under teacher
+  forcing, its decoder fed the text itself shifted right (`prepare_decoder_input_ids_from_labels`):
+  its encoder's and decoder's last hidden states and the decoder's logits are compared, and both
+  models generate GENERATE_TOKENS tokens greedily, which must be the same tokens (the original
+  choosing among the kept tokens only). Both models are loaded in float32 with eager attention; the
   original's logits come from its decoder restricted to the kept rows (`F.linear(h, W[kept],
   b[kept])`, the shapes the trimmed decoder has), so equal means bitwise equal: the difference
   must be exactly 0. Texts longer than the model's positions are skipped and counted.
@@ -39,6 +43,7 @@ from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
 from polyglot_distil.vocab.trim_tokenizer import vocab_size
 from polyglot_distil.vocab.select import id_map_for
+from polyglot_distil.vocab.trim_model import other_vocab_axis
 
 
 class EquivalenceError(UserError):
@@ -62,6 +67,7 @@ class LanguageCheck:
     max_hidden_diff: float = 0.0  # max |h_original - h_trimmed| over covered texts
     max_logit_diff: float | None = None  # max |logits| difference over kept tokens; None without MLM head
     max_pooler_diff: float | None = None  # max |pooler output| difference; None when the source has no pooler
+    generated: int | None = None  # seq2seq: covered texts whose greedy generations were compared; None otherwise
 
     @property
     def passed(self) -> bool:
@@ -83,10 +89,16 @@ def _ratio(part: int, whole: int) -> float:
 # Comparison
 
 
+GENERATE_TOKENS = 4
+
+
 class _KeptRowsDecoder:
     """Swap the original's MLM decoder for the same op on the kept rows only: F.linear with
     weight W[kept] (V_new x H) and bias b[kept], exactly the trimmed decoder's shapes (a
-    full-vocabulary GEMM then a column selection rounds differently, by ~1e-7)."""
+    full-vocabulary GEMM then a column selection rounds differently, by ~1e-7); and the head's
+    tensors indexed by token id along another axis (BART's `final_logits_bias` [1, V],
+    MobileBERT's `dense` [H - E, V], which it concatenates with the decoder's weight) for their
+    kept columns."""
 
     def __init__(self, model, kept_ids: np.ndarray):
         import torch
@@ -104,15 +116,28 @@ class _KeptRowsDecoder:
         name = next(n for n, m in model.named_modules() if m is self.decoder)
         parent_name, _, self.attr = name.rpartition(".")
         self.parent = model.get_submodule(parent_name)
+        self.columns = []  # (module, attribute, the tensor, its kept columns)
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            axis = other_vocab_axis(name)
+            if axis is not None:
+                module_name, _, attr = name.rpartition(".")
+                columns = tensor.detach().index_select(axis, kept)
+                if isinstance(tensor, torch.nn.Parameter):
+                    columns = torch.nn.Parameter(columns)
+                self.columns.append((model.get_submodule(module_name), attr, tensor, columns))
 
     def __enter__(self):
         if self.decoder is not None:
             setattr(self.parent, self.attr, self.kept)
+            for module, attr, _, columns in self.columns:
+                setattr(module, attr, columns)
         return self.decoder is not None
 
     def __exit__(self, *exc):
         if self.decoder is not None:
             setattr(self.parent, self.attr, self.decoder)
+            for module, attr, tensor, _ in self.columns:
+                setattr(module, attr, tensor)
 
 
 def _padded(id_lists: list[list[int]], pad_id: int):
@@ -145,12 +170,47 @@ def _mlm_logits(out):
     return logits if logits is not None else getattr(out, "prediction_logits", None)
 
 
+def _inputs(model, ids, mask) -> dict:
+    """The forward pass's inputs: a sequence-to-sequence model's decoder is teacher-forced with the
+    text itself, shifted right as the model shifts labels (T5: after decoder_start_token_id;
+    mBART: its last token, the language code or </s>, first)."""
+    inputs = dict(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=ids.masked_fill(mask == 0, -100))
+        inputs["decoder_attention_mask"] = mask
+    return inputs
+
+
+def _last_hidden_states(out) -> list:
+    """[batch, seq, dim] tensors: an encoder's last hidden states, or an encoder-decoder's encoder's
+    and decoder's (teacher-forced: both of the input's length)."""
+    if getattr(out, "encoder_last_hidden_state", None) is not None:
+        return [out.encoder_last_hidden_state, out.decoder_hidden_states[-1]]
+    return [out.hidden_states[-1]]
+
+
+def _greedy_differs(original_model, trimmed_model, ids_b, ids_a, mask, old_ids: np.ndarray):
+    """bool[batch]: whether greedy generations of GENERATE_TOKENS tokens differ (through `old_ids`);
+    the original chooses among the kept tokens only (the others suppressed)."""
+    import torch
+
+    dropped = np.setdiff1d(np.arange(original_model.config.vocab_size), old_ids).tolist()
+    settings = dict(attention_mask=mask, max_new_tokens=GENERATE_TOKENS, min_new_tokens=GENERATE_TOKENS,
+                    do_sample=False, num_beams=1)
+    before = original_model.generate(input_ids=ids_b, suppress_tokens=dropped or None, **settings)
+    after = trimmed_model.generate(input_ids=ids_a, **settings)
+    if before.shape != after.shape:
+        return torch.ones(len(ids_b), dtype=torch.bool)
+    return (torch.as_tensor(old_ids)[after] != before).any(dim=1)
+
+
 def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tokenizer, old_ids: np.ndarray,
                   texts: list[str], batch_size: int = 8, progress=None, poolers=None) -> LanguageCheck:
     """Compare tokenizations of `texts` and, on covered ones, both models' last hidden states
     [batch, seq, hidden] and MLM logits [batch, seq, V_new], and with `poolers` (the two base
-    models with their pooler) the pooler outputs [batch, hidden]. Models must be in eval mode,
-    same dtype and attention implementation; `old_ids` is int64[V_new]."""
+    models with their pooler) the pooler outputs [batch, hidden]; a sequence-to-sequence pair
+    teacher-forced (`_inputs`), and its greedy generations. Models must be in eval mode, same dtype
+    and attention implementation; `old_ids` is int64[V_new]."""
     import torch
 
     check = LanguageCheck(texts=len(texts))
@@ -189,15 +249,21 @@ def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tok
         has_mlm = has_mlm and trimmed_model.get_output_embeddings() is not None
         check.max_logit_diff = 0.0 if has_mlm else None
         check.max_pooler_diff = 0.0 if poolers else None
+        seq2seq = bool(original_model.config.is_encoder_decoder)
+        check.generated = 0 if seq2seq else None
+        to_generate = []
         for start in range(0, len(to_run), batch_size):
             batch = to_run[start:start + batch_size]
             ids_b, mask = _padded([before[i].ids for i in batch], pad_before)
             ids_a, _ = _padded([after[i].ids for i in batch], pad_after)
-            out_b = original_model(input_ids=ids_b, attention_mask=mask, output_hidden_states=True)
-            out_a = trimmed_model(input_ids=ids_a, attention_mask=mask, output_hidden_states=True)
+            out_b = original_model(**_inputs(original_model, ids_b, mask))
+            out_a = trimmed_model(**_inputs(trimmed_model, ids_a, mask))
             real = mask.bool()[..., None]
-            differs, gap = _tensor_differences(out_b.hidden_states[-1], out_a.hidden_states[-1], real)
-            check.max_hidden_diff = max(check.max_hidden_diff, gap)
+            differs = torch.zeros(len(batch), dtype=torch.bool)
+            for hidden_b, hidden_a in zip(_last_hidden_states(out_b), _last_hidden_states(out_a)):
+                differs_hidden, gap = _tensor_differences(hidden_b, hidden_a, real)
+                check.max_hidden_diff = max(check.max_hidden_diff, gap)
+                differs |= differs_hidden
             if has_mlm:
                 differs_logits, gap = _tensor_differences(_mlm_logits(out_b), _mlm_logits(out_a), real)
                 check.max_logit_diff = max(check.max_logit_diff, gap)
@@ -208,10 +274,18 @@ def compare_texts(original_model, original_tokenizer, trimmed_model, trimmed_tok
                 differs_pooled, gap = _tensor_differences(pooled_b, pooled_a, mask.bool().any(1, keepdim=True))
                 check.max_pooler_diff = max(check.max_pooler_diff, gap)
                 differs |= differs_pooled
-            check.differing += int(differs.sum())
+            if seq2seq:  # generated below, with the original's whole decoder back in place
+                to_generate.append((ids_b, ids_a, mask, differs))
+            else:
+                check.differing += int(differs.sum())
             check.compared += len(batch)
             if progress is not None:
                 progress(len(batch))
+    with torch.inference_mode():
+        for ids_b, ids_a, mask, differs in to_generate:
+            differs |= _greedy_differs(original_model, trimmed_model, ids_b, ids_a, mask, old_ids)
+            check.differing += int(differs.sum())
+            check.generated += len(ids_b)
     return check
 
 
@@ -275,7 +349,7 @@ def verify_equivalence(original: str, trimmed: str | Path, texts: dict[str, list
 
 def verify_table(results: dict[str, LanguageCheck]) -> str:
     header = ("lang", "texts", "covered", "identical", "unk before", "unk after", "too long", "compared",
-              "max|dh|", "max|dlogits|", "max|dpooler|", "result")
+              "max|dh|", "max|dlogits|", "max|dpooler|", "generated", "result")
     rows = [header]
     for lang, r in results.items():
         d = r.as_dict()
@@ -284,6 +358,7 @@ def verify_table(results: dict[str, LanguageCheck]) -> str:
                      f"{r.compared:,}", f"{r.max_hidden_diff:g}",
                      "-" if r.max_logit_diff is None else f"{r.max_logit_diff:g}",
                      "-" if r.max_pooler_diff is None else f"{r.max_pooler_diff:g}",
+                     "-" if r.generated is None else f"{r.generated:,}",
                      "equal" if r.passed else f"{r.differing} DIFFER"))
     return text_table(rows)
 
