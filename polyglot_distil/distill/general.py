@@ -232,9 +232,10 @@ def student_module(student, teacher, weights: LossWeights, freeze_embeddings: bo
 
     if not (weights.logits or weights.mlm) and has_mlm_output(student):  # the head gets no gradient
         embedding = student.get_input_embeddings().weight
-        for param in mlm_head(student).parameters():
-            if param is not embedding:
-                param.requires_grad_(False)
+        for module in mlm_head(student):
+            for param in module.parameters():
+                if param is not embedding:
+                    param.requires_grad_(False)
     if freeze_embeddings:  # LightMBERT: the multilingual embeddings (and a head tied to them) stay as they are
         getattr(student.base_model, "embeddings", student.get_input_embeddings()).requires_grad_(False)
     parts = {"student": student}
