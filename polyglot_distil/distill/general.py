@@ -209,11 +209,16 @@ def _student_forward(parts, input_ids, attention_mask, logit_rows=None, *, hidde
 
 def _embedding_projection(student, teacher):
     """Linear map student width -> teacher width, least squares between the embedding matrices
-    (the inverse of the SVD reduction when the student's embeddings came from one)."""
+    (the inverse of the SVD reduction when the student's embeddings came from one). Where the
+    embeddings are not as wide as the hidden states (ALBERT, ELECTRA, RemBERT) nothing relates the
+    two widths: the map starts at random."""
     import torch
 
     source = student.get_input_embeddings().weight.detach().float()
     target = teacher.get_input_embeddings().weight.detach().float()
+    widths = (student.config.hidden_size, teacher.config.hidden_size)
+    if (source.shape[1], target.shape[1]) != widths:
+        return torch.nn.Linear(*widths, bias=False)
     solution = torch.linalg.lstsq(source, target).solution  # [H_student, H_teacher]
     projection = torch.nn.Linear(source.shape[1], target.shape[1], bias=False)
     with torch.no_grad():

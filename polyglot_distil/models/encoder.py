@@ -94,17 +94,24 @@ def _capture_attentions(model, layers, captured: dict, hooks: list) -> bool:
 
 def _capture_qkv(model, layer: int, captured: dict, hooks: list) -> None:
     """Hooks that keep layer `layer`'s queries, keys and values [B, L, H] in captured["q"], ["k"],
-    ["v"] (a fused projection's output split in three)."""
+    ["v"] (a fused projection's output split in three): each projection's first call while that
+    layer runs (DeBERTa's also project the relative position embeddings, after the tokens)."""
     projections, fused = attention_projections(model, layer)
     stack = encoder_layers(model)
     serves = [k for k, module in enumerate(stack) if module is stack[layer]]
+    running = {"layer": None, "calls": 0}
+
+    def enter(module, args):
+        running["layer"] = serves[running["calls"] % len(serves)]
+        running["calls"] += 1
+
+    def keep(module, args, output, name):
+        if running["layer"] == layer and name not in captured:
+            captured.update(zip("qkv", output.chunk(3, dim=-1)) if fused else {name: output})
+    hooks.append(stack[layer].register_forward_pre_hook(enter))
     for name, projection in zip("qkv", projections):
-        def keep(k, output, name=name):
-            if fused:
-                captured.update(zip("qkv", output.chunk(3, dim=-1)))
-            else:
-                captured[name] = output
-        _hook_calls(projection, serves, {layer}, keep, hooks)
+        hooks.append(projection.register_forward_hook(
+            lambda module, args, output, name=name: keep(module, args, output, name)))
 
 
 def encoder_outputs(model, input_ids, attention_mask, hidden_states=False, attentions=False,
