@@ -3,8 +3,9 @@
 or XLM-R tokenizer from ../shared/data, through every stage on the real code paths: count, trim,
 verify, student (layer copy, --init-layers, the SVD and importance inits), phase 1 with every
 recipe that applies, search-map, finetune, phase 2 (LT-SFT, teacher cache), apply-diff, eval
-xnli, quantize and export onnx. A few steps each: it proves that each stage runs and writes what
-the next one reads, not what the numbers are. Where a recipe or an init cannot apply, the test
+xnli, quantize, export onnx; most of them through `run` (the pipeline from one config). A few
+steps each: it proves that each stage runs and writes what the next one reads, not what the
+numbers are. Where a recipe or an init cannot apply, the test
 asserts the one-line refusal instead. README.md's families table is this test's cells.
 
 Adding a family: its entry in models/families.py, its row in MATRIX below.
@@ -58,21 +59,22 @@ def family_configs(vocab_size: int, ids: dict) -> dict:
 
 
 # the real tokenizer each family's model is built around (its checkpoints' own, or the nearest kind)
-TOKENIZER = {"bert": "mbert", "distilbert": "mbert", "electra": "mbert", "xlm-roberta": "xlmr", "xlm-roberta-xl": "xlmr",
-             "albert": "xlmr", "deberta-v2": "xlmr", "modernbert": "xlmr", "rembert": "xlmr"}
+TOKENIZER = {"bert": "mbert", "distilbert": "mbert", "electra": "mbert", "xlm-roberta": "xlmr",
+             "xlm-roberta-xl": "xlmr", "albert": "xlmr", "deberta-v2": "xlmr", "modernbert": "xlmr", "rembert": "xlmr"}
 MATRIX = tuple(TOKENIZER)
 
 
 @pytest.fixture(scope="module")
 def real_tokenizers(tmp_path_factory, mbert_vocab_dir, xlmr_tokenizer_dir) -> dict:
     """The real mBERT and XLM-R tokenizers cut by the project's own count + trim to the tokens of
-    the English and French samples (a few thousand rows instead of 120,000 and 250,000: every
-    family's embeddings stay small), as {"mbert": folder, "xlmr": folder}."""
+    the English, French and German samples (a few thousand rows instead of 120,000 and 250,000:
+    every family's embeddings stay small), as {"mbert": folder, "xlmr": folder}."""
     out = tmp_path_factory.mktemp("real_tokenizers")
     folders = {}
     for name, source in (("mbert", mbert_vocab_dir), ("xlmr", xlmr_tokenizer_dir)):
-        assert run_cli("count", "--tokenizer", source, *LANGS, "--no-progress", "--out", out / f"{name}.parquet") == 0
-        assert run_cli("trim", "--model", source, "--counts", out / f"{name}.parquet", "--langs", "en,fr",
+        assert run_cli("count", "--tokenizer", source, *LANGS, "--lang", f"de={CORPORA / 'de' / 'sample.txt'}",
+                       "--no-progress", "--out", out / f"{name}.parquet") == 0
+        assert run_cli("trim", "--model", source, "--counts", out / f"{name}.parquet", "--langs", "en,fr,de",
                        "--min-count", 1, "--no-verify", "--no-progress", "--out", out / name) == 0
         folders[name] = out / name
     return folders
@@ -108,6 +110,26 @@ def build_family_model(folder: Path, family: str, tokenizers: dict) -> Path:
     return folder
 
 
+RUN_CONFIG = """
+run_dir: run
+model: {model}
+languages: {{source: en, target: fr}}
+corpora: {{en: [{corpora}/en/sample.txt], fr: [{corpora}/fr/sample.txt]}}
+task_data: {{train: {corpora}/nli/train-en.tsv, dev: {corpora}/nli/dev-en.tsv}}
+eval_data: {corpora}/nli
+stages: [count, trim, verify, search, student, general, finetune, task, eval]
+count: {{no_progress: true}}
+trim: {{min_count: 1, no_progress: true}}
+verify: {{max_lines: 20, no_progress: true}}
+student: {{layers: 1}}
+general: {{steps: 2, batch_size: 2, block_size: 24, heldout_blocks: 2, max_lines: 30, log_every: 1, no_progress: true}}
+finetune: {{epochs: 0.05, batch_size: 8, no_progress: true}}
+task: {{full_epochs: 0.05, sparse_epochs: 0.05, batch_size: 8, log_every: 1, teacher_cache: cache,
+       no_progress: true}}
+eval: {{split: test, no_efficiency: true, no_progress: true}}
+"""
+
+
 def _refused(capsys, status: int, *words: str) -> None:
     """A one-line refusal (exit 2) that says `words`."""
     err = capsys.readouterr().err.strip().splitlines()
@@ -124,68 +146,60 @@ def test_every_stage_runs_on_every_family(tmp_path, family, real_tokenizers, cap
     entry = FAMILIES[family]
     assert family_of(AutoConfig.from_pretrained(built)) is entry  # the registry knows the family by its model type
 
-    # trim + verify: cut to the French sample's tokens, outputs equal on French text
-    assert run_cli("count", "--tokenizer", built, *LANGS, "--no-progress", "--out", tmp_path / "counts.parquet") == 0
-    assert run_cli("trim", "--model", built, "--counts", tmp_path / "counts.parquet", "--langs", "fr",
-                   "--min-count", 1, "--no-verify", "--no-progress", "--out", tmp_path / "trimmed") == 0
-    assert run_cli("verify", "--original", built, "--trimmed", tmp_path / "trimmed", "--lang",
-                   f"fr={TEXT['fr']}", "--max-lines", 20, "--no-progress") == 0
-    teacher = tmp_path / "trimmed"
+    # `run`: count, trim (to en+fr: the base also has German's tokens), verify, search-map, student (from
+    # the searched layers), phase 1 (BiStil: hidden + attention maps), finetune, phase 2 (LT-SFT, the
+    # teacher's outputs cached), eval xnli; every stage exits 0 and leaves its DONE.json
+    (tmp_path / "run.yaml").write_text(RUN_CONFIG.format(model=built, corpora=CORPORA), encoding="utf-8")
+    assert run_cli("run", tmp_path / "run.yaml") == 0
+    run = tmp_path / "run"
+    for stage in ("count", "trim", "verify", "search", "student", "general", "finetune", "task", "eval"):
+        assert (run / stage / "DONE.json").is_file(), stage
+    assert len(json.loads((run / "search" / "run" / "search.json").read_text())["tried"]) == 2
+    assert {r["stage"] for r in metrics_rows(run / "task" / "run", "train")} == {"full", "sparse"}
+    assert any((tmp_path / "cache").iterdir())
+    report = json.loads((run / "eval" / "report" / "report.json").read_text())
+    assert 0 <= report["results"]["fr"]["accuracy"]["model"] <= 1
+    teacher, student, general = run / "trim" / "model", run / "student" / "model", run / "general" / "run" / "best"
+    assert AutoConfig.from_pretrained(student).num_hidden_layers == 1
     capsys.readouterr()
 
-    # student: layers copied (ALBERT: the shared layer, run once), --init-layers, SVD, importance
-    assert run_cli("student", "--teacher", teacher, "--layers", 1, "--out", tmp_path / "student") == 0
-    student = json.loads((tmp_path / "student" / "student.json").read_text())
-    assert AutoConfig.from_pretrained(tmp_path / "student").num_hidden_layers == 1
+    # student: --init-layers (ALBERT: refused, its one layer is shared), SVD, importance
     status = run_cli("student", "--teacher", teacher, "--layers", 1, "--init-layers", 1, "--out", tmp_path / "s-top")
     if entry.shared_layers:
-        assert student["init_layers"] is None
+        assert json.loads((student / "student.json").read_text())["init_layers"] is None
         _refused(capsys, status, "--init-layers", "shares one layer")
     else:
         assert status == 0 and json.loads((tmp_path / "s-top" / "student.json").read_text())["init_layers"] == [1]
     if family == "modernbert":  # per-layer lists follow the kept layers: layer 1 is a local-attention layer
-        assert json.loads((tmp_path / "s-top" / "config.json").read_text())["layer_types"] == ["sliding_attention"]
+        assert AutoConfig.from_pretrained(tmp_path / "s-top").layer_types == ["sliding_attention"]
     assert run_cli("student", "--teacher", teacher, "--layers", 1, "--hidden-size", 16, "--out",
                    tmp_path / "s-narrow") == 0
     status = run_cli("student", "--teacher", teacher, "--layers", 1, "--init", "importance", "--heads", 1,
                      "--importance-text", f"fr={TEXT['fr']}", "--importance-lines", 20, "--out", tmp_path / "s-impt")
     if entry.bert_layout:
-        assert status == 0 and len(json.loads((tmp_path / "s-impt" / "student.json").read_text())["kept"]["layers"]) == 1
+        kept = json.loads((tmp_path / "s-impt" / "student.json").read_text())["kept"]
+        assert status == 0 and len(kept["layers"]) == 1 and len(kept["layers"][0]["heads"]) == 1
     else:
         _refused(capsys, status, "--init importance knows BERT-layout layers")
         assert not (tmp_path / "s-impt").exists()
 
-    # phase 1: BiStil (hidden + attention maps), DistilBERT (logits, MLM, cosine), MiniLMv2 (q/k/v relations)
-    for recipe in ("bistil", "distilbert", "minilm"):
-        assert run_cli("distil", "general", "--teacher", teacher, "--student", tmp_path / "student", *LANGS, *SHORT,
-                       "--recipe", recipe, "--log-every", 1, "--out", tmp_path / recipe) == 0, recipe
+    # phase 1's other recipes: DistilBERT (logits, MLM, cosine), MiniLMv2 (q/k/v relations); a narrower
+    # student (its hidden states through a learned projection)
+    for recipe, model, extra in (("distilbert", student, []), ("minilm", student, []),
+                                 ("narrow", tmp_path / "s-narrow", ["--attention-weight", 0])):
+        assert run_cli("distil", "general", "--teacher", teacher, "--student", model, *LANGS, *SHORT,
+                       *(["--recipe", recipe] if recipe != "narrow" else extra), "--log-every", 1,
+                       "--out", tmp_path / recipe) == 0, recipe
         rows = metrics_rows(tmp_path / recipe, "train")
         assert len(rows) == 2 and all(r["loss"] == r["loss"] and r["loss"] > 0 for r in rows), (recipe, rows)
-    # a narrower student learns through a projection of its hidden states
-    assert run_cli("distil", "general", "--teacher", teacher, "--student", tmp_path / "s-narrow", *LANGS, *SHORT,
-                   "--attention-weight", 0, "--out", tmp_path / "narrow") == 0
-    assert run_cli("distil", "search-map", "--teacher", teacher, "--layers", 1, *LANGS, *SHORT,
-                   "--out", tmp_path / "search") == 0
-    assert len(json.loads((tmp_path / "search" / "search.json").read_text())["tried"]) == 2
 
-    # finetune, phase 2 (LT-SFT with the teacher's cached outputs), apply-diff, eval
-    assert run_cli("finetune", "--model", teacher, "--train", NLI / "train-en.tsv", "--dev", NLI / "dev-en.tsv",
-                   "--epochs", 0.05, "--batch-size", 8, "--no-progress", "--out", tmp_path / "teacher") == 0
-    general = tmp_path / "bistil" / "final"
-    assert run_cli("distil", "task", "--teacher", tmp_path / "teacher" / "best", "--student", general,
-                   "--train", NLI / "train-en.tsv", "--dev", NLI / "dev-en.tsv", "--full-epochs", 0.05,
-                   "--sparse-epochs", 0.05, "--batch-size", 8, "--teacher-cache", tmp_path / "cache",
-                   "--log-every", 1, "--no-progress", "--out", tmp_path / "task") == 0
-    assert {r["stage"] for r in metrics_rows(tmp_path / "task", "train")} == {"full", "sparse"}
-    assert run_cli("apply-diff", "--base", general, "--diff", tmp_path / "task" / "sparse_diff",
-                   "--out", tmp_path / "applied") == 0
-    assert run_cli("eval", "xnli", "--model", tmp_path / "applied", "--teacher", tmp_path / "teacher" / "best",
+    # apply-diff: phase 1's model + phase 2's sparse diff; eval of the applied model against the task teacher
+    task = run / "task" / "run"
+    assert run_cli("apply-diff", "--base", general, "--diff", task / "sparse_diff", "--out", tmp_path / "applied") == 0
+    assert run_cli("eval", "xnli", "--model", tmp_path / "applied", "--teacher", run / "finetune" / "run" / "best",
                    "--langs", "fr", "--data", NLI, "--split", "test", "--no-efficiency", "--no-progress",
                    "--out", tmp_path / "eval") == 0
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert 0 <= report["results"]["fr"]["accuracy"]["model"] <= 1 and 0 <= report["results"]["fr"]["label_loyalty"] <= 1
 
     # deployment: int8 and ONNX (checked against PyTorch by the export itself)
-    assert run_cli("quantize", "--model", tmp_path / "task" / "best", "--out", tmp_path / "int8") == 0
-    assert run_cli("export", "onnx", "--model", tmp_path / "task" / "best", "--out", tmp_path / "onnx") == 0
-
+    assert run_cli("quantize", "--model", task / "best", "--out", tmp_path / "int8") == 0
+    assert run_cli("export", "onnx", "--model", task / "best", "--out", tmp_path / "onnx") == 0

@@ -332,8 +332,8 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa",
         torch.manual_seed(spec.seed)
         # the teacher's class: a masked-LM teacher gives a masked-LM student, a bare encoder a bare one;
         # and the teacher's dtype as loaded (the configuration's may be another: the dtype it was saved in)
-        student = type(teacher)._from_config(config, attn_implementation=runnable_attention(config, attn_implementation),
-                                             dtype=teacher.dtype)
+        attention = runnable_attention(config, attn_implementation)  # DeBERTa-v2, RemBERT: eager
+        student = type(teacher)._from_config(config, attn_implementation=attention, dtype=teacher.dtype)
     source = teacher.state_dict()
     kept = select_kept(importance, config, init_layers) if spec.init == "importance" else None
     with torch.no_grad():
