@@ -156,3 +156,24 @@ def test_an_albert_student_runs_the_shared_layer_fewer_times():
     student, description = build_student(teacher, StudentSpec(layers=1))
     assert student.config.num_hidden_layers == 1 and description["init_layers"] is None
     assert all(torch.equal(p, teacher.state_dict()[n]) for n, p in student.state_dict().items())
+
+
+def test_an_electra_discriminator_is_distilled_as_a_bare_encoder():
+    """ElectraForPreTraining is the discriminator (no MLM head, unlike BERT's ForPreTraining): it
+    loads as the bare encoder, and the logit/MLM losses refuse it in one line."""
+    import transformers
+
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.models.encoder import has_mlm_output, mlm_head
+    from polyglot_distil.models.loading import encoder_class_for
+
+    discriminator = transformers.ElectraConfig(architectures=["ElectraForPreTraining"])
+    assert encoder_class_for(discriminator) is transformers.AutoModel
+    assert encoder_class_for(transformers.BertConfig(architectures=["BertForPreTraining"])) is \
+        transformers.AutoModelForMaskedLM
+    model = transformers.AutoModel.from_config(transformers.ElectraConfig(
+        vocab_size=50, hidden_size=16, embedding_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=20))
+    assert not has_mlm_output(model)
+    with pytest.raises(UserError, match="has no masked-LM head"):
+        mlm_head(model)
