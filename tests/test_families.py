@@ -177,3 +177,25 @@ def test_an_electra_discriminator_is_distilled_as_a_bare_encoder():
     assert not has_mlm_output(model)
     with pytest.raises(UserError, match="has no masked-LM head"):
         mlm_head(model)
+
+
+def test_a_model_type_not_listed_gets_the_generic_family_s_guesses():
+    """ERNIE (BERT-like, not in the registry): the layers found by their count, the one head
+    child, the usual projection names."""
+    import torch
+    import transformers
+
+    from polyglot_distil.models.encoder import attention_projections, encoder_layers, encoder_outputs
+    from polyglot_distil.models.families import GENERIC, family_of
+
+    config = transformers.ErnieConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=20)
+    torch.manual_seed(0)
+    model = transformers.ErnieForMaskedLM(config).eval()
+    assert family_of(model) is GENERIC
+    assert list(encoder_layers(model)) == list(model.ernie.encoder.layer)
+    assert attention_projections(model, 1)[0][0] is model.ernie.encoder.layer[1].attention.self.query
+    ids = torch.randint(3, 60, (1, 7))
+    with torch.no_grad():
+        out = encoder_outputs(model, ids, torch.ones_like(ids), logit_rows=torch.ones_like(ids).bool())
+        torch.testing.assert_close(out["logits"], model(input_ids=ids).logits[0])

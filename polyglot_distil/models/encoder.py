@@ -16,11 +16,7 @@ def max_positions(config) -> int:
 def mlm_head(model) -> list:
     """The modules of a `...ForMaskedLM` model's masked-LM head (BERT `cls`, XLM-R `lm_head`,
     DistilBERT's four, ...; models/families.py), or a UserError without one."""
-    family = family_of(model)
-    modules = family.head_modules(model)
-    if not modules or (family.head is None and family.head_call is None and len(modules) != 1):
-        family.mlm_logits(model, None)  # the one-line refusal
-    return modules
+    return family_of(model).mlm_head(model)
 
 
 def encoder_layers(model) -> list:

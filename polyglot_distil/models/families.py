@@ -81,19 +81,26 @@ class Family:
     # -- masked-LM head -------------------------------------------------------------------------
 
     def head_modules(self, model) -> list:
-        """The modules that make the masked-LM head of a `...ForMaskedLM` model; [] without one."""
+        """The modules that make the masked-LM head of a `...ForMaskedLM` model; [] without one
+        (a bare encoder; GENERIC: unless exactly one child besides the encoder)."""
         if model is model.base_model or model.get_output_embeddings() is None:
             return []
-        if self.head_call is not None or self.head is None:
-            return [m for m in model.children() if m is not model.base_model]
-        return [getattr(model, name) for name in self.head]
+        if self.head is not None and self.head_call is None:
+            return [getattr(model, name) for name in self.head]
+        children = [m for m in model.children() if m is not model.base_model]
+        return children if self.head_call is not None or len(children) == 1 else []
+
+    def mlm_head(self, model) -> list:
+        """`head_modules`, or one line saying that the model has no masked-LM head."""
+        modules = self.head_modules(model)
+        if not modules:
+            raise UserError(f"{type(model).__name__} has no masked-LM head; the logit and MLM losses need one "
+                            "(the hidden and attention losses, --recipe bistil, do not)")
+        return modules
 
     def mlm_logits(self, model, hidden):
         """The masked-LM head on `hidden` [..., H]: logits [..., V]."""
-        modules = self.head_modules(model)
-        if not modules or (self.head is None and self.head_call is None and len(modules) != 1):
-            raise UserError(f"{type(model).__name__} has no masked-LM head; the logit and MLM losses need one "
-                            "(the hidden and attention losses, --recipe bistil, do not)")
+        modules = self.mlm_head(model)
         if self.head_call is not None:
             return self.head_call(model, hidden)
         for module in modules:
@@ -144,7 +151,7 @@ def _deberta_head(model, hidden):
     return model.lm_predictions(hidden, model.deberta.embeddings.word_embeddings)
 
 
-GENERIC = Family("generic", ())
+GENERIC = Family("generic", (), layer_list=None)  # the old guesses: search the layers, one head child
 
 FAMILIES = {family.name: family for family in (
     Family("bert", ("bert",), ("bert-base-multilingual-cased", "LaBSE", "multilingual-e5-small"), head=("cls",),
