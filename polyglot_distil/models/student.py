@@ -30,6 +30,12 @@ Distillation pairs student layer j with teacher layer `teacher_layer_for(j)`: th
 same relative depth (12 -> 6: 1, 3, 5, 7, 9, 11, BiStil's 2j+1), and hidden state i (0 = the
 embedding output) with the teacher's hidden state after that layer (BiStil's 2i).
 
+Every encoder family of models/families.py is built the same way; where they differ: an ALBERT
+teacher shares one layer across its depth, so its student is that same layer run fewer times
+(`--init-layers` is refused: there is nothing to pick); a ModernBERT student's `layer_types`
+(local or global attention) follow the layers it copies; embeddings narrower than the hidden size
+(ALBERT, ELECTRA, RemBERT) keep their width in a narrower student.
+
 Output: a normal model folder (config.json, model.safetensors, the teacher's tokenizer files)
 plus `student.json` saying how it was built.
 """
