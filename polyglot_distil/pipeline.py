@@ -226,6 +226,24 @@ class Run:
     def trust(self) -> dict:
         return {"trust_remote_code": True} if self.config.get("trust_remote_code") else {}
 
+    def searched_init_layers(self) -> dict:
+        """The student's --init-layers from the search, unless the trimmed model shares one layer
+        across its depth (ALBERT: nothing to pick; the mapping still reaches phase 1 and 2)."""
+        from polyglot_distil.models.families import family_of
+        from polyglot_distil.models.loading import load_model
+
+        if not self.searched:
+            return {}
+        from transformers import AutoConfig
+
+        trimmed = self.dir("trim") / "model"  # before the trim has run (the plan): the model it trims
+        try:
+            config = load_model(trimmed if (trimmed / "config.json").is_file() else self.config["model"], AutoConfig,
+                                **self.trust())
+        except UserError:  # not reachable now: the student stage will say so
+            return self.search_map("init_layers")
+        return {} if family_of(config).shared_layers else self.search_map("init_layers")
+
     def heldout_specs(self) -> list[str]:
         heldout = self.config.get("heldout") or self.config["corpora"]
         return [f"{lang}={source}" for lang in self.langs for source in heldout.get(lang, self.config["corpora"][lang])]
@@ -264,7 +282,7 @@ def _stage_table() -> dict[str, Stage]:
             {"teacher", "student", "init_layers", "lang", "out", "resume", "trust_remote_code", *SEARCH_FROM_STUDENT},
             resumable=True, resume_from="search_config.json", neutral={"token_cache"}),
         stage("student", STUDENT, lambda r: {
-            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.search_map("init_layers"),
+            "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.searched_init_layers(),
             **r.trust()},
             {"teacher", "out", "trust_remote_code"}),
         stage("general", GENERAL, lambda r: {

@@ -209,11 +209,16 @@ def _student_forward(parts, input_ids, attention_mask, logit_rows=None, *, hidde
 
 def _embedding_projection(student, teacher):
     """Linear map student width -> teacher width, least squares between the embedding matrices
-    (the inverse of the SVD reduction when the student's embeddings came from one)."""
+    (the inverse of the SVD reduction when the student's embeddings came from one). Where the
+    embeddings are not as wide as the hidden states (ALBERT, ELECTRA, RemBERT) nothing relates the
+    two widths: the map starts at random."""
     import torch
 
     source = student.get_input_embeddings().weight.detach().float()
     target = teacher.get_input_embeddings().weight.detach().float()
+    widths = (student.config.hidden_size, teacher.config.hidden_size)
+    if (source.shape[1], target.shape[1]) != widths:
+        return torch.nn.Linear(*widths, bias=False)
     solution = torch.linalg.lstsq(source, target).solution  # [H_student, H_teacher]
     projection = torch.nn.Linear(source.shape[1], target.shape[1], bias=False)
     with torch.no_grad():
@@ -232,9 +237,10 @@ def student_module(student, teacher, weights: LossWeights, freeze_embeddings: bo
 
     if not (weights.logits or weights.mlm) and has_mlm_output(student):  # the head gets no gradient
         embedding = student.get_input_embeddings().weight
-        for param in mlm_head(student).parameters():
-            if param is not embedding:
-                param.requires_grad_(False)
+        for module in mlm_head(student):
+            for param in module.parameters():
+                if param is not embedding:
+                    param.requires_grad_(False)
     if freeze_embeddings:  # LightMBERT: the multilingual embeddings (and a head tied to them) stay as they are
         getattr(student.base_model, "embeddings", student.get_input_embeddings()).requires_grad_(False)
     parts = {"student": student}

@@ -213,6 +213,7 @@ def run_search_map(args) -> dict:
 
     from polyglot_distil.distill.general import check_student_options, load_inputs, loss_weights, phase1_recipe
     from polyglot_distil.distill.training import CACHE, TrainSettings, config_hash, mean_over_batches, train
+    from polyglot_distil.models.families import family_of
     from polyglot_distil.models.loading import load_model
     from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, make_student, \
         planned_config, spec_from_args
@@ -236,7 +237,9 @@ def run_search_map(args) -> dict:
     for mapping in candidates or []:
         check_layers(list(mapping), t_layers, s_layers, "--candidates")
     criterion, relation = resolve_criterion(args, weights, teacher_config, student_config)
-    coupled = not args.student and args.init_layers is None and args.init == "teacher"
+    # the student starts from the teacher layers it is mapped to (not ALBERT's: one shared layer)
+    coupled = (not args.student and args.init_layers is None and args.init == "teacher"
+               and not family_of(teacher_config).shared_layers)
 
     def settings_for(folder: Path) -> TrainSettings:
         return TrainSettings(

@@ -4,60 +4,49 @@ positions; and the longest input a model takes.
 
 from __future__ import annotations
 
-from polyglot_distil.errors import UserError
-
-ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
+from polyglot_distil.models.families import family_of
 
 
 def max_positions(config) -> int:
     """Longest input the model takes, in tokens. RoBERTa-style position ids start after the
     padding id, which costs pad_token_id + 1 positions."""
-    limit = int(getattr(config, "max_position_embeddings", 0) or 10**9)
-    offset = config.pad_token_id + 1 if getattr(config, "model_type", None) in ROBERTA_FAMILY else 0
-    return limit - offset
+    return family_of(config).max_positions(config)
 
 
-def mlm_head(model):
-    """The masked-LM head of a `...ForMaskedLM` model (BERT `cls`, XLM-R `lm_head`): the one child
-    module that is not the encoder."""
-    heads = [module for module in model.children() if module is not model.base_model]
-    if len(heads) != 1 or model.get_output_embeddings() is None:
-        raise UserError(f"{type(model).__name__} has no masked-LM head; the logit and MLM losses need one "
-                        "(the hidden and attention losses, --recipe bistil, do not)")
-    return heads[0]
+def mlm_head(model) -> list:
+    """The modules of a `...ForMaskedLM` model's masked-LM head (BERT `cls`, XLM-R `lm_head`,
+    DistilBERT's four, ...; models/families.py), or a UserError without one."""
+    return family_of(model).mlm_head(model)
 
 
-# (query, key, value) projection names: BERT, XLM-R and E5; most newer encoders; DistilBERT
-PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
-
-
-def encoder_layers(model):
-    """The encoder's transformer layers (a ModuleList of config.num_hidden_layers blocks)."""
-    import torch
-
-    count = model.config.num_hidden_layers
-    for module in model.base_model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise UserError(f"{type(model).__name__}: found no list of its {count} transformer layers")
+def encoder_layers(model) -> list:
+    """The encoder's transformer layers, one module per layer (config.num_hidden_layers; ALBERT's
+    shared layer repeated)."""
+    return family_of(model).layers(model)
 
 
 def attention_projections(model, layer: int) -> tuple:
-    """The query, key and value projections (nn.Linear, in that order) of the self-attention of
-    encoder layer `layer` (0-based): their outputs are the layer's queries, keys and values."""
-    import torch
-
-    for module in encoder_layers(model)[layer].modules():
-        for names in PROJECTION_NAMES:
-            if all(isinstance(getattr(module, name, None), torch.nn.Linear) for name in names):
-                return tuple(getattr(module, name) for name in names)
-    raise UserError(f"{type(model).__name__}: its self-attention has no query/key/value projections that "
-                    f"polyglot-distil knows ({', '.join('/'.join(n) for n in PROJECTION_NAMES)}); the relation "
-                    "loss reads them")
+    """(projections, fused): the query, key and value projections (nn.Linear, in that order) of
+    the self-attention of encoder layer `layer` (0-based), or one fused q|k|v projection."""
+    return family_of(model).projections_of(model, layer)
 
 
 def has_mlm_output(model) -> bool:
-    return model is not model.base_model and model.get_output_embeddings() is not None
+    return bool(family_of(model).head_modules(model))
+
+
+def _hook_calls(module, serves: list[int], wanted, on_output, hooks: list) -> None:
+    """A forward hook on `module`, which runs as encoder layers `serves` (in order; several for
+    ALBERT's shared layer): its i-th call in a forward is layer serves[i], and `on_output(k,
+    output)` sees the calls of the layers in `wanted`."""
+    calls = [0]
+
+    def hook(module, args, output):
+        k = serves[calls[0] % len(serves)]
+        calls[0] += 1
+        if k in wanted:
+            on_output(k, output)
+    hooks.append(module.register_forward_hook(hook))
 
 
 def _attention_recorder(model):
@@ -92,10 +81,33 @@ def _capture_attentions(model, layers, captured: dict, hooks: list) -> bool:
         if len(modules) != 1:
             return False
         found[k] = modules[0]
-    for k, module in found.items():
-        hooks.append(module.register_forward_hook(
-            lambda module, args, output, k=k: captured.__setitem__(k, output[index])))
+    wanted = set(layers)
+    for module in {id(m): m for m in found.values()}.values():
+        serves = [k for k, layer in enumerate(stack) if any(m is module for m in layer.modules())]
+        _hook_calls(module, serves, wanted, lambda k, output: captured.__setitem__(k, output[index]), hooks)
     return True
+
+
+def _capture_qkv(model, layer: int, captured: dict, hooks: list) -> None:
+    """Hooks that keep layer `layer`'s queries, keys and values [B, L, H] in captured["q"], ["k"],
+    ["v"] (a fused projection's output split in three): each projection's first call while that
+    layer runs (DeBERTa's also project the relative position embeddings, after the tokens)."""
+    projections, fused = attention_projections(model, layer)
+    stack = encoder_layers(model)
+    serves = [k for k, module in enumerate(stack) if module is stack[layer]]
+    running = {"layer": None, "calls": 0}
+
+    def enter(module, args):
+        running["layer"] = serves[running["calls"] % len(serves)]
+        running["calls"] += 1
+
+    def keep(module, args, output, name):
+        if running["layer"] == layer and name not in captured:
+            captured.update(zip("qkv", output.chunk(3, dim=-1)) if fused else {name: output})
+    hooks.append(stack[layer].register_forward_pre_hook(enter))
+    for name, projection in zip("qkv", projections):
+        hooks.append(projection.register_forward_hook(
+            lambda module, args, output, name=name: keep(module, args, output, name)))
 
 
 def encoder_outputs(model, input_ids, attention_mask, hidden_states=False, attentions=False,
@@ -115,11 +127,9 @@ def encoder_outputs(model, input_ids, attention_mask, hidden_states=False, atten
     hooks = []
     hidden_wanted = hidden_states if isinstance(hidden_states, bool) else sorted(set(hidden_states))
     attention_wanted = attentions if isinstance(attentions, bool) else sorted(set(attentions))
-    if relation_layer is not None:
-        for name, projection in zip("qkv", attention_projections(model, relation_layer)):
-            hooks.append(projection.register_forward_hook(
-                lambda module, args, output, name=name: captured.__setitem__(name, output)))
     try:
+        if relation_layer is not None:
+            _capture_qkv(model, relation_layer, captured, hooks)
         hooked = not isinstance(attention_wanted, bool) and _capture_attentions(model, attention_wanted, maps, hooks)
         out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                output_hidden_states=hidden_wanted if hidden_wanted != [] else False,
@@ -137,7 +147,7 @@ def encoder_outputs(model, input_ids, attention_mask, hidden_states=False, atten
     if relation_layer is not None:
         result["qkv"] = (captured["q"], captured["k"], captured["v"])
     if logit_rows is not None:
-        result["logits"] = mlm_head(model)(out.last_hidden_state[logit_rows])
+        result["logits"] = family_of(model).mlm_logits(model, out.last_hidden_state[logit_rows])
     return result
 
 

@@ -146,6 +146,12 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
     check_local_path("model", name)
     if os.path.isfile(name):
         raise UserError(f"{name} is a file; pass the model's folder")
+    if kwargs.get("attn_implementation") == "sdpa":  # a family without the fast attention runs eager
+        from transformers import AutoConfig
+
+        from polyglot_distil.models.families import runnable_attention
+
+        kwargs["attn_implementation"] = runnable_attention(load_model(name, AutoConfig, trust_remote_code), "sdpa")
     try:
         with quiet_load_report(), warnings.catch_warnings():  # the caller decides what missing weights mean
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if unsafe
@@ -248,8 +254,11 @@ def model_class_for(config):
 
 
 def has_mlm_head(config) -> bool:
-    """Whether the checkpoint has a masked-LM head (ForMaskedLM, or ForPreTraining: MLM + NSP)."""
-    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in getattr(config, "architectures", None) or [])
+    """Whether the checkpoint has a masked-LM head (ForMaskedLM, or ForPreTraining: MLM + NSP;
+    not ELECTRA's discriminator; models/families.py)."""
+    from polyglot_distil.models.families import family_of
+
+    return family_of(config).has_mlm_head(config)
 
 
 def encoder_class_for(config):

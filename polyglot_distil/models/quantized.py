@@ -237,6 +237,8 @@ def load_int8(path, attn_implementation: str = "sdpa", trust_remote_code: bool =
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    from polyglot_distil.models.families import runnable_attention
+
     folder = Path(path)
     try:
         record = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
@@ -251,7 +253,7 @@ def load_int8(path, attn_implementation: str = "sdpa", trust_remote_code: bool =
         raise UserError(f"{folder}: transformers has no class {record['model_class']} (int8.json model_class)")
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with torch.random.fork_rng(devices=[]):  # every weight is overwritten below
-        model = model_class._from_config(config, attn_implementation=attn_implementation)
+        model = model_class._from_config(config, attn_implementation=runnable_attention(config, attn_implementation))
     tensors = load_file(folder / WEIGHTS_FILE)
     owners = tuple(f"{name}." for name in record["linear"] + record["embeddings"])
     # The float tensors first, into the float skeleton; then the int8 modules replace theirs.

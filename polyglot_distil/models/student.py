@@ -30,6 +30,12 @@ Distillation pairs student layer j with teacher layer `teacher_layer_for(j)`: th
 same relative depth (12 -> 6: 1, 3, 5, 7, 9, 11, BiStil's 2j+1), and hidden state i (0 = the
 embedding output) with the teacher's hidden state after that layer (BiStil's 2i).
 
+Every encoder family of models/families.py is built the same way; where they differ: an ALBERT
+teacher shares one layer across its depth, so its student is that same layer run fewer times
+(`--init-layers` is refused: there is nothing to pick); a ModernBERT student's `layer_types`
+(local or global attention) follow the layers it copies; embeddings narrower than the hidden size
+(ALBERT, ELECTRA, RemBERT) keep their width in a narrower student.
+
 Output: a normal model folder (config.json, model.safetensors, the teacher's tokenizer files)
 plus `student.json` saying how it was built.
 """
@@ -37,18 +43,17 @@ plus `student.json` saying how it was built.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.checkpoint import carry_body_tensors
+from polyglot_distil.models.families import family_of, runnable_attention
 from polyglot_distil.models.loading import copy_tokenizer
 from polyglot_distil.options import APPEND, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
 
-_LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +153,11 @@ def resolve_init_layers(init_layers, teacher_layers: int, layers: int) -> list[i
     return init_layers or default_init_layers(teacher_layers, layers)
 
 
+def _layer_renamed(name: str, match, layer: int) -> str:
+    """Tensor `name` of one layer (`match`: its family's layer_key on it) as the same tensor of `layer`."""
+    return name[: match.start(1)] + str(layer) + name[match.end(1):]
+
+
 def svd_embeddings(weight, rank: int, seed: int = 0):
     """Top-`rank` truncated SVD of word embeddings [V, H] = U S Vh: returns (U S [V, rank], the
     right singular vectors [H, rank]). U S = weight @ V is the projection of every embedding onto
@@ -172,13 +182,13 @@ def ffn_size_key(config) -> str:
                     "student is built from a BERT-style encoder (BERT, XLM-R, E5, DistilBERT)")
 
 
-def _student_config(teacher_config, spec: StudentSpec, layers: int):
+def _student_config(teacher_config, spec: StudentSpec, init_layers: list[int]):
     import copy
 
     if not 0 <= spec.dropout < 1:
         raise UserError(f"--dropout {spec.dropout}: a dropout probability is at least 0 and below 1 (BiStil: 0)")
     config = copy.deepcopy(teacher_config)
-    config.num_hidden_layers = layers
+    family_of(teacher_config).slice_config(config, init_layers)  # the depth, and per-layer lists (layer_types)
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
         if hasattr(config, name):
             setattr(config, name, spec.dropout)
@@ -202,9 +212,9 @@ def _student_config(teacher_config, spec: StudentSpec, layers: int):
 def _importance_config(config, teacher_config, spec: StudentSpec):
     """The shape of an importance-initialised student: kept heads keep the teacher's head size,
     so the hidden size is heads x head size; at most the teacher's heads and neurons."""
-    if ffn_size_key(teacher_config) != "intermediate_size":
-        raise UserError(f"--init importance knows BERT-layout layers (BERT, XLM-R, E5), not those of "
-                        f"{type(teacher_config).__name__}; use --init teacher or --init random")
+    if not family_of(teacher_config).bert_layout:
+        raise UserError(f"--init importance knows BERT-layout layers (BERT, XLM-R, E5, ELECTRA, RemBERT), not those "
+                        f"of {type(teacher_config).__name__}; use --init teacher or --init random")
     teacher_heads = teacher_config.num_attention_heads
     head_size = teacher_config.hidden_size // teacher_heads
     heads = spec.heads or (spec.hidden_size // head_size if spec.hidden_size else teacher_heads)
@@ -233,11 +243,15 @@ def planned_config(teacher_config, spec: StudentSpec):
     layers = spec.layers if spec.layers is not None else max(1, teacher_layers // 2)
     if not 1 <= layers <= teacher_layers:
         raise UserError(f"--layers {layers}: a student needs between 1 and the teacher's {teacher_layers} layers")
-    check_layers(resolve_init_layers(spec.init_layers, teacher_layers, layers), teacher_layers, layers,
-                 "--init-layers")
+    if family_of(teacher_config).shared_layers and spec.init_layers is not None:
+        raise UserError(f"--init-layers: {type(teacher_config).__name__} shares one layer across its depth; a student "
+                        "with fewer layers runs that same layer fewer times, so there is no layer to pick; drop "
+                        "--init-layers (--layer-map still names the teacher repetition each student layer imitates)")
+    init_layers = resolve_init_layers(spec.init_layers, teacher_layers, layers)
+    check_layers(init_layers, teacher_layers, layers, "--init-layers")
     if spec.init not in ("teacher", "random", "importance"):
         raise UserError(f"--init must be 'teacher', 'random' or 'importance', not {spec.init!r}")
-    return _student_config(teacher_config, spec, layers)
+    return _student_config(teacher_config, spec, init_layers)
 
 
 # Where a layer tensor's dimensions index (BERT layout: BERT, XLM-R, E5): "hidden" features,
@@ -261,14 +275,15 @@ def _copy_important_parts(student, teacher, init_layers: list[int], kept: dict) 
     import torch
 
     source = teacher.state_dict()
+    family = family_of(teacher.config)
     hidden = torch.tensor(kept["hidden"])
     head_size = teacher.config.hidden_size // teacher.config.num_attention_heads
     width_t, width_s = teacher.config.hidden_size, student.config.hidden_size
     for name, tensor in student.state_dict().items():
-        match = _LAYER_KEY.search(name)
+        match = family.layer_number(name)
         if match:
             j = int(match.group(1))
-            teacher_name = name[: match.start()] + f".layer.{init_layers[j]}." + name[match.end():]
+            teacher_name = _layer_renamed(name, match, init_layers[j])
             axes = _LAYER_AXES.get(name[match.end():])
             if axes is None:
                 raise UserError(f"{type(teacher).__name__}: tensor {name} is not laid out as a BERT layer's; "
@@ -310,6 +325,7 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa",
     import torch
 
     teacher_layers = teacher.config.num_hidden_layers
+    family = family_of(teacher.config)
     config = planned_config(teacher.config, spec)
     layers = config.num_hidden_layers
     init_layers = resolve_init_layers(spec.init_layers, teacher_layers, layers)
@@ -322,7 +338,8 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa",
         torch.manual_seed(spec.seed)
         # the teacher's class: a masked-LM teacher gives a masked-LM student, a bare encoder a bare one;
         # and the teacher's dtype as loaded (the configuration's may be another: the dtype it was saved in)
-        student = type(teacher)._from_config(config, attn_implementation=attn_implementation, dtype=teacher.dtype)
+        attention = runnable_attention(config, attn_implementation)  # DeBERTa-v2, RemBERT: eager
+        student = type(teacher)._from_config(config, attn_implementation=attention, dtype=teacher.dtype)
     source = teacher.state_dict()
     kept = select_kept(importance, config, init_layers) if spec.init == "importance" else None
     with torch.no_grad():
@@ -330,26 +347,29 @@ def build_student(teacher, spec: StudentSpec, attn_implementation: str = "sdpa",
             _copy_important_parts(student, teacher, init_layers, kept)
         elif same_shape:
             for name, tensor in student.state_dict().items():
-                match = _LAYER_KEY.search(name)
+                match = family.layer_number(name)
                 if match:
                     if spec.init == "random":
                         continue
-                    name_in_teacher = (name[: match.start()] + f".layer.{init_layers[int(match.group(1))]}."
-                                       + name[match.end():])
+                    name_in_teacher = _layer_renamed(name, match, init_layers[int(match.group(1))])
                 elif spec.init == "random" and ".embeddings." not in f".{name}":
                     continue
                 else:
                     name_in_teacher = name
                 tensor.copy_(source[name_in_teacher])
         else:
-            word = student.get_input_embeddings().weight
-            reduced, _ = svd_embeddings(teacher.get_input_embeddings().weight, config.hidden_size, spec.seed)
-            word.copy_(reduced.to(word.dtype))
+            # embeddings narrower than the hidden size (ALBERT, ELECTRA, RemBERT) may keep their width
+            word, teacher_word = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
+            if word.shape == teacher_word.shape:
+                word.copy_(teacher_word)
+            else:
+                reduced, _ = svd_embeddings(teacher_word, word.shape[1], spec.seed)
+                word.copy_(reduced.to(word.dtype))
     student.tie_weights()
     init = spec.init if same_shape or kept is not None else "svd-embeddings"
     description = {
         "teacher_layers": teacher_layers, "layers": layers, "init": init,
-        "init_layers": init_layers if init in ("teacher", "importance") else None,
+        "init_layers": init_layers if init in ("teacher", "importance") and not family.shared_layers else None,
         "layer_map": default_layer_map(teacher_layers, layers), "spec": asdict(spec),
     }
     if kept is not None:
