@@ -8,6 +8,8 @@
 #   scripts/mutation.sh vocab/count eval/metrics  # these modules only
 #   scripts/mutation.sh 'polyglot_distil.data.token_cache.x_cache_key*'   # a mutmut name pattern
 #   scripts/mutation.sh --score                  # print the scores of the last runs, run nothing
+#   scripts/mutation.sh --recheck vocab/select -- tests/test_vocab.py   # after adding tests: the
+#                                                # mutants still alive against these tests only
 #
 # Results stay in ./mutants between runs; `mutmut show NAME` (from this folder) prints one mutant's diff.
 set -euo pipefail
@@ -19,6 +21,17 @@ export PYTHONPATH="$PWD/mutants" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THRE
 export POLYGLOT_SHARED_DATA=${POLYGLOT_SHARED_DATA:-$PWD/../shared/data}
 # the tiny models of tests/conftest.py, built once for all the runs
 export POLYGLOT_TEST_MODEL_STORE="$PWD/mutants/test-models"
+
+if [ "${1:-}" = --recheck ]; then
+    shift
+    selection=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        case $1 in *'*'*) selection+=("$1") ;; *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
+        shift
+    done
+    nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
+    exec "$python" scripts/mutation_score.py "${selection[@]}"
+fi
 
 patterns=()
 modules=()
