@@ -4,6 +4,7 @@ vocabularies and XNLI text from ../shared/data (tests that need them skip when a
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ SAMPLE_FILES = [CORPORA / lang / "sample.txt" for lang in ("en", "fr", "de", "es
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# scripts/mutation.sh runs the tests thousands of times: there the tiny models below are built once
+# into this folder and reused (they are built by models.smoke, which no mutation touches).
+MODEL_STORE = os.environ.get("POLYGLOT_TEST_MODEL_STORE")
 
 
 def shared(*parts: str) -> Path:
@@ -25,6 +29,20 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def smoke_model(tmp_path_factory, name: str, *args, **kwargs) -> Path:
+    """build_smoke_model into a fresh folder, or the copy in MODEL_STORE (built there once)."""
+    from polyglot_distil.models.smoke import build_smoke_model
+
+    if not MODEL_STORE:
+        return build_smoke_model(tmp_path_factory.mktemp(name), *args, **kwargs)
+    stored = Path(MODEL_STORE) / name
+    if not stored.exists():
+        built = build_smoke_model(tmp_path_factory.mktemp(name), *args, **kwargs)
+        shutil.copytree(built, stored.with_suffix(".partial"), dirs_exist_ok=True)
+        stored.with_suffix(".partial").rename(stored)
+    return stored
+
+
 @pytest.fixture(scope="session")
 def sample_files() -> list[Path]:
     return [f for f in SAMPLE_FILES if f.exists()]
@@ -33,36 +51,28 @@ def sample_files() -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, sample_files) -> Path:
     """BertForMaskedLM, hidden 32, 4 layers, WordPiece (~1000 tokens) trained on the samples."""
-    from polyglot_distil.models.smoke import build_smoke_model
-
-    return build_smoke_model(tmp_path_factory.mktemp("tiny_bert"), "bert", texts=sample_files, vocab_size=1000)
+    return smoke_model(tmp_path_factory, "tiny_bert", "bert", texts=sample_files, vocab_size=1000)
 
 
 @pytest.fixture(scope="session")
 def tiny_xlmr_dir(tmp_path_factory, sample_files) -> Path:
     """XLMRobertaForMaskedLM, hidden 32, 4 layers, Unigram (~1000 pieces) trained on the samples."""
-    from polyglot_distil.models.smoke import build_smoke_model
-
-    return build_smoke_model(tmp_path_factory.mktemp("tiny_xlmr"), "xlmr", texts=sample_files, vocab_size=1000)
+    return smoke_model(tmp_path_factory, "tiny_xlmr", "xlmr", texts=sample_files, vocab_size=1000)
 
 
 @pytest.fixture(scope="session")
 def mbert_vocab_dir(tmp_path_factory) -> Path:
     """BertForMaskedLM, hidden 32, with the real 119,547-token mBERT (cased) vocabulary."""
-    from polyglot_distil.models.smoke import build_smoke_model
-
     vocab = shared("mbert", "vocab.txt")
-    return build_smoke_model(tmp_path_factory.mktemp("mbert_vocab"), "bert", vocab_file=vocab, num_layers=2)
+    return smoke_model(tmp_path_factory, "mbert_vocab", "bert", vocab_file=vocab, num_layers=2)
 
 
 @pytest.fixture(scope="session")
 def xlmr_tokenizer_dir(tmp_path_factory) -> Path:
     """XLMRobertaForMaskedLM, hidden 32, with the real 250,002-entry XLM-R tokenizer (its
     tokenizer.json sets truncation at 128 and padding, as many saved tokenizers do)."""
-    from polyglot_distil.models.smoke import build_smoke_model
-
     tokenizer_json = shared("xlmr", "tokenizer.json")
-    return build_smoke_model(tmp_path_factory.mktemp("xlmr_tok"), "xlmr", tokenizer_json=tokenizer_json, num_layers=2)
+    return smoke_model(tmp_path_factory, "xlmr_tok", "xlmr", tokenizer_json=tokenizer_json, num_layers=2)
 
 
 @pytest.fixture(scope="session")

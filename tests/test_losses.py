@@ -147,3 +147,89 @@ def test_cosine_hidden_ignores_padding():
     states = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
     other = torch.tensor([[[1.0, 0.0], [5.0, 0.0]]])
     assert losses.cosine_hidden(states, other, torch.tensor([[1.0, 0.0]])).abs() < 1e-6
+
+
+def test_soft_cross_entropy_is_the_mean_over_pairs_of_the_cross_entropy_at_the_temperature():
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]])
+
+    def hand(temperature: float) -> float:
+        total = 0.0
+        for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+            s_norm = math.log(sum(math.exp(v / temperature) for v in s_row))
+            t_norm = sum(math.exp(v / temperature) for v in t_row)
+            total -= sum(math.exp(t / temperature) / t_norm * (s / temperature - s_norm) for s, t in zip(s_row, t_row))
+        return total / len(student)
+
+    assert losses.soft_cross_entropy(student, teacher, 4.0).item() == pytest.approx(hand(4.0), rel=1e-6)
+    assert losses.soft_cross_entropy(student, teacher).item() == pytest.approx(hand(2.0), rel=1e-6)  # default T = 2
+
+
+def test_mlm_cross_entropy_over_a_given_count_is_the_summed_loss_divided_by_it(generator):
+    logits = torch.randn(5, 7, generator=generator)
+    labels = torch.tensor([3, -100, 6, -100, 0])
+    keep = labels != -100
+    summed = F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+    assert torch.allclose(losses.mlm_cross_entropy(logits, labels, labelled=12.0), summed / 12.0)
+
+
+def test_cosine_hidden_over_a_given_count_divides_the_summed_distances_by_it():
+    states = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    orthogonal = torch.tensor([[[0.0, 1.0], [-2.0, 0.0]]])
+    assert math.isclose(losses.cosine_hidden(states, orthogonal, torch.ones(1, 2), tokens=4.0).item(), 0.5,
+                        abs_tol=1e-6)
+
+
+def _hand_relations(vectors: torch.Tensor, heads: int, mask: torch.Tensor) -> torch.Tensor:
+    """MiniLMv2's relation, one head and one query at a time: log softmax over the tokens of
+    x_ri . x_rj / sqrt(d_r), padding keys at probability 0."""
+    batch, length, width = vectors.shape
+    size = width // heads
+    out = torch.zeros(batch, heads, length, length, dtype=torch.float64)
+    for b in range(batch):
+        keys = [j for j in range(length) if mask[b, j]]
+        for r in range(heads):
+            x = vectors[b, :, r * size:(r + 1) * size].double()
+            for i in range(length):
+                scores = torch.tensor([float(x[i] @ x[j]) / math.sqrt(size) for j in keys], dtype=torch.float64)
+                out[b, r, i] = -math.inf
+                out[b, r, i, keys] = scores - torch.logsumexp(scores, 0)
+    return out
+
+
+def test_self_attention_relations_are_log_softmaxes_of_scaled_dot_products_per_relation_head(generator):
+    vectors = torch.randn(2, 4, 6, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    relations = losses.self_attention_relations(vectors, 3, mask)
+    assert relations.shape == (2, 3, 4, 4)
+    expected = _hand_relations(vectors, 3, mask)
+    keys = mask.bool()[:, None, None, :].expand_as(relations)
+    torch.testing.assert_close(relations[keys].double(), expected[keys], rtol=1e-5, atol=1e-5)
+    assert torch.all(relations[~keys].exp() == 0)  # a padding key has probability 0
+
+
+def test_attention_relation_kl_sums_the_three_relations_kl_over_heads_and_query_tokens(generator):
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    student = [torch.randn(2, 4, 6, generator=generator) for _ in range(3)]
+    teacher = [torch.randn(2, 4, 12, generator=generator) for _ in range(3)]  # a wider teacher
+    total = 0.0
+    for s, t in zip(student, teacher):
+        s_log, t_log = _hand_relations(s, 3, mask), _hand_relations(t, 3, mask)
+        for b, i in ((b, i) for b in range(2) for i in range(4) if mask[b, i]):
+            for r in range(3):
+                keys = mask[b].bool()
+                p = t_log[b, r, i, keys].exp()
+                total += float((p * (t_log[b, r, i, keys] - s_log[b, r, i, keys])).sum())
+    loss = losses.attention_relation_kl(student, teacher, mask, relation_heads=3)
+    assert loss.item() == pytest.approx(total / (7 * 3), rel=1e-5)
+    given = losses.attention_relation_kl(student, teacher, mask, relation_heads=3, tokens=14.0)
+    assert given.item() == pytest.approx(total / (14 * 3), rel=1e-5)
+
+
+def test_attention_relation_kl_reaches_the_students_vectors_only(generator):
+    mask = torch.ones(1, 3)
+    student = [torch.randn(1, 3, 4, generator=generator, requires_grad=True) for _ in range(3)]
+    teacher = [torch.randn(1, 3, 4, generator=generator, requires_grad=True) for _ in range(3)]
+    losses.attention_relation_kl(student, teacher, mask, relation_heads=2).backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    assert all(t.grad is None for t in teacher)

@@ -15,7 +15,7 @@ from conftest import shared
 from polyglot_distil.vocab.count import Counts, LanguageTotals
 from polyglot_distil.errors import UserError
 from polyglot_distil.vocab.select import (BISTIL_MIN_PROB, GEOTREND_LINE_SHARE, Rules, char_token_mask, rule_mask,
-                                   select_vocabulary)
+                                   select_vocabulary, selection_table)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "la", "cat", "chat", "##s", "a", "##a", "é", "xyz"]
 SPECIALS = [0, 1, 2, 3, 4]
@@ -151,6 +151,79 @@ def test_rule_mask_on_an_empty_language_keeps_nothing():
     zeros = np.zeros(len(VOCAB), dtype=np.int64)
     for name, value in Rules(min_count=1, coverage=0.5, top_n=3).active().items():
         assert not rule_mask(name, value, zeros, zeros, 0).any()
+
+
+def test_rule_masks_are_boolean_for_every_rule():
+    occ = np.asarray(EN, dtype=np.int64)
+    for name, value in Rules(min_count=2, min_line_share=0.01, min_prob=0.01, coverage=0.5, top_n=2).active().items():
+        assert rule_mask(name, value, occ, occ, 100).dtype == bool, name
+
+
+def test_a_language_of_one_token_keeps_it():
+    one = np.zeros(len(VOCAB), dtype=np.int64)
+    one[VOCAB.index("cat")] = 1
+    for name, value in Rules(min_count=1, min_prob=1.0, coverage=1.0, top_n=1).active().items():
+        assert list(np.flatnonzero(rule_mask(name, value, one, one, 1))) == [VOCAB.index("cat")], name
+
+
+def test_min_prob_keeps_a_token_seen_once_at_exactly_the_threshold():
+    occ = np.zeros(len(VOCAB), dtype=np.int64)
+    occ[[5, 7]] = [9, 1]  # 10 tokens: "cat" has probability 0.1
+    assert list(np.flatnonzero(rule_mask("min_prob", 0.1, occ, occ, 10))) == [5, 7]
+    assert list(np.flatnonzero(rule_mask("min_prob", 0.11, occ, occ, 10))) == [5]
+
+
+def test_coverage_reached_exactly_by_the_first_tokens_keeps_only_them():
+    occ = np.zeros(len(VOCAB), dtype=np.int64)
+    occ[[5, 7, 9]] = [5, 3, 2]  # "the" alone is exactly half of the 10 occurrences
+    assert list(np.flatnonzero(rule_mask("coverage", 0.5, occ, occ, 10))) == [5]
+    assert list(np.flatnonzero(rule_mask("coverage", 0.8, occ, occ, 10))) == [5, 7]
+
+
+def test_ranking_keeps_ties_in_id_order_over_a_large_vocabulary():
+    occurrences = np.random.default_rng(0).integers(0, 4, size=5000)
+    seen = np.flatnonzero(occurrences)
+    expected = seen[np.lexsort((seen, -occurrences[seen]))]  # by count, then by id
+    mask = rule_mask("top_n", 1000, occurrences, occurrences, 5000)
+    assert list(np.flatnonzero(mask)) == sorted(expected[:1000])
+
+
+def test_an_unknown_rule_is_named():
+    with pytest.raises(ValueError, match="^unknown rule 'top_p'$"):
+        rule_mask("top_p", 0.9, np.asarray(EN), np.asarray(EN), 100)
+
+
+def test_a_missing_language_error_lists_the_languages_counted():
+    counts = make_counts({"en": EN, "fr": FR})
+    with pytest.raises(UserError) as error:
+        select_vocabulary(counts, ["de"], Rules(), VOCAB, SPECIALS)
+    assert str(error.value) == ("language 'de' is not in the counts (it has: en, fr); count it first: "
+                                "polyglot-distil count --lang de=FILE ...")
+
+
+def test_counts_of_a_larger_vocabulary_than_the_tokenizers_are_refused():
+    with pytest.raises(UserError) as error:
+        select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=1), VOCAB[:10], SPECIALS)
+    assert str(error.value) == "the counts cover 14 token ids but the tokenizer has only 10"
+
+
+def test_a_tokenizer_without_special_tokens_keeps_what_the_rules_keep():
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=5), VOCAB, [])
+    assert kept_tokens(selection) == ["the", "cat", "##s"]
+    assert selection.report["always_kept"]["special"] == {"tokens": 0, "added": 0}
+
+
+def test_the_selection_table_has_a_row_per_language_and_the_additions():
+    counts = make_counts({"en": EN, "fr": FR})
+    rules = Rules(min_count=5, keep_tokens=["xyz"])
+    table = selection_table(select_vocabulary(counts, ["en", "fr"], rules, VOCAB, SPECIALS).report)
+    assert table.splitlines() == [
+        "language  min_count  selected  only this language",
+        "en                3         3                   2",
+        "fr                3         3                   2",
+        "union of languages: 5; special: +5; keep list: +1; keep chars: +0",
+        "kept 11 of 14 tokens",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

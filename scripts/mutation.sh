@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules where a silent mistake costs most (docs/mutation.md): mutmut mutates
+# them in a copy (./mutants), runs the tests of [tool.mutmut] in pyproject.toml that call each mutated
+# function, and this script prints the score per module.
+#
+#   pip install -e '.[mutation]'
+#   scripts/mutation.sh                          # every module of [tool.mutmut] only_mutate (about 1 h on 1 core)
+#   scripts/mutation.sh vocab/count eval/metrics  # these modules only
+#   scripts/mutation.sh 'polyglot_distil.data.token_cache.x_cache_key*'   # a mutmut name pattern
+#   scripts/mutation.sh --score                  # print the scores of the last runs, run nothing
+#   scripts/mutation.sh --recheck vocab/select -- tests/test_vocab.py   # after adding tests: the
+#                                                # mutants still alive against these tests only
+#
+# Results stay in ./mutants between runs; `mutmut show NAME` (from this folder) prints one mutant's diff.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python}
+# mutmut runs the tests from ./mutants: the copy must win over this checkout and an editable install,
+# also in the subprocesses a test starts.
+export PYTHONPATH="$PWD/mutants" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export POLYGLOT_SHARED_DATA=${POLYGLOT_SHARED_DATA:-$PWD/../shared/data}
+# the tiny models of tests/conftest.py, built once for all the runs
+export POLYGLOT_TEST_MODEL_STORE="$PWD/mutants/test-models"
+
+if [ "${1:-}" = --recheck ]; then
+    shift
+    selection=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        case $1 in *'*'*) selection+=("$1") ;; *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
+        shift
+    done
+    nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
+    exec "$python" scripts/mutation_score.py "${selection[@]}"
+fi
+
+patterns=()
+modules=()
+score_only=0
+for arg in "$@"; do
+    case $arg in
+        --score) score_only=1 ;;
+        *'*'*) patterns+=("$arg"); modules+=("$arg") ;;
+        *) module=polyglot_distil.${arg//\//.}; module=${module%.py}
+           patterns+=("$module.*"); modules+=("$module") ;;
+    esac
+done
+if [ "$score_only" = 0 ]; then
+    mkdir -p mutants  # on PYTHONPATH before the interpreter starts
+    nice -n 19 "$python" -c 'import sys; from mutmut.__main__ import cli; sys.argv[0] = "mutmut"; cli()' \
+        run --max-children "${MUTATION_CHILDREN:-1}" ${patterns[@]+"${patterns[@]}"}
+fi
+"$python" scripts/mutation_score.py ${modules[@]+"${modules[@]}"}

@@ -1,0 +1,106 @@
+"""Check again, against the tests as they are now, the mutants a mutmut run left alive (survived,
+no tests, timeout), and record the verdicts where mutmut keeps them (./mutants/**/*.py.meta), so
+that `scripts/mutation.sh --score` prints the new scores. A test added to kill a mutant cannot
+revive one that is killed, so this gives the figures of a whole new run for the cost of the few
+mutants still alive (a whole run also re-traces every test, and starts again from nothing when
+[tool.mutmut]'s test selection changes).
+
+    python scripts/mutation_recheck.py polyglot_distil.eval.metrics -- tests/test_metrics.py
+    python scripts/mutation_recheck.py 'polyglot_distil.vocab.select.x_rule_mask*' -- tests/test_vocab.py
+
+Run it from the checkout root with the environment scripts/mutation.sh sets (scripts/mutation.sh
+--recheck ... does). Each mutant runs the given tests in a process forked from one that has only
+collected them (mutmut's fork server does the same), with mutmut's MUTANT_UNDER_TEST naming it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALIVE = {0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", None: "not checked"}
+TIMEOUT_S = 300
+
+
+def alive(selection: list[str]) -> list[tuple[Path, str]]:
+    """(meta file, mutant name) of every mutant not killed whose name matches `selection`."""
+    found = []
+    for meta in sorted((ROOT / "mutants").glob("polyglot_distil/**/*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            chosen = any(name.startswith(s + ".") or fnmatch.fnmatch(name, s) for s in selection)
+            if chosen and code in ALIVE:
+                found.append((meta, name))
+    return found
+
+
+def run_one(name: str, tests: list[str]) -> int:
+    """pytest's exit status for `tests` with mutant `name` active (36: timed out)."""
+    import pytest
+
+    pid = os.fork()
+    if pid == 0:
+        from mutmut.mutation.trampoline import set_mutant_under_test
+
+        set_mutant_under_test(name)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        code = pytest.main(["--rootdir=.", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests])
+        os._exit(int(code))
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return 36
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        print(__doc__)
+        return 2
+    selection, tests = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    shutil.copytree(ROOT / "tests", ROOT / "mutants" / "tests", dirs_exist_ok=True)  # the tests as they are now
+    os.chdir(ROOT / "mutants")
+    sys.path.insert(0, str(ROOT / "mutants"))
+    import pytest
+
+    os.environ["MUTANT_UNDER_TEST"] = ""
+    with open(os.devnull, "w") as quiet:  # import the tests and the mutated code once, run nothing
+        stdout, sys.stdout = sys.stdout, quiet
+        try:
+            collected = pytest.main(["--rootdir=.", "--collect-only", "-q", "-p", "no:cacheprovider", *tests])
+        finally:
+            sys.stdout = stdout
+    if collected != 0:
+        print(f"cannot collect {' '.join(tests)} (pytest exit {collected})")
+        return 1
+    if run_one("", tests) != 0:  # the tests must pass on the code as it is, or every mutant looks killed
+        print(f"{' '.join(tests)} fail without any mutant: fix them first")
+        return 1
+    todo = alive(selection)
+    print(f"{len(todo)} mutants not killed match {' '.join(selection)}; running {' '.join(tests)} on each")
+    for number, (meta, name) in enumerate(todo, 1):
+        code = run_one(name, tests)
+        if code == 4:
+            raise SystemExit(f"pytest could not run {tests} (exit 4)")
+        data = json.loads(meta.read_text())
+        data["exit_code_by_key"][name] = code
+        meta.write_text(json.dumps(data))
+        print(f"[{number}/{len(todo)}] {'killed' if code in (1, 3) else ALIVE.get(code, code)}: {name}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
