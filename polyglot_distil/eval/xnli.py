@@ -48,6 +48,7 @@ from polyglot_distil.eval.efficiency import _parameter_figures, _ratios, measure
 from polyglot_distil.eval.metrics import accuracy, confusion_matrix, label_loyalty, probability_loyalty
 from polyglot_distil.eval.predict import cached_xnli, prediction_key, predict_xnli
 from polyglot_distil.eval.report import render_markdown, write_plots
+from polyglot_distil.eval.stats import compare_paired, mcnemar_exact, percentile_interval, resampled_accuracies
 from polyglot_distil.models.classifier import load_classifier
 from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, TRUST_REMOTE_CODE, Command, Option, csv, out_option
 from polyglot_distil.data.nli import LABELS, xnli_split
@@ -68,11 +69,12 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                   limit: int | None = None, device: str = "auto", attn_implementation: str = "sdpa",
                   efficiency: bool = True, repeats: int = 10, overwrite: bool = False,
                   trust_remote_code: bool = False, progress: bool | None = None,
-                  teacher_cache: str | None = None) -> dict:
+                  teacher_cache: str | None = None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Evaluate `model` (and `baseline`, the float model it was quantized or exported from, and
     `teacher`) on XNLI `split` for `langs`; write OUT/report.json, OUT/REPORT.md and plots;
     return the report as a dict. `teacher_cache`: a folder where the teacher's predictions are
-    kept and reused."""
+    kept and reused. `bootstrap`: resamples for the 95% intervals and the paired comparisons
+    (0: none), drawn with `seed`."""
     import torch
 
     check_writable(out, overwrite)
@@ -93,6 +95,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         "languages": langs, "labels": list(LABELS),
         "settings": {"batch_size": batch_size, "max_length": max_length, "limit": limit, "device": device,
                      "attn_implementation": attn_implementation, "js_log_base": "e",
+                     "bootstrap": bootstrap, "seed": seed,
                      **({"teacher_cache": str(teacher_cache)} if teacher and teacher_cache else {})},
         "models": {role: {"path": c.path, "class_labels": [LABELS[i] for i in c.to_xnli]}
                    for role, c in classifiers.items()},
@@ -119,6 +122,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
             print(f"{lang} teacher: predictions from {teacher_cache}", flush=True)
         return probs
 
+    correct: dict[str, dict[str, np.ndarray]] = {}
     for lang, pairs in data.items():
         probs = {role: predict(role, c, lang, pairs) for role, c in classifiers.items()}
         predicted = {role: p.argmax(axis=1) for role, p in probs.items()}
@@ -133,9 +137,12 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                 result["baseline_probability_loyalty"] = probability_loyalty(probs["baseline"], probs["teacher"])
         if baseline:  # how often the deployed form decides as the float model does
             result["agreement_with_baseline"] = label_loyalty(predicted["model"], predicted["baseline"])
+        correct[lang] = {role: p == np.asarray(pairs.labels) for role, p in predicted.items()}
         report["results"][lang] = result
     results = report["results"].values()
     report["average"] = {"accuracy": {role: float(np.mean([r["accuracy"][role] for r in results])) for role in paths}}
+    if bootstrap:
+        add_error_bars(report, correct, bootstrap, seed)
     for key in ("label_loyalty", "probability_loyalty", "baseline_label_loyalty", "baseline_probability_loyalty",
                 "agreement_with_baseline"):
         if all(key in r for r in results):
@@ -160,10 +167,38 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
     return report
 
 
+def add_error_bars(report: dict, correct: dict[str, dict[str, np.ndarray]], resamples: int, seed: int) -> None:
+    """Into `report`: each accuracy's 95% bootstrap interval ("interval"), and the model against
+    the teacher and the baseline on the same pairs ("paired": difference, its paired bootstrap
+    interval, exact McNemar p-value), per language and for the average over languages (each
+    language resampled on its own; McNemar over all pairs together). `correct[lang][role]` is
+    bool[N]: the role's prediction equals the gold label."""
+    rivals = [role for role in ("teacher", "baseline") if role in next(iter(correct.values()))]
+    resampled = {}
+    for lang, by_role in correct.items():
+        resampled[lang] = {role: resampled_accuracies(c, resamples, seed) for role, c in by_role.items()}
+        result = report["results"][lang]
+        result["interval"] = {role: percentile_interval(r) for role, r in resampled[lang].items()}
+        result["paired"] = {rival: compare_paired(by_role["model"], by_role[rival], resamples, seed) for rival in rivals}
+    average = report["average"]
+    roles = list(next(iter(correct.values())))
+    mean_resampled = {role: np.mean([resampled[lang][role] for lang in correct], axis=0) for role in roles}
+    average["interval"] = {role: percentile_interval(r) for role, r in mean_resampled.items()}
+    average["paired"] = {}
+    for rival in rivals:
+        difference = mean_resampled["model"] - mean_resampled[rival]
+        average["paired"][rival] = {"difference": average["accuracy"]["model"] - average["accuracy"][rival],
+                                    "interval": percentile_interval(difference),
+                                    **mcnemar_exact(np.concatenate([c["model"] for c in correct.values()]),
+                                                    np.concatenate([c[rival] for c in correct.values()]))}
+
+
 def run_eval_xnli(args) -> dict:
     for name in ("batch_size", "max_length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap {args.bootstrap}: give a number of resamples (1000 is usual), or 0 for none")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     if args.teacher_cache and not args.teacher:
@@ -176,7 +211,7 @@ def run_eval_xnli(args) -> dict:
                            limit=args.limit, device=args.device, attn_implementation=args.attn_implementation,
                            efficiency=not args.no_efficiency, repeats=args.repeats, overwrite=args.overwrite,
                            trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None,
-                           teacher_cache=args.teacher_cache)
+                           teacher_cache=args.teacher_cache, bootstrap=args.bootstrap, seed=args.seed)
     average = report["average"]
     summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
     print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {args.out}/REPORT.md")
@@ -201,6 +236,10 @@ XNLI = Command(
         Option("limit", type=int, help="evaluate only the first N pairs of each language"),
         Option("device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N"),
         Option("attn_implementation", choices=("sdpa", "eager"), default="sdpa"),
+        Option("bootstrap", type=int, default=1000, metavar="N",
+               help="bootstrap resamples for each accuracy's 95%% interval and the paired comparisons with "
+                    "the teacher and baseline (exact McNemar test beside them); 0: none"),
+        Option("seed", type=int, default=0, help="seed of the bootstrap draws"),
         Option("no_efficiency", kind=FLAG, help="skip the memory and speed measurements"),
         Option("repeats", type=int, default=10, help="timed forward passes per speed figure (median)"),
         Option("teacher_cache", metavar="DIR", help="keep the teacher's predictions in DIR and reuse them (keyed by "
