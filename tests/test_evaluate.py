@@ -209,6 +209,11 @@ def test_each_accuracy_has_an_interval_and_the_model_a_paired_test_against_the_t
     reseeded = evaluate(tmp_path / "b", *common, "--teacher", models["teacher"], "--seed", 7)
     assert reseeded["results"]["fr"]["interval"] != fr["interval"]
 
+    saved = np.load(tmp_path / "a" / "predictions.npz")
+    assert np.array_equal(saved["fr/gold"], gold)
+    assert np.array_equal(saved["fr/gold"] == saved["fr/model"], correct["student"])
+    assert np.array_equal(saved["fr/gold"] == saved["fr/teacher"], correct["teacher"])
+
     itself = evaluate(tmp_path / "c", *common, "--teacher", models["student"])["results"]["fr"]["paired"]["teacher"]
     assert itself == {"difference": 0.0, "interval": [0.0, 0.0], "only_a": 0, "only_b": 0, "p_value": 1.0}
     plain = evaluate(tmp_path / "d", *common[:-1], 0, "--teacher", models["teacher"])

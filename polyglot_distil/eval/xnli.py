@@ -16,9 +16,13 @@ on the CPU: an int8 folder (`quantize`), an ONNX folder (`export onnx`: its mode
 from beside it: its accuracy and loyalty, the share of pairs where both predict the same label
 (`agreement_with_baseline`), and the ratios of size and speed.
 
-Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib is installed):
-- accuracy per language and its average over languages; a confusion matrix per language
-  (rows: gold label, columns: predicted, in the order entailment, neutral, contradiction);
+Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib is installed;
+each pair's predicted label in `OUT/predictions.npz`, arrays `{lang}/{role}` and `{lang}/gold`):
+- accuracy per language and its average over languages, each with a 95% bootstrap interval
+  (`--bootstrap N` resamples of the pairs, `--seed`); a confusion matrix per language (rows: gold
+  label, columns: predicted, in the order entailment, neutral, contradiction);
+- the model against the teacher and the baseline on the same pairs: the accuracy difference,
+  its paired bootstrap interval and the exact McNemar test's p-value (eval/stats.py);
 - with `--teacher`: label loyalty (share of pairs where both predict the same label) and
   probability loyalty (mean over pairs of 1 - sqrt(JS(p_model, p_teacher)); JS with natural
   logarithms, so 0 <= JS <= ln 2 and loyalty lies in [1 - sqrt(ln 2) = 0.167, 1]);
@@ -123,6 +127,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         return probs
 
     correct: dict[str, dict[str, np.ndarray]] = {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
     for lang, pairs in data.items():
         probs = {role: predict(role, c, lang, pairs) for role, c in classifiers.items()}
         predicted = {role: p.argmax(axis=1) for role, p in probs.items()}
@@ -138,6 +143,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         if baseline:  # how often the deployed form decides as the float model does
             result["agreement_with_baseline"] = label_loyalty(predicted["model"], predicted["baseline"])
         correct[lang] = {role: p == np.asarray(pairs.labels) for role, p in predicted.items()}
+        predictions[lang] = predicted
         report["results"][lang] = result
     results = report["results"].values()
     report["average"] = {"accuracy": {role: float(np.mean([r["accuracy"][role] for r in results])) for role in paths}}
@@ -163,6 +169,11 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         if report["plots"] is None:
             report["notes"].append("plots skipped: matplotlib is not installed (pip install 'polyglot-distil[plots]')")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        # each pair's predicted XNLI label, so that two evaluations on the same pairs can be compared pair by pair
+        np.savez(tmp / "predictions.npz", **{f"{lang}/gold": np.asarray(data[lang].labels, dtype=np.int8)
+                                             for lang in langs},
+                 **{f"{lang}/{role}": p.astype(np.int8) for lang, by_role in predictions.items()
+                    for role, p in by_role.items()})
         (tmp / "REPORT.md").write_text(render_markdown(report), encoding="utf-8")
     return report
 
