@@ -32,7 +32,6 @@ from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, cach
     read_task_data
 from polyglot_distil.distill.settings import steps_for, training_options, training_settings
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
-from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
 from polyglot_distil.options import FLAG, NO_PROGRESS, TRUST_REMOTE_CODE, Command, Option, out_option
 
 
@@ -43,6 +42,7 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
 
     from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.loading import load_model, saved_dtype
+    from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
 
 
     show = False if args.no_progress or not accelerator.is_main_process else None

@@ -38,12 +38,19 @@ class UsedRowsEmbedding(torch.nn.Module):
         self.num_embeddings, self.embedding_dim = rows, width
         id_map = torch.full((rows,), -1, dtype=torch.long, device=used.device)
         id_map[used] = torch.arange(len(used), device=used.device)
-        self.register_buffer("id_map", id_map, persistent=False)
-        self.register_buffer("frozen", embedding.weight.detach().clone(), persistent=False)
+        # Plain tensors, not buffers: DDP would broadcast every buffer from the first process at every
+        # step, and `frozen` is the whole matrix. `_apply` moves them with the module.
+        self.id_map = id_map
+        self.frozen = embedding.weight.detach().clone()
         self.weight = torch.nn.Parameter(embedding.weight.detach().index_select(0, used).clone())
         pad = embedding.padding_idx
         self.source_padding_idx = pad
         self.padding_idx = int(id_map[pad]) if pad is not None and int(id_map[pad]) >= 0 else None
+
+    def _apply(self, fn, recurse=True):  # .to(device), .half() and the like reach the plain tensors too
+        super()._apply(fn, recurse)
+        self.id_map, self.frozen = fn(self.id_map), fn(self.frozen)
+        return self
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         mapped = self.id_map[input_ids]
