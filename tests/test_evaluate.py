@@ -184,6 +184,44 @@ def test_a_model_against_itself_is_fully_loyal(tmp_path, models, nli_dir):
     assert report["average"]["probability_loyalty"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_each_accuracy_has_an_interval_and_the_model_a_paired_test_against_the_teacher(tmp_path, models, nli_dir,
+                                                                                      capsys):
+    """Intervals hold their accuracy and follow the seed; the paired figures equal stats' own on the
+    models' correctness; a model against itself differs by exactly 0 with p = 1; --bootstrap 0
+    leaves them out; a negative count is one line."""
+    from polyglot_distil.eval.stats import compare_paired
+
+    common = ("--model", models["student"], "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS,
+              "--no-efficiency", "--bootstrap", 200)
+    report = evaluate(tmp_path / "a", *common, "--teacher", models["teacher"])
+    gold = np.array([LABELS.index(r[2]) for r in first_rows(nli_dir, "fr")])
+    correct = {m: hand_logits(models[m], first_rows(nli_dir, "fr")).argmax(1) == gold for m in ("student", "teacher")}
+    fr = report["results"]["fr"]
+    for role in ("model", "teacher"):
+        low, high = fr["interval"][role]
+        assert low <= fr["accuracy"][role] <= high and low < high
+    expected = compare_paired(correct["student"], correct["teacher"], 200, seed=0)
+    assert fr["paired"]["teacher"] == expected
+    low, high = report["average"]["interval"]["model"]
+    assert low <= report["average"]["accuracy"]["model"] <= high
+    assert report["average"]["paired"]["teacher"]["only_a"] == sum(
+        report["results"][lang]["paired"]["teacher"]["only_a"] for lang in ("fr", "sw"))
+    reseeded = evaluate(tmp_path / "b", *common, "--teacher", models["teacher"], "--seed", 7)
+    assert reseeded["results"]["fr"]["interval"] != fr["interval"]
+
+    saved = np.load(tmp_path / "a" / "predictions.npz")
+    assert np.array_equal(saved["fr/gold"], gold)
+    assert np.array_equal(saved["fr/gold"] == saved["fr/model"], correct["student"])
+    assert np.array_equal(saved["fr/gold"] == saved["fr/teacher"], correct["teacher"])
+
+    itself = evaluate(tmp_path / "c", *common, "--teacher", models["student"])["results"]["fr"]["paired"]["teacher"]
+    assert itself == {"difference": 0.0, "interval": [0.0, 0.0], "only_a": 0, "only_b": 0, "p_value": 1.0}
+    plain = evaluate(tmp_path / "d", *common[:-1], 0, "--teacher", models["teacher"])
+    assert "interval" not in plain["results"]["fr"] and "paired" not in plain["average"]
+    assert run_cli("eval", "xnli", *common[:-1], -1, "--out", tmp_path / "e", "--no-progress") == 2
+    assert "--bootstrap -1: give a number of resamples" in capsys.readouterr().err
+
+
 def test_length_sorted_batches_give_the_one_by_one_predictions_in_data_order(models, nli_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -243,8 +281,10 @@ def test_report_files_hold_every_figure(tmp_path, models, nli_dir):
 
     markdown = (out / "REPORT.md").read_text()
     fr = report["results"]["fr"]
-    acc = f"{100 * fr['accuracy']['model']:.2f} | {100 * fr['accuracy']['teacher']:.2f}"
-    assert f"| fr | {fr['pairs']} | {acc} |" in markdown
+    acc = " | ".join(f"{100 * fr['accuracy'][role]:.2f} [{100 * fr['interval'][role][0]:.2f}, "
+                     f"{100 * fr['interval'][role][1]:.2f}]" for role in ("model", "teacher"))
+    assert f"| fr | {fr['pairs']} | {acc} | " in markdown
+    assert f"p = {fr['paired']['teacher']['p_value']:.3g} |" in markdown
     assert f"| {100 * fr['label_loyalty']:.2f} | {fr['probability_loyalty']:.4f} |" in markdown
     assert "CPU latency, 1 thread, batch 1 x 128 tokens" in markdown
     assert "natural logarithms" in markdown

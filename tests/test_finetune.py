@@ -219,3 +219,40 @@ def test_batch_larger_than_the_data_is_an_error(capsys, tmp_path, tiny_bert_dir)
 def test_existing_output_needs_resume_or_overwrite(capsys, run_dir, tiny_bert_dir):
     _fails_with(capsys, "pass --resume to continue", "finetune", "--model", tiny_bert_dir, "--train", TRAIN,
                 "--dev", DEV, "--out", run_dir)
+
+
+def test_training_on_the_rows_the_data_uses_saves_what_full_training_saves(tmp_path, run_dir, tiny_bert_dir, capsys):
+    """--reduce-vocab with weight decay 0 (the default): best/ and final/ equal full training's,
+    bitwise, and so do the losses; fewer rows were trained."""
+    capsys.readouterr()
+    assert finetune(tiny_bert_dir, tmp_path / "reduced", "--reduce-vocab") == 0
+    used, rows = (int(n.replace(",", "")) for n in capsys.readouterr().out.split("training ")[1].split(" ")[:4:3])
+    assert 0 < used < rows
+    for folder in ("best", "final"):
+        expected, reduced = saved_weights(run_dir / folder), saved_weights(tmp_path / "reduced" / folder)
+        assert expected.keys() == reduced.keys()
+        assert all(torch.equal(expected[k], reduced[k]) for k in expected), folder
+    assert metrics_rows(tmp_path / "reduced", "train") == metrics_rows(run_dir, "train")
+    resumed = tmp_path / "resumed"  # its checkpoints hold the used rows only, and resume from them
+    shutil.copytree(tmp_path / "reduced", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-30")
+    shutil.rmtree(resumed / "final")
+    assert finetune(tiny_bert_dir, resumed, "--reduce-vocab", "--resume") == 0
+    expected, reduced = saved_weights(run_dir / "final"), saved_weights(resumed / "final")
+    assert all(torch.equal(expected[k], reduced[k]) for k in expected)
+
+
+def test_with_weight_decay_the_rows_the_data_never_uses_keep_their_values(tmp_path, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "decayed"
+    assert finetune(tiny_bert_dir, out, "--reduce-vocab", "--weight-decay", 0.1, "--epochs", 0.5) == 0
+    name = "bert.embeddings.word_embeddings.weight"
+    source, trained = saved_weights(tiny_bert_dir)[name], saved_weights(out / "final")[name]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    data = read_nli(TRAIN)
+    encoded = tokenizer(list(data.premises), list(data.hypotheses), truncation="longest_first", max_length=64)
+    used = sorted({i for ids in encoded["input_ids"] for i in ids} | {tokenizer.pad_token_id})
+    unused = np.setdiff1d(np.arange(source.shape[0]), used)
+    assert len(unused) > 0 and torch.equal(trained[unused], source[unused])
+    assert not torch.equal(trained[used], source[used])

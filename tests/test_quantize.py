@@ -101,8 +101,14 @@ def test_dynamic_int8_loads_back_with_one_call_and_computes_with_the_stored_inte
         AutoModelForSequenceClassification.from_pretrained(tmp_path / "int8")
 
 
-def test_full_8_bit_activations_are_closer_to_float_than_pytorchs_default_7_bits():
+def test_full_8_bit_activations_are_closer_to_float_than_pytorchs_default_7_bits(monkeypatch):
     import torch
+
+    from polyglot_distil.models.quantized import ACTIVATION_BITS_VARIABLE, activation_bits
+
+    monkeypatch.delenv(ACTIVATION_BITS_VARIABLE, raising=False)
+    if activation_bits() != 8:  # x86 without VNNI: 8-bit activations saturate FBGEMM's 16-bit pair sums
+        pytest.skip("this CPU's int8 kernel (x86 without VNNI) keeps 7-bit activations; load_int8 never uses 8 here")
 
     from polyglot_distil.models.quantized import int8_linear, observed_scales, quantize_rows
 

@@ -32,7 +32,7 @@ from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, cach
     read_task_data
 from polyglot_distil.distill.settings import steps_for, training_options, training_settings
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
-from polyglot_distil.options import NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, out_option
 
 
 def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
@@ -42,6 +42,7 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
 
     from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.loading import load_model, saved_dtype
+    from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
 
 
     show = False if args.no_progress or not accelerator.is_main_process else None
@@ -57,6 +58,13 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
                          main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
     data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed,
                       args.length_buckets)
+    if args.reduce_vocab:
+        rows = model.get_input_embeddings().weight.shape[0]
+        used = used_token_ids([pairs.input_ids], [pairs.pad_id], rows)  # the padding of the batches too
+        restrict_to_used_rows(model, used)
+        if accelerator.is_main_process:
+            print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
+                  "(--reduce-vocab; all rows are saved)", flush=True)
 
     def compute_loss(model, batch):
         logits = model(**model_inputs(batch)).logits
@@ -90,7 +98,8 @@ def run_finetune(args) -> dict:
     run_config = {"phase": "finetune", "model": str(args.model), "task": args.task, "train": args.train,
                   "dev": args.dev, "max_train_examples": args.max_train_examples, "max_length": args.max_length,
                   "length_buckets": args.length_buckets,
-                  "epochs": args.epochs, **({"save_dtype": args.save_dtype} if args.save_dtype else {})}
+                  "epochs": args.epochs, **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
+                  **({"reduce_vocab": True} if args.reduce_vocab else {})}
     result = train(settings, run_config, lambda accelerator: build_recipe(args, train_data, dev_data, accelerator))
     if result.is_main_process:
         print(f"step {result.step} ({args.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
@@ -109,6 +118,11 @@ FINETUNE = Command(
         Option("epochs", type=float, default=3.0, help="passes over the training pairs (fractions allowed)",
                group="training"),
         Option("weight_decay", type=float, default=0.0, group="training"),
+        Option("reduce_vocab", kind=FLAG, group="training",
+               help="train only the embedding rows of the tokens the training pairs use (the gradient and "
+                    "AdamW's moments cover those rows; far faster on a multilingual model) and save the full "
+                    "vocabulary; with --weight-decay 0 the result equals full training's, and with decay the "
+                    "unused rows keep their values"),
         NO_PROGRESS,
         TRUST_REMOTE_CODE,
     ])

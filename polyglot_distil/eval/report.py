@@ -14,6 +14,19 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _with_interval(value: float, interval: list[float] | None, signed: bool = False) -> str:
+    """A percentage, with its 95% interval when the report has one: `58.84 [56.91, 60.76]`."""
+    text = f"{100 * value:+.2f}" if signed else _pct(value)
+    return text if interval is None else f"{text} [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+
+
+def _paired(comparison: dict | None, difference: float) -> str:
+    """The model's difference from a rival, with its paired interval and McNemar p-value."""
+    if comparison is None:
+        return f"{100 * difference:+.2f}"
+    return f"{_with_interval(difference, comparison['interval'], signed=True)}, p = {comparison['p_value']:.3g}"
+
+
 def _size(n: float | None, unit: str = "B") -> str:
     """Decimal prefixes, as model cards give sizes: 714 MB, 178.6 M parameters."""
     if n is None:
@@ -45,14 +58,21 @@ def render_markdown(report: dict) -> str:
     lines += [f"**{note}**\n" for note in report["notes"] if note.startswith("SMOKE RUN")]
     lines += [f"- {role}: `{m['path']}`" for role, m in report["models"].items()]
     lines += [f"- data: `{report['data']}`; device {report['settings']['device']}", "", "## Accuracy (%)", ""]
-    header = "| language | pairs | " + " | ".join(roles) + (" | model - teacher |" if has_teacher else " |")
+    rivals = [role for role in ("teacher", "baseline") if role in roles]
+    header = "| language | pairs | " + " | ".join(roles + [f"model - {rival}" for rival in rivals]) + " |"
     lines += [header, "|" + " --- |" * (header.count("|") - 1)]
     rows = list(report["results"].items()) + [("average", {"pairs": "", **report["average"]})]
     for lang, r in rows:
-        cells = [_pct(r["accuracy"][role]) for role in roles]
-        if has_teacher:
-            cells.append(f"{100 * (r['accuracy']['model'] - r['accuracy']['teacher']):+.2f}")
+        cells = [_with_interval(r["accuracy"][role], r.get("interval", {}).get(role)) for role in roles]
+        cells += [_paired(r.get("paired", {}).get(rival), r["accuracy"]["model"] - r["accuracy"][rival])
+                  for rival in rivals]
         lines.append(f"| {lang} | {r['pairs']} | " + " | ".join(cells) + " |")
+    if "interval" in report["average"]:
+        lines += ["", f"In brackets: 95% intervals ({report['settings']['bootstrap']} bootstrap resamples of the "
+                  "pairs, seed " f"{report['settings']['seed']}); model - rival: the paired interval of the "
+                  "difference (both resampled alike) and the exact McNemar p-value (on the pairs one gets right and "
+                  "the other wrong; the average's over all pairs together). A difference whose p-value is at or "
+                  "above 0.05 may be chance."]
     if has_teacher:
         with_baseline = "baseline" in roles
         header = "| language | label loyalty (%) | probability loyalty |" + (

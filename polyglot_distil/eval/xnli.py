@@ -16,9 +16,13 @@ on the CPU: an int8 folder (`quantize`), an ONNX folder (`export onnx`: its mode
 from beside it: its accuracy and loyalty, the share of pairs where both predict the same label
 (`agreement_with_baseline`), and the ratios of size and speed.
 
-Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib is installed):
-- accuracy per language and its average over languages; a confusion matrix per language
-  (rows: gold label, columns: predicted, in the order entailment, neutral, contradiction);
+Figures (`OUT/report.json`, tables in `OUT/REPORT.md`, PNG plots when matplotlib is installed;
+each pair's predicted label in `OUT/predictions.npz`, arrays `{lang}/{role}` and `{lang}/gold`):
+- accuracy per language and its average over languages, each with a 95% bootstrap interval
+  (`--bootstrap N` resamples of the pairs, `--seed`); a confusion matrix per language (rows: gold
+  label, columns: predicted, in the order entailment, neutral, contradiction);
+- the model against the teacher and the baseline on the same pairs: the accuracy difference,
+  its paired bootstrap interval and the exact McNemar test's p-value (eval/stats.py);
 - with `--teacher`: label loyalty (share of pairs where both predict the same label) and
   probability loyalty (mean over pairs of 1 - sqrt(JS(p_model, p_teacher)); JS with natural
   logarithms, so 0 <= JS <= ln 2 and loyalty lies in [1 - sqrt(ln 2) = 0.167, 1]);
@@ -48,6 +52,7 @@ from polyglot_distil.eval.efficiency import _parameter_figures, _ratios, measure
 from polyglot_distil.eval.metrics import accuracy, confusion_matrix, label_loyalty, probability_loyalty
 from polyglot_distil.eval.predict import cached_xnli, prediction_key, predict_xnli
 from polyglot_distil.eval.report import render_markdown, write_plots
+from polyglot_distil.eval.stats import compare_paired, mcnemar_exact, percentile_interval, resampled_accuracies
 from polyglot_distil.models.classifier import load_classifier
 from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, csv, \
     out_option
@@ -69,11 +74,12 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                   limit: int | None = None, device: str = "auto", attn_implementation: str = "sdpa",
                   efficiency: bool = True, repeats: int = 10, overwrite: bool = False,
                   trust_remote_code: bool = False, progress: bool | None = None,
-                  teacher_cache: str | None = None) -> dict:
+                  teacher_cache: str | None = None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Evaluate `model` (and `baseline`, the float model it was quantized or exported from, and
     `teacher`) on XNLI `split` for `langs`; write OUT/report.json, OUT/REPORT.md and plots;
     return the report as a dict. `teacher_cache`: a folder where the teacher's predictions are
-    kept and reused."""
+    kept and reused. `bootstrap`: resamples for the 95% intervals and the paired comparisons
+    (0: none), drawn with `seed`."""
     import torch
 
     check_writable(out, overwrite)
@@ -94,6 +100,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         "languages": langs, "labels": list(LABELS),
         "settings": {"batch_size": batch_size, "max_length": max_length, "limit": limit, "device": device,
                      "attn_implementation": attn_implementation, "js_log_base": "e",
+                     "bootstrap": bootstrap, "seed": seed,
                      **({"teacher_cache": str(teacher_cache)} if teacher and teacher_cache else {})},
         "models": {role: {"path": c.path, "class_labels": [LABELS[i] for i in c.to_xnli]}
                    for role, c in classifiers.items()},
@@ -120,6 +127,8 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
             print(f"{lang} teacher: predictions from {teacher_cache}", flush=True)
         return probs
 
+    correct: dict[str, dict[str, np.ndarray]] = {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
     for lang, pairs in data.items():
         probs = {role: predict(role, c, lang, pairs) for role, c in classifiers.items()}
         predicted = {role: p.argmax(axis=1) for role, p in probs.items()}
@@ -134,9 +143,13 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                 result["baseline_probability_loyalty"] = probability_loyalty(probs["baseline"], probs["teacher"])
         if baseline:  # how often the deployed form decides as the float model does
             result["agreement_with_baseline"] = label_loyalty(predicted["model"], predicted["baseline"])
+        correct[lang] = {role: p == np.asarray(pairs.labels) for role, p in predicted.items()}
+        predictions[lang] = predicted
         report["results"][lang] = result
     results = report["results"].values()
     report["average"] = {"accuracy": {role: float(np.mean([r["accuracy"][role] for r in results])) for role in paths}}
+    if bootstrap:
+        add_error_bars(report, correct, bootstrap, seed)
     for key in ("label_loyalty", "probability_loyalty", "baseline_label_loyalty", "baseline_probability_loyalty",
                 "agreement_with_baseline"):
         if all(key in r for r in results):
@@ -157,14 +170,47 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
         if report["plots"] is None:
             report["notes"].append("plots skipped: matplotlib is not installed (pip install 'polyglot-distil[plots]')")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        # each pair's predicted XNLI label, so that two evaluations on the same pairs can be compared pair by pair
+        np.savez(tmp / "predictions.npz", **{f"{lang}/gold": np.asarray(data[lang].labels, dtype=np.int8)
+                                             for lang in langs},
+                 **{f"{lang}/{role}": p.astype(np.int8) for lang, by_role in predictions.items()
+                    for role, p in by_role.items()})
         (tmp / "REPORT.md").write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+def add_error_bars(report: dict, correct: dict[str, dict[str, np.ndarray]], resamples: int, seed: int) -> None:
+    """Into `report`: each accuracy's 95% bootstrap interval ("interval"), and the model against
+    the teacher and the baseline on the same pairs ("paired": difference, its paired bootstrap
+    interval, exact McNemar p-value), per language and for the average over languages (each
+    language resampled on its own; McNemar over all pairs together). `correct[lang][role]` is
+    bool[N]: the role's prediction equals the gold label."""
+    rivals = [role for role in ("teacher", "baseline") if role in next(iter(correct.values()))]
+    resampled = {}
+    for lang, by_role in correct.items():
+        resampled[lang] = {role: resampled_accuracies(c, resamples, seed) for role, c in by_role.items()}
+        result = report["results"][lang]
+        result["interval"] = {role: percentile_interval(r) for role, r in resampled[lang].items()}
+        result["paired"] = {rival: compare_paired(by_role["model"], by_role[rival], resamples, seed) for rival in rivals}
+    average = report["average"]
+    roles = list(next(iter(correct.values())))
+    mean_resampled = {role: np.mean([resampled[lang][role] for lang in correct], axis=0) for role in roles}
+    average["interval"] = {role: percentile_interval(r) for role, r in mean_resampled.items()}
+    average["paired"] = {}
+    for rival in rivals:
+        difference = mean_resampled["model"] - mean_resampled[rival]
+        average["paired"][rival] = {"difference": average["accuracy"]["model"] - average["accuracy"][rival],
+                                    "interval": percentile_interval(difference),
+                                    **mcnemar_exact(np.concatenate([c["model"] for c in correct.values()]),
+                                                    np.concatenate([c[rival] for c in correct.values()]))}
 
 
 def run_eval_xnli(args) -> dict:
     for name in ("batch_size", "max_length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap {args.bootstrap}: give a number of resamples (1000 is usual), or 0 for none")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     if args.teacher_cache and not args.teacher:
@@ -177,7 +223,7 @@ def run_eval_xnli(args) -> dict:
                            limit=args.limit, device=args.device, attn_implementation=args.attn_implementation,
                            efficiency=not args.no_efficiency, repeats=args.repeats, overwrite=args.overwrite,
                            trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None,
-                           teacher_cache=args.teacher_cache)
+                           teacher_cache=args.teacher_cache, bootstrap=args.bootstrap, seed=args.seed)
     average = report["average"]
     summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
     print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {args.out}/REPORT.md")
@@ -202,6 +248,10 @@ XNLI = Command(
         Option("limit", type=int, help="evaluate only the first N pairs of each language"),
         Option("device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N"),
         Option("attn_implementation", choices=("sdpa", "eager"), default="sdpa"),
+        Option("bootstrap", type=int, default=1000, metavar="N",
+               help="bootstrap resamples for each accuracy's 95%% interval and the paired comparisons with "
+                    "the teacher and baseline (exact McNemar test beside them); 0: none"),
+        Option("seed", type=int, default=0, help="seed of the bootstrap draws"),
         Option("no_efficiency", kind=FLAG, help="skip the memory and speed measurements"),
         Option("repeats", type=int, default=10, help="timed forward passes per speed figure (median)"),
         Option("teacher_cache", metavar="DIR", help="keep the teacher's predictions in DIR and reuse them (keyed by "

@@ -216,6 +216,9 @@ def save_classifier(model, folder: Path, tokenizer_source: str, tokenizer, info:
                     dtype: str | None = None) -> None:
     """A model folder any `AutoModelForSequenceClassification` user loads: weights (in `dtype`,
     see `loading.save_pretrained_as`), config, the tokenizer, and `info` as training.json."""
-    save_pretrained_as(model, folder, dtype)
+    from polyglot_distil.models.used_vocab import full_vocabulary
+
+    with full_vocabulary(model):  # a model trained on the rows its data uses is saved whole
+        save_pretrained_as(model, folder, dtype)
     copy_tokenizer(tokenizer_source, folder, tokenizer)
     (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
