@@ -367,3 +367,31 @@ def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, tiny_bert_dir, 
     assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--overwrite", "--out", folder) == 2
     assert "is a folder" in capsys.readouterr().err and (folder / "mine.txt").read_text() == "keep me"
+
+
+def test_a_hub_name_while_the_hub_cannot_be_reached_is_looked_up_in_the_cache_only(tmp_path, capsys, monkeypatch):
+    """Not offline mode, but nothing answers at the hub's address (a closed local port): the name is
+    looked up in the local cache only, so the one line comes at once instead of after the hub
+    client's retries (half a minute)."""
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    from polyglot_distil.models import loading
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for name in loading.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    asked = []
+
+    def from_pretrained(name, **options):
+        asked.append(options)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)
+    assert not loading.hub_reachable()
+    assert run_cli("count", "--tokenizer", "someone/unknown-model", "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+                   "--out", tmp_path / "c.parquet") == 2
+    assert asked and asked[0].get("local_files_only") is True
+    assert "hub is unreachable and no local copy is cached" in capsys.readouterr().err
+    assert loading.hub_options(str(tmp_path)) == {}  # a local folder is never looked up anywhere else

