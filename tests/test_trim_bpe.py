@@ -8,14 +8,13 @@ any text, no `<unk>` appears where the original had none."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vocab_models import BYTE_PIECES, byte_level_bpe, save_tokenizer, sentencepiece_bpe, swahili, tiny_model, \
-    training_lines, trim_to_swahili
+from vocab_models import BYTE_PIECES, byte_level_bpe, random_texts, random_unicode, save_tokenizer, sentencepiece_bpe, \
+    swahili, tiny_model, training_lines, trim_to_swahili
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,30 +68,6 @@ def make_bpe_trim(root: Path, kind: str, tokenizer, source: Path | None = None) 
 def bpe_trim(request, tmp_path_factory, tokenizers_by_flavour) -> BpeTrim:
     kind = request.param
     return make_bpe_trim(tmp_path_factory.mktemp(f"bpe_{kind}"), kind, tokenizers_by_flavour[KINDS[kind]])
-
-
-def random_texts(lines: list[str], n: int, seed: int) -> list[str]:
-    """Texts made of random runs of words from `lines`, some cut mid-word, some glued."""
-    rng = random.Random(seed)
-    words = [w for line in lines for w in line.split()]
-    texts = []
-    for _ in range(n):
-        start = rng.randrange(len(words))
-        text = " ".join(words[start:start + rng.randint(1, 8)])
-        if rng.random() < 0.3:
-            cut = rng.randrange(len(text) + 1)
-            text = text[cut:] if rng.random() < 0.5 else text[:cut]
-        if rng.random() < 0.2:
-            text = text.replace(" ", "", 1)
-        texts.append(text)
-    return texts
-
-
-def random_unicode(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    pool = [chr(c) for c in list(range(0x20, 0x250)) + list(range(0x400, 0x500)) + list(range(0x4E00, 0x4E80))
-            + [0x1F917, 0x1F600, 0x0301, 0x200D, 0xFEFF]]
-    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 20))) for _ in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ The BPEs have a few thousand merges. Used by tests/test_trim_bpe.py and tests/te
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from conftest import shared
@@ -58,6 +59,30 @@ def training_lines(per_source: int = 1500) -> list[str]:
         rows = shared("xnli", f"dev-{lang}.tsv").read_text(encoding="utf-8").splitlines()[1:per_source + 1]
         lines += [row.split("\t")[0] for row in rows]
     return [line for line in lines if line.strip()]
+
+
+def random_texts(lines: list[str], n: int, seed: int) -> list[str]:
+    """Texts made of random runs of words from `lines`, some cut mid-word, some glued."""
+    rng = random.Random(seed)
+    words = [w for line in lines for w in line.split()]
+    texts = []
+    for _ in range(n):
+        start = rng.randrange(len(words))
+        text = " ".join(words[start:start + rng.randint(1, 8)])
+        if rng.random() < 0.3:
+            cut = rng.randrange(len(text) + 1)
+            text = text[cut:] if rng.random() < 0.5 else text[:cut]
+        if rng.random() < 0.2:
+            text = text.replace(" ", "", 1)
+        texts.append(text)
+    return texts
+
+
+def random_unicode(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pool = [chr(c) for c in list(range(0x20, 0x250)) + list(range(0x400, 0x500)) + list(range(0x4E00, 0x4E80))
+            + [0x1F917, 0x1F600, 0x0301, 0x200D, 0xFEFF]]
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 20))) for _ in range(n)]
 
 
 def byte_level_bpe(lines: list[str], vocab_size: int = 3000, qwen: bool = False):
