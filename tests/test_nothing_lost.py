@@ -253,6 +253,19 @@ def test_two_runs_sharing_a_teacher_cache_build_it_once_and_both_read_it(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "building.go", "shared"], "nothing else left"
 
 
+def test_a_teacher_cache_lock_left_by_a_killed_run_is_taken_over(tmp_path, tiny_bert_dir):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache, building = tmp_path / "shared", tmp_path / "building"
+    (tmp_path / ".shared.building.lock").write_text(f'{{"pid": {dead.pid}}}', encoding="utf-8")
+    Path(f"{building}.go").touch()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", SHARED_CACHE_RUN, str(cache), str(tiny_bert_dir), str(building)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "rows 10 hidden 40", result.stderr
+    assert not (tmp_path / ".shared.building.lock").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, never a traceback
 
