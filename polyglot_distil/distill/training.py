@@ -37,7 +37,10 @@ evaluations compete for the best model. The loop does the rest:
   position is the step); OUT/run_config.json must match the new run's configuration;
 - OUT/metrics.jsonl: one JSON object per logged step (`"kind": "train"`: step, loss, each loss
   term, lr, grad_norm, epoch) and per evaluation (`"kind": "eval"`: step and the metrics);
-- the final model in OUT/final/, written by `recipe.save_model`.
+- the final model in OUT/final/, written by `recipe.save_model`;
+- Ctrl-C or SIGTERM (one process): the step under way finishes and is checkpointed, then the run
+  stops (`StepBoundary`); `--resume` falls back to the previous checkpoint when the newest cannot
+  be read; `--overwrite` keeps the old run aside (`outputs.set_aside`) until the new one completes.
 """
 
 from __future__ import annotations
