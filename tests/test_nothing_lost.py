@@ -434,3 +434,12 @@ def test_a_tokenizer_larger_than_the_embedding_is_one_line_in_every_command(comm
     err = one_line(capsys, *args)
     assert f"{small}: the tokenizer has" in err and "but the embedding only" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_a_damaged_run_record_is_one_line(checkpointed_run, tiny_bert_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    record = run / "run_config.json"
+    record.write_bytes(record.read_bytes()[:50])
+    err = one_line(capsys, *general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume"))
+    assert f"{record} cannot be read" in err and "damaged" in err, err

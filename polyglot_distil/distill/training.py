@@ -321,7 +321,11 @@ def check_output(settings: TrainSettings, config: dict, inputs: dict | None = No
     if not saved_file.is_file():
         raise UserError(f"--resume: {out} has no run_config.json, so it is not a training output folder; "
                         "pass a new --out")
-    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--resume: {saved_file} cannot be read ({exc}): the record of the run is damaged; start over "
+                        "with --overwrite or a new --out") from None
     if saved.get("hash") != config_hash(config):
         changes = _config_differences(saved.get("config", {}), config)
         raise UserError(f"--resume: {out} was made with a different configuration ({changes}); "
