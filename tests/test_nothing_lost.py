@@ -313,6 +313,13 @@ def test_a_student_larger_than_its_teacher_is_refused_before_any_stage(command, 
     assert not run.exists(), "nothing ran"
 
 
+def test_a_layer_map_naming_a_missing_teacher_layer_is_refused_before_any_stage(tmp_path, tiny_bert_dir, capsys):
+    run = tmp_path / "run"
+    err = one_line(capsys, "run", ROOT / "configs" / "demo.yaml", f"model={tiny_bert_dir}", f"run_dir={run}",
+                   "general.layer_map=1,7")
+    assert "config key general.layer_map: teacher layer 7 does not exist" in err and not run.exists()
+
+
 def limited(limit_bytes: int):
     """For subprocess: files may not grow past `limit_bytes` (ulimit -f); Python ignores SIGXFSZ,
     so a write past it fails with EFBIG, as on a full disk it fails with ENOSPC."""
