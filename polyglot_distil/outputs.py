@@ -216,8 +216,9 @@ def check_apart(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -
                 how = "holds"
             else:
                 continue
-            raise UserError(f"{out_flag} {out} {how} {in_flag} {source}, which the command reads: writing it would "
-                            f"destroy its own input; give another {out_flag}")
+            raise UserError(f"{out_flag} {out} {how} {in_flag} {source}, which the command reads: an output must be "
+                            f"apart from the inputs (writing it, or --overwrite, could destroy them); give another "
+                            f"{out_flag}")
 
 
 def check_writable(target: str | os.PathLike, overwrite: bool, kind: str = "dir") -> Path:

@@ -361,15 +361,17 @@ def validate(config: dict) -> list[Stage]:
         _expect(isinstance(section, dict), stage.name, "a mapping of options", section)
         stage.command.from_config(stage.name, section, set(stage.wired))
     if "student" in names:
-        _check_student_shape(config, table["student"])
+        _check_student_shape(config, table, names)
     return stages
 
 
-def _check_student_shape(config: dict, stage: Stage) -> None:
-    """The student section against the teacher's shape (its config.json: trimming keeps the
-    layers and widths), before the first stage runs: `--layers 3` of a 2-layer teacher is one
-    line now, not after hours of counting, trimming and fine-tuning."""
-    from polyglot_distil.models.student import planned_config, spec_from_args
+def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]) -> None:
+    """The student section, and the phases' layer maps, against the teacher's shape (its
+    config.json: trimming keeps the layers and widths), before the first stage runs: `--layers 3`
+    of a 2-layer teacher is one line now, not after hours of counting, trimming and fine-tuning."""
+    from polyglot_distil.models.student import check_layers, parse_layers, planned_config, spec_from_args
+
+    stage = table["student"]
 
     teacher = Path(config["model"]) / "config.json"
     if not teacher.is_file():
@@ -382,9 +384,15 @@ def _check_student_shape(config: dict, stage: Stage) -> None:
     except (OSError, ValueError) as exc:
         raise UserError(f"config key model: {teacher} cannot be read ({str(exc).splitlines()[0]})") from None
     try:
-        planned_config(teacher_config, spec_from_args(stage.command.namespace(**section)))
+        student = planned_config(teacher_config, spec_from_args(stage.command.namespace(**section)))
     except UserError as exc:
         raise UserError(f"config section student: {exc} (the teacher {config['model']})") from None
+    for phase in ("general", "task"):
+        layer_map = (config.get(phase) or {}).get("layer_map") if phase in names else None
+        if layer_map is not None:
+            where = f"config key {phase}.layer_map"
+            check_layers(parse_layers(str(layer_map), where), teacher_config.num_hidden_layers,
+                         student.num_hidden_layers, where)
 
 
 def stage_values(run: Run, stage: Stage) -> dict:

@@ -53,7 +53,7 @@ def test_every_command_refuses_to_write_over_its_own_input(name, model, tmp_path
     victim = model if name != "merge" else counts
     before = tree_digest(victim)
     err = one_line(capsys, *[victim if part == "OUT" else part for part in line], "--overwrite")
-    assert err.count(f" {victim}") == 2 and "destroy its own input" in err, err
+    assert err.count(f" {victim}") == 2 and "must be apart from the inputs" in err, err
     assert tree_digest(victim) == before
 
 
@@ -253,6 +253,19 @@ def test_two_runs_sharing_a_teacher_cache_build_it_once_and_both_read_it(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "building.go", "shared"], "nothing else left"
 
 
+def test_a_teacher_cache_lock_left_by_a_killed_run_is_taken_over(tmp_path, tiny_bert_dir):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache, building = tmp_path / "shared", tmp_path / "building"
+    (tmp_path / ".shared.building.lock").write_text(f'{{"pid": {dead.pid}}}', encoding="utf-8")
+    Path(f"{building}.go").touch()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", SHARED_CACHE_RUN, str(cache), str(tiny_bert_dir), str(building)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "rows 10 hidden 40", result.stderr
+    assert not (tmp_path / ".shared.building.lock").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, never a traceback
 
@@ -298,6 +311,13 @@ def test_a_student_larger_than_its_teacher_is_refused_before_any_stage(command, 
     err = one_line(capsys, command, ROOT / "configs" / "demo.yaml", *args)
     assert "--layers 5: a student needs between 1 and the teacher's 4 layers" in err
     assert not run.exists(), "nothing ran"
+
+
+def test_a_layer_map_naming_a_missing_teacher_layer_is_refused_before_any_stage(tmp_path, tiny_bert_dir, capsys):
+    run = tmp_path / "run"
+    err = one_line(capsys, "run", ROOT / "configs" / "demo.yaml", f"model={tiny_bert_dir}", f"run_dir={run}",
+                   "general.layer_map=1,7")
+    assert "config key general.layer_map: teacher layer 7 does not exist" in err and not run.exists()
 
 
 def limited(limit_bytes: int):
@@ -421,3 +441,12 @@ def test_a_tokenizer_larger_than_the_embedding_is_one_line_in_every_command(comm
     err = one_line(capsys, *args)
     assert f"{small}: the tokenizer has" in err and "but the embedding only" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_a_damaged_run_record_is_one_line(checkpointed_run, tiny_bert_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    record = run / "run_config.json"
+    record.write_bytes(record.read_bytes()[:50])
+    err = one_line(capsys, *general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume"))
+    assert f"{record} cannot be read" in err and "damaged" in err, err

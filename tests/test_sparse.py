@@ -252,5 +252,6 @@ def test_apply_diff_to_another_base_is_an_error(diff_dir, tmp_path, tiny_bert_di
 
 
 def test_apply_diff_without_a_diff_folder_is_an_error(tmp_path, tiny_bert_dir, capsys):
-    assert run_cli("apply-diff", "--base", tiny_bert_dir, "--diff", tmp_path, "--out", tmp_path / "out") == 2
+    (tmp_path / "empty").mkdir()
+    assert run_cli("apply-diff", "--base", tiny_bert_dir, "--diff", tmp_path / "empty", "--out", tmp_path / "out") == 2
     assert "not a sparse diff folder" in capsys.readouterr().err

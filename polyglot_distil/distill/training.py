@@ -37,7 +37,10 @@ evaluations compete for the best model. The loop does the rest:
   position is the step); OUT/run_config.json must match the new run's configuration;
 - OUT/metrics.jsonl: one JSON object per logged step (`"kind": "train"`: step, loss, each loss
   term, lr, grad_norm, epoch) and per evaluation (`"kind": "eval"`: step and the metrics);
-- the final model in OUT/final/, written by `recipe.save_model`.
+- the final model in OUT/final/, written by `recipe.save_model`;
+- Ctrl-C or SIGTERM (one process): the step under way finishes and is checkpointed, then the run
+  stops (`StepBoundary`); `--resume` falls back to the previous checkpoint when the newest cannot
+  be read; `--overwrite` keeps the old run aside (`outputs.set_aside`) until the new one completes.
 """
 
 from __future__ import annotations
@@ -318,7 +321,11 @@ def check_output(settings: TrainSettings, config: dict, inputs: dict | None = No
     if not saved_file.is_file():
         raise UserError(f"--resume: {out} has no run_config.json, so it is not a training output folder; "
                         "pass a new --out")
-    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--resume: {saved_file} cannot be read ({exc}): the record of the run is damaged; start over "
+                        "with --overwrite or a new --out") from None
     if saved.get("hash") != config_hash(config):
         changes = _config_differences(saved.get("config", {}), config)
         raise UserError(f"--resume: {out} was made with a different configuration ({changes}); "
