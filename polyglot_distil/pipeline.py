@@ -482,7 +482,13 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                             f"{stage.name} in {run.dir(stage.name)}; to re-run from there on purpose pass "
                             f"--from {first}, or restore {run.dir(first) / MARKER}")
         if not running and marker.is_file():
-            done = json.loads(marker.read_text(encoding="utf-8"))
+            try:
+                done = json.loads(marker.read_text(encoding="utf-8"))
+                if not isinstance(done, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:  # cut short by a full disk, or edited by hand
+                raise UserError(f"{marker}: damaged ({type(exc).__name__}: {exc}); to run stage {stage.name} "
+                                f"again, remove it or pass --from {stage.name}") from None
             if done.get("argv_hash") != settings:
                 changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage))
                 raise UserError(f"stage {stage.name} was completed with other settings ({changes or marker}); "

@@ -182,6 +182,17 @@ def test_editing_an_option_that_changes_no_result_neither_reruns_nor_refuses(dem
     assert run_pipeline(load_config(demo_run["path"], edits)) == []
 
 
+def test_a_damaged_completion_marker_is_one_line_naming_it(demo_run):
+    marker = demo_run["tmp"] / "run" / "trim" / "DONE.json"
+    kept = marker.read_bytes()
+    try:
+        marker.write_bytes(kept[: len(kept) // 2])  # cut short, as by a full disk
+        with pytest.raises(UserError, match=r"trim/DONE\.json: damaged .*remove it or pass --from trim"):
+            run_pipeline(load_config(demo_run["path"]))
+    finally:
+        marker.write_bytes(kept)
+
+
 def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
     with pytest.raises(UserError, match=r"stage trim was completed with other settings \(--min-count: 2 -> 3\)"):
         run_pipeline(load_config(demo_run["path"], ["trim.min_count=3"]))
