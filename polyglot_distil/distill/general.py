@@ -30,9 +30,10 @@ attention loss, MLM-head logits only with the logit or MLM loss, and then only a
 used; of the teacher's hidden states and attention maps only those of the layers the layer map
 names are kept; the relation loss reads queries, keys and values (ModernBERT's fused Wqkv split in
 three) from hooks on one layer, with the fast attention kernel kept. Every family of
-models/families.py serves every recipe; an ALBERT layer map names repetitions of its shared layer. A student narrower than
-the teacher is compared through a learned projection of its hidden states (TinyBERT), initialised
-by least squares between the two embedding matrices. `--freeze-embeddings` keeps the student's
+models/families.py serves every recipe; an ALBERT layer map names repetitions of its shared
+layer. A student narrower than the teacher is compared through a learned projection of its hidden
+states (TinyBERT), initialised by least squares between the two embedding matrices (at random
+where the embeddings are narrower than the hidden states: ALBERT, ELECTRA, RemBERT). `--freeze-embeddings` keeps the student's
 embeddings (word, position, type, their LayerNorm) as they start (LightMBERT).
 
 The text is tokenized once, by the main process, into memory-mapped blocks, OUT/cache/tokens-KEY/
