@@ -33,8 +33,9 @@ three) from hooks on one layer, with the fast attention kernel kept. Every famil
 models/families.py serves every recipe; an ALBERT layer map names repetitions of its shared
 layer. A student narrower than the teacher is compared through a learned projection of its hidden
 states (TinyBERT), initialised by least squares between the two embedding matrices (at random
-where the embeddings are narrower than the hidden states: ALBERT, ELECTRA, RemBERT). `--freeze-embeddings` keeps the student's
-embeddings (word, position, type, their LayerNorm) as they start (LightMBERT).
+where the embeddings are narrower than the hidden states: ALBERT, ELECTRA, RemBERT).
+`--freeze-embeddings` keeps the student's embeddings (word, position, type, their LayerNorm) as
+they start (LightMBERT).
 
 The text is tokenized once, by the main process, into memory-mapped blocks, OUT/cache/tokens-KEY/
 (data/token_cache.py, keyed by the sources' fingerprints, the tokenizer and the block settings):
