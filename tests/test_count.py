@@ -444,7 +444,11 @@ def test_lines_are_joined_until_the_chunk_reaches_its_size():
     # a line counts its length and the joiner's (" S "): 7, 12, 17 characters after each line
     assert _join(["aaaa", "bb", "cc"], "S", 12) == [("aaaa S bb", 0, 2, True), ("cc", 2, 1, True)]
     assert _join(["aaaa", "bb", "cc"], "S", 18) == [("aaaa S bb S cc", 0, 3, True)]
-    assert _join(["S", "a"], "S", 100) == [("S", 0, 1, False), ("a", 1, 1, True)]
+    assert _join(["S", "S", "a"], "S", 100) == [("S", 0, 1, False), ("S", 1, 1, False), ("a", 2, 1, True)]
+    # a chunk starts from nothing: at the start, after a flush and after a line of its own
+    assert _join(["aaaa", "bb", "cc"], "S", 8) == [("aaaa S bb", 0, 2, True), ("cc", 2, 1, True)]
+    assert _join(["aaaa", "bb", "eeee", "f"], "S", 8) == [("aaaa S bb", 0, 2, True), ("eeee S f", 2, 2, True)]
+    assert _join(["S", "eeee", "f"], "S", 8) == [("S", 0, 1, False), ("eeee S f", 1, 2, True)]
     assert _join([], "S", 10) == []
 
 
@@ -476,6 +480,7 @@ def test_merging_adds_counts_and_totals_and_fills_token_strings():
     assert (en.lines, en.tokens, en.chars, en.unk, en.replaced_bytes, en.distinct, en.seconds, en.sources) == (
         5, 8, 17, 1, 3, 3, 0.323, ["en.txt"])
     assert merged.totals["fr"].distinct == 1 and merged.totals["fr"].sources == ["fr.txt"]
+    assert all(a.dtype == np.int64 for a in (*merged.occurrences.values(), *merged.line_counts.values()))
     assert merged.extra == {"shard": "merged", "caps": {"max_lines": None}, "merged_from": ["0/2", "1/2"]}
     assert (merged.tokenizer, merged.fingerprint, merged.unk_id) == ("tok", "f", 1)
     assert a.occurrences["en"].tolist() == [1, 2, 0, 0]  # the parts are left as they were
@@ -513,3 +518,27 @@ def test_shards_must_come_once_and_all_of_them():
     assert str(error.value) == ("shard 1/2 missing from the merge; add it, or pass --allow-partial to merge a part "
                                 "on purpose")
     check_shards([part("1/3")], ["x.parquet"], allow_partial=True)
+    with pytest.raises(UserError, match="^shard 0/2 missing"):  # a whole count or a merge before the shard
+        check_shards([part("0/1"), part("1/2")], ["a", "b"])
+    with pytest.raises(UserError, match="^shard 0/2 missing"):
+        check_shards([part("merged"), part("1/2")], ["a", "b"])
+    unsharded = part("0/1")
+    del unsharded.extra["shard"]  # a counts file without the key counts as one whole count
+    check_shards([unsharded, part("0/2"), part("1/2")], ["a", "b", "c"])
+
+
+def test_a_shard_is_the_same_whatever_the_order_of_its_caps_and_languages_and_another_sample_is_not():
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.vocab.count import LanguageTotals, check_shards
+
+    def part(caps: dict, langs=("en", "fr")):
+        counts = _counts(["a"], "f", "0/2")
+        counts.extra["caps"] = caps
+        counts.totals = {lang: LanguageTotals(sources=[f"{lang}.txt"]) for lang in langs}
+        return counts
+
+    with pytest.raises(UserError, match="same shard 0/2"):
+        check_shards([part({"max_lines": 5, "seed": 1}), part({"seed": 1, "max_lines": 5}, ("fr", "en"))],
+                     ["a", "b"], allow_partial=True)
+    check_shards([part({"max_lines": 5, "seed": 1}), part({"max_lines": 5, "seed": 2})], ["a", "b"],
+                 allow_partial=True)
