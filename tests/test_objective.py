@@ -39,6 +39,7 @@ def test_resolve_weights_sets_the_given_terms_and_temperature_and_keeps_the_rest
     assert weights.temperature == 3.0
     assert (base.hidden, base.mlm, base.temperature) == (1.0, 0.0, 2.0)  # a copy: the base is unchanged
     assert resolve_weights(base, {}).temperature == 2.0
+    assert resolve_weights(base, {}, temperature=0.5).temperature == 0.5  # below 1 sharpens: allowed
 
 
 @pytest.mark.parametrize("given,temperature,message", [
