@@ -26,7 +26,8 @@ if [ "${1:-}" = --recheck ]; then
     shift
     selection=()
     while [ $# -gt 0 ] && [ "$1" != -- ]; do
-        case $1 in *'*'*) selection+=("$1") ;; *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
+        case $1 in *'*'* | polyglot_distil.*) selection+=("$1") ;;
+                   *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
         shift
     done
     nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
@@ -40,6 +41,7 @@ for arg in "$@"; do
     case $arg in
         --score) score_only=1 ;;
         *'*'*) patterns+=("$arg"); modules+=("$arg") ;;
+        polyglot_distil.*) patterns+=("$arg.*"); modules+=("$arg") ;;
         *) module=polyglot_distil.${arg//\//.}; module=${module%.py}
            patterns+=("$module.*"); modules+=("$module") ;;
     esac

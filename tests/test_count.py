@@ -395,3 +395,178 @@ def test_a_hub_name_while_the_hub_cannot_be_reached_is_looked_up_in_the_cache_on
     assert asked and asked[0].get("local_files_only") is True
     assert "hub is unreachable and no local copy is cached" in capsys.readouterr().err
     assert loading.hub_options(str(tmp_path)) == {}  # a local folder is never looked up anywhere else
+
+
+# ---------------------------------------------------------------------------------------------
+# The folding and merging arithmetic on hand-made ids and counts (no tokenizer)
+
+
+class SpaceBackend:
+    """A stand-in for a `tokenizers.Tokenizer`: one id per whitespace-separated word, "[SEP]" = 1."""
+
+    VOCAB = ["[PAD]", "[SEP]", "le", "chat", "la", "the", "cat", "x"]
+
+    def encode_batch_fast(self, texts, add_special_tokens=False):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(ids=[self.VOCAB.index(w) for w in text.split()]) for text in texts]
+
+
+def fold_by_hand(lines: list[str]) -> tuple[list[int], list[int]]:
+    vocab = SpaceBackend.VOCAB
+    occurrences, line_counts = Counter(), Counter()
+    for line in lines:
+        ids = [vocab.index(w) for w in line.split()]
+        occurrences.update(ids)
+        line_counts.update(set(ids))
+    return [occurrences[i] for i in range(len(vocab))], [line_counts[i] for i in range(len(vocab))]
+
+
+def test_folding_ids_adds_occurrences_and_counts_each_line_once():
+    from polyglot_distil.vocab.count import _fold_ids
+
+    occurrences, line_counts = np.full(5, 10, dtype=np.int64), np.full(5, 10, dtype=np.int64)
+    flat = np.array([3, 1, 3, 3, 2, 1, 4], dtype=np.int64)
+    line_of = np.array([0, 0, 0, 1, 1, 2, 2**31], dtype=np.int64)  # line numbers past 32 bits' half too
+    assert _fold_ids(flat, line_of, occurrences, line_counts) == 7
+    assert (occurrences - 10).tolist() == [0, 2, 1, 3, 1]
+    assert (line_counts - 10).tolist() == [0, 2, 1, 2, 1]
+    assert _fold_ids(flat[:0], line_of[:0], occurrences, line_counts) == 0
+    assert (occurrences - 10).tolist() == [0, 2, 1, 3, 1]
+
+
+@pytest.mark.parametrize("chunk_chars,batch_lines", [(1, 1), (9, 2), (20, 3), (4096, 100)])
+def test_counting_joined_chunks_and_line_by_line_equal_a_count_by_hand(chunk_chars, batch_lines):
+    from polyglot_distil.vocab.count import _count_batches
+
+    lines = ["le chat", "", "la la la", "x [SEP] x", "the cat the", "[SEP]", "chat x", "le", "the"]
+    expected = fold_by_hand(lines)
+    size = len(SpaceBackend.VOCAB)
+    for separator in (None, ("[SEP]", 1)):
+        occurrences, line_counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        seen = []
+        tokens = _count_batches(SpaceBackend(), iter(lines), batch_lines, occurrences, line_counts,
+                                lambda n_lines, n_tokens: seen.append((n_lines, n_tokens)), separator, chunk_chars)
+        assert tokens == sum(expected[0]) == 16
+        assert (occurrences.tolist(), line_counts.tolist()) == expected, separator
+        assert [n for n, _ in seen] == [min(batch_lines, len(lines) - i) for i in range(0, len(lines), batch_lines)]
+        assert seen[-1][1] == 16 and all(a[1] <= b[1] for a, b in zip(seen, seen[1:]))
+
+
+def test_a_wrongly_joined_chunk_is_encoded_again_line_by_line_by_hand():
+    from polyglot_distil.vocab.count import _fold_joined
+
+    backend = SpaceBackend()
+    batch = ["le chat", "x [SEP] x", "", "the cat"]
+    chunks = [(" [SEP] ".join(batch[:3]), 0, 3, True), (batch[3], 3, 1, True)]  # the literal [SEP] joined, wrongly
+    occurrences, line_counts = np.zeros(8, np.int64), np.zeros(8, np.int64)
+    encodings = backend.encode_batch_fast([c[0] for c in chunks])
+    assert _fold_joined(backend, encodings, chunks, batch, 1, occurrences, line_counts) == 7
+    assert (occurrences.tolist(), line_counts.tolist()) == fold_by_hand(batch)
+
+
+def test_lines_are_joined_until_the_chunk_reaches_its_size():
+    from polyglot_distil.vocab.count import _join
+
+    assert _join(["aaaa", "bb", "cc", "dddd"], "S", 10) == [("aaaa S bb", 0, 2, True), ("cc S dddd", 2, 2, True)]
+    # a line counts its length and the joiner's (" S "): 7, 12, 17 characters after each line
+    assert _join(["aaaa", "bb", "cc"], "S", 12) == [("aaaa S bb", 0, 2, True), ("cc", 2, 1, True)]
+    assert _join(["aaaa", "bb", "cc"], "S", 18) == [("aaaa S bb S cc", 0, 3, True)]
+    assert _join(["S", "S", "a"], "S", 100) == [("S", 0, 1, False), ("S", 1, 1, False), ("a", 2, 1, True)]
+    # a chunk starts from nothing: at the start, after a flush and after a line of its own
+    assert _join(["aaaa", "bb", "cc"], "S", 8) == [("aaaa S bb", 0, 2, True), ("cc", 2, 1, True)]
+    assert _join(["aaaa", "bb", "eeee", "f"], "S", 8) == [("aaaa S bb", 0, 2, True), ("eeee S f", 2, 2, True)]
+    assert _join(["S", "eeee", "f"], "S", 8) == [("S", 0, 1, False), ("eeee S f", 1, 2, True)]
+    assert _join([], "S", 10) == []
+
+
+def _counts(vocab: list[str], fingerprint: str, shard: str, **langs) -> "Counts":
+    from polyglot_distil.vocab.count import Counts, LanguageTotals
+
+    counts = Counts(tokenizer="tok", fingerprint=fingerprint, vocab=vocab, unk_id=1)
+    counts.extra = {"shard": shard, "caps": {"max_lines": None}}
+    for lang, (occ, lines_of, totals) in langs.items():
+        counts.occurrences[lang] = np.asarray(occ, dtype=np.int64)
+        counts.line_counts[lang] = np.asarray(lines_of, dtype=np.int64)
+        counts.totals[lang] = LanguageTotals(**totals)
+    return counts
+
+
+def test_merging_adds_counts_and_totals_and_fills_token_strings():
+    a = _counts(["a", "b", "", ""], "f", "0/2",
+                en=([1, 2, 0, 0], [1, 1, 0, 0], dict(lines=3, tokens=3, chars=10, unk=1, replaced_bytes=2,
+                                                     seconds=0.1234, sources=["en.txt"])))
+    b = _counts(["a", "", "", "d"], "f", "1/2",
+                en=([0, 1, 0, 4], [0, 1, 0, 2], dict(lines=2, tokens=5, chars=7, unk=0, replaced_bytes=1,
+                                                     seconds=0.2, sources=["other.txt"])),
+                fr=([3, 0, 0, 0], [2, 0, 0, 0], dict(lines=2, tokens=3, chars=5, sources=["fr.txt"])))
+    merged = merge([a, b])
+    assert merged.vocab == ["a", "b", "", "d"] and a.vocab == ["a", "b", "", ""]
+    assert merged.occurrences["en"].tolist() == [1, 3, 0, 4] and merged.line_counts["en"].tolist() == [1, 2, 0, 2]
+    assert merged.occurrences["fr"].tolist() == [3, 0, 0, 0] and merged.line_counts["fr"].tolist() == [2, 0, 0, 0]
+    en = merged.totals["en"]
+    assert (en.lines, en.tokens, en.chars, en.unk, en.replaced_bytes, en.distinct, en.seconds, en.sources) == (
+        5, 8, 17, 1, 3, 3, 0.323, ["en.txt"])
+    assert merged.totals["fr"].distinct == 1 and merged.totals["fr"].sources == ["fr.txt"]
+    assert all(a.dtype == np.int64 for a in (*merged.occurrences.values(), *merged.line_counts.values()))
+    assert merged.extra == {"shard": "merged", "caps": {"max_lines": None}, "merged_from": ["0/2", "1/2"]}
+    assert (merged.tokenizer, merged.fingerprint, merged.unk_id) == ("tok", "f", 1)
+    assert a.occurrences["en"].tolist() == [1, 2, 0, 0]  # the parts are left as they were
+
+
+def test_merging_counts_of_another_tokenizer_names_both():
+    from polyglot_distil.errors import UserError
+
+    a = _counts(["a"], "f", "0/1", en=([1], [1], {}))
+    b = _counts(["a"], "g", "0/1", en=([1], [1], {}))
+    b.tokenizer = "other"
+    with pytest.raises(UserError, match="^cannot merge counts made with different tokenizers: tok and other$"):
+        merge([a, b])
+
+
+def test_shards_must_come_once_and_all_of_them():
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.vocab.count import check_shards
+
+    def part(shard, sources=("en.txt",)):
+        return _counts(["a"], "f", shard, en=([1], [1], {"sources": list(sources)}))
+
+    check_shards([part("0/2"), part("1/2"), part("0/1"), part("merged")], ["a", "b", "c", "d"])
+    check_shards([part("0/2"), part("0/2", sources=("other.txt",)), part("1/2")], ["a", "b", "c"])  # other corpora
+    with pytest.raises(UserError) as error:
+        check_shards([part("1/3"), part("1/3")], ["x.parquet", "y.parquet"])
+    assert str(error.value) == ("y.parquet and x.parquet are the same shard 1/3 of one count; merging both would "
+                                "double it (pass each shard once)")
+    with pytest.raises(UserError) as error:
+        check_shards([part("1/3")], ["x.parquet"])
+    assert str(error.value) == ("shards 0/3, 2/3 missing from the merge; add them, or pass --allow-partial to merge "
+                                "a part on purpose")
+    with pytest.raises(UserError) as error:
+        check_shards([part("0/2")], ["x.parquet"])
+    assert str(error.value) == ("shard 1/2 missing from the merge; add it, or pass --allow-partial to merge a part "
+                                "on purpose")
+    check_shards([part("1/3")], ["x.parquet"], allow_partial=True)
+    with pytest.raises(UserError, match="^shard 0/2 missing"):  # a whole count or a merge before the shard
+        check_shards([part("0/1"), part("1/2")], ["a", "b"])
+    with pytest.raises(UserError, match="^shard 0/2 missing"):
+        check_shards([part("merged"), part("1/2")], ["a", "b"])
+    unsharded = part("0/1")
+    del unsharded.extra["shard"]  # a counts file without the key counts as one whole count
+    check_shards([unsharded, part("0/2"), part("1/2")], ["a", "b", "c"])
+
+
+def test_a_shard_is_the_same_whatever_the_order_of_its_caps_and_languages_and_another_sample_is_not():
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.vocab.count import LanguageTotals, check_shards
+
+    def part(caps: dict, langs=("en", "fr")):
+        counts = _counts(["a"], "f", "0/2")
+        counts.extra["caps"] = caps
+        counts.totals = {lang: LanguageTotals(sources=[f"{lang}.txt"]) for lang in langs}
+        return counts
+
+    with pytest.raises(UserError, match="same shard 0/2"):
+        check_shards([part({"max_lines": 5, "seed": 1}), part({"seed": 1, "max_lines": 5}, ("fr", "en"))],
+                     ["a", "b"], allow_partial=True)
+    check_shards([part({"max_lines": 5, "seed": 1}), part({"max_lines": 5, "seed": 2})], ["a", "b"],
+                 allow_partial=True)

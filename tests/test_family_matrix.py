@@ -197,9 +197,12 @@ def test_every_stage_runs_on_every_family(tmp_path, family, real_tokenizers, cap
     task = run / "task" / "run"
     assert run_cli("apply-diff", "--base", general, "--diff", task / "sparse_diff", "--out", tmp_path / "applied") == 0
     assert run_cli("eval", "xnli", "--model", tmp_path / "applied", "--teacher", run / "finetune" / "run" / "best",
-                   "--langs", "fr", "--data", NLI, "--split", "test", "--no-efficiency", "--no-progress",
+                   "--langs", "fr", "--data", NLI, "--split", "test", "--repeats", 1, "--no-progress",
                    "--out", tmp_path / "eval") == 0
 
     # deployment: int8 and ONNX (checked against PyTorch by the export itself)
     assert run_cli("quantize", "--model", task / "best", "--out", tmp_path / "int8") == 0
+    assert run_cli("eval", "xnli", "--model", tmp_path / "int8", "--baseline", task / "best", "--langs", "fr",
+                   "--data", NLI, "--split", "test", "--no-efficiency", "--no-progress",
+                   "--out", tmp_path / "eval-int8") == 0
     assert run_cli("export", "onnx", "--model", task / "best", "--out", tmp_path / "onnx") == 0

@@ -233,3 +233,48 @@ def test_attention_relation_kl_reaches_the_students_vectors_only(generator):
     losses.attention_relation_kl(student, teacher, mask, relation_heads=2).backward()
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
     assert all(t.grad is None for t in teacher)
+
+
+def test_hidden_and_attention_mse_over_given_counts_divide_the_summed_errors_by_them(generator):
+    mask = _padded_mask()
+    student, teacher = [torch.randn(2, 5, 4, generator=generator)], [torch.randn(2, 5, 4, generator=generator)]
+    own = losses.hidden_mse(student, teacher, mask)  # over this batch's 8 tokens
+    assert torch.allclose(losses.hidden_mse(student, teacher, mask, tokens=16.0), own / 2)
+    maps = [torch.rand(2, 3, 5, 5, generator=generator)], [torch.rand(2, 3, 5, 5, generator=generator)]
+    own = losses.attention_mse(*maps, mask)  # over this batch's 5² + 3² = 34 (query, key) pairs
+    assert torch.allclose(losses.attention_mse(*maps, mask, token_pairs=68.0), own / 2)
+
+
+def test_attention_mse_is_the_mean_over_the_paired_layers(generator):
+    mask = torch.ones(1, 3)
+    student = [torch.rand(1, 2, 3, 3, generator=generator) for _ in range(2)]
+    teacher = [torch.rand(1, 2, 3, 3, generator=generator) for _ in range(2)]
+    expected = sum(F.mse_loss(s, t) for s, t in zip(student, teacher)) / 2
+    assert torch.allclose(losses.attention_mse(student, teacher, mask), expected)
+
+
+def test_layer_losses_refuse_unequal_numbers_of_student_and_teacher_layers(generator):
+    mask = torch.ones(1, 3)
+    states = [torch.randn(1, 3, 4, generator=generator) for _ in range(3)]
+    maps = [torch.rand(1, 2, 3, 3, generator=generator) for _ in range(3)]
+    with pytest.raises(ValueError):
+        losses.hidden_mse(states[:2], states, mask)
+    with pytest.raises(ValueError):
+        losses.attention_mse(maps, maps[:2], mask)
+    with pytest.raises(ValueError):
+        losses.attention_relation_kl(states, states[:2], mask, relation_heads=2)
+
+
+def test_logit_kl_defaults_to_temperature_2(generator):
+    student, teacher = torch.randn(4, 6, generator=generator), torch.randn(4, 6, generator=generator)
+    assert torch.equal(losses.logit_kl(student, teacher), losses.logit_kl(student, teacher, 2.0))
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 2])
+def test_chunked_logit_kl_gradient_covers_every_row_when_rows_outnumber_classes(chunk_rows, generator):
+    teacher = torch.randn(9, 3, generator=generator) * 3
+    ours = (torch.randn(9, 3, generator=generator) * 3).requires_grad_(True)
+    reference = ours.detach().clone().requires_grad_(True)
+    losses.logit_kl(ours, teacher, 2.0, chunk_rows=chunk_rows).backward()
+    _reference_kl(reference, teacher, 2.0).backward()
+    assert torch.allclose(ours.grad, reference.grad, atol=1e-7)

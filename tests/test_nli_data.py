@@ -131,6 +131,47 @@ def test_select_and_concat_keep_origins():
     assert NLIData.concat([a, b]).skipped == 3
 
 
+def test_select_keeps_every_field_of_the_chosen_pairs_and_an_empty_concat_is_empty():
+    a = NLIData(["p0", "p1", "p2"], ["h0", "h1", "h2"], np.array([0, 1, 2]), ["a.tsv"] * 3, np.array([1, 2, 4]))
+    chosen = a.select(range(1, 3))
+    assert (chosen.premises, chosen.hypotheses, chosen.labels.tolist(), chosen.sources, chosen.lines.tolist()) == (
+        ["p1", "p2"], ["h1", "h2"], [1, 2], ["a.tsv", "a.tsv"], [2, 4])
+    assert len(a.select([])) == 0
+    empty = NLIData.concat([])
+    assert (len(empty), empty.labels.tolist(), empty.lines.tolist(), empty.skipped) == (0, [], [], 0)
+    assert empty.labels.dtype == empty.lines.dtype == np.int64
+
+
+def test_jsonl_reads_every_row_after_blank_lines_and_unlabelled_ones(tmp_path):
+    rows = [{"premise": "A.", "hypothesis": "B.", "label": -1}, {"premise": "A.", "hypothesis": "C.", "label": -1},
+            {"premise": 3, "hypothesis": "D.", "label": 0}, {"premise": "A.", "hypothesis": "E.", "label": 2}]
+    text = "\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[2:]) + "\n"
+    data = read_nli(write(tmp_path / "nli.jsonl", text))
+    assert (data.premises, data.hypotheses, data.labels.tolist()) == (["3", "A."], ["D.", "E."], [0, 2])
+    assert (data.sources, data.lines.tolist(), data.skipped) == ([str(tmp_path / "nli.jsonl")] * 2, [4, 5], 2)
+
+
+@pytest.mark.parametrize("label", [3, -2, True, 1.0])
+def test_jsonl_label_ids_outside_0_to_2_are_unknown(tmp_path, label):
+    path = write(tmp_path / "nli.jsonl", json.dumps({"premise": "A.", "hypothesis": "B.", "label": label}) + "\n")
+    with pytest.raises(UserError) as error:
+        read_nli(path)
+    assert str(error.value) == f"{path}:1: unknown label {label!r} (expected entailment, neutral, contradiction)"
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"premise": "A.", "hypothesis": "B."', "not valid JSON (Expecting ',' delimiter)"),
+    ('{"premise": "A.", "label": 0}', "no field 'hypothesis' (each line needs premise, hypothesis, label)"),
+    ('{"hypothesis": "B."}', "no field 'premise' (each line needs premise, hypothesis, label)"),
+    ('["A.", "B.", 0]', "no field 'premise' (each line needs premise, hypothesis, label)"),
+])
+def test_a_malformed_jsonl_line_names_the_file_line_and_what_is_wrong(tmp_path, line, message):
+    path = write(tmp_path / "nli.jsonl", json.dumps({"premise": "A.", "hypothesis": "B.", "label": 0}) + "\n" + line)
+    with pytest.raises(UserError) as error:
+        read_nli(path)
+    assert str(error.value) == f"{path}:2: {message}"
+
+
 def test_shared_xnli_test_set_has_5010_balanced_pairs():
     data = read_nli(shared("xnli", "test-fr.tsv"))
     assert len(data) == 5010

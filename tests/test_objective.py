@@ -19,7 +19,7 @@ from polyglot_distil.errors import UserError
 
 B, L, H, A = 2, 4, 8, 2
 MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-COUNTS = {"tokens": 7.0, "token_pairs": 30.0, "masked": 3.0}  # unlike this batch's own: 5, 13, 2
+COUNTS = {"tokens": 7.0, "token_pairs": 30.0, "masked": 6.0}  # unlike this batch's own: 5, 13 and 2 or 3
 
 
 def outputs(seed: int, layers: int, classes: int | None = None) -> dict:
@@ -39,6 +39,7 @@ def test_resolve_weights_sets_the_given_terms_and_temperature_and_keeps_the_rest
     assert weights.temperature == 3.0
     assert (base.hidden, base.mlm, base.temperature) == (1.0, 0.0, 2.0)  # a copy: the base is unchanged
     assert resolve_weights(base, {}).temperature == 2.0
+    assert resolve_weights(base, {}, temperature=0.5).temperature == 0.5  # below 1 sharpens: allowed
 
 
 @pytest.mark.parametrize("given,temperature,message", [
@@ -75,7 +76,7 @@ def test_phase_one_terms_compare_student_state_i_with_the_mapped_teacher_state_a
         "hidden": losses.hidden_mse(s["hidden"], [t["hidden"][0], t["hidden"][2], t["hidden"][4]], MASK, 7.0),
         "attention": losses.attention_mse(s["attentions"], [t["attentions"][1], t["attentions"][3]], MASK, 30.0),
         "logits": losses.logit_kl(s["logits"], t["logits"], 3.0, 7.0),
-        "mlm": F.cross_entropy(s["logits"][[1, 4, 6]], torch.tensor([3, 7, 9]), reduction="sum") / 3.0,
+        "mlm": F.cross_entropy(s["logits"][[1, 4, 6]], torch.tensor([3, 7, 9]), reduction="sum") / 6.0,
         "cosine": losses.cosine_hidden(s["last"], t["last"], MASK, 7.0),
         "relation": losses.attention_relation_kl(s["qkv"], t["qkv"], MASK, 2, 7.0),
     }
@@ -88,7 +89,7 @@ def test_phase_one_logits_on_masked_positions_average_over_the_masked_count():
     weights = LossWeights(hidden=0, attention=0, logits=1, logit_positions="masked")
     terms = distillation_terms(s, t, MASK, weights, [1, 3], counts=COUNTS)
     assert list(terms) == ["logits"]
-    torch.testing.assert_close(terms["logits"], losses.logit_kl(s["logits"], t["logits"], 2.0, 3.0))
+    torch.testing.assert_close(terms["logits"], losses.logit_kl(s["logits"], t["logits"], 2.0, 6.0))
 
 
 def test_without_counts_each_term_averages_over_its_own_batch():

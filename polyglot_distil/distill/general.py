@@ -25,13 +25,17 @@ language. Losses, each with its weight (`--recipe bistil`, the default: hidden 1
 
 `--layer-map 1,3,5,7,9,11` names the teacher layer each student layer imitates (default: the
 same relative depth, BiStil's 2j+1). Only what the enabled losses need is computed: attention
-maps (and the slower eager attention) only with the attention loss, MLM-head logits only with
-the logit or MLM loss, and then only at the positions used; of the teacher's hidden states and
-attention maps only those of the layers the layer map names are kept; the relation loss reads queries, keys
-and values from hooks on one layer, with the fast attention kernel kept. A student narrower than
-the teacher is compared through a learned projection of its hidden states (TinyBERT), initialised
-by least squares between the two embedding matrices. `--freeze-embeddings` keeps the student's
-embeddings (word, position, type, their LayerNorm) as they start (LightMBERT).
+maps (and the slower eager attention, which DeBERTa-v2 and RemBERT always run) only with the
+attention loss, MLM-head logits only with the logit or MLM loss, and then only at the positions
+used; of the teacher's hidden states and attention maps only those of the layers the layer map
+names are kept; the relation loss reads queries, keys and values (ModernBERT's fused Wqkv split in
+three) from hooks on one layer, with the fast attention kernel kept. Every family of
+models/families.py serves every recipe; an ALBERT layer map names repetitions of its shared
+layer. A student narrower than the teacher is compared through a learned projection of its hidden
+states (TinyBERT), initialised by least squares between the two embedding matrices (at random
+where the embeddings are narrower than the hidden states: ALBERT, ELECTRA, RemBERT).
+`--freeze-embeddings` keeps the student's embeddings (word, position, type, their LayerNorm) as
+they start (LightMBERT).
 
 The text is tokenized once, by the main process, into memory-mapped blocks, OUT/cache/tokens-KEY/
 (data/token_cache.py, keyed by the sources' fingerprints, the tokenizer and the block settings):
