@@ -4,6 +4,7 @@ real tokenizers; shards merged equal one run; bad input fails with one line and 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from collections import Counter
 
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import CORPORA, run_cli
 from polyglot_distil.data.corpus import parse_sources
-from polyglot_distil.vocab.count import count_corpora, count_lines, merge, read_counts, write_counts
+from polyglot_distil.vocab.count import count_corpora, count_lines, counted_units, merge, read_counts, write_counts
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_tokenizer
 
@@ -509,7 +510,9 @@ def test_merging_adds_counts_and_totals_and_fills_token_strings():
         5, 8, 17, 1, 3, 3, 0.323, ["en.txt"])
     assert merged.totals["fr"].distinct == 1 and merged.totals["fr"].sources == ["fr.txt"]
     assert all(a.dtype == np.int64 for a in (*merged.occurrences.values(), *merged.line_counts.values()))
-    assert merged.extra == {"shard": "merged", "caps": {"max_lines": None}, "merged_from": ["0/2", "1/2"]}
+    assert merged.extra == {"shard": "merged", "caps": {"max_lines": None}, "merged_from": ["0/2", "1/2"],
+                            "units": counted_units(a) + counted_units(b)}  # what each part counted, listed
+    assert [json.loads(u)["shard"] for u in merged.extra["units"]] == ["0/2", "1/2", "1/2"]
     assert (merged.tokenizer, merged.fingerprint, merged.unk_id) == ("tok", "f", 1)
     assert a.occurrences["en"].tolist() == [1, 2, 0, 0]  # the parts are left as they were
 
@@ -535,8 +538,8 @@ def test_shards_must_come_once_and_all_of_them():
     check_shards([part("0/2"), part("0/2", sources=("other.txt",)), part("1/2")], ["a", "b", "c"])  # other corpora
     with pytest.raises(UserError) as error:
         check_shards([part("1/3"), part("1/3")], ["x.parquet", "y.parquet"])
-    assert str(error.value) == ("y.parquet and x.parquet are the same shard 1/3 of one count; merging both would "
-                                "double it (pass each shard once)")
+    assert str(error.value) == ("y.parquet and x.parquet both hold the same shard 1/3 of the en counts (en.txt); "
+                                "merging both would count those lines twice: pass each count once")
     with pytest.raises(UserError) as error:
         check_shards([part("1/3")], ["x.parquet"])
     assert str(error.value) == ("shards 0/3, 2/3 missing from the merge; add them, or pass --allow-partial to merge "

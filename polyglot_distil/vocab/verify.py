@@ -119,7 +119,8 @@ class _KeptRowsDecoder:
         self.columns = []  # (module, attribute, the tensor, its kept columns)
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             axis = other_vocab_axis(name)
-            if axis is not None:
+            # the name alone can mislead: RemBERT's head has a cls.predictions.dense too, [E_out, H]
+            if axis is not None and tensor.dim() > axis and tensor.shape[axis] == self.decoder.out_features:
                 module_name, _, attr = name.rpartition(".")
                 columns = tensor.detach().index_select(axis, kept)
                 if isinstance(tensor, torch.nn.Parameter):
