@@ -26,12 +26,12 @@ if [ "${1:-}" = --recheck ]; then
     shift
     selection=()
     while [ $# -gt 0 ] && [ "$1" != -- ]; do
-        case $1 in *'*'* | polyglot_distil.*) selection+=("$1") ;;
+        case $1 in *'*'* | polyglot_distil.* | --timeouts) selection+=("$1") ;;
                    *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
         shift
     done
     nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
-    exec "$python" scripts/mutation_score.py "${selection[@]}"
+    exec "$python" scripts/mutation_score.py "${selection[@]/--timeouts}"
 fi
 
 patterns=()
