@@ -31,6 +31,7 @@ if [ "${1:-}" = --recheck ]; then
         shift
     done
     nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
+    echo "scores after: scripts/mutation.sh --recheck ${selection[*]} $*"
     exec "$python" scripts/mutation_score.py "${selection[@]/--timeouts}"
 fi
 
@@ -51,4 +52,5 @@ if [ "$score_only" = 0 ]; then
     nice -n 19 "$python" -c 'import sys; from mutmut.__main__ import cli; sys.argv[0] = "mutmut"; cli()' \
         run --max-children "${MUTATION_CHILDREN:-1}" ${patterns[@]+"${patterns[@]}"}
 fi
+[ "$score_only" = 1 ] || echo "scores after: scripts/mutation.sh $*"
 "$python" scripts/mutation_score.py ${modules[@]+"${modules[@]}"}
