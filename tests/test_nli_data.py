@@ -172,6 +172,57 @@ def test_a_malformed_jsonl_line_names_the_file_line_and_what_is_wrong(tmp_path, 
     assert str(error.value) == f"{path}:2: {message}"
 
 
+@pytest.mark.parametrize("name", ["dev.tsv", "dev.tab", "dev.txt", "DEV.TSV", "dev.tsv.gz", "dev.tab.bz2",
+                                  "dev.txt.xz", "nli.jsonl", "nli.ndjson", "nli.json", "NLI.JSONL.GZ",
+                                  "nli.ndjson.bz2", "nli.json.xz"])
+def test_tsv_and_jsonl_files_are_told_apart_by_their_suffix_also_compressed(tmp_path, name):
+    import bz2
+    import gzip
+    import lzma
+
+    text = (json.dumps({"premise": "A.", "hypothesis": "B.", "label": "neutral"}) if "json" in name.lower()
+            else "A.\tB.\tneutral") + "\n"
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(name.lower()[name.rfind("."):])
+    path = tmp_path / name
+    if opener:
+        with opener(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    data = read_nli(path)
+    assert (data.premises, data.hypotheses, data.labels.tolist()) == (["A."], ["B."], [1])
+
+
+def test_an_nli_file_of_another_kind_or_a_folder_is_named(tmp_path):
+    with pytest.raises(UserError) as error:
+        read_nli(write(tmp_path / "nli.csv", "A.,B.,neutral\n"))
+    assert str(error.value) == f"NLI file {tmp_path / 'nli.csv'}: expected .tsv (premise, hypothesis, label) or .jsonl"
+    with pytest.raises(UserError) as error:
+        read_nli(tmp_path)
+    assert str(error.value) == f"NLI source {tmp_path} is a folder; name a .tsv or .jsonl file"
+
+
+@pytest.mark.parametrize("spec,call", [
+    ("hf:nyu-mll/multi_nli", ("nyu-mll/multi_nli", None, "train")),
+    ("hf:facebook/xnli?config=fr&split=test", ("facebook/xnli", "fr", "test")),
+    (" hf:facebook/xnli?split=validation&config=sw ", ("facebook/xnli", "sw", "validation")),
+])
+def test_an_hf_source_names_the_dataset_its_config_and_split(monkeypatch, spec, call):
+    import polyglot_distil.data.nli as nli
+
+    calls = []
+    monkeypatch.setattr(nli, "_read_hf", lambda *args: calls.append(args) or NLIData())
+    read_nli(spec)
+    assert calls == [call]
+
+
+@pytest.mark.parametrize("spec", ["hf:", "hf:?split=test", "hf:facebook/xnli?lang=fr", "hf:facebook/xnli?config=fr&x=1"])
+def test_a_malformed_hf_source_is_named(spec):
+    with pytest.raises(UserError) as error:
+        read_nli(spec)
+    assert str(error.value) == f"NLI source {spec!r}: expected hf:NAME?config=CONFIG&split=SPLIT"
+
+
 def test_shared_xnli_test_set_has_5010_balanced_pairs():
     data = read_nli(shared("xnli", "test-fr.tsv"))
     assert len(data) == 5010
