@@ -223,6 +223,11 @@ def test_a_malformed_hf_source_is_named(spec):
     assert str(error.value) == f"NLI source {spec!r}: expected hf:NAME?config=CONFIG&split=SPLIT"
 
 
+def test_label_counts_have_a_count_for_every_label_even_an_absent_one():
+    data = NLIData(["p", "q"], ["h", "k"], np.array([0, 1]), ["a.tsv"] * 2, np.array([1, 2]))
+    assert data.label_counts().tolist() == [1, 1, 0]
+
+
 def test_shared_xnli_test_set_has_5010_balanced_pairs():
     data = read_nli(shared("xnli", "test-fr.tsv"))
     assert len(data) == 5010
