@@ -109,6 +109,30 @@ def test_xnli_split_reads_the_languages_file_from_a_folder(tmp_path):
     assert xnli_split(tmp_path, "test", "sw").hypotheses == ["B."]
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_xnli_split_reads_a_compressed_file_and_finds_dev_for_validation(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    with opener(tmp_path / f"dev-sw.tsv{suffix}", "wt", encoding="utf-8") as handle:
+        handle.write("A.\tB.\tneutral\n")
+    assert xnli_split(tmp_path, "validation", "sw").hypotheses == ["B."]
+
+
+def test_xnli_split_names_a_data_path_that_is_not_a_folder_and_an_empty_folder(tmp_path):
+    with pytest.raises(UserError) as error:
+        xnli_split(write(tmp_path / "file.tsv", ""), "test", "fr")
+    assert str(error.value) == (f"--data {tmp_path / 'file.tsv'}: not a folder (expected one holding test-fr.tsv "
+                                "files)")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as error:
+        xnli_split(tmp_path / "empty", "test", "fr")
+    assert str(error.value) == (f"no XNLI data for language 'fr': {tmp_path / 'empty' / 'test-fr.tsv'} does not "
+                                "exist (it has no test-*.tsv files)")
+
+
 def test_language_without_a_local_file_lists_those_present(tmp_path):
     write(tmp_path / "test-fr.tsv", "A.\tB.\tneutral\n")
     write(tmp_path / "test-sw.tsv", "A.\tB.\tneutral\n")
