@@ -26,12 +26,13 @@ if [ "${1:-}" = --recheck ]; then
     shift
     selection=()
     while [ $# -gt 0 ] && [ "$1" != -- ]; do
-        case $1 in *'*'* | polyglot_distil.*) selection+=("$1") ;;
+        case $1 in *'*'* | polyglot_distil.* | --timeouts) selection+=("$1") ;;
                    *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
         shift
     done
     nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
-    exec "$python" scripts/mutation_score.py "${selection[@]}"
+    echo "scores after: scripts/mutation.sh --recheck ${selection[*]} $*"
+    exec "$python" scripts/mutation_score.py "${selection[@]/--timeouts}"
 fi
 
 patterns=()
@@ -51,4 +52,5 @@ if [ "$score_only" = 0 ]; then
     nice -n 19 "$python" -c 'import sys; from mutmut.__main__ import cli; sys.argv[0] = "mutmut"; cli()' \
         run --max-children "${MUTATION_CHILDREN:-1}" ${patterns[@]+"${patterns[@]}"}
 fi
+[ "$score_only" = 1 ] || echo "scores after: scripts/mutation.sh $*"
 "$python" scripts/mutation_score.py ${modules[@]+"${modules[@]}"}

@@ -7,6 +7,7 @@ mutants still alive (a whole run also re-traces every test, and starts again fro
 
     python scripts/mutation_recheck.py polyglot_distil.eval.metrics -- tests/test_metrics.py
     python scripts/mutation_recheck.py 'polyglot_distil.vocab.select.x_rule_mask*' -- tests/test_vocab.py
+    python scripts/mutation_recheck.py --timeouts vocab.select -- tests/test_vocab.py   # timed out ones too
 
 Run it from the checkout root with the environment scripts/mutation.sh sets (scripts/mutation.sh
 --recheck ... does). Each mutant runs the given tests in a process forked from one that has only
@@ -26,16 +27,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIVE = {0: "survived", 5: "no tests", 33: "no tests", None: "not checked"}  # a timeout is left as it is
+TIMED_OUT = {36, 24, -24, 152, 255}  # mutmut's codes: its time limit, SIGXCPU (on a busy machine, also a
+                                     # mutant that only errors out, its tests starved of CPU time)
 TIMEOUT_S = 120
 
 
-def alive(selection: list[str]) -> list[tuple[Path, str]]:
-    """(meta file, mutant name) of every mutant not killed whose name matches `selection`."""
+def alive(selection: list[str], timeouts: bool = False) -> list[tuple[Path, str]]:
+    """(meta file, mutant name) of every mutant not killed whose name matches `selection`; with
+    `timeouts`, those that timed out too."""
     found = []
     for meta in sorted((ROOT / "mutants").glob("polyglot_distil/**/*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             chosen = any(name.startswith(s + ".") or fnmatch.fnmatch(name, s) for s in selection)
-            if chosen and code in ALIVE:
+            if chosen and (code in ALIVE or timeouts and code in TIMED_OUT):
                 found.append((meta, name))
     return found
 
@@ -69,7 +73,9 @@ def main(argv: list[str]) -> int:
     if "--" not in argv:
         print(__doc__)
         return 2
-    selection, tests = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    timeouts = "--timeouts" in argv[:argv.index("--")]
+    selection = [a for a in argv[:argv.index("--")] if a != "--timeouts"]
+    tests = argv[argv.index("--") + 1:]
     shutil.copytree(ROOT / "tests", ROOT / "mutants" / "tests", dirs_exist_ok=True)  # the tests as they are now
     os.chdir(ROOT / "mutants")
     sys.path.insert(0, str(ROOT / "mutants"))
@@ -88,7 +94,7 @@ def main(argv: list[str]) -> int:
     if run_one("", tests) != 0:  # the tests must pass on the code as it is, or every mutant looks killed
         print(f"{' '.join(tests)} fail without any mutant: fix them first")
         return 1
-    todo = alive(selection)
+    todo = alive(selection, timeouts)
     print(f"{len(todo)} mutants not killed match {' '.join(selection)}; running {' '.join(tests)} on each")
     for number, (meta, name) in enumerate(todo, 1):
         code = run_one(name, tests)

@@ -36,7 +36,7 @@ def main(selection: list[str]) -> int:
         print("no results in ./mutants: run scripts/mutation.sh first")
         return 1
     print(f"{'module':45} {'killed/checked':>15} {'score':>6} {'survived':>8} {'timeout':>7} {'no tests':>8} "
-          f"{'unchecked':>9}")
+          f"{'unchecked':>9} {'total':>6}")
     survivors = []
     for module, statuses in by_module.items():
         chosen = {n: s for n, s in statuses.items()
@@ -48,7 +48,7 @@ def main(selection: list[str]) -> int:
         score = f"{count['killed'] / checked:.0%}" if checked else "-"
         name = module if len(chosen) == len(statuses) else module + " (part)"
         print(f"{name:45} {count['killed']:>7}/{checked:<7} {score:>6} {count['survived']:>8} {count['timeout']:>7} "
-              f"{count['no tests']:>8} {count['not checked']:>9}")
+              f"{count['no tests']:>8} {count['not checked']:>9} {len(chosen):>6}")
         survivors += [n for n, s in chosen.items() if s in ("survived", "no tests", "suspicious")]
     if survivors:
         print("\nnot killed (mutmut show NAME):")

@@ -109,6 +109,30 @@ def test_xnli_split_reads_the_languages_file_from_a_folder(tmp_path):
     assert xnli_split(tmp_path, "test", "sw").hypotheses == ["B."]
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_xnli_split_reads_a_compressed_file_and_finds_dev_for_validation(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    with opener(tmp_path / f"dev-sw.tsv{suffix}", "wt", encoding="utf-8") as handle:
+        handle.write("A.\tB.\tneutral\n")
+    assert xnli_split(tmp_path, "validation", "sw").hypotheses == ["B."]
+
+
+def test_xnli_split_names_a_data_path_that_is_not_a_folder_and_an_empty_folder(tmp_path):
+    with pytest.raises(UserError) as error:
+        xnli_split(write(tmp_path / "file.tsv", ""), "test", "fr")
+    assert str(error.value) == (f"--data {tmp_path / 'file.tsv'}: not a folder (expected one holding test-fr.tsv "
+                                "files)")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as error:
+        xnli_split(tmp_path / "empty", "test", "fr")
+    assert str(error.value) == (f"no XNLI data for language 'fr': {tmp_path / 'empty' / 'test-fr.tsv'} does not "
+                                "exist (it has no test-*.tsv files)")
+
+
 def test_language_without_a_local_file_lists_those_present(tmp_path):
     write(tmp_path / "test-fr.tsv", "A.\tB.\tneutral\n")
     write(tmp_path / "test-sw.tsv", "A.\tB.\tneutral\n")
@@ -170,6 +194,62 @@ def test_a_malformed_jsonl_line_names_the_file_line_and_what_is_wrong(tmp_path, 
     with pytest.raises(UserError) as error:
         read_nli(path)
     assert str(error.value) == f"{path}:2: {message}"
+
+
+@pytest.mark.parametrize("name", ["dev.tsv", "dev.tab", "dev.txt", "DEV.TSV", "dev.tsv.gz", "dev.tab.bz2",
+                                  "dev.txt.xz", "nli.jsonl", "nli.ndjson", "nli.json", "NLI.JSONL.GZ",
+                                  "nli.ndjson.bz2", "nli.json.xz"])
+def test_tsv_and_jsonl_files_are_told_apart_by_their_suffix_also_compressed(tmp_path, name):
+    import bz2
+    import gzip
+    import lzma
+
+    text = (json.dumps({"premise": "A.", "hypothesis": "B.", "label": "neutral"}) if "json" in name.lower()
+            else "A.\tB.\tneutral") + "\n"
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(name.lower()[name.rfind("."):])
+    path = tmp_path / name
+    if opener:
+        with opener(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    data = read_nli(path)
+    assert (data.premises, data.hypotheses, data.labels.tolist()) == (["A."], ["B."], [1])
+
+
+def test_an_nli_file_of_another_kind_or_a_folder_is_named(tmp_path):
+    with pytest.raises(UserError) as error:
+        read_nli(write(tmp_path / "nli.csv", "A.,B.,neutral\n"))
+    assert str(error.value) == f"NLI file {tmp_path / 'nli.csv'}: expected .tsv (premise, hypothesis, label) or .jsonl"
+    with pytest.raises(UserError) as error:
+        read_nli(tmp_path)
+    assert str(error.value) == f"NLI source {tmp_path} is a folder; name a .tsv or .jsonl file"
+
+
+@pytest.mark.parametrize("spec,call", [
+    ("hf:nyu-mll/multi_nli", ("nyu-mll/multi_nli", None, "train")),
+    ("hf:facebook/xnli?config=fr&split=test", ("facebook/xnli", "fr", "test")),
+    (" hf:facebook/xnli?split=validation&config=sw ", ("facebook/xnli", "sw", "validation")),
+])
+def test_an_hf_source_names_the_dataset_its_config_and_split(monkeypatch, spec, call):
+    import polyglot_distil.data.nli as nli
+
+    calls = []
+    monkeypatch.setattr(nli, "_read_hf", lambda *args: calls.append(args) or NLIData())
+    read_nli(spec)
+    assert calls == [call]
+
+
+@pytest.mark.parametrize("spec", ["hf:", "hf:?split=test", "hf:facebook/xnli?lang=fr", "hf:facebook/xnli?config=fr&x=1"])
+def test_a_malformed_hf_source_is_named(spec):
+    with pytest.raises(UserError) as error:
+        read_nli(spec)
+    assert str(error.value) == f"NLI source {spec!r}: expected hf:NAME?config=CONFIG&split=SPLIT"
+
+
+def test_label_counts_have_a_count_for_every_label_even_an_absent_one():
+    data = NLIData(["p", "q"], ["h", "k"], np.array([0, 1]), ["a.tsv"] * 2, np.array([1, 2]))
+    assert data.label_counts().tolist() == [1, 1, 0]
 
 
 def test_shared_xnli_test_set_has_5010_balanced_pairs():

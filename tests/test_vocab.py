@@ -213,6 +213,38 @@ def test_a_tokenizer_without_special_tokens_keeps_what_the_rules_keep():
     assert selection.report["always_kept"]["special"] == {"tokens": 0, "added": 0}
 
 
+def test_byte_pieces_are_always_kept_and_reported_after_the_specials():
+    byte_ids = [VOCAB.index("a"), VOCAB.index("xyz")]
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], Rules(min_count=5), VOCAB, SPECIALS, byte_ids)
+    assert kept_tokens(selection)[5:] == ["the", "cat", "##s", "a", "xyz"]
+    assert list(selection.report["always_kept"]) == ["special", "byte_fallback", "keep_list", "keep_chars"]
+    assert selection.report["always_kept"]["byte_fallback"] == {"tokens": 2, "added": 2}
+
+
+def test_the_report_names_the_keep_list_tokens_the_vocabulary_lacks():
+    rules = Rules(min_count=5, keep_tokens=["xyz", "not-a-token"])
+    selection = select_vocabulary(make_counts({"en": EN}), ["en"], rules, VOCAB, SPECIALS)
+    assert selection.report["missing_keep_tokens"] == ["not-a-token"]
+    assert (selection.report["vocab_size_before"], selection.report["kept"]) == (14, 9)
+
+
+def test_out_of_range_rule_values_are_named_as_their_options():
+    with pytest.raises(UserError) as error:
+        Rules(min_count=0).validate()
+    assert str(error.value) == "--min-count must be a whole number >= 1, not 0"
+    with pytest.raises(UserError) as error:
+        Rules(min_line_share=0.0).validate()
+    assert str(error.value) == ("--min-line-share must be a fraction in (0, 1], not 0.0 (Geotrend's 0.005% of lines "
+                                "is 0.00005)")
+
+
+def test_rules_that_keep_only_specials_name_the_rules_and_the_languages():
+    with pytest.raises(UserError) as error:
+        select_vocabulary(make_counts({"en": EN, "fr": FR}), ["en", "fr"], Rules(min_count=1000), VOCAB, SPECIALS)
+    assert str(error.value) == ("the rules {'min_count': 1000} keep no token of en, fr beyond the special tokens; "
+                                "loosen them (or check that the counts hold text)")
+
+
 def test_the_selection_table_has_a_row_per_language_and_the_additions():
     counts = make_counts({"en": EN, "fr": FR})
     rules = Rules(min_count=5, keep_tokens=["xyz"])
