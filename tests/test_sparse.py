@@ -449,3 +449,77 @@ def test_a_ticket_with_one_selectable_parameter_saves_and_loads_its_mask():
     restored = LotteryTicket(_Classifier(embeddings=False), groups, 1)
     restored.load_state(ticket.state())
     assert restored.mask["body.dense.weight"].tolist() == [[False, True], [False, False]]
+
+
+def _trained_ticket(tmp_path):
+    """A hand-made classifier whose two selectable entries moved most (the mask), its head moved
+    too; its ticket and a config file."""
+    model, ticket = _ticket(k=2)
+    with torch.no_grad():
+        model.body.dense.weight[1, 0] += 0.5  # flat index 2
+        model.body.embeddings.weight[3, 1] -= 0.7  # flat index 7
+        model.head.bias.add_(1.0)
+    ticket.choose()
+    (tmp_path / "config.json").write_text('{"model_type": "hand-made"}\n')
+    return model, ticket
+
+
+def test_write_diff_holds_the_chosen_indices_trained_values_whole_head_and_the_record(tmp_path):
+    from safetensors import safe_open
+
+    model, ticket = _trained_ticket(tmp_path)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "diff"
+    folder.mkdir()
+    record = write_diff(folder, weights, ticket, tmp_path / "config.json",
+                        {"base": "the-student", "base_fingerprint": "f00", "density": 0.5})
+    assert record == {
+        "format": "polyglot-distil sparse diff 1", "base": "the-student", "base_fingerprint": "f00", "density": 0.5,
+        "k": 2, "selectable": 8 + 4 + 2, "head": ["head.weight", "head.bias"],
+        "frozen": ["body.norm.weight", "body.norm.bias", "body.final_layer_norm.weight"],
+        "body": ["body.embeddings.weight", "body.dense.weight"],  # dense.bias has no chosen entry
+        "values": "trained values at the flat indices (not differences)"}
+    assert (folder / "sparse_diff.json").read_text(encoding="utf-8") == json.dumps(record, indent=2) + "\n"
+    assert (folder / "config.json").read_text() == '{"model_type": "hand-made"}\n'
+    with safe_open(str(folder / "diff.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert sorted(tensors) == sorted(["body.body.embeddings.weight.indices", "body.body.embeddings.weight.values",
+                                      "body.body.dense.weight.indices", "body.body.dense.weight.values",
+                                      "head.head.weight", "head.head.bias"])
+    assert tensors["body.body.dense.weight.indices"].dtype == torch.int32
+    assert tensors["body.body.dense.weight.indices"].tolist() == [2]
+    assert tensors["body.body.embeddings.weight.indices"].tolist() == [7]
+    assert torch.equal(tensors["body.body.dense.weight.values"], weights["body.dense.weight"].reshape(-1)[[2]])
+    assert torch.equal(tensors["body.body.embeddings.weight.values"], weights["body.embeddings.weight"][3, [1]])
+    assert torch.equal(tensors["head.head.bias"], weights["head.bias"])
+    assert torch.equal(tensors["head.head.weight"], weights["head.weight"])
+
+
+def test_write_diff_accepts_weights_saved_in_a_lower_precision_and_names_a_moved_entry(tmp_path):
+    model, ticket = _trained_ticket(tmp_path)
+    halves = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}  # --save-dtype bfloat16
+    record = write_diff(tmp_path, halves, ticket, tmp_path / "config.json", {})
+    assert record["k"] == 2
+    halves["body.dense.bias"][1] += 1.0
+    with pytest.raises(RuntimeError) as raised:
+        write_diff(tmp_path, halves, ticket, tmp_path / "config.json", {})
+    assert str(raised.value) == "body.dense.bias: entries outside the mask moved from theta0 during sparse training"
+
+
+def test_apply_diff_model_card_says_what_was_applied_to_what():
+    from argparse import Namespace
+
+    from polyglot_distil.distill.diff import model_card
+
+    args = Namespace(base="out/phase1/final", diff="out/task/sparse_diff")
+    card = model_card(args, {"k": 12345, "head": ["a", "b"], "density": 0.05})
+    assert card == "\n".join([
+        "# Task model rebuilt from a sparse diff", "",
+        "Written by `polyglot-distil apply-diff`: the phase-1 student",
+        "`out/phase1/final` with the sparse difference `out/task/sparse_diff` of a `distil task` (lottery-ticket "
+        "sparse", "fine-tuning) written in. It equals that run's `best/` model bit for bit.", "",
+        "- body entries trained: 12,345 (density 0.05)", "- head tensors: 2", "",
+        "Load it with `AutoModelForSequenceClassification.from_pretrained(folder)` and",
+        "`AutoTokenizer.from_pretrained(folder)`.", ""])
+    assert "- body entries trained: 12,345\n" in model_card(args, {"k": 12345, "head": []})
