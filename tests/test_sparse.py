@@ -523,3 +523,18 @@ def test_apply_diff_model_card_says_what_was_applied_to_what():
         "Load it with `AutoModelForSequenceClassification.from_pretrained(folder)` and",
         "`AutoTokenizer.from_pretrained(folder)`.", ""])
     assert "- body entries trained: 12,345\n" in model_card(args, {"k": 12345, "head": []})
+
+
+def test_write_diff_stores_the_indices_of_a_tensor_of_64_entries_as_int32(tmp_path):
+    model = _Classifier()
+    model.body.dense = torch.nn.Linear(2, 32)  # 64 weight entries
+    ticket = LotteryTicket(model, parameter_groups(model, set()), 1)
+    with torch.no_grad():
+        model.body.dense.weight[31, 1] += 1.0  # flat index 63
+    ticket.choose()
+    (tmp_path / "config.json").write_text("{}")
+    write_diff(tmp_path, model.state_dict(), ticket, tmp_path / "config.json", {})
+    from safetensors.torch import load_file
+
+    indices = load_file(tmp_path / "diff.safetensors")["body.body.dense.weight.indices"]
+    assert indices.dtype == torch.int32 and indices.tolist() == [63]
