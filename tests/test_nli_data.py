@@ -460,3 +460,22 @@ def test_task_data_samples_the_training_pairs_seeded_in_source_order_and_keeps_e
     with pytest.raises(UserError) as raised:
         read_task_data([str(a)], [str(dev)], 0, 3)
     assert str(raised.value) == "--max-train-examples must be at least 1, not 0"
+
+
+def test_undecodable_bytes_in_tsv_and_jsonl_are_read_as_the_replacement_character(tmp_path):
+    tsv = tmp_path / "bad-bytes.tsv"
+    tsv.write_bytes(b"Caf\xe9 ouvert.\tIl pleut.\tneutral\n")
+    assert read_nli(tsv).premises == ["Caf\ufffd ouvert."]
+    jsonl = tmp_path / "bad-bytes.jsonl"
+    jsonl.write_bytes(b'{"premise": "Caf\xe9.", "hypothesis": "B.", "label": "neutral"}\n')
+    assert read_nli(jsonl).premises == ["Caf\ufffd."]
+
+
+def test_wrong_column_count_and_a_missing_file_have_their_whole_messages(tmp_path):
+    tsv = write(tmp_path / "bad.tsv", "A.\tB.\tneutral\tX\n")
+    with pytest.raises(UserError) as raised:
+        read_nli(tsv)
+    assert str(raised.value) == f"{tsv}:1: 4 tab-separated columns, expected 3 (premise, hypothesis, label)"
+    with pytest.raises(UserError) as raised:
+        read_nli(tmp_path / "absent.tsv")
+    assert str(raised.value) == f"NLI file not found: {tmp_path / 'absent.tsv'}"
