@@ -479,3 +479,40 @@ def test_wrong_column_count_and_a_missing_file_have_their_whole_messages(tmp_pat
     with pytest.raises(UserError) as raised:
         read_nli(tmp_path / "absent.tsv")
     assert str(raised.value) == f"NLI file not found: {tmp_path / 'absent.tsv'}"
+
+
+def test_xnli_split_from_the_hub_passes_a_split_it_does_not_rename_and_says_what_to_do_offline(monkeypatch):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"premise": ["P"], "hypothesis": ["H"], "label": [0]})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or table)
+    xnli_split(None, "test", "sw")
+    assert calls == [(("facebook/xnli", "sw"), {"split": "test"})]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError) as raised:
+        xnli_split(None, "test", "sw")
+    assert str(raised.value) == ("cannot load dataset hf:facebook/xnli?config=sw&split=test: the Hugging Face hub is "
+                                 "unreachable (Max retries exceeded); pass --data DIR, a folder of XTREME-style "
+                                 "{split}-{lang}.tsv files")
+
+
+def test_a_language_not_in_xnli_is_told_to_pass_a_data_folder():
+    from polyglot_distil.data.nli import XNLI_LANGUAGES
+
+    with pytest.raises(UserError) as raised:
+        xnli_split(None, "test", "xx")
+    assert str(raised.value) == (f"no XNLI data for language 'xx': facebook/xnli has {', '.join(XNLI_LANGUAGES)}; "
+                                 "pass --data DIR with {split}-{lang}.tsv files for others")
+
+
+def test_languages_present_keep_a_hyphen_in_their_code(tmp_path):
+    write(tmp_path / "test-fr.tsv", "A.\tB.\tneutral\n")
+    write(tmp_path / "test-zh-Hans.tsv.gz", "")
+    with pytest.raises(UserError) as raised:
+        xnli_split(tmp_path, "test", "xx")
+    assert str(raised.value).endswith("(it has test data for fr, zh-Hans)")
