@@ -516,3 +516,63 @@ def test_languages_present_keep_a_hyphen_in_their_code(tmp_path):
     with pytest.raises(UserError) as raised:
         xnli_split(tmp_path, "test", "xx")
     assert str(raised.value).endswith("(it has test data for fr, zh-Hans)")
+
+
+def _fake_hub(monkeypatch, table=None, error=None):
+    import datasets
+
+    def load(*args, **kwargs):
+        if error is not None:
+            raise error
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (ValueError("Unknown split \"dev\".\nShould be one of ['train']."), 'Unknown split "dev".'),  # its first line
+    (FileNotFoundError(), "FileNotFoundError"),  # no message: its type
+    (ConnectionError("Couldn't reach the hub"), "the Hugging Face hub is unreachable (Couldn't reach the hub); "
+                                                "use local files instead"),
+])
+def test_a_dataset_that_cannot_load_names_the_source_and_why(monkeypatch, error, reason):
+    _fake_hub(monkeypatch, error=error)
+    with pytest.raises(UserError) as raised:
+        read_nli("hf:someone/nli?split=dev")
+    assert str(raised.value) == f"cannot load dataset hf:someone/nli?split=dev: {reason}"
+
+
+def test_a_dataset_without_a_needed_column_or_with_other_label_names_is_named(monkeypatch):
+    import datasets
+
+    _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P"], "sentence2": ["H"], "label": [0]}))
+    with pytest.raises(UserError) as raised:
+        read_nli("hf:someone/nli?config=en&split=train")
+    assert str(raised.value) == ("dataset hf:someone/nli?config=en&split=train: no column 'hypothesis' "
+                                 "(columns: premise, sentence2, label)")
+    for names in (["yes", "maybe", "no"], ["entailment", "contradiction", "contradictory"]):
+        features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=names)})
+        _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P"], "hypothesis": ["H"], "label": [0]},
+                                                          features=features))
+        with pytest.raises(UserError) as raised:
+            read_nli("hf:someone/nli")
+        assert str(raised.value) == (f"dataset hf:someone/nli?split=train: label names {names} are not "
+                                     "entailment, neutral, contradiction")
+
+
+def test_a_dataset_without_label_names_takes_ids_0_to_2_skips_unlabelled_rows_and_names_another(monkeypatch):
+    import datasets
+
+    _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P0", "P1", "P2", "P3", "P4"],
+                                                       "hypothesis": ["H0", "H1", "H2", "H3", "H4"],
+                                                       "label": [2, -1, 0, -1, 1]}))
+    data = read_nli("hf:someone/nli")
+    assert data.labels.tolist() == [2, 0, 1] and data.premises == ["P0", "P2", "P4"]
+    assert data.hypotheses == ["H0", "H2", "H4"] and data.lines.tolist() == [0, 2, 4]
+    assert data.skipped == 2 and data.where(1) == "hf:someone/nli?split=train:2"
+    for label in (3, -2):
+        _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P0", "P1"], "hypothesis": ["H0", "H1"],
+                                                           "label": [0, label]}))
+        with pytest.raises(UserError, match=rf"^hf:someone/nli\?split=train row 1: unknown label '?{label}'?"):
+            read_nli("hf:someone/nli")
