@@ -315,3 +315,264 @@ def test_nli_pairs_are_tokenized_once_into_the_cache_every_process_maps(tmp_path
     assert np.array_equal(again.input_ids, direct.input_ids)
     with pytest.raises(AssertionError, match="tokenized again"):  # other settings: other pairs
         nli_batches.cached_pairs(tokenizer, data, 32, False, tmp_path / "cache")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches of encoded pairs (data/nli_batches.py), on hand-made pairs
+
+
+def _typed_pairs():
+    """5 pairs of lengths 2, 3, 1, 4, 2; ids 10.., types 0/1 alternating; pad id 1."""
+    from polyglot_distil.data.nli_batches import EncodedPairs
+
+    offsets = np.array([0, 2, 5, 6, 10, 12], dtype=np.int64)
+    return EncodedPairs(np.arange(10, 22, dtype=np.int32), np.arange(12, dtype=np.int8) % 2, offsets, 1)
+
+
+def test_a_batch_holds_its_rows_pairs_left_aligned_padded_with_the_pad_id_and_their_labels():
+    from polyglot_distil.data.nli_batches import NLIBatches
+
+    labels = np.array([2, 0, 1, 1, 0], dtype=np.int8)
+    batches = NLIBatches(_typed_pairs(), labels, 2, seed=4)
+    assert batches.batches_per_epoch == 2
+    for index, epoch, position in [(0, 0, 0), (1, 0, 1), (2, 1, 0), (5, 2, 1)]:
+        batch = batches.batch(index)
+        rows = np.random.default_rng([4, epoch]).permutation(5)[2 * position:2 * position + 2]
+        assert batch["rows"].tolist() == rows.tolist()  # batch k: position k % 2 of epoch k // 2
+    batch = NLIBatches(_typed_pairs(), labels, 2, seed=4).batch(0)
+    pairs = _typed_pairs()
+    width = max(int(pairs.offsets[r + 1] - pairs.offsets[r]) for r in batch["rows"].tolist())
+    expected_ids, expected_mask, expected_types = [], [], []
+    for r in batch["rows"].tolist():
+        start, end = int(pairs.offsets[r]), int(pairs.offsets[r + 1])
+        pad = width - (end - start)
+        expected_ids.append(list(range(10 + start, 10 + end)) + [1] * pad)
+        expected_mask.append([1] * (end - start) + [0] * pad)
+        expected_types.append([i % 2 for i in range(start, end)] + [0] * pad)
+    assert batch["input_ids"].tolist() == expected_ids and batch["input_ids"].dtype == torch_int64()
+    assert batch["attention_mask"].tolist() == expected_mask and batch["attention_mask"].dtype == torch_int64()
+    assert batch["token_type_ids"].tolist() == expected_types and batch["token_type_ids"].dtype == torch_int64()
+    assert batch["labels"].tolist() == labels[batch["rows"].numpy()].tolist()
+    assert batch["labels"].dtype == torch_int64()
+
+
+def torch_int64():
+    import torch
+
+    return torch.int64
+
+
+def test_a_batch_exactly_as_computed_by_hand_for_seed_0():
+    from polyglot_distil.data.nli_batches import NLIBatches
+
+    pairs = _typed_pairs()
+    order = np.random.default_rng([0, 0]).permutation(5).tolist()
+    batch = NLIBatches(pairs, np.zeros(5, dtype=np.int64), 5).batch(0)  # one batch: every pair
+    assert batch["rows"].tolist() == order
+    lengths = {0: 2, 1: 3, 2: 1, 3: 4, 4: 2}
+    assert batch["attention_mask"].sum(1).tolist() == [lengths[r] for r in order]
+    assert batch["input_ids"].shape == (5, 4)
+
+
+def test_a_batch_of_pairs_without_token_types_has_no_token_type_ids():
+    from polyglot_distil.data.nli_batches import EncodedPairs, NLIBatches
+
+    pairs = _typed_pairs()
+    untyped = EncodedPairs(pairs.input_ids, None, pairs.offsets, 0)
+    batch = NLIBatches(untyped, np.zeros(5, dtype=np.int64), 5).batch(0)
+    assert sorted(batch) == ["attention_mask", "input_ids", "labels", "rows"]
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+
+
+def test_a_batch_as_large_as_the_data_is_allowed_and_a_larger_one_is_named():
+    from polyglot_distil.data.nli_batches import NLIBatches
+
+    assert NLIBatches(_typed_pairs(), np.zeros(5), 5).batches_per_epoch == 1
+    assert NLIBatches(_typed_pairs(), np.zeros(5), 2, length_buckets=0).batches_per_epoch == 2
+    with pytest.raises(UserError) as raised:
+        NLIBatches(_typed_pairs(), np.zeros(5), 6)
+    assert str(raised.value) == ("--batch-size 6 is more than the 5 training pairs; "
+                                 "give more data or a smaller --batch-size")
+    with pytest.raises(UserError) as raised:
+        NLIBatches(_typed_pairs(), np.zeros(5), 2, length_buckets=-1)
+    assert str(raised.value) == "--length-buckets must be 0 (off) or more, not -1"
+
+
+def test_one_length_bucket_is_the_plain_order_and_buckets_sort_each_group_by_length():
+    from polyglot_distil.data.nli_batches import NLIBatches
+
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11]  # 11 pairs, all lengths different
+    pairs = _encoded_pairs(lengths)
+    labels = np.zeros(11, dtype=np.int64)
+    plain = NLIBatches(pairs, labels, 2, seed=7)
+    assert NLIBatches(pairs, labels, 2, seed=7, length_buckets=1)._order(0).tolist() == plain._order(0).tolist()
+    for epoch in (0, 1):
+        order = plain._order(epoch)
+        bucketed = NLIBatches(pairs, labels, 2, seed=7, length_buckets=5)._order(epoch)  # one group: 10 pairs
+        assert sorted(bucketed.tolist()) == list(range(11))
+        assert bucketed[10] == order[10]  # the pair left out of the epoch's batches stays last
+        by_length = sorted(order[:10].tolist(), key=lambda r: lengths[r])
+        batches = {tuple(by_length[i:i + 2]) for i in range(0, 10, 2)}
+        assert {tuple(bucketed[i:i + 2].tolist()) for i in range(0, 10, 2)} == batches
+        groups = NLIBatches(pairs, labels, 2, seed=7, length_buckets=2)._order(epoch)  # groups of 4, 4, 2
+        for start, end in [(0, 4), (4, 8), (8, 10)]:
+            chosen = sorted(order[start:end].tolist(), key=lambda r: lengths[r])
+            expected = {tuple(chosen[i:i + 2]) for i in range(0, end - start, 2)}
+            found = {tuple(groups[i:i + 2].tolist()) for i in range(0, 10, 2)}
+            assert expected <= found
+
+
+def test_epoch_batches_counts_whole_batches_and_names_a_batch_size_out_of_range():
+    from polyglot_distil.data.nli_batches import epoch_batches
+
+    assert epoch_batches(10, 3) == 3
+    assert epoch_batches(3, 3) == 1
+    assert epoch_batches(5, 1) == 5
+    with pytest.raises(UserError) as raised:
+        epoch_batches(10, 0)
+    assert str(raised.value) == "--batch-size must be at least 1, not 0"
+    with pytest.raises(UserError) as raised:
+        epoch_batches(3, 4)
+    assert str(raised.value) == "--batch-size 4 is more than the 3 training pairs; give more data or a smaller --batch-size"
+
+
+def test_model_inputs_are_the_ids_mask_and_types_only():
+    from polyglot_distil.data.nli_batches import model_inputs
+
+    batch = {"input_ids": 1, "attention_mask": 2, "labels": 3, "rows": 4}
+    assert model_inputs(batch) == {"input_ids": 1, "attention_mask": 2}
+    assert model_inputs({**batch, "token_type_ids": 5}) == {"input_ids": 1, "attention_mask": 2, "token_type_ids": 5}
+
+
+def test_task_data_samples_the_training_pairs_seeded_in_source_order_and_keeps_every_dev_pair(tmp_path):
+    from polyglot_distil.data.nli_batches import read_task_data
+
+    rows = "".join(f"P{i}.\tH{i}.\t{('entailment', 'neutral', 'contradiction')[i % 3]}\n" for i in range(10))
+    a, b = write(tmp_path / "a.tsv", rows), write(tmp_path / "b.tsv", "X.\tY.\tneutral\n")
+    dev = write(tmp_path / "dev.tsv", "D.\tE.\tentailment\nF.\tG.\tcontradiction\n")
+    train, dev_data = read_task_data([str(a), str(b)], [str(dev), str(b)], None, 0)
+    assert len(train) == 11 and train.premises[-1] == "X." and dev_data.premises == ["D.", "F.", "X."]
+    sample, _ = read_task_data([str(a), str(b)], [str(dev)], 4, 3)
+    chosen = np.sort(np.random.default_rng(3).choice(11, 4, replace=False))
+    assert sample.premises == [train.premises[i] for i in chosen]
+    assert read_task_data([str(a)], [str(dev)], 10, 3)[0].premises == [f"P{i}." for i in range(10)]
+    assert read_task_data([str(a)], [str(dev)], 1, 3)[0].premises == [f"P{int(np.random.default_rng(3).choice(10, 1, replace=False)[0])}."]
+    with pytest.raises(UserError) as raised:
+        read_task_data([str(a)], [str(dev)], 0, 3)
+    assert str(raised.value) == "--max-train-examples must be at least 1, not 0"
+
+
+def test_undecodable_bytes_in_tsv_and_jsonl_are_read_as_the_replacement_character(tmp_path):
+    tsv = tmp_path / "bad-bytes.tsv"
+    tsv.write_bytes(b"Caf\xe9 ouvert.\tIl pleut.\tneutral\n")
+    assert read_nli(tsv).premises == ["Caf\ufffd ouvert."]
+    jsonl = tmp_path / "bad-bytes.jsonl"
+    jsonl.write_bytes(b'{"premise": "Caf\xe9.", "hypothesis": "B.", "label": "neutral"}\n')
+    assert read_nli(jsonl).premises == ["Caf\ufffd."]
+
+
+def test_wrong_column_count_and_a_missing_file_have_their_whole_messages(tmp_path):
+    tsv = write(tmp_path / "bad.tsv", "A.\tB.\tneutral\tX\n")
+    with pytest.raises(UserError) as raised:
+        read_nli(tsv)
+    assert str(raised.value) == f"{tsv}:1: 4 tab-separated columns, expected 3 (premise, hypothesis, label)"
+    with pytest.raises(UserError) as raised:
+        read_nli(tmp_path / "absent.tsv")
+    assert str(raised.value) == f"NLI file not found: {tmp_path / 'absent.tsv'}"
+
+
+def test_xnli_split_from_the_hub_passes_a_split_it_does_not_rename_and_says_what_to_do_offline(monkeypatch):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"premise": ["P"], "hypothesis": ["H"], "label": [0]})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or table)
+    xnli_split(None, "test", "sw")
+    assert calls == [(("facebook/xnli", "sw"), {"split": "test"})]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError) as raised:
+        xnli_split(None, "test", "sw")
+    assert str(raised.value) == ("cannot load dataset hf:facebook/xnli?config=sw&split=test: the Hugging Face hub is "
+                                 "unreachable (Max retries exceeded); pass --data DIR, a folder of XTREME-style "
+                                 "{split}-{lang}.tsv files")
+
+
+def test_a_language_not_in_xnli_is_told_to_pass_a_data_folder():
+    from polyglot_distil.data.nli import XNLI_LANGUAGES
+
+    with pytest.raises(UserError) as raised:
+        xnli_split(None, "test", "xx")
+    assert str(raised.value) == (f"no XNLI data for language 'xx': facebook/xnli has {', '.join(XNLI_LANGUAGES)}; "
+                                 "pass --data DIR with {split}-{lang}.tsv files for others")
+
+
+def test_languages_present_keep_a_hyphen_in_their_code(tmp_path):
+    write(tmp_path / "test-fr.tsv", "A.\tB.\tneutral\n")
+    write(tmp_path / "test-zh-Hans.tsv.gz", "")
+    with pytest.raises(UserError) as raised:
+        xnli_split(tmp_path, "test", "xx")
+    assert str(raised.value).endswith("(it has test data for fr, zh-Hans)")
+
+
+def _fake_hub(monkeypatch, table=None, error=None):
+    import datasets
+
+    def load(*args, **kwargs):
+        if error is not None:
+            raise error
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (ValueError("Unknown split \"dev\".\nShould be one of ['train']."), 'Unknown split "dev".'),  # its first line
+    (FileNotFoundError(), "FileNotFoundError"),  # no message: its type
+    (ConnectionError("Couldn't reach the hub"), "the Hugging Face hub is unreachable (Couldn't reach the hub); "
+                                                "use local files instead"),
+])
+def test_a_dataset_that_cannot_load_names_the_source_and_why(monkeypatch, error, reason):
+    _fake_hub(monkeypatch, error=error)
+    with pytest.raises(UserError) as raised:
+        read_nli("hf:someone/nli?split=dev")
+    assert str(raised.value) == f"cannot load dataset hf:someone/nli?split=dev: {reason}"
+
+
+def test_a_dataset_without_a_needed_column_or_with_other_label_names_is_named(monkeypatch):
+    import datasets
+
+    _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P"], "sentence2": ["H"], "label": [0]}))
+    with pytest.raises(UserError) as raised:
+        read_nli("hf:someone/nli?config=en&split=train")
+    assert str(raised.value) == ("dataset hf:someone/nli?config=en&split=train: no column 'hypothesis' "
+                                 "(columns: premise, sentence2, label)")
+    for names in (["yes", "maybe", "no"], ["entailment", "contradiction", "contradictory"]):
+        features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=names)})
+        _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P"], "hypothesis": ["H"], "label": [0]},
+                                                          features=features))
+        with pytest.raises(UserError) as raised:
+            read_nli("hf:someone/nli")
+        assert str(raised.value) == (f"dataset hf:someone/nli?split=train: label names {names} are not "
+                                     "entailment, neutral, contradiction")
+
+
+def test_a_dataset_without_label_names_takes_ids_0_to_2_skips_unlabelled_rows_and_names_another(monkeypatch):
+    import datasets
+
+    _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P0", "P1", "P2", "P3", "P4"],
+                                                       "hypothesis": ["H0", "H1", "H2", "H3", "H4"],
+                                                       "label": [2, -1, 0, -1, 1]}))
+    data = read_nli("hf:someone/nli")
+    assert data.labels.tolist() == [2, 0, 1] and data.premises == ["P0", "P2", "P4"]
+    assert data.hypotheses == ["H0", "H2", "H4"] and data.lines.tolist() == [0, 2, 4]
+    assert data.skipped == 2 and data.where(1) == "hf:someone/nli?split=train:2"
+    for label in (3, -2):
+        _fake_hub(monkeypatch, datasets.Dataset.from_dict({"premise": ["P0", "P1"], "hypothesis": ["H0", "H1"],
+                                                           "label": [0, label]}))
+        with pytest.raises(UserError, match=rf"^hf:someone/nli\?split=train row 1: unknown label '?{label}'?"):
+            read_nli("hf:someone/nli")

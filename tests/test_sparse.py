@@ -15,7 +15,9 @@ import torch
 from conftest import run_cli
 from polyglot_distil.models.classifier import new_classifier
 from polyglot_distil.distill.diff import apply_diff, write_diff
-from polyglot_distil.distill.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count, top_k_mask
+from polyglot_distil.distill.sparse import (LotteryTicket, ParameterGroups, _is_layer_norm, body_fingerprint,
+                                           parameter_groups, sparse_count, top_k_mask)
+from polyglot_distil.errors import UserError
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -255,3 +257,284 @@ def test_apply_diff_without_a_diff_folder_is_an_error(tmp_path, tiny_bert_dir, c
     (tmp_path / "empty").mkdir()
     assert run_cli("apply-diff", "--base", tiny_bert_dir, "--diff", tmp_path / "empty", "--out", tmp_path / "out") == 2
     assert "not a sparse diff folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The same rules on hand-made tensors and a hand-made model (milliseconds: no model is built)
+
+
+class _Body(torch.nn.Module):
+    def __init__(self, embeddings: bool = True):
+        super().__init__()
+        if embeddings:
+            self.embeddings = torch.nn.Embedding(4, 2)
+        self.dense = torch.nn.Linear(2, 2)
+        self.norm = torch.nn.LayerNorm(2)  # a LayerNorm by its type
+        self.final_layer_norm = torch.nn.Linear(2, 2, bias=False)  # by its name only
+
+
+class _Classifier(torch.nn.Module):
+    """`base_model` the body, a head outside it, as Hugging Face's classifiers are built."""
+
+    def __init__(self, embeddings: bool = True):
+        super().__init__()
+        self.body = _Body(embeddings)
+        self.head = torch.nn.Linear(2, 3)
+
+    @property
+    def base_model(self):
+        return self.body
+
+
+def test_layer_norm_is_recognised_by_its_type_or_by_either_spelling_of_its_name():
+    linear = torch.nn.Linear(2, 2)
+    assert _is_layer_norm("encoder.LayerNorm", linear)
+    assert _is_layer_norm("decoder.final_layer_norm", linear)
+    assert _is_layer_norm("output.dense", torch.nn.LayerNorm(2))
+    assert not _is_layer_norm("output.dense", linear)
+    assert not _is_layer_norm("", linear)
+
+
+def test_groups_are_new_names_and_non_body_as_head_norms_frozen_rest_selectable_in_model_order():
+    groups = parameter_groups(_Classifier(), {"body.dense.bias"})
+    assert groups == ParameterGroups(
+        head=["body.dense.bias", "head.weight", "head.bias"],
+        selectable=["body.embeddings.weight", "body.dense.weight"],
+        frozen=["body.norm.weight", "body.norm.bias", "body.final_layer_norm.weight"])
+
+
+def test_excluding_embeddings_freezes_them_only():
+    groups = parameter_groups(_Classifier(), set(), include_embeddings=False)
+    assert groups == ParameterGroups(
+        head=["head.weight", "head.bias"], selectable=["body.dense.weight", "body.dense.bias"],
+        frozen=["body.embeddings.weight", "body.norm.weight", "body.norm.bias", "body.final_layer_norm.weight"])
+
+
+def test_a_body_without_embeddings_is_split_the_same_with_or_without_them():
+    for include in (True, False):
+        groups = parameter_groups(_Classifier(embeddings=False), set(), include_embeddings=include)
+        assert groups == ParameterGroups(
+            head=["head.weight", "head.bias"], selectable=["body.dense.weight", "body.dense.bias"],
+            frozen=["body.norm.weight", "body.norm.bias", "body.final_layer_norm.weight"])
+
+
+def test_sparse_count_takes_the_count_over_the_density_and_allows_1_to_all_entries():
+    assert sparse_count(None, 1000, 1000, "the body") == 1000
+    assert sparse_count(None, 1, 1000, "the body") == 1
+    assert sparse_count(0.5, 7, 1000, "the body") == 7
+    assert sparse_count(1.0, None, 1000, "the body") == 1000
+    assert sparse_count(0.0015, None, 1000, "the body") == 1  # floor of 1.5
+
+
+@pytest.mark.parametrize("density, count, message", [
+    (None, None, "--density must be positive, not None"),
+    (0.0, None, "--density must be positive, not 0.0"),
+    (-0.1, None, "--density must be positive, not -0.1"),
+    (None, 0, "--sparse-params asks for K = 0 entries of the 1,000 selectable parameters of the body; raise it"),
+    (None, 1001, "--sparse-params asks for K = 1,001 entries, more than the 1,000 selectable parameters of the "
+                 "body; lower it (or include the embeddings)"),
+    (0.0005, None, "--density 0.0005 selects K = 0 entries of the 1,000 selectable parameters of the body; "
+                   "raise it"),
+])
+def test_sparse_count_names_what_was_asked_and_what_to_change(density, count, message):
+    with pytest.raises(UserError) as raised:
+        sparse_count(density, count, 1000, "the body")
+    assert str(raised.value) == message
+
+
+def test_body_fingerprint_is_the_sha256_of_names_dtypes_shapes_and_bytes_in_name_order():
+    weights = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.tensor([1, 2], dtype=torch.int16),
+               "c": torch.ones(2)}
+    expected = "48fa5b70cc1eb76eb1d8337d94570e001726409d89bbbd4c7ea028846d87aa7b"  # hashlib by hand, once
+    assert body_fingerprint(weights, ["b", "a"]) == expected
+    assert body_fingerprint(weights, ["a", "b"]) == expected  # the order names are given in does not count
+    assert body_fingerprint({**weights, "c": torch.zeros(3)}, ["a", "b"]) == expected  # nor unnamed tensors
+    as_parameter = {**weights, "b": torch.nn.Parameter(weights["b"].t().contiguous().t())}  # grad, not contiguous
+    assert body_fingerprint(as_parameter, ["a", "b"]) == expected
+    others = [{**weights, "b": weights["b"].reshape(3, 2)},  # the same bytes, another shape
+              {**weights, "a": torch.tensor([1, 2], dtype=torch.uint16) if hasattr(torch, "uint16")
+               else torch.tensor([1, 2], dtype=torch.int16).view(torch.float16)},  # another dtype
+              {**weights, "b": weights["b"] + 1}]
+    assert len({body_fingerprint(w, ["a", "b"]) for w in others} | {expected}) == 4
+    assert body_fingerprint({"x": weights["a"], "b": weights["b"]}, ["x", "b"]) != expected  # another name
+
+
+def test_top_k_mask_keeps_1_to_all_entries_and_refuses_0_or_more():
+    scores = {"a": torch.tensor([0.3, 0.9]), "b": torch.tensor([[0.1, 0.5]]), "c": torch.tensor([0.7, 0.2])}
+    assert {n: m.tolist() for n, m in top_k_mask(scores, 1).items()} == {
+        "a": [False, True], "b": [[False, False]], "c": [False, False]}
+    assert {n: m.tolist() for n, m in top_k_mask(scores, 3).items()} == {
+        "a": [False, True], "b": [[False, True]], "c": [True, False]}  # three tensors: each its own slice
+    assert all(m.all() for m in top_k_mask(scores, 6).values())
+    for k in (0, 7):
+        with pytest.raises(ValueError, match=rf"^k = {k} outside 1\.\.6$"):
+            top_k_mask(scores, k)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_top_k_mask_of_diverged_weights_says_to_lower_the_learning_rate(bad):
+    with pytest.raises(UserError) as raised:
+        top_k_mask({"a": torch.tensor([0.1, bad, 0.3], requires_grad=True)}, 1)
+    assert str(raised.value) == ("training diverged (weights are NaN or infinite) before the mask could be chosen; "
+                                 "lower --lr")
+
+
+def _ticket(k: int = 2):
+    torch.manual_seed(0)
+    model = _Classifier()
+    return model, LotteryTicket(model, parameter_groups(model, set()), k)
+
+
+def test_ticket_keeps_a_cpu_copy_of_theta0_of_the_head_and_selectable_only():
+    model, ticket = _ticket()
+    assert ticket.trained == ["head.weight", "head.bias", "body.embeddings.weight", "body.dense.weight",
+                              "body.dense.bias"]
+    assert list(ticket.theta0) == ticket.trained and ticket.k == 2 and ticket.mask is None
+    before = model.body.dense.weight.detach().clone()
+    with torch.no_grad():
+        model.body.dense.weight.add_(1.0)
+    assert torch.equal(ticket.theta0["body.dense.weight"], before)  # a copy, not a view
+    assert all(t.device.type == "cpu" and not t.requires_grad for t in ticket.theta0.values())
+
+
+def test_ticket_chooses_the_entries_that_moved_most_and_masks_the_other_gradients_to_exact_zero():
+    model, ticket = _ticket(k=2)
+    with torch.no_grad():
+        model.body.dense.weight[1, 0] += 0.5
+        model.body.embeddings.weight[3, 1] -= 0.7
+        model.body.dense.bias[0] += 0.1
+        model.head.weight.add_(5.0)  # the head moves more, but is not selectable
+    ticket.choose()
+    assert {n: torch.nonzero(m).tolist() for n, m in ticket.mask.items()} == {
+        "body.embeddings.weight": [[3, 1]], "body.dense.weight": [[1, 0]], "body.dense.bias": []}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    model.body.dense.bias.grad = None
+    ticket.mask_gradients()
+    assert torch.isnan(model.body.dense.weight.grad[1, 0]) and model.body.dense.weight.grad.nan_to_num().sum() == 0
+    assert int(torch.isnan(model.body.embeddings.weight.grad).sum()) == 1
+    assert model.body.dense.bias.grad is None and torch.isnan(model.head.weight.grad).all()  # the head is dense
+    ticket.reset()
+    assert all(torch.equal(dict(model.named_parameters())[n].detach(), ticket.theta0[n]) for n in ticket.trained)
+
+
+def test_ticket_state_holds_theta0_and_once_chosen_the_mask_and_loads_back():
+    model, ticket = _ticket()
+    assert sorted(ticket.state()) == sorted(f"theta0.{n}" for n in ticket.trained)
+    restored_model, restored = _ticket()
+    state = {k: v + 1 for k, v in ticket.state().items()}
+    restored.load_state(state)
+    assert all(torch.equal(restored.theta0[n], state[f"theta0.{n}"]) for n in ticket.trained)
+    assert restored.mask is None  # no mask saved: none loaded
+    with torch.no_grad():
+        model.body.dense.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+        model.body.dense.bias.add_(torch.tensor([0.0, 2.0]))
+    ticket.choose()
+    state = ticket.state()
+    assert sorted(state) == sorted([f"theta0.{n}" for n in ticket.trained]
+                                   + [f"mask.{n}" for n in ticket.groups.selectable])
+    restored.load_state(state)
+    assert all(torch.equal(restored.mask[n], ticket.mask[n]) for n in ticket.groups.selectable)
+    assert restored.mask["body.dense.bias"].tolist() == [False, True]
+
+
+def test_a_ticket_with_one_selectable_parameter_saves_and_loads_its_mask():
+    model = _Classifier(embeddings=False)
+    groups = parameter_groups(model, {"body.dense.bias"})
+    assert groups.selectable == ["body.dense.weight"]
+    ticket = LotteryTicket(model, groups, 1)
+    with torch.no_grad():
+        model.body.dense.weight[0, 1] += 1.0
+    ticket.choose()
+    restored = LotteryTicket(_Classifier(embeddings=False), groups, 1)
+    restored.load_state(ticket.state())
+    assert restored.mask["body.dense.weight"].tolist() == [[False, True], [False, False]]
+
+
+def _trained_ticket(tmp_path):
+    """A hand-made classifier whose two selectable entries moved most (the mask), its head moved
+    too; its ticket and a config file."""
+    model, ticket = _ticket(k=2)
+    with torch.no_grad():
+        model.body.dense.weight[1, 0] += 0.5  # flat index 2
+        model.body.embeddings.weight[3, 1] -= 0.7  # flat index 7
+        model.head.bias.add_(1.0)
+    ticket.choose()
+    (tmp_path / "config.json").write_text('{"model_type": "hand-made"}\n')
+    return model, ticket
+
+
+def test_write_diff_holds_the_chosen_indices_trained_values_whole_head_and_the_record(tmp_path):
+    from safetensors import safe_open
+
+    model, ticket = _trained_ticket(tmp_path)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "diff"
+    folder.mkdir()
+    record = write_diff(folder, weights, ticket, tmp_path / "config.json",
+                        {"base": "the-student", "base_fingerprint": "f00", "density": 0.5})
+    assert record == {
+        "format": "polyglot-distil sparse diff 1", "base": "the-student", "base_fingerprint": "f00", "density": 0.5,
+        "k": 2, "selectable": 8 + 4 + 2, "head": ["head.weight", "head.bias"],
+        "frozen": ["body.norm.weight", "body.norm.bias", "body.final_layer_norm.weight"],
+        "body": ["body.embeddings.weight", "body.dense.weight"],  # dense.bias has no chosen entry
+        "values": "trained values at the flat indices (not differences)"}
+    assert (folder / "sparse_diff.json").read_text(encoding="utf-8") == json.dumps(record, indent=2) + "\n"
+    assert (folder / "config.json").read_text() == '{"model_type": "hand-made"}\n'
+    with safe_open(str(folder / "diff.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert sorted(tensors) == sorted(["body.body.embeddings.weight.indices", "body.body.embeddings.weight.values",
+                                      "body.body.dense.weight.indices", "body.body.dense.weight.values",
+                                      "head.head.weight", "head.head.bias"])
+    assert tensors["body.body.dense.weight.indices"].dtype == torch.int32
+    assert tensors["body.body.dense.weight.indices"].tolist() == [2]
+    assert tensors["body.body.embeddings.weight.indices"].tolist() == [7]
+    assert torch.equal(tensors["body.body.dense.weight.values"], weights["body.dense.weight"].reshape(-1)[[2]])
+    assert torch.equal(tensors["body.body.embeddings.weight.values"], weights["body.embeddings.weight"][3, [1]])
+    assert torch.equal(tensors["head.head.bias"], weights["head.bias"])
+    assert torch.equal(tensors["head.head.weight"], weights["head.weight"])
+
+
+def test_write_diff_accepts_weights_saved_in_a_lower_precision_and_names_a_moved_entry(tmp_path):
+    model, ticket = _trained_ticket(tmp_path)
+    halves = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}  # --save-dtype bfloat16
+    record = write_diff(tmp_path, halves, ticket, tmp_path / "config.json", {})
+    assert record["k"] == 2
+    halves["body.dense.bias"][1] += 1.0
+    with pytest.raises(RuntimeError) as raised:
+        write_diff(tmp_path, halves, ticket, tmp_path / "config.json", {})
+    assert str(raised.value) == "body.dense.bias: entries outside the mask moved from theta0 during sparse training"
+
+
+def test_apply_diff_model_card_says_what_was_applied_to_what():
+    from argparse import Namespace
+
+    from polyglot_distil.distill.diff import model_card
+
+    args = Namespace(base="out/phase1/final", diff="out/task/sparse_diff")
+    card = model_card(args, {"k": 12345, "head": ["a", "b"], "density": 0.05})
+    assert card == "\n".join([
+        "# Task model rebuilt from a sparse diff", "",
+        "Written by `polyglot-distil apply-diff`: the phase-1 student",
+        "`out/phase1/final` with the sparse difference `out/task/sparse_diff` of a `distil task` (lottery-ticket "
+        "sparse", "fine-tuning) written in. It equals that run's `best/` model bit for bit.", "",
+        "- body entries trained: 12,345 (density 0.05)", "- head tensors: 2", "",
+        "Load it with `AutoModelForSequenceClassification.from_pretrained(folder)` and",
+        "`AutoTokenizer.from_pretrained(folder)`.", ""])
+    assert "- body entries trained: 12,345\n" in model_card(args, {"k": 12345, "head": []})
+
+
+def test_write_diff_stores_the_indices_of_a_tensor_of_64_entries_as_int32(tmp_path):
+    model = _Classifier()
+    model.body.dense = torch.nn.Linear(2, 32)  # 64 weight entries
+    ticket = LotteryTicket(model, parameter_groups(model, set()), 1)
+    with torch.no_grad():
+        model.body.dense.weight[31, 1] += 1.0  # flat index 63
+    ticket.choose()
+    (tmp_path / "config.json").write_text("{}")
+    write_diff(tmp_path, model.state_dict(), ticket, tmp_path / "config.json", {})
+    from safetensors.torch import load_file
+
+    indices = load_file(tmp_path / "diff.safetensors")["body.body.dense.weight.indices"]
+    assert indices.dtype == torch.int32 and indices.tolist() == [63]
