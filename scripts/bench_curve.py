@@ -59,6 +59,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "budget-curve",
                         help="writes OUT.md (the table) and OUT.svg (the plot)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rewrite the table and plot from the points already evaluated")
     args = parser.parse_args()
     began = time.time()
     steps = [int(s) for s in args.steps.split(",")]
@@ -72,8 +74,9 @@ def main() -> int:
                  str(args.dev_pairs), "--eval-limit", str(args.eval_limit), "--seed", str(args.seed)]
     if args.train_pairs:
         yardstick += ["--train-pairs", str(args.train_pairs)]
-    print("rows a, b, c of the yardstick:", " ".join(yardstick[1:]), flush=True)
-    subprocess.run(yardstick, check=True)
+    if not args.report_only:
+        print("rows a, b, c of the yardstick:", " ".join(yardstick[1:]), flush=True)
+        subprocess.run(yardstick, check=True)
 
     from polyglot_distil import api
     from polyglot_distil.models.loading import quiet_transformers
@@ -85,6 +88,8 @@ def main() -> int:
     points: list[dict] = []
     for n in steps:
         for e in epochs:
+            if args.report_only and not (work / "eval" / _names(args, n, e)[1] / "report.json").is_file():
+                continue
             points.append(_point(api, args, work, n, e, train, dev, text, teacher))
             _write(args, work, points)
     print((args.out.with_suffix(".md")).read_text(encoding="utf-8"))
@@ -96,14 +101,9 @@ def _point(api, args, work: Path, steps: int, epochs: float, train, dev, text, t
     """Train (if not done) and evaluate the (c) recipe at one budget; its figures."""
     t = args.target
     seconds = {}
-    if steps == args.general_steps:
-        general = work / "c-general"  # the yardstick's own phase 1
-    else:
-        general = work / "curve" / f"general-{steps}"
-    if steps == args.general_steps and epochs == args.task_epochs:
-        task, name = work / "c", "c"  # the yardstick's (c) itself
-    else:
-        task, name = work / "curve" / f"task-{steps}-{epochs:g}", f"curve-{steps}-{epochs:g}"
+    general = work / "c-general" if steps == args.general_steps else work / "curve" / f"general-{steps}"
+    task, name = _names(args, steps, epochs)
+    task = work / task
     if not (general / "final").exists():
         print(f"[phase 1, {steps} steps] ...", flush=True)
         start = time.time()
@@ -132,11 +132,23 @@ def _point(api, args, work: Path, steps: int, epochs: float, train, dev, text, t
              "teacher": result["accuracy"]["teacher"], "en": report["results"]["en"]["accuracy"]["model"],
              "vs_teacher_p": vs_teacher["p_value"], "seconds": seconds}
     point["share"] = point["accuracy"] / point["teacher"]
+    earlier = work / "curve.json"  # the training times of a point trained by an earlier invocation
+    if earlier.is_file() and not {"phase 1", "phase 2"} & set(seconds):
+        before = {p["name"]: p for p in json.loads(earlier.read_text(encoding="utf-8"))}
+        point["seconds"] = {**before.get(name, {}).get("seconds", {}), **seconds}
     if name != "c" and (work / "eval" / "c" / "predictions.npz").is_file():
         point["vs_c"] = bench_quality._paired(work, name, "c", t, args.seed)
     print(f"[{steps} steps, {epochs:g}+{epochs:g} epochs] {t} {100 * point['accuracy']:.2f}% "
           f"({100 * point['share']:.1f}% of (a)) {json.dumps(seconds)}", flush=True)
     return point
+
+
+def _names(args, steps: int, epochs: float) -> tuple[str, str]:
+    """The phase-2 folder (relative to the work folder) and the evaluation's name of one point; the
+    yardstick's own budget is (c) itself."""
+    if steps == args.general_steps and epochs == args.task_epochs:
+        return "c", "c"
+    return f"curve/task-{steps}-{epochs:g}", f"curve-{steps}-{epochs:g}"
 
 
 def _resume(folder: Path) -> dict:
@@ -172,8 +184,8 @@ def _write(args, work: Path, points: list[dict]) -> None:
         f"({'all pairs' if not args.eval_limit else f'{args.eval_limit} pairs'}); target: {100 * TARGET_SHARE:.0f}% "
         f"of it, {100 * TARGET_SHARE * teacher:.2f}%: {verdict}. Each point is the yardstick's (c) recipe "
         "(6 of 12 layers, BiStil phase 1 on en+fr XNLI text, phase 2 LT-SFT against (b)) with its own "
-        "budget; every point has (c)'s architecture, so (c)'s speed (1.88x faster than (a) on one "
-        "thread, `docs/yardstick.md`).",
+        "budget; every point has (c)'s architecture and so (c)'s speed (1.88x faster than (a) on one "
+        "thread, [yardstick.md](yardstick.md))." + _missing(args, points),
         "",
         *rows,
         "",
@@ -184,6 +196,14 @@ def _write(args, work: Path, points: list[dict]) -> None:
     args.out.with_suffix(".md").write_text("\n".join(text), encoding="utf-8")
     args.out.with_suffix(".svg").write_text(_svg(points, teacher, t), encoding="utf-8")
     (work / "curve.json").write_text(json.dumps(points, indent=1), encoding="utf-8")
+
+
+def _missing(args, points: list[dict]) -> str:
+    """A sentence naming the requested points not measured yet (a run cut short), or nothing."""
+    done = {(p["steps"], p["epochs"]) for p in points}
+    missing = [f"{int(n):,} steps with {float(e):g}+{float(e):g} epochs" for n in args.steps.split(",")
+               for e in args.epochs.split(",") if (int(n), float(e)) not in done]
+    return f" Not measured yet (the run was cut short; running it again resumes): {'; '.join(missing)}." if missing else ""
 
 
 def _svg(points: list[dict], teacher: float, target: str) -> str:

@@ -47,3 +47,11 @@ def test_a_point_at_95_percent_of_the_teacher_is_reported_as_reached(tmp_path):
     table, _ = _write(tmp_path, [_point(300, 1, 0.5884), _point(3000, 3, 0.95 * 0.6462 + 0.0001)])
     assert "reached: 3,000 steps, 3+3 epochs" in table
     assert "not reached" not in table
+
+
+def test_the_points_not_measured_yet_are_named(tmp_path):
+    table, _ = _write(tmp_path, [_point(300, 1, 0.5884)])
+    assert "Not measured yet" in table
+    assert "300 steps with 3+3 epochs; 1,000 steps with 1+1 epochs; 1,000 steps with 3+3 epochs." in table
+    table, _ = _write(tmp_path, [_point(n, e, 0.59) for n in (300, 1000) for e in (1, 3)])
+    assert "Not measured yet" not in table
