@@ -136,6 +136,9 @@ def _point(api, args, work: Path, steps: int, epochs: float, train, dev, text, t
     if earlier.is_file() and not {"phase 1", "phase 2"} & set(seconds):
         before = {p["name"]: p for p in json.loads(earlier.read_text(encoding="utf-8"))}
         point["seconds"] = {**before.get(name, {}).get("seconds", {}), **seconds}
+    if name == "c" and (work / "summary.json").is_file():  # (c)'s training times, from the yardstick's run
+        timed = json.loads((work / "summary.json").read_text(encoding="utf-8"))["seconds"]
+        point["seconds"] = {phase: timed[f"c: {phase}"] for phase in ("phase 1", "phase 2") if f"c: {phase}" in timed}
     if name != "c" and (work / "eval" / "c" / "predictions.npz").is_file():
         point["vs_c"] = bench_quality._paired(work, name, "c", t, args.seed)
     print(f"[{steps} steps, {epochs:g}+{epochs:g} epochs] {t} {100 * point['accuracy']:.2f}% "
