@@ -108,13 +108,13 @@ def _point(api, args, work: Path, steps: int, epochs: float, train, dev, text, t
         print(f"[phase 1, {steps} steps] ...", flush=True)
         start = time.time()
         api.general(str(work / "e5-en-fr"), text, general, student=str(work / "student"),
-                    **bench_quality.phase1_options(steps, args.seed, work), **_resume(general))
+                    **bench_quality.phase1_options(steps, args.seed, work), **bench_quality.continued(general))
         seconds["phase 1"] = round(time.time() - start)
     if not (task / "best").exists():
         print(f"[phase 2 after {steps} steps, {epochs:g}+{epochs:g} epochs] ...", flush=True)
         start = time.time()
         api.task(work / "b", general / "best", train, dev, task, **bench_quality.phase2_options(epochs, args, work),
-                 **_resume(task))
+                 **bench_quality.continued(task))
         seconds["phase 2"] = round(time.time() - start)
     out = work / "eval" / name
     if not (out / "predictions.npz").exists():
@@ -152,11 +152,6 @@ def _names(args, steps: int, epochs: float) -> tuple[str, str]:
     if steps == args.general_steps and epochs == args.task_epochs:
         return "c", "c"
     return f"curve/task-{steps}-{epochs:g}", f"curve-{steps}-{epochs:g}"
-
-
-def _resume(folder: Path) -> dict:
-    """Resume a run cut short (its folder exists without its final output); start one otherwise."""
-    return {"resume": True} if folder.exists() else {}
 
 
 def _write(args, work: Path, points: list[dict]) -> None:

@@ -153,7 +153,7 @@ def main() -> int:
                   max_train_examples=args.train_pairs)
     stage("a: teacher", work / "a" / "best", lambda: api.finetune(
         str(e5), train, [str(dev)], work / "a", epochs=args.teacher_epochs, lr=args.teacher_lr, warmup_steps=20,
-        reduce_vocab=args.teacher_reduce_vocab, **common))
+        reduce_vocab=args.teacher_reduce_vocab, **common, **continued(work / "a")))
     teacher = work / "a" / "best"
     stage("b: trimmed teacher", work / "b" / "model.safetensors", lambda: api.trim(
         str(teacher), counts, ["en", t], work / "b", keep_chars=True, no_progress=True))
@@ -177,9 +177,11 @@ def main() -> int:
         (b); a recipe row is evaluated at once (a run cut short keeps the rows it finished)."""
         mapped = {"layer_map": layer_map} if layer_map else {}
         stage(f"{row}: phase 1", work / f"{row}-general" / "final", lambda: api.general(
-            str(trimmed), text, work / f"{row}-general", student=str(start), **phase1, **mapped, **general_options))
+            str(trimmed), text, work / f"{row}-general", student=str(start), **phase1, **mapped, **general_options,
+            **continued(work / f"{row}-general")))
         stage(f"{row}: phase 2", work / row / "best", lambda: api.task(
-            work / "b", work / f"{row}-general" / "best", train, [str(dev)], work / row, **phase2, **mapped))
+            work / "b", work / f"{row}-general" / "best", train, [str(dev)], work / row, **phase2, **mapped,
+            **continued(work / row)))
         if row != "c":
             evaluate(row, work / row / "best")
 
@@ -187,11 +189,12 @@ def main() -> int:
         student_row("c", student)
     if "d" in rows:
         stage("d: phase 2 only", work / "d" / "best", lambda: api.task(
-            work / "b", student, train, [str(dev)], work / "d", **phase2))
+            work / "b", student, train, [str(dev)], work / "d", **phase2, **continued(work / "d")))
         evaluate("d", work / "d" / "best")
     if "e" in rows:
         stage("e: shrink and fine-tune", work / "e" / "best", lambda: api.finetune(
-            str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common))
+            str(student), train, [str(dev)], work / "e", epochs=args.student_epochs, lr=args.student_lr, **common,
+            **continued(work / "e")))
 
     # The recipes of the literature, each on the same budget as (c)
     if "k" in rows:  # MiniLMv2: q-q, k-k, v-v relations of the last layers
@@ -226,7 +229,7 @@ def main() -> int:
             stage("h: qat int8", work / "h" / "best", lambda: api.quantize(
                 best, work / "h", method="qat", embeddings="int8", teacher=str(work / "b"), train=train,
                 dev=[str(dev)], epochs=args.qat_epochs,
-                lr=args.qat_lr, **{**common, "max_train_examples": args.qat_pairs}))
+                lr=args.qat_lr, **{**common, "max_train_examples": args.qat_pairs}, **continued(work / "h")))
         if rows & {"i", "j"}:
             stage("i, j: onnx", work / "onnx" / "export.json", lambda: api.export_onnx(
                 best, work / "onnx", int8=True, text=[f"{args.xnli / f'dev-{t}.tsv'}?columns=premise"],
@@ -346,6 +349,17 @@ def _over_seeds(args) -> int:
     print(text_table(lines, rule=True))
     (args.work / "seeds.json").write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=1), encoding="utf-8")
     return 0
+
+
+def continued(folder: Path) -> dict:
+    """A training stage cut short (Ctrl-C, SIGTERM: it saves a checkpoint first) continues from its
+    newest checkpoint when the benchmark runs again; one stopped before its first checkpoint starts
+    over; a new one starts."""
+    from polyglot_distil.distill.training import checkpoints, unstarted
+
+    if unstarted(folder):
+        return {}
+    return {"resume": True} if checkpoints(folder) else {"overwrite": True}
 
 
 def phase1_options(steps: int, seed: int, work: Path) -> dict:
