@@ -158,6 +158,7 @@ def test_sigterm_saves_a_checkpoint_releases_the_lock_and_the_run_resumes(tiny_b
     assert not (tmp_path / ".run.lock").exists(), "a requeued job resumes without anyone removing the lock"
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
     text = tmp_path / "big.txt"
     text.write_text(SAMPLE.read_text(encoding="utf-8") * 400, encoding="utf-8")
@@ -253,6 +254,7 @@ def test_two_runs_sharing_a_teacher_cache_build_it_once_and_both_read_it(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "building.go", "shared"], "nothing else left"
 
 
+@pytest.mark.slow
 def test_a_teacher_cache_lock_left_by_a_killed_run_is_taken_over(tmp_path, tiny_bert_dir):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
