@@ -97,8 +97,14 @@ def main() -> int:
     parser.add_argument("--dev-pairs", type=int, default=500, help="English dev pairs for the best checkpoint")
     parser.add_argument("--eval-limit", type=int, default=0, help="dev pairs per language evaluated (0: all 2,490)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run every row with seeds SEED, SEED+1, ... (each in WORK/seed-N but the first, sharing "
+                             "the seed-free import, count, trim and tokenized text) and report each row's mean and "
+                             "spread")
     parser.add_argument("--fresh", action="store_true", help="delete --work first")
     args = parser.parse_args()
+    if args.seeds > 1:
+        return _over_seeds(args)
     start = time.time()
 
     from polyglot_distil import api
@@ -155,12 +161,8 @@ def main() -> int:
     stage("student", student / "model.safetensors", lambda: api.student(
         str(trimmed), student, layers=args.student_layers))
     # Every student row: the same phase-1 budget (steps x 16 blocks x 128 tokens), the same phase 2.
-    phase1 = dict(steps=args.general_steps, batch_size=16, block_size=128, heldout_blocks=32,
-                  eval_every=max(1, args.general_steps // 3), save_every=max(1, args.general_steps // 3), lr=1e-4,
-                  warmup_steps=min(100, args.general_steps // 10), seed=args.seed, no_progress=True,
-                  token_cache=str(work / "token-cache"))  # the same text for every row: tokenized once
-    phase2 = dict(full_epochs=args.task_epochs, sparse_epochs=args.task_epochs, lr=args.student_lr,
-                  teacher_cache=str(work / "teacher-cache"), **common)
+    phase1 = phase1_options(args.general_steps, args.seed, work)
+    phase2 = phase2_options(args.task_epochs, args, work)
 
     def evaluate(row: str, folder: Path) -> dict:
         out = work / "eval" / row  # an evaluation made before reports kept each pair's prediction is made again
@@ -301,6 +303,65 @@ def main() -> int:
     (work / "summary.json").write_text(json.dumps({"accuracy": acc, "target_accuracy": fr, "same": same,
                                                    "budget": budget, "seconds": timings}, indent=1), encoding="utf-8")
     return 0
+
+
+def _over_seeds(args) -> int:
+    """Every row with `args.seeds` seeds, one yardstick run each (a subprocess: the same code as a
+    single run), then each row's mean, sample standard deviation and range over the seeds."""
+    import statistics
+    import subprocess
+
+    seeds = [args.seed + i for i in range(args.seeds)]
+    argv = [a for a in sys.argv[1:]]
+    for flag in ("--seeds", "--seed", "--work"):  # replaced per run
+        while flag in argv:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+        argv = [a for a in argv if not a.startswith(flag + "=")]
+    works = {seed: args.work if seed == args.seed else args.work / f"seed-{seed}" for seed in seeds}
+    for seed, work in works.items():
+        work.mkdir(parents=True, exist_ok=True)
+        for shared in ("e5-small", "e5-en-fr", "counts.parquet", "token-cache", "student"):
+            if work != args.work and (args.work / shared).exists() and not (work / shared).exists():
+                (work / shared).symlink_to((args.work / shared).resolve())
+        print(f"== seed {seed} ({work})", flush=True)
+        subprocess.run([sys.executable, __file__, *argv, "--seed", str(seed), "--work", str(work)], check=True)
+    t = args.target
+    rows: dict[str, dict[str, list[float]]] = {}
+    for seed, work in works.items():
+        for report in sorted((work / "eval").glob("*/report.json")):
+            results = json.loads(report.read_text(encoding="utf-8"))["results"]
+            for lang in (t, "en"):
+                rows.setdefault(report.parent.name, {}).setdefault(lang, []).append(100 * results[lang]["accuracy"]["model"])
+    from polyglot_distil.tables import text_table
+
+    lines = [["row", "seeds", f"{t} mean", f"{t} sd", f"{t} range", "en mean", "en sd"]]
+    for row, by_lang in sorted(rows.items()):
+        fr, en = by_lang[t], by_lang["en"]
+        lines.append([row, str(len(fr)), f"{statistics.mean(fr):.2f}",
+                      f"{statistics.stdev(fr):.2f}" if len(fr) > 1 else "-", f"{min(fr):.2f}-{max(fr):.2f}",
+                      f"{statistics.mean(en):.2f}", f"{statistics.stdev(en):.2f}" if len(en) > 1 else "-"])
+    print()
+    print(f"over seeds {seeds} (accuracy in %, sd: sample standard deviation over the seeds):")
+    print(text_table(lines, rule=True))
+    (args.work / "seeds.json").write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=1), encoding="utf-8")
+    return 0
+
+
+def phase1_options(steps: int, seed: int, work: Path) -> dict:
+    """Phase 1 of every student row (and of the budget curve): `steps` of 16 blocks x 128 tokens,
+    evaluated and saved three times, on the text tokenized once into the work folder's cache."""
+    return dict(steps=steps, batch_size=16, block_size=128, heldout_blocks=32, eval_every=max(1, steps // 3),
+                save_every=max(1, steps // 3), lr=1e-4, warmup_steps=min(100, steps // 10), seed=seed,
+                no_progress=True, token_cache=str(work / "token-cache"))
+
+
+def phase2_options(epochs: float, args, work: Path) -> dict:
+    """Phase 2 of every student row: `epochs` of full, then `epochs` of sparse fine-tuning against
+    the task teacher, whose outputs are cached in the work folder."""
+    return dict(full_epochs=epochs, sparse_epochs=epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"),
+                batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
+                max_train_examples=args.train_pairs)
 
 
 def _paired(work: Path, row: str, other: str, lang: str, seed: int) -> str:

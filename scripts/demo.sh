@@ -31,4 +31,4 @@ echo
 echo "REAL: the trim of multilingual-e5-small (parameters, embedding share, disk) and verify's bitwise"
 echo "check on held-out text. SMOKE: the student (tens of steps on 300 lines per language) and the"
 echo "task (240 English NLI pairs); their accuracies only show that the stages connect. The real"
-echo "yardstick on this model is scripts/bench_quality.py (README: Measured figures)."
+echo "yardstick on this model is scripts/bench_quality.py (docs/yardstick.md)."

@@ -6,7 +6,7 @@ recipe that applies, search-map, finetune, phase 2 (LT-SFT, teacher cache), appl
 xnli, quantize, export onnx; most of them through `run` (the pipeline from one config). A few
 steps each: it proves that each stage runs and writes what the next one reads, not what the
 numbers are. Where a recipe or an init cannot apply, the test
-asserts the one-line refusal instead. README.md's families table is this test's cells.
+asserts the one-line refusal instead. docs/families.md's table is this test's cells.
 
 Adding a family: its entry in models/families.py, its row in MATRIX below.
 """

@@ -287,25 +287,25 @@ def test_prefix_and_suffix_bpe_trims_exactly(lines):
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's worked example, on an EmbeddingGemma-style model
+# The worked example of docs/trimming.md, on an EmbeddingGemma-style model
 
 
-def readme_example() -> tuple[list[str], str]:
-    """The bash commands and the Python block of the README's BPE embedding example."""
+def docs_example() -> tuple[list[str], str]:
+    """The bash commands and the Python block of docs/trimming.md's BPE embedding example."""
     import re
 
     from conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Trim a BPE embedding model for one language", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "trimming.md").read_text(encoding="utf-8")
+    section = page.split("\n## Trim a BPE embedding model for one language\n", 1)[1].split("\n## ", 1)[0]
     bash = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     commands = [line.strip() for line in re.sub(r"\\\n\s*", " ", bash).splitlines() if line.strip()]
     return commands, re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
 @pytest.mark.slow
-def test_readme_bpe_embedding_example_runs_and_encodes_as_the_source(tmp_path, monkeypatch, lines):
-    """The README's commands, run as written with the hub model replaced by a tiny EmbeddingGemma-
+def test_docs_bpe_embedding_example_runs_and_encodes_as_the_source(tmp_path, monkeypatch, lines):
+    """The page's commands, run as written with the hub model replaced by a tiny EmbeddingGemma-
     style sentence-transformer; its Python block then encodes, and on covered Swahili the trimmed
     model's sentence embeddings are the source's, bit for bit."""
     import shlex
@@ -318,12 +318,12 @@ def test_readme_bpe_embedding_example_runs_and_encodes_as_the_source(tmp_path, m
     embedding_gemma_style(source, lines)
     (tmp_path / "corpora").symlink_to(ROOT / "corpora")
     monkeypatch.chdir(tmp_path)
-    commands, snippet = readme_example()
+    commands, snippet = docs_example()
     assert len(commands) == 2 and all(c.startswith("polyglot-distil ") for c in commands)
     for command in commands:
         assert run_cli(*shlex.split(command.replace("google/embeddinggemma-300m", str(source)))[1:]) == 0
     namespace: dict = {}
-    exec(compile(snippet, "README.md (BPE embedding example)", "exec"), namespace)
+    exec(compile(snippet, "docs/trimming.md (BPE embedding example)", "exec"), namespace)
     assert namespace["embeddings"].shape == (2, 32)
 
     report = json.loads((tmp_path / "models" / "embeddinggemma-sw" / "trim_report.json").read_text())
