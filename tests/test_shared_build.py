@@ -157,3 +157,58 @@ def test_a_lock_whose_builder_on_another_node_stopped_beating_is_taken_over(tmp_
 
     assert build_once(tmp_path / "folder", write, main=True, done="done", doing="build it")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+TWO_PROCESS_RUN = """
+import datetime, sys, time, types
+import numpy as np, torch
+from accelerate import Accelerator, InitProcessGroupKwargs
+from polyglot_distil.distill.teacher_cache import TeacherCache
+
+class Pairs:
+    input_ids, offsets, pad_id, token_type_ids = np.arange(40) % 7, np.arange(0, 41, 4), 0, None
+    def __len__(self):
+        return 10
+
+class Teacher(torch.nn.Module):
+    config = types.SimpleNamespace(num_attention_heads=1, hidden_size=2)
+    def forward(self, input_ids, attention_mask, output_hidden_states, output_attentions):
+        time.sleep(float(sys.argv[3]))  # a long build: longer than the collectives' timeout
+        b, w = input_ids.shape
+        return types.SimpleNamespace(logits=torch.ones(b, 3), attentions=None,
+                                     hidden_states=[input_ids.float()[..., None].expand(b, w, 2)])
+
+# Collectives time out after 3 s, as NCCL's do after their (longer) timeout on a big run. cpu=True: the
+# processes join with gloo on a machine without GPUs (distill/training.py does the same).
+accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=3))])
+assert accelerator.num_processes == 2
+cache = TeacherCache.open_or_build(sys.argv[1], Teacher(), sys.argv[2], Pairs(), [0, 1, 2], [0], [], 64, 10, "cpu",
+                                   accelerator=accelerator)
+accelerator.wait_for_everyone()
+print("process", accelerator.process_index, "rows", cache.logits.shape[0], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_share_a_teacher_cache_whose_build_outlasts_the_collective_timeout(tmp_path):
+    """Under `accelerate launch`: the main process builds for 7 s, the other polls for it; a process
+    waiting in a collective instead would time out after 3 s."""
+    import os
+
+    from conftest import ROOT
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    script = tmp_path / "run.py"
+    script.write_text(TWO_PROCESS_RUN, encoding="utf-8")
+    (tmp_path / "teacher").mkdir()
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), str(script), str(tmp_path / "cache"), str(tmp_path / "teacher"), "7"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(launch, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert sorted(line for line in lines if line.startswith("process")) == ["process 0 rows 10", "process 1 rows 10"]
+    assert len([line for line in lines if line.startswith("teacher cache: 10 pairs in ")]) == 1, "built once"
