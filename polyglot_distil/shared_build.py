@@ -90,8 +90,9 @@ class _Marks:
 def _build(folder: Path, write: Callable[[Path], None]) -> None:
     """`write` into a private folder, then publish it as `folder`. Holds the building lock: any
     other builder's folder beside it is what a killed run left."""
-    for left in folder.parent.glob(f".{folder.name}.building-*"):
-        shutil.rmtree(left, ignore_errors=True)
+    for pattern in (f".{folder.name}.building-*", f".{folder.name}.old-*"):
+        for left in folder.parent.glob(pattern):
+            shutil.rmtree(left, ignore_errors=True)
     tmp = folder.with_name(f".{folder.name}.building-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:

@@ -151,6 +151,7 @@ def test_a_lock_whose_builder_on_another_node_stopped_beating_is_taken_over(tmp_
     monkeypatch.setattr(shared_build, "POLL_SECONDS", 0.02)
     (tmp_path / ".folder.building.lock").write_text(json.dumps({"pid": 1, "host": "another-node", "beat": 2}))
     (tmp_path / ".folder.building-1").mkdir()  # what that builder left
+    (tmp_path / ".folder.old-1").mkdir()
 
     def write(tmp):
         (tmp / "done").write_text("built", encoding="utf-8")
