@@ -160,10 +160,13 @@ def test_a_lock_whose_builder_on_another_node_stopped_beating_is_taken_over(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
-TWO_PROCESS_RUN = """
-import datetime, sys, time, types
+# A stand-in teacher and ten training pairs of four tokens, for the scripts the tests below and
+# test_nothing_lost.py run in other processes; the script defines `building()`, which the
+# teacher's forward calls first (a long build, or one the test lets go on).
+FAKE_TEACHER_SCRIPT = """
+import sys, time, types
+from pathlib import Path
 import numpy as np, torch
-from accelerate import Accelerator, InitProcessGroupKwargs
 from polyglot_distil.distill.teacher_cache import TeacherCache
 
 class Pairs:
@@ -174,10 +177,18 @@ class Pairs:
 class Teacher(torch.nn.Module):
     config = types.SimpleNamespace(num_attention_heads=1, hidden_size=2)
     def forward(self, input_ids, attention_mask, output_hidden_states, output_attentions):
-        time.sleep(float(sys.argv[3]))  # a long build: longer than the collectives' timeout
+        building()
         b, w = input_ids.shape
         return types.SimpleNamespace(logits=torch.ones(b, 3), attentions=None,
                                      hidden_states=[input_ids.float()[..., None].expand(b, w, 2)])
+"""
+
+TWO_PROCESS_RUN = FAKE_TEACHER_SCRIPT + """
+import datetime
+from accelerate import Accelerator, InitProcessGroupKwargs
+
+def building():
+    time.sleep(float(sys.argv[3]))  # a long build: longer than the collectives' timeout
 
 # Collectives time out after 3 s, as NCCL's do after their (longer) timeout on a big run. cpu=True: the
 # processes join with gloo on a machine without GPUs (distill/training.py does the same).
