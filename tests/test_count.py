@@ -151,6 +151,7 @@ def test_joined_counts_equal_per_line_for_real_mbert_vocabulary(mbert_vocab_dir,
     assert per_line[0][tokenizer.sep_token_id] == 6  # the literal [SEP]s of TRICKY_LINES
 
 
+@pytest.mark.slow
 def test_counts_equal_reference_for_real_xlmr_tokenizer_without_truncation(xlmr_tokenizer_dir, xnli_dir):
     long_line = " ".join(["bonjour le monde"] * 100)  # ~300 pieces: past the file's truncation at 128
     assert_matches_reference(xlmr_tokenizer_dir, xnli_lines(xnli_dir, "sw") + xnli_lines(xnli_dir, "ar") + [long_line])

@@ -60,6 +60,7 @@ def run_dir(tmp_path_factory, teacher_dir, student_dir, texts):
     return out
 
 
+@pytest.mark.slow
 def test_loss_falls_well_below_its_start_on_real_text(tmp_path, teacher_dir, texts):
     student = tmp_path / "random-student"
     assert run_cli("student", "--teacher", teacher_dir, "--out", student, "--init", "random") == 0
@@ -71,6 +72,7 @@ def test_loss_falls_well_below_its_start_on_real_text(tmp_path, teacher_dir, tex
     assert final < 0.5 * start, (start, final)
 
 
+@pytest.mark.slow
 def test_metrics_have_one_row_per_logged_step_with_every_loss_term(run_dir):
     train = metrics_rows(run_dir, "train")
     assert [r["step"] for r in train] == list(range(1, 9))
@@ -79,6 +81,7 @@ def test_metrics_have_one_row_per_logged_step_with_every_loss_term(run_dir):
     assert [r["step"] for r in metrics_rows(run_dir, "eval")] == [4, 8]
 
 
+@pytest.mark.slow
 def test_final_and_best_are_model_folders_with_the_teachers_tokenizer(run_dir, teacher_dir):
     from transformers import AutoModelForMaskedLM
 
@@ -92,6 +95,7 @@ def test_final_and_best_are_model_folders_with_the_teachers_tokenizer(run_dir, t
         assert vocab_in_id_order(load_tokenizer(folder)) == vocab_in_id_order(load_tokenizer(teacher_dir))
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, teacher_dir, student_dir, texts):
     # The state of a run killed between steps 4 and 8: its last complete checkpoint is step 4.
     out = tmp_path / "interrupted"
@@ -105,6 +109,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, 
     assert metrics_rows(out, "train") == metrics_rows(run_dir, "train")
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_losses_as_one(tmp_path, run_dir, teacher_dir, student_dir, texts):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -127,6 +132,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, run_dir, teacher_di
             assert b[term] == pytest.approx(a[term], rel=1e-4, abs=1e-9), (a["step"], term)
 
 
+@pytest.mark.slow
 def test_accumulating_micro_batches_gives_the_same_losses(tmp_path, run_dir, teacher_dir, student_dir, texts):
     out = tmp_path / "accumulated"
     assert run_cli(*_options(teacher_dir, student_dir, texts, out, *RUN, "--grad-accum", 4)) == 0
@@ -193,6 +199,7 @@ def test_masking_chooses_15_percent_of_ordinary_tokens_80_10_10():
     assert torch.equal(masked[~chosen], ids[~chosen])
 
 
+@pytest.mark.slow
 def test_distilbert_losses_train_a_narrower_student_built_on_the_fly(tmp_path, teacher_dir, texts):
     lang_args = [arg for spec in texts for arg in ("--lang", spec)]
     out = tmp_path / "run"
@@ -229,6 +236,7 @@ def test_language_without_text_is_an_error(capsys, tmp_path, teacher_dir, studen
                 *_options(teacher_dir, student_dir, [texts[0], f"fr={empty}"], tmp_path / "out", "--steps", 1))
 
 
+@pytest.mark.slow
 def test_resume_with_another_configuration_is_an_error(capsys, run_dir, teacher_dir, student_dir, texts):
     before = (run_dir / "metrics.jsonl").read_text()
     _fails_with(capsys, "different configuration (training.lr: 0.001 -> 0.002)",
@@ -236,6 +244,7 @@ def test_resume_with_another_configuration_is_an_error(capsys, run_dir, teacher_
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_existing_output_needs_resume_or_overwrite(capsys, run_dir, teacher_dir, student_dir, texts):
     _fails_with(capsys, "pass --resume to continue", *_options(teacher_dir, student_dir, texts, run_dir, *RUN))
 
@@ -298,6 +307,7 @@ def test_the_loss_pairs_student_state_i_with_teacher_state_2i_and_attention_j_wi
             assert terms["hidden"] > 1e-3 or terms["attention"] > 1e-5, wrong
 
 
+@pytest.mark.slow
 def test_a_bad_option_leaves_nothing_behind_and_the_corrected_rerun_starts(tmp_path, teacher_dir, texts, capsys):
     out = tmp_path / "run"
     options = ["distil", "general", "--teacher", teacher_dir, "--layers", 2, "--lang", texts[0], "--steps", 2,
@@ -318,6 +328,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, teacher_dir, tex
     assert "not a training output folder" in capsys.readouterr().err and (out / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_resume_refuses_when_an_input_changed_under_the_same_path(tmp_path, teacher_dir, texts, capsys):
     teacher, corpus = tmp_path / "teacher", tmp_path / "en.txt"
     shutil.copytree(teacher_dir, teacher)

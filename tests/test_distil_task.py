@@ -104,12 +104,14 @@ def _masks(run: Path) -> dict[str, torch.Tensor]:
 # The lottery ticket
 
 
+@pytest.mark.slow
 def test_the_teacher_has_the_larger_vocabulary(teacher_dir, student_dir):
     from polyglot_distil.models.loading import load_tokenizer
 
     assert len(load_tokenizer(student_dir)) < len(load_tokenizer(teacher_dir))  # so it is reduced
 
 
+@pytest.mark.slow
 def test_mask_has_exactly_k_entries_of_the_selectable_body(run_dir, student_dir):
     # Selectable: the student's encoder weights (its `bert.` tensors) but LayerNorm.
     student = _load(student_dir / "model.safetensors")
@@ -123,6 +125,7 @@ def test_mask_has_exactly_k_entries_of_the_selectable_body(run_dir, student_dir)
     assert record["k"] == k and sum(len(diff[f"body.{n}.indices"]) for n in record["body"]) == k
 
 
+@pytest.mark.slow
 def test_after_stage_two_every_body_entry_outside_the_mask_is_bitwise_the_students(run_dir, student_dir):
     student = _load(student_dir / "model.safetensors")  # theta0 of the body
     masks = _masks(run_dir)
@@ -138,6 +141,7 @@ def test_after_stage_two_every_body_entry_outside_the_mask_is_bitwise_the_studen
         assert moved > 0.5 * sum(int(m.sum()) for m in masks.values())  # the chosen entries did train
 
 
+@pytest.mark.slow
 def test_theta0_in_checkpoints_is_the_student_and_a_seeded_head(run_dir, student_dir):
     from polyglot_distil.models.classifier import new_classifier
 
@@ -152,6 +156,7 @@ def test_theta0_in_checkpoints_is_the_student_and_a_seeded_head(run_dir, student
     assert not torch.equal(final["classifier.weight"], theta0["classifier.weight"])  # the head trained
 
 
+@pytest.mark.slow
 def test_dense_model_is_the_phase1_student_plus_the_diff(tmp_path, run_dir, student_dir):
     from transformers import AutoModelForSequenceClassification
 
@@ -165,6 +170,7 @@ def test_dense_model_is_the_phase1_student_plus_the_diff(tmp_path, run_dir, stud
     assert AutoModelForSequenceClassification.from_pretrained(out).config.id2label[2] == "contradiction"
 
 
+@pytest.mark.slow
 def test_the_rebuilt_model_has_a_model_card(tmp_path, run_dir, student_dir):
     out = tmp_path / "rebuilt"
     assert run_cli("apply-diff", "--base", student_dir, "--diff", run_dir / "sparse_diff", "--out", out) == 0
@@ -180,6 +186,7 @@ def _one_line_error(capsys, *args) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_a_truncated_diff_is_one_line_naming_the_file(tmp_path, capsys, run_dir, student_dir):
     import shutil
 
@@ -192,6 +199,7 @@ def test_a_truncated_diff_is_one_line_naming_the_file(tmp_path, capsys, run_dir,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_apply_diff_on_a_base_of_another_vocabulary_is_one_line(tmp_path, capsys, run_dir, base_dir):
     err = _one_line_error(capsys, "apply-diff", "--base", base_dir, "--diff", run_dir / "sparse_diff",
                           "--out", tmp_path / "out")
@@ -199,6 +207,7 @@ def test_apply_diff_on_a_base_of_another_vocabulary_is_one_line(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_metrics_rows_carry_their_stage_and_the_schedule_restarts(run_dir):
     train = metrics_rows(run_dir, "train")
     assert [r["stage"] for r in train] == ["full"] * STAGE + ["sparse"] * STAGE
@@ -212,6 +221,7 @@ def test_metrics_rows_carry_their_stage_and_the_schedule_restarts(run_dir):
     assert all({"dev_accuracy", "dev_agreement"} <= set(r) for r in evals)
 
 
+@pytest.mark.slow
 def test_best_is_the_best_dev_accuracy_of_stage_two(run_dir):
     best = json.loads((run_dir / "best" / "best.json").read_text())
     sparse = [r for r in metrics_rows(run_dir, "eval") if r["stage"] == "sparse"]
@@ -219,6 +229,7 @@ def test_best_is_the_best_dev_accuracy_of_stage_two(run_dir):
     assert best["step"] == next(r["step"] for r in sparse if r["dev_accuracy"] == top)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("from_step", [45, 30], ids=["in-stage-2", "at-the-switch"])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, run_dir, teacher_dir, student_dir, from_step):
     out = tmp_path / "interrupted"
@@ -240,6 +251,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, run_dir,
 # The teacher on the student's vocabulary
 
 
+@pytest.mark.slow
 def test_reduced_teacher_computes_on_student_ids_what_it_computed_on_its_own(teacher_dir, student_dir):
     from polyglot_distil.distill.task import reduce_to_vocabulary
     from polyglot_distil.models.classifier import load_classifier
@@ -276,6 +288,7 @@ def xnli_run(tmp_path_factory, teacher_dir, student_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_student_agrees_with_the_teacher_on_heldout_english_nli(xnli_run, teacher_dir):
     from polyglot_distil.eval.predict import predict_xnli
     from polyglot_distil.models.classifier import load_classifier
@@ -300,6 +313,7 @@ def _fails_with(capsys, message: str, *args) -> None:
     assert message in err, err
 
 
+@pytest.mark.slow
 def test_teacher_with_another_label_set_is_an_error(capsys, tmp_path, teacher_dir, student_dir):
     teacher = tmp_path / "sentiment"
     shutil.copytree(teacher_dir, teacher)
@@ -315,18 +329,21 @@ def test_teacher_without_a_classification_head_is_an_error(capsys, tmp_path, bas
     _fails_with(capsys, "fine-tune it on NLI first", *_options(base_dir, student_dir, tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_vocabularies_that_cannot_be_reconciled_are_an_error(capsys, tmp_path, teacher_dir, tiny_bert_dir):
     # Another WordPiece vocabulary (trained, not fixed): some of its tokens are not the teacher's.
     _fails_with(capsys, "cannot be reconciled", *_options(teacher_dir, tiny_bert_dir, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_k_larger_than_the_selectable_parameters_is_an_error(capsys, tmp_path, teacher_dir, student_dir):
     _fails_with(capsys, "more than the", *_options(teacher_dir, student_dir, tmp_path / "out",
                                                    "--sparse-params", 10**9))
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_unknown_label_in_the_task_data_names_file_and_line(capsys, tmp_path, teacher_dir, student_dir):
     bad = tmp_path / "dev.tsv"
     lines = DEV.read_text(encoding="utf-8").splitlines()[:6]
@@ -337,6 +354,7 @@ def test_unknown_label_in_the_task_data_names_file_and_line(capsys, tmp_path, te
     _fails_with(capsys, f"{bad}:5: unknown label 'unsure'", *options)
 
 
+@pytest.mark.slow
 def test_a_student_that_is_already_a_classifier_is_an_error(capsys, tmp_path, teacher_dir):
     _fails_with(capsys, "is already a sequence classifier", *_options(teacher_dir, teacher_dir, tmp_path / "out"))
 
@@ -361,6 +379,7 @@ def permuted_teacher(teacher_dir: Path, folder: Path, order: list[int]) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_teacher_in_another_class_order_teaches_the_same_student(tmp_path, teacher_dir, student_dir):
     """The teacher's class order is reconciled with the data's: a teacher whose id2label is in
     another order (the same function) gives bitwise the same student, and the same predictions."""
@@ -374,6 +393,7 @@ def test_a_teacher_in_another_class_order_teaches_the_same_student(tmp_path, tea
     assert [r["dev_agreement"] for r in plain] == [r["dev_agreement"] for r in reordered]
 
 
+@pytest.mark.slow
 def test_the_teacher_cache_serves_what_the_teacher_computes(tmp_path, teacher_dir, student_dir, capsys):
     """--teacher-cache: the first run builds it, the losses match an uncached run (float16 storage:
     to about 1e-3), and a second run (another student row, a resume) reuses it without rebuilding."""

@@ -102,6 +102,7 @@ def evaluate(out: Path, *args) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_accuracy_loyalty_and_confusion_equal_a_hand_computation(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["student"], "--teacher", models["teacher"],
                       "--langs", "fr", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")
@@ -125,6 +126,7 @@ def test_accuracy_loyalty_and_confusion_equal_a_hand_computation(tmp_path, model
     assert report["average"]["accuracy"]["model"] == fr["accuracy"]["model"]
 
 
+@pytest.mark.slow
 def test_the_teacher_cache_runs_the_teacher_once_and_notices_when_it_changes(tmp_path, models, nli_dir, monkeypatch,
                                                                            capsys):
     """Students evaluated against one teacher with --teacher-cache: the teacher predicts once, the
@@ -175,6 +177,7 @@ def test_a_teacher_cache_without_a_teacher_or_on_a_file_is_one_line(tmp_path, ca
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_model_against_itself_is_fully_loyal(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["student"], "--teacher", models["student"],
                       "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")
@@ -184,6 +187,7 @@ def test_a_model_against_itself_is_fully_loyal(tmp_path, models, nli_dir):
     assert report["average"]["probability_loyalty"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_each_accuracy_has_an_interval_and_the_model_a_paired_test_against_the_teacher(tmp_path, models, nli_dir,
                                                                                       capsys):
     """Intervals hold their accuracy and follow the seed; the paired figures equal stats' own on the
@@ -237,6 +241,7 @@ def test_length_sorted_batches_give_the_one_by_one_predictions_in_data_order(mod
     assert batched.argmax(1).tolist() == one_by_one.argmax(1).tolist()
 
 
+@pytest.mark.slow
 def test_output_classes_are_mapped_to_labels_through_id2label(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["permuted"], "--langs", "fr", "--data", nli_dir,
                       "--limit", PAIRS, "--no-efficiency")
@@ -257,6 +262,7 @@ def test_generic_label_names_are_taken_in_xnli_order_and_the_report_says_so(tmp_
     assert "assumed XNLI order" in (out / "REPORT.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_files_hold_every_figure(tmp_path, models, nli_dir):
     from transformers import AutoModelForSequenceClassification
 

@@ -24,6 +24,7 @@ def xlmr_source(request):
     return request.getfixturevalue("tiny_xlmr_dir")
 
 
+@pytest.mark.slow
 def test_xlmr_runs_through_student_phase_1_finetune_and_phase_2(tmp_path, xlmr_source):
     config = json.loads((xlmr_source / "config.json").read_text())
     assert config["model_type"] == "xlm-roberta" and config["pad_token_id"] == 1
@@ -49,6 +50,7 @@ def test_xlmr_runs_through_student_phase_1_finetune_and_phase_2(tmp_path, xlmr_s
     assert all(r["loss"] == r["loss"] for r in rows)  # finite, not NaN
 
 
+@pytest.mark.slow
 def test_phase_1_and_phase_2_train_in_bf16_on_cpu(tmp_path, tiny_bert_dir):
     """--mixed-precision bf16 (autocast; the weights stay float32): the losses are finite and fall."""
     from safetensors import safe_open

@@ -37,6 +37,7 @@ def run_dir(tmp_path_factory, tiny_bert_dir):
     return out
 
 
+@pytest.mark.slow
 def test_masked_lm_checkpoint_becomes_an_nli_classifier_folder(run_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -59,6 +60,7 @@ def test_bare_encoder_checkpoint_gets_a_new_head_too(tmp_path, sample_files):
     assert config.architectures == ["BertForSequenceClassification"] and config.num_labels == 3
 
 
+@pytest.mark.slow
 def test_metrics_have_every_step_and_one_dev_accuracy_per_epoch(run_dir):
     assert [r["step"] for r in metrics_rows(run_dir, "train")] == list(range(1, 31))
     evals = metrics_rows(run_dir, "eval")
@@ -66,6 +68,7 @@ def test_metrics_have_every_step_and_one_dev_accuracy_per_epoch(run_dir):
     assert all(0 <= r["dev_accuracy"] <= 1 for r in evals)
 
 
+@pytest.mark.slow
 def test_best_is_the_evaluation_with_the_highest_dev_accuracy_and_has_it(run_dir):
     from polyglot_distil.eval.predict import predict_xnli
     from polyglot_distil.models.classifier import load_classifier
@@ -91,6 +94,7 @@ def test_best_is_the_evaluation_with_the_highest_dev_accuracy_and_has_it(run_dir
     assert right / len(DEV.read_text(encoding="utf-8").splitlines()) == pytest.approx(best["dev_accuracy"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, run_dir, tiny_bert_dir):
     out = tmp_path / "interrupted"
     shutil.copytree(run_dir, out)
@@ -126,6 +130,7 @@ def classifiers(tmp_path_factory, run_dir):
     return {"plain": plain, "permuted": permuted, "order": order}
 
 
+@pytest.mark.slow
 def test_existing_nli_classifier_keeps_its_class_order_and_learns_the_same(tmp_path, classifiers):
     from polyglot_distil.eval.predict import predict_xnli
     from polyglot_distil.models.classifier import load_classifier
@@ -140,6 +145,7 @@ def test_existing_nli_classifier_keeps_its_class_order_and_learns_the_same(tmp_p
     assert np.abs(plain - permuted).max() < 1e-4  # in XNLI order: the same probabilities
 
 
+@pytest.mark.slow
 def test_generic_label_names_are_taken_in_xnli_order_and_written_out(tmp_path, run_dir):
     generic = tmp_path / "generic"
     shutil.copytree(run_dir / "final", generic)
@@ -216,11 +222,13 @@ def test_batch_larger_than_the_data_is_an_error(capsys, tmp_path, tiny_bert_dir)
                 "--train", TRAIN, "--dev", DEV, "--out", tmp_path / "out", "--batch-size", 500)
 
 
+@pytest.mark.slow
 def test_existing_output_needs_resume_or_overwrite(capsys, run_dir, tiny_bert_dir):
     _fails_with(capsys, "pass --resume to continue", "finetune", "--model", tiny_bert_dir, "--train", TRAIN,
                 "--dev", DEV, "--out", run_dir)
 
 
+@pytest.mark.slow
 def test_training_on_the_rows_the_data_uses_saves_what_full_training_saves(tmp_path, run_dir, tiny_bert_dir, capsys):
     """--reduce-vocab with weight decay 0 (the default): best/ and final/ equal full training's,
     bitwise, and so do the losses; fewer rows were trained."""
@@ -242,6 +250,7 @@ def test_training_on_the_rows_the_data_uses_saves_what_full_training_saves(tmp_p
     assert all(torch.equal(expected[k], reduced[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_with_weight_decay_the_rows_the_data_never_uses_keep_their_values(tmp_path, tiny_bert_dir):
     from transformers import AutoTokenizer
 

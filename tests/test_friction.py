@@ -51,6 +51,7 @@ def test_progress_lines_are_spaced_and_can_be_switched_off(monkeypatch):
     assert progress(total=10, file=log, show=False).disable
 
 
+@pytest.mark.slow
 def test_count_in_a_log_file_reports_bytes_of_a_known_total(monkeypatch, capsys, tmp_path, tiny_bert_dir):
     monkeypatch.setenv("POLYGLOT_DISTIL_PROGRESS_SECONDS", "0.000001")
     text = tmp_path / "en.txt"

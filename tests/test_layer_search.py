@@ -72,6 +72,7 @@ def test_the_genetic_search_is_reproducible_from_its_seed():
 # The command
 
 
+@pytest.mark.slow
 def test_search_map_ranks_short_runs_and_general_takes_the_mapping_it_wrote(tmp_path, tiny_bert_dir, capsys):
     out = tmp_path / "search"
     assert run_cli("distil", "search-map", "--teacher", tiny_bert_dir, "--layers", 2, *LANGS, *SHORT,
@@ -110,6 +111,7 @@ def test_search_map_ranks_short_runs_and_general_takes_the_mapping_it_wrote(tmp_
     assert json.loads((out / "search.json").read_text())["best"] == best
 
 
+@pytest.mark.slow
 def test_the_criterion_does_not_depend_on_the_mapping_a_copy_of_the_teacher_scores_zero(tmp_path, tiny_bert_dir):
     # A 4-layer student of the 4-layer teacher, its layers copied: the one increasing mapping is the
     # identity, every loss is 0 and so is every update: the student stays the teacher, criterion 0.

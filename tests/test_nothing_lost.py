@@ -17,6 +17,7 @@ import pytest
 
 from conftest import CORPORA, ROOT, run_cli, saved_weights
 from test_outputs import COMMANDS, command_lines
+from test_shared_build import FAKE_TEACHER_SCRIPT
 
 SAMPLE = CORPORA / "en" / "sample.txt"
 NOT_READING_THE_MODEL = {"run", "sizes", "import-model", "smoke-model"}  # outputs in a config, or no model read
@@ -158,6 +159,7 @@ def test_sigterm_saves_a_checkpoint_releases_the_lock_and_the_run_resumes(tiny_b
     assert not (tmp_path / ".run.lock").exists(), "a requeued job resumes without anyone removing the lock"
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
     text = tmp_path / "big.txt"
     text.write_text(SAMPLE.read_text(encoding="utf-8") * 400, encoding="utf-8")
@@ -204,26 +206,11 @@ def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(check
 # ---------------------------------------------------------------------------------------------
 # One teacher cache shared by several runs
 
-SHARED_CACHE_RUN = """
-import sys, time, types
-from pathlib import Path
-import numpy as np, torch
-from polyglot_distil.distill.teacher_cache import TeacherCache
-
-class Pairs:
-    input_ids, offsets, pad_id, token_type_ids = np.arange(40) % 7, np.arange(0, 41, 4), 0, None
-    def __len__(self):
-        return 10
-
-class Teacher(torch.nn.Module):
-    config = types.SimpleNamespace(num_attention_heads=1, hidden_size=2)
-    def forward(self, input_ids, attention_mask, output_hidden_states, output_attentions):
-        Path(sys.argv[3]).touch()  # building; goes on once the test says so
-        while not Path(sys.argv[3] + ".go").exists():
-            time.sleep(0.05)
-        b, w = input_ids.shape
-        return types.SimpleNamespace(logits=torch.ones(b, 3), attentions=None,
-                                     hidden_states=[input_ids.float()[..., None].expand(b, w, 2)])
+SHARED_CACHE_RUN = FAKE_TEACHER_SCRIPT + """
+def building():
+    Path(sys.argv[3]).touch()  # building; goes on once the test says so
+    while not Path(sys.argv[3] + ".go").exists():
+        time.sleep(0.05)
 
 print("started", flush=True)
 cache = TeacherCache.open_or_build(sys.argv[1], Teacher(), sys.argv[2], Pairs(), [0, 1, 2], [0], [], 64, 2, "cpu")
@@ -253,6 +240,7 @@ def test_two_runs_sharing_a_teacher_cache_build_it_once_and_both_read_it(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "building.go", "shared"], "nothing else left"
 
 
+@pytest.mark.slow
 def test_a_teacher_cache_lock_left_by_a_killed_run_is_taken_over(tmp_path, tiny_bert_dir):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -29,6 +29,7 @@ def exported(tmp_path_factory, classifier) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_graph_gives_pytorchs_outputs_within_1e_4_at_any_batch_size_and_length(exported, classifier):
     import onnxruntime
     import torch
@@ -50,6 +51,7 @@ def test_the_graph_gives_pytorchs_outputs_within_1e_4_at_any_batch_size_and_leng
     assert (exported / "model_int8.onnx").is_file() and report["max_abs_difference"]["int8"] > 0  # it rounds
 
 
+@pytest.mark.slow
 def test_eval_xnli_runs_the_graph_beside_its_float_model(tmp_path, exported, classifier):
     assert run_cli("eval", "xnli", "--model", exported, "--baseline", classifier, "--langs", "fr,en",
                    "--data", CORPORA / "nli", "--limit", "30", "--no-efficiency", "--no-progress",
@@ -74,6 +76,7 @@ def test_an_opset_that_cannot_express_a_layer_is_one_line(tmp_path, capsys, clas
     assert not (tmp_path / "old").exists()
 
 
+@pytest.mark.slow
 def test_an_int8_model_or_an_existing_output_is_one_line(tmp_path, capsys, classifier, exported):
     assert run_cli("quantize", "--model", classifier, "--out", tmp_path / "int8") == 0
     capsys.readouterr()

@@ -131,6 +131,7 @@ def live_process():
     proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_refuses_an_output_another_live_process_writes(name, commands, tmp_path, capsys, live_process):
     target = tmp_path / "out"
@@ -141,6 +142,7 @@ def test_every_command_refuses_an_output_another_live_process_writes(name, comma
     assert not target.exists() and lock.is_file(), "the other run's lock is left alone"
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_output_the_second_refuses(tmp_path):
     """Two real processes: the first holds OUT's lock while it works; the second refuses."""
     target = tmp_path / "out"
@@ -159,6 +161,7 @@ def test_two_processes_writing_one_output_the_second_refuses(tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 def test_the_program_leaves_its_process_group_and_main_keeps_it(tmp_path):
     """Under `accelerate launch` each process joins a process group; the program destroys it before
     the interpreter exits (gloo's threads left to exit can abort a rank), while `main`, which `run`,

@@ -104,16 +104,19 @@ def demo_run(tmp_path_factory):
     return {"tmp": tmp, "path": path, "first": first, "second": second, "markers": markers}
 
 
+@pytest.mark.slow
 def test_first_run_stops_after_phase_one(demo_run):
     assert demo_run["first"] == ["count", "trim", "verify", "student", "general"]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_at_the_next_stage_without_redoing_earlier_ones(demo_run):
     assert demo_run["second"] == ["finetune", "task", "eval"]
     for stage, mtime in demo_run["markers"].items():
         assert (demo_run["tmp"] / "run" / stage / "DONE.json").stat().st_mtime_ns == mtime, stage
 
 
+@pytest.mark.slow
 def test_demo_produces_an_evaluated_compact_model(demo_run):
     report = json.loads((demo_run["tmp"] / "run" / "eval" / "report" / "report.json").read_text())
     assert report["languages"] == ["sw", "en"]
@@ -152,10 +155,12 @@ def _plain_accuracy(folder, tsv) -> float:
     return right / total
 
 
+@pytest.mark.slow
 def test_completed_run_does_nothing_again(demo_run):
     assert run_pipeline(load_config(demo_run["path"])) == []
 
 
+@pytest.mark.slow
 def test_interrupted_training_stage_resumes_and_what_reads_it_runs_again(demo_run, capsys):
     import shutil
 
@@ -171,17 +176,20 @@ def test_interrupted_training_stage_resumes_and_what_reads_it_runs_again(demo_ru
     assert "[general] resuming where it stopped (checkpoints)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_from_a_stage_runs_it_and_every_later_stage_again(demo_run):
     assert run_pipeline(load_config(demo_run["path"]), start="task") == ["task", "eval"]
     assert run_pipeline(load_config(demo_run["path"]), only="eval") == ["eval"]
 
 
+@pytest.mark.slow
 def test_editing_an_option_that_changes_no_result_neither_reruns_nor_refuses(demo_run):
     edits = ["count.no_progress=true", "general.log_every=3", "general.keep_checkpoints=5", "task.log_every=7",
              "finetune.no_progress=true"]
     assert run_pipeline(load_config(demo_run["path"], edits)) == []
 
 
+@pytest.mark.slow
 def test_a_damaged_completion_marker_is_one_line_naming_it(demo_run):
     marker = demo_run["tmp"] / "run" / "trim" / "DONE.json"
     kept = marker.read_bytes()
@@ -193,6 +201,7 @@ def test_a_damaged_completion_marker_is_one_line_naming_it(demo_run):
         marker.write_bytes(kept)
 
 
+@pytest.mark.slow
 def test_changed_settings_of_a_completed_stage_are_refused(demo_run):
     with pytest.raises(UserError, match=r"stage trim was completed with other settings \(--min-count: 2 -> 3\)"):
         run_pipeline(load_config(demo_run["path"], ["trim.min_count=3"]))
@@ -202,6 +211,7 @@ def test_stages_are_in_pipeline_order():
     assert STAGES == ("count", "trim", "verify", "search", "student", "general", "finetune", "task", "eval")
 
 
+@pytest.mark.slow
 def test_search_runs_only_when_named_and_its_mapping_reaches_student_and_both_phases(tmp_path, capsys):
     """A run whose stages name search: its students take the student section's shape and its runs
     the general section's recipe; the mapping it writes is the student's init layers and phase 1's
@@ -255,6 +265,7 @@ def test_search_runs_only_when_named_and_its_mapping_reaches_student_and_both_ph
     assert [r["criterion"] for r in again["tried"]] == pytest.approx([r["criterion"] for r in found["tried"]], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
     """Training stages on both (gloo) processes, the others on the main one, as on several GPUs;
     with every stage, the search too."""

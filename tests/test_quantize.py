@@ -215,6 +215,7 @@ def qat(out: Path, model: Path, *extra) -> list[dict]:
     return metrics_rows(out, "train")
 
 
+@pytest.mark.slow
 def test_qat_with_the_teacher_as_its_own_student_keeps_the_loss_near_zero(tmp_path, classifier):
     eight = qat(tmp_path / "q8", classifier)
     two = qat(tmp_path / "q2", classifier, "--bits", "2")
@@ -260,6 +261,7 @@ def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, capsys, cl
     assert "already an int8 model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_interrupted_qat_run_resumes_to_the_same_int8_model(tmp_path, classifier):
     import shutil
 

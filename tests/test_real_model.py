@@ -23,6 +23,7 @@ def heldout(lang: str, n: int = 60) -> list[str]:
     return read_nli(shared("xnli", f"test-{lang}.tsv")).premises[:n]
 
 
+@pytest.mark.slow
 def test_trim_keeps_every_tensor_and_is_exact_on_heldout_text(e5_dir, e5_en_fr):
     from safetensors import safe_open
 
@@ -45,6 +46,7 @@ def test_trim_keeps_every_tensor_and_is_exact_on_heldout_text(e5_dir, e5_en_fr):
     assert "MLM logits" not in card and "hidden states are exactly" in card
 
 
+@pytest.mark.slow
 def test_the_trimmed_sentence_transformer_encodes_as_the_source(e5_dir, e5_en_fr):
     st = pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the test extra)")
     folder, report = e5_en_fr
@@ -61,6 +63,7 @@ def test_the_trimmed_sentence_transformer_encodes_as_the_source(e5_dir, e5_en_fr
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)  # the Normalize module came along
 
 
+@pytest.mark.slow
 def test_phase_1_and_phase_2_run_on_the_real_model(tmp_path, e5_en_fr):
     """Two steps of each phase on a BERT body with a Unigram tokenizer and no MLM head: the
     student is a bare encoder too (no random MLM head), and a loss that needs one refuses."""

@@ -108,6 +108,7 @@ def test_queries_keys_and_values_come_from_hooks_with_the_fast_attention_kept(te
     assert not any(projection._forward_hooks for projection in (attention.query, attention.key, attention.value))
 
 
+@pytest.mark.slow
 def test_minilm_trains_a_narrower_student_from_a_chosen_teacher_layer(tmp_path, teacher_dir):
     out = tmp_path / "run"
     assert run_cli("distil", "general", "--teacher", teacher_dir, "--hidden-size", 16, *LANGS, "--out", out,
@@ -347,6 +348,7 @@ def sizes_run(tmp_path_factory, tiny_bert_dir):
     return run_dir
 
 
+@pytest.mark.slow
 def test_sizes_builds_distils_and_evaluates_one_student_per_size(sizes_run):
     for layers in (1, 2):
         folder = sizes_run / "sizes" / f"L{layers}"
@@ -362,6 +364,7 @@ def test_sizes_builds_distils_and_evaluates_one_student_per_size(sizes_run):
         "en", "fr"]
 
 
+@pytest.mark.slow
 def test_sizes_writes_a_size_latency_accuracy_table_and_plot_with_the_teacher(sizes_run):
     rows = json.loads((sizes_run / "sizes" / "sizes.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["teacher", "L1", "L2"]

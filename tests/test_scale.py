@@ -138,6 +138,7 @@ def _same_rows(one: Path, other: Path) -> None:
 # Several processes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("losses", list(TASK_LOSSES))
 def test_phase_2_on_two_processes_equals_one_process(tmp_path, two_processes, losses, teacher_dir, student_dir,
                                                      tiny_bert_dir):
@@ -148,6 +149,7 @@ def test_phase_2_on_two_processes_equals_one_process(tmp_path, two_processes, lo
     assert len(metrics_rows(one, "eval")) == 1
 
 
+@pytest.mark.slow
 def test_padded_nli_batches_accumulated_give_the_losses_of_one_process(tmp_path, two_processes, teacher_dir,
                                                                        student_dir):
     """The hidden and attention terms average over the global batch's tokens: --grad-accum 2 (and
@@ -157,6 +159,7 @@ def test_padded_nli_batches_accumulated_give_the_losses_of_one_process(tmp_path,
     _same_rows(two_processes / "task-all", tmp_path / "accumulated")
 
 
+@pytest.mark.slow
 def test_finetune_on_two_processes_equals_one_process(tmp_path, two_processes, teacher_dir, student_dir,
                                                       tiny_bert_dir):
     one = _one_process(tmp_path, "finetune", teacher_dir, student_dir, tiny_bert_dir)
@@ -164,6 +167,7 @@ def test_finetune_on_two_processes_equals_one_process(tmp_path, two_processes, t
     assert [r["step"] for r in metrics_rows(one, "eval")] == [2]
 
 
+@pytest.mark.slow
 def test_phase_1_with_the_attention_loss_alone_runs_on_two_processes(tmp_path, two_processes, teacher_dir,
                                                                      student_dir, tiny_bert_dir):
     """The attention loss alone gives the last layer's feed-forward no gradient; found on the
@@ -173,6 +177,7 @@ def test_phase_1_with_the_attention_loss_alone_runs_on_two_processes(tmp_path, t
     assert set(metrics_rows(one, "train")[0]) >= {"attention"} and "hidden" not in metrics_rows(one, "train")[0]
 
 
+@pytest.mark.slow
 def test_the_layer_mapping_search_on_two_processes_ranks_as_one_process(tmp_path, two_processes, teacher_dir,
                                                                        student_dir, tiny_bert_dir):
     """Every candidate's held-out criterion and phase-1 loss, the best mapping and its file: the
@@ -189,6 +194,7 @@ def test_the_layer_mapping_search_on_two_processes_ranks_as_one_process(tmp_path
     assert (two_processes / "search-map" / "candidates" / "1-3" / "run_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_dev_logits_shared_out_over_two_processes_are_those_of_one_process(two_processes, teacher_dir):
     from polyglot_distil.data.nli import read_nli
     from polyglot_distil.models.classifier import load_classifier, predict_logits
@@ -329,6 +335,7 @@ def _half(source: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fp16_checkpoints_train_float32_weights_and_save_in_their_dtype(tmp_path, tiny_bert_dir, teacher_dir,
                                                                         student_dir):
     """An fp16 teacher and student: the weights trained (and checkpointed) are float32, the

@@ -133,7 +133,7 @@ def test_the_other_processes_wait_for_the_main_processs_cache(tmp_path):
     started = threading.Barrier(2)
     results = {}
     other = threading.Thread(target=lambda: results.setdefault("other", cached_blocks(
-        tmp_path, {"k": 1}, ["en"], write, 4, main=False, barrier=started.wait, poll_seconds=0.05)))
+        tmp_path, {"k": 1}, ["en"], write, 4, main=False, barrier=started.wait)))
     other.start()
     mine = cached_blocks(tmp_path, {"k": 1}, ["en"], write, 4, main=True, barrier=started.wait)
     other.join(timeout=30)

@@ -106,6 +106,7 @@ def byte_fallback_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_trim_keeps_every_byte_piece_of_a_byte_fallback_unigram(byte_fallback_dir, tmp_path):
     from polyglot_distil import api
     from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
@@ -210,6 +211,7 @@ def spm_ids(model_file: Path, text: str) -> list[int]:
     return [0] + [fairseq.get(i, i + 1) for i in ids] + [2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "bytes"])
 def test_sentencepiece_only_folder_tokenizes_as_sentencepiece(spm_dirs, kind):
     from polyglot_distil.models.loading import load_tokenizer
@@ -230,6 +232,7 @@ def test_sentencepiece_only_folder_tokenizes_as_sentencepiece(spm_dirs, kind):
         assert tokenizer(UNSEEN)["input_ids"].count(tokenizer.unk_token_id) == 2  # 漢字, 🤗
 
 
+@pytest.mark.slow
 def test_sentencepiece_only_folder_is_built_as_transformers_builds_it(spm_dirs):
     """Without byte fallback, the tokenizer is the one transformers converts (when it can: protobuf)."""
     pytest.importorskip("google.protobuf")
@@ -262,6 +265,7 @@ def without_protobuf(monkeypatch):
     monkeypatch.setattr(loading, "_has_protobuf", lambda: False, raising=False)
 
 
+@pytest.mark.slow
 def test_sentencepiece_only_folder_counts_and_trims_without_protobuf(spm_dirs, tmp_path, without_protobuf):
     folder = spm_dirs["plain"]
     assert run_cli("count", "--tokenizer", folder, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
@@ -273,6 +277,7 @@ def test_sentencepiece_only_folder_counts_and_trims_without_protobuf(spm_dirs, t
     assert report["vocab_size_after"] < report["vocab_size_before"]
 
 
+@pytest.mark.slow
 def test_other_sentencepiece_folder_without_protobuf_says_so_in_one_line(spm_dirs, tmp_path, without_protobuf,
                                                                          capfd):
     folder = tmp_path / "camembert"
@@ -288,6 +293,7 @@ def test_other_sentencepiece_folder_without_protobuf_says_so_in_one_line(spm_dir
     assert not (tmp_path / "counts.parquet").exists()
 
 
+@pytest.mark.slow
 def test_trim_sentencepiece_only_byte_fallback_folder(spm_dirs, tmp_path):
     """Count and trim work on the folder; the trimmed legacy file keeps every byte piece and spells
     an unseen character as the trimmed tokenizer.json does, and the trimmed model's outputs on it

@@ -21,7 +21,9 @@ from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 from polyglot_distil.vocab.select import Rules, id_map_for
 
-KINDS = ["tiny_bert", "tiny_xlmr", "mbert", "xlmr_real"]
+# The real vocabularies cost seconds to build and trim: the fast loop (pytest -m "not slow") takes the tiny ones.
+KINDS = ["tiny_bert", "tiny_xlmr", pytest.param("mbert", marks=pytest.mark.slow),
+         pytest.param("xlmr_real", marks=pytest.mark.slow)]
 EN_FR = [CORPORA / "en" / "sample.txt", CORPORA / "fr" / "sample.txt"]
 
 
@@ -196,6 +198,7 @@ def test_xlmr_keeps_its_first_ids_and_mask_last(tiny_xlmr):
     assert tokenizer.mask_token_id == len(tiny_xlmr.old_ids) - 1
 
 
+@pytest.mark.slow
 def test_mbert_specials_move_and_are_remapped_everywhere(mbert):
     tokenizer = mbert.after
     assert tokenizer.cls_token_id < 101  # [CLS] was 101, behind [unused1..99]
@@ -205,12 +208,14 @@ def test_mbert_specials_move_and_are_remapped_everywhere(mbert):
     assert {t["content"]: t["id"] for t in spec["added_tokens"]}["[MASK]"] == tokenizer.mask_token_id
 
 
+@pytest.mark.slow
 def test_cased_mbert_stays_cased_after_trim_save_and_reload(mbert):
     tokenizer = mbert.after
     assert tokenizer.init_kwargs.get("do_lower_case") is False
     assert tokenizer.tokenize("Paris")[0][0] == "P"
 
 
+@pytest.mark.slow
 def test_truncation_is_off_and_padding_uses_the_new_pad_id(xlmr_real):
     spec = json.loads((xlmr_real.out / "tokenizer.json").read_text(encoding="utf-8"))
     assert spec["truncation"] is None
@@ -230,14 +235,14 @@ def test_fill_mask_pipeline_runs(trimmed):
 # Legacy files
 
 
-@pytest.mark.parametrize("kind", ["tiny_bert", "mbert"])
+@pytest.mark.parametrize("kind", ["tiny_bert", pytest.param("mbert", marks=pytest.mark.slow)])
 def test_vocab_txt_agrees_with_tokenizer_json(request, kind):
     t = request.getfixturevalue(kind)
     lines = (t.out / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert lines == vocab_in_id_order(t.after)
 
 
-@pytest.mark.parametrize("kind", ["tiny_bert", "mbert"])
+@pytest.mark.parametrize("kind", ["tiny_bert", pytest.param("mbert", marks=pytest.mark.slow)])
 def test_vocab_txt_alone_tokenizes_like_tokenizer_json(request, tmp_path, kind):
     from transformers import AutoTokenizer
 
@@ -249,6 +254,7 @@ def test_vocab_txt_alone_tokenizes_like_tokenizer_json(request, tmp_path, kind):
         assert legacy(text)["input_ids"] == fast(text)["input_ids"]
 
 
+@pytest.mark.slow
 def test_trimmed_sentencepiece_model_keeps_the_fairseq_offset(tmp_path, sample_files):
     """XLM-R's sentencepiece.bpe.model: spm ids are the Hugging Face ids minus one."""
     import io
@@ -296,6 +302,7 @@ def test_trimmed_sentencepiece_model_keeps_the_fairseq_offset(tmp_path, sample_f
 # Heads, dtype, report and card
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head, auto_class", [
     ("base", "AutoModel"), ("sequence-classification", "AutoModelForSequenceClassification"),
     ("token-classification", "AutoModelForTokenClassification"),
@@ -355,6 +362,7 @@ def test_the_source_dtype_is_kept_in_safetensors(tmp_path, tiny_bert_dir):
         assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}
 
 
+@pytest.mark.slow
 def test_report_has_old_ids_parameters_and_kept_tokens_per_language_and_rule(mbert):
     report = mbert.report
     assert len(report["old_ids"]) == report["vocab_size_after"] and report["old_ids"] == sorted(report["old_ids"])
@@ -366,6 +374,7 @@ def test_report_has_old_ids_parameters_and_kept_tokens_per_language_and_rule(mbe
     assert report["legacy_files"] == ["vocab.txt"]
 
 
+@pytest.mark.slow
 def test_model_card_tabulates_the_report(mbert):
     card = (mbert.out / "README.md").read_text(encoding="utf-8")
     report = mbert.report
@@ -502,6 +511,7 @@ def pretraining_checkpoint(tiny_bert_dir: Path, folder: Path, architecture: str)
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["BertForMaskedLM", "BertForPreTraining"])
 def test_every_tensor_of_the_source_is_kept_and_the_pooler_verified(tmp_path, tiny_bert_dir, architecture):
     from safetensors.torch import load_file
@@ -535,6 +545,7 @@ def test_every_tensor_of_the_source_is_kept_and_the_pooler_verified(tmp_path, ti
     assert "the pooler output" in card and "MLM logits" in card
 
 
+@pytest.mark.slow
 def test_verify_fails_when_the_pooler_differs(tmp_path, tiny_bert_dir):
     """The pooler comparison is not vacuous: a trimmed folder whose pooler was changed fails."""
     from safetensors.torch import load_file, save_file

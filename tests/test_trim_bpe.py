@@ -64,7 +64,8 @@ def make_bpe_trim(root: Path, kind: str, tokenizer, source: Path | None = None) 
     return BpeTrim(kind, source, root / "trimmed", trim_to_swahili(root, source, verify_lines=60))
 
 
-@pytest.fixture(scope="module", params=list(KINDS))
+# One flavour in the fast loop (pytest -m "not slow"), every flavour in the whole suite.
+@pytest.fixture(scope="module", params=[k if k == "qwen2" else pytest.param(k, marks=pytest.mark.slow) for k in KINDS])
 def bpe_trim(request, tmp_path_factory, tokenizers_by_flavour) -> BpeTrim:
     kind = request.param
     return make_bpe_trim(tmp_path_factory.mktemp(f"bpe_{kind}"), kind, tokenizers_by_flavour[KINDS[kind]])
@@ -154,6 +155,7 @@ def test_uncovered_text_never_becomes_unknown_where_the_original_did_not(bpe_tri
     assert uncovered >= 500
 
 
+@pytest.mark.slow
 def test_without_the_merge_closure_verify_catches_the_difference(tmp_path, tokenizers_by_flavour, monkeypatch):
     """The closure is what makes the trim exact: without it, intermediate tokens (never counted, as
     text never shows them) are dropped with their merges, and the built-in verify refuses to write."""
@@ -225,6 +227,7 @@ def gemma_spm_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_gemma_tokenizer_model_is_trimmed_and_tokenizes_like_the_trimmed_tokenizer_json(gemma_spm_dir, tmp_path):
     import sentencepiece as spm
 
@@ -249,6 +252,7 @@ def test_gemma_tokenizer_model_is_trimmed_and_tokenizes_like_the_trimmed_tokeniz
 # Word-boundary markers on the merges: a continuing-subword prefix and an end-of-word suffix
 
 
+@pytest.mark.slow
 def test_prefix_and_suffix_bpe_trims_exactly(lines):
     """A BPE with `##` on word-inner pieces and `</w>` on word ends (its merges drop the right
     part's prefix): trimmed to the tokens seen twice in 300 Swahili lines, random covered texts keep their

@@ -97,6 +97,7 @@ def assert_loads_back_with_its_tensors_reindexed(trimmed: FamilyTrim, token_axes
     return model
 
 
+@pytest.mark.slow
 def test_mobilebert_head_dense_is_reindexed_along_its_second_axis(mobilebert):
     token_axes = {"mobilebert.embeddings.word_embeddings.weight": 0, "cls.predictions.bias": 0,
                   "cls.predictions.dense.weight": 1}
@@ -106,17 +107,20 @@ def test_mobilebert_head_dense_is_reindexed_along_its_second_axis(mobilebert):
     assert result["passed"] and result["compared"] >= 20 and result["max_logit_diff"] == 0
 
 
+@pytest.mark.slow
 def test_mt5_untied_lm_head_and_shared_embeddings_are_reindexed(mt5):
     model = assert_loads_back_with_its_tensors_reindexed(mt5, {"shared.weight": 0, "lm_head.weight": 0})
     assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()  # still untied
     assert model.encoder.embed_tokens.weight is model.shared.weight
 
 
+@pytest.mark.slow
 def test_mbart_final_logits_bias_is_reindexed_along_its_second_axis(mbart):
     model = assert_loads_back_with_its_tensors_reindexed(mbart, {"model.shared.weight": 0, "final_logits_bias": 1})
     assert model.lm_head.weight is model.model.shared.weight  # the tie survives
 
 
+@pytest.mark.slow
 def test_mbart_language_codes_stay_contiguous_and_the_generation_config_follows(mbart):
     from polyglot_distil.models.loading import load_tokenizer
 
@@ -130,6 +134,7 @@ def test_mbart_language_codes_stay_contiguous_and_the_generation_config_follows(
     assert seq2seq.report["special_tokens"]["sw_KE"] == [old_code, codes[4]] and old_code != codes[4]
 
 
+@pytest.mark.slow
 def test_seq2seq_verify_compares_encoder_decoder_and_generation(seq2seq):
     result = seq2seq.report["verify"]["sw"]
     assert result["passed"] and result["compared"] >= 30 and result["generated"] == result["compared"]
@@ -225,6 +230,7 @@ def test_a_checkpoint_tensor_with_a_vocabulary_sized_second_axis_stops_the_trim(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_verify_command_proves_a_seq2seq_trim_and_the_card_says_what(seq2seq, tmp_path, capsys):
     text = tmp_path / "sw.txt"
     text.write_text("\n".join(swahili(3000, 60)) + "\n", encoding="utf-8")

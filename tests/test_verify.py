@@ -74,6 +74,7 @@ def verify(source, folder, tmp_path, *extra) -> tuple[int, dict]:
     return code, json.loads(report.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_a_correct_trim_passes_with_every_figure_reported(source, trimmed, tmp_path, capsys):
     code, report = verify(source, trimmed, tmp_path)
     assert code == 0 and "identical on every covered text" in capsys.readouterr().out
@@ -86,6 +87,7 @@ def test_a_correct_trim_passes_with_every_figure_reported(source, trimmed, tmp_p
         assert r["passed"]
 
 
+@pytest.mark.slow
 def test_a_changed_embedding_row_fails(source, trimmed, tmp_path, pair):
     folder = broken_copy(trimmed, tmp_path)
     row = pair[3].convert_tokens_to_ids("the")
@@ -99,6 +101,7 @@ def test_a_changed_embedding_row_fails(source, trimmed, tmp_path, pair):
     assert report["en"]["differing"] > 0 and report["en"]["max_hidden_diff"] > 0
 
 
+@pytest.mark.slow
 def test_a_truncated_mlm_bias_fails_on_logits_alone(source, trimmed, tmp_path):
     """Geotrend's released code keeps the first N bias entries instead of the kept ones."""
     from safetensors.torch import load_file

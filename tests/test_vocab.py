@@ -280,6 +280,7 @@ def test_parameter_formula_matches_a_real_bert_for_masked_lm():
     assert bert_mlm_parameters(32, 3, 48, 40, 2, 777) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_mbert_en_fr_keeps_tens_of_thousands_of_tokens_and_a_third_fewer_parameters(mbert_vocab_dir):
     from polyglot_distil.data.corpus import parse_sources
     from polyglot_distil.vocab.count import count_corpora

@@ -21,18 +21,15 @@ teacher state / attention layer `hidden-K.npy` float16 [tokens, H] and `attentio
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.outputs import pid_alive
+from polyglot_distil.shared_build import build_once
 
 FORMAT = "polyglot-distil teacher cache 1"
 
@@ -68,26 +65,26 @@ class TeacherCache:
     def open_or_build(cls, folder: str | Path, teacher, teacher_path, pairs, teacher_order, hidden: list[int],
                       attention: list[int], max_length: int, batch_size: int, device, accelerator=None,
                       log=print) -> "TeacherCache":
-        """The cache in `folder` if it holds this key, else built there first (by the main process;
-        the others wait for it)."""
+        """The cache in `folder` if it holds this key, else built there first: by the main process,
+        while the others poll for it (shared_build.build_once: no collective waits on the build,
+        and several runs sharing the folder take turns)."""
         folder = Path(folder)
         key = cache_key(teacher_path, pairs, hidden, attention, max_length)
-        main = accelerator is None or accelerator.is_main_process
-        if main and not _holds(folder, key):
-            if folder.exists() and not (folder / "cache.json").is_file():
-                raise UserError(f"--teacher-cache {folder} exists and is not a teacher cache; give another folder")
-            # Several runs share one cache (several students of one teacher): one builds it while
-            # the others wait, in a folder of its own, published whole by a rename.
-            with _building(folder):
-                if not _holds(folder, key):
-                    if folder.exists():
-                        log(f"teacher cache {folder}: made for another teacher, data or settings; rebuilding it")
-                    start = time.perf_counter()
-                    _build(folder, key, teacher, pairs, teacher_order, hidden, attention, batch_size, device)
-                    log(f"teacher cache: {len(pairs):,} pairs in {time.perf_counter() - start:.0f} s, "
-                        f"{sum(p.stat().st_size for p in folder.iterdir()) / 1e6:,.0f} MB in {folder}")
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
+        if folder.exists() and not (folder / "cache.json").is_file():
+            raise UserError(f"--teacher-cache {folder} exists and is not a teacher cache; give another folder")
+
+        def write(tmp: Path) -> None:
+            if folder.exists():
+                log(f"teacher cache {folder}: made for another teacher, data or settings; rebuilding it")
+            start = time.perf_counter()
+            _fill(tmp, key, teacher, pairs, teacher_order, hidden, attention, batch_size, device)
+            log(f"teacher cache: {len(pairs):,} pairs in {time.perf_counter() - start:.0f} s, "
+                f"{sum(p.stat().st_size for p in tmp.iterdir()) / 1e6:,.0f} MB in {folder}")
+
+        build_once(folder, write, main=accelerator is None or accelerator.is_main_process,
+                   barrier=accelerator.wait_for_everyone if accelerator is not None else None,
+                   done="cache.json", ready=lambda: _holds(folder, key), tag=key,
+                   doing=f"build the teacher cache {folder}")
         return cls(folder)
 
     def batch(self, rows, width: int, device) -> dict:
@@ -123,48 +120,9 @@ def _holds(folder: Path, key: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _building(folder: Path, poll_seconds: float = 0.5):
-    """Hold `.DIR.building.lock` (its holder's pid inside) while building `folder`: a second run
-    waits for the first; a lock whose process is gone (killed) is taken over."""
-    lock = folder.with_name(f".{folder.name}.building.lock")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                owner = int(json.loads(lock.read_text(encoding="utf-8"))["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
-                owner = None  # being written this instant: look again
-            if owner is not None and not pid_alive(owner):
-                lock.unlink(missing_ok=True)
-            time.sleep(poll_seconds)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"pid": os.getpid()}, handle)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _build(folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[int], attention: list[int],
-           batch_size: int, device) -> None:
-    """Run the teacher over every pair (length-sorted batches) and write the arrays atomically."""
-    tmp = folder.with_name(f".{folder.name}.building-{os.getpid()}")  # this run's own
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _fill(tmp, folder, key, teacher, pairs, teacher_order, hidden, attention, batch_size, device)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fill(tmp: Path, folder: Path, key: str, teacher, pairs, teacher_order, hidden: list[int], attention: list[int],
+def _fill(tmp: Path, key: str, teacher, pairs, teacher_order, hidden: list[int], attention: list[int],
           batch_size: int, device) -> None:
-    """Write the arrays into `tmp`, then publish it as `folder`."""
+    """Run the teacher over every pair (length-sorted batches) and write the arrays into `tmp`."""
     import torch
     from polyglot_distil.progress import progress
 
@@ -214,8 +172,3 @@ def _fill(tmp: Path, folder: Path, key: str, teacher, pairs, teacher_order, hidd
         np.save(tmp / "attention_offsets.npy", attention_offsets)
     (tmp / "cache.json").write_text(json.dumps({"format": FORMAT, "key": key, "pairs": n, "hidden": hidden,
                                                 "attention": attention, "heads": heads}, indent=1), encoding="utf-8")
-    if folder.exists():  # another key's cache: its readers keep their open maps
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, folder)
