@@ -92,6 +92,7 @@ def main() -> int:
                 continue
             points.append(_point(api, args, work, n, e, train, dev, text, teacher))
             _write(args, work, points)
+    _write(args, work, points)
     print((args.out.with_suffix(".md")).read_text(encoding="utf-8"))
     print(f"wall time: {(time.time() - began) / 60:.1f} min")
     return 0
@@ -157,6 +158,14 @@ def _names(args, steps: int, epochs: float) -> tuple[str, str]:
 def _write(args, work: Path, points: list[dict]) -> None:
     """The table (OUT.md) and the plot (OUT.svg) of the points measured so far."""
     t = args.target
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not points:
+        args.out.with_suffix(".md").write_text(
+            "# The budget curve: (c) against its teacher (a), by compute\n\n"
+            f"`python scripts/bench_curve.py --steps {args.steps} --epochs {args.epochs}` has not finished a point "
+            "yet: no figure here." + _missing(args, points) + "\n", encoding="utf-8")
+        args.out.with_suffix(".svg").unlink(missing_ok=True)
+        return
     teacher = points[0]["teacher"]
     rows = ["| phase-1 steps (tokens) | phase 2 epochs (full + sparse) | en acc | "
             f"{t} acc | {t} 95% interval | share of (a) on {t} | against (a) | against (c) | training time |",
@@ -190,7 +199,6 @@ def _write(args, work: Path, points: list[dict]) -> None:
         f"![French accuracy by phase-1 budget]({args.out.name}.svg)",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(text), encoding="utf-8")
     args.out.with_suffix(".svg").write_text(_svg(points, teacher, t), encoding="utf-8")
     (work / "curve.json").write_text(json.dumps(points, indent=1), encoding="utf-8")
@@ -201,7 +209,8 @@ def _missing(args, points: list[dict]) -> str:
     done = {(p["steps"], p["epochs"]) for p in points}
     missing = [f"{int(n):,} steps with {float(e):g}+{float(e):g} epochs" for n in args.steps.split(",")
                for e in args.epochs.split(",") if (int(n), float(e)) not in done]
-    return f" Not measured yet (the run was cut short; running it again resumes): {'; '.join(missing)}." if missing else ""
+    return (f" Not measured yet (the run has not reached them; running it again resumes it): {'; '.join(missing)}."
+            if missing else "")
 
 
 def _svg(points: list[dict], teacher: float, target: str) -> str:

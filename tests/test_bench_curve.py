@@ -28,7 +28,8 @@ def _write(tmp_path, points):
     module = _module()
     args = argparse.Namespace(target="fr", steps="300,1000", epochs="1,3", eval_limit=0, out=tmp_path / "curve")
     module._write(args, tmp_path, points)
-    return (tmp_path / "curve.md").read_text(encoding="utf-8"), (tmp_path / "curve.svg").read_text(encoding="utf-8")
+    svg = tmp_path / "curve.svg"
+    return (tmp_path / "curve.md").read_text(encoding="utf-8"), svg.read_text(encoding="utf-8") if svg.exists() else None
 
 
 def test_the_table_says_where_the_curve_stops_below_the_target(tmp_path):
@@ -46,7 +47,7 @@ def test_the_table_says_where_the_curve_stops_below_the_target(tmp_path):
 def test_a_point_at_95_percent_of_the_teacher_is_reported_as_reached(tmp_path):
     table, _ = _write(tmp_path, [_point(300, 1, 0.5884), _point(3000, 3, 0.95 * 0.6462 + 0.0001)])
     assert "reached: 3,000 steps, 3+3 epochs" in table
-    assert "not reached" not in table
+    assert "not reached by the points measured" not in table
 
 
 def test_the_points_not_measured_yet_are_named(tmp_path):
@@ -55,3 +56,10 @@ def test_the_points_not_measured_yet_are_named(tmp_path):
     assert "300 steps with 3+3 epochs; 1,000 steps with 1+1 epochs; 1,000 steps with 3+3 epochs." in table
     table, _ = _write(tmp_path, [_point(n, e, 0.59) for n in (300, 1000) for e in (1, 3)])
     assert "Not measured yet" not in table
+
+
+def test_before_any_point_the_page_says_there_is_no_figure_yet(tmp_path):
+    table, _ = _write(tmp_path, [])
+    assert "has not finished a point yet: no figure here" in table
+    assert "300 steps with 1+1 epochs" in table
+    assert not (tmp_path / "curve.svg").exists()
