@@ -32,49 +32,77 @@ from polyglot_distil.options import Command
 from polyglot_distil.outputs import release_locks
 
 PathLike = str | os.PathLike
+Languages = dict[str, PathLike | Iterable[PathLike]]  # a language -> its sources, e.g. {"en": ["en.txt"]}
 
 
-def _call(command: Command, **values: Any) -> dict:
-    options = command.namespace(**{k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items()})
+def _call(command: Command, lang: list[str] | None = None, check_status: bool = True, **values: Any) -> dict:
+    """Run `command`'s stage on `values` (paths as strings, iterables as lists; `lang`: the specs
+    of a languages mapping); a report with a non-zero "exit_status" raises, unless not `check_status`."""
+    def plain(value):
+        return str(value) if isinstance(value, os.PathLike) else value
+
+    values = {k: [plain(x) for x in v] if isinstance(v, (tuple, list)) else plain(v) for k, v in values.items()}
+    options = command.namespace(**values, **({"lang": lang} if lang is not None else {}))
     try:
         report = command.call(options)
     finally:
         release_locks()  # of outputs a failed stage did not get to write
-    if isinstance(report, dict) and report.get("exit_status"):
+    if check_status and isinstance(report, dict) and report.get("exit_status"):
         raise UserError(f"{command.name} failed (exit status {report['exit_status']})")
     return report
 
 
-def _specs(languages: dict[str, Iterable[PathLike]]) -> list[str]:
+def _given(arguments: dict[str, Any], *connecting: str) -> dict[str, Any]:
+    """A function's arguments (its `locals()` before anything else) as the stage's values, less the
+    `connecting` ones that the caller turns into options itself."""
+    return {k: v for k, v in arguments.items() if k not in connecting}
+
+
+def _specs(languages: Languages) -> list[str]:
     if not isinstance(languages, dict) or not languages:
         raise UserError("languages: expected a mapping language -> list of sources, e.g. {'en': ['en.txt']}")
     return [f"{lang}={source}" for lang, sources in languages.items()
             for source in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
 
 
-def count(tokenizer: str, languages: dict[str, Iterable[PathLike]], out: PathLike, **options: Any) -> dict:
+def count(tokenizer: str, languages: Languages, out: PathLike, *,
+          max_lines: int | None = None, max_bytes: int | None = None, min_chars: int = 0, sample: str = "random",
+          seed: int = 0, shard: str | None = None, batch_lines: int = 8192, allow_replacements: bool = False,
+          overwrite: bool = False, trust_remote_code: bool = False, no_progress: bool = False) -> dict:
     """Count token occurrences per language with the tokenizer; write the Parquet table `out`.
-    Options as `polyglot-distil count` (max_lines, min_chars, sample, shard, ...)."""
+    The keywords are `vocab.count.CountSettings`' fields (`polyglot-distil count --help`)."""
+    values = _given(locals(), "languages")
     from polyglot_distil.vocab.count import COUNT
 
-    return _call(COUNT, tokenizer=tokenizer, lang=_specs(languages), out=out, **options)
+    return _call(COUNT, _specs(languages), **values)
 
 
-def trim(model: str, counts: PathLike, langs: Iterable[str], out: PathLike, **options: Any) -> dict:
+def trim(model: str, counts: PathLike, langs: Iterable[str], out: PathLike, *,
+         min_count: int | None = None, min_line_share: float | None = None, min_prob: float | None = None,
+         coverage: float | None = None, top_n: int | None = None, keep: Iterable[str] = (),
+         keep_file: PathLike | None = None, keep_chars: bool = False, verify_lang: Iterable[str] = (),
+         verify_lines: int = 100, no_verify: bool = False, overwrite: bool = False, trust_remote_code: bool = False,
+         no_progress: bool = False) -> dict:
     """Trim `model` to the tokens `langs` use in `counts`; write the model folder `out` and return
-    the trim report. Rules and options as `polyglot-distil trim` (min_count, min_line_share,
-    min_prob, coverage, top_n, keep, keep_chars, verify_lines, no_verify, ...)."""
+    the trim report. The keywords are `vocab.trim.TrimSettings`' fields (`polyglot-distil trim --help`);
+    `verify_lang` holds `LANG=SOURCE` specs."""
+    values = _given(locals())
     from polyglot_distil.vocab.trim import TRIM
 
-    return _call(TRIM, model=model, counts=counts, langs=",".join(langs), out=out, **options)
+    return _call(TRIM, **{**values, "langs": ",".join(langs)})
 
 
-def verify(original: str, trimmed: PathLike, languages: dict[str, Iterable[PathLike]], **options: Any) -> dict:
+def verify(original: str, trimmed: PathLike, languages: Languages, *,
+           max_lines: int = 1000, min_coverage: float = 0.5, seed: int = 0, batch_size: int = 8,
+           report: PathLike | None = None, overwrite: bool = False, trust_remote_code: bool = False,
+           no_progress: bool = False) -> dict:
     """Compare the trimmed model with the original on held-out text; the report's "languages"
-    holds the figures, "exit_status" 1 when they differ (no exception: a difference is a result)."""
+    holds the figures, "exit_status" 1 when they differ (no exception: a difference is a result).
+    The keywords are `vocab.verify.VerifySettings`' fields (`polyglot-distil verify --help`)."""
+    values = _given(locals(), "languages")
     from polyglot_distil.vocab.verify import VERIFY
 
-    return VERIFY.call(VERIFY.namespace(original=original, trimmed=str(trimmed), lang=_specs(languages), **options))
+    return _call(VERIFY, _specs(languages), check_status=False, **values)
 
 
 def student(teacher: str, out: PathLike, **options: Any) -> dict:

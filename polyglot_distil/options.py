@@ -12,7 +12,10 @@ This module is pure data and imports neither argparse nor torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Sequence
 
@@ -89,6 +92,73 @@ class Option:
         return value
 
 
+def setting(default: Any = MISSING, *, help: str | None = None, kind: str = VALUE, type: Callable[[str], Any] | None = None,
+            flag: str | None = None, choices: tuple | None = None, metavar: str | None = None,
+            nargs: str | None = None, group: str | None = None, role: str | None = None) -> Any:
+    """A field of a stage's settings dataclass that is also its option: the default (none: the
+    option is required), the help and how the command line spells it (see `Option`). The value's
+    converter is the field's type (`int`, `float`, `str`) unless `type` names another."""
+    meta = {"help": help, "kind": kind, "type": type, "flag": flag, "choices": choices, "metavar": metavar,
+            "nargs": nargs, "group": group, "role": role}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default.copy(), metadata={"option": meta})
+    return field(default=default, metadata={"option": meta})
+
+
+def like(option: Option, **changes: Any) -> Any:
+    """A settings field declared as the shared `option` is (`OVERWRITE`, `SEED`, ...), with `changes`
+    (another help, group or default)."""
+    option = replace(option, **changes)
+    default = option.default if option.kind not in (FLAG,) else False
+    if option.kind == NEGATED and default is None:
+        default = True
+    return setting(MISSING if option.required else default, help=option.help, kind=option.kind, type=option.type,
+                   flag=option.flag, choices=option.choices, metavar=option.metavar, nargs=option.nargs,
+                   group=option.group, role=option.role)
+
+
+_CONVERTERS = {int: int, float: float}
+
+
+def _converter(hint: Any) -> Callable[[str], Any] | None:
+    """The converter of a value typed `hint` (`int | None` -> int; `str`, lists of str -> None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in args if a is not type(None)]
+        return _converter(found[0]) if len(found) == 1 else None
+    if typing.get_origin(hint) in (list, tuple) and args:
+        return _converter(args[0])
+    return _CONVERTERS.get(hint)
+
+
+def options_of(settings: type) -> list[Option]:
+    """The `Option`s of a settings dataclass, in field order (fields made with `setting`). A settings
+    class made of parts (dataclasses it inherits) may show a part's fields under a title in `--help`:
+    `PART_GROUPS = {StudentShape: "student (when --student is not given)"}`."""
+    hints = typing.get_type_hints(settings)
+    groups = {f.name: title for part, title in getattr(settings, "PART_GROUPS", {}).items()
+              for f in dataclasses.fields(part)}
+    options = []
+    for f in dataclasses.fields(settings):
+        meta = f.metadata.get("option")
+        if meta is None:
+            continue
+        if f.name in groups and not meta["group"]:
+            meta = {**meta, "group": groups[f.name]}
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        required = f.default is MISSING and f.default_factory is MISSING and meta["kind"] != POSITIONAL
+        options.append(Option(f.name, type=meta["type"] or _converter(hints[f.name]), default=default,
+                              help=meta["help"], kind=meta["kind"], flag=meta["flag"], choices=meta["choices"],
+                              required=required, metavar=meta["metavar"], nargs=meta["nargs"], group=meta["group"],
+                              role=meta["role"]))
+    return options
+
+
 def group(title: str, options: Iterable[Option]) -> list[Option]:
     """The same options, shown under `title` in `--help`."""
     return [replace(option, group=title) for option in options]
@@ -101,11 +171,16 @@ class Command:
 
     words: tuple[str, ...]
     help: str
-    options: Sequence[Option]
-    run: Callable[[Any], int]
+    run: Callable[[Any], Any]
+    options: Sequence[Option] = ()
+    settings: type | None = None  # the stage's settings dataclass: `options` are made from its fields
     description: str | None = None
     raw_description: bool = False  # keep the description's line breaks in --help
     group_help: dict = field(default_factory=dict)  # the help of a command group, e.g. {"distil": "..."}
+
+    def __post_init__(self):
+        if self.settings is not None:
+            object.__setattr__(self, "options", options_of(self.settings))
 
     @property
     def name(self) -> str:
@@ -135,14 +210,17 @@ class Command:
     def defaults(self) -> dict[str, Any]:
         return {o.name: (list(o.default) if isinstance(o.default, list) else o.default) for o in self.options}
 
-    def namespace(self, **values: Any) -> SimpleNamespace:
-        """The options as the stage function takes them: the defaults, then `values` (Python
-        values, already of the right type), each name checked."""
+    def namespace(self, **values: Any) -> Any:
+        """The options as the stage function takes them (its settings dataclass, or a namespace
+        for a command without one): the defaults, then `values` (Python values, already of the
+        right type), each name checked."""
         known = self.defaults()
         for name in values:
             if name not in known:
                 raise UserError(f"{self.name}: unknown option {name!r} (expected one of: {', '.join(known)})")
-        return SimpleNamespace(**{**known, **values})
+        if self.settings is None:
+            return SimpleNamespace(**{**known, **values})
+        return make_settings(self.settings, values, self.name)
 
     # -- configs ----------------------------------------------------------------------------
 
@@ -202,6 +280,21 @@ class Command:
             elif value is not None:
                 argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
         return argv
+
+
+def make_settings(settings: type, values: dict[str, Any], where: str):
+    """`settings(**values)`, a missing required value or an unknown name said in one line."""
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    unknown = [name for name in values if name not in fields]
+    if unknown:
+        raise UserError(f"{where}: unknown option {unknown[0]!r} (expected one of: {', '.join(fields)})")
+    missing = [f for f in fields.values() if f.default is MISSING and f.default_factory is MISSING
+               and values.get(f.name) is None]
+    if missing:
+        option = next(o for o in options_of(settings) if o.name == missing[0].name)
+        name = option.name if option.kind == POSITIONAL else option.flags[-1]
+        raise UserError(f"{where}: {name} is required")
+    return settings(**values)
 
 
 def exit_status(result) -> int:

@@ -134,9 +134,9 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    command, options = parse_args(argv)
     previous = _terminate_as_interrupt()
     try:
+        command, options = parse_args(argv)  # a settings check may refuse a value: one line
         from polyglot_distil.models.loading import quiet_transformers
 
         quiet_transformers()
