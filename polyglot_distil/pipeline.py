@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -369,7 +369,7 @@ def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]
     """The student section, and the phases' layer maps, against the teacher's shape (its
     config.json: trimming keeps the layers and widths), before the first stage runs: `--layers 3`
     of a 2-layer teacher is one line now, not after hours of counting, trimming and fine-tuning."""
-    from polyglot_distil.models.student import check_layers, parse_layers, planned_config, spec_from_args
+    from polyglot_distil.models.student import StudentShape, check_layers, parse_layers, planned_config
 
     stage = table["student"]
 
@@ -384,7 +384,8 @@ def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]
     except (OSError, ValueError) as exc:
         raise UserError(f"config key model: {teacher} cannot be read ({str(exc).splitlines()[0]})") from None
     try:
-        student = planned_config(teacher_config, spec_from_args(stage.command.namespace(**section)))
+        shape = StudentShape(**{k: v for k, v in section.items() if k in {f.name for f in fields(StudentShape)}})
+        student = planned_config(teacher_config, shape.spec(section.get("seed", 0)))
     except UserError as exc:
         raise UserError(f"config section student: {exc} (the teacher {config['model']})") from None
     for phase in ("general", "task"):

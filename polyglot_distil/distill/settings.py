@@ -1,14 +1,15 @@
-"""The options every training stage shares (declared once) and the `TrainSettings` made from them.
-Torch-free, so that building the command line stays fast."""
+"""The options every training stage shares (declared once, as the settings dataclasses `Optimisation`
+and `Checkpointing` that the stages' settings inherit) and the one builder of `TrainSettings` from
+them. Torch-free, so that building the command line stays fast."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.loading import SAVE_DTYPES
-from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, group
+from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, group, like, setting
 
 
 def steps_for(epochs: float, batches_per_epoch: int, option: str) -> int:
@@ -58,3 +59,57 @@ def training_settings(args, steps: int, batches_per_epoch: int, weight_decay: fl
         save_every=args.save_every or min(eval_every, 1000), log_every=args.log_every,
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None)
+
+
+TRAINING = "training"
+
+
+@dataclass(kw_only=True)
+class Optimisation:
+    """How every training stage optimises (a stage's settings inherit it and may change a default)."""
+
+    batch_size: int = setting(8, group=TRAINING, help="examples per optimizer step, all processes together")
+    grad_accum: int = setting(1, group=TRAINING,
+                              help="cut each batch into this many micro-batches (less memory, same result)")
+    lr: float = setting(1e-4, group=TRAINING)
+    warmup_steps: int = setting(0, group=TRAINING)
+    max_grad_norm: float = setting(1.0, group=TRAINING, help="gradient clipping (0: none)")
+    mixed_precision: str = like(MIXED_PRECISION, group=TRAINING)
+    log_every: int = setting(50, group=TRAINING, help="steps between rows of metrics.jsonl")
+    seed: int = like(SEED, group=TRAINING)
+
+    def train_settings(self, out, steps: int, *, eval_every: int, save_every: int, keep_checkpoints: int = 2,
+                       resume: bool = False, overwrite: bool = False, weight_decay: float = 0.0,
+                       no_progress: bool = False):
+        """The one builder of a run's `TrainSettings`: these options, and what the stage decides."""
+        from polyglot_distil.distill.training import TrainSettings
+
+        return TrainSettings(
+            out=out, steps=steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
+            weight_decay=weight_decay, warmup_steps=self.warmup_steps, max_grad_norm=self.max_grad_norm or None,
+            mixed_precision=self.mixed_precision, seed=self.seed, eval_every=eval_every, save_every=save_every,
+            log_every=self.log_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
+            progress=False if no_progress else None)
+
+
+@dataclass(kw_only=True)
+class Checkpointing(Optimisation):
+    """What a training stage that keeps checkpoints and a best model adds (all but `distil search-map`)."""
+
+    save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
+    eval_every: int | None = setting(None, group=TRAINING,
+                                     help="steps between dev evaluations (default: once an epoch)")
+    save_every: int | None = setting(None, group=TRAINING,
+                                     help="steps between checkpoints (default: --eval-every, at most 1000)")
+    keep_checkpoints: int = setting(2, group=TRAINING)
+    resume: bool = like(RESUME, group=TRAINING)
+    overwrite: bool = like(OVERWRITE, group=TRAINING, help="delete an existing --out and start over")
+
+    def checkpointed_settings(self, out, steps: int, batches_per_epoch: int, weight_decay: float = 0.0,
+                              no_progress: bool = False):
+        """`train_settings` with evaluations once an epoch unless --eval-every says otherwise, and a
+        checkpoint at each evaluation (at most every 1000 steps) unless --save-every does."""
+        eval_every = self.eval_every or min(batches_per_epoch, steps)
+        return self.train_settings(out, steps, eval_every=eval_every, save_every=self.save_every or min(eval_every, 1000),
+                                   keep_checkpoints=self.keep_checkpoints, resume=self.resume, overwrite=self.overwrite,
+                                   weight_decay=weight_decay, no_progress=no_progress)
