@@ -1,11 +1,13 @@
-"""Options declared once: every stage's options, from which the command line, the YAML config of
-`run` and the Python functions are all made.
+"""Options declared once: every stage's settings are one dataclass, from which the command line,
+the YAML config of `run` and the Python API are all made.
 
-A stage module declares a `Command` (its words, help and `Option`s) next to the function that
-runs it. `cli/` turns the declaration into an argparse parser; `pipeline` checks a config section
-against the same declaration (`Command.from_config`) and calls the stage function directly; the
-library functions fill their keyword arguments in (`Command.namespace`). A default, a type or a
-choice is therefore written in one place, and the three cannot drift apart.
+A stage module declares its settings dataclass (`vocab.count.CountSettings`: each field a
+`setting(...)` with its type, default, help and how the command line spells it) and the stage
+function that takes it (`run_count(settings: CountSettings) -> report`); `Command` names the two
+with the command's words and help. `cli/` turns the fields into an argparse parser; `pipeline`
+checks a config section against the same fields (`Command.from_config`) and calls the stage
+function with the dataclass (`Command.namespace`); `api`'s keyword arguments are the fields
+(tests/test_api_signatures.py). A default, a type or a choice is therefore written in one place.
 
 This module is pure data and imports neither argparse nor torch.
 """
@@ -16,8 +18,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, replace
-from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from polyglot_distil.errors import UserError
 
@@ -134,7 +135,8 @@ def _converter(hint: Any) -> Callable[[str], Any] | None:
 def options_of(settings: type) -> list[Option]:
     """The `Option`s of a settings dataclass, in field order (fields made with `setting`). A settings
     class made of parts (dataclasses it inherits) may show a part's fields under a title in `--help`:
-    `PART_GROUPS = {StudentShape: "student (when --student is not given)"}`."""
+    `PART_GROUPS = {StudentShape: "student (when --student is not given)"}`; and retitle a shared
+    group: `GROUP_TITLES = {"training": "training (--method qat)"}`."""
     hints = typing.get_type_hints(settings)
     groups = {f.name: title for part, title in getattr(settings, "PART_GROUPS", {}).items()
               for f in dataclasses.fields(part)}
@@ -145,6 +147,8 @@ def options_of(settings: type) -> list[Option]:
             continue
         if f.name in groups and not meta["group"]:
             meta = {**meta, "group": groups[f.name]}
+        if meta["group"] in getattr(settings, "GROUP_TITLES", {}):
+            meta = {**meta, "group": settings.GROUP_TITLES[meta["group"]]}
         if f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
@@ -159,11 +163,6 @@ def options_of(settings: type) -> list[Option]:
     return options
 
 
-def group(title: str, options: Iterable[Option]) -> list[Option]:
-    """The same options, shown under `title` in `--help`."""
-    return [replace(option, group=title) for option in options]
-
-
 @dataclass(frozen=True)
 class Command:
     """A subcommand: `words` (`("distil", "general")`), its help, its options, and `run`, the
@@ -172,15 +171,14 @@ class Command:
     words: tuple[str, ...]
     help: str
     run: Callable[[Any], Any]
-    options: Sequence[Option] = ()
-    settings: type | None = None  # the stage's settings dataclass: `options` are made from its fields
+    settings: type  # the stage's settings dataclass, whose fields are the options
     description: str | None = None
     raw_description: bool = False  # keep the description's line breaks in --help
     group_help: dict = field(default_factory=dict)  # the help of a command group, e.g. {"distil": "..."}
+    options: Sequence[Option] = field(init=False, default=())  # made from `settings`
 
     def __post_init__(self):
-        if self.settings is not None:
-            object.__setattr__(self, "options", options_of(self.settings))
+        object.__setattr__(self, "options", options_of(self.settings))
 
     @property
     def name(self) -> str:
@@ -211,15 +209,8 @@ class Command:
         return {o.name: (list(o.default) if isinstance(o.default, list) else o.default) for o in self.options}
 
     def namespace(self, **values: Any) -> Any:
-        """The options as the stage function takes them (its settings dataclass, or a namespace
-        for a command without one): the defaults, then `values` (Python values, already of the
-        right type), each name checked."""
-        known = self.defaults()
-        for name in values:
-            if name not in known:
-                raise UserError(f"{self.name}: unknown option {name!r} (expected one of: {', '.join(known)})")
-        if self.settings is None:
-            return SimpleNamespace(**{**known, **values})
+        """The options as the stage function takes them, its settings dataclass: the defaults, then
+        `values` (Python values, already of the right type), each name checked."""
         return make_settings(self.settings, values, self.name)
 
     # -- configs ----------------------------------------------------------------------------
@@ -310,17 +301,13 @@ def csv(text: str) -> list[str]:
     return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
-# Options that many commands share, declared once.
-def out_option(help: str) -> Option:
-    return Option("out", required=True, help=help, role=WRITES)
-
-
 # Options that change no result, only how a run reports and saves its progress and whether it
 # resumes or starts over: a training run's configuration hash leaves them out (`--resume` accepts
 # them changed), and so does a `run` stage's completion marker (editing one re-runs nothing). The
 # one list for both. (`progress` is `no_progress` as TrainSettings holds it.)
 NO_RESULT = frozenset({"no_progress", "progress", "log_every", "keep_checkpoints", "save_every", "grad_accum",
                        "resume", "overwrite"})
+# Options that many commands share, declared once (a settings field declares itself `like(OVERWRITE)`).
 OVERWRITE = Option("overwrite", kind=FLAG, help="replace an existing output")
 TRUST_REMOTE_CODE = Option("trust_remote_code", kind=FLAG, help="allow the model's own code to run")
 NO_PROGRESS = Option("no_progress", kind=FLAG,

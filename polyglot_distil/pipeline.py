@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.inputs import changed_inputs, input_fingerprints
-from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status
+from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, exit_status, setting
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
@@ -625,28 +625,45 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
         time.sleep(poll_seconds)
 
 
-def run_run(args) -> dict:
+@dataclass(kw_only=True)
+class RunSettings:
+    """`run`'s settings."""
+
+    config: str = setting(kind=POSITIONAL, help="YAML config (see configs/)")
+    overrides: list[str] = setting([], kind=POSITIONAL, nargs="*", metavar="KEY=VALUE",
+                                   help="override config fields, e.g. general.steps=100")
+    only: str | None = setting(None, metavar="STAGE",
+                               help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}")
+    start: str | None = setting(None, flag="--from", metavar="STAGE",
+                                help=f"run from this stage on (it again, if done); one of: {', '.join(STAGES)}")
+    check: bool = setting(False, kind=FLAG, help="validate the config and print the commands; run nothing")
+
+    def __post_init__(self):
+        if self.only and self.start:
+            raise UserError(f"--only {self.only} and --from {self.start} contradict each other: give one of them")
+
+
+def run_run(settings: RunSettings) -> dict:
+    """The `run` command: a config's stages in order (or, with --check, their command lines)."""
     import shlex
 
-    if args.only and args.start:
-        raise UserError(f"--only {args.only} and --from {args.start} contradict each other: give one of them")
-    config = load_config(args.config, args.overrides)
-    if args.check:
+    config = load_config(settings.config, settings.overrides)
+    if settings.check:
         run = Run(config)
         stages = validate(config)
         names = [s.name for s in stages]
-        for flag, value in (("--only", args.only), ("--from", args.start)):
+        for flag, value in (("--only", settings.only), ("--from", settings.start)):
             if value is not None and value not in names:
                 raise UserError(f"{flag} {value}: not a stage of this config (stages: {', '.join(names)})")
-        if args.only:
-            stages = [s for s in stages if s.name == args.only]
-        elif args.start:
-            stages = stages[names.index(args.start):]
+        if settings.only:
+            stages = [s for s in stages if s.name == settings.only]
+        elif settings.start:
+            stages = stages[names.index(settings.start):]
         for stage in stages:
             print(f"[{stage.name}] {shlex.join(['polyglot-distil', *stage_argv(stage_values(run, stage), stage)])}")
-        print(f"{args.config}: valid")
+        print(f"{settings.config}: valid")
         return {"valid": True, "ran": []}
-    ran = run_pipeline(config, args.only, args.start)
+    ran = run_pipeline(config, settings.only, settings.start)
     if _process_rank()[0] > 0:
         return {"ran": ran}  # the main process reports
     print(f"pipeline done ({', '.join(ran) or 'nothing to do'}); outputs under {config['run_dir']}")
@@ -681,14 +698,5 @@ def main_tables(report_md: str, sections: tuple[str, ...] = ("Accuracy", "Fideli
     return "\n".join("## " + p.strip() + "\n" for p in parts[1:] if p.startswith(sections))
 
 
-RUN = Command(
-    ("run",), "run the whole pipeline from one YAML config", description=__doc__.split("\n\n")[0], run=run_run,
-    options=[
-        Option("config", kind=POSITIONAL, help="YAML config (see configs/)"),
-        Option("overrides", kind=POSITIONAL, nargs="*", default=[], metavar="KEY=VALUE",
-               help="override config fields, e.g. general.steps=100"),
-        Option("only", metavar="STAGE", help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}"),
-        Option("start", flag="--from", metavar="STAGE",
-               help=f"run from this stage on (it again, if done); one of: {', '.join(STAGES)}"),
-        Option("check", kind=FLAG, help="validate the config and print the commands; run nothing"),
-    ])
+RUN = Command(("run",), "run the whole pipeline from one YAML config", description=__doc__.split("\n\n")[0],
+              run=run_run, settings=RunSettings)

@@ -17,12 +17,28 @@ CONVERTED = {
     "count": ("polyglot_distil.vocab.count:CountSettings", {"tokenizer", "lang", "out"}),
     "trim": ("polyglot_distil.vocab.trim:TrimSettings", {"model", "counts", "langs", "out"}),
     "verify": ("polyglot_distil.vocab.verify:VerifySettings", {"original", "trimmed", "lang"}),
+    "student": ("polyglot_distil.models.student:StudentSettings", {"teacher", "out"}),
+    "general": ("polyglot_distil.distill.general:GeneralSettings", {"teacher", "lang", "out"}),
+    "search_map": ("polyglot_distil.distill.layer_search:SearchMapSettings", {"teacher", "lang", "out"}),
+    "finetune": ("polyglot_distil.distill.finetune:FinetuneSettings", {"model", "train", "dev", "out"}),
+    "task": ("polyglot_distil.distill.task:TaskSettings", {"teacher", "student", "train", "dev", "out"}),
+    "apply_diff": ("polyglot_distil.distill.diff:ApplyDiffSettings", {"base", "diff", "out"}),
+    "quantize": ("polyglot_distil.distill.quantize:QuantizeSettings", {"model", "out"}),
+    "export_onnx": ("polyglot_distil.cli.export_onnx:ExportOnnxSettings", {"model", "out"}),
+    "xnli": ("polyglot_distil.eval.xnli:XNLISettings", {"model", "langs", "out"}),
+    "import_model": ("polyglot_distil.cli.import_model:ImportModelSettings", {"source", "out"}),
 }
 
 
 def settings_class(path: str):
     module, name = path.split(":")
     return getattr(__import__(module, fromlist=[name]), name)
+
+
+def test_every_stage_function_of_the_api_is_checked():
+    stages = {name for name, f in vars(api).items() if inspect.isfunction(f) and f.__module__ == api.__name__
+              and not name.startswith("_")} - {"run", "sizes"}  # those two take a config, not options
+    assert stages == set(CONVERTED)
 
 
 @pytest.mark.parametrize("function", sorted(CONVERTED))
@@ -37,6 +53,9 @@ def test_api_keywords_are_the_settings_fields(function):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         given = keywords[name].default
         assert (list(given) if isinstance(given, tuple) else given) == default, f"api.{function}({name}=...)"
+        # the annotation is the field's, a list being any iterable of its items
+        annotation = str(keywords[name].annotation).replace("Iterable[", "list[").replace("PathLike", "str")
+        assert annotation == str(field.type), f"api.{function}({name}: ...)"
 
 
 def test_an_unknown_keyword_is_a_type_error_and_a_bad_value_a_user_error(tmp_path):

@@ -508,12 +508,9 @@ def test_write_diff_accepts_weights_saved_in_a_lower_precision_and_names_a_moved
 
 
 def test_apply_diff_model_card_says_what_was_applied_to_what():
-    from argparse import Namespace
-
     from polyglot_distil.distill.diff import model_card
 
-    args = Namespace(base="out/phase1/final", diff="out/task/sparse_diff")
-    card = model_card(args, {"k": 12345, "head": ["a", "b"], "density": 0.05})
+    card = model_card("out/phase1/final", "out/task/sparse_diff", {"k": 12345, "head": ["a", "b"], "density": 0.05})
     assert card == "\n".join([
         "# Task model rebuilt from a sparse diff", "",
         "Written by `polyglot-distil apply-diff`: the phase-1 student",
@@ -522,7 +519,7 @@ def test_apply_diff_model_card_says_what_was_applied_to_what():
         "- body entries trained: 12,345 (density 0.05)", "- head tensors: 2", "",
         "Load it with `AutoModelForSequenceClassification.from_pretrained(folder)` and",
         "`AutoTokenizer.from_pretrained(folder)`.", ""])
-    assert "- body entries trained: 12,345\n" in model_card(args, {"k": 12345, "head": []})
+    assert "- body entries trained: 12,345\n" in model_card("base", "diff", {"k": 12345, "head": []})
 
 
 def test_write_diff_stores_the_indices_of_a_tensor_of_64_entries_as_int32(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 
 from polyglot_distil.data.nli import NLIData, read_nli
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import APPEND, READS, Option
+from polyglot_distil.options import APPEND, READS, setting
 
 def read_task_data(train: list[str], dev: list[str], max_train_examples: int | None, seed: int
                    ) -> tuple[NLIData, NLIData]:
@@ -177,14 +177,17 @@ def epoch_batches(pairs: int, batch_size: int) -> int:
     return pairs // batch_size
 
 
-TASK_DATA_OPTIONS = [  # the task data options of `finetune` and `distil task`
-    Option("task", choices=("nli",), default="nli", help="the task (NLI: 3-way classification)"),
-    Option("train", role=READS, kind=APPEND, required=True, metavar="SOURCE",
-           help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)"),
-    Option("dev", role=READS, kind=APPEND, required=True, metavar="SOURCE", help="English dev pairs, for the best model (repeatable)"),
-    Option("max_train_examples", type=int, help="train on a seeded sample of this many pairs"),
-    Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
-    Option("length_buckets", type=int, default=50,
-           help="batch pairs of similar length: sort each group of this many batches by length, then shuffle "
-                "the batches (less padding); 0: plain random batches"),
-]
+@dataclass(kw_only=True)
+class TaskData:
+    """The task data options of `finetune`, `distil task` and `quantize --method qat` (a stage's
+    settings inherit them)."""
+
+    task: str = setting("nli", choices=("nli",), help="the task (NLI: 3-way classification)")
+    train: list[str] = setting(kind=APPEND, role=READS, metavar="SOURCE",
+                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
+    dev: list[str] = setting(kind=APPEND, role=READS, metavar="SOURCE",
+                             help="English dev pairs, for the best model (repeatable)")
+    max_train_examples: int | None = setting(None, help="train on a seeded sample of this many pairs")
+    max_length: int = setting(128, help="tokens per pair, truncated longest first")
+    length_buckets: int = setting(50, help="batch pairs of similar length: sort each group of this many batches by "
+                                           "length, then shuffle the batches (less padding); 0: plain random batches")

@@ -54,7 +54,7 @@ from pathlib import Path
 
 from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.errors import UserError
-from polyglot_distil.distill.settings import TRAINING, Checkpointing, Optimisation
+from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, Optimisation
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.models.student import StudentShape
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, Option, \
@@ -187,6 +187,7 @@ class GeneralSettings(Phase1Settings, Checkpointing):
     """`distil general`'s settings (the command line's options, a `run` config's `general:` section)."""
 
     layer_map: str | None = like(LAYER_MAP, group=LOSSES)
+    save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
     eval_every: int = setting(5000, group=TRAINING, help="steps between held-out evaluations")
     save_every: int = setting(5000, group=TRAINING, help="steps between checkpoints")
 

@@ -5,11 +5,11 @@ them. Torch-free, so that building the command line stays fast."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.loading import SAVE_DTYPES
-from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, group, like, setting
+from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, like, setting
 
 
 def steps_for(epochs: float, batches_per_epoch: int, option: str) -> int:
@@ -19,46 +19,12 @@ def steps_for(epochs: float, batches_per_epoch: int, option: str) -> int:
     return max(1, math.ceil(round(epochs * batches_per_epoch, 6)))  # round: 0.1 x 30 is 3.0000000000000004
 
 
-def training_options(lr: float, batch_size: int, title: str = "training") -> list[Option]:
-    """The optimisation and bookkeeping options of `finetune` and `distil task`."""
-    return group(title, [
-        Option("lr", type=float, default=lr),
-        Option("batch_size", type=int, default=batch_size, help="pairs per optimizer step, all processes together"),
-        Option("grad_accum", type=int, default=1, help="cut each batch into this many micro-batches"),
-        Option("warmup_steps", type=int, default=0),
-        Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
-        MIXED_PRECISION,
-        SAVE_DTYPE,
-        Option("eval_every", type=int, help="steps between dev evaluations (default: once an epoch)"),
-        Option("save_every", type=int, help="steps between checkpoints (default: --eval-every, at most 1000)"),
-        Option("keep_checkpoints", type=int, default=2),
-        Option("log_every", type=int, default=50, help="steps between rows of metrics.jsonl"),
-        SEED,
-        RESUME,
-        replace(OVERWRITE, help="delete an existing --out and start over"),
-    ])
-
-
 MIXED_PRECISION = Option("mixed_precision", choices=("no", "bf16", "fp16"), default="no",
                          help="autocast the forward to this precision (the weights stay float32)")
 SAVE_DTYPE = Option("save_dtype", choices=SAVE_DTYPES,
                     help="dtype of the saved models (default: that of the model training starts from; "
                          "training itself keeps float32 weights)")
 RESUME = Option("resume", kind=FLAG, help="continue from the newest checkpoint in --out")
-
-
-def training_settings(args, steps: int, batches_per_epoch: int, weight_decay: float = 0.0):
-    """`TrainSettings` from the shared options; evaluations default to once an epoch."""
-    from polyglot_distil.distill.training import TrainSettings
-
-    eval_every = args.eval_every or min(batches_per_epoch, steps)
-    return TrainSettings(
-        out=args.out, steps=steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
-        mixed_precision=args.mixed_precision, seed=args.seed, eval_every=eval_every,
-        save_every=args.save_every or min(eval_every, 1000), log_every=args.log_every,
-        keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None)
 
 
 TRAINING = "training"
@@ -96,7 +62,6 @@ class Optimisation:
 class Checkpointing(Optimisation):
     """What a training stage that keeps checkpoints and a best model adds (all but `distil search-map`)."""
 
-    save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
     eval_every: int | None = setting(None, group=TRAINING,
                                      help="steps between dev evaluations (default: once an epoch)")
     save_every: int | None = setting(None, group=TRAINING,
