@@ -86,12 +86,12 @@ def count(tokenizer: str, languages: Languages, out: PathLike, *,
 def trim(model: str, counts: PathLike, langs: Iterable[str], out: PathLike, *,
          min_count: int | None = None, min_line_share: float | None = None, min_prob: float | None = None,
          coverage: float | None = None, top_n: int | None = None, keep: Iterable[str] = (),
-         keep_file: PathLike | None = None, keep_chars: bool = False, verify_lang: Iterable[str] = (),
+         keep_file: PathLike | None = None, keep_chars: bool = False, verify_text: Iterable[str] = (),
          verify_lines: int = 100, no_verify: bool = False, overwrite: bool = False, trust_remote_code: bool = False,
          no_progress: bool = False) -> dict:
     """Trim `model` to the tokens `langs` use in `counts`; write the model folder `out` and return
     the trim report. The keywords are `vocab.trim.TrimSettings`' fields (`polyglot-distil trim --help`);
-    `verify_lang` holds `LANG=SOURCE` specs."""
+    `verify_text` holds `LANG=SOURCE` specs."""
     values = _given(locals())
     from polyglot_distil.vocab.trim import TRIM
 
@@ -172,7 +172,7 @@ def search_map(teacher: str, languages: Languages, out: PathLike, *,
 
 
 def finetune(model: str, train: Iterable[str], dev: Iterable[str], out: PathLike, *,
-             task: str = "nli", max_train_examples: int | None = None, max_length: int = 128,
+             max_train_pairs: int | None = None, max_length: int = 128,
              length_buckets: int = 50, batch_size: int = 32, grad_accum: int = 1, lr: float = 2e-05,
              warmup_steps: int = 0, max_grad_norm: float = 1.0, mixed_precision: str = "no", log_every: int = 50,
              seed: int = 0, eval_every: int | None = None, save_every: int | None = None, keep_checkpoints: int = 2,
@@ -187,7 +187,7 @@ def finetune(model: str, train: Iterable[str], dev: Iterable[str], out: PathLike
 
 
 def task(teacher: PathLike, student: PathLike, train: Iterable[str], dev: Iterable[str], out: PathLike, *,
-         task: str = "nli", max_train_examples: int | None = None, max_length: int = 128, length_buckets: int = 50,
+         max_train_pairs: int | None = None, max_length: int = 128, length_buckets: int = 50,
          batch_size: int = 32, grad_accum: int = 1, lr: float = 2e-05, warmup_steps: int = 0,
          max_grad_norm: float = 1.0, mixed_precision: str = "no", log_every: int = 50, seed: int = 0,
          eval_every: int | None = None, save_every: int | None = None, keep_checkpoints: int = 2,
@@ -215,8 +215,8 @@ def apply_diff(base: PathLike, diff: PathLike, out: PathLike, *,
 
 
 def quantize(model: PathLike, out: PathLike, *,
-             task: str = "nli", train: Iterable[str] = (), dev: Iterable[str] = (),
-             max_train_examples: int | None = None, max_length: int = 128, length_buckets: int = 50,
+             train: Iterable[str] = (), dev: Iterable[str] = (),
+             max_train_pairs: int | None = None, max_length: int = 128, length_buckets: int = 50,
              batch_size: int = 32, grad_accum: int = 1, lr: float = 1e-05, warmup_steps: int = 0,
              max_grad_norm: float = 1.0, mixed_precision: str = "no", log_every: int = 50, seed: int = 0,
              eval_every: int | None = None, save_every: int | None = None, keep_checkpoints: int = 2,
@@ -236,11 +236,11 @@ def quantize(model: PathLike, out: PathLike, *,
 
 
 def export_onnx(model: PathLike, out: PathLike, *,
-                opset: int = 17, int8: bool = False, embeddings: str = "float", text: Iterable[str] = (),
+                opset: int = 17, int8: bool = False, embeddings: str = "float", check_text: Iterable[str] = (),
                 check_lines: int = 64, tolerance: float = 0.0001, overwrite: bool = False,
                 trust_remote_code: bool = False) -> dict:
-    """An ONNX graph of `model` in `out`, checked with onnxruntime against PyTorch (text, int8,
-    opset, tolerance, ...); returns export.json's record."""
+    """An ONNX graph of `model` in `out`, checked with onnxruntime against PyTorch (check_text,
+    int8, opset, tolerance, ...); returns export.json's record."""
     values = _plain(_given(locals()))
     from polyglot_distil.models.onnx_model import export_onnx as export
 
@@ -252,11 +252,11 @@ def export_onnx(model: PathLike, out: PathLike, *,
 
 def xnli(model: PathLike, langs: Iterable[str], out: PathLike, *,
          teacher: str | None = None, baseline: str | None = None, split: str = "test", data: str | None = None,
-         batch_size: int = 32, max_length: int = 128, limit: int | None = None, device: str = "auto",
+         batch_size: int = 32, max_length: int = 128, max_pairs: int | None = None, device: str = "auto",
          attn_implementation: str = "sdpa", bootstrap: int = 1000, seed: int = 0, no_efficiency: bool = False,
          repeats: int = 10, teacher_cache: str | None = None, overwrite: bool = False,
          trust_remote_code: bool = False, no_progress: bool = False) -> dict:
-    """Zero-shot XNLI of `model` on `langs` (teacher, data, split, limit, ...); writes `out` and
+    """Zero-shot XNLI of `model` on `langs` (teacher, data, split, max_pairs, ...); writes `out` and
     returns the report (accuracy, loyalty, efficiency)."""
     values = _given(locals())
     from polyglot_distil.eval.xnli import XNLI

@@ -15,6 +15,7 @@ This module is pure data and imports neither argparse nor torch.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, replace
@@ -48,6 +49,8 @@ class Option:
     nargs: str | None = None
     group: str | None = None
     role: str | None = None  # READS: its value names files the command reads; WRITES: the output
+    renamed_from: tuple[str, ...] = ()  # its old flags, still accepted for one release with a warning
+    deprecated: str | None = None  # why the option goes: hidden from --help, a warning when given
 
     def paths(self, value: Any) -> list[str]:
         """The file paths in this option's value (`LANG=KIND:PATH?key=value` sources included)."""
@@ -68,6 +71,20 @@ class Option:
     @property
     def flags(self) -> list[str]:
         return [self.flag or "--" + self.yaml_key.replace("_", "-")]
+
+    @property
+    def first_flag(self) -> str:
+        """The option's first name: what a stage marker hashes, so that a rename re-runs nothing."""
+        return self.renamed_from[0] if self.renamed_from else self.flags[-1]
+
+    @property
+    def old_yaml_keys(self) -> list[str]:
+        return [flag.lstrip("-").replace("-", "_") for flag in self.renamed_from]
+
+    def renamed_warning(self, old: str) -> str:
+        """The one line a use of the old name `old` (a flag or a config key) prints."""
+        new = self.flags[-1] if old.startswith("-") else self.yaml_key
+        return f"warning: {old} is renamed {new}; the old name goes in the next release (docs/renamed-options.md)"
 
     @property
     def yaml_key(self) -> str:
@@ -93,23 +110,32 @@ class Option:
         return value
 
 
+ADVANCED = "advanced (tuning only: speed, memory, numerics, logging)"
+
+
 def setting(default: Any = MISSING, *, help: str | None = None, kind: str = VALUE, type: Callable[[str], Any] | None = None,
             flag: str | None = None, choices: tuple | None = None, metavar: str | None = None,
-            nargs: str | None = None, group: str | None = None, role: str | None = None) -> Any:
+            nargs: str | None = None, group: str | None = None, role: str | None = None, advanced: bool = False,
+            renamed_from: tuple[str, ...] = (), deprecated: str | None = None) -> Any:
     """A field of a stage's settings dataclass that is also its option: the default (none: the
     option is required), the help and how the command line spells it (see `Option`). The value's
-    converter is the field's type (`int`, `float`, `str`) unless `type` names another."""
+    converter is the field's type (`int`, `float`, `str`) unless `type` names another. `advanced`:
+    an option that tunes speed, memory or numerics only, shown under ADVANCED in `--help`;
+    `renamed_from`: its old flags; `deprecated`: why it goes (hidden from `--help`)."""
     meta = {"help": help, "kind": kind, "type": type, "flag": flag, "choices": choices, "metavar": metavar,
-            "nargs": nargs, "group": group, "role": role}
+            "nargs": nargs, "group": ADVANCED if advanced else group, "role": role,
+            "renamed_from": tuple(renamed_from), "deprecated": deprecated}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: default.copy(), metadata={"option": meta})
     return field(default=default, metadata={"option": meta})
 
 
-def like(option: Option, **changes: Any) -> Any:
+def like(option: Option, advanced: bool = False, **changes: Any) -> Any:
     """A settings field declared as the shared `option` is (`OVERWRITE`, `SEED`, ...), with `changes`
     (another help, group or default)."""
     option = replace(option, **changes)
+    if advanced:
+        option = replace(option, group=ADVANCED)
     default = option.default if option.kind not in (FLAG,) else False
     if option.kind == NEGATED and default is None:
         default = True
@@ -159,7 +185,8 @@ def options_of(settings: type) -> list[Option]:
         options.append(Option(f.name, type=meta["type"] or _converter(hints[f.name]), default=default,
                               help=meta["help"], kind=meta["kind"], flag=meta["flag"], choices=meta["choices"],
                               required=required, metavar=meta["metavar"], nargs=meta["nargs"], group=meta["group"],
-                              role=meta["role"]))
+                              role=meta["role"], renamed_from=meta.get("renamed_from", ()),
+                              deprecated=meta.get("deprecated")))
     return options
 
 
@@ -218,15 +245,31 @@ class Command:
     def by_yaml_key(self) -> dict[str, Option]:
         return {o.yaml_key: o for o in self.options if o.kind != POSITIONAL}
 
+    def old_names_used(self, argv: list[str]) -> list[str]:
+        """The warnings for the renamed and deprecated options that `argv` uses (one line each)."""
+        lines = []
+        for option in self.options:
+            for old in option.renamed_from:
+                if any(word == old or word.startswith(old + "=") for word in argv):
+                    lines.append(option.renamed_warning(old))
+            if option.deprecated and any(word == option.flags[-1] or word.startswith(option.flags[-1] + "=")
+                                         for word in argv):
+                lines.append(f"warning: {option.flags[-1]} is deprecated: {option.deprecated}")
+        return lines
+
     def from_config(self, stage: str, section: dict, wired: set[str]) -> dict[str, Any]:
         """A config section's {name: value}, converted and checked as the command line would
         check them; keys the pipeline sets (`wired`) or that the command lacks are refused with
         one line naming the key and what was expected."""
         options = self.by_yaml_key()
+        renamed = {old: o for o in self.options for old in o.old_yaml_keys}
         values: dict[str, Any] = {}
         for key, value in section.items():
             where = f"config key {stage}.{key}"
             name = key.replace("-", "_")
+            if name in renamed and name not in options:
+                print(f"{renamed[name].renamed_warning(f'{stage}.{name}')}", file=sys.stderr)
+                name = renamed[name].yaml_key
             if name in wired:
                 raise UserError(f"{where}: set by the pipeline (it connects the stages); remove it")
             if name not in options:
@@ -252,13 +295,16 @@ class Command:
             values[option.name] = converted if many else converted[0]
         return values
 
-    def argv(self, values: dict[str, Any]) -> list[str]:
-        """The command line that gives `values` (for `run --check`, markers and logs)."""
+    def argv(self, values: dict[str, Any], first_names: bool = False) -> list[str]:
+        """The command line that gives `values` (for `run --check`, markers and logs); with
+        `first_names`, each option under its first name (what markers hash: a rename re-runs nothing)."""
         argv: list[str] = []
         by_name = {o.name: o for o in self.options}
         for name, value in values.items():
             option = by_name[name]
-            flag = option.flags[-1]
+            if option.deprecated and not first_names:
+                continue
+            flag = option.first_flag if first_names else option.flags[-1]
             if option.kind == FLAG:
                 argv += [flag] if value else []
             elif option.kind == NEGATED:

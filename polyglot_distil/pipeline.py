@@ -403,9 +403,10 @@ def stage_values(run: Run, stage: Stage) -> dict:
     return {**wired, **stage.command.from_config(stage.name, section, set(stage.wired))}
 
 
-def stage_argv(values: dict, stage: Stage) -> list[str]:
-    """The command line that runs the stage with `values` (for --check, markers and logs)."""
-    return [*stage.command.words, *stage.command.argv(values)]
+def stage_argv(values: dict, stage: Stage, first_names: bool = False) -> list[str]:
+    """The command line that runs the stage with `values` (for --check and logs); with
+    `first_names`, under the options' first names (markers: a renamed option re-runs nothing)."""
+    return [*stage.command.words, *stage.command.argv(values, first_names)]
 
 
 def _argv_hash(argv: list[str]) -> str:
@@ -416,23 +417,25 @@ def settings_hash(values: dict, stage: Stage) -> str:
     """What a completed stage's marker keeps of its options: a hash of the command line, without
     the options that change no result (so that adding one does not make a stage run again)."""
     kept = {k: v for k, v in values.items() if k not in stage.neutral and k not in NO_RESULT}
-    return _argv_hash(stage_argv(kept, stage))
+    return _argv_hash(stage_argv(kept, stage, first_names=True))
 
 
-def _argv_changes(old: list[str], new: list[str]) -> str:
+def _argv_changes(old: list[str], new: list[str], renamed: dict[str, str | None] | None = None) -> str:
     """`--min-count: 2 -> 3` for the options that differ between two command lines (options that
-    change no result left out)."""
+    change no result left out; an old flag in `renamed` read as its new name, or left out if None)."""
+    renamed = renamed or {}
 
     def options(argv: list[str]) -> dict[str, str]:
         found: dict[str, list[str]] = {}
         flag = None
         for word in argv:
             if word.startswith("--"):
-                flag = word
+                flag = renamed.get(word, word)
                 found.setdefault(flag, [])
             elif flag is not None:
                 found[flag].append(word)
-        return {k: " ".join(v) or "on" for k, v in found.items() if k[2:].replace("-", "_") not in NO_RESULT}
+        return {k: " ".join(v) or "on" for k, v in found.items()
+                if k is not None and k[2:].replace("-", "_") not in NO_RESULT}
 
     before, after = options(old), options(new)
     changed = [f"{k}: {before.get(k, 'unset')} -> {after.get(k, 'unset')}"
@@ -491,7 +494,9 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                 raise UserError(f"{marker}: damaged ({type(exc).__name__}: {exc}); to run stage {stage.name} "
                                 f"again, remove it or pass --from {stage.name}") from None
             if done.get("argv_hash") != settings:
-                changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage))
+                renamed = {old: o.flags[-1] for o in stage.command.options for old in o.renamed_from}
+                renamed.update({o.flags[-1]: None for o in stage.command.options if o.deprecated})
+                changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage), renamed)
                 raise UserError(f"stage {stage.name} was completed with other settings ({changes or marker}); "
                                 f"re-run it with --from {stage.name} (the later stages read it: they run again "
                                 f"too), or restore its settings")

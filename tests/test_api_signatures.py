@@ -44,7 +44,8 @@ def test_every_stage_function_of_the_api_is_checked():
 @pytest.mark.parametrize("function", sorted(CONVERTED))
 def test_api_keywords_are_the_settings_fields(function):
     settings, connecting = CONVERTED[function]
-    fields = {f.name: f for f in dataclasses.fields(settings_class(settings)) if f.name not in connecting}
+    fields = {f.name: f for f in dataclasses.fields(settings_class(settings))
+              if f.name not in connecting and not f.metadata["option"].get("deprecated")}  # (--task: no keyword)
     parameters = inspect.signature(getattr(api, function)).parameters
     keywords = {name: p for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY}
     assert not [p for p in parameters.values() if p.kind == p.VAR_KEYWORD], f"api.{function} takes **options"

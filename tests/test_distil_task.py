@@ -76,7 +76,7 @@ def student_dir(tmp_path_factory, base_dir) -> Path:
 
 
 def _options(teacher, student, out, *extra) -> list:
-    return ["distil", "task", "--teacher", teacher, "--student", student, "--task", "nli", "--train", TRAIN,
+    return ["distil", "task", "--teacher", teacher, "--student", student, "--train", TRAIN,
             "--dev", DEV, "--out", out, "--full-epochs", 2, "--sparse-epochs", 2, "--batch-size", 16, "--lr", 5e-3,
             "--max-length", 64, "--save-every", 15, "--keep-checkpoints", 4, "--log-every", 1, "--no-progress", *extra]
 

@@ -466,7 +466,7 @@ def test_a_verification_failure_writes_no_folder(tmp_path, tiny_bert_dir, bert_c
 def test_unreadable_counted_sources_ask_for_verify_lang(tmp_path, tiny_bert_dir, capsys):
     counts = _counts_with_missing_source(tmp_path, tiny_bert_dir)
     err = trim_error(capsys, "--model", tiny_bert_dir, "--counts", counts, "--langs", "en", "--out", tmp_path / "out")
-    assert "gone.txt" in err and "--verify-lang" in err and "--no-verify" in err
+    assert "gone.txt" in err and "--verify-text" in err and "--no-verify" in err
 
 
 def _counts_with_missing_source(tmp_path: Path, tokenizer_dir: Path) -> Path:

@@ -12,14 +12,14 @@ from polyglot_distil.options import APPEND, FLAG, OVERWRITE, READS, TRUST_REMOTE
 class ExportOnnxSettings:
     model: str = setting(role=READS, help="the float model folder (e.g. the best/ of 'distil task')")
     out: str = setting(role=WRITES, help="folder for model.onnx (model_int8.onnx), config, tokenizer and export.json")
-    opset: int = setting(17, help="ONNX opset version")
+    opset: int = setting(17, advanced=True, help="ONNX opset version")
     int8: bool = setting(False, kind=FLAG, help="also write model_int8.onnx (onnxruntime dynamic int8)")
     embeddings: str = setting("float", choices=("float", "int8"), help="with --int8: int8 embedding tables too")
-    text: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
-                              help="held-out text to check the graph on (any corpus source; repeatable; default: "
-                                   "random ids)")
+    check_text: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE", renamed_from=("--text",),
+                                    help="held-out text to check the graph on (any corpus source; repeatable; "
+                                         "default: random ids)")
     check_lines: int = setting(64, help="lines (or random rows) the check runs on")
-    tolerance: float = setting(1e-4, help="largest allowed |ONNX - PyTorch| of the float graph")
+    tolerance: float = setting(1e-4, advanced=True, help="largest allowed |ONNX - PyTorch| of the float graph")
     overwrite: bool = like(OVERWRITE, help="replace an existing output folder")
     trust_remote_code: bool = like(TRUST_REMOTE_CODE)
 

@@ -47,7 +47,7 @@ class FinetuneSettings(Checkpointing, TaskData):
     save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
     epochs: float = setting(3.0, group=TRAINING, help="passes over the training pairs (fractions allowed)")
     weight_decay: float = setting(0.0, group=TRAINING)
-    reduce_vocab: bool = setting(False, kind=FLAG, group=TRAINING,
+    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
                                  help="train only the embedding rows of the tokens the training pairs use (the "
                                       "gradient and AdamW's moments cover those rows; far faster on a multilingual "
                                       "model) and save the full vocabulary; with --weight-decay 0 the result equals "
@@ -114,13 +114,13 @@ def run_finetune(options: FinetuneSettings) -> dict:
     """The `finetune` stage: train the task teacher; returns the run's summary."""
     from polyglot_distil.distill.training import train
 
-    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_examples, options.seed)
+    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
     batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
     steps = steps_for(options.epochs, batches_per_epoch, "--epochs")
     settings = options.checkpointed_settings(options.out, steps, batches_per_epoch, options.weight_decay,
                                             options.no_progress)
     run_config = {"phase": "finetune", "model": str(options.model), "task": options.task, "train": options.train,
-                  "dev": options.dev, "max_train_examples": options.max_train_examples, "max_length": options.max_length,
+                  "dev": options.dev, "max_train_examples": options.max_train_pairs, "max_length": options.max_length,
                   "length_buckets": options.length_buckets,
                   "epochs": options.epochs, **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
                   **({"reduce_vocab": True} if options.reduce_vocab else {})}

@@ -140,7 +140,7 @@ class Phase1Settings(Optimisation, StudentShape, Phase1Sources):
                                             help="weight of the relation loss (overrides the recipe)")
     temperature: float | None = setting(None, group=LOSSES, help="softmax temperature of the logit loss (default 2)")
     logit_positions: str = setting(
-        "all", choices=("all", "masked"), group=LOSSES,
+        "all", advanced=True, choices=("all", "masked"), group=LOSSES,
         help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones (15 percent of "
              "them). 'all' holds both models' logits over the whole vocabulary at every token and the student's "
              "gradient: 3 x tokens x vocabulary floats (about 6 GB in float32 at 8 x 256 tokens on an untrimmed 250k "
@@ -189,7 +189,7 @@ class GeneralSettings(Phase1Settings, Checkpointing):
     layer_map: str | None = like(LAYER_MAP, group=LOSSES)
     save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
     eval_every: int = setting(5000, group=TRAINING, help="steps between held-out evaluations")
-    save_every: int = setting(5000, group=TRAINING, help="steps between checkpoints")
+    save_every: int = setting(5000, advanced=True, group=TRAINING, help="steps between checkpoints")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ class QuantizeSettings(Checkpointing, TaskData):
     epochs: float = setting(1.0, group=QAT, help="passes over the training pairs (fractions allowed)")
     quantize_activations: bool = setting(False, kind=FLAG, group=QAT,
                                          help="fake-quantize every Linear layer's input too")
-    step_init: str = setting("auto", choices=("auto", "max", "lsq"), group=QAT,
+    step_init: str = setting("auto", advanced=True, choices=("auto", "max", "lsq"), group=QAT,
                              help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max "
                                   "at 8 bits, lsq below")
     dropout: float = setting(0.0, group=QAT, help="dropout while training")
@@ -363,14 +363,14 @@ def quantize_qat(options: QuantizeSettings) -> dict:
     if not 0 <= options.dropout < 1:
         raise UserError(f"--dropout {options.dropout}: a dropout probability is at least 0 and below 1")
     weights = options.loss_weights()
-    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_examples, options.seed)
+    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
     batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
     steps = steps_for(options.epochs, batches_per_epoch, "--epochs")
     settings = options.checkpointed_settings(options.out, steps, batches_per_epoch, no_progress=options.no_progress)
     run_config = {"phase": "qat", "model": str(options.model), "teacher": str(options.teacher or options.model),
                   "bits": options.bits, "embeddings": options.embeddings, "quantize_activations": options.quantize_activations,
                   "step_init": options.step_init, "dropout": options.dropout, "train": options.train, "dev": options.dev,
-                  "max_train_examples": options.max_train_examples, "max_length": options.max_length, "length_buckets": options.length_buckets,
+                  "max_train_examples": options.max_train_pairs, "max_length": options.max_length, "length_buckets": options.length_buckets,
                   "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map)}
     keep: dict = {}
     result = train(settings, run_config,

@@ -35,13 +35,13 @@ class Optimisation:
     """How every training stage optimises (a stage's settings inherit it and may change a default)."""
 
     batch_size: int = setting(8, group=TRAINING, help="examples per optimizer step, all processes together")
-    grad_accum: int = setting(1, group=TRAINING,
+    grad_accum: int = setting(1, advanced=True, group=TRAINING,
                               help="cut each batch into this many micro-batches (less memory, same result)")
     lr: float = setting(1e-4, group=TRAINING)
     warmup_steps: int = setting(0, group=TRAINING)
     max_grad_norm: float = setting(1.0, group=TRAINING, help="gradient clipping (0: none)")
-    mixed_precision: str = like(MIXED_PRECISION, group=TRAINING)
-    log_every: int = setting(50, group=TRAINING, help="steps between rows of metrics.jsonl")
+    mixed_precision: str = like(MIXED_PRECISION, advanced=True, group=TRAINING)
+    log_every: int = setting(50, advanced=True, group=TRAINING, help="steps between rows of metrics.jsonl")
     seed: int = like(SEED, group=TRAINING)
 
     def train_settings(self, out, steps: int, *, eval_every: int, save_every: int, keep_checkpoints: int = 2,
@@ -64,9 +64,9 @@ class Checkpointing(Optimisation):
 
     eval_every: int | None = setting(None, group=TRAINING,
                                      help="steps between dev evaluations (default: once an epoch)")
-    save_every: int | None = setting(None, group=TRAINING,
+    save_every: int | None = setting(None, advanced=True, group=TRAINING,
                                      help="steps between checkpoints (default: --eval-every, at most 1000)")
-    keep_checkpoints: int = setting(2, group=TRAINING)
+    keep_checkpoints: int = setting(2, advanced=True, group=TRAINING)
     resume: bool = like(RESUME, group=TRAINING)
     overwrite: bool = like(OVERWRITE, group=TRAINING, help="delete an existing --out and start over")
 

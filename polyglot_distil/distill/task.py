@@ -102,7 +102,7 @@ class TaskSettings(Checkpointing, TaskData):
     attention_weight: float = setting(1.0, group=LOSSES)
     label_weight: float = setting(0.0, group=LOSSES, help="gold-label cross-entropy (BiStil: 0)")
     layer_map: str | None = like(LAYER_MAP, group=LOSSES)
-    teacher_cache: str | None = setting(None, metavar="DIR", group=LOSSES,
+    teacher_cache: str | None = setting(None, advanced=True, metavar="DIR", group=LOSSES,
                                         help="compute the teacher's outputs once per training pair and keep them in "
                                              "DIR (float16, memory-mapped), for every epoch, both stages, a resumed "
                                              "run and other students of the same teacher and data; rebuilt when the "
@@ -366,7 +366,7 @@ def run_distil_task(options: TaskSettings) -> dict:
     weights = options.loss_weights()
     if options.warmup_steps < 0:
         raise UserError(f"--warmup-steps must be 0 or more, not {options.warmup_steps}")
-    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_examples, options.seed)
+    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
     batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
     stages = Stages(steps_for(options.full_epochs, batches_per_epoch, "--full-epochs"),
                     steps_for(options.sparse_epochs, batches_per_epoch, "--sparse-epochs"), options.warmup_steps)
@@ -374,7 +374,7 @@ def run_distil_task(options: TaskSettings) -> dict:
                                              no_progress=options.no_progress)
     run_config = {
         "phase": "task", "teacher": str(options.teacher), "student": str(options.student), "task": options.task,
-        "train": options.train, "dev": options.dev, "max_train_examples": options.max_train_examples,
+        "train": options.train, "dev": options.dev, "max_train_examples": options.max_train_pairs,
         "max_length": options.max_length, "length_buckets": options.length_buckets, "full_epochs": options.full_epochs,
         "sparse_epochs": options.sparse_epochs,
         "density": options.density, "sparse_params": options.sparse_params, "include_embeddings": options.include_embeddings,

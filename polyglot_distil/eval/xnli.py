@@ -3,7 +3,7 @@
     polyglot-distil eval xnli --model out/student --teacher out/teacher --langs fr,sw \
         --data ../shared/data/xnli --out out/eval-fr-sw
     polyglot-distil eval xnli --model out/student --langs fr,de --split test --out out/eval   # facebook/xnli
-    polyglot-distil eval xnli ... --limit 300 --no-efficiency                                 # a quick look
+    polyglot-distil eval xnli ... --max-pairs 300 --no-efficiency                               # a quick look
 
     polyglot-distil eval xnli --model out/student-int8 --baseline out/task/best --teacher out/teacher \
         --langs fr --out out/eval-int8                            # a deployed form beside its float model
@@ -220,16 +220,17 @@ class XNLISettings:
     out: str = setting(role=WRITES, help="folder for report.json, REPORT.md and plots")
     batch_size: int = setting(32)
     max_length: int = setting(128, help="tokens per pair, truncated longest first")
-    limit: int | None = setting(None, help="evaluate only the first N pairs of each language")
-    device: str = setting("auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    attn_implementation: str = setting("sdpa", choices=("sdpa", "eager"))
+    max_pairs: int | None = setting(None, help="evaluate only the first N pairs of each language",
+                                    renamed_from=("--limit",))
+    device: str = setting("auto", advanced=True, help="auto (GPU when present), cpu, cuda or cuda:N")
+    attn_implementation: str = setting("sdpa", advanced=True, choices=("sdpa", "eager"))
     bootstrap: int = setting(1000, metavar="N",
                              help="bootstrap resamples for each accuracy's 95%% interval and the paired comparisons "
                                   "with the teacher and baseline (exact McNemar test beside them); 0: none")
     seed: int = setting(0, help="seed of the bootstrap draws")
     no_efficiency: bool = setting(False, kind=FLAG, help="skip the memory and speed measurements")
-    repeats: int = setting(10, help="timed forward passes per speed figure (median)")
-    teacher_cache: str | None = setting(None, metavar="DIR",
+    repeats: int = setting(10, advanced=True, help="timed forward passes per speed figure (median)")
+    teacher_cache: str | None = setting(None, advanced=True, metavar="DIR",
                                         help="keep the teacher's predictions in DIR and reuse them (keyed by its "
                                              "files, the pairs and the settings): several students evaluated "
                                              "against one teacher run it once")
@@ -243,8 +244,8 @@ class XNLISettings:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.bootstrap < 0:
             raise UserError(f"--bootstrap {self.bootstrap}: give a number of resamples (1000 is usual), or 0 for none")
-        if self.limit is not None and self.limit < 1:
-            raise UserError("--limit must be at least 1")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise UserError("--max-pairs must be at least 1")
         if self.teacher_cache and not self.teacher:
             raise UserError("--teacher-cache keeps the teacher's predictions: give --teacher too")
 
@@ -256,7 +257,7 @@ def run_eval_xnli(settings: XNLISettings) -> dict:
     report = evaluate_xnli(settings.model, parse_langs(settings.langs), settings.out, teacher=settings.teacher,
                            baseline=settings.baseline, split=settings.split,
                            data_dir=settings.data, batch_size=settings.batch_size, max_length=settings.max_length,
-                           limit=settings.limit, device=settings.device, attn_implementation=settings.attn_implementation,
+                           limit=settings.max_pairs, device=settings.device, attn_implementation=settings.attn_implementation,
                            efficiency=not settings.no_efficiency, repeats=settings.repeats, overwrite=settings.overwrite,
                            trust_remote_code=settings.trust_remote_code, progress=False if settings.no_progress else None,
                            teacher_cache=settings.teacher_cache, bootstrap=settings.bootstrap, seed=settings.seed)

@@ -2,7 +2,7 @@
 the ONNX classifier that `eval xnli` runs.
 
     polyglot-distil export onnx --model out/task/best --out out/student-onnx
-    polyglot-distil export onnx --model out/task/best --out out/student-onnx --int8 --text held-out.fr.txt
+    polyglot-distil export onnx --model out/task/best --out out/student-onnx --int8 --check-text held-out.fr.txt
     polyglot-distil eval xnli --model out/student-onnx --langs fr ...               # model.onnx
     polyglot-distil eval xnli --model out/student-onnx/model_int8.onnx --langs fr ...
 
@@ -275,15 +275,15 @@ def _read_texts(sources: list[str], lines: int) -> list[str]:
             if len(texts) >= lines:
                 return texts
     if not texts:
-        raise UserError(f"--text {', '.join(sources)}: no line of text to check the graph on")
+        raise UserError(f"--check-text {', '.join(sources)}: no line of text to check the graph on")
     return texts
 
 
 def export_onnx(model: str, out: str, *, opset: int = 17, int8: bool = False, embeddings: str = "float",
-                text: list[str] | None = None, check_lines: int = 64, tolerance: float = 1e-4, overwrite: bool = False,
+                check_text: list[str] | None = None, check_lines: int = 64, tolerance: float = 1e-4, overwrite: bool = False,
                 trust_remote_code: bool = False) -> dict:
     """Write `out`: model.onnx (and model_int8.onnx with `int8`), config, tokenizer and export.json,
-    the graph checked against PyTorch on `text` sources (else seeded random ids); returns
+    the graph checked against PyTorch on `check_text` sources (else seeded random ids); returns
     export.json's record."""
     import torch
     from transformers import AutoConfig
@@ -303,7 +303,7 @@ def export_onnx(model: str, out: str, *, opset: int = 17, int8: bool = False, em
         raise UserError(f"{model} is an ONNX model already; export the PyTorch model folder")
     _onnxruntime()
     check_writable(out, overwrite)
-    texts = _read_texts(text, check_lines) if text else None
+    texts = _read_texts(check_text, check_lines) if check_text else None
     config = load_model(model, AutoConfig, trust_remote_code=trust_remote_code)
     network = load_model(model, model_class_for(config), trust_remote_code=trust_remote_code,
                          attn_implementation="eager").eval()
@@ -326,7 +326,7 @@ def export_onnx(model: str, out: str, *, opset: int = 17, int8: bool = False, em
                 shutil.copyfile(Path(model) / extra, tmp / extra)
         sizes = {name: (tmp / name).stat().st_size for name in (FLOAT_FILE, INT8_FILE) if (tmp / name).is_file()}
         report = {"command": "export onnx", "model": str(model), "opset": opset, **names,
-                  "dynamic_axes": "batch and sequence", "checked_on": f"{len(texts)} lines of {', '.join(text)}"
+                  "dynamic_axes": "batch and sequence", "checked_on": f"{len(texts)} lines of {', '.join(check_text)}"
                   if texts else f"{check_lines} rows of seeded random token ids",
                   "max_abs_difference": checks, "tolerance": tolerance, "bytes": sizes,
                   "torch": torch.__version__, "onnxruntime": _onnxruntime().__version__}

@@ -542,7 +542,7 @@ class CountSettings:
     shard: str | None = setting(None, help="I/N: count only shard I of N of every language (merge the parts after); "
                                 "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
                                 "OUT with '.shard-I-of-N' before its suffix")
-    batch_lines: int = setting(8192, help="lines per encode_batch call")
+    batch_lines: int = setting(8192, advanced=True, help="lines per encode_batch call")
     allow_replacements: bool = setting(False, kind=FLAG,
                                        help=f"count a source although over {MAX_REPLACED_SHARE:.0%} of its bytes are "
                                             "not UTF-8 (they become U+FFFD)")

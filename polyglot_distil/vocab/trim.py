@@ -311,7 +311,7 @@ def keep_tokens(keep: list[str], keep_file: str | None) -> list[str]:
 
 
 def verification_texts(specs: list[str], counts: Counts, langs: list[str], max_lines: int) -> dict[str, list[str]]:
-    """The first `max_lines` lines of each language: from `--verify-lang` specs, else from the
+    """The first `max_lines` lines of each language: from `--verify-text` specs, else from the
     sources the counts were made from."""
     if max_lines < 1:
         raise UserError("--verify-lines must be at least 1")
@@ -327,7 +327,7 @@ def verification_texts(specs: list[str], counts: Counts, langs: list[str], max_l
             texts[lang] = list(iter_language(parse_sources(recorded), caps))
         except UserError as exc:
             raise UserError(f"cannot read the counted corpus of {lang} for the quick verification ({exc}); "
-                            "pass --verify-lang LANG=SOURCE or --no-verify") from None
+                            "pass --verify-text LANG=SOURCE or --no-verify") from None
     return texts
 
 
@@ -355,7 +355,8 @@ class TrimSettings:
                                     help="always keep the tokens of this file (one per line)")
     keep_chars: bool = setting(False, kind=FLAG, group=RULES,
                                help="always keep single-character tokens (and ##x / ▁x), so no word becomes unknown")
-    verify_lang: list[str] = setting([], kind=APPEND, role=READS, metavar="LANG=SOURCE", group=QUICK_VERIFY,
+    verify_text: list[str] = setting([], kind=APPEND, role=READS, metavar="LANG=SOURCE", group=QUICK_VERIFY,
+                                     renamed_from=("--verify-lang",),
                                      help="verify on this text instead of the counted sources")
     verify_lines: int = setting(100, group=QUICK_VERIFY, help="lines per language to verify on")
     no_verify: bool = setting(False, kind=FLAG, group=QUICK_VERIFY, help="skip the quick verification")
@@ -377,7 +378,7 @@ def run_trim(settings: TrimSettings) -> dict:
     missing = [lang for lang in langs if lang not in counts.occurrences]
     if missing:
         raise UserError(f"language {missing[0]!r} is not in {settings.counts} (it has: {', '.join(counts.languages)})")
-    texts = None if settings.no_verify else verification_texts(settings.verify_lang, counts, langs, settings.verify_lines)
+    texts = None if settings.no_verify else verification_texts(settings.verify_text, counts, langs, settings.verify_lines)
     report = trim(settings.model, counts, langs, rules, settings.out, counts_path=settings.counts, overwrite=settings.overwrite,
                   verify_texts=texts, trust_remote_code=settings.trust_remote_code,
                   show_progress=False if settings.no_progress else None)

@@ -381,7 +381,7 @@ class VerifySettings:
                                             "tokenizes as the source did) is below this: 'identical' must not mean "
                                             "'compared nothing'")
     seed: int = like(SEED)
-    batch_size: int = setting(8)
+    batch_size: int = setting(8, advanced=True)
     report: str | None = setting(None, role=WRITES, help="also write the figures to this JSON file")
     overwrite: bool = like(OVERWRITE, help="replace an existing --report file")
     trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the original model's own code to run")
