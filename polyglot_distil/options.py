@@ -268,7 +268,7 @@ class Command:
             where = f"config key {stage}.{key}"
             name = key.replace("-", "_")
             if name in renamed and name not in options:
-                print(f"{renamed[name].renamed_warning(f'{stage}.{name}')}", file=sys.stderr)
+                warn_once(renamed[name].renamed_warning(f"{stage}.{name}"))
                 name = renamed[name].yaml_key
             if name in wired:
                 raise UserError(f"{where}: set by the pipeline (it connects the stages); remove it")
@@ -317,6 +317,16 @@ class Command:
             elif value is not None:
                 argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
         return argv
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(line: str) -> None:
+    """Print a warning line to stderr, once per process (a config is read more than once)."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 def make_settings(settings: type, values: dict[str, Any], where: str):

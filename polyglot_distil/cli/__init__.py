@@ -39,7 +39,7 @@ import threading
 
 from polyglot_distil import __version__
 from polyglot_distil.errors import Terminated, UserError, interruption
-from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status
+from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, warn_once
 from polyglot_distil.outputs import release_locks
 
 
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     command: Command = args._command
     for line in command.old_names_used(sys.argv[1:] if argv is None else [str(word) for word in argv]):
-        print(line, file=sys.stderr)
+        warn_once(line)
     values = vars(args)
     for option in command.options:
         if option.kind == APPEND and values.get(option.name) is None:
