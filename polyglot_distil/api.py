@@ -116,9 +116,9 @@ def student(teacher: str, out: PathLike, *,
             hidden_size: int | None = None, intermediate_size: int | None = None, heads: int | None = None,
             dropout: float = 0.0, importance_text: list[str] | None = None, importance_lines: int = 1000,
             seed: int = 0, overwrite: bool = False, trust_remote_code: bool = False) -> dict:
-    """Build a compact student of `teacher` in `out` (`models.student.StudentSettings`)."""
+    """Build a compact student of `teacher` in `out` (`distill.student_stage.StudentSettings`)."""
     values = _given(locals())
-    from polyglot_distil.models.student import STUDENT
+    from polyglot_distil.distill.student_stage import STUDENT
 
     return _call(STUDENT, **values)
 

@@ -255,7 +255,7 @@ def _stage_table() -> dict[str, Stage]:
     from polyglot_distil.distill.layer_search import SEARCH_MAP
     from polyglot_distil.distill.task import TASK
     from polyglot_distil.eval.xnli import XNLI
-    from polyglot_distil.models.student import STUDENT
+    from polyglot_distil.distill.student_stage import STUDENT
     from polyglot_distil.vocab.count import COUNT
     from polyglot_distil.vocab.trim import TRIM
     from polyglot_distil.vocab.verify import VERIFY

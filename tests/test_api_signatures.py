@@ -17,7 +17,7 @@ CONVERTED = {
     "count": ("polyglot_distil.vocab.count:CountSettings", {"tokenizer", "lang", "out"}),
     "trim": ("polyglot_distil.vocab.trim:TrimSettings", {"model", "counts", "langs", "out"}),
     "verify": ("polyglot_distil.vocab.verify:VerifySettings", {"original", "trimmed", "lang"}),
-    "student": ("polyglot_distil.models.student:StudentSettings", {"teacher", "out"}),
+    "student": ("polyglot_distil.distill.student_stage:StudentSettings", {"teacher", "out"}),
     "general": ("polyglot_distil.distill.general:GeneralSettings", {"teacher", "lang", "out"}),
     "search_map": ("polyglot_distil.distill.layer_search:SearchMapSettings", {"teacher", "lang", "out"}),
     "finetune": ("polyglot_distil.distill.finetune:FinetuneSettings", {"model", "train", "dev", "out"}),

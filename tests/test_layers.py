@@ -199,3 +199,12 @@ def test_every_stage_function_takes_its_settings_dataclass():
         parameters = list(inspect.signature(command.run).parameters.values())
         assert len(parameters) == 1 and parameters[0].annotation == command.settings.__name__, command.name
         assert [o.name for o in command.options] == [f.name for f in dataclasses.fields(command.settings)]
+
+
+def test_no_command_is_declared_in_models():
+    """models/ is the library of model code; a command (its settings, printing, `Command`) lives in
+    a stage module above it or in cli/."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for module, path in modules().items()
+             if layer_of(module) == "models" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"]
+    assert not found, "commands declared in models/:\n" + "\n".join(found)
