@@ -71,11 +71,11 @@ def _specs(languages: Languages) -> list[str]:
             for source in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
 
 
-def count(tokenizer: str, languages: Languages, out: PathLike, *,
+def count(model: str, languages: Languages, out: PathLike, *,
           max_lines: int | None = None, max_bytes: int | None = None, min_chars: int = 0, sample: str = "random",
           seed: int = 0, shard: str | None = None, batch_lines: int = 8192, allow_replacements: bool = False,
           overwrite: bool = False, trust_remote_code: bool = False, no_progress: bool = False) -> dict:
-    """Count token occurrences per language with the tokenizer; write the Parquet table `out`.
+    """Count token occurrences per language with `model`'s tokenizer; write the Parquet table `out`.
     The keywords are `vocab.count.CountSettings`' fields (`polyglot-distil count --help`)."""
     values = _given(locals(), "languages")
     from polyglot_distil.vocab.count import COUNT
@@ -205,9 +205,9 @@ def task(teacher: PathLike, student: PathLike, train: Iterable[str], dev: Iterab
     return _call(TASK, **values)
 
 
-def apply_diff(base: PathLike, diff: PathLike, out: PathLike, *,
+def apply_diff(student: PathLike, diff: PathLike, out: PathLike, *,
                overwrite: bool = False, trust_remote_code: bool = False) -> dict:
-    """Rebuild the dense task model from the phase-1 student `base` and its sparse diff."""
+    """Rebuild the dense task model from the phase-1 `student` and its sparse diff."""
     values = _given(locals())
     from polyglot_distil.distill.diff import APPLY_DIFF
 

@@ -265,8 +265,8 @@ def _stage_table() -> dict[str, Stage]:
 
     return {s.name: s for s in (
         stage("count", COUNT, lambda r: {
-            "tokenizer": r.config["model"], "lang": r.lang_specs(), "out": r.dir("count") / "counts.parquet",
-            **r.trust()}, {"tokenizer", "lang", "out", "trust_remote_code", "shard"}),
+            "model": r.config["model"], "lang": r.lang_specs(), "out": r.dir("count") / "counts.parquet",
+            **r.trust()}, {"model", "lang", "out", "trust_remote_code", "shard"}),
         stage("trim", TRIM, lambda r: {
             "model": r.config["model"], "counts": r.dir("count") / "counts.parquet",
             "langs": ",".join(r.langs), "out": r.dir("trim") / "model", **r.trust()},

@@ -14,7 +14,7 @@ from polyglot_distil.errors import UserError
 
 # api function -> (the settings dataclass, its fields the function takes as positionals or builds itself)
 CONVERTED = {
-    "count": ("polyglot_distil.vocab.count:CountSettings", {"tokenizer", "lang", "out"}),
+    "count": ("polyglot_distil.vocab.count:CountSettings", {"model", "lang", "out"}),
     "trim": ("polyglot_distil.vocab.trim:TrimSettings", {"model", "counts", "langs", "out"}),
     "verify": ("polyglot_distil.vocab.verify:VerifySettings", {"original", "trimmed", "lang"}),
     "student": ("polyglot_distil.distill.student_stage:StudentSettings", {"teacher", "out"}),
@@ -22,7 +22,7 @@ CONVERTED = {
     "search_map": ("polyglot_distil.distill.layer_search:SearchMapSettings", {"teacher", "lang", "out"}),
     "finetune": ("polyglot_distil.distill.finetune:FinetuneSettings", {"model", "train", "dev", "out"}),
     "task": ("polyglot_distil.distill.task:TaskSettings", {"teacher", "student", "train", "dev", "out"}),
-    "apply_diff": ("polyglot_distil.distill.diff:ApplyDiffSettings", {"base", "diff", "out"}),
+    "apply_diff": ("polyglot_distil.distill.diff:ApplyDiffSettings", {"student", "diff", "out"}),
     "quantize": ("polyglot_distil.distill.quantize:QuantizeSettings", {"model", "out"}),
     "export_onnx": ("polyglot_distil.cli.export_onnx:ExportOnnxSettings", {"model", "out"}),
     "xnli": ("polyglot_distil.eval.xnli:XNLISettings", {"model", "langs", "out"}),

@@ -355,6 +355,6 @@ def test_fp16_checkpoints_train_float32_weights_and_save_in_their_dtype(tmp_path
     reloaded = AutoModelForSequenceClassification.from_pretrained(task / "best")
     assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_labels == 3
     # the sparse diff, in the saved dtype, rebuilds best/ from the fp16 phase-1 model bit for bit
-    assert run_cli("apply-diff", "--base", general / "final", "--diff", task / "sparse_diff",
+    assert run_cli("apply-diff", "--student", general / "final", "--diff", task / "sparse_diff",
                    "--out", tmp_path / "dense") == 0
     assert_same_weights(tmp_path / "dense", task / "best")

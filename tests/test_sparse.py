@@ -247,7 +247,7 @@ def test_apply_diff_to_another_base_is_an_error(diff_dir, tmp_path, tiny_bert_di
     weights = load_file(other / "model.safetensors")
     weights["bert.encoder.layer.0.output.dense.bias"] += 1e-3
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
-    assert run_cli("apply-diff", "--base", other, "--diff", folder, "--out", tmp_path / "out") == 2
+    assert run_cli("apply-diff", "--student", other, "--diff", folder, "--out", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "not the model this diff" in err, err
     assert not (tmp_path / "out").exists()
@@ -255,7 +255,7 @@ def test_apply_diff_to_another_base_is_an_error(diff_dir, tmp_path, tiny_bert_di
 
 def test_apply_diff_without_a_diff_folder_is_an_error(tmp_path, tiny_bert_dir, capsys):
     (tmp_path / "empty").mkdir()
-    assert run_cli("apply-diff", "--base", tiny_bert_dir, "--diff", tmp_path / "empty", "--out", tmp_path / "out") == 2
+    assert run_cli("apply-diff", "--student", tiny_bert_dir, "--diff", tmp_path / "empty", "--out", tmp_path / "out") == 2
     assert "not a sparse diff folder" in capsys.readouterr().err
 
 

@@ -424,7 +424,7 @@ def test_an_unsupported_tokenizer_type_names_the_supported_ones(tmp_path, bert_c
 def test_counts_from_another_tokenizer_are_refused(tmp_path, tiny_xlmr_dir, bert_counts, capsys):
     err = trim_error(capsys, "--model", tiny_xlmr_dir, "--counts", bert_counts, "--langs", "en",
                      "--out", tmp_path / "out")
-    assert "count again with --tokenizer" in err
+    assert "count again with --model" in err
     assert not (tmp_path / "out").exists()
 
 

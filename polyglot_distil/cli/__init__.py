@@ -1,6 +1,6 @@
 """The `polyglot-distil` command: one subcommand per pipeline stage, one module per command.
 
-    polyglot-distil count   --tokenizer NAME --lang en=FILE --lang fr=FILE --out counts.parquet
+    polyglot-distil count   --model NAME --lang en=FILE --lang fr=FILE --out counts.parquet
     polyglot-distil merge   part0.parquet part1.parquet --out counts.parquet
     polyglot-distil trim    --model NAME --counts counts.parquet --langs en,fr --out DIR
     polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
@@ -9,7 +9,7 @@
     polyglot-distil distil search-map --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil distil task --teacher DIR --student DIR --train SOURCE --dev SOURCE --out DIR
-    polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
+    polyglot-distil apply-diff --student DIR --diff DIR/sparse_diff --out DIR
     polyglot-distil quantize --model DIR --out DIR [--method dynamic|qat --bits 8 --embeddings int8]
     polyglot-distil export onnx --model DIR --out DIR [--int8 --check-text FILE]
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR

@@ -1,6 +1,6 @@
 """The sparse difference of a phase-2 run, and `apply-diff`, which rebuilds the dense model from it.
 
-    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+    polyglot-distil apply-diff --student out/phase1/final --diff out/task/sparse_diff --out out/task-dense
 
 The sparse difference (OUT/sparse_diff/) is the trained model relative to the phase-1 student:
 `diff.safetensors` holds, per body parameter with chosen entries, `body.NAME.indices` (flat
@@ -93,18 +93,18 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     except RuntimeError as exc:  # transformers: the base's tensors do not fit the diff's configuration
         if "mismatch" not in str(exc).lower():
             raise
-        raise UserError(f"--base {base} does not fit the diff in {diff} (its tensors have other shapes: another "
+        raise UserError(f"--student {base} does not fit the diff in {diff} (its tensors have other shapes: another "
                         "vocabulary or size); pass the phase-1 student that 'distil task' was given as "
                         "--student") from None
     head = set(record["head"])
     if not new_names <= head:
         lacking = ", ".join(sorted(new_names - head)[:3])
-        raise UserError(f"--base {base} lacks weights the diff does not carry ({lacking}); "
+        raise UserError(f"--student {base} lacks weights the diff does not carry ({lacking}); "
                         "pass the phase-1 student that 'distil task' was given as --student")
     weights = dict(model.named_parameters())
     body = [n for n in weights if n not in head]
     if body_fingerprint(weights, body) != record["base_fingerprint"]:
-        raise UserError(f"--base {base} is not the model this diff was trained from (its weights differ); "
+        raise UserError(f"--student {base} is not the model this diff was trained from (its weights differ); "
                         f"pass the phase-1 student given to 'distil task' ({record.get('base', 'see ' + INFO_FILE)})")
     try:
         tensors = load_file(diff / DIFF_FILE)
@@ -121,12 +121,12 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     for name in record["head"]:
         if tuple(tensors[f"head.{name}"].shape) != tuple(weights[name].shape):
             raise UserError(f"--diff {diff}: head tensor {name} has shape {tuple(tensors[f'head.{name}'].shape)}, "
-                            f"the model built from --base {base} {tuple(weights[name].shape)}; pass the phase-1 "
+                            f"the model built from --student {base} {tuple(weights[name].shape)}; pass the phase-1 "
                             "student that 'distil task' was given as --student")
     for name in record["body"]:
         top = int(tensors[f"body.{name}.indices"].max()) if len(tensors[f"body.{name}.indices"]) else -1
         if top >= weights[name].numel():
-            raise UserError(f"--diff {diff}: {name} has entries beyond the --base model's tensor "
+            raise UserError(f"--diff {diff}: {name} has entries beyond the --student model's tensor "
                             f"(index {top:,} of {weights[name].numel():,}); pass the phase-1 student that "
                             "'distil task' was given as --student")
     with torch.no_grad():
@@ -156,7 +156,8 @@ def model_card(base: str, diff: str, record: dict) -> str:
 class ApplyDiffSettings:
     """`apply-diff`'s settings."""
 
-    base: str = setting(role=READS, help="the phase-1 student folder the diff was trained from")
+    student: str = setting(role=READS, renamed_from=("--base",),
+                           help="the phase-1 student folder the diff was trained from")
     diff: str = setting(role=READS, help="the sparse diff folder (OUT/sparse_diff of 'distil task')")
     out: str = setting(role=WRITES, help="the model folder to write")
     overwrite: bool = like(OVERWRITE, help="replace an existing output folder")
@@ -166,12 +167,12 @@ class ApplyDiffSettings:
 def run_apply_diff(settings: ApplyDiffSettings) -> dict:
     """The `apply-diff` stage: write the dense task model; returns the diff's record."""
     check_writable(settings.out, settings.overwrite)
-    model, record = apply_diff(settings.base, settings.diff, settings.trust_remote_code)
+    model, record = apply_diff(settings.student, settings.diff, settings.trust_remote_code)
     with atomic_dir(settings.out, settings.overwrite) as tmp:
         model.save_pretrained(tmp)
-        copy_tokenizer(settings.base, tmp)
-        (tmp / "README.md").write_text(model_card(settings.base, settings.diff, record), encoding="utf-8")
-    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {settings.base}")
+        copy_tokenizer(settings.student, tmp)
+        (tmp / "README.md").write_text(model_card(settings.student, settings.diff, record), encoding="utf-8")
+    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {settings.student}")
     print(f"wrote {settings.out}")
     return record
 

@@ -6,7 +6,7 @@
     polyglot-distil distil task ... --full-epochs 1 --sparse-epochs 1 --density 0.08 --exclude-embeddings
     accelerate launch --multi_gpu --num_processes 4 -m polyglot_distil distil task ...   # 4 GPUs
     polyglot-distil distil task ... --out out/task --resume                            # continue
-    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+    polyglot-distil apply-diff --student out/phase1/final --diff out/task/sparse_diff --out out/task-dense
 
 The teacher is a 3-way NLI classifier (`polyglot-distil finetune`); the student, a phase-1 model
 folder (masked-LM), gets a new 3-way head (seeded). When the teacher's vocabulary is larger than

@@ -1,6 +1,6 @@
 """Count how often each token of a model's vocabulary occurs in each language's corpus.
 
-    polyglot-distil count --tokenizer bert-base-multilingual-cased \
+    polyglot-distil count --model bert-base-multilingual-cased \
         --lang en=corpora/en/sample.txt --lang fr=corpora/fr/sample.txt --out counts.parquet
     polyglot-distil count ... --shard 3/8 --out part3.parquet     # one of 8 processes
     polyglot-distil merge part*.parquet --out counts.parquet
@@ -529,7 +529,8 @@ def shard_path(out: str | Path, shard: tuple[int, int]) -> Path:
 class CountSettings:
     """`count`'s settings (the command line's options, a `run` config's `count:` section)."""
 
-    tokenizer: str = setting(role=READS, help="hub name, model folder or tokenizer.json")
+    model: str = setting(role=READS, renamed_from=("--tokenizer",),
+                         help="whose tokenizer counts: hub name, model folder or tokenizer.json")
     lang: list[str] = setting(kind=APPEND, role=READS, metavar="LANG=SOURCE",
                               help="a language and one of its sources; repeat for more sources or languages")
     out: str = setting(role=WRITES, help="the Parquet file to write")
@@ -573,7 +574,7 @@ def run_count(settings: CountSettings) -> dict:
     languages = group_lang_specs(settings.lang)
     caps = Caps(max_lines=settings.max_lines, max_bytes=settings.max_bytes, min_chars=settings.min_chars,
                 sample=settings.sample, seed=settings.seed)
-    counts = count_corpora(settings.tokenizer, languages, caps, shard, settings.batch_lines,
+    counts = count_corpora(settings.model, languages, caps, shard, settings.batch_lines,
                            show_progress=False if settings.no_progress else None,
                            trust_remote_code=settings.trust_remote_code,
                            allow_replacements=settings.allow_replacements)

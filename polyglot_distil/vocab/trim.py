@@ -72,7 +72,7 @@ def check_counts(counts: Counts, tokenizer, counts_path, model_name: str) -> Non
     if counts.vocab_size != size or counts.fingerprint != tokenizer_fingerprint(tokenizer):
         raise UserError(f"{counts_path or 'the counts'}: counted with the tokenizer {counts.tokenizer} "
                         f"({counts.vocab_size:,} tokens), not with that of {model_name} ({size:,} tokens); "
-                        f"count again with --tokenizer {model_name}")
+                        f"count again with --model {model_name}")
 
 
 
