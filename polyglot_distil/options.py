@@ -1,20 +1,25 @@
-"""Options declared once: every stage's options, from which the command line, the YAML config of
-`run` and the Python functions are all made.
+"""Options declared once: every stage's settings are one dataclass, from which the command line,
+the YAML config of `run` and the Python API are all made.
 
-A stage module declares a `Command` (its words, help and `Option`s) next to the function that
-runs it. `cli/` turns the declaration into an argparse parser; `pipeline` checks a config section
-against the same declaration (`Command.from_config`) and calls the stage function directly; the
-library functions fill their keyword arguments in (`Command.namespace`). A default, a type or a
-choice is therefore written in one place, and the three cannot drift apart.
+A stage module declares its settings dataclass (`vocab.count.CountSettings`: each field a
+`setting(...)` with its type, default, help and how the command line spells it) and the stage
+function that takes it (`run_count(settings: CountSettings) -> report`); `Command` names the two
+with the command's words and help. `cli/` turns the fields into an argparse parser; `pipeline`
+checks a config section against the same fields (`Command.from_config`) and calls the stage
+function with the dataclass (`Command.namespace`); `api`'s keyword arguments are the fields
+(tests/test_api_signatures.py). A default, a type or a choice is therefore written in one place.
 
 This module is pure data and imports neither argparse nor torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Sequence
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 from polyglot_distil.errors import UserError
 
@@ -44,6 +49,8 @@ class Option:
     nargs: str | None = None
     group: str | None = None
     role: str | None = None  # READS: its value names files the command reads; WRITES: the output
+    renamed_from: tuple[str, ...] = ()  # its old flags, still accepted for one release with a warning
+    deprecated: str | None = None  # why the option goes: hidden from --help, a warning when given
 
     def paths(self, value: Any) -> list[str]:
         """The file paths in this option's value (`LANG=KIND:PATH?key=value` sources included)."""
@@ -64,6 +71,20 @@ class Option:
     @property
     def flags(self) -> list[str]:
         return [self.flag or "--" + self.yaml_key.replace("_", "-")]
+
+    @property
+    def first_flag(self) -> str:
+        """The option's first name: what a stage marker hashes, so that a rename re-runs nothing."""
+        return self.renamed_from[0] if self.renamed_from else self.flags[-1]
+
+    @property
+    def old_yaml_keys(self) -> list[str]:
+        return [flag.lstrip("-").replace("-", "_") for flag in self.renamed_from]
+
+    def renamed_warning(self, old: str) -> str:
+        """The one line a use of the old name `old` (a flag or a config key) prints."""
+        new = self.flags[-1] if old.startswith("-") else self.yaml_key
+        return f"warning: {old} is renamed {new}; the old name goes in the next release (docs/renamed-options.md)"
 
     @property
     def yaml_key(self) -> str:
@@ -89,9 +110,84 @@ class Option:
         return value
 
 
-def group(title: str, options: Iterable[Option]) -> list[Option]:
-    """The same options, shown under `title` in `--help`."""
-    return [replace(option, group=title) for option in options]
+ADVANCED = "advanced (tuning only: speed, memory, numerics, logging)"
+
+
+def setting(default: Any = MISSING, *, help: str | None = None, kind: str = VALUE, type: Callable[[str], Any] | None = None,
+            flag: str | None = None, choices: tuple | None = None, metavar: str | None = None,
+            nargs: str | None = None, group: str | None = None, role: str | None = None, advanced: bool = False,
+            renamed_from: tuple[str, ...] = (), deprecated: str | None = None) -> Any:
+    """A field of a stage's settings dataclass that is also its option: the default (none: the
+    option is required), the help and how the command line spells it (see `Option`). The value's
+    converter is the field's type (`int`, `float`, `str`) unless `type` names another. `advanced`:
+    an option that tunes speed, memory or numerics only, shown under ADVANCED in `--help`;
+    `renamed_from`: its old flags; `deprecated`: why it goes (hidden from `--help`)."""
+    meta = {"help": help, "kind": kind, "type": type, "flag": flag, "choices": choices, "metavar": metavar,
+            "nargs": nargs, "group": ADVANCED if advanced else group, "role": role,
+            "renamed_from": tuple(renamed_from), "deprecated": deprecated}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default.copy(), metadata={"option": meta})
+    return field(default=default, metadata={"option": meta})
+
+
+def like(option: Option, advanced: bool = False, **changes: Any) -> Any:
+    """A settings field declared as the shared `option` is (`OVERWRITE`, `SEED`, ...), with `changes`
+    (another help, group or default)."""
+    option = replace(option, **changes)
+    if advanced:
+        option = replace(option, group=ADVANCED)
+    default = option.default if option.kind not in (FLAG,) else False
+    if option.kind == NEGATED and default is None:
+        default = True
+    return setting(MISSING if option.required else default, help=option.help, kind=option.kind, type=option.type,
+                   flag=option.flag, choices=option.choices, metavar=option.metavar, nargs=option.nargs,
+                   group=option.group, role=option.role)
+
+
+_CONVERTERS = {int: int, float: float}
+
+
+def _converter(hint: Any) -> Callable[[str], Any] | None:
+    """The converter of a value typed `hint` (`int | None` -> int; `str`, lists of str -> None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in args if a is not type(None)]
+        return _converter(found[0]) if len(found) == 1 else None
+    if typing.get_origin(hint) in (list, tuple) and args:
+        return _converter(args[0])
+    return _CONVERTERS.get(hint)
+
+
+def options_of(settings: type) -> list[Option]:
+    """The `Option`s of a settings dataclass, in field order (fields made with `setting`). A settings
+    class made of parts (dataclasses it inherits) may show a part's fields under a title in `--help`:
+    `PART_GROUPS = {StudentShape: "student (when --student is not given)"}`; and retitle a shared
+    group: `GROUP_TITLES = {"training": "training (--method qat)"}`."""
+    hints = typing.get_type_hints(settings)
+    groups = {f.name: title for part, title in getattr(settings, "PART_GROUPS", {}).items()
+              for f in dataclasses.fields(part)}
+    options = []
+    for f in dataclasses.fields(settings):
+        meta = f.metadata.get("option")
+        if meta is None:
+            continue
+        if f.name in groups and not meta["group"]:
+            meta = {**meta, "group": groups[f.name]}
+        if meta["group"] in getattr(settings, "GROUP_TITLES", {}):
+            meta = {**meta, "group": settings.GROUP_TITLES[meta["group"]]}
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        required = f.default is MISSING and f.default_factory is MISSING and meta["kind"] != POSITIONAL
+        options.append(Option(f.name, type=meta["type"] or _converter(hints[f.name]), default=default,
+                              help=meta["help"], kind=meta["kind"], flag=meta["flag"], choices=meta["choices"],
+                              required=required, metavar=meta["metavar"], nargs=meta["nargs"], group=meta["group"],
+                              role=meta["role"], renamed_from=meta.get("renamed_from", ()),
+                              deprecated=meta.get("deprecated")))
+    return options
 
 
 @dataclass(frozen=True)
@@ -101,11 +197,15 @@ class Command:
 
     words: tuple[str, ...]
     help: str
-    options: Sequence[Option]
-    run: Callable[[Any], int]
+    run: Callable[[Any], Any]
+    settings: type  # the stage's settings dataclass, whose fields are the options
     description: str | None = None
     raw_description: bool = False  # keep the description's line breaks in --help
     group_help: dict = field(default_factory=dict)  # the help of a command group, e.g. {"distil": "..."}
+    options: Sequence[Option] = field(init=False, default=())  # made from `settings`
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", options_of(self.settings))
 
     @property
     def name(self) -> str:
@@ -135,29 +235,41 @@ class Command:
     def defaults(self) -> dict[str, Any]:
         return {o.name: (list(o.default) if isinstance(o.default, list) else o.default) for o in self.options}
 
-    def namespace(self, **values: Any) -> SimpleNamespace:
-        """The options as the stage function takes them: the defaults, then `values` (Python
-        values, already of the right type), each name checked."""
-        known = self.defaults()
-        for name in values:
-            if name not in known:
-                raise UserError(f"{self.name}: unknown option {name!r} (expected one of: {', '.join(known)})")
-        return SimpleNamespace(**{**known, **values})
+    def namespace(self, **values: Any) -> Any:
+        """The options as the stage function takes them, its settings dataclass: the defaults, then
+        `values` (Python values, already of the right type), each name checked."""
+        return make_settings(self.settings, values, self.name)
 
     # -- configs ----------------------------------------------------------------------------
 
     def by_yaml_key(self) -> dict[str, Option]:
         return {o.yaml_key: o for o in self.options if o.kind != POSITIONAL}
 
+    def old_names_used(self, argv: list[str]) -> list[str]:
+        """The warnings for the renamed and deprecated options that `argv` uses (one line each)."""
+        lines = []
+        for option in self.options:
+            for old in option.renamed_from:
+                if any(word == old or word.startswith(old + "=") for word in argv):
+                    lines.append(option.renamed_warning(old))
+            if option.deprecated and any(word == option.flags[-1] or word.startswith(option.flags[-1] + "=")
+                                         for word in argv):
+                lines.append(f"warning: {option.flags[-1]} is deprecated: {option.deprecated}")
+        return lines
+
     def from_config(self, stage: str, section: dict, wired: set[str]) -> dict[str, Any]:
         """A config section's {name: value}, converted and checked as the command line would
         check them; keys the pipeline sets (`wired`) or that the command lacks are refused with
         one line naming the key and what was expected."""
         options = self.by_yaml_key()
+        renamed = {old: o for o in self.options for old in o.old_yaml_keys}
         values: dict[str, Any] = {}
         for key, value in section.items():
             where = f"config key {stage}.{key}"
             name = key.replace("-", "_")
+            if name in renamed and name not in options:
+                warn_once(renamed[name].renamed_warning(f"{stage}.{name}"))
+                name = renamed[name].yaml_key
             if name in wired:
                 raise UserError(f"{where}: set by the pipeline (it connects the stages); remove it")
             if name not in options:
@@ -183,13 +295,16 @@ class Command:
             values[option.name] = converted if many else converted[0]
         return values
 
-    def argv(self, values: dict[str, Any]) -> list[str]:
-        """The command line that gives `values` (for `run --check`, markers and logs)."""
+    def argv(self, values: dict[str, Any], first_names: bool = False) -> list[str]:
+        """The command line that gives `values` (for `run --check`, markers and logs); with
+        `first_names`, each option under its first name (what markers hash: a rename re-runs nothing)."""
         argv: list[str] = []
         by_name = {o.name: o for o in self.options}
         for name, value in values.items():
             option = by_name[name]
-            flag = option.flags[-1]
+            if option.deprecated and not first_names:
+                continue
+            flag = option.first_flag if first_names else option.flags[-1]
             if option.kind == FLAG:
                 argv += [flag] if value else []
             elif option.kind == NEGATED:
@@ -202,6 +317,31 @@ class Command:
             elif value is not None:
                 argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
         return argv
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(line: str) -> None:
+    """Print a warning line to stderr, once per process (a config is read more than once)."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
+
+
+def make_settings(settings: type, values: dict[str, Any], where: str):
+    """`settings(**values)`, a missing required value or an unknown name said in one line."""
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    unknown = [name for name in values if name not in fields]
+    if unknown:
+        raise UserError(f"{where}: unknown option {unknown[0]!r} (expected one of: {', '.join(fields)})")
+    missing = [f for f in fields.values() if f.default is MISSING and f.default_factory is MISSING
+               and values.get(f.name) is None]
+    if missing:
+        option = next(o for o in options_of(settings) if o.name == missing[0].name)
+        name = option.name if option.kind == POSITIONAL else option.flags[-1]
+        raise UserError(f"{where}: {name} is required")
+    return settings(**values)
 
 
 def exit_status(result) -> int:
@@ -217,17 +357,13 @@ def csv(text: str) -> list[str]:
     return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
-# Options that many commands share, declared once.
-def out_option(help: str) -> Option:
-    return Option("out", required=True, help=help, role=WRITES)
-
-
 # Options that change no result, only how a run reports and saves its progress and whether it
 # resumes or starts over: a training run's configuration hash leaves them out (`--resume` accepts
 # them changed), and so does a `run` stage's completion marker (editing one re-runs nothing). The
 # one list for both. (`progress` is `no_progress` as TrainSettings holds it.)
 NO_RESULT = frozenset({"no_progress", "progress", "log_every", "keep_checkpoints", "save_every", "grad_accum",
                        "resume", "overwrite"})
+# Options that many commands share, declared once (a settings field declares itself `like(OVERWRITE)`).
 OVERWRITE = Option("overwrite", kind=FLAG, help="replace an existing output")
 TRUST_REMOTE_CODE = Option("trust_remote_code", kind=FLAG, help="allow the model's own code to run")
 NO_PROGRESS = Option("no_progress", kind=FLAG,

@@ -29,13 +29,13 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.inputs import changed_inputs, input_fingerprints
-from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status
+from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, exit_status, setting
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
@@ -255,7 +255,7 @@ def _stage_table() -> dict[str, Stage]:
     from polyglot_distil.distill.layer_search import SEARCH_MAP
     from polyglot_distil.distill.task import TASK
     from polyglot_distil.eval.xnli import XNLI
-    from polyglot_distil.models.student import STUDENT
+    from polyglot_distil.distill.student_stage import STUDENT
     from polyglot_distil.vocab.count import COUNT
     from polyglot_distil.vocab.trim import TRIM
     from polyglot_distil.vocab.verify import VERIFY
@@ -265,8 +265,8 @@ def _stage_table() -> dict[str, Stage]:
 
     return {s.name: s for s in (
         stage("count", COUNT, lambda r: {
-            "tokenizer": r.config["model"], "lang": r.lang_specs(), "out": r.dir("count") / "counts.parquet",
-            **r.trust()}, {"tokenizer", "lang", "out", "trust_remote_code", "shard"}),
+            "model": r.config["model"], "lang": r.lang_specs(), "out": r.dir("count") / "counts.parquet",
+            **r.trust()}, {"model", "lang", "out", "trust_remote_code", "shard"}),
         stage("trim", TRIM, lambda r: {
             "model": r.config["model"], "counts": r.dir("count") / "counts.parquet",
             "langs": ",".join(r.langs), "out": r.dir("trim") / "model", **r.trust()},
@@ -369,7 +369,7 @@ def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]
     """The student section, and the phases' layer maps, against the teacher's shape (its
     config.json: trimming keeps the layers and widths), before the first stage runs: `--layers 3`
     of a 2-layer teacher is one line now, not after hours of counting, trimming and fine-tuning."""
-    from polyglot_distil.models.student import check_layers, parse_layers, planned_config, spec_from_args
+    from polyglot_distil.models.student import StudentShape, check_layers, parse_layers, planned_config
 
     stage = table["student"]
 
@@ -384,7 +384,8 @@ def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]
     except (OSError, ValueError) as exc:
         raise UserError(f"config key model: {teacher} cannot be read ({str(exc).splitlines()[0]})") from None
     try:
-        student = planned_config(teacher_config, spec_from_args(stage.command.namespace(**section)))
+        shape = StudentShape(**{k: v for k, v in section.items() if k in {f.name for f in fields(StudentShape)}})
+        student = planned_config(teacher_config, shape.spec(section.get("seed", 0)))
     except UserError as exc:
         raise UserError(f"config section student: {exc} (the teacher {config['model']})") from None
     for phase in ("general", "task"):
@@ -402,9 +403,10 @@ def stage_values(run: Run, stage: Stage) -> dict:
     return {**wired, **stage.command.from_config(stage.name, section, set(stage.wired))}
 
 
-def stage_argv(values: dict, stage: Stage) -> list[str]:
-    """The command line that runs the stage with `values` (for --check, markers and logs)."""
-    return [*stage.command.words, *stage.command.argv(values)]
+def stage_argv(values: dict, stage: Stage, first_names: bool = False) -> list[str]:
+    """The command line that runs the stage with `values` (for --check and logs); with
+    `first_names`, under the options' first names (markers: a renamed option re-runs nothing)."""
+    return [*stage.command.words, *stage.command.argv(values, first_names)]
 
 
 def _argv_hash(argv: list[str]) -> str:
@@ -415,23 +417,25 @@ def settings_hash(values: dict, stage: Stage) -> str:
     """What a completed stage's marker keeps of its options: a hash of the command line, without
     the options that change no result (so that adding one does not make a stage run again)."""
     kept = {k: v for k, v in values.items() if k not in stage.neutral and k not in NO_RESULT}
-    return _argv_hash(stage_argv(kept, stage))
+    return _argv_hash(stage_argv(kept, stage, first_names=True))
 
 
-def _argv_changes(old: list[str], new: list[str]) -> str:
+def _argv_changes(old: list[str], new: list[str], renamed: dict[str, str | None] | None = None) -> str:
     """`--min-count: 2 -> 3` for the options that differ between two command lines (options that
-    change no result left out)."""
+    change no result left out; an old flag in `renamed` read as its new name, or left out if None)."""
+    renamed = renamed or {}
 
     def options(argv: list[str]) -> dict[str, str]:
         found: dict[str, list[str]] = {}
         flag = None
         for word in argv:
             if word.startswith("--"):
-                flag = word
+                flag = renamed.get(word, word)
                 found.setdefault(flag, [])
             elif flag is not None:
                 found[flag].append(word)
-        return {k: " ".join(v) or "on" for k, v in found.items() if k[2:].replace("-", "_") not in NO_RESULT}
+        return {k: " ".join(v) or "on" for k, v in found.items()
+                if k is not None and k[2:].replace("-", "_") not in NO_RESULT}
 
     before, after = options(old), options(new)
     changed = [f"{k}: {before.get(k, 'unset')} -> {after.get(k, 'unset')}"
@@ -490,7 +494,9 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                 raise UserError(f"{marker}: damaged ({type(exc).__name__}: {exc}); to run stage {stage.name} "
                                 f"again, remove it or pass --from {stage.name}") from None
             if done.get("argv_hash") != settings:
-                changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage))
+                renamed = {old: o.flags[-1] for o in stage.command.options for old in o.renamed_from}
+                renamed.update({o.flags[-1]: None for o in stage.command.options if o.deprecated})
+                changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage), renamed)
                 raise UserError(f"stage {stage.name} was completed with other settings ({changes or marker}); "
                                 f"re-run it with --from {stage.name} (the later stages read it: they run again "
                                 f"too), or restore its settings")
@@ -624,28 +630,45 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
         time.sleep(poll_seconds)
 
 
-def run_run(args) -> dict:
+@dataclass(kw_only=True)
+class RunSettings:
+    """`run`'s settings."""
+
+    config: str = setting(kind=POSITIONAL, help="YAML config (see configs/)")
+    overrides: list[str] = setting([], kind=POSITIONAL, nargs="*", metavar="KEY=VALUE",
+                                   help="override config fields, e.g. general.steps=100")
+    only: str | None = setting(None, metavar="STAGE",
+                               help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}")
+    start: str | None = setting(None, flag="--from", metavar="STAGE",
+                                help=f"run from this stage on (it again, if done); one of: {', '.join(STAGES)}")
+    check: bool = setting(False, kind=FLAG, help="validate the config and print the commands; run nothing")
+
+    def __post_init__(self):
+        if self.only and self.start:
+            raise UserError(f"--only {self.only} and --from {self.start} contradict each other: give one of them")
+
+
+def run_run(settings: RunSettings) -> dict:
+    """The `run` command: a config's stages in order (or, with --check, their command lines)."""
     import shlex
 
-    if args.only and args.start:
-        raise UserError(f"--only {args.only} and --from {args.start} contradict each other: give one of them")
-    config = load_config(args.config, args.overrides)
-    if args.check:
+    config = load_config(settings.config, settings.overrides)
+    if settings.check:
         run = Run(config)
         stages = validate(config)
         names = [s.name for s in stages]
-        for flag, value in (("--only", args.only), ("--from", args.start)):
+        for flag, value in (("--only", settings.only), ("--from", settings.start)):
             if value is not None and value not in names:
                 raise UserError(f"{flag} {value}: not a stage of this config (stages: {', '.join(names)})")
-        if args.only:
-            stages = [s for s in stages if s.name == args.only]
-        elif args.start:
-            stages = stages[names.index(args.start):]
+        if settings.only:
+            stages = [s for s in stages if s.name == settings.only]
+        elif settings.start:
+            stages = stages[names.index(settings.start):]
         for stage in stages:
             print(f"[{stage.name}] {shlex.join(['polyglot-distil', *stage_argv(stage_values(run, stage), stage)])}")
-        print(f"{args.config}: valid")
+        print(f"{settings.config}: valid")
         return {"valid": True, "ran": []}
-    ran = run_pipeline(config, args.only, args.start)
+    ran = run_pipeline(config, settings.only, settings.start)
     if _process_rank()[0] > 0:
         return {"ran": ran}  # the main process reports
     print(f"pipeline done ({', '.join(ran) or 'nothing to do'}); outputs under {config['run_dir']}")
@@ -680,14 +703,5 @@ def main_tables(report_md: str, sections: tuple[str, ...] = ("Accuracy", "Fideli
     return "\n".join("## " + p.strip() + "\n" for p in parts[1:] if p.startswith(sections))
 
 
-RUN = Command(
-    ("run",), "run the whole pipeline from one YAML config", description=__doc__.split("\n\n")[0], run=run_run,
-    options=[
-        Option("config", kind=POSITIONAL, help="YAML config (see configs/)"),
-        Option("overrides", kind=POSITIONAL, nargs="*", default=[], metavar="KEY=VALUE",
-               help="override config fields, e.g. general.steps=100"),
-        Option("only", metavar="STAGE", help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}"),
-        Option("start", flag="--from", metavar="STAGE",
-               help=f"run from this stage on (it again, if done); one of: {', '.join(STAGES)}"),
-        Option("check", kind=FLAG, help="validate the config and print the commands; run nothing"),
-    ])
+RUN = Command(("run",), "run the whole pipeline from one YAML config", description=__doc__.split("\n\n")[0],
+              run=run_run, settings=RunSettings)

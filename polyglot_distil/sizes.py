@@ -28,10 +28,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import POSITIONAL, Command, Option
+from polyglot_distil.options import POSITIONAL, Command, setting
 
 SHARED = ("count", "trim", "verify", "finetune")
 PER_SIZE = ("student", "general", "task", "eval")
@@ -175,16 +176,29 @@ def write_plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def run_sizes(args) -> dict:
+@dataclass(kw_only=True)
+class SizesSettings:
+    """`sizes`' settings."""
+
+    config: str = setting(kind=POSITIONAL, help="YAML config (see configs/), as for 'run'")
+    overrides: list[str] = setting([], kind=POSITIONAL, nargs="*", metavar="KEY=VALUE",
+                                   help="override config fields, e.g. general.steps=100")
+    layers: str | None = setting(None, help="student layers, one student per value, e.g. 2,4,6")
+    hidden_sizes: str | None = setting(None, help="student hidden sizes (default: the config's); every layers x hidden "
+                                                  "pair")
+
+
+def run_sizes(settings: SizesSettings) -> dict:
+    """The `sizes` command: the shared stages once, then one student per size; the table."""
     from polyglot_distil.outputs import replace_text
     from polyglot_distil.pipeline import DEFAULT_STAGES, load_config, run_pipeline, validate
 
-    sizes = parse_sizes(args.layers, args.hidden_sizes)
-    config = load_config(args.config, args.overrides)
+    sizes = parse_sizes(settings.layers, settings.hidden_sizes)
+    config = load_config(settings.config, settings.overrides)
     names = [s.name for s in validate(config)]
     missing = [stage for stage in PER_SIZE if stage not in names]
     if missing:
-        raise UserError(f"{args.config}: 'sizes' builds, distils and evaluates each size, but the config's stages "
+        raise UserError(f"{settings.config}: 'sizes' builds, distils and evaluates each size, but the config's stages "
                         f"lack {', '.join(missing)}; list them under 'stages' (or drop 'stages': all of "
                         f"{', '.join(DEFAULT_STAGES)})")
     run_dir = Path(config["run_dir"])
@@ -217,12 +231,5 @@ def run_sizes(args) -> dict:
             "plot": str(plot) if plot.is_file() else None}
 
 
-SIZES = Command(
-    ("sizes",), "several student sizes from one config: size / latency / accuracy table and plot",
-    description=__doc__.split("\n\n")[0], run=run_sizes, options=[
-        Option("config", kind=POSITIONAL, help="YAML config (see configs/), as for 'run'"),
-        Option("overrides", kind=POSITIONAL, nargs="*", default=[], metavar="KEY=VALUE",
-               help="override config fields, e.g. general.steps=100"),
-        Option("layers", help="student layers, one student per value, e.g. 2,4,6"),
-        Option("hidden_sizes", help="student hidden sizes (default: the config's); every layers x hidden pair"),
-    ])
+SIZES = Command(("sizes",), "several student sizes from one config: size / latency / accuracy table and plot",
+                description=__doc__.split("\n\n")[0], run=run_sizes, settings=SizesSettings)

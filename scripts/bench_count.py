@@ -142,7 +142,7 @@ def peak_memory_mib(tokenizer_dir: str, files: list[Path], times: int, tmp: Path
             handle.write("\n".join(lines) + "\n")
     code = (
         "import resource, sys; from polyglot_distil.cli import main; "
-        f"rc = main(['count', '--tokenizer', {tokenizer_dir!r}, '--lang', 'all={big}', '--out', "
+        f"rc = main(['count', '--model', {tokenizer_dir!r}, '--lang', 'all={big}', '--out', "
         f"{str(tmp / 'mem.parquet')!r}, '--overwrite', '--no-progress']); "
         "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )

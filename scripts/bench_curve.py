@@ -121,7 +121,7 @@ def _point(api, args, work: Path, steps: int, epochs: float, train, dev, text, t
     if not (out / "predictions.npz").exists():
         start = time.time()
         api.xnli(task / "best", [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
-                 limit=args.eval_limit or None, no_efficiency=True, teacher_cache=str(work / "teacher-predictions"),
+                 max_pairs=args.eval_limit or None, no_efficiency=True, teacher_cache=str(work / "teacher-predictions"),
                  no_progress=True, seed=args.seed, overwrite=out.exists())
         seconds["eval"] = round(time.time() - start)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))

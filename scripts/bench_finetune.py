@@ -42,7 +42,7 @@ sys.exit(status)
 def finetune(model: Path, train: Path, dev: Path, out: Path, args, reduce: bool) -> dict:
     epochs = args.steps * args.batch_size / args.pairs
     command = [sys.executable, "-c", RUNNER, "finetune", "--model", str(model), "--train", str(train),
-               "--dev", str(dev), "--max-train-examples", str(args.pairs), "--epochs", f"{epochs:.6f}",
+               "--dev", str(dev), "--max-train-pairs", str(args.pairs), "--epochs", f"{epochs:.6f}",
                "--batch-size", str(args.batch_size), "--max-length", "128", "--log-every", "1",
                "--save-every", "0", "--no-progress", "--out", str(out)] + (["--reduce-vocab"] if reduce else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")

@@ -150,7 +150,7 @@ def main() -> int:
     stage("trim", trimmed / "model.safetensors", lambda: api.trim(
         str(e5), counts, ["en", t], trimmed, keep_chars=True, no_progress=True))
     common = dict(batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
-                  max_train_examples=args.train_pairs)
+                  max_train_pairs=args.train_pairs)
     stage("a: teacher", work / "a" / "best", lambda: api.finetune(
         str(e5), train, [str(dev)], work / "a", epochs=args.teacher_epochs, lr=args.teacher_lr, warmup_steps=20,
         reduce_vocab=args.teacher_reduce_vocab, **common, **continued(work / "a")))
@@ -168,7 +168,7 @@ def main() -> int:
         out = work / "eval" / row  # an evaluation made before reports kept each pair's prediction is made again
         stage(f"eval {row}", out / "predictions.npz", lambda: api.xnli(
             folder, [t, "en"], out, teacher=str(teacher), split="dev", data=str(args.xnli),
-            limit=args.eval_limit or None, repeats=5, teacher_cache=str(work / "teacher-predictions"),
+            max_pairs=args.eval_limit or None, repeats=5, teacher_cache=str(work / "teacher-predictions"),
             no_progress=True, seed=args.seed, overwrite=out.exists()))
         return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
@@ -229,10 +229,10 @@ def main() -> int:
             stage("h: qat int8", work / "h" / "best", lambda: api.quantize(
                 best, work / "h", method="qat", embeddings="int8", teacher=str(work / "b"), train=train,
                 dev=[str(dev)], epochs=args.qat_epochs,
-                lr=args.qat_lr, **{**common, "max_train_examples": args.qat_pairs}, **continued(work / "h")))
+                lr=args.qat_lr, **{**common, "max_train_pairs": args.qat_pairs}, **continued(work / "h")))
         if rows & {"i", "j"}:
             stage("i, j: onnx", work / "onnx" / "export.json", lambda: api.export_onnx(
-                best, work / "onnx", int8=True, text=[f"{args.xnli / f'dev-{t}.tsv'}?columns=premise"],
+                best, work / "onnx", int8=True, check_text=[f"{args.xnli / f'dev-{t}.tsv'}?columns=premise"],
                 check_lines=64))
     models = {"a": teacher, "b": work / "b", "c": work / "c" / "best", "d": work / "d" / "best",
               "e": work / "e" / "best", "g": work / "g", "h": work / "h" / "best", "i": work / "onnx",
@@ -375,7 +375,7 @@ def phase2_options(epochs: float, args, work: Path) -> dict:
     the task teacher, whose outputs are cached in the work folder."""
     return dict(full_epochs=epochs, sparse_epochs=epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"),
                 batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
-                max_train_examples=args.train_pairs)
+                max_train_pairs=args.train_pairs)
 
 
 def _paired(work: Path, row: str, other: str, lang: str, seed: int) -> str:

@@ -169,7 +169,7 @@ def test_lines_counts_a_token_once_per_line(tiny_bert_dir):
 
 def test_count_command_writes_table_and_metadata(tmp_path, tiny_bert_dir, capsys):
     out = tmp_path / "counts.parquet"
-    code = run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+    code = run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--lang", f"fr={CORPORA / 'fr' / 'sample.txt'}", "--out", out, "--no-progress")
     assert code == 0
     table = pq.read_table(out)
@@ -227,15 +227,15 @@ def bad_input_cases(tmp_path, tiny_bert_dir):
     existing = tmp_path / "existing.parquet"
     existing.write_bytes(b"keep me")
     return {
-        "missing file": (["--tokenizer", tiny_bert_dir, "--lang", "en=nope/missing.txt"], "source file not found"),
-        "malformed lang": (["--tokenizer", tiny_bert_dir, "--lang", f"en:{sample}"], "expected LANG=SOURCE"),
-        "empty corpus": (["--tokenizer", tiny_bert_dir, "--lang", f"en={empty}"], "empty corpus for language 'en'"),
-        "tsv column": (["--tokenizer", tiny_bert_dir, "--lang", f"en={tsv}?columns=premise"], "no column 'premise'"),
-        "missing tokenizer": (["--tokenizer", tmp_path / "no_such_model", "--lang", f"en={sample}"],
+        "missing file": (["--model", tiny_bert_dir, "--lang", "en=nope/missing.txt"], "source file not found"),
+        "malformed lang": (["--model", tiny_bert_dir, "--lang", f"en:{sample}"], "expected LANG=SOURCE"),
+        "empty corpus": (["--model", tiny_bert_dir, "--lang", f"en={empty}"], "empty corpus for language 'en'"),
+        "tsv column": (["--model", tiny_bert_dir, "--lang", f"en={tsv}?columns=premise"], "no column 'premise'"),
+        "missing tokenizer": (["--model", tmp_path / "no_such_model", "--lang", f"en={sample}"],
                               "tokenizer not found"),
-        "hub unreachable": (["--tokenizer", "someone/unknown-model", "--lang", f"en={sample}"],
+        "hub unreachable": (["--model", "someone/unknown-model", "--lang", f"en={sample}"],
                             "hub is unreachable"),
-        "existing output": (["--tokenizer", tiny_bert_dir, "--lang", f"en={sample}", "--out", existing],
+        "existing output": (["--model", tiny_bert_dir, "--lang", f"en={sample}", "--out", existing],
                             "already exists; pass --overwrite"),
     }
 
@@ -260,7 +260,7 @@ def test_bad_input_gives_one_line_and_no_file(tmp_path, tiny_bert_dir, capsys, m
 def test_overwrite_replaces_an_existing_output(tmp_path, tiny_bert_dir):
     out = tmp_path / "counts.parquet"
     out.write_bytes(b"old")
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--out", out, "--overwrite", "--no-progress") == 0
     assert read_counts(out).totals["en"].lines > 0
 
@@ -270,7 +270,7 @@ def test_auto_shard_writes_one_file_per_rank(tmp_path, tiny_bert_dir, monkeypatc
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={sample}", "--shard", "auto",
+        assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={sample}", "--shard", "auto",
                        "--out", tmp_path / "counts.parquet", "--no-progress") == 0
     parts = sorted(tmp_path.glob("counts.shard-*-of-2.parquet"))
     assert [p.name for p in parts] == ["counts.shard-0-of-2.parquet", "counts.shard-1-of-2.parquet"]
@@ -306,7 +306,7 @@ def _shards(tmp_path, tiny_bert_dir, n: int) -> list:
     paths = []
     for i in range(n):
         paths.append(tmp_path / f"part{i}.parquet")
-        assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={sample}", "--shard", f"{i}/{n}",
+        assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={sample}", "--shard", f"{i}/{n}",
                        "--no-progress", "--out", paths[-1]) == 0
     return paths
 
@@ -345,7 +345,7 @@ def test_outputs_follow_the_umask(tmp_path, tiny_bert_dir):
     old = os.umask(0o022)
     try:
         out = tmp_path / "c.parquet"
-        assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+        assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                        "--no-progress", "--out", out) == 0
         assert stat.S_IMODE(out.stat().st_mode) == 0o644
         assert run_cli("student", "--teacher", tiny_bert_dir, "--out", tmp_path / "s") == 0
@@ -357,7 +357,7 @@ def test_outputs_follow_the_umask(tmp_path, tiny_bert_dir):
 
 def test_a_missing_local_folder_is_reported_at_once(tmp_path, capsys):
     """Before any hub look-up (which retries for a minute where the hub is unreachable)."""
-    assert run_cli("count", "--tokenizer", tmp_path / "models" / "nope", "--lang",
+    assert run_cli("count", "--model", tmp_path / "models" / "nope", "--lang",
                    f"en={CORPORA / 'en' / 'sample.txt'}", "--out", tmp_path / "c.parquet") == 2
     assert "is not an existing folder" in capsys.readouterr().err
 
@@ -366,7 +366,7 @@ def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, tiny_bert_dir, 
     folder = tmp_path / "counts.parquet"
     folder.mkdir()
     (folder / "mine.txt").write_text("keep me")
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--overwrite", "--out", folder) == 2
     assert "is a folder" in capsys.readouterr().err and (folder / "mine.txt").read_text() == "keep me"
 
@@ -392,7 +392,7 @@ def test_a_hub_name_while_the_hub_cannot_be_reached_is_looked_up_in_the_cache_on
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)
     assert not loading.hub_reachable()
-    assert run_cli("count", "--tokenizer", "someone/unknown-model", "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+    assert run_cli("count", "--model", "someone/unknown-model", "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--out", tmp_path / "c.parquet") == 2
     assert asked and asked[0].get("local_files_only") is True
     assert "hub is unreachable and no local copy is cached" in capsys.readouterr().err

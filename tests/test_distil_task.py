@@ -76,7 +76,7 @@ def student_dir(tmp_path_factory, base_dir) -> Path:
 
 
 def _options(teacher, student, out, *extra) -> list:
-    return ["distil", "task", "--teacher", teacher, "--student", student, "--task", "nli", "--train", TRAIN,
+    return ["distil", "task", "--teacher", teacher, "--student", student, "--train", TRAIN,
             "--dev", DEV, "--out", out, "--full-epochs", 2, "--sparse-epochs", 2, "--batch-size", 16, "--lr", 5e-3,
             "--max-length", 64, "--save-every", 15, "--keep-checkpoints", 4, "--log-every", 1, "--no-progress", *extra]
 
@@ -161,7 +161,7 @@ def test_dense_model_is_the_phase1_student_plus_the_diff(tmp_path, run_dir, stud
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "rebuilt"
-    assert run_cli("apply-diff", "--base", student_dir, "--diff", run_dir / "sparse_diff", "--out", out) == 0
+    assert run_cli("apply-diff", "--student", student_dir, "--diff", run_dir / "sparse_diff", "--out", out) == 0
     expected, rebuilt = _load(run_dir / "best" / "model.safetensors"), _load(out / "model.safetensors")
     assert expected.keys() == rebuilt.keys()
     assert all(torch.equal(expected[k], rebuilt[k]) for k in expected)
@@ -173,7 +173,7 @@ def test_dense_model_is_the_phase1_student_plus_the_diff(tmp_path, run_dir, stud
 @pytest.mark.slow
 def test_the_rebuilt_model_has_a_model_card(tmp_path, run_dir, student_dir):
     out = tmp_path / "rebuilt"
-    assert run_cli("apply-diff", "--base", student_dir, "--diff", run_dir / "sparse_diff", "--out", out) == 0
+    assert run_cli("apply-diff", "--student", student_dir, "--diff", run_dir / "sparse_diff", "--out", out) == 0
     card = (out / "README.md").read_text(encoding="utf-8")
     k = json.loads((run_dir / "sparse_diff" / "sparse_diff.json").read_text())["k"]
     assert str(student_dir) in card and f"{k:,}" in card and "bit for bit" in card
@@ -194,16 +194,16 @@ def test_a_truncated_diff_is_one_line_naming_the_file(tmp_path, capsys, run_dir,
     shutil.copytree(run_dir / "sparse_diff", diff)
     data = (diff / "diff.safetensors").read_bytes()
     (diff / "diff.safetensors").write_bytes(data[: len(data) // 2])
-    err = _one_line_error(capsys, "apply-diff", "--base", student_dir, "--diff", diff, "--out", tmp_path / "out")
+    err = _one_line_error(capsys, "apply-diff", "--student", student_dir, "--diff", diff, "--out", tmp_path / "out")
     assert "diff.safetensors cannot be read" in err and "cut short" in err
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_apply_diff_on_a_base_of_another_vocabulary_is_one_line(tmp_path, capsys, run_dir, base_dir):
-    err = _one_line_error(capsys, "apply-diff", "--base", base_dir, "--diff", run_dir / "sparse_diff",
+    err = _one_line_error(capsys, "apply-diff", "--student", base_dir, "--diff", run_dir / "sparse_diff",
                           "--out", tmp_path / "out")
-    assert f"--base {base_dir}" in err and "--student" in err
+    assert f"--student {base_dir}" in err and "--student" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -105,7 +105,7 @@ def evaluate(out: Path, *args) -> dict:
 @pytest.mark.slow
 def test_accuracy_loyalty_and_confusion_equal_a_hand_computation(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["student"], "--teacher", models["teacher"],
-                      "--langs", "fr", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")
+                      "--langs", "fr", "--data", nli_dir, "--max-pairs", PAIRS, "--no-efficiency")
     rows = first_rows(nli_dir, "fr")
     gold = np.array([LABELS.index(r[2]) for r in rows])
     p_student, p_teacher = (hand_softmax(hand_logits(models[m], rows)) for m in ("student", "teacher"))
@@ -139,7 +139,7 @@ def test_the_teacher_cache_runs_the_teacher_once_and_notices_when_it_changes(tmp
     real = xnli.predict_xnli
     monkeypatch.setattr(xnli, "predict_xnli", lambda c, pairs, b, m, desc, p: calls.append(desc) or real(c, pairs, b, m,
                                                                                                        desc, p))
-    common = ("--teacher", teacher, "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")
+    common = ("--teacher", teacher, "--langs", "fr,sw", "--data", nli_dir, "--max-pairs", PAIRS, "--no-efficiency")
 
     def figures(report):
         return {lang: (r["accuracy"]["teacher"], r["label_loyalty"], r["probability_loyalty"])
@@ -166,7 +166,7 @@ def test_the_teacher_cache_runs_the_teacher_once_and_notices_when_it_changes(tmp
 
 
 def test_a_teacher_cache_without_a_teacher_or_on_a_file_is_one_line(tmp_path, capsys, models, nli_dir):
-    common = ("eval", "xnli", "--model", models["student"], "--langs", "fr", "--data", nli_dir, "--limit", 4,
+    common = ("eval", "xnli", "--model", models["student"], "--langs", "fr", "--data", nli_dir, "--max-pairs", 4,
               "--no-efficiency", "--no-progress")
     assert run_cli(*common, "--out", tmp_path / "a", "--teacher-cache", tmp_path / "cache") == 2
     assert "--teacher-cache keeps the teacher's predictions: give --teacher too" in capsys.readouterr().err
@@ -180,7 +180,7 @@ def test_a_teacher_cache_without_a_teacher_or_on_a_file_is_one_line(tmp_path, ca
 @pytest.mark.slow
 def test_a_model_against_itself_is_fully_loyal(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["student"], "--teacher", models["student"],
-                      "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS, "--no-efficiency")
+                      "--langs", "fr,sw", "--data", nli_dir, "--max-pairs", PAIRS, "--no-efficiency")
     for lang in ("fr", "sw"):
         assert report["results"][lang]["label_loyalty"] == 1.0
         assert report["results"][lang]["probability_loyalty"] == pytest.approx(1.0, abs=1e-6)
@@ -195,7 +195,7 @@ def test_each_accuracy_has_an_interval_and_the_model_a_paired_test_against_the_t
     leaves them out; a negative count is one line."""
     from polyglot_distil.eval.stats import compare_paired
 
-    common = ("--model", models["student"], "--langs", "fr,sw", "--data", nli_dir, "--limit", PAIRS,
+    common = ("--model", models["student"], "--langs", "fr,sw", "--data", nli_dir, "--max-pairs", PAIRS,
               "--no-efficiency", "--bootstrap", 200)
     report = evaluate(tmp_path / "a", *common, "--teacher", models["teacher"])
     gold = np.array([LABELS.index(r[2]) for r in first_rows(nli_dir, "fr")])
@@ -244,7 +244,7 @@ def test_length_sorted_batches_give_the_one_by_one_predictions_in_data_order(mod
 @pytest.mark.slow
 def test_output_classes_are_mapped_to_labels_through_id2label(tmp_path, models, nli_dir):
     report = evaluate(tmp_path / "out", "--model", models["permuted"], "--langs", "fr", "--data", nli_dir,
-                      "--limit", PAIRS, "--no-efficiency")
+                      "--max-pairs", PAIRS, "--no-efficiency")
     rows = first_rows(nli_dir, "fr")
     class_labels = ["contradiction", "entailment", "neutral"]
     predicted = [class_labels[c] for c in hand_logits(models["permuted"], rows).argmax(1)]
@@ -256,7 +256,7 @@ def test_output_classes_are_mapped_to_labels_through_id2label(tmp_path, models, 
 def test_generic_label_names_are_taken_in_xnli_order_and_the_report_says_so(tmp_path, models, nli_dir):
     out = tmp_path / "out"
     report = evaluate(out, "--model", models["generic"], "--langs", "fr", "--data", nli_dir,
-                      "--limit", PAIRS, "--no-efficiency")
+                      "--max-pairs", PAIRS, "--no-efficiency")
     assert report["models"]["model"]["class_labels"] == list(LABELS)
     assert any("LABEL_0..2" in note and "assumed XNLI order" in note for note in report["notes"])
     assert "assumed XNLI order" in (out / "REPORT.md").read_text()
@@ -268,7 +268,7 @@ def test_report_files_hold_every_figure(tmp_path, models, nli_dir):
 
     out = tmp_path / "out"
     report = evaluate(out, "--model", models["student"], "--teacher", models["teacher"], "--langs", "fr,sw",
-                      "--data", nli_dir, "--limit", PAIRS, "--repeats", 1)
+                      "--data", nli_dir, "--max-pairs", PAIRS, "--repeats", 1)
     student = AutoModelForSequenceClassification.from_pretrained(models["student"])
     eff = report["efficiency"]
     assert eff["model"]["params_total"] == sum(p.numel() for p in student.parameters())

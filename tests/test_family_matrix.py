@@ -72,7 +72,7 @@ def real_tokenizers(tmp_path_factory, mbert_vocab_dir, xlmr_tokenizer_dir) -> di
     out = tmp_path_factory.mktemp("real_tokenizers")
     folders = {}
     for name, source in (("mbert", mbert_vocab_dir), ("xlmr", xlmr_tokenizer_dir)):
-        assert run_cli("count", "--tokenizer", source, *LANGS, "--lang", f"de={CORPORA / 'de' / 'sample.txt'}",
+        assert run_cli("count", "--model", source, *LANGS, "--lang", f"de={CORPORA / 'de' / 'sample.txt'}",
                        "--no-progress", "--out", out / f"{name}.parquet") == 0
         assert run_cli("trim", "--model", source, "--counts", out / f"{name}.parquet", "--langs", "en,fr,de",
                        "--min-count", 1, "--no-verify", "--no-progress", "--out", out / name) == 0
@@ -195,7 +195,7 @@ def test_every_stage_runs_on_every_family(tmp_path, family, real_tokenizers, cap
 
     # apply-diff: phase 1's model + phase 2's sparse diff; eval of the applied model against the task teacher
     task = run / "task" / "run"
-    assert run_cli("apply-diff", "--base", general, "--diff", task / "sparse_diff", "--out", tmp_path / "applied") == 0
+    assert run_cli("apply-diff", "--student", general, "--diff", task / "sparse_diff", "--out", tmp_path / "applied") == 0
     assert run_cli("eval", "xnli", "--model", tmp_path / "applied", "--teacher", run / "finetune" / "run" / "best",
                    "--langs", "fr", "--data", NLI, "--split", "test", "--repeats", 1, "--no-progress",
                    "--out", tmp_path / "eval") == 0

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def finetune(model, out, *extra) -> int:
-    return run_cli("finetune", "--model", model, "--task", "nli", "--train", TRAIN, "--dev", DEV, "--out", out,
+    return run_cli("finetune", "--model", model, "--train", TRAIN, "--dev", DEV, "--out", out,
                    *RUN, *extra)
 
 

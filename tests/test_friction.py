@@ -56,7 +56,7 @@ def test_count_in_a_log_file_reports_bytes_of_a_known_total(monkeypatch, capsys,
     monkeypatch.setenv("POLYGLOT_DISTIL_PROGRESS_SECONDS", "0.000001")
     text = tmp_path / "en.txt"
     text.write_text(SAMPLE.read_text(encoding="utf-8") * 4, encoding="utf-8")
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={text}", "--out", tmp_path / "c.parquet",
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={text}", "--out", tmp_path / "c.parquet",
                    "--batch-lines", 64) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("count en:")]
     size = text.stat().st_size
@@ -68,7 +68,7 @@ def test_count_in_a_log_file_reports_bytes_of_a_known_total(monkeypatch, capsys,
 
 
 def test_a_typod_local_path_says_there_is_no_such_folder(capsys, tmp_path):
-    err = one_line(capsys, "count", "--tokenizer", "models/nope", "--lang", f"en={SAMPLE}", "--out",
+    err = one_line(capsys, "count", "--model", "models/nope", "--lang", f"en={SAMPLE}", "--out",
                    tmp_path / "c.parquet")
     assert "no folder models/nope" in err
 
@@ -107,18 +107,18 @@ def test_config_paths_resolve_against_the_config_folder_and_overrides_against_he
 def test_a_binary_file_is_not_counted_as_text(capsys, tmp_path, tiny_bert_dir):
     noise = tmp_path / "noise.txt"
     noise.write_bytes(bytes(range(128, 256)) * 800 + b"\n" + b"some text\n" * 10)
-    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en={noise}", "--out",
+    err = one_line(capsys, "count", "--model", tiny_bert_dir, "--lang", f"en={noise}", "--out",
                    tmp_path / "c.parquet")
     assert f"en={noise}" in err and "not UTF-8 text" in err and "--allow-replacements" in err
     assert not (tmp_path / "c.parquet").exists()
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={noise}", "--out", tmp_path / "c.parquet",
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={noise}", "--out", tmp_path / "c.parquet",
                    "--allow-replacements") == 0
 
 
 def test_a_few_undecodable_bytes_in_real_text_are_fine(tmp_path, tiny_bert_dir):
     text = tmp_path / "en.txt"
     text.write_bytes(SAMPLE.read_bytes() + b"caf\xe9\n")
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={text}", "--out", tmp_path / "c.parquet") == 0
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={text}", "--out", tmp_path / "c.parquet") == 0
 
 
 def test_a_pickle_checkpoint_with_code_is_one_line(capsys, tmp_path, tiny_bert_dir):

@@ -147,3 +147,64 @@ def test_the_command_line_is_built_without_torch_or_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=PACKAGE.parent)
     assert result.stdout.strip() == "[]"
+
+
+def namespace_parameters(path: Path) -> list[str]:
+    """`file:line function(args)` for each function of `path` that takes a command-line namespace: a
+    parameter whose attributes it reads (`args.out`) or that it hands to `getattr` / `vars`. (A
+    torch hook's `args`, a tuple it indexes, is not one.)"""
+    found = []
+    where = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path.name
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for parameter in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
+            name = parameter.arg
+            for inner in ast.walk(node):
+                read = (isinstance(inner, ast.Attribute) and isinstance(inner.value, ast.Name)
+                        and inner.value.id == name and name in ("args", "namespace", "ns"))
+                handed = (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
+                          and inner.func.id in ("getattr", "vars", "hasattr") and inner.args
+                          and isinstance(inner.args[0], ast.Name) and inner.args[0].id == "args")
+                if read or handed:
+                    found.append(f"{where}:{node.lineno} {node.name}({name})")
+                    break
+    return found
+
+
+def test_no_library_function_takes_the_command_line_namespace():
+    """Below cli/, a function takes its stage's settings dataclass or plain typed arguments, never
+    the command line's `args`: its inputs are its signature."""
+    found = [f for module, path in modules().items() if layer_of(module) != "cli" for f in namespace_parameters(path)]
+    assert not found, "functions below cli/ that take a command-line namespace:\n" + "\n".join(found)
+
+
+def test_the_namespace_check_sees_a_planted_one(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def load(args):\n    return args.model\n\n\ndef hook(module, args):\n    return args[0]\n\n\n"
+                       "def save(args):\n    return getattr(args, 'save_dtype', None)\n", encoding="utf-8")
+    assert namespace_parameters(planted) == ["planted.py:1 load(args)", "planted.py:9 save(args)"]
+
+
+def test_every_stage_function_takes_its_settings_dataclass():
+    """Each command's function is annotated with the dataclass its options are made from, and the
+    options are exactly that dataclass's fields."""
+    import dataclasses
+    import inspect
+
+    from polyglot_distil.cli import command_modules
+
+    for module in command_modules():
+        command = module.COMMAND
+        parameters = list(inspect.signature(command.run).parameters.values())
+        assert len(parameters) == 1 and parameters[0].annotation == command.settings.__name__, command.name
+        assert [o.name for o in command.options] == [f.name for f in dataclasses.fields(command.settings)]
+
+
+def test_no_command_is_declared_in_models():
+    """models/ is the library of model code; a command (its settings, printing, `Command`) lives in
+    a stage module above it or in cli/."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for module, path in modules().items()
+             if layer_of(module) == "models" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"]
+    assert not found, "commands declared in models/:\n" + "\n".join(found)

@@ -459,7 +459,7 @@ def test_task_data_samples_the_training_pairs_seeded_in_source_order_and_keeps_e
     assert read_task_data([str(a)], [str(dev)], 1, 3)[0].premises == [f"P{int(np.random.default_rng(3).choice(10, 1, replace=False)[0])}."]
     with pytest.raises(UserError) as raised:
         read_task_data([str(a)], [str(dev)], 0, 3)
-    assert str(raised.value) == "--max-train-examples must be at least 1, not 0"
+    assert str(raised.value) == "--max-train-pairs must be at least 1, not 0"
 
 
 def test_undecodable_bytes_in_tsv_and_jsonl_are_read_as_the_replacement_character(tmp_path):

@@ -81,7 +81,7 @@ def test_an_output_holding_or_inside_an_input_is_refused(model, tmp_path, capsys
 def test_count_refuses_to_write_over_its_corpus(tmp_path, tiny_bert_dir, capsys):
     text = tmp_path / "en.txt"
     shutil.copy(SAMPLE, text)
-    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en=text:{text}?x=1", "--out", text,
+    err = one_line(capsys, "count", "--model", tiny_bert_dir, "--lang", f"en=text:{text}?x=1", "--out", text,
                    "--overwrite")
     assert f"is --lang {text}" in err
     assert text.read_bytes() == SAMPLE.read_bytes()
@@ -164,7 +164,7 @@ def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
     text = tmp_path / "big.txt"
     text.write_text(SAMPLE.read_text(encoding="utf-8") * 400, encoding="utf-8")
     out = tmp_path / "counts.parquet"
-    process = cli_process("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={text}", "--out", out)
+    process = cli_process("count", "--model", tiny_bert_dir, "--lang", f"en={text}", "--out", out)
     code, err = signal_when(process, lambda: (tmp_path / ".counts.parquet.lock").exists(), signal.SIGTERM)
     assert code == 143, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"], err
@@ -320,7 +320,7 @@ def limited(limit_bytes: int):
 @pytest.mark.parametrize("name", ["count", "training"])  # pyarrow's writer, then safetensors' and torch's
 def test_a_write_past_a_file_size_limit_is_one_line_and_leaves_nothing(name, tiny_bert_dir, tmp_path):
     out = tmp_path / "out" / ("counts.parquet" if name == "count" else "model")
-    args = {"count": ["count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
+    args = {"count": ["count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
             "training": general(tiny_bert_dir, out, 2)}[name]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run([sys.executable, "-m", "polyglot_distil", *map(str, args)], cwd=ROOT, env=env,
@@ -356,7 +356,7 @@ def utf16_file(path: Path) -> Path:
 @pytest.mark.parametrize("command", ["count", "distil general", "verify"])
 def test_utf16_without_a_bom_is_refused_by_every_command_that_reads_text(command, tmp_path, tiny_bert_dir, capsys):
     text = utf16_file(tmp_path / "fr.txt")
-    args = {"count": ["count", "--tokenizer", tiny_bert_dir, "--out", tmp_path / "out.parquet"],
+    args = {"count": ["count", "--model", tiny_bert_dir, "--out", tmp_path / "out.parquet"],
             "distil general": general(tiny_bert_dir, tmp_path / "out", 1),
             "verify": ["verify", "--original", tiny_bert_dir, "--trimmed", tiny_bert_dir]}[command]
     err = one_line(capsys, *args, "--lang", f"fr={text}")
@@ -367,7 +367,7 @@ def test_utf16_without_a_bom_is_refused_by_every_command_that_reads_text(command
 def test_a_line_of_megabytes_without_a_break_is_refused_before_the_tokenizer(tmp_path, tiny_bert_dir, capsys):
     text = tmp_path / "one-line.txt"
     text.write_text("word " * 1_000_000, encoding="utf-8")  # 5 MB, no newline
-    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en={text}", "--out",
+    err = one_line(capsys, "count", "--model", tiny_bert_dir, "--lang", f"en={text}", "--out",
                    tmp_path / "out.parquet")
     assert f"{text}: line 1 is 5.0 MB without a line break" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one-line.txt"], "no lock, no temporary left"
@@ -380,11 +380,11 @@ def test_text_that_gives_no_token_is_refused_by_count_and_trim(tmp_path, tiny_be
 
     invisible = tmp_path / "invisible.txt"
     invisible.write_text("\u200b \u200b\n\u200b\n", encoding="utf-8")  # zero-width spaces: not blank, no token
-    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--lang",
+    err = one_line(capsys, "count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--lang",
                    f"sw={invisible}", "--out", tmp_path / "counts.parquet")
     assert "language 'sw'" in err and "give no token" in err, err
     # a counts file in which a language has no token (written before this check): trim says so
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--lang", f"sw={SAMPLE}",
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--lang", f"sw={SAMPLE}",
                    "--out", tmp_path / "counts.parquet", "--no-progress") == 0
     counts = read_counts(tmp_path / "counts.parquet")
     counts.occurrences["sw"] = np.zeros_like(counts.occurrences["sw"])

@@ -25,7 +25,7 @@ def classifier(tmp_path_factory, sample_files) -> Path:
 def exported(tmp_path_factory, classifier) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "graph"
     assert run_cli("export", "onnx", "--model", classifier, "--out", out, "--int8",
-                   "--text", CORPORA / "fr" / "sample.txt", "--check-lines", "24") == 0
+                   "--check-text", CORPORA / "fr" / "sample.txt", "--check-lines", "24") == 0
     return out
 
 
@@ -54,7 +54,7 @@ def test_the_graph_gives_pytorchs_outputs_within_1e_4_at_any_batch_size_and_leng
 @pytest.mark.slow
 def test_eval_xnli_runs_the_graph_beside_its_float_model(tmp_path, exported, classifier):
     assert run_cli("eval", "xnli", "--model", exported, "--baseline", classifier, "--langs", "fr,en",
-                   "--data", CORPORA / "nli", "--limit", "30", "--no-efficiency", "--no-progress",
+                   "--data", CORPORA / "nli", "--max-pairs", "30", "--no-efficiency", "--no-progress",
                    "--out", tmp_path / "eval") == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     for lang in ("fr", "en"):

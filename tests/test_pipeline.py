@@ -347,7 +347,8 @@ def test_an_option_that_changes_no_result_leaves_a_completed_stage_done(tmp_path
     plain = hashes()
     assert hashes(eval__teacher_cache=str(tmp_path / "cache")) == plain
     assert hashes(general__token_cache=str(tmp_path / "tokens")) == plain  # where the blocks are kept
-    assert hashes(eval__limit=5)["eval"] != plain["eval"]
+    assert hashes(eval__max_pairs=5)["eval"] != plain["eval"]
+    assert hashes(eval__limit=5) == hashes(eval__max_pairs=5)  # a renamed option's old name: the same stage
     assert hashes(task__teacher_cache=str(tmp_path / "cache"))["task"] != plain["task"]  # float16: not neutral
 
 

@@ -209,7 +209,7 @@ def qat(out: Path, model: Path, *extra) -> list[dict]:
 
     nli = CORPORA / "nli"
     status = run_cli("quantize", "--model", model, "--method", "qat", "--train", nli / "train-en.tsv",
-                     "--dev", nli / "dev-en.tsv", "--max-train-examples", "64", "--batch-size", "16",
+                     "--dev", nli / "dev-en.tsv", "--max-train-pairs", "64", "--batch-size", "16",
                      "--epochs", "1", "--log-every", "1", "--no-progress", "--out", out, *extra)
     assert status == 0
     return metrics_rows(out, "train")

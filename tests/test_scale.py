@@ -62,13 +62,13 @@ def student_dir(tmp_path_factory, tiny_bert_dir) -> Path:
 def _task(teacher, student, out, *extra) -> list[str]:
     """3 steps (2 full, 1 sparse) of 8 padded pairs; the dev evaluation at step 3."""
     return [str(a) for a in ("distil", "task", "--teacher", teacher, "--student", student, "--train", TRAIN,
-                             "--dev", DEV, "--max-train-examples", 32, "--batch-size", 8, "--full-epochs", 0.5,
+                             "--dev", DEV, "--max-train-pairs", 32, "--batch-size", 8, "--full-epochs", 0.5,
                              "--sparse-epochs", 0.25, "--max-length", 48, "--lr", 1e-3, "--log-every", 1,
                              "--no-progress", "--out", out, *extra)]
 
 
 def _finetune(model, out) -> list[str]:
-    return [str(a) for a in ("finetune", "--model", model, "--train", TRAIN, "--dev", DEV, "--max-train-examples",
+    return [str(a) for a in ("finetune", "--model", model, "--train", TRAIN, "--dev", DEV, "--max-train-pairs",
                              32, "--batch-size", 8, "--epochs", 0.5, "--max-length", 48, "--lr", 1e-3,
                              "--log-every", 1, "--no-progress", "--out", out)]
 
@@ -362,6 +362,6 @@ def test_fp16_checkpoints_train_float32_weights_and_save_in_their_dtype(tmp_path
     reloaded = AutoModelForSequenceClassification.from_pretrained(task / "best")
     assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_labels == 3
     # the sparse diff, in the saved dtype, rebuilds best/ from the fp16 phase-1 model bit for bit
-    assert run_cli("apply-diff", "--base", general / "final", "--diff", task / "sparse_diff",
+    assert run_cli("apply-diff", "--student", general / "final", "--diff", task / "sparse_diff",
                    "--out", tmp_path / "dense") == 0
     assert_same_weights(tmp_path / "dense", task / "best")

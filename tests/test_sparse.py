@@ -247,7 +247,7 @@ def test_apply_diff_to_another_base_is_an_error(diff_dir, tmp_path, tiny_bert_di
     weights = load_file(other / "model.safetensors")
     weights["bert.encoder.layer.0.output.dense.bias"] += 1e-3
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
-    assert run_cli("apply-diff", "--base", other, "--diff", folder, "--out", tmp_path / "out") == 2
+    assert run_cli("apply-diff", "--student", other, "--diff", folder, "--out", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "not the model this diff" in err, err
     assert not (tmp_path / "out").exists()
@@ -255,7 +255,7 @@ def test_apply_diff_to_another_base_is_an_error(diff_dir, tmp_path, tiny_bert_di
 
 def test_apply_diff_without_a_diff_folder_is_an_error(tmp_path, tiny_bert_dir, capsys):
     (tmp_path / "empty").mkdir()
-    assert run_cli("apply-diff", "--base", tiny_bert_dir, "--diff", tmp_path / "empty", "--out", tmp_path / "out") == 2
+    assert run_cli("apply-diff", "--student", tiny_bert_dir, "--diff", tmp_path / "empty", "--out", tmp_path / "out") == 2
     assert "not a sparse diff folder" in capsys.readouterr().err
 
 
@@ -508,12 +508,9 @@ def test_write_diff_accepts_weights_saved_in_a_lower_precision_and_names_a_moved
 
 
 def test_apply_diff_model_card_says_what_was_applied_to_what():
-    from argparse import Namespace
-
     from polyglot_distil.distill.diff import model_card
 
-    args = Namespace(base="out/phase1/final", diff="out/task/sparse_diff")
-    card = model_card(args, {"k": 12345, "head": ["a", "b"], "density": 0.05})
+    card = model_card("out/phase1/final", "out/task/sparse_diff", {"k": 12345, "head": ["a", "b"], "density": 0.05})
     assert card == "\n".join([
         "# Task model rebuilt from a sparse diff", "",
         "Written by `polyglot-distil apply-diff`: the phase-1 student",
@@ -522,7 +519,7 @@ def test_apply_diff_model_card_says_what_was_applied_to_what():
         "- body entries trained: 12,345 (density 0.05)", "- head tensors: 2", "",
         "Load it with `AutoModelForSequenceClassification.from_pretrained(folder)` and",
         "`AutoTokenizer.from_pretrained(folder)`.", ""])
-    assert "- body entries trained: 12,345\n" in model_card(args, {"k": 12345, "head": []})
+    assert "- body entries trained: 12,345\n" in model_card("base", "diff", {"k": 12345, "head": []})
 
 
 def test_write_diff_stores_the_indices_of_a_tensor_of_64_entries_as_int32(tmp_path):

@@ -268,7 +268,7 @@ def without_protobuf(monkeypatch):
 @pytest.mark.slow
 def test_sentencepiece_only_folder_counts_and_trims_without_protobuf(spm_dirs, tmp_path, without_protobuf):
     folder = spm_dirs["plain"]
-    assert run_cli("count", "--tokenizer", folder, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+    assert run_cli("count", "--model", folder, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                    "--out", tmp_path / "counts.parquet", "--no-progress") == 0
     assert run_cli("trim", "--model", folder, "--counts", tmp_path / "counts.parquet", "--langs", "en",
                    "--min-count", "1", "--verify-lines", "20", "--out", tmp_path / "trimmed", "--no-progress") == 0
@@ -284,7 +284,7 @@ def test_other_sentencepiece_folder_without_protobuf_says_so_in_one_line(spm_dir
     folder.mkdir()
     (folder / "sentencepiece.bpe.model").write_bytes((spm_dirs["plain"] / "sentencepiece.bpe.model").read_bytes())
     (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CamembertTokenizer"}))
-    status = run_cli("count", "--tokenizer", folder, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+    status = run_cli("count", "--model", folder, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
                      "--out", tmp_path / "counts.parquet", "--no-progress")
     assert status == 2
     assert capfd.readouterr().err.strip().splitlines() == [

@@ -433,7 +433,7 @@ def test_an_unsupported_tokenizer_type_names_the_supported_ones(tmp_path, bert_c
 def test_counts_from_another_tokenizer_are_refused(tmp_path, tiny_xlmr_dir, bert_counts, capsys):
     err = trim_error(capsys, "--model", tiny_xlmr_dir, "--counts", bert_counts, "--langs", "en",
                      "--out", tmp_path / "out")
-    assert "count again with --tokenizer" in err
+    assert "count again with --model" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -475,7 +475,7 @@ def test_a_verification_failure_writes_no_folder(tmp_path, tiny_bert_dir, bert_c
 def test_unreadable_counted_sources_ask_for_verify_lang(tmp_path, tiny_bert_dir, capsys):
     counts = _counts_with_missing_source(tmp_path, tiny_bert_dir)
     err = trim_error(capsys, "--model", tiny_bert_dir, "--counts", counts, "--langs", "en", "--out", tmp_path / "out")
-    assert "gone.txt" in err and "--verify-lang" in err and "--no-verify" in err
+    assert "gone.txt" in err and "--verify-text" in err and "--no-verify" in err
 
 
 def _counts_with_missing_source(tmp_path: Path, tokenizer_dir: Path) -> Path:

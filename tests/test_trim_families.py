@@ -221,7 +221,7 @@ def test_a_checkpoint_tensor_with_a_vocabulary_sized_second_axis_stops_the_trim(
     save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
     corpus = tmp_path / "en.txt"
     corpus.write_text("the cat sat on the mat\n" * 5, encoding="utf-8")
-    assert run_cli("count", "--tokenizer", source, "--lang", f"en={corpus}", "--out", tmp_path / "c.parquet",
+    assert run_cli("count", "--model", source, "--lang", f"en={corpus}", "--out", tmp_path / "c.parquet",
                    "--no-progress") == 0
     assert run_cli("trim", "--model", source, "--counts", tmp_path / "c.parquet", "--langs", "en", "--min-count", 1,
                    "--out", tmp_path / "out", "--no-progress") == 2

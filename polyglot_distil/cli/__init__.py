@@ -1,17 +1,17 @@
 """The `polyglot-distil` command: one subcommand per pipeline stage, one module per command.
 
-    polyglot-distil count   --tokenizer NAME --lang en=FILE --lang fr=FILE --out counts.parquet
+    polyglot-distil count   --model NAME --lang en=FILE --lang fr=FILE --out counts.parquet
     polyglot-distil merge   part0.parquet part1.parquet --out counts.parquet
     polyglot-distil trim    --model NAME --counts counts.parquet --langs en,fr --out DIR
     polyglot-distil verify  --original NAME --trimmed DIR --lang en=FILE --lang fr=FILE
     polyglot-distil student --teacher DIR --out DIR [--layers 6 --init-layers 0,2,4,7,9,11]
-    polyglot-distil finetune --model NAME --task nli --train SOURCE --dev SOURCE --out DIR
+    polyglot-distil finetune --model NAME --train SOURCE --dev SOURCE --out DIR
     polyglot-distil distil search-map --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
     polyglot-distil distil general --teacher DIR --student DIR --lang en=FILE --lang fr=FILE --out DIR
-    polyglot-distil distil task --teacher DIR --student DIR --task nli --train SOURCE --dev SOURCE --out DIR
-    polyglot-distil apply-diff --base DIR --diff DIR/sparse_diff --out DIR
+    polyglot-distil distil task --teacher DIR --student DIR --train SOURCE --dev SOURCE --out DIR
+    polyglot-distil apply-diff --student DIR --diff DIR/sparse_diff --out DIR
     polyglot-distil quantize --model DIR --out DIR [--method dynamic|qat --bits 8 --embeddings int8]
-    polyglot-distil export onnx --model DIR --out DIR [--int8 --text FILE]
+    polyglot-distil export onnx --model DIR --out DIR [--int8 --check-text FILE]
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
     polyglot-distil run CONFIG.yaml [key=value ...] [--only STAGE] [--from STAGE]   # all of it
     polyglot-distil sizes CONFIG.yaml --layers 2,4,6     # one student per size, size/latency/accuracy table
@@ -22,8 +22,11 @@ a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user 
 Ctrl-C exits with 130 and SIGTERM (`kill`, SLURM preemption) with 143, after the same clean-up:
 temporaries removed, locks released, a training run's checkpoint saved.
 
-Each command module only names its stage's `Command` (declared with the stage, in the library);
-the parser is made from those declarations here, and `main` calls the stage function.
+Each command module names its `Command`: a pipeline stage's is declared beside its stage function
+and settings dataclass in the library (where `run` and `api` find it too); `smoke_model`,
+`export_onnx` and `import_model` hold the whole command (settings, printing) over library
+functions. The parser is made from the settings dataclasses here; `main` calls the stage function.
+An old option name (docs/renamed-options.md) prints one warning line and works.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import threading
 
 from polyglot_distil import __version__
 from polyglot_distil.errors import Terminated, UserError, interruption
-from polyglot_distil.options import APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status
+from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, warn_once
 from polyglot_distil.outputs import release_locks
 
 
@@ -65,13 +68,13 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
                                description=command.description or command.help,
                                formatter_class=formatter)
     groups: dict = {}
-    for option in command.options:
+    for option in sorted(command.options, key=lambda o: o.group == ADVANCED):  # "advanced" last in --help
         target = parser
         if option.group:
             if option.group not in groups:
                 groups[option.group] = parser.add_argument_group(option.group)
             target = groups[option.group]
-        kwargs: dict = {"help": _help_with_default(option)}
+        kwargs: dict = {"help": argparse.SUPPRESS if option.deprecated else _help_with_default(option)}
         if option.kind == POSITIONAL:
             target.add_argument(option.name, nargs=option.nargs, metavar=option.metavar, help=kwargs["help"],
                                 choices=option.choices,
@@ -82,13 +85,16 @@ def add_command(subparsers: dict, root_subparsers, command: Command) -> argparse
         elif option.kind == NEGATED:
             kwargs.update(action="store_false", default=option.default)
         else:
+            # a renamed option's old flag may stand for it: the settings say when it is missing
             kwargs.update(type=option.type, default=option.default, choices=option.choices, metavar=option.metavar,
-                          required=option.required)
+                          required=option.required and not option.renamed_from)
             if option.kind == APPEND:
                 kwargs.update(action="append", default=None)
             elif option.nargs:
                 kwargs.update(nargs=option.nargs)
         target.add_argument(*option.flags, dest=option.name, **kwargs)
+        for old in option.renamed_from:  # accepted for one release, not shown
+            target.add_argument(old, dest=option.name, **{**kwargs, "help": argparse.SUPPRESS, "required": False})
     parser.set_defaults(_command=command)
     return parser
 
@@ -121,9 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None):
-    """(command, options) for `argv`; list options that were not given get their default."""
+    """(command, options) for `argv`; list options that were not given get their default; an old
+    option name prints its one-line warning."""
     args = build_parser().parse_args(argv)
     command: Command = args._command
+    for line in command.old_names_used(sys.argv[1:] if argv is None else [str(word) for word in argv]):
+        warn_once(line)
     values = vars(args)
     for option in command.options:
         if option.kind == APPEND and values.get(option.name) is None:
@@ -134,9 +143,9 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    command, options = parse_args(argv)
     previous = _terminate_as_interrupt()
     try:
+        command, options = parse_args(argv)  # a settings check may refuse a value: one line
         from polyglot_distil.models.loading import quiet_transformers
 
         quiet_transformers()

@@ -1,9 +1,9 @@
 """`polyglot-distil student`: build a compact student from a teacher.
 
-The options are declared with the stage (`polyglot_distil.models.student.STUDENT`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+The settings and the stage function are `polyglot_distil.distill.student_stage` (where `run` finds them
+too); `polyglot_distil.cli` builds this command's parser from them and calls the stage function.
 """
 
-from polyglot_distil.models.student import STUDENT as COMMAND
+from polyglot_distil.distill.student_stage import STUDENT as COMMAND
 
 __all__ = ["COMMAND"]

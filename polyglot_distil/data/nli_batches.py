@@ -12,19 +12,19 @@ import numpy as np
 
 from polyglot_distil.data.nli import NLIData, read_nli
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import APPEND, READS, Option
+from polyglot_distil.options import APPEND, READS, setting
 
-def read_task_data(train: list[str], dev: list[str], max_train_examples: int | None, seed: int
+def read_task_data(train: list[str], dev: list[str], max_train_pairs: int | None, seed: int
                    ) -> tuple[NLIData, NLIData]:
-    """The training and dev pairs of every source; with `max_train_examples`, a seeded sample of
+    """The training and dev pairs of every source; with `max_train_pairs`, a seeded sample of
     the training pairs (kept in source order)."""
     train_data = NLIData.concat([read_nli(s) for s in train])
     dev_data = NLIData.concat([read_nli(s) for s in dev])
-    if max_train_examples is not None:
-        if max_train_examples < 1:
-            raise UserError(f"--max-train-examples must be at least 1, not {max_train_examples}")
-        if max_train_examples < len(train_data):
-            chosen = np.random.default_rng(seed).choice(len(train_data), max_train_examples, replace=False)
+    if max_train_pairs is not None:
+        if max_train_pairs < 1:
+            raise UserError(f"--max-train-pairs must be at least 1, not {max_train_pairs}")
+        if max_train_pairs < len(train_data):
+            chosen = np.random.default_rng(seed).choice(len(train_data), max_train_pairs, replace=False)
             train_data = train_data.select(np.sort(chosen))
     return train_data, dev_data
 
@@ -91,7 +91,7 @@ def cached_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | Non
         array = {"ids": pairs.input_ids, "offsets": pairs.offsets,
                  "types": pairs.token_type_ids if pairs.token_type_ids is not None else np.zeros(0)}[name]
         if name == "offsets" and array[-1] >= 2**31:
-            raise UserError(f"{len(data):,} training pairs hold over 2**31 tokens; give fewer (--max-train-examples)")
+            raise UserError(f"{len(data):,} training pairs hold over 2**31 tokens; give fewer (--max-train-pairs)")
         handle.write(np.ascontiguousarray(array, dtype=np.int32).tobytes())
         return len(array)
 
@@ -177,14 +177,19 @@ def epoch_batches(pairs: int, batch_size: int) -> int:
     return pairs // batch_size
 
 
-TASK_DATA_OPTIONS = [  # the task data options of `finetune` and `distil task`
-    Option("task", choices=("nli",), default="nli", help="the task (NLI: 3-way classification)"),
-    Option("train", role=READS, kind=APPEND, required=True, metavar="SOURCE",
-           help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)"),
-    Option("dev", role=READS, kind=APPEND, required=True, metavar="SOURCE", help="English dev pairs, for the best model (repeatable)"),
-    Option("max_train_examples", type=int, help="train on a seeded sample of this many pairs"),
-    Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
-    Option("length_buckets", type=int, default=50,
-           help="batch pairs of similar length: sort each group of this many batches by length, then shuffle "
-                "the batches (less padding); 0: plain random batches"),
-]
+@dataclass(kw_only=True)
+class TaskData:
+    """The task data options of `finetune`, `distil task` and `quantize --method qat` (a stage's
+    settings inherit them)."""
+
+    task: str = setting("nli", choices=("nli",), help="the task (NLI: 3-way classification)",
+                        deprecated="NLI is the only task; drop --task (it goes in the next release)")
+    train: list[str] = setting(kind=APPEND, role=READS, metavar="SOURCE",
+                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
+    dev: list[str] = setting(kind=APPEND, role=READS, metavar="SOURCE",
+                             help="English dev pairs, for the best model (repeatable)")
+    max_train_pairs: int | None = setting(None, help="train on a seeded sample of this many pairs",
+                                          renamed_from=("--max-train-examples",))
+    max_length: int = setting(128, help="tokens per pair, truncated longest first")
+    length_buckets: int = setting(50, advanced=True, help="batch pairs of similar length: sort each group of this many batches by "
+                                           "length, then shuffle the batches (less padding); 0: plain random batches")

@@ -1,6 +1,6 @@
 """The sparse difference of a phase-2 run, and `apply-diff`, which rebuilds the dense model from it.
 
-    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+    polyglot-distil apply-diff --student out/phase1/final --diff out/task/sparse_diff --out out/task-dense
 
 The sparse difference (OUT/sparse_diff/) is the trained model relative to the phase-1 student:
 `diff.safetensors` holds, per body parameter with chosen entries, `body.NAME.indices` (flat
@@ -13,14 +13,14 @@ classifier's configuration. `apply-diff` rebuilds the dense model from the base 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.classifier import new_classifier
 from polyglot_distil.models.loading import copy_tokenizer, saved_dtype
-from polyglot_distil.options import OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 from polyglot_distil.outputs import atomic_dir, check_writable
 
 if TYPE_CHECKING:
@@ -93,18 +93,18 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     except RuntimeError as exc:  # transformers: the base's tensors do not fit the diff's configuration
         if "mismatch" not in str(exc).lower():
             raise
-        raise UserError(f"--base {base} does not fit the diff in {diff} (its tensors have other shapes: another "
+        raise UserError(f"--student {base} does not fit the diff in {diff} (its tensors have other shapes: another "
                         "vocabulary or size); pass the phase-1 student that 'distil task' was given as "
                         "--student") from None
     head = set(record["head"])
     if not new_names <= head:
         lacking = ", ".join(sorted(new_names - head)[:3])
-        raise UserError(f"--base {base} lacks weights the diff does not carry ({lacking}); "
+        raise UserError(f"--student {base} lacks weights the diff does not carry ({lacking}); "
                         "pass the phase-1 student that 'distil task' was given as --student")
     weights = dict(model.named_parameters())
     body = [n for n in weights if n not in head]
     if body_fingerprint(weights, body) != record["base_fingerprint"]:
-        raise UserError(f"--base {base} is not the model this diff was trained from (its weights differ); "
+        raise UserError(f"--student {base} is not the model this diff was trained from (its weights differ); "
                         f"pass the phase-1 student given to 'distil task' ({record.get('base', 'see ' + INFO_FILE)})")
     try:
         tensors = load_file(diff / DIFF_FILE)
@@ -121,12 +121,12 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     for name in record["head"]:
         if tuple(tensors[f"head.{name}"].shape) != tuple(weights[name].shape):
             raise UserError(f"--diff {diff}: head tensor {name} has shape {tuple(tensors[f'head.{name}'].shape)}, "
-                            f"the model built from --base {base} {tuple(weights[name].shape)}; pass the phase-1 "
+                            f"the model built from --student {base} {tuple(weights[name].shape)}; pass the phase-1 "
                             "student that 'distil task' was given as --student")
     for name in record["body"]:
         top = int(tensors[f"body.{name}.indices"].max()) if len(tensors[f"body.{name}.indices"]) else -1
         if top >= weights[name].numel():
-            raise UserError(f"--diff {diff}: {name} has entries beyond the --base model's tensor "
+            raise UserError(f"--diff {diff}: {name} has entries beyond the --student model's tensor "
                             f"(index {top:,} of {weights[name].numel():,}); pass the phase-1 student that "
                             "'distil task' was given as --student")
     with torch.no_grad():
@@ -138,13 +138,13 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     return model.to(getattr(torch, saved_dtype(config))), record
 
 
-def model_card(args, record: dict) -> str:
+def model_card(base: str, diff: str, record: dict) -> str:
     """The README of an apply-diff output: what it is, from what, and how to load it."""
     density = record.get("density")
     return "\n".join([
         "# Task model rebuilt from a sparse diff", "",
         "Written by `polyglot-distil apply-diff`: the phase-1 student",
-        f"`{args.base}` with the sparse difference `{args.diff}` of a `distil task` (lottery-ticket sparse",
+        f"`{base}` with the sparse difference `{diff}` of a `distil task` (lottery-ticket sparse",
         "fine-tuning) written in. It equals that run's `best/` model bit for bit.", "",
         f"- body entries trained: {record['k']:,}" + (f" (density {density})" if density is not None else ""),
         f"- head tensors: {len(record['head'])}",
@@ -152,15 +152,28 @@ def model_card(args, record: dict) -> str:
         "`AutoTokenizer.from_pretrained(folder)`.", ""])
 
 
-def run_apply_diff(args) -> dict:
-    check_writable(args.out, args.overwrite)
-    model, record = apply_diff(args.base, args.diff, args.trust_remote_code)
-    with atomic_dir(args.out, args.overwrite) as tmp:
+@dataclass(kw_only=True)
+class ApplyDiffSettings:
+    """`apply-diff`'s settings."""
+
+    student: str = setting(role=READS, renamed_from=("--base",),
+                           help="the phase-1 student folder the diff was trained from")
+    diff: str = setting(role=READS, help="the sparse diff folder (OUT/sparse_diff of 'distil task')")
+    out: str = setting(role=WRITES, help="the model folder to write")
+    overwrite: bool = like(OVERWRITE, help="replace an existing output folder")
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
+
+
+def run_apply_diff(settings: ApplyDiffSettings) -> dict:
+    """The `apply-diff` stage: write the dense task model; returns the diff's record."""
+    check_writable(settings.out, settings.overwrite)
+    model, record = apply_diff(settings.student, settings.diff, settings.trust_remote_code)
+    with atomic_dir(settings.out, settings.overwrite) as tmp:
         model.save_pretrained(tmp)
-        copy_tokenizer(args.base, tmp)
-        (tmp / "README.md").write_text(model_card(args, record), encoding="utf-8")
-    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {args.base}")
-    print(f"wrote {args.out}")
+        copy_tokenizer(settings.student, tmp)
+        (tmp / "README.md").write_text(model_card(settings.student, settings.diff, record), encoding="utf-8")
+    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {settings.student}")
+    print(f"wrote {settings.out}")
     return record
 
 
@@ -168,10 +181,4 @@ APPLY_DIFF = Command(
     ("apply-diff",), "rebuild the dense task model from a phase-1 student and its diff",
     description="Rebuild the dense task model of 'distil task' from the phase-1 student it was trained from and "
                 "its sparse diff (OUT/sparse_diff): the result equals the run's best/ model bit for bit.",
-    run=run_apply_diff, options=[
-        Option("base", role=READS, required=True, help="the phase-1 student folder the diff was trained from"),
-        Option("diff", role=READS, required=True, help="the sparse diff folder (OUT/sparse_diff of 'distil task')"),
-        out_option("the model folder to write"),
-        replace(OVERWRITE, help="replace an existing output folder"),
-        TRUST_REMOTE_CODE,
-    ])
+    run=run_apply_diff, settings=ApplyDiffSettings)

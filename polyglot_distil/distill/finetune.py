@@ -23,19 +23,41 @@ The batches (`NLIBatches`) and the dev accuracy here are those `distil task` tra
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from polyglot_distil.data.nli import NLIData
-from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS, NLIBatches, cached_pairs, epoch_batches, model_inputs, \
+from polyglot_distil.data.nli_batches import NLIBatches, TaskData, cached_pairs, epoch_batches, model_inputs, \
     read_task_data
-from polyglot_distil.distill.settings import steps_for, training_options, training_settings
+from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, steps_for
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
-from polyglot_distil.options import FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, out_option
+from polyglot_distil.options import FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 
-def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
+@dataclass(kw_only=True)
+class FinetuneSettings(Checkpointing, TaskData):
+    """`finetune`'s settings (the command line's options, a `run` config's `finetune:` section)."""
+
+    model: str = setting(role=READS, help="hub name or model folder (masked-LM, bare or NLI classifier)")
+    out: str = setting(role=WRITES, help="output folder (checkpoints, metrics, best/ and final/ models)")
+    lr: float = setting(2e-5, group=TRAINING)
+    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
+    save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
+    epochs: float = setting(3.0, group=TRAINING, help="passes over the training pairs (fractions allowed)")
+    weight_decay: float = setting(0.0, group=TRAINING)
+    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
+                                 help="train only the embedding rows of the tokens the training pairs use (the "
+                                      "gradient and AdamW's moments cover those rows; far faster on a multilingual "
+                                      "model) and save the full vocabulary; with --weight-decay 0 the result equals "
+                                      "full training's, and with decay the unused rows keep their values")
+    no_progress: bool = like(NO_PROGRESS)
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
+
+
+def build_recipe(options: FinetuneSettings, train_data: NLIData, dev_data: NLIData, accelerator):
+    """Load the model and the pairs; return the training `Recipe` of the task teacher."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoConfig
@@ -45,20 +67,20 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
     from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
 
 
-    show = False if args.no_progress or not accelerator.is_main_process else None
+    show = False if options.no_progress or not accelerator.is_main_process else None
     # float32 weights whatever the checkpoint's dtype: bf16/fp16 only through --mixed-precision's autocast
-    model, tokenizer, to_xnli, note = load_for_finetuning(args.model, args.seed, args.trust_remote_code,
+    model, tokenizer, to_xnli, note = load_for_finetuning(options.model, options.seed, options.trust_remote_code,
                                                           dtype=torch.float32)
-    save_dtype = args.save_dtype or saved_dtype(load_model(args.model, AutoConfig,
-                                                           trust_remote_code=args.trust_remote_code))
+    save_dtype = options.save_dtype or saved_dtype(load_model(options.model, AutoConfig,
+                                                           trust_remote_code=options.trust_remote_code))
     if note and accelerator.is_main_process:
         print(f"note: {note}", file=sys.stderr)
     class_of = np.argsort(to_xnli)  # the model's output class for each XNLI label
-    pairs = cached_pairs(tokenizer, train_data, args.max_length, show, Path(args.out) / CACHE,
+    pairs = cached_pairs(tokenizer, train_data, options.max_length, show, Path(options.out) / CACHE,
                          main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
-    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed,
-                      args.length_buckets)
-    if args.reduce_vocab:
+    data = NLIBatches(pairs, class_of[train_data.labels], options.batch_size, options.seed,
+                      options.length_buckets)
+    if options.reduce_vocab:
         rows = model.get_input_embeddings().weight.shape[0]
         used = used_token_ids([pairs.input_ids], [pairs.pad_id], rows)  # the padding of the batches too
         restrict_to_used_rows(model, used)
@@ -72,13 +94,13 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
 
     def evaluate(model, accelerator):
         predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, to_xnli,
-                                    args.batch_size, args.max_length, accelerator)
+                                    options.batch_size, options.max_length, accelerator)
         return {"dev_accuracy": float(np.mean(predicted == dev_data.labels))}
 
     def save_model(trained, folder: Path) -> None:
-        save_classifier(trained, folder, args.model, tokenizer,
-                        {"command": "finetune", "model": str(args.model), "task": args.task,
-                         "train": args.train, "dev": args.dev, "train_pairs": len(train_data)}, save_dtype)
+        save_classifier(trained, folder, options.model, tokenizer,
+                        {"command": "finetune", "model": str(options.model), "task": options.task,
+                         "train": options.train, "dev": options.dev, "train_pairs": len(train_data)}, save_dtype)
 
     return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
                   evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
@@ -88,41 +110,27 @@ def build_recipe(args, train_data: NLIData, dev_data: NLIData, accelerator):
 # Command line
 
 
-def run_finetune(args) -> dict:
+def run_finetune(options: FinetuneSettings) -> dict:
+    """The `finetune` stage: train the task teacher; returns the run's summary."""
     from polyglot_distil.distill.training import train
 
-    train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
-    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
-    steps = steps_for(args.epochs, batches_per_epoch, "--epochs")
-    settings = training_settings(args, steps, batches_per_epoch, args.weight_decay)
-    run_config = {"phase": "finetune", "model": str(args.model), "task": args.task, "train": args.train,
-                  "dev": args.dev, "max_train_examples": args.max_train_examples, "max_length": args.max_length,
-                  "length_buckets": args.length_buckets,
-                  "epochs": args.epochs, **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
-                  **({"reduce_vocab": True} if args.reduce_vocab else {})}
-    result = train(settings, run_config, lambda accelerator: build_recipe(args, train_data, dev_data, accelerator))
+    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
+    batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
+    steps = steps_for(options.epochs, batches_per_epoch, "--epochs")
+    settings = options.checkpointed_settings(options.out, steps, batches_per_epoch, options.weight_decay,
+                                            options.no_progress)
+    run_config = {"phase": "finetune", "model": str(options.model), "task": options.task, "train": options.train,
+                  "dev": options.dev, "max_train_examples": options.max_train_pairs, "max_length": options.max_length,
+                  "length_buckets": options.length_buckets,
+                  "epochs": options.epochs, **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
+                  **({"reduce_vocab": True} if options.reduce_vocab else {})}
+    result = train(settings, run_config, lambda accelerator: build_recipe(options, train_data, dev_data, accelerator))
     if result.is_main_process:
-        print(f"step {result.step} ({args.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
+        print(f"step {result.step} ({options.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
               f"{result.best_value:.4f} at step {result.best_step}")
-        print(f"wrote {Path(args.out) / 'best'} and {result.final_dir}")
+        print(f"wrote {Path(options.out) / 'best'} and {result.final_dir}")
     return result.summary()
 
 
-FINETUNE = Command(
-    ("finetune",), "fine-tune a model on English NLI (the task teacher)", description=__doc__.split("\n\n")[0],
-    run=run_finetune, options=[
-        Option("model", role=READS, required=True, help="hub name or model folder (masked-LM, bare or NLI classifier)"),
-        out_option("output folder (checkpoints, metrics, best/ and final/ models)"),
-        *TASK_DATA_OPTIONS,
-        *training_options(lr=2e-5, batch_size=32),
-        Option("epochs", type=float, default=3.0, help="passes over the training pairs (fractions allowed)",
-               group="training"),
-        Option("weight_decay", type=float, default=0.0, group="training"),
-        Option("reduce_vocab", kind=FLAG, group="training",
-               help="train only the embedding rows of the tokens the training pairs use (the gradient and "
-                    "AdamW's moments cover those rows; far faster on a multilingual model) and save the full "
-                    "vocabulary; with --weight-decay 0 the result equals full training's, and with decay the "
-                    "unused rows keep their values"),
-        NO_PROGRESS,
-        TRUST_REMOTE_CODE,
-    ])
+FINETUNE = Command(("finetune",), "fine-tune a model on English NLI (the task teacher)",
+                   description=__doc__.split("\n\n")[0], run=run_finetune, settings=FinetuneSettings)

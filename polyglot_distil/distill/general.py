@@ -54,11 +54,11 @@ from pathlib import Path
 
 from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.errors import UserError
-from polyglot_distil.distill.settings import MIXED_PRECISION, RESUME, SAVE_DTYPE
+from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, Optimisation
 from polyglot_distil.models.encoder import max_positions
-from polyglot_distil.models.student import STUDENT_OPTIONS
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, Command, \
-    Option, group, out_option
+from polyglot_distil.models.student import StudentShape
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, Option, \
+    like, setting
 
 TERMS = ("hidden", "attention", "logits", "mlm", "cosine", "relation")
 
@@ -95,14 +95,101 @@ RECIPES = {
 }
 
 
-def loss_weights(args) -> LossWeights:
-    weights = resolve_weights(RECIPES[args.recipe], {name: getattr(args, f"{name}_weight") for name in TERMS},
-                              args.temperature)
-    weights.logit_positions = args.logit_positions
-    weights.relation_heads, weights.relation_layer = args.relation_heads, args.relation_layer
-    if weights.relation_heads is not None and weights.relation_heads < 1:
-        raise UserError(f"--relation-heads must be at least 1, not {weights.relation_heads}")
-    return weights
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(kw_only=True)
+class Phase1Sources:
+    """The models and text of a phase-1 run."""
+
+    teacher: str = setting(role=READS, help="teacher model folder (usually the trimmed model)")
+    student: str | None = setting(None, role=READS, help="student model folder (from 'polyglot-distil student'); "
+                                  "without it a student is built from the teacher with the options below")
+    lang: list[str] = setting(kind=APPEND, role=READS, metavar="LANG=SOURCE",
+                              help="a language and one of its text sources (as in 'count'); repeat per source and "
+                                   "language")
+    out: str = setting(role=WRITES, help="output folder (checkpoints, metrics, best/ and final/ models)")
+
+
+DATA, LOSSES = "data", "losses"
+
+
+@dataclass(kw_only=True)
+class Phase1Settings(Optimisation, StudentShape, Phase1Sources):
+    """What every phase-1 run reads: `distil general`'s settings, and each candidate run of `distil
+    search-map` (which changes some defaults)."""
+
+    PART_GROUPS: ClassVar[dict] = {StudentShape: "student (when --student is not given)"}
+
+    block_size: int = setting(256, group=DATA, help="tokens per block, [CLS] and [SEP] included")
+    max_lines: int | None = setting(None, group=DATA, help="cap on lines read per language (seeded sample)")
+    mask_probability: float = setting(0.15, group=DATA)
+    heldout_blocks: int = setting(100, group=DATA, help="blocks per language held out for the evaluation loss (0: none)")
+    token_cache: str | None = setting(None, metavar="DIR", group=DATA,
+                                      help="folder of the tokenized text, shared by runs on the same text, tokenizer "
+                                           "and block settings (default: OUT/cache, the run's own)")
+    recipe: str = setting("bistil", choices=tuple(sorted(RECIPES)), group=LOSSES, help="preset loss weights")
+    hidden_weight: float | None = setting(None, group=LOSSES, help="weight of the hidden loss (overrides the recipe)")
+    attention_weight: float | None = setting(None, group=LOSSES,
+                                             help="weight of the attention loss (overrides the recipe)")
+    logits_weight: float | None = setting(None, group=LOSSES, help="weight of the logits loss (overrides the recipe)")
+    mlm_weight: float | None = setting(None, group=LOSSES, help="weight of the mlm loss (overrides the recipe)")
+    cosine_weight: float | None = setting(None, group=LOSSES, help="weight of the cosine loss (overrides the recipe)")
+    relation_weight: float | None = setting(None, group=LOSSES,
+                                            help="weight of the relation loss (overrides the recipe)")
+    temperature: float | None = setting(None, group=LOSSES, help="softmax temperature of the logit loss (default 2)")
+    logit_positions: str = setting(
+        "all", advanced=True, choices=("all", "masked"), group=LOSSES,
+        help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones (15 percent of "
+             "them). 'all' holds both models' logits over the whole vocabulary at every token and the student's "
+             "gradient: 3 x tokens x vocabulary floats (about 6 GB in float32 at 8 x 256 tokens on an untrimmed 250k "
+             "vocabulary: trim it first, or use 'masked'); the KL runs in chunks of rows, its softmaxes recomputed in "
+             "the backward pass (no further [tokens, vocabulary] matrices; one more exp per logit)")
+    relation_heads: int | None = setting(None, group=LOSSES,
+                                         help="relation heads of the relation loss (MiniLMv2; default: the teacher's "
+                                              "attention heads); must divide both hidden sizes")
+    relation_layer: int | None = setting(None, group=LOSSES,
+                                         help="teacher layer (0-based) the relation loss reads (default: the last; "
+                                              "MiniLMv2 takes an upper-middle one for large teachers)")
+    steps: int = setting(200_000, group=TRAINING, help="optimizer steps")
+    batch_size: int = setting(8, group=TRAINING, help="blocks per optimizer step, all processes together")
+    weight_decay: float = setting(0.0, group=TRAINING)
+    freeze_embeddings: bool = setting(False, kind=FLAG, group=TRAINING,
+                                      help="keep the student's embeddings as they start (LightMBERT)")
+    no_progress: bool = like(NO_PROGRESS)
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
+
+    def loss_weights(self) -> LossWeights:
+        """The recipe's weights with the weights and loss settings given here."""
+        given = {"hidden": self.hidden_weight, "attention": self.attention_weight, "logits": self.logits_weight,
+                 "mlm": self.mlm_weight, "cosine": self.cosine_weight, "relation": self.relation_weight}
+        weights = resolve_weights(RECIPES[self.recipe], given, self.temperature)
+        weights.logit_positions = self.logit_positions
+        weights.relation_heads, weights.relation_layer = self.relation_heads, self.relation_layer
+        if weights.relation_heads is not None and weights.relation_heads < 1:
+            raise UserError(f"--relation-heads must be at least 1, not {weights.relation_heads}")
+        return weights
+
+    def check_student_options(self) -> None:
+        """The student options shape a student built here: with --student they are a mistake. (And
+        --token-cache must be a folder.)"""
+        given = self.shape_given()
+        if self.student and given:
+            raise UserError(f"--{given.replace('_', '-')} shapes a student built here; with --student {self.student} "
+                            "drop it")
+        if self.token_cache and Path(self.token_cache).exists() and not Path(self.token_cache).is_dir():
+            raise UserError(f"--token-cache {self.token_cache}: not a folder; give a folder (made if missing)")
+
+
+@dataclass(kw_only=True)
+class GeneralSettings(Phase1Settings, Checkpointing):
+    """`distil general`'s settings (the command line's options, a `run` config's `general:` section)."""
+
+    layer_map: str | None = like(LAYER_MAP, group=LOSSES)
+    save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
+    eval_every: int = setting(5000, group=TRAINING, help="steps between held-out evaluations")
+    save_every: int = setting(5000, advanced=True, group=TRAINING, help="steps between checkpoints")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,25 +420,28 @@ class Phase1Inputs:
     save_dtype: str | None
 
 
-def build_recipe(args, weights: LossWeights, settings, accelerator):
+def build_recipe(options: GeneralSettings, weights: LossWeights, settings, accelerator):
     """Load teacher, student and text; return the training `Recipe` of phase 1."""
-    loaded = load_inputs(args, weights, settings, accelerator)
-    return phase1_recipe(args, weights, settings, loaded, loaded.layer_map)
+    loaded = load_inputs(options, weights, settings, accelerator, layer_map=options.layer_map,
+                         save_dtype=options.save_dtype)
+    return phase1_recipe(options, weights, settings, loaded, loaded.layer_map)
 
 
-def layer_map_for(args, teacher, student) -> list[int]:
+def layer_map_for(layer_map: str | None, teacher, student) -> list[int]:
     """`--layer-map` (numbers, or a `distil search-map` output), checked; default: BiStil's."""
     from polyglot_distil.models.student import check_layers, default_layer_map, parse_layers
 
     t_layers, s_layers = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    layer_map = parse_layers(getattr(args, "layer_map", None), "--layer-map") or default_layer_map(t_layers, s_layers)
-    check_layers(layer_map, t_layers, s_layers, "--layer-map")
-    return layer_map
+    layers = parse_layers(layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
+    check_layers(layers, t_layers, s_layers, "--layer-map")
+    return layers
 
 
-def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Path | None = None) -> Phase1Inputs:
-    """Load teacher and student (built here when `args.student` is not given) and tokenize the
-    text into `--token-cache`, else `cache_dir`, else OUT/cache/; check that they go together."""
+def load_inputs(options: Phase1Settings, weights: LossWeights, settings, accelerator, cache_dir: Path | None = None,
+                layer_map: str | None = None, save_dtype: str | None = None) -> Phase1Inputs:
+    """Load teacher and student (built here when `options.student` is not given) and tokenize the
+    text into `--token-cache`, else `cache_dir`, else OUT/cache/; check that they go together.
+    `layer_map` and `save_dtype` as `distil general`'s options (None: BiStil's map, the models' dtype)."""
     import torch
     from transformers import AutoConfig
 
@@ -361,59 +451,59 @@ def load_inputs(args, weights: LossWeights, settings, accelerator, cache_dir: Pa
     from polyglot_distil.models.encoder import has_mlm_output
     from polyglot_distil.models.loading import check_tokenizer_fits, encoder_class_for, load_model, load_tokenizer, \
         saved_dtype
-    from polyglot_distil.models.student import make_student, planned_config, spec_from_args
+    from polyglot_distil.models.student import make_student, planned_config
 
-    languages = group_lang_specs(args.lang)
+    languages = group_lang_specs(options.lang)
     # output_attentions needs the eager attention; otherwise the fast (sdpa) path.
     attn = "eager" if weights.attention > 0 else "sdpa"
-    remote = args.trust_remote_code
-    teacher_config = load_model(args.teacher, AutoConfig, trust_remote_code=remote)
+    remote = options.trust_remote_code
+    teacher_config = load_model(options.teacher, AutoConfig, trust_remote_code=remote)
     if weights.relation:  # on the configurations: a wrong setting answers before the models load
-        resolve_relation(weights, teacher_config, load_model(args.student, AutoConfig, trust_remote_code=remote)
-                         if args.student else planned_config(teacher_config, spec_from_args(args)))
+        resolve_relation(weights, teacher_config, load_model(options.student, AutoConfig, trust_remote_code=remote)
+                         if options.student else planned_config(teacher_config, options.spec(options.seed)))
     # float32 weights whatever the checkpoints' dtype: bf16/fp16 only through --mixed-precision's autocast
-    teacher = load_model(args.teacher, encoder_class_for(teacher_config), trust_remote_code=remote,
+    teacher = load_model(options.teacher, encoder_class_for(teacher_config), trust_remote_code=remote,
                          attn_implementation=attn, dtype=torch.float32)
-    save_dtype = getattr(args, "save_dtype", None) or saved_dtype(teacher_config)
+    dtype = save_dtype or saved_dtype(teacher_config)
     if (weights.logits or weights.mlm) and not has_mlm_output(teacher):
-        raise UserError(f"teacher {args.teacher} has no masked-LM head (an embedding model?): the logit and MLM losses "
+        raise UserError(f"teacher {options.teacher} has no masked-LM head (an embedding model?): the logit and MLM losses "
                         "need one; distil with the hidden and attention losses (--recipe bistil)")
-    tokenizer = load_tokenizer(args.teacher, remote)
-    check_tokenizer_fits(teacher, tokenizer, args.teacher)
-    if args.student:
-        student_config = load_model(args.student, AutoConfig, trust_remote_code=remote)
-        student = load_model(args.student, encoder_class_for(student_config), trust_remote_code=remote,
+    tokenizer = load_tokenizer(options.teacher, remote)
+    check_tokenizer_fits(teacher, tokenizer, options.teacher)
+    if options.student:
+        student_config = load_model(options.student, AutoConfig, trust_remote_code=remote)
+        student = load_model(options.student, encoder_class_for(student_config), trust_remote_code=remote,
                              attn_implementation=attn, dtype=torch.float32)
-        save_dtype = getattr(args, "save_dtype", None) or saved_dtype(student_config)
+        dtype = save_dtype or saved_dtype(student_config)
         if (weights.logits or weights.mlm) and not has_mlm_output(student):
-            raise UserError(f"student {args.student} has no masked-LM head: the logit and MLM losses need one")
-        check_same_vocabulary(tokenizer, load_tokenizer(args.student, remote), args.teacher, args.student,
+            raise UserError(f"student {options.student} has no masked-LM head: the logit and MLM losses need one")
+        check_same_vocabulary(tokenizer, load_tokenizer(options.student, remote), options.teacher, options.student,
                               teacher.get_input_embeddings().weight.shape[0],
                               student.get_input_embeddings().weight.shape[0])
     else:
-        student, _ = make_student(teacher, tokenizer, spec_from_args(args), attn_implementation=attn)
-    layer_map = layer_map_for(args, teacher, student)
+        student, _ = make_student(teacher, tokenizer, options.spec(options.seed), attn_implementation=attn)
+    layer_map = layer_map_for(layer_map, teacher, student)
     if weights.attention and student.config.num_attention_heads != teacher.config.num_attention_heads:
         raise UserError(f"the attention loss compares heads one to one, but the student has "
                         f"{student.config.num_attention_heads} and the teacher {teacher.config.num_attention_heads}; "
                         "pass --attention-weight 0")
     longest = max_positions(student.config)
-    if not 3 <= args.block_size <= longest:
-        raise UserError(f"--block-size {args.block_size}: the models take blocks of 3 to {longest} tokens")
+    if not 3 <= options.block_size <= longest:
+        raise UserError(f"--block-size {options.block_size}: the models take blocks of 3 to {longest} tokens")
 
-    masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], args.mask_probability)
-    shared = getattr(args, "token_cache", None)
-    blocks = load_blocks(languages, tokenizer, args.block_size, args.max_lines, args.seed,
-                         False if args.no_progress or not accelerator.is_main_process else None,
-                         shared or cache_dir or Path(args.out) / CACHE, accelerator.is_main_process,
+    masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], options.mask_probability)
+    shared = options.token_cache
+    blocks = load_blocks(languages, tokenizer, options.block_size, options.max_lines, options.seed,
+                         False if options.no_progress or not accelerator.is_main_process else None,
+                         shared or cache_dir or Path(options.out) / CACHE, accelerator.is_main_process,
                          accelerator.wait_for_everyone, shared=bool(shared))
-    train_data, heldout = split_data(blocks, args.heldout_blocks, settings.batch_size, masking, args.seed)
+    train_data, heldout = split_data(blocks, options.heldout_blocks, settings.batch_size, masking, options.seed)
     teacher.eval().requires_grad_(False).to(accelerator.device)
-    return Phase1Inputs(teacher, student, tokenizer, languages, layer_map, train_data, heldout, save_dtype)
+    return Phase1Inputs(teacher, student, tokenizer, languages, layer_map, train_data, heldout, dtype)
 
 
-def phase1_recipe(args, weights: LossWeights, settings, loaded: Phase1Inputs, layer_map: list[int],
-                  student=None):
+def phase1_recipe(options: Phase1Settings, weights: LossWeights, settings, loaded: Phase1Inputs,
+                  layer_map: list[int], student=None):
     """The training `Recipe` of phase 1 for `loaded`'s student (or `student`, a copy of it)."""
     from polyglot_distil.models.checkpoint import carry_body_tensors
     from polyglot_distil.models.loading import copy_tokenizer, save_pretrained_as
@@ -422,16 +512,16 @@ def phase1_recipe(args, weights: LossWeights, settings, loaded: Phase1Inputs, la
     teacher, tokenizer, languages, heldout = loaded.teacher, loaded.tokenizer, loaded.languages, loaded.heldout
     save_dtype = loaded.save_dtype
     model = student_module(student if student is not None else loaded.student, teacher, weights,
-                           args.freeze_embeddings)
+                           options.freeze_embeddings)
 
     def compute_loss(model, batch):
         return distillation_loss(model, teacher, batch, weights, layer_map)
 
     def save_model(trained, folder: Path) -> None:
         save_pretrained_as(trained.parts["student"], folder, save_dtype)
-        carry_body_tensors(args.student or args.teacher, folder)  # the pretrained pooler, which a masked-LM class drops
-        copy_tokenizer(args.student or args.teacher, folder, tokenizer)
-        info = {"teacher": str(args.teacher), "student": args.student, "languages": list(languages),
+        carry_body_tensors(options.student or options.teacher, folder)  # the pretrained pooler, which a masked-LM class drops
+        copy_tokenizer(options.student or options.teacher, folder, tokenizer)
+        info = {"teacher": str(options.teacher), "student": options.student, "languages": list(languages),
                 "layer_map": layer_map, "weights": asdict(weights)}
         (folder / "distillation.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
@@ -447,52 +537,34 @@ def phase1_recipe(args, weights: LossWeights, settings, loaded: Phase1Inputs, la
 # Command line
 
 
-STUDENT_SHAPE = ("layers", "init_layers", "hidden_size", "intermediate_size", "heads")
-
-
-def check_student_options(args) -> None:
-    """The student options shape a student built here: with --student they are a mistake. (And
-    --token-cache must be a folder.)"""
-    if args.student:
-        given = [o for o in STUDENT_SHAPE if getattr(args, o) is not None]
-        if given or args.init != "teacher" or args.dropout != 0.0 or args.importance_text:
-            option = (given or ["init" if args.init != "teacher" else "importance_text" if args.importance_text
-                                else "dropout"])[0].replace("_", "-")
-            raise UserError(f"--{option} shapes a student built here; with --student {args.student} drop it")
-    if args.token_cache and Path(args.token_cache).exists() and not Path(args.token_cache).is_dir():
-        raise UserError(f"--token-cache {args.token_cache}: not a folder; give a folder (made if missing)")
-
-
-def run_distil_general(args) -> dict:
+def run_distil_general(options: GeneralSettings) -> dict:
+    """The `distil general` stage: phase 1's run, then its last metrics; returns the run's summary."""
     from polyglot_distil.data.corpus import group_lang_specs
-    from polyglot_distil.models.student import layer_map_record, spec_from_args
-    from polyglot_distil.distill.training import TrainSettings, train
+    from polyglot_distil.models.student import layer_map_record
+    from polyglot_distil.distill.training import train
 
-
-    check_student_options(args)
-    weights = loss_weights(args)
-    languages = group_lang_specs(args.lang)
-    if args.heldout_blocks < 0:
-        raise UserError(f"--heldout-blocks must be 0 or more, not {args.heldout_blocks}")
-    if not 0 < args.mask_probability < 1:
-        raise UserError(f"--mask-probability must be between 0 and 1, not {args.mask_probability}")
-    settings = TrainSettings(
-        out=args.out, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
-        mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.eval_every,
-        save_every=args.save_every, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    options.check_student_options()
+    weights = options.loss_weights()
+    languages = group_lang_specs(options.lang)
+    if options.heldout_blocks < 0:
+        raise UserError(f"--heldout-blocks must be 0 or more, not {options.heldout_blocks}")
+    if not 0 < options.mask_probability < 1:
+        raise UserError(f"--mask-probability must be between 0 and 1, not {options.mask_probability}")
+    settings = options.train_settings(
+        options.out, options.steps, eval_every=options.eval_every, save_every=options.save_every,
+        keep_checkpoints=options.keep_checkpoints, resume=options.resume, overwrite=options.overwrite,
+        weight_decay=options.weight_decay, no_progress=options.no_progress)
     run_config = {
-        "phase": "general", "teacher": str(args.teacher), "student": args.student,
-        "student_spec": None if args.student else asdict(spec_from_args(args)),
+        "phase": "general", "teacher": str(options.teacher), "student": options.student,
+        "student_spec": None if options.student else asdict(options.spec(options.seed)),
         "languages": {lang: [str(s) for s in sources] for lang, sources in languages.items()},
-        "max_lines": args.max_lines, "block_size": args.block_size, "mask_probability": args.mask_probability,
-        "heldout_blocks": args.heldout_blocks, "weights": asdict(weights),
-        "layer_map": layer_map_record(args.layer_map),
-        **({"freeze_embeddings": True} if args.freeze_embeddings else {}),
-        **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
+        "max_lines": options.max_lines, "block_size": options.block_size, "mask_probability": options.mask_probability,
+        "heldout_blocks": options.heldout_blocks, "weights": asdict(weights),
+        "layer_map": layer_map_record(options.layer_map),
+        **({"freeze_embeddings": True} if options.freeze_embeddings else {}),
+        **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
     }
-    result = train(settings, run_config, lambda accelerator: build_recipe(args, weights, settings, accelerator))
+    result = train(settings, run_config, lambda accelerator: build_recipe(options, weights, settings, accelerator))
     if not result.is_main_process:
         return result.summary()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
@@ -502,64 +574,6 @@ def run_distil_general(args) -> dict:
     return result.summary()
 
 
-GENERAL = Command(
-    ("distil", "general"), "phase 1: distil a bilingual student on masked-LM text",
-    description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_general, options=[
-        Option("teacher", role=READS, required=True, help="teacher model folder (usually the trimmed model)"),
-        Option("student", role=READS, help="student model folder (from 'polyglot-distil student'); "
-                               "without it a student is built from the teacher with the options below"),
-        Option("lang", kind=APPEND, role=READS, required=True, metavar="LANG=SOURCE",
-               help="a language and one of its text sources (as in 'count'); repeat per source and language"),
-        out_option("output folder (checkpoints, metrics, best/ and final/ models)"),
-        *group("student (when --student is not given)", STUDENT_OPTIONS),
-        *group("data", [
-            Option("block_size", type=int, default=256, help="tokens per block, [CLS] and [SEP] included"),
-            Option("max_lines", type=int, help="cap on lines read per language (seeded sample)"),
-            Option("mask_probability", type=float, default=0.15),
-            Option("heldout_blocks", type=int, default=100,
-                   help="blocks per language held out for the evaluation loss (0: none)"),
-            Option("token_cache", metavar="DIR",
-                   help="folder of the tokenized text, shared by runs on the same text, tokenizer and block "
-                        "settings (default: OUT/cache, the run's own)"),
-        ]),
-        *group("losses", [
-            Option("recipe", choices=tuple(sorted(RECIPES)), default="bistil", help="preset loss weights"),
-            *(Option(f"{name}_weight", type=float, help=f"weight of the {name} loss (overrides the recipe)")
-              for name in TERMS),
-            Option("temperature", type=float, help="softmax temperature of the logit loss (default 2)"),
-            Option("logit_positions", choices=("all", "masked"), default="all",
-                   help="tokens the logit loss covers: every token (DistilBERT's default) or the masked ones "
-                        "(15 percent of them). 'all' holds both models' logits over the whole vocabulary at "
-                        "every token and the student's gradient: 3 x tokens x vocabulary floats (about 6 GB in "
-                        "float32 at 8 x 256 tokens on an untrimmed 250k vocabulary: trim it first, or use "
-                        "'masked'); the KL runs in chunks of rows, its softmaxes recomputed in the backward pass "
-                        "(no further [tokens, vocabulary] matrices; one more exp per logit)"),
-            LAYER_MAP,
-            Option("relation_heads", type=int, help="relation heads of the relation loss (MiniLMv2; default: the "
-                                                    "teacher's attention heads); must divide both hidden sizes"),
-            Option("relation_layer", type=int, help="teacher layer (0-based) the relation loss reads (default: the "
-                                                    "last; MiniLMv2 takes an upper-middle one for large teachers)"),
-        ]),
-        *group("training", [
-            Option("steps", type=int, default=200_000, help="optimizer steps"),
-            Option("batch_size", type=int, default=8, help="blocks per optimizer step, all processes together"),
-            Option("grad_accum", type=int, default=1,
-                   help="cut each batch into this many micro-batches (less memory, same result)"),
-            Option("lr", type=float, default=1e-4),
-            Option("warmup_steps", type=int, default=0),
-            Option("weight_decay", type=float, default=0.0),
-            Option("freeze_embeddings", kind=FLAG, help="keep the student's embeddings as they start (LightMBERT)"),
-            Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
-            MIXED_PRECISION,
-            SAVE_DTYPE,
-            Option("eval_every", type=int, default=5000, help="steps between held-out evaluations"),
-            Option("save_every", type=int, default=5000, help="steps between checkpoints"),
-            Option("keep_checkpoints", type=int, default=2),
-            Option("log_every", type=int, default=50, help="steps between rows of metrics.jsonl"),
-            SEED,
-            RESUME,
-            replace(OVERWRITE, help="delete an existing --out and start over"),
-        ]),
-        NO_PROGRESS,
-        replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
-    ])
+GENERAL = Command(("distil", "general"), "phase 1: distil a bilingual student on masked-LM text",
+                  description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP},
+                  run=run_distil_general, settings=GeneralSettings)

@@ -40,13 +40,14 @@ import json
 import math
 import random
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from polyglot_distil.distill.general import DISTIL_GROUP_HELP
+from polyglot_distil.distill.general import DATA, DISTIL_GROUP_HELP, Phase1Settings
+from polyglot_distil.distill.settings import TRAINING
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import FLAG, OVERWRITE, Command, Option, group
+from polyglot_distil.options import FLAG, OVERWRITE, WRITES, Command, like, setting
 
 CRITERIA = ("hidden", "relation")
 
@@ -171,18 +172,19 @@ def criterion_loss(criterion: str, teacher, relation):
     return compute
 
 
-def resolve_criterion(args, weights, teacher_config, student_config) -> tuple[str, object]:
+def resolve_criterion(criterion: str | None, relation_heads: int | None, weights, teacher_config,
+                      student_config) -> tuple[str, object]:
     """The criterion (default: hidden for a student as wide as the teacher, relation otherwise),
     checked against the models, and the relation settings it uses."""
     from polyglot_distil.distill.general import LossWeights, resolve_relation
 
     narrower = student_config.hidden_size != teacher_config.hidden_size
-    criterion = args.criterion or ("relation" if narrower else "hidden")
+    criterion = criterion or ("relation" if narrower else "hidden")
     if criterion == "hidden" and narrower and not (weights.hidden or weights.cosine):
         raise UserError(f"--criterion hidden compares last hidden states, but the student ({student_config.hidden_size}"
                         f" wide) is narrower than the teacher ({teacher_config.hidden_size}) and the recipe has no "
                         "hidden or cosine loss to learn a projection; use --criterion relation")
-    relation = LossWeights(hidden=0, attention=0, relation=1, relation_heads=args.relation_heads)
+    relation = LossWeights(hidden=0, attention=0, relation=1, relation_heads=relation_heads)
     if criterion == "relation":
         resolve_relation(relation, teacher_config, student_config)  # the teacher's last layer
     return criterion, relation
@@ -206,61 +208,94 @@ def _processes():
     return state.is_main_process, state.wait_for_everyone
 
 
-def run_search_map(args) -> dict:
+SEARCH = "search"
+
+
+@dataclass(kw_only=True)
+class SearchMapSettings(Phase1Settings):
+    """`distil search-map`'s settings: phase 1's (the candidate runs are phase-1 runs), with
+    shorter defaults, and the search's."""
+
+    out: str = setting(role=WRITES, help="output folder (layer_map.txt, search.json, each candidate's metrics)")
+    block_size: int = setting(128, group=DATA, help="tokens per block, [CLS] and [SEP] included")
+    max_lines: int | None = setting(2000, group=DATA,
+                                    help="lines read per language (a seeded sample; the search needs a small one)")
+    heldout_blocks: int = setting(16, group=DATA, help="blocks per language the candidates are ranked on")
+    steps: int = setting(100, group=TRAINING, help="optimizer steps of each candidate's run")
+    candidates: str | None = setting(None, group=SEARCH,
+                                     help="try exactly these mappings, separated by ';' (e.g. '1,3,5;0,2,5'); default: "
+                                          "all increasing mappings, or a genetic search when there are more than "
+                                          "--budget")
+    budget: int = setting(12, group=SEARCH, help="candidate runs at most (the genetic search's evaluations)")
+    population: int = setting(6, group=SEARCH, help="the genetic search's first population")
+    criterion: str | None = setting(None, choices=CRITERIA, group=SEARCH,
+                                    help="held-out ranking: last hidden-state MSE (default for a student as wide as "
+                                         "the teacher) or the last layers' MiniLMv2 relation KL (default for a "
+                                         "narrower one)")
+    resume: bool = setting(False, kind=FLAG, group=SEARCH,
+                           help="continue the search in --out: scored candidates are not run again")
+    overwrite: bool = like(OVERWRITE, group=SEARCH, help="delete an existing --out (its token cache is kept) and "
+                                                         "start over")
+
+    def __post_init__(self):
+        for name in ("budget", "population", "steps"):
+            if getattr(self, name) < (2 if name == "population" else 1):
+                raise UserError(f"--{name} must be at least {2 if name == 'population' else 1}, not "
+                                f"{getattr(self, name)}")
+        if self.heldout_blocks < 1:
+            raise UserError(f"--heldout-blocks must be at least 1: the candidates are ranked on held-out text, not "
+                            f"{self.heldout_blocks}")
+
+
+def run_search_map(options: SearchMapSettings) -> dict:
+    """The `distil search-map` stage: short phase-1 runs ranked; writes layer_map.txt; returns the ranking."""
     import copy
 
     from transformers import AutoConfig
 
-    from polyglot_distil.distill.general import check_student_options, load_inputs, loss_weights, phase1_recipe
+    from polyglot_distil.distill.general import load_inputs, phase1_recipe
     from polyglot_distil.distill.training import CACHE, TrainSettings, config_hash, mean_over_batches, train
     from polyglot_distil.models.families import family_of
     from polyglot_distil.models.loading import load_model
     from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, make_student, \
-        planned_config, spec_from_args
+        planned_config
     from polyglot_distil.outputs import MARKER, check_writable, drop_aside, put_back, release_lock, replace_text, \
         set_aside
 
-    check_student_options(args)
-    for name in ("budget", "population", "steps"):
-        if getattr(args, name) < (2 if name == "population" else 1):
-            raise UserError(f"--{name} must be at least {2 if name == 'population' else 1}, not {getattr(args, name)}")
-    if args.heldout_blocks < 1:
-        raise UserError(f"--heldout-blocks must be at least 1: the candidates are ranked on held-out text, not "
-                        f"{args.heldout_blocks}")
-    weights = loss_weights(args)
-    candidates = parse_candidates(args.candidates)
-    remote = args.trust_remote_code
-    teacher_config = load_model(args.teacher, AutoConfig, trust_remote_code=remote)
-    student_config = (load_model(args.student, AutoConfig, trust_remote_code=remote) if args.student
-                      else planned_config(teacher_config, spec_from_args(args)))
+    options.check_student_options()
+    weights = options.loss_weights()
+    candidates = parse_candidates(options.candidates)
+    remote = options.trust_remote_code
+    teacher_config = load_model(options.teacher, AutoConfig, trust_remote_code=remote)
+    student_config = (load_model(options.student, AutoConfig, trust_remote_code=remote) if options.student
+                      else planned_config(teacher_config, options.spec(options.seed)))
     t_layers, s_layers = teacher_config.num_hidden_layers, student_config.num_hidden_layers
     for mapping in candidates or []:
         check_layers(list(mapping), t_layers, s_layers, "--candidates")
-    criterion, relation = resolve_criterion(args, weights, teacher_config, student_config)
+    criterion, relation = resolve_criterion(options.criterion, options.relation_heads, weights, teacher_config,
+                                            student_config)
     # the student starts from the teacher layers it is mapped to (not ALBERT's: one shared layer)
-    coupled = (not args.student and args.init_layers is None and args.init == "teacher"
+    coupled = (not options.student and options.init_layers is None and options.init == "teacher"
                and not family_of(teacher_config).shared_layers)
 
     def settings_for(folder: Path) -> TrainSettings:
-        return TrainSettings(
-            out=folder, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
-            mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.steps, save_every=args.steps,
-            log_every=args.log_every, keep_checkpoints=1, overwrite=True, progress=False if args.no_progress else None)
+        return options.train_settings(folder, options.steps, eval_every=options.steps, save_every=options.steps,
+                                      keep_checkpoints=1, overwrite=True, weight_decay=options.weight_decay,
+                                      no_progress=options.no_progress)
 
-    out = Path(args.out)
+    out = Path(options.out)
     settings_for(out / "candidates").check()  # before anything is written
     # Under `accelerate launch` every process runs every candidate (the training loop shares each
     # run out); every process checks OUT before the main one writes; only the main one writes.
     main, barrier = _processes()
-    search = {"teacher": str(args.teacher), "student": args.student, "student_spec": None if args.student else
-              str(spec_from_args(args)), "languages": args.lang, "max_lines": args.max_lines,
-              "block_size": args.block_size, "heldout_blocks": args.heldout_blocks, "steps": args.steps,
-              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "weights": str(weights),
-              "criterion": criterion, "init_from_mapping": coupled, "budget": args.budget,
-              "population": args.population, "candidates": candidates}
+    search = {"teacher": str(options.teacher), "student": options.student, "student_spec": None if options.student else
+              str(options.spec(options.seed)), "languages": options.lang, "max_lines": options.max_lines,
+              "block_size": options.block_size, "heldout_blocks": options.heldout_blocks, "steps": options.steps,
+              "batch_size": options.batch_size, "lr": options.lr, "seed": options.seed, "weights": str(weights),
+              "criterion": criterion, "init_from_mapping": coupled, "budget": options.budget,
+              "population": options.population, "candidates": candidates}
     record = out / "search_config.json"
-    if args.resume:
+    if options.resume:
         if not record.is_file():
             raise UserError(f"--resume: {out} holds no search (no {record.name}); drop --resume")
         if json.loads(record.read_text(encoding="utf-8"))["hash"] != config_hash(search):
@@ -268,10 +303,10 @@ def run_search_map(args) -> dict:
                             "start over with --overwrite")
         check_writable(out, overwrite=True)
     else:
-        check_writable(out, args.overwrite)
+        check_writable(out, options.overwrite)
     barrier()
     replaced = None
-    if main and not args.resume:
+    if main and not options.resume:
         if out.exists() and any(item.name != CACHE for item in out.iterdir()):
             # the old search stays whole, aside, until this one is complete; the token cache is keyed
             # by its inputs: kept
@@ -296,14 +331,14 @@ def run_search_map(args) -> dict:
                 nonlocal loaded
                 if loaded is None:  # once: models and text, shared by every candidate
                     # the text's blocks in --token-cache when given, else OUT/cache/
-                    loaded = load_inputs(args, weights, settings, accelerator, cache_dir=out / CACHE)
+                    loaded = load_inputs(options, weights, settings, accelerator, cache_dir=out / CACHE)
                 if coupled:  # the student starts from the teacher layers it is mapped to
                     student, _ = make_student(loaded.teacher, loaded.tokenizer,
-                                              replace(spec_from_args(args), init_layers=list(mapping)),
+                                              replace(options.spec(options.seed), init_layers=list(mapping)),
                                               attn_implementation=loaded.student.config._attn_implementation)
                 else:
                     student = copy.deepcopy(loaded.student)
-                recipe = phase1_recipe(args, weights, settings, loaded, list(mapping), student)
+                recipe = phase1_recipe(options, weights, settings, loaded, list(mapping), student)
                 proxy = criterion_loss(criterion, loaded.teacher, relation)
 
                 def evaluate(model, accelerator):
@@ -330,17 +365,17 @@ def run_search_map(args) -> dict:
 
     space = increasing_mappings(t_layers, s_layers)
     how = (f"{len(candidates)} given mappings" if candidates is not None else
-           f"all {space} increasing mappings" if space <= args.budget else
-           f"a genetic search over {args.budget} of {space:,} increasing mappings")
+           f"all {space} increasing mappings" if space <= options.budget else
+           f"a genetic search over {options.budget} of {space:,} increasing mappings")
     if main:
-        print(f"search: {how}, {args.steps} steps each; ranked by held-out {criterion}", flush=True)
+        print(f"search: {how}, {options.steps} steps each; ranked by held-out {criterion}", flush=True)
     try:
-        best, history = search_mappings(score, t_layers, s_layers, args.budget, args.population, args.seed,
+        best, history = search_mappings(score, t_layers, s_layers, options.budget, options.population, options.seed,
                                         candidates)
     except BaseException:
         if replaced is not None:  # the old search comes back; the unfinished new one goes
             put_back(out, replaced, keep=[CACHE])
-        elif main and not args.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
+        elif main and not options.resume and not any(out.glob("candidates/*/result.json")):  # nothing worth keeping
             shutil.rmtree(out, ignore_errors=True)
         raise
     summary = {"best": list(best), "criterion": criterion, "best_value": history[best],
@@ -365,38 +400,7 @@ def run_search_map(args) -> dict:
     return summary
 
 
-def _options() -> list[Option]:
-    """phase 1's options (the candidate runs are phase-1 runs), with shorter defaults, and the search's."""
-    from polyglot_distil.distill.general import GENERAL
-
-    dropped = {"layer_map", "eval_every", "save_every", "keep_checkpoints", "resume", "overwrite", "save_dtype"}
-    shorter = {"steps": (100, "optimizer steps of each candidate's run"),
-               "max_lines": (2000, "lines read per language (a seeded sample; the search needs a small one)"),
-               "block_size": (128, None), "heldout_blocks": (16, "blocks per language the candidates are ranked on")}
-    options = []
-    for option in GENERAL.options:
-        if option.name in dropped:
-            continue
-        if option.name in shorter:
-            default, help = shorter[option.name]
-            option = replace(option, default=default, help=help or option.help)
-        if option.name == "out":
-            option = replace(option, help="output folder (layer_map.txt, search.json, each candidate's metrics)")
-        options.append(option)
-    return options + group("search", [
-        Option("candidates", help="try exactly these mappings, separated by ';' (e.g. '1,3,5;0,2,5'); default: "
-                                  "all increasing mappings, or a genetic search when there are more than --budget"),
-        Option("budget", type=int, default=12, help="candidate runs at most (the genetic search's evaluations)"),
-        Option("population", type=int, default=6, help="the genetic search's first population"),
-        Option("criterion", choices=CRITERIA,
-               help="held-out ranking: last hidden-state MSE (default for a student as wide as the teacher) or "
-                    "the last layers' MiniLMv2 relation KL (default for a narrower one)"),
-        Option("resume", kind=FLAG, help="continue the search in --out: scored candidates are not run again"),
-        replace(OVERWRITE, help="delete an existing --out (its token cache is kept) and start over"),
-    ])
-
-
 SEARCH_MAP = Command(
     ("distil", "search-map"), "find the teacher layer each student layer should imitate (short phase-1 runs)",
     description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_search_map,
-    options=_options())
+    settings=SearchMapSettings)

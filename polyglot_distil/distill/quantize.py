@@ -43,17 +43,17 @@ import math
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 
-from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS
+from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.general import LAYER_MAP
 from polyglot_distil.distill.objective import resolve_weights
-from polyglot_distil.distill.settings import training_options
+from polyglot_distil.distill.settings import TRAINING, Checkpointing
 from polyglot_distil.distill.task import TERMS, TaskLossWeights
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, group, out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 
 @dataclass
@@ -208,7 +208,54 @@ def _check_source(path: str) -> None:
                         "(or 'export onnx --int8' for onnxruntime's int8 variant)")
 
 
-def quantize_dynamic(args) -> dict:
+QAT = "quantization-aware distillation (--method qat)"
+
+
+@dataclass(kw_only=True)
+class QuantizeSettings(Checkpointing, TaskData):
+    """`quantize`'s settings (the command line's options, a `run` config's `quantize:` section). The
+    saved models are int8 whatever the training dtype: no --save-dtype."""
+
+    PART_GROUPS: ClassVar[dict] = {TaskData: QAT}
+    GROUP_TITLES: ClassVar[dict] = {TRAINING: "training (--method qat)"}
+
+    model: str = setting(role=READS, help="the float model folder (e.g. the best/ of 'distil task')")
+    out: str = setting(role=WRITES, help="the int8 model folder (dynamic), or the training folder whose best/ and "
+                                         "final/ are int8 (qat)")
+    method: str = setting("dynamic", choices=("dynamic", "qat"),
+                          help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)")
+    bits: int = setting(8, choices=(8, 4, 2), help="weight bits (below 8: --method qat)")
+    embeddings: str = setting("float", choices=("float", "int8"), help="int8: embedding tables too, one scale per row")
+    teacher: str | None = setting(None, role=READS, group=QAT, help="the teacher (default: --model itself, in float)")
+    train: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
+                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
+    dev: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
+                             help="English dev pairs, for the best model (repeatable)")
+    epochs: float = setting(1.0, group=QAT, help="passes over the training pairs (fractions allowed)")
+    quantize_activations: bool = setting(False, kind=FLAG, group=QAT,
+                                         help="fake-quantize every Linear layer's input too")
+    step_init: str = setting("auto", advanced=True, choices=("auto", "max", "lsq"), group=QAT,
+                             help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max "
+                                  "at 8 bits, lsq below")
+    dropout: float = setting(0.0, group=QAT, help="dropout while training")
+    temperature: float = setting(2.0, group=QAT, help="softmax temperature of the logit loss")
+    logits_weight: float = setting(1.0, group=QAT)
+    hidden_weight: float = setting(1.0, group=QAT)
+    attention_weight: float = setting(0.0, group=QAT)
+    label_weight: float = setting(0.0, group=QAT)
+    layer_map: str | None = like(LAYER_MAP, group=QAT)
+    lr: float = setting(1e-5, group=TRAINING)
+    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
+    no_progress: bool = like(NO_PROGRESS)
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
+
+    def loss_weights(self) -> QATLossWeights:
+        given = {"logits": self.logits_weight, "hidden": self.hidden_weight, "attention": self.attention_weight,
+                 "label": self.label_weight}
+        return resolve_weights(QATLossWeights(), given, self.temperature)
+
+
+def quantize_dynamic(options: QuantizeSettings) -> dict:
     """Post-training int8: write OUT from the float model."""
     from transformers import AutoConfig
 
@@ -217,28 +264,29 @@ def quantize_dynamic(args) -> dict:
     from polyglot_distil.models.quantized import WEIGHTS_FILE, save_int8
     from polyglot_distil.outputs import atomic_dir, check_writable
 
-    check_writable(args.out, args.overwrite)
-    config = load_model(args.model, AutoConfig, trust_remote_code=args.trust_remote_code)
-    model = load_model(args.model, model_class_for(config), trust_remote_code=args.trust_remote_code).eval()
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    check_tokenizer_fits(model, tokenizer, args.model)
-    with atomic_dir(args.out, args.overwrite) as tmp:
-        record = save_int8(model, tmp, 8, "dynamic", embeddings=args.embeddings == "int8")
-        copy_tokenizer(args.model, tmp, tokenizer)
-        report = {"command": "quantize", "model": str(args.model), "method": "dynamic", "bits": 8,
-                  "embeddings": args.embeddings, "linear_layers": len(record["linear"]),
-                  "embedding_tables": len(record["embeddings"]), "float_bytes": _source_bytes(args.model),
+    check_writable(options.out, options.overwrite)
+    config = load_model(options.model, AutoConfig, trust_remote_code=options.trust_remote_code)
+    model = load_model(options.model, model_class_for(config), trust_remote_code=options.trust_remote_code).eval()
+    tokenizer = load_tokenizer(options.model, options.trust_remote_code)
+    check_tokenizer_fits(model, tokenizer, options.model)
+    with atomic_dir(options.out, options.overwrite) as tmp:
+        record = save_int8(model, tmp, 8, "dynamic", embeddings=options.embeddings == "int8")
+        copy_tokenizer(options.model, tmp, tokenizer)
+        report = {"command": "quantize", "model": str(options.model), "method": "dynamic", "bits": 8,
+                  "embeddings": options.embeddings, "linear_layers": len(record["linear"]),
+                  "embedding_tables": len(record["embeddings"]), "float_bytes": _source_bytes(options.model),
                   "int8_bytes": (tmp / WEIGHTS_FILE).stat().st_size}
         (tmp / "quantize.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     before = f"{report['float_bytes'] / 1e6:.1f} MB -> " if report["float_bytes"] else ""
     print(f"int8: {report['linear_layers']} Linear layers" +
           (f" and {report['embedding_tables']} embedding tables" if report["embedding_tables"] else "") +
-          f"; weights {before}{report['int8_bytes'] / 1e6:.1f} MB; wrote {args.out} "
+          f"; weights {before}{report['int8_bytes'] / 1e6:.1f} MB; wrote {options.out} "
           "(load it with polyglot_distil.models.quantized.load_int8)")
     return report
 
 
-def build_qat_recipe(args, weights: QATLossWeights, train_data, dev_data, accelerator, keep: dict):
+def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_data, dev_data, accelerator,
+                     keep: dict):
     import torch
 
     from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs, model_inputs
@@ -250,137 +298,106 @@ def build_qat_recipe(args, weights: QATLossWeights, train_data, dev_data, accele
     from polyglot_distil.models.student import default_layer_map, parse_layers
 
     attn = "eager" if weights.attention > 0 else "sdpa"
-    teacher_path = args.teacher or args.model
-    student = load_classifier(args.model, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
-    teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=args.trust_remote_code)
+    teacher_path = options.teacher or options.model
+    student = load_classifier(options.model, attn_implementation=attn, trust_remote_code=options.trust_remote_code)
+    teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=options.trust_remote_code)
     reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student.tokenizer),
-                         teacher_path, args.model)
+                         teacher_path, options.model)
     teacher.model.eval().requires_grad_(False)
     model, tokenizer = student.model, student.tokenizer
-    layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(
+    layer_map = parse_layers(options.layer_map, "--layer-map") or default_layer_map(
         teacher.model.config.num_hidden_layers, model.config.num_hidden_layers)
-    check_pair(teacher.model, model, weights, layer_map, SimpleNamespace(teacher=teacher_path, student=args.model))
+    check_pair(teacher.model, model, weights, layer_map, teacher_path, options.model)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
-            module.p = args.dropout
-    names = fake_quantize_model(model, args.bits, args.quantize_activations, args.step_init)
+            module.p = options.dropout
+    names = fake_quantize_model(model, options.bits, options.quantize_activations, options.step_init)
 
-    show = False if args.no_progress or not accelerator.is_main_process else None
+    show = False if options.no_progress or not accelerator.is_main_process else None
     class_of = np.argsort(student.to_xnli)  # the student's output class of each XNLI label
-    pairs = encode_pairs(tokenizer, train_data, args.max_length, show)
-    data = NLIBatches(pairs, class_of[train_data.labels], args.batch_size, args.seed,
-                      args.length_buckets)
-    if args.quantize_activations:
+    pairs = encode_pairs(tokenizer, train_data, options.max_length, show)
+    data = NLIBatches(pairs, class_of[train_data.labels], options.batch_size, options.seed,
+                      options.length_buckets)
+    if options.quantize_activations:
         calibrate_input_steps(model, model_inputs(data.batch(0)))
     # teacher class of each student class: the teacher's class with the same XNLI label
     teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli)[student.to_xnli], device=accelerator.device)
     teacher.model.to(accelerator.device)
-    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
-                                  args.max_length)
+    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, options.batch_size,
+                                  options.max_length)
     if accelerator.is_main_process:
-        print(f"qat: {len(names)} Linear layers fake-quantized to {args.bits} bits"
-              f"{' (inputs too)' if args.quantize_activations else ''}; teacher {teacher_path}", file=sys.stderr)
+        print(f"qat: {len(names)} Linear layers fake-quantized to {options.bits} bits"
+              f"{' (inputs too)' if options.quantize_activations else ''}; teacher {teacher_path}", file=sys.stderr)
 
     def compute_loss(model, batch):
         return qat_loss(model, teacher.model, teacher_order, batch, weights, layer_map)
 
     def evaluate(model, accelerator):
         predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, student.to_xnli,
-                                    args.batch_size, args.max_length)
+                                    options.batch_size, options.max_length)
         return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
                 "dev_agreement": float(np.mean(predicted == teacher_dev))}
 
-    info = {"command": "quantize --method qat", "model": str(args.model), "teacher": str(teacher_path),
-            "bits": args.bits, "quantize_activations": args.quantize_activations, "train": args.train,
-            "dev": args.dev, "train_pairs": len(train_data), "weights": asdict(weights), "layer_map": layer_map}
+    info = {"command": "quantize --method qat", "model": str(options.model), "teacher": str(teacher_path),
+            "bits": options.bits, "quantize_activations": options.quantize_activations, "train": options.train,
+            "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights), "layer_map": layer_map}
     keep["info"] = info
 
     def save_model(trained, folder: Path) -> None:
-        save_int8(trained, folder, args.bits, "qat", learned_steps(trained), embeddings=args.embeddings == "int8")
-        copy_tokenizer(args.model, folder, tokenizer)
+        save_int8(trained, folder, options.bits, "qat", learned_steps(trained), embeddings=options.embeddings == "int8")
+        copy_tokenizer(options.model, folder, tokenizer)
         (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
                   evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
 
 
-def quantize_qat(args) -> dict:
+def quantize_qat(options: QuantizeSettings) -> dict:
     from polyglot_distil.data.nli_batches import epoch_batches, read_task_data
-    from polyglot_distil.distill.settings import steps_for, training_settings
+    from polyglot_distil.distill.settings import steps_for
     from polyglot_distil.distill.training import train
     from polyglot_distil.models.student import layer_map_record
 
-    if not args.train or not args.dev:
+    if not options.train or not options.dev:
         raise UserError("--method qat trains: pass --train SOURCE and --dev SOURCE (English NLI pairs)")
-    if not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout {args.dropout}: a dropout probability is at least 0 and below 1")
-    weights = resolve_weights(QATLossWeights(), {name: getattr(args, f"{name}_weight") for name in TERMS},
-                              args.temperature)
-    train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
-    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
-    steps = steps_for(args.epochs, batches_per_epoch, "--epochs")
-    settings = training_settings(args, steps, batches_per_epoch)
-    run_config = {"phase": "qat", "model": str(args.model), "teacher": str(args.teacher or args.model),
-                  "bits": args.bits, "embeddings": args.embeddings, "quantize_activations": args.quantize_activations,
-                  "step_init": args.step_init, "dropout": args.dropout, "train": args.train, "dev": args.dev,
-                  "max_train_examples": args.max_train_examples, "max_length": args.max_length, "length_buckets": args.length_buckets,
-                  "epochs": args.epochs, "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map)}
+    if not 0 <= options.dropout < 1:
+        raise UserError(f"--dropout {options.dropout}: a dropout probability is at least 0 and below 1")
+    weights = options.loss_weights()
+    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
+    batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
+    steps = steps_for(options.epochs, batches_per_epoch, "--epochs")
+    settings = options.checkpointed_settings(options.out, steps, batches_per_epoch, no_progress=options.no_progress)
+    run_config = {"phase": "qat", "model": str(options.model), "teacher": str(options.teacher or options.model),
+                  "bits": options.bits, "embeddings": options.embeddings, "quantize_activations": options.quantize_activations,
+                  "step_init": options.step_init, "dropout": options.dropout, "train": options.train, "dev": options.dev,
+                  "max_train_examples": options.max_train_pairs, "max_length": options.max_length, "length_buckets": options.length_buckets,
+                  "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map)}
     keep: dict = {}
     result = train(settings, run_config,
-                   lambda accelerator: build_qat_recipe(args, weights, train_data, dev_data, accelerator, keep))
+                   lambda accelerator: build_qat_recipe(options, weights, train_data, dev_data, accelerator, keep))
     if result.is_main_process:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
         print(f"step {result.step}: {summary}; best dev accuracy {result.best_value:.4f} at step {result.best_step}")
-        print(f"wrote {Path(args.out) / 'best'} and {result.final_dir} (int8 folders: "
+        print(f"wrote {Path(options.out) / 'best'} and {result.final_dir} (int8 folders: "
               "polyglot_distil.models.quantized.load_int8)")
     return result.summary()
 
 
-def run_quantize(args) -> dict:
-    _check_source(args.model)
-    if args.method == "dynamic":
-        if args.bits != 8:
-            raise UserError(f"--bits {args.bits}: post-training quantization is int8 only; fewer bits need "
+def run_quantize(options: QuantizeSettings) -> dict:
+    """The `quantize` stage: --method dynamic or qat; returns the report (dynamic) or the run's summary."""
+    _check_source(options.model)
+    if options.method == "dynamic":
+        if options.bits != 8:
+            raise UserError(f"--bits {options.bits}: post-training quantization is int8 only; fewer bits need "
                             "--method qat, which trains the steps")
-        given = [f"--{n.replace('_', '-')}" for n in ("teacher", "train", "dev", "quantize_activations")
-                 if getattr(args, n)]
+        given = [flag for flag, value in (("--teacher", options.teacher), ("--train", options.train),
+                                          ("--dev", options.dev), ("--quantize-activations",
+                                                                   options.quantize_activations)) if value]
         if given:
             raise UserError(f"{given[0]} applies to --method qat only (this is --method dynamic)")
-        return quantize_dynamic(args)
-    return quantize_qat(args)
+        return quantize_dynamic(options)
+    return quantize_qat(options)
 
 
-# The saved models are int8 whatever the training dtype: no --save-dtype.
-_TRAINING = [o for o in training_options(lr=1e-5, batch_size=32, title="training (--method qat)")
-             if o.name != "save_dtype"]
-
-QUANTIZE = Command(
-    ("quantize",), "int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
-    description=__doc__.split("\n\n")[0], run=run_quantize, options=[
-        Option("model", role=READS, required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
-        out_option("the int8 model folder (dynamic), or the training folder whose best/ and final/ are int8 (qat)"),
-        Option("method", choices=("dynamic", "qat"), default="dynamic",
-               help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)"),
-        Option("bits", type=int, choices=(8, 4, 2), default=8, help="weight bits (below 8: --method qat)"),
-        Option("embeddings", choices=("float", "int8"), default="float",
-               help="int8: embedding tables too, one scale per row"),
-        *group("quantization-aware distillation (--method qat)", [
-            Option("teacher", role=READS, help="the teacher (default: --model itself, in float)"),
-            *[replace(o, required=False) for o in TASK_DATA_OPTIONS],
-            Option("epochs", type=float, default=1.0, help="passes over the training pairs (fractions allowed)"),
-            Option("quantize_activations", kind=FLAG, help="fake-quantize every Linear layer's input too"),
-            Option("step_init", choices=("auto", "max", "lsq"), default="auto",
-                   help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max at 8 "
-                        "bits, lsq below"),
-            Option("dropout", type=float, default=0.0, help="dropout while training"),
-            Option("temperature", type=float, default=2.0, help="softmax temperature of the logit loss"),
-            Option("logits_weight", type=float, default=1.0),
-            Option("hidden_weight", type=float, default=1.0),
-            Option("attention_weight", type=float, default=0.0),
-            Option("label_weight", type=float, default=0.0),
-            LAYER_MAP,
-        ]),
-        *_TRAINING,
-        NO_PROGRESS,
-        TRUST_REMOTE_CODE,
-    ])
+QUANTIZE = Command(("quantize",), "int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
+                   description=__doc__.split("\n\n")[0], run=run_quantize, settings=QuantizeSettings)

@@ -1,14 +1,15 @@
-"""The options every training stage shares (declared once) and the `TrainSettings` made from them.
-Torch-free, so that building the command line stays fast."""
+"""The options every training stage shares (declared once, as the settings dataclasses `Optimisation`
+and `Checkpointing` that the stages' settings inherit) and the one builder of `TrainSettings` from
+them. Torch-free, so that building the command line stays fast."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.loading import SAVE_DTYPES
-from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, group
+from polyglot_distil.options import FLAG, OVERWRITE, SEED, Option, like, setting
 
 
 def steps_for(epochs: float, batches_per_epoch: int, option: str) -> int:
@@ -16,26 +17,6 @@ def steps_for(epochs: float, batches_per_epoch: int, option: str) -> int:
     if not epochs > 0:
         raise UserError(f"{option} must be positive, not {epochs}")
     return max(1, math.ceil(round(epochs * batches_per_epoch, 6)))  # round: 0.1 x 30 is 3.0000000000000004
-
-
-def training_options(lr: float, batch_size: int, title: str = "training") -> list[Option]:
-    """The optimisation and bookkeeping options of `finetune` and `distil task`."""
-    return group(title, [
-        Option("lr", type=float, default=lr),
-        Option("batch_size", type=int, default=batch_size, help="pairs per optimizer step, all processes together"),
-        Option("grad_accum", type=int, default=1, help="cut each batch into this many micro-batches"),
-        Option("warmup_steps", type=int, default=0),
-        Option("max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)"),
-        MIXED_PRECISION,
-        SAVE_DTYPE,
-        Option("eval_every", type=int, help="steps between dev evaluations (default: once an epoch)"),
-        Option("save_every", type=int, help="steps between checkpoints (default: --eval-every, at most 1000)"),
-        Option("keep_checkpoints", type=int, default=2),
-        Option("log_every", type=int, default=50, help="steps between rows of metrics.jsonl"),
-        SEED,
-        RESUME,
-        replace(OVERWRITE, help="delete an existing --out and start over"),
-    ])
 
 
 MIXED_PRECISION = Option("mixed_precision", choices=("no", "bf16", "fp16"), default="no",
@@ -46,15 +27,54 @@ SAVE_DTYPE = Option("save_dtype", choices=SAVE_DTYPES,
 RESUME = Option("resume", kind=FLAG, help="continue from the newest checkpoint in --out")
 
 
-def training_settings(args, steps: int, batches_per_epoch: int, weight_decay: float = 0.0):
-    """`TrainSettings` from the shared options; evaluations default to once an epoch."""
-    from polyglot_distil.distill.training import TrainSettings
+TRAINING = "training"
 
-    eval_every = args.eval_every or min(batches_per_epoch, steps)
-    return TrainSettings(
-        out=args.out, steps=steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
-        mixed_precision=args.mixed_precision, seed=args.seed, eval_every=eval_every,
-        save_every=args.save_every or min(eval_every, 1000), log_every=args.log_every,
-        keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None)
+
+@dataclass(kw_only=True)
+class Optimisation:
+    """How every training stage optimises (a stage's settings inherit it and may change a default)."""
+
+    batch_size: int = setting(8, group=TRAINING, help="examples per optimizer step, all processes together")
+    grad_accum: int = setting(1, advanced=True, group=TRAINING,
+                              help="cut each batch into this many micro-batches (less memory, same result)")
+    lr: float = setting(1e-4, group=TRAINING)
+    warmup_steps: int = setting(0, group=TRAINING)
+    max_grad_norm: float = setting(1.0, group=TRAINING, help="gradient clipping (0: none)")
+    mixed_precision: str = like(MIXED_PRECISION, advanced=True, group=TRAINING)
+    log_every: int = setting(50, advanced=True, group=TRAINING, help="steps between rows of metrics.jsonl")
+    seed: int = like(SEED, group=TRAINING)
+
+    def train_settings(self, out, steps: int, *, eval_every: int, save_every: int, keep_checkpoints: int = 2,
+                       resume: bool = False, overwrite: bool = False, weight_decay: float = 0.0,
+                       no_progress: bool = False):
+        """The one builder of a run's `TrainSettings`: these options, and what the stage decides."""
+        from polyglot_distil.distill.training import TrainSettings
+
+        return TrainSettings(
+            out=out, steps=steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
+            weight_decay=weight_decay, warmup_steps=self.warmup_steps, max_grad_norm=self.max_grad_norm or None,
+            mixed_precision=self.mixed_precision, seed=self.seed, eval_every=eval_every, save_every=save_every,
+            log_every=self.log_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
+            progress=False if no_progress else None)
+
+
+@dataclass(kw_only=True)
+class Checkpointing(Optimisation):
+    """What a training stage that keeps checkpoints and a best model adds (all but `distil search-map`)."""
+
+    eval_every: int | None = setting(None, group=TRAINING,
+                                     help="steps between dev evaluations (default: once an epoch)")
+    save_every: int | None = setting(None, advanced=True, group=TRAINING,
+                                     help="steps between checkpoints (default: --eval-every, at most 1000)")
+    keep_checkpoints: int = setting(2, advanced=True, group=TRAINING)
+    resume: bool = like(RESUME, group=TRAINING)
+    overwrite: bool = like(OVERWRITE, group=TRAINING, help="delete an existing --out and start over")
+
+    def checkpointed_settings(self, out, steps: int, batches_per_epoch: int, weight_decay: float = 0.0,
+                              no_progress: bool = False):
+        """`train_settings` with evaluations once an epoch unless --eval-every says otherwise, and a
+        checkpoint at each evaluation (at most every 1000 steps) unless --save-every does."""
+        eval_every = self.eval_every or min(batches_per_epoch, steps)
+        return self.train_settings(out, steps, eval_every=eval_every, save_every=self.save_every or min(eval_every, 1000),
+                                   keep_checkpoints=self.keep_checkpoints, resume=self.resume, overwrite=self.overwrite,
+                                   weight_decay=weight_decay, no_progress=no_progress)

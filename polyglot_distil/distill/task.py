@@ -6,7 +6,7 @@
     polyglot-distil distil task ... --full-epochs 1 --sparse-epochs 1 --density 0.08 --exclude-embeddings
     accelerate launch --multi_gpu --num_processes 4 -m polyglot_distil distil task ...   # 4 GPUs
     polyglot-distil distil task ... --out out/task --resume                            # continue
-    polyglot-distil apply-diff --base out/phase1/final --diff out/task/sparse_diff --out out/task-dense
+    polyglot-distil apply-diff --student out/phase1/final --diff out/task/sparse_diff --out out/task-dense
 
 The teacher is a 3-way NLI classifier (`polyglot-distil finetune`); the student, a phase-1 model
 folder (masked-LM), gets a new 3-way head (seeded). When the teacher's vocabulary is larger than
@@ -49,12 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
-from polyglot_distil.data.nli_batches import TASK_DATA_OPTIONS
+from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
-from polyglot_distil.distill.settings import training_options
+from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.encoder import classifier_outputs
-from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, Command, Option, group, out_option
+from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 TERMS = ("logits", "hidden", "attention", "label")
 
@@ -76,9 +76,47 @@ class TaskLossWeights:
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
-def loss_weights(args) -> TaskLossWeights:
-    return resolve_weights(TaskLossWeights(), {name: getattr(args, f"{name}_weight") for name in TERMS},
-                           args.temperature)
+SPARSE, LOSSES = "lottery-ticket sparse fine-tuning", "losses"
+
+
+@dataclass(kw_only=True)
+class TaskSettings(Checkpointing, TaskData):
+    """`distil task`'s settings (the command line's options, a `run` config's `task:` section)."""
+
+    GROUP_TITLES: ClassVar[dict] = {TRAINING: "training (each stage: a fresh AdamW, weight decay 0, its own linear "
+                                              "schedule)"}
+
+    teacher: str = setting(role=READS, help="3-way NLI classifier folder (from 'polyglot-distil finetune')")
+    student: str = setting(role=READS, help="phase-1 student folder (e.g. the final/ of 'distil general')")
+    out: str = setting(role=WRITES, help="output folder (best/, final/, sparse_diff/, checkpoints, metrics)")
+    full_epochs: float = setting(5.0, group=SPARSE, help="stage 1: full fine-tuning (fractions allowed)")
+    sparse_epochs: float = setting(5.0, group=SPARSE, help="stage 2: training the mask only")
+    density: float = setting(0.08, group=SPARSE, help="K as a share of the selectable body parameters")
+    sparse_params: int | None = setting(None, group=SPARSE, help="K as a number of parameters (overrides --density)")
+    include_embeddings: bool = setting(True, kind=NEGATED, flag="--exclude-embeddings", group=SPARSE,
+                                       help="freeze the embeddings and choose from the layers only (default: the "
+                                            "embeddings may be chosen, as in BiStil's code)")
+    temperature: float = setting(2.0, group=LOSSES, help="softmax temperature of the logit loss")
+    logits_weight: float = setting(1.0, group=LOSSES)
+    hidden_weight: float = setting(1.0, group=LOSSES)
+    attention_weight: float = setting(1.0, group=LOSSES)
+    label_weight: float = setting(0.0, group=LOSSES, help="gold-label cross-entropy (BiStil: 0)")
+    layer_map: str | None = like(LAYER_MAP, group=LOSSES)
+    teacher_cache: str | None = setting(None, advanced=True, metavar="DIR", group=LOSSES,
+                                        help="compute the teacher's outputs once per training pair and keep them in "
+                                             "DIR (float16, memory-mapped), for every epoch, both stages, a resumed "
+                                             "run and other students of the same teacher and data; rebuilt when the "
+                                             "teacher or the data change")
+    lr: float = setting(2e-5, group=TRAINING)
+    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
+    save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
+    no_progress: bool = like(NO_PROGRESS)
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
+
+    def loss_weights(self) -> TaskLossWeights:
+        given = {"logits": self.logits_weight, "hidden": self.hidden_weight, "attention": self.attention_weight,
+                 "label": self.label_weight}
+        return resolve_weights(TaskLossWeights(), given, self.temperature)
 
 
 @dataclass
@@ -133,22 +171,23 @@ def reduce_to_vocabulary(teacher, teacher_vocab: list[str], student_vocab: list[
     return old_ids
 
 
-def load_teacher(args, student_tokenizer, attn: str):
-    """The teacher classifier (`evaluate.Classifier`), frozen, on the student's vocabulary, in float32."""
+def load_teacher(teacher_path: str, student_path: str, student_tokenizer, attn: str, trust_remote_code: bool = False):
+    """The teacher classifier (`evaluate.Classifier`), frozen, on the vocabulary of the student
+    (`student_path`, named in errors), in float32."""
     import torch
 
     from polyglot_distil.models.classifier import load_classifier
     from polyglot_distil.models.loading import vocab_in_id_order
 
-    teacher = load_classifier(args.teacher, attn_implementation=attn, trust_remote_code=args.trust_remote_code,
+    teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=trust_remote_code,
                               dtype=torch.float32)
     reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student_tokenizer),
-                         args.teacher, args.student)
+                         teacher_path, student_path)
     teacher.model.eval().requires_grad_(False)
     return teacher
 
 
-def load_student(args, attn: str):
+def load_student(student_path: str, seed: int, attn: str, trust_remote_code: bool = False):
     """(classifier on the phase-1 student with a new seeded head, in float32; names of the new
     parameters; the dtype the student was saved in)."""
     import torch
@@ -157,21 +196,24 @@ def load_student(args, attn: str):
     from polyglot_distil.models.classifier import is_sequence_classifier, new_classifier
     from polyglot_distil.models.loading import load_model, saved_dtype
 
-    config = load_model(args.student, AutoConfig, trust_remote_code=args.trust_remote_code)
+    config = load_model(student_path, AutoConfig, trust_remote_code=trust_remote_code)
     if is_sequence_classifier(config):
-        raise UserError(f"--student {args.student} is already a sequence classifier; pass the phase-1 student "
+        raise UserError(f"--student {student_path} is already a sequence classifier; pass the phase-1 student "
                         "(e.g. the final/ folder of 'distil general'), which gets a new 3-way head")
-    model, new_names = new_classifier(args.student, args.seed, args.trust_remote_code, attn_implementation=attn,
+    model, new_names = new_classifier(student_path, seed, trust_remote_code, attn_implementation=attn,
                                       dtype=torch.float32)
     return model, new_names, saved_dtype(config)
 
 
-def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int], args) -> None:
+def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int], teacher_path: str,
+               student_path: str) -> None:
+    """Teacher and student go together: one family, a layer map within both, the widths and heads
+    the enabled losses compare (the paths name them in the errors)."""
     from polyglot_distil.models.student import check_layers
 
     t, s = teacher.config, student.config
     if t.model_type != s.model_type:
-        raise UserError(f"teacher {args.teacher} is a {t.model_type} model but student {args.student} a "
+        raise UserError(f"teacher {teacher_path} is a {t.model_type} model but student {student_path} a "
                         f"{s.model_type} one; distil a student from its own teacher's family")
     check_layers(layer_map, t.num_hidden_layers, s.num_hidden_layers, "--layer-map")
     if weights.hidden and s.hidden_size != t.hidden_size:
@@ -214,7 +256,8 @@ def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskL
 # The recipe
 
 
-def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev_data, accelerator, keep: dict):
+def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages, train_data, dev_data, accelerator,
+                 keep: dict):
     """Load teacher, student and data; return the two-stage `Recipe`. `keep["ticket"]` receives
     the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
     import torch
@@ -227,43 +270,43 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
     from polyglot_distil.distill.training import CACHE, Recipe
 
     attn = "eager" if weights.attention > 0 else "sdpa"  # attention maps need the eager attention
-    tokenizer = load_tokenizer(args.student, args.trust_remote_code)
-    teacher = load_teacher(args, tokenizer, attn)
-    student, new_names, student_dtype = load_student(args, attn)
+    tokenizer = load_tokenizer(options.student, options.trust_remote_code)
+    teacher = load_teacher(options.teacher, options.student, tokenizer, attn, options.trust_remote_code)
+    student, new_names, student_dtype = load_student(options.student, options.seed, attn, options.trust_remote_code)
     t_layers, s_layers = teacher.model.config.num_hidden_layers, student.config.num_hidden_layers
-    layer_map = parse_layers(args.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
-    check_pair(teacher.model, student, weights, layer_map, args)
+    layer_map = parse_layers(options.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
+    check_pair(teacher.model, student, weights, layer_map, options.teacher, options.student)
 
-    groups = parameter_groups(student, new_names, include_embeddings=args.include_embeddings)
+    groups = parameter_groups(student, new_names, include_embeddings=options.include_embeddings)
     params = dict(student.named_parameters())
     selectable = sum(params[n].numel() for n in groups.selectable)
     what = "the student's body (LayerNorm excluded, embeddings " + \
-        ("included)" if args.include_embeddings else "excluded)")
-    k = sparse_count(args.density, args.sparse_params, selectable, what)
+        ("included)" if options.include_embeddings else "excluded)")
+    k = sparse_count(options.density, options.sparse_params, selectable, what)
     for name in groups.frozen:
         params[name].requires_grad_(False)
     fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
     ticket = keep["ticket"] = LotteryTicket(student, groups, k)
 
-    show = False if args.no_progress or not accelerator.is_main_process else None
-    pairs = cached_pairs(tokenizer, train_data, args.max_length, show, Path(args.out) / CACHE,
+    show = False if options.no_progress or not accelerator.is_main_process else None
+    pairs = cached_pairs(tokenizer, train_data, options.max_length, show, Path(options.out) / CACHE,
                          main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
-    data = NLIBatches(pairs, train_data.labels, args.batch_size, args.seed,
-                      args.length_buckets)
+    data = NLIBatches(pairs, train_data.labels, options.batch_size, options.seed,
+                      options.length_buckets)
     teacher.model.to(accelerator.device)
     teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli), device=accelerator.device)
-    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, args.batch_size,
-                                  args.max_length, accelerator)
+    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, options.batch_size,
+                                  options.max_length, accelerator)
     cache = None
-    if args.teacher_cache:
+    if options.teacher_cache:
         from polyglot_distil.distill.teacher_cache import TeacherCache
         from polyglot_distil.models.student import hidden_state_pairs
 
         cache = TeacherCache.open_or_build(
-            args.teacher_cache, teacher.model, args.teacher, pairs, teacher_order,
+            options.teacher_cache, teacher.model, options.teacher, pairs, teacher_order,
             hidden=[k for _, k in hidden_state_pairs(layer_map)] if weights.hidden else [],
-            attention=list(layer_map) if weights.attention else [], max_length=args.max_length,
-            batch_size=args.batch_size, device=accelerator.device, accelerator=accelerator,
+            attention=list(layer_map) if weights.attention else [], max_length=options.max_length,
+            batch_size=options.batch_size, device=accelerator.device, accelerator=accelerator,
             log=lambda text: print(text, file=sys.stderr) if accelerator.is_main_process else None)
     if accelerator.is_main_process:
         print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
@@ -284,18 +327,18 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
 
     def evaluate(model, accelerator):
         predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, list(range(3)),
-                                    args.batch_size, args.max_length, accelerator)
+                                    options.batch_size, options.max_length, accelerator)
         return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
                 "dev_agreement": float(np.mean(predicted == teacher_dev))}
 
-    info = {"command": "distil task", "teacher": str(args.teacher), "student": str(args.student), "task": args.task,
-            "train": args.train, "dev": args.dev, "train_pairs": len(train_data), "weights": asdict(weights),
-            "layer_map": layer_map, "density": args.density, "k": k, "include_embeddings": args.include_embeddings,
+    info = {"command": "distil task", "teacher": str(options.teacher), "student": str(options.student), "task": options.task,
+            "train": options.train, "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights),
+            "layer_map": layer_map, "density": options.density, "k": k, "include_embeddings": options.include_embeddings,
             "stage_steps": {"full": stages.full, "sparse": stages.sparse}}
-    keep["info"] = {**info, "base": str(args.student), "base_fingerprint": fingerprint}
+    keep["info"] = {**info, "base": str(options.student), "base_fingerprint": fingerprint}
 
     def save_model(trained, folder: Path) -> None:
-        save_classifier(trained, folder, args.student, tokenizer, info, args.save_dtype or student_dtype)
+        save_classifier(trained, folder, options.student, tokenizer, info, options.save_dtype or student_dtype)
 
     return Recipe(model=student, train_data=data, compute_loss=compute_loss, save_model=save_model,
                   evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True,
@@ -309,40 +352,42 @@ def build_recipe(args, weights: TaskLossWeights, stages: Stages, train_data, dev
 # Command line
 
 
-def run_distil_task(args) -> dict:
+def run_distil_task(options: TaskSettings) -> dict:
+    """The `distil task` stage: phase 2's two stages, then the sparse diff; returns the run's summary."""
     from safetensors.torch import load_file
 
     from polyglot_distil.data.nli_batches import epoch_batches, read_task_data
-    from polyglot_distil.distill.settings import steps_for, training_settings
+    from polyglot_distil.distill.settings import steps_for
     from polyglot_distil.models.student import layer_map_record
     from polyglot_distil.outputs import atomic_dir
     from polyglot_distil.distill.diff import write_diff
     from polyglot_distil.distill.training import train
 
-    weights = loss_weights(args)
-    if args.warmup_steps < 0:
-        raise UserError(f"--warmup-steps must be 0 or more, not {args.warmup_steps}")
-    train_data, dev_data = read_task_data(args.train, args.dev, args.max_train_examples, args.seed)
-    batches_per_epoch = epoch_batches(len(train_data), args.batch_size)
-    stages = Stages(steps_for(args.full_epochs, batches_per_epoch, "--full-epochs"),
-                    steps_for(args.sparse_epochs, batches_per_epoch, "--sparse-epochs"), args.warmup_steps)
-    settings = training_settings(args, stages.full + stages.sparse, batches_per_epoch)
+    weights = options.loss_weights()
+    if options.warmup_steps < 0:
+        raise UserError(f"--warmup-steps must be 0 or more, not {options.warmup_steps}")
+    train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
+    batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
+    stages = Stages(steps_for(options.full_epochs, batches_per_epoch, "--full-epochs"),
+                    steps_for(options.sparse_epochs, batches_per_epoch, "--sparse-epochs"), options.warmup_steps)
+    settings = options.checkpointed_settings(options.out, stages.full + stages.sparse, batches_per_epoch,
+                                             no_progress=options.no_progress)
     run_config = {
-        "phase": "task", "teacher": str(args.teacher), "student": str(args.student), "task": args.task,
-        "train": args.train, "dev": args.dev, "max_train_examples": args.max_train_examples,
-        "max_length": args.max_length, "length_buckets": args.length_buckets, "full_epochs": args.full_epochs,
-        "sparse_epochs": args.sparse_epochs,
-        "density": args.density, "sparse_params": args.sparse_params, "include_embeddings": args.include_embeddings,
-        "weights": asdict(weights), "layer_map": layer_map_record(args.layer_map),
-        "teacher_cache": bool(args.teacher_cache),
-        **({"save_dtype": args.save_dtype} if args.save_dtype else {}),
+        "phase": "task", "teacher": str(options.teacher), "student": str(options.student), "task": options.task,
+        "train": options.train, "dev": options.dev, "max_train_examples": options.max_train_pairs,
+        "max_length": options.max_length, "length_buckets": options.length_buckets, "full_epochs": options.full_epochs,
+        "sparse_epochs": options.sparse_epochs,
+        "density": options.density, "sparse_params": options.sparse_params, "include_embeddings": options.include_embeddings,
+        "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
+        "teacher_cache": bool(options.teacher_cache),
+        **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
     }
     keep: dict = {}
     result = train(settings, run_config,
-                   lambda accelerator: build_recipe(args, weights, stages, train_data, dev_data, accelerator, keep))
+                   lambda accelerator: build_recipe(options, weights, stages, train_data, dev_data, accelerator, keep))
     if not result.is_main_process:
         return result.summary()
-    out = Path(args.out)
+    out = Path(options.out)
     if not (out / "best" / "model.safetensors").is_file():
         raise UserError(f"{out / 'best'} is missing, so no sparse diff can be written; rerun with --overwrite")
     best = load_file(out / "best" / "model.safetensors")
@@ -357,36 +402,6 @@ def run_distil_task(args) -> dict:
     return {**result.summary(), "k": record["k"], "sparse_diff": str(out / "sparse_diff")}
 
 
-TASK = Command(
-    ("distil", "task"), "phase 2: sparse task distillation from a fine-tuned teacher",
-    description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_task, options=[
-        Option("teacher", role=READS, required=True, help="3-way NLI classifier folder (from 'polyglot-distil finetune')"),
-        Option("student", role=READS, required=True, help="phase-1 student folder (e.g. the final/ of 'distil general')"),
-        out_option("output folder (best/, final/, sparse_diff/, checkpoints, metrics)"),
-        *TASK_DATA_OPTIONS,
-        *group("lottery-ticket sparse fine-tuning", [
-            Option("full_epochs", type=float, default=5.0, help="stage 1: full fine-tuning (fractions allowed)"),
-            Option("sparse_epochs", type=float, default=5.0, help="stage 2: training the mask only"),
-            Option("density", type=float, default=0.08, help="K as a share of the selectable body parameters"),
-            Option("sparse_params", type=int, help="K as a number of parameters (overrides --density)"),
-            Option("include_embeddings", kind=NEGATED, default=True, flag="--exclude-embeddings",
-                   help="freeze the embeddings and choose from the layers only (default: the embeddings may "
-                        "be chosen, as in BiStil's code)"),
-        ]),
-        *group("losses", [
-            Option("temperature", type=float, default=2.0, help="softmax temperature of the logit loss"),
-            Option("logits_weight", type=float, default=1.0),
-            Option("hidden_weight", type=float, default=1.0),
-            Option("attention_weight", type=float, default=1.0),
-            Option("label_weight", type=float, default=0.0, help="gold-label cross-entropy (BiStil: 0)"),
-            LAYER_MAP,
-            Option("teacher_cache", metavar="DIR",
-                   help="compute the teacher's outputs once per training pair and keep them in DIR (float16, "
-                        "memory-mapped), for every epoch, both stages, a resumed run and other students of the "
-                        "same teacher and data; rebuilt when the teacher or the data change"),
-        ]),
-        *training_options(lr=2e-5, batch_size=32,
-                          title="training (each stage: a fresh AdamW, weight decay 0, its own linear schedule)"),
-        NO_PROGRESS,
-        replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
-    ])
+TASK = Command(("distil", "task"), "phase 2: sparse task distillation from a fine-tuned teacher",
+               description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_task,
+               settings=TaskSettings)

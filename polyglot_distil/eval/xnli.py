@@ -3,7 +3,7 @@
     polyglot-distil eval xnli --model out/student --teacher out/teacher --langs fr,sw \
         --data ../shared/data/xnli --out out/eval-fr-sw
     polyglot-distil eval xnli --model out/student --langs fr,de --split test --out out/eval   # facebook/xnli
-    polyglot-distil eval xnli ... --limit 300 --no-efficiency                                 # a quick look
+    polyglot-distil eval xnli ... --max-pairs 300 --no-efficiency                               # a quick look
 
     polyglot-distil eval xnli --model out/student-int8 --baseline out/task/best --teacher out/teacher \
         --langs fr --out out/eval-int8                            # a deployed form beside its float model
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,8 +54,8 @@ from polyglot_distil.eval.predict import cached_xnli, prediction_key, predict_xn
 from polyglot_distil.eval.report import render_markdown, write_plots
 from polyglot_distil.eval.stats import compare_paired, mcnemar_exact, percentile_interval, resampled_accuracies
 from polyglot_distil.models.classifier import load_classifier
-from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, csv, \
-    out_option
+from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, csv, \
+    like, setting
 from polyglot_distil.data.nli import LABELS, xnli_split
 from polyglot_distil.outputs import atomic_dir, check_writable
 
@@ -205,59 +205,69 @@ def add_error_bars(report: dict, correct: dict[str, dict[str, np.ndarray]], resa
                                                     np.concatenate([c[rival] for c in correct.values()]))}
 
 
-def run_eval_xnli(args) -> dict:
-    for name in ("batch_size", "max_length", "repeats"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap {args.bootstrap}: give a number of resamples (1000 is usual), or 0 for none")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
-    if args.teacher_cache and not args.teacher:
-        raise UserError("--teacher-cache keeps the teacher's predictions: give --teacher too")
-    if args.teacher_cache and os.path.exists(args.teacher_cache) and not os.path.isdir(args.teacher_cache):
-        raise UserError(f"--teacher-cache {args.teacher_cache}: not a folder; give a folder (made if missing)")
-    report = evaluate_xnli(args.model, parse_langs(args.langs), args.out, teacher=args.teacher,
-                           baseline=args.baseline, split=args.split,
-                           data_dir=args.data, batch_size=args.batch_size, max_length=args.max_length,
-                           limit=args.limit, device=args.device, attn_implementation=args.attn_implementation,
-                           efficiency=not args.no_efficiency, repeats=args.repeats, overwrite=args.overwrite,
-                           trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None,
-                           teacher_cache=args.teacher_cache, bootstrap=args.bootstrap, seed=args.seed)
+@dataclass(kw_only=True)
+class XNLISettings:
+    """`eval xnli`'s settings (the command line's options, a `run` config's `eval:` section)."""
+
+    model: str = setting(role=READS, help="model folder or hub name (3-way NLI classification head)")
+    teacher: str | None = setting(None, role=READS, help="the teacher to compare with (loyalty, efficiency ratios)")
+    baseline: str | None = setting(None, role=READS, help="the float model --model was quantized or exported from, "
+                                                         "side by side (agreement, size and speed ratios)")
+    langs: str = setting(help="comma-separated XNLI languages, e.g. fr,sw")
+    split: str = setting("test", help="test (default), dev/validation, or train")
+    data: str | None = setting(None, role=READS,
+                               help="folder of {split}-{lang}.tsv files (default: facebook/xnli from the hub)")
+    out: str = setting(role=WRITES, help="folder for report.json, REPORT.md and plots")
+    batch_size: int = setting(32)
+    max_length: int = setting(128, help="tokens per pair, truncated longest first")
+    max_pairs: int | None = setting(None, help="evaluate only the first N pairs of each language",
+                                    renamed_from=("--limit",))
+    device: str = setting("auto", advanced=True, help="auto (GPU when present), cpu, cuda or cuda:N")
+    attn_implementation: str = setting("sdpa", advanced=True, choices=("sdpa", "eager"))
+    bootstrap: int = setting(1000, metavar="N",
+                             help="bootstrap resamples for each accuracy's 95%% interval and the paired comparisons "
+                                  "with the teacher and baseline (exact McNemar test beside them); 0: none")
+    seed: int = setting(0, help="seed of the bootstrap draws")
+    no_efficiency: bool = setting(False, kind=FLAG, help="skip the memory and speed measurements")
+    repeats: int = setting(10, advanced=True, help="timed forward passes per speed figure (median)")
+    teacher_cache: str | None = setting(None, advanced=True, metavar="DIR",
+                                        help="keep the teacher's predictions in DIR and reuse them (keyed by its "
+                                             "files, the pairs and the settings): several students evaluated "
+                                             "against one teacher run it once")
+    overwrite: bool = like(OVERWRITE, help="replace an existing output folder")
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
+    no_progress: bool = like(NO_PROGRESS)
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_length", "repeats"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.bootstrap < 0:
+            raise UserError(f"--bootstrap {self.bootstrap}: give a number of resamples (1000 is usual), or 0 for none")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise UserError("--max-pairs must be at least 1")
+        if self.teacher_cache and not self.teacher:
+            raise UserError("--teacher-cache keeps the teacher's predictions: give --teacher too")
+
+
+def run_eval_xnli(settings: XNLISettings) -> dict:
+    """The `eval xnli` stage: evaluate, write the report, print the averages; returns the report."""
+    if settings.teacher_cache and os.path.exists(settings.teacher_cache) and not os.path.isdir(settings.teacher_cache):
+        raise UserError(f"--teacher-cache {settings.teacher_cache}: not a folder; give a folder (made if missing)")
+    report = evaluate_xnli(settings.model, parse_langs(settings.langs), settings.out, teacher=settings.teacher,
+                           baseline=settings.baseline, split=settings.split,
+                           data_dir=settings.data, batch_size=settings.batch_size, max_length=settings.max_length,
+                           limit=settings.max_pairs, device=settings.device, attn_implementation=settings.attn_implementation,
+                           efficiency=not settings.no_efficiency, repeats=settings.repeats, overwrite=settings.overwrite,
+                           trust_remote_code=settings.trust_remote_code, progress=False if settings.no_progress else None,
+                           teacher_cache=settings.teacher_cache, bootstrap=settings.bootstrap, seed=settings.seed)
     average = report["average"]
     summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
-    print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {args.out}/REPORT.md")
+    print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {settings.out}/REPORT.md")
     return report
 
 
 XNLI = Command(
     ("eval", "xnli"), "zero-shot XNLI per language, with a teacher side by side", description=__doc__,
-    raw_description=True,
-    group_help={"eval": "evaluate a model (zero-shot XNLI: accuracy, loyalty, efficiency)"},
-    run=run_eval_xnli, options=[
-        Option("model", role=READS, required=True, help="model folder or hub name (3-way NLI classification head)"),
-        Option("teacher", role=READS, help="the teacher to compare with (loyalty, efficiency ratios)"),
-        Option("baseline", role=READS, help="the float model --model was quantized or exported from, side by side "
-                                "(agreement, size and speed ratios)"),
-        Option("langs", required=True, help="comma-separated XNLI languages, e.g. fr,sw"),
-        Option("split", default="test", help="test (default), dev/validation, or train"),
-        Option("data", role=READS, help="folder of {split}-{lang}.tsv files (default: facebook/xnli from the hub)"),
-        out_option("folder for report.json, REPORT.md and plots"),
-        Option("batch_size", type=int, default=32),
-        Option("max_length", type=int, default=128, help="tokens per pair, truncated longest first"),
-        Option("limit", type=int, help="evaluate only the first N pairs of each language"),
-        Option("device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N"),
-        Option("attn_implementation", choices=("sdpa", "eager"), default="sdpa"),
-        Option("bootstrap", type=int, default=1000, metavar="N",
-               help="bootstrap resamples for each accuracy's 95%% interval and the paired comparisons with "
-                    "the teacher and baseline (exact McNemar test beside them); 0: none"),
-        Option("seed", type=int, default=0, help="seed of the bootstrap draws"),
-        Option("no_efficiency", kind=FLAG, help="skip the memory and speed measurements"),
-        Option("repeats", type=int, default=10, help="timed forward passes per speed figure (median)"),
-        Option("teacher_cache", metavar="DIR", help="keep the teacher's predictions in DIR and reuse them (keyed by "
-                                                    "its files, the pairs and the settings): several students "
-                                                    "evaluated against one teacher run it once"),
-        replace(OVERWRITE, help="replace an existing output folder"),
-        replace(TRUST_REMOTE_CODE, help="allow the models' own code to run"),
-        NO_PROGRESS,
-    ])
+    raw_description=True, group_help={"eval": "evaluate a model (zero-shot XNLI: accuracy, loyalty, efficiency)"},
+    run=run_eval_xnli, settings=XNLISettings)

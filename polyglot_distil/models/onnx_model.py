@@ -2,7 +2,7 @@
 the ONNX classifier that `eval xnli` runs.
 
     polyglot-distil export onnx --model out/task/best --out out/student-onnx
-    polyglot-distil export onnx --model out/task/best --out out/student-onnx --int8 --text held-out.fr.txt
+    polyglot-distil export onnx --model out/task/best --out out/student-onnx --int8 --check-text held-out.fr.txt
     polyglot-distil eval xnli --model out/student-onnx --langs fr ...               # model.onnx
     polyglot-distil eval xnli --model out/student-onnx/model_int8.onnx --langs fr ...
 
@@ -28,13 +28,11 @@ import json
 import logging
 import shutil
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import APPEND, FLAG, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, out_option
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FLOAT_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
@@ -277,77 +275,60 @@ def _read_texts(sources: list[str], lines: int) -> list[str]:
             if len(texts) >= lines:
                 return texts
     if not texts:
-        raise UserError(f"--text {', '.join(sources)}: no line of text to check the graph on")
+        raise UserError(f"--check-text {', '.join(sources)}: no line of text to check the graph on")
     return texts
 
 
-def run_export_onnx(args) -> dict:
+def export_onnx(model: str, out: str, *, opset: int = 17, int8: bool = False, embeddings: str = "float",
+                check_text: list[str] | None = None, check_lines: int = 64, tolerance: float = 1e-4, overwrite: bool = False,
+                trust_remote_code: bool = False) -> dict:
+    """Write `out`: model.onnx (and model_int8.onnx with `int8`), config, tokenizer and export.json,
+    the graph checked against PyTorch on `check_text` sources (else seeded random ids); returns
+    export.json's record."""
     import torch
     from transformers import AutoConfig
 
     from polyglot_distil.models.loading import check_tokenizer_fits, copy_tokenizer, load_model, load_tokenizer, \
         model_class_for
     from polyglot_distil.models.quantized import is_int8_folder
-    from polyglot_distil.outputs import atomic_dir, check_writable
+    from polyglot_distil.outputs import atomic_dir, check_apart, check_writable
 
-    if args.check_lines < 1:
-        raise UserError(f"--check-lines must be at least 1, not {args.check_lines}")
-    if is_int8_folder(args.model):
-        raise UserError(f"{args.model} is an int8 PyTorch model, which ONNX cannot take; export the float model it "
+    check_apart([("--model", model)], [("--out", out)])
+    if check_lines < 1:
+        raise UserError(f"--check-lines must be at least 1, not {check_lines}")
+    if is_int8_folder(model):
+        raise UserError(f"{model} is an int8 PyTorch model, which ONNX cannot take; export the float model it "
                         "was made from, with --int8 for onnxruntime's int8 variant")
-    if onnx_file_of(args.model):
-        raise UserError(f"{args.model} is an ONNX model already; export the PyTorch model folder")
+    if onnx_file_of(model):
+        raise UserError(f"{model} is an ONNX model already; export the PyTorch model folder")
     _onnxruntime()
-    check_writable(args.out, args.overwrite)
-    texts = _read_texts(args.text, args.check_lines) if args.text else None
-    config = load_model(args.model, AutoConfig, trust_remote_code=args.trust_remote_code)
-    model = load_model(args.model, model_class_for(config), trust_remote_code=args.trust_remote_code,
-                       attn_implementation="eager").eval()
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    check_tokenizer_fits(model, tokenizer, args.model)
-    batches = _check_inputs(tokenizer, texts, model.get_input_embeddings().num_embeddings, args.check_lines, 0)
-    with atomic_dir(args.out, args.overwrite) as tmp:
-        names = export_graph(model, tokenizer, tmp / FLOAT_FILE, args.opset)
-        checks = {"float": _max_difference(model, tmp / FLOAT_FILE, batches)}
-        if checks["float"] > args.tolerance:
+    check_writable(out, overwrite)
+    texts = _read_texts(check_text, check_lines) if check_text else None
+    config = load_model(model, AutoConfig, trust_remote_code=trust_remote_code)
+    network = load_model(model, model_class_for(config), trust_remote_code=trust_remote_code,
+                         attn_implementation="eager").eval()
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    check_tokenizer_fits(network, tokenizer, model)
+    batches = _check_inputs(tokenizer, texts, network.get_input_embeddings().num_embeddings, check_lines, 0)
+    with atomic_dir(out, overwrite) as tmp:
+        names = export_graph(network, tokenizer, tmp / FLOAT_FILE, opset)
+        checks = {"float": _max_difference(network, tmp / FLOAT_FILE, batches)}
+        if checks["float"] > tolerance:
             raise UserError(f"the ONNX graph's outputs differ from PyTorch's by up to {checks['float']:.3g} "
-                            f"(> --tolerance {args.tolerance:g}); nothing written")
-        if args.int8:
-            quantize_graph(tmp / FLOAT_FILE, tmp / INT8_FILE, args.embeddings == "int8")
-            checks["int8"] = _max_difference(model, tmp / INT8_FILE, batches)
+                            f"(> --tolerance {tolerance:g}); nothing written")
+        if int8:
+            quantize_graph(tmp / FLOAT_FILE, tmp / INT8_FILE, embeddings == "int8")
+            checks["int8"] = _max_difference(network, tmp / INT8_FILE, batches)
         config.save_pretrained(tmp)
-        copy_tokenizer(args.model, tmp, tokenizer)
+        copy_tokenizer(model, tmp, tokenizer)
         for extra in ("training.json",):
-            if (Path(args.model) / extra).is_file():
-                shutil.copyfile(Path(args.model) / extra, tmp / extra)
+            if (Path(model) / extra).is_file():
+                shutil.copyfile(Path(model) / extra, tmp / extra)
         sizes = {name: (tmp / name).stat().st_size for name in (FLOAT_FILE, INT8_FILE) if (tmp / name).is_file()}
-        report = {"command": "export onnx", "model": str(args.model), "opset": args.opset, **names,
-                  "dynamic_axes": "batch and sequence", "checked_on": f"{len(texts)} lines of {', '.join(args.text)}"
-                  if texts else f"{args.check_lines} rows of seeded random token ids",
-                  "max_abs_difference": checks, "tolerance": args.tolerance, "bytes": sizes,
+        report = {"command": "export onnx", "model": str(model), "opset": opset, **names,
+                  "dynamic_axes": "batch and sequence", "checked_on": f"{len(texts)} lines of {', '.join(check_text)}"
+                  if texts else f"{check_lines} rows of seeded random token ids",
+                  "max_abs_difference": checks, "tolerance": tolerance, "bytes": sizes,
                   "torch": torch.__version__, "onnxruntime": _onnxruntime().__version__}
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    where = report["checked_on"]
-    print(f"ONNX opset {args.opset}: max abs difference from PyTorch {checks['float']:.2e} on {where}"
-          + (f"; int8 variant {checks['int8']:.2e}" if "int8" in checks else ""))
-    print(f"wrote {args.out} (" + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()) + ")")
     return report
-
-
-EXPORT_ONNX = Command(
-    ("export", "onnx"), "an ONNX graph of a model, checked with onnxruntime against PyTorch",
-    description=__doc__.split("\n\n")[0], group_help={"export": "export a model for deployment (ONNX)"},
-    run=run_export_onnx, options=[
-        Option("model", role=READS, required=True, help="the float model folder (e.g. the best/ of 'distil task')"),
-        out_option("folder for model.onnx (model_int8.onnx), config, tokenizer and export.json"),
-        Option("opset", type=int, default=17, help="ONNX opset version"),
-        Option("int8", kind=FLAG, help="also write model_int8.onnx (onnxruntime dynamic int8)"),
-        Option("embeddings", choices=("float", "int8"), default="float",
-               help="with --int8: int8 embedding tables too"),
-        Option("text", role=READS, kind=APPEND, metavar="SOURCE",
-               help="held-out text to check the graph on (any corpus source; repeatable; default: random ids)"),
-        Option("check_lines", type=int, default=64, help="lines (or random rows) the check runs on"),
-        Option("tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| of the float graph"),
-        replace(OVERWRITE, help="replace an existing output folder"),
-        TRUST_REMOTE_CODE,
-    ])

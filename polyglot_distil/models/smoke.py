@@ -20,12 +20,10 @@ a smoke model.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import shutil
 from pathlib import Path
 from typing import Iterable
 
-from polyglot_distil.options import OVERWRITE, READS, SEED, Command, Option, out_option
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -173,40 +171,3 @@ def build_smoke_model(out: str | Path, family: str = "bert", *, texts: Iterable[
     model.save_pretrained(out)
     (out / "README.md").write_text(SMOKE_CARD, encoding="utf-8")
     return out
-
-
-def run_smoke(args) -> dict:
-    from polyglot_distil.errors import UserError
-    from polyglot_distil.outputs import atomic_dir
-
-    for f in [*args.texts, args.vocab_file, args.tokenizer_json]:
-        if f and not Path(f).is_file():
-            raise UserError(f"file not found: {f}")
-    if not (args.texts or args.vocab_file or args.tokenizer_json):
-        raise UserError("pass --texts FILE... to train a tokenizer, or --vocab-file / --tokenizer-json")
-    with atomic_dir(args.out, args.overwrite) as tmp:
-        build_smoke_model(tmp, args.family, texts=args.texts, vocab_file=args.vocab_file,
-                          tokenizer_json=args.tokenizer_json, vocab_size=args.vocab_size,
-                          hidden_size=args.hidden_size, num_layers=args.layers, head=args.head, seed=args.seed)
-    print(f"wrote smoke model (random weights) to {args.out}")
-    return {"out": str(args.out)}
-
-
-SMOKE_MODEL = Command(
-    ("smoke-model",), "build a tiny random-weight model (offline demo, tests)",
-    description="Build a tiny model with random weights and a tokenizer trained on the given texts (or a given "
-                "vocabulary): for trying the pipeline offline and for tests. Its numbers mean nothing.",
-    run=run_smoke, options=[
-        Option("family", choices=("bert", "xlmr"), default="bert", help="model family (default bert)"),
-        Option("texts", role=READS, nargs="*", default=[], help="text files to train the tokenizer on"),
-        Option("vocab_file", role=READS, help="use this WordPiece vocab.txt instead of training (bert)"),
-        Option("tokenizer_json", role=READS, help="use this Unigram tokenizer.json instead of training (xlmr)"),
-        Option("vocab_size", type=int, default=1000),
-        Option("hidden_size", type=int, default=32),
-        Option("layers", type=int, default=4),
-        Option("head", default="masked-lm", choices=("base", "masked-lm", "sequence-classification",
-                                                   "token-classification", "question-answering")),
-        SEED,
-        out_option("the model folder to write"),
-        replace(OVERWRITE, help="replace an existing output folder"),
-    ])

@@ -42,17 +42,12 @@ plus `student.json` saying how it was built.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.checkpoint import carry_body_tensors
 from polyglot_distil.models.families import family_of, runnable_attention
-from polyglot_distil.models.loading import copy_tokenizer
-from polyglot_distil.options import APPEND, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, Command, Option, out_option
-from polyglot_distil.outputs import atomic_dir, check_writable
-from polyglot_distil.params import count_parameters
+from polyglot_distil.options import APPEND, READS, setting
 
 
 
@@ -392,92 +387,54 @@ def make_student(teacher, tokenizer, spec: StudentSpec, attn_implementation: str
     return build_student(teacher, spec, attn_implementation, importance)
 
 
-def kept_table(description: dict) -> str:
-    """The kept heads and neurons of every student layer, as a terminal table."""
-    from polyglot_distil.tables import text_table
-
-    kept = description["kept"]
-    rows = [["student layer", "teacher layer", "heads kept", "neurons kept"]]
-    for j, layer in enumerate(kept["layers"]):
-        shown = ",".join(map(str, layer["neurons"][:8])) + (",..." if len(layer["neurons"]) > 8 else "")
-        rows.append([str(j), str(layer["teacher_layer"]), ",".join(map(str, layer["heads"])),
-                     f"{len(layer['neurons'])}: {shown}"])
-    return text_table(rows, rule=True)
-
-
 # ---------------------------------------------------------------------------------------------
-# Command line
+# Options
 
 
-def spec_from_args(args) -> StudentSpec:
-    bottom = args.init_layers is not None and args.init_layers.strip() == "bottom"
-    text = list(args.importance_text or []) or None
-    if args.init == "importance" and not text:
-        raise UserError("--init importance needs --importance-text LANG=SOURCE: a sample of the target languages' "
-                        "text on which the teacher's heads and neurons are scored")
-    if text and args.init != "importance":
-        raise UserError("--importance-text is read only with --init importance")
-    if args.importance_lines < 1:
-        raise UserError(f"--importance-lines must be at least 1, not {args.importance_lines}")
-    return StudentSpec(layers=args.layers, init_layers="bottom" if bottom else parse_layers(args.init_layers,
-                                                                                           "--init-layers"),
-                       init=args.init, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-                       heads=args.heads, dropout=args.dropout, seed=args.seed, importance_text=text,
-                       importance_lines=args.importance_lines)
+@dataclass(kw_only=True)
+class StudentShape:
+    """The options that shape a student (shared with `distil general` and `distil search-map`,
+    which can build one)."""
 
+    layers: int | None = setting(None, help="student layers (default: half the teacher's)")
+    init_layers: str | None = setting(None, help="teacher layer (0-based) copied into each student layer, e.g. "
+                                      "0,2,4,7,9,11, or 'bottom': 0,1,...,N-1 (LightMBERT) (default: every other "
+                                      "layer)")
+    init: str = setting("teacher", choices=("teacher", "random", "importance"),
+                        help="copy teacher layers (default); random layers with the teacher's embeddings; or the "
+                             "teacher's most important heads and neurons (narrower; needs --importance-text)")
+    hidden_size: int | None = setting(None, help="narrower hidden size (embeddings from an SVD)")
+    intermediate_size: int | None = setting(None, help="feed-forward size (default: scaled with the width)")
+    heads: int | None = setting(None, help="attention heads (default: the teacher's)")
+    dropout: float = setting(0.0, help="hidden and attention dropout (BiStil: 0)")
+    importance_text: list[str] | None = setting(
+        None, kind=APPEND, role=READS, metavar="LANG=SOURCE",
+        help="--init importance: text to score the teacher's heads and neurons on (as in 'count'); repeat")
+    importance_lines: int = setting(1000, help="--init importance: lines read per language")
 
-def run_student(args) -> dict:
-    from transformers import AutoConfig
+    def spec(self, seed: int) -> StudentSpec:
+        """The library's `StudentSpec` of these options (checked: one line for a contradiction)."""
+        bottom = self.init_layers is not None and self.init_layers.strip() == "bottom"
+        text = list(self.importance_text or []) or None
+        if self.init == "importance" and not text:
+            raise UserError("--init importance needs --importance-text LANG=SOURCE: a sample of the target "
+                            "languages' text on which the teacher's heads and neurons are scored")
+        if text and self.init != "importance":
+            raise UserError("--importance-text is read only with --init importance")
+        if self.importance_lines < 1:
+            raise UserError(f"--importance-lines must be at least 1, not {self.importance_lines}")
+        init_layers = "bottom" if bottom else parse_layers(self.init_layers, "--init-layers")
+        return StudentSpec(layers=self.layers, init_layers=init_layers, init=self.init, hidden_size=self.hidden_size,
+                           intermediate_size=self.intermediate_size, heads=self.heads, dropout=self.dropout,
+                           seed=seed, importance_text=text, importance_lines=self.importance_lines)
 
-    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer
-
-    check_writable(args.out, args.overwrite)
-    spec = spec_from_args(args)
-    config = load_model(args.teacher, AutoConfig, trust_remote_code=args.trust_remote_code)
-    teacher = load_model(args.teacher, encoder_class_for(config), trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.teacher, args.trust_remote_code) if spec.init == "importance" else None
-    student, description = make_student(teacher, tokenizer, spec)
-    description["teacher"] = str(args.teacher)
-    with atomic_dir(args.out, args.overwrite) as tmp:
-        student.save_pretrained(tmp)
-        description["kept_from_teacher"] = carry_body_tensors(args.teacher, tmp)  # e.g. a pooler the class lacks
-        copy_tokenizer(args.teacher, tmp)
-        (tmp / "student.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    print(f"student: {description['layers']} layers (teacher {description['teacher_layers']}), "
-          f"hidden {student.config.hidden_size}, {count_parameters(student)['total']:,} parameters "
-          f"(teacher {count_parameters(teacher)['total']:,}); init {description['init']}"
-          + (f" from teacher layers {description['init_layers']}" if description["init_layers"] else ""))
-    if "kept" in description:
-        kept = description["kept"]
-        print(f"kept by importance ({kept['loss']} loss): {len(kept['hidden'])} of {teacher.config.hidden_size} "
-              f"hidden features; per layer (all in student.json):\n{kept_table(description)}")
-    print(f"wrote {args.out}")
-    return description
-
-
-STUDENT_OPTIONS = [  # the options that shape a student (shared with `distil general`, which can build one)
-    Option("layers", type=int, help="student layers (default: half the teacher's)"),
-    Option("init_layers", help="teacher layer (0-based) copied into each student layer, e.g. "
-                               "0,2,4,7,9,11, or 'bottom': 0,1,...,N-1 (LightMBERT) (default: every other layer)"),
-    Option("init", choices=("teacher", "random", "importance"), default="teacher",
-           help="copy teacher layers (default); random layers with the teacher's embeddings; or the teacher's "
-                "most important heads and neurons (narrower; needs --importance-text)"),
-    Option("hidden_size", type=int, help="narrower hidden size (embeddings from an SVD)"),
-    Option("intermediate_size", type=int, help="feed-forward size (default: scaled with the width)"),
-    Option("heads", type=int, help="attention heads (default: the teacher's)"),
-    Option("dropout", type=float, default=0.0, help="hidden and attention dropout (BiStil: 0)"),
-    Option("importance_text", role=READS, kind=APPEND, metavar="LANG=SOURCE",
-           help="--init importance: text to score the teacher's heads and neurons on (as in 'count'); repeat"),
-    Option("importance_lines", type=int, default=1000, help="--init importance: lines read per language"),
-]
-
-STUDENT = Command(
-    ("student",), "build a compact student from a teacher", description=__doc__.split("\n\n")[0],
-    run=run_student, options=[
-        Option("teacher", role=READS, required=True, help="teacher model folder (e.g. the trimmed model) or hub name"),
-        out_option("the student model folder to write"),
-        *STUDENT_OPTIONS,
-        replace(SEED, help="seed for the random weights"),
-        replace(OVERWRITE, help="replace an existing output folder"),
-        TRUST_REMOTE_CODE,
-    ])
+    def shape_given(self) -> str | None:
+        """The first option given that differs from building no student here (for `--student`'s check)."""
+        for name in ("layers", "init_layers", "hidden_size", "intermediate_size", "heads"):
+            if getattr(self, name) is not None:
+                return name
+        if self.init != "teacher":
+            return "init"
+        if self.importance_text:
+            return "importance_text"
+        return "dropout" if self.dropout != 0.0 else None

@@ -1,6 +1,6 @@
 """Count how often each token of a model's vocabulary occurs in each language's corpus.
 
-    polyglot-distil count --tokenizer bert-base-multilingual-cased \
+    polyglot-distil count --model bert-base-multilingual-cased \
         --lang en=corpora/en/sample.txt --lang fr=corpora/fr/sample.txt --out counts.parquet
     polyglot-distil count ... --shard 3/8 --out part3.parquet     # one of 8 processes
     polyglot-distil merge part*.parquet --out counts.parquet
@@ -33,7 +33,7 @@ import itertools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -44,8 +44,7 @@ from polyglot_distil.data.corpus import MAX_REPLACED_SHARE, Caps, ReadStats, Sou
 from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint, vocab_in_id_order
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, POSITIONAL, READS, SEED, TRUST_REMOTE_CODE, \
-    Command, Option, out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, POSITIONAL, READS, SEED, WRITES, Command, like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
 from polyglot_distil.tables import text_table
@@ -526,66 +525,80 @@ def shard_path(out: str | Path, shard: tuple[int, int]) -> Path:
     return out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}")
 
 
-def run_count(args) -> dict:
-    shard = parse_shard(args.shard)
-    if args.shard == "auto" and shard[1] > 1:
-        args.out = str(shard_path(args.out, shard))
-    check_writable(args.out, args.overwrite, kind="file")  # before the (possibly long) work
-    languages = group_lang_specs(args.lang)
-    caps = Caps(max_lines=args.max_lines, max_bytes=args.max_bytes, min_chars=args.min_chars,
-                sample=args.sample, seed=args.seed)
-    if args.batch_lines < 1:
-        raise UserError("--batch-lines must be at least 1")
-    counts = count_corpora(args.tokenizer, languages, caps, shard, args.batch_lines,
-                           show_progress=False if args.no_progress else None,
-                           trust_remote_code=args.trust_remote_code, allow_replacements=args.allow_replacements)
-    write_counts(counts, args.out, args.overwrite)
+@dataclass(kw_only=True)
+class CountSettings:
+    """`count`'s settings (the command line's options, a `run` config's `count:` section)."""
+
+    model: str = setting(role=READS, renamed_from=("--tokenizer",),
+                         help="whose tokenizer counts: hub name, model folder or tokenizer.json")
+    lang: list[str] = setting(kind=APPEND, role=READS, metavar="LANG=SOURCE",
+                              help="a language and one of its sources; repeat for more sources or languages")
+    out: str = setting(role=WRITES, help="the Parquet file to write")
+    max_lines: int | None = setting(None, help="cap on lines per language (deterministic sample)")
+    max_bytes: int | None = setting(None, help="cap on UTF-8 bytes per language (deterministic sample)")
+    min_chars: int = setting(0, help="skip lines shorter than this (Geotrend: 6)")
+    sample: str = setting("random", choices=("random", "head"),
+                          help="how caps choose lines: seeded random sample over the whole corpus, or the first lines")
+    seed: int = like(SEED)
+    shard: str | None = setting(None, help="I/N: count only shard I of N of every language (merge the parts after); "
+                                "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
+                                "OUT with '.shard-I-of-N' before its suffix")
+    batch_lines: int = setting(8192, advanced=True, help="lines per encode_batch call")
+    allow_replacements: bool = setting(False, kind=FLAG,
+                                       help=f"count a source although over {MAX_REPLACED_SHARE:.0%} of its bytes are "
+                                            "not UTF-8 (they become U+FFFD)")
+    overwrite: bool = setting(False, kind=FLAG, help="replace an existing output file")
+    trust_remote_code: bool = setting(False, kind=FLAG, help="allow the tokenizer's own code to run")
+    no_progress: bool = like(NO_PROGRESS)
+
+    def __post_init__(self):
+        if self.batch_lines < 1:
+            raise UserError("--batch-lines must be at least 1")
+
+
+@dataclass(kw_only=True)
+class MergeSettings:
+    """`merge`'s settings."""
+
+    parts: list[str] = setting(kind=POSITIONAL, role=READS, nargs="+", help="counts files written by 'count'")
+    out: str = setting(role=WRITES, help="the merged Parquet file to write")
+    allow_partial: bool = setting(False, kind=FLAG, help="merge although shards of a count are missing")
+    overwrite: bool = setting(False, kind=FLAG, help="replace an existing output file")
+
+
+def run_count(settings: CountSettings) -> dict:
+    """The `count` stage: count, write the table, print its summary; returns the report."""
+    shard = parse_shard(settings.shard)
+    out = str(shard_path(settings.out, shard)) if settings.shard == "auto" and shard[1] > 1 else settings.out
+    check_writable(out, settings.overwrite, kind="file")  # before the (possibly long) work
+    languages = group_lang_specs(settings.lang)
+    caps = Caps(max_lines=settings.max_lines, max_bytes=settings.max_bytes, min_chars=settings.min_chars,
+                sample=settings.sample, seed=settings.seed)
+    counts = count_corpora(settings.model, languages, caps, shard, settings.batch_lines,
+                           show_progress=False if settings.no_progress else None,
+                           trust_remote_code=settings.trust_remote_code,
+                           allow_replacements=settings.allow_replacements)
+    write_counts(counts, out, settings.overwrite)
     print(summary_table(counts))
     rows = sum(int(np.count_nonzero(c)) for c in counts.occurrences.values())
-    print(f"wrote {args.out} ({rows:,} rows)")
-    return {"out": str(args.out), "rows": rows, "totals": {lang: asdict(t) for lang, t in counts.totals.items()}}
+    print(f"wrote {out} ({rows:,} rows)")
+    return {"out": str(out), "rows": rows, "totals": {lang: asdict(t) for lang, t in counts.totals.items()}}
 
 
-def run_merge(args) -> dict:
-    check_writable(args.out, args.overwrite, kind="file")
-    parts = [read_counts(p) for p in args.parts]
-    check_shards(parts, [str(p) for p in args.parts], args.allow_partial)
+def run_merge(settings: MergeSettings) -> dict:
+    """The `merge` stage: add counts files into one; returns the report."""
+    check_writable(settings.out, settings.overwrite, kind="file")
+    parts = [read_counts(p) for p in settings.parts]
+    check_shards(parts, [str(p) for p in settings.parts], settings.allow_partial)
     merged = merge(parts)
-    write_counts(merged, args.out, args.overwrite)
+    write_counts(merged, settings.out, settings.overwrite)
     print(summary_table(merged))
-    print(f"wrote {args.out} from {len(args.parts)} parts")
-    return {"out": str(args.out), "parts": len(args.parts), "totals": {lang: asdict(t) for lang, t in merged.totals.items()}}
+    print(f"wrote {settings.out} from {len(settings.parts)} parts")
+    return {"out": str(settings.out), "parts": len(settings.parts),
+            "totals": {lang: asdict(t) for lang, t in merged.totals.items()}}
 
 
-COUNT = Command(
-    ("count",), "count token occurrences per language (Parquet)", description=__doc__.split("\n\n")[0],
-    run=run_count, options=[
-        Option("tokenizer", role=READS, required=True, help="hub name, model folder or tokenizer.json"),
-        Option("lang", kind=APPEND, role=READS, required=True, metavar="LANG=SOURCE",
-               help="a language and one of its sources; repeat for more sources or languages"),
-        out_option("the Parquet file to write"),
-        Option("max_lines", type=int, help="cap on lines per language (deterministic sample)"),
-        Option("max_bytes", type=int, help="cap on UTF-8 bytes per language (deterministic sample)"),
-        Option("min_chars", type=int, default=0, help="skip lines shorter than this (Geotrend: 6)"),
-        Option("sample", choices=("random", "head"), default="random",
-               help="how caps choose lines: seeded random sample over the whole corpus, or the first lines"),
-        SEED,
-        Option("shard", help="I/N: count only shard I of N of every language (merge the parts after); "
-               "'auto' takes I/N from torchrun / accelerate launch / a SLURM job array and writes "
-               "OUT with '.shard-I-of-N' before its suffix"),
-        Option("batch_lines", type=int, default=8192, help="lines per encode_batch call"),
-        Option("allow_replacements", kind=FLAG,
-               help=f"count a source although over {MAX_REPLACED_SHARE:.0%} of its bytes are not UTF-8 "
-                    "(they become U+FFFD)"),
-        replace(OVERWRITE, help="replace an existing output file"),
-        replace(TRUST_REMOTE_CODE, help="allow the tokenizer's own code to run"),
-        NO_PROGRESS,
-    ])
+COUNT = Command(("count",), "count token occurrences per language (Parquet)", description=__doc__.split("\n\n")[0],
+                run=run_count, settings=CountSettings)
 
-MERGE = Command(
-    ("merge",), "add counts files (e.g. shards) into one", run=run_merge, options=[
-        Option("parts", kind=POSITIONAL, role=READS, nargs="+", help="counts files written by 'count'"),
-        out_option("the merged Parquet file to write"),
-        Option("allow_partial", kind=FLAG, help="merge although shards of a count are missing"),
-        replace(OVERWRITE, help="replace an existing output file"),
-    ])
+MERGE = Command(("merge",), "add counts files (e.g. shards) into one", run=run_merge, settings=MergeSettings)

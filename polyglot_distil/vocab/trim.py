@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -41,8 +41,8 @@ from polyglot_distil.models.checkpoint import carried_tensors, carry_tensors, co
     drop_tensors
 from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
     vocab_in_id_order
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, Command, Option, \
-    csv, group, out_option
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, \
+    csv, like, setting
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
 from polyglot_distil.tables import markdown_table
@@ -72,7 +72,7 @@ def check_counts(counts: Counts, tokenizer, counts_path, model_name: str) -> Non
     if counts.vocab_size != size or counts.fingerprint != tokenizer_fingerprint(tokenizer):
         raise UserError(f"{counts_path or 'the counts'}: counted with the tokenizer {counts.tokenizer} "
                         f"({counts.vocab_size:,} tokens), not with that of {model_name} ({size:,} tokens); "
-                        f"count again with --tokenizer {model_name}")
+                        f"count again with --model {model_name}")
 
 
 
@@ -299,10 +299,11 @@ def model_card(report: dict) -> str:
 # Command line
 
 
-def _keep_tokens(args) -> list[str]:
-    tokens = list(args.keep)
-    if args.keep_file:
-        path = Path(args.keep_file)
+def keep_tokens(keep: list[str], keep_file: str | None) -> list[str]:
+    """The tokens to keep whatever the rules say: `keep`, then the lines of `keep_file`."""
+    tokens = list(keep)
+    if keep_file:
+        path = Path(keep_file)
         if not path.is_file():
             raise UserError(f"--keep-file: {path} not found")
         tokens += [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -310,7 +311,7 @@ def _keep_tokens(args) -> list[str]:
 
 
 def verification_texts(specs: list[str], counts: Counts, langs: list[str], max_lines: int) -> dict[str, list[str]]:
-    """The first `max_lines` lines of each language: from `--verify-lang` specs, else from the
+    """The first `max_lines` lines of each language: from `--verify-text` specs, else from the
     sources the counts were made from."""
     if max_lines < 1:
         raise UserError("--verify-lines must be at least 1")
@@ -326,62 +327,69 @@ def verification_texts(specs: list[str], counts: Counts, langs: list[str], max_l
             texts[lang] = list(iter_language(parse_sources(recorded), caps))
         except UserError as exc:
             raise UserError(f"cannot read the counted corpus of {lang} for the quick verification ({exc}); "
-                            "pass --verify-lang LANG=SOURCE or --no-verify") from None
+                            "pass --verify-text LANG=SOURCE or --no-verify") from None
     return texts
 
 
-def run_trim(args) -> dict:
-    check_writable(args.out, args.overwrite)
-    langs = csv(args.langs)
+RULES = ("selection rules (per language all must hold; languages are united; "
+         f"default: --min-line-share {GEOTREND_LINE_SHARE})")
+QUICK_VERIFY = "quick verification (default: the first lines of the counted corpus)"
+
+
+@dataclass(kw_only=True)
+class TrimSettings:
+    """`trim`'s settings (the command line's options, a `run` config's `trim:` section)."""
+
+    model: str = setting(role=READS, help="hub name or model folder (WordPiece or Unigram tokenizer)")
+    counts: str = setting(role=READS, help="counts file written by 'polyglot-distil count'")
+    langs: str = setting(help="comma-separated languages of the counts to keep, e.g. en,fr")
+    out: str = setting(role=WRITES, help="the folder to write")
+    min_count: int | None = setting(None, group=RULES, help="minimum occurrences in the language")
+    min_line_share: float | None = setting(
+        None, group=RULES, help=f"minimum share of the language's lines holding it (Geotrend: {GEOTREND_LINE_SHARE})")
+    min_prob: float | None = setting(None, group=RULES, help=f"minimum unigram probability (BiStil: {BISTIL_MIN_PROB})")
+    coverage: float | None = setting(None, group=RULES, help="keep the fewest tokens covering this share of occurrences")
+    top_n: int | None = setting(None, group=RULES, help="keep the N most frequent tokens of each language")
+    keep: list[str] = setting([], kind=APPEND, metavar="TOKEN", group=RULES, help="always keep TOKEN (repeatable)")
+    keep_file: str | None = setting(None, role=READS, group=RULES,
+                                    help="always keep the tokens of this file (one per line)")
+    keep_chars: bool = setting(False, kind=FLAG, group=RULES,
+                               help="always keep single-character tokens (and ##x / ▁x), so no word becomes unknown")
+    verify_text: list[str] = setting([], kind=APPEND, role=READS, metavar="LANG=SOURCE", group=QUICK_VERIFY,
+                                     renamed_from=("--verify-lang",),
+                                     help="verify on this text instead of the counted sources")
+    verify_lines: int = setting(100, group=QUICK_VERIFY, help="lines per language to verify on")
+    no_verify: bool = setting(False, kind=FLAG, group=QUICK_VERIFY, help="skip the quick verification")
+    overwrite: bool = like(OVERWRITE, help="replace an existing output folder")
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
+    no_progress: bool = like(NO_PROGRESS)
+
+
+def run_trim(settings: TrimSettings) -> dict:
+    """The `trim` stage: select, trim, quick-verify, print the summary; returns the trim report."""
+    check_writable(settings.out, settings.overwrite)
+    langs = csv(settings.langs)
     if not langs:
         raise UserError("--langs: name at least one language, e.g. --langs en,fr")
-    rules = Rules(min_count=args.min_count, min_line_share=args.min_line_share, min_prob=args.min_prob,
-                  coverage=args.coverage, top_n=args.top_n, keep_tokens=_keep_tokens(args), keep_chars=args.keep_chars)
+    rules = Rules(min_count=settings.min_count, min_line_share=settings.min_line_share, min_prob=settings.min_prob,
+                  coverage=settings.coverage, top_n=settings.top_n, keep_tokens=keep_tokens(settings.keep, settings.keep_file), keep_chars=settings.keep_chars)
     rules.validate()
-    counts = read_counts(args.counts)
+    counts = read_counts(settings.counts)
     missing = [lang for lang in langs if lang not in counts.occurrences]
     if missing:
-        raise UserError(f"language {missing[0]!r} is not in {args.counts} (it has: {', '.join(counts.languages)})")
-    texts = None if args.no_verify else verification_texts(args.verify_lang, counts, langs, args.verify_lines)
-    report = trim(args.model, counts, langs, rules, args.out, counts_path=args.counts, overwrite=args.overwrite,
-                  verify_texts=texts, trust_remote_code=args.trust_remote_code,
-                  show_progress=False if args.no_progress else None)
+        raise UserError(f"language {missing[0]!r} is not in {settings.counts} (it has: {', '.join(counts.languages)})")
+    texts = None if settings.no_verify else verification_texts(settings.verify_text, counts, langs, settings.verify_lines)
+    report = trim(settings.model, counts, langs, rules, settings.out, counts_path=settings.counts, overwrite=settings.overwrite,
+                  verify_texts=texts, trust_remote_code=settings.trust_remote_code,
+                  show_progress=False if settings.no_progress else None)
     print(selection_table(report["selection"]))
     print(f"parameters {report['params_before']:,} -> {report['params_after']:,} "
           f"(-{100 * report['reduction']:.1f}%), vocabulary {report['vocab_size_before']:,} -> "
           f"{report['vocab_size_after']:,}")
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
-    print(f"wrote {args.out}")
+    print(f"wrote {settings.out}")
     return report
 
 
-TRIM = Command(
-    ("trim",), "keep the vocabulary some languages use (model + tokenizer)", description=__doc__.split("\n\n")[0],
-    run=run_trim, options=[
-        Option("model", role=READS, required=True, help="hub name or model folder (WordPiece or Unigram tokenizer)"),
-        Option("counts", role=READS, required=True, help="counts file written by 'polyglot-distil count'"),
-        Option("langs", required=True, help="comma-separated languages of the counts to keep, e.g. en,fr"),
-        out_option("the folder to write"),
-        *group("selection rules (per language all must hold; languages are united; "
-               f"default: --min-line-share {GEOTREND_LINE_SHARE})", [
-            Option("min_count", type=int, help="minimum occurrences in the language"),
-            Option("min_line_share", type=float,
-                   help=f"minimum share of the language's lines holding it (Geotrend: {GEOTREND_LINE_SHARE})"),
-            Option("min_prob", type=float, help=f"minimum unigram probability (BiStil: {BISTIL_MIN_PROB})"),
-            Option("coverage", type=float, help="keep the fewest tokens covering this share of occurrences"),
-            Option("top_n", type=int, help="keep the N most frequent tokens of each language"),
-            Option("keep", kind=APPEND, default=[], metavar="TOKEN", help="always keep TOKEN (repeatable)"),
-            Option("keep_file", role=READS, help="always keep the tokens of this file (one per line)"),
-            Option("keep_chars", kind=FLAG,
-                   help="always keep single-character tokens (and ##x / ▁x), so no word becomes unknown"),
-        ]),
-        *group("quick verification (default: the first lines of the counted corpus)", [
-            Option("verify_lang", role=READS, kind=APPEND, default=[], metavar="LANG=SOURCE",
-                   help="verify on this text instead of the counted sources"),
-            Option("verify_lines", type=int, default=100, help="lines per language to verify on"),
-            Option("no_verify", kind=FLAG, help="skip the quick verification"),
-        ]),
-        replace(OVERWRITE, help="replace an existing output folder"),
-        TRUST_REMOTE_CODE,
-        NO_PROGRESS,
-    ])
+TRIM = Command(("trim",), "keep the vocabulary some languages use (model + tokenizer)",
+               description=__doc__.split("\n\n")[0], run=run_trim, settings=TrimSettings)

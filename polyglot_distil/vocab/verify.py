@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_model, load_tokenizer, model_class_for, vocab_in_id_order
 from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, Command, \
-    Option
+    like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
 from polyglot_distil.vocab.trim_tokenizer import vocab_size
@@ -368,21 +368,44 @@ def verify_table(results: dict[str, LanguageCheck]) -> str:
 # Command line
 
 
-def run_verify(args) -> dict:
-    if args.report:
-        check_writable(args.report, args.overwrite, kind="file")
-    if args.max_lines < 1 or args.batch_size < 1:
-        raise UserError("--max-lines and --batch-size must be at least 1")
-    if not 0 <= args.min_coverage <= 1:
-        raise UserError(f"--min-coverage must be between 0 and 1, not {args.min_coverage}")
-    caps = Caps(max_lines=args.max_lines, seed=args.seed)
-    texts = {lang: list(iter_language(sources, caps)) for lang, sources in group_lang_specs(args.lang).items()}
-    results = verify_equivalence(args.original, args.trimmed, texts, batch_size=args.batch_size,
-                                 trust_remote_code=args.trust_remote_code,
-                                 show_progress=False if args.no_progress else None)
+@dataclass(kw_only=True)
+class VerifySettings:
+    """`verify`'s settings (the command line's options, a `run` config's `verify:` section)."""
+
+    original: str = setting(role=READS, help="hub name or folder of the model that was trimmed")
+    trimmed: str = setting(role=READS, help="folder written by 'polyglot-distil trim'")
+    lang: list[str] = setting(kind=APPEND, role=READS, metavar="LANG=SOURCE",
+                              help="held-out text of a language; repeat for more sources or languages")
+    max_lines: int = setting(1000, help="lines per language (seeded random sample)")
+    min_coverage: float = setting(0.5, help="fail a language whose share of covered texts (those the kept vocabulary "
+                                            "tokenizes as the source did) is below this: 'identical' must not mean "
+                                            "'compared nothing'")
+    seed: int = like(SEED)
+    batch_size: int = setting(8, advanced=True)
+    report: str | None = setting(None, role=WRITES, help="also write the figures to this JSON file")
+    overwrite: bool = like(OVERWRITE, help="replace an existing --report file")
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the original model's own code to run")
+    no_progress: bool = like(NO_PROGRESS)
+
+    def __post_init__(self):
+        if self.max_lines < 1 or self.batch_size < 1:
+            raise UserError("--max-lines and --batch-size must be at least 1")
+        if not 0 <= self.min_coverage <= 1:
+            raise UserError(f"--min-coverage must be between 0 and 1, not {self.min_coverage}")
+
+
+def run_verify(settings: VerifySettings) -> dict:
+    """The `verify` stage: compare, print the table, write --report; "exit_status" 1 when they differ."""
+    if settings.report:
+        check_writable(settings.report, settings.overwrite, kind="file")
+    caps = Caps(max_lines=settings.max_lines, seed=settings.seed)
+    texts = {lang: list(iter_language(sources, caps)) for lang, sources in group_lang_specs(settings.lang).items()}
+    results = verify_equivalence(settings.original, settings.trimmed, texts, batch_size=settings.batch_size,
+                                 trust_remote_code=settings.trust_remote_code,
+                                 show_progress=False if settings.no_progress else None)
     print(verify_table(results))
-    if args.report:
-        with atomic_file(args.report, args.overwrite) as tmp:
+    if settings.report:
+        with atomic_file(settings.report, settings.overwrite) as tmp:
             tmp.write_text(json.dumps({lang: r.as_dict() for lang, r in results.items()}, indent=1), encoding="utf-8")
     report = {"languages": {lang: r.as_dict() for lang, r in results.items()}, "exit_status": 0}
     failed = [lang for lang, r in results.items() if not r.passed]
@@ -390,12 +413,12 @@ def run_verify(args) -> dict:
         print(f"verify: the trimmed model differs on covered text of {', '.join(failed)}", file=sys.stderr)
         report["exit_status"] = 1
         return report
-    thin = {lang: r for lang, r in results.items() if r.texts == 0 or r.covered / r.texts < args.min_coverage}
+    thin = {lang: r for lang, r in results.items() if r.texts == 0 or r.covered / r.texts < settings.min_coverage}
     if thin:  # "identical" must never mean "compared nothing"
         shown = "; ".join(f"{lang}: {r.covered:,} of {r.texts:,} texts ({100 * r.covered / max(r.texts, 1):.1f}%)"
                           for lang, r in thin.items())
         print(f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; --min-coverage "
-              f"{args.min_coverage:g}): trim that language with more text, or verify on text it covers",
+              f"{settings.min_coverage:g}): trim that language with more text, or verify on text it covers",
               file=sys.stderr)
         report["exit_status"] = 1
         return report
@@ -403,21 +426,5 @@ def run_verify(args) -> dict:
     return report
 
 
-VERIFY = Command(
-    ("verify",), "prove a trimmed model equals the original on covered text", description=__doc__.split("\n\n")[0],
-    run=run_verify, options=[
-        Option("original", role=READS, required=True, help="hub name or folder of the model that was trimmed"),
-        Option("trimmed", role=READS, required=True, help="folder written by 'polyglot-distil trim'"),
-        Option("lang", kind=APPEND, role=READS, required=True, metavar="LANG=SOURCE",
-               help="held-out text of a language; repeat for more sources or languages"),
-        Option("max_lines", type=int, default=1000, help="lines per language (seeded random sample)"),
-        Option("min_coverage", type=float, default=0.5,
-               help="fail a language whose share of covered texts (those the kept vocabulary tokenizes as the "
-                    "source did) is below this: 'identical' must not mean 'compared nothing'"),
-        SEED,
-        Option("batch_size", type=int, default=8),
-        Option("report", role=WRITES, help="also write the figures to this JSON file"),
-        replace(OVERWRITE, help="replace an existing --report file"),
-        replace(TRUST_REMOTE_CODE, help="allow the original model's own code to run"),
-        NO_PROGRESS,
-    ])
+VERIFY = Command(("verify",), "prove a trimmed model equals the original on covered text",
+                 description=__doc__.split("\n\n")[0], run=run_verify, settings=VerifySettings)
