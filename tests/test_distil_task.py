@@ -241,7 +241,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, run_dir,
 
 
 def test_reduced_teacher_computes_on_student_ids_what_it_computed_on_its_own(teacher_dir, student_dir):
-    from polyglot_distil.distill.task import reduce_to_vocabulary
+    from polyglot_distil.distill.classifier_distillation import reduce_to_vocabulary
     from polyglot_distil.models.classifier import load_classifier
     from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 
