@@ -74,6 +74,14 @@ class QATLossWeights(TaskLossWeights):
     attention: float = 0.0
 
 
+def weights_of(settings, base: TaskLossWeights) -> TaskLossWeights:
+    """`base` with the settings' `--{term}-weight` options and `--temperature`, checked."""
+    from polyglot_distil.distill.objective import resolve_weights
+
+    given = {name: getattr(settings, f"{name}_weight") for name in TERMS}
+    return resolve_weights(base, given, settings.temperature)
+
+
 def attention_implementation(weights: TaskLossWeights) -> str:
     """The attention maps the attention loss compares need the eager attention."""
     return "eager" if weights.attention > 0 else "sdpa"

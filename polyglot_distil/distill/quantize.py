@@ -42,12 +42,56 @@ from pathlib import Path
 from typing import ClassVar
 
 from polyglot_distil.data.nli_batches import TaskData
-from polyglot_distil.distill.classifier_distillation import TERMS, QATLossWeights
+from polyglot_distil.distill.classifier_distillation import TERMS, QATLossWeights, weights_of
 from polyglot_distil.distill.general import LAYER_MAP
-from polyglot_distil.distill.objective import resolve_weights
 from polyglot_distil.distill.settings import TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+
+
+QAT = "quantization-aware distillation (--method qat)"
+
+
+@dataclass(kw_only=True)
+class QuantizeSettings(Checkpointing, TaskData):
+    """`quantize`'s settings (the command line's options, a `run` config's `quantize:` section). The
+    saved models are int8 whatever the training dtype: no --save-dtype."""
+
+    PART_GROUPS: ClassVar[dict] = {TaskData: QAT}
+    GROUP_TITLES: ClassVar[dict] = {TRAINING: "training (--method qat)"}
+
+    model: str = setting(role=READS, help="the float model folder (e.g. the best/ of 'distil task')")
+    out: str = setting(role=WRITES, help="the int8 model folder (dynamic), or the training folder whose best/ and "
+                                         "final/ are int8 (qat)")
+    method: str = setting("dynamic", choices=("dynamic", "qat"),
+                          help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)")
+    bits: int = setting(8, choices=(8, 4, 2), help="weight bits (below 8: --method qat)")
+    embeddings: str = setting("float", choices=("float", "int8"), help="int8: embedding tables too, one scale per row")
+    teacher: str | None = setting(None, role=READS, group=QAT, help="the teacher (default: --model itself, in float)")
+    train: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
+                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
+    dev: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
+                             help="English dev pairs, for the best model (repeatable)")
+    epochs: float = setting(1.0, group=QAT, help="passes over the training pairs (fractions allowed)")
+    quantize_activations: bool = setting(False, kind=FLAG, group=QAT,
+                                         help="fake-quantize every Linear layer's input too")
+    step_init: str = setting("auto", advanced=True, choices=("auto", "max", "lsq"), group=QAT,
+                             help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max "
+                                  "at 8 bits, lsq below")
+    dropout: float = setting(0.0, group=QAT, help="dropout while training")
+    temperature: float = setting(2.0, group=QAT, help="softmax temperature of the logit loss")
+    logits_weight: float = setting(1.0, group=QAT)
+    hidden_weight: float = setting(1.0, group=QAT)
+    attention_weight: float = setting(0.0, group=QAT)
+    label_weight: float = setting(0.0, group=QAT)
+    layer_map: str | None = like(LAYER_MAP, group=QAT)
+    lr: float = setting(1e-5, group=TRAINING)
+    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
+    no_progress: bool = like(NO_PROGRESS)
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
+
+    def loss_weights(self) -> QATLossWeights:
+        return weights_of(self, QATLossWeights())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,53 +209,6 @@ def _check_source(path: str) -> None:
     if Path(path).suffix == ".onnx" or (Path(path) / "model.onnx").is_file():
         raise UserError(f"{path} is an ONNX model; quantize the PyTorch model folder it was exported from "
                         "(or 'export onnx --int8' for onnxruntime's int8 variant)")
-
-
-QAT = "quantization-aware distillation (--method qat)"
-
-
-@dataclass(kw_only=True)
-class QuantizeSettings(Checkpointing, TaskData):
-    """`quantize`'s settings (the command line's options, a `run` config's `quantize:` section). The
-    saved models are int8 whatever the training dtype: no --save-dtype."""
-
-    PART_GROUPS: ClassVar[dict] = {TaskData: QAT}
-    GROUP_TITLES: ClassVar[dict] = {TRAINING: "training (--method qat)"}
-
-    model: str = setting(role=READS, help="the float model folder (e.g. the best/ of 'distil task')")
-    out: str = setting(role=WRITES, help="the int8 model folder (dynamic), or the training folder whose best/ and "
-                                         "final/ are int8 (qat)")
-    method: str = setting("dynamic", choices=("dynamic", "qat"),
-                          help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)")
-    bits: int = setting(8, choices=(8, 4, 2), help="weight bits (below 8: --method qat)")
-    embeddings: str = setting("float", choices=("float", "int8"), help="int8: embedding tables too, one scale per row")
-    teacher: str | None = setting(None, role=READS, group=QAT, help="the teacher (default: --model itself, in float)")
-    train: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
-                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
-    dev: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
-                             help="English dev pairs, for the best model (repeatable)")
-    epochs: float = setting(1.0, group=QAT, help="passes over the training pairs (fractions allowed)")
-    quantize_activations: bool = setting(False, kind=FLAG, group=QAT,
-                                         help="fake-quantize every Linear layer's input too")
-    step_init: str = setting("auto", advanced=True, choices=("auto", "max", "lsq"), group=QAT,
-                             help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max "
-                                  "at 8 bits, lsq below")
-    dropout: float = setting(0.0, group=QAT, help="dropout while training")
-    temperature: float = setting(2.0, group=QAT, help="softmax temperature of the logit loss")
-    logits_weight: float = setting(1.0, group=QAT)
-    hidden_weight: float = setting(1.0, group=QAT)
-    attention_weight: float = setting(0.0, group=QAT)
-    label_weight: float = setting(0.0, group=QAT)
-    layer_map: str | None = like(LAYER_MAP, group=QAT)
-    lr: float = setting(1e-5, group=TRAINING)
-    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
-    no_progress: bool = like(NO_PROGRESS)
-    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
-
-    def loss_weights(self) -> QATLossWeights:
-        given = {"logits": self.logits_weight, "hidden": self.hidden_weight, "attention": self.attention_weight,
-                 "label": self.label_weight}
-        return resolve_weights(QATLossWeights(), given, self.temperature)
 
 
 def quantize_dynamic(options: QuantizeSettings) -> dict:

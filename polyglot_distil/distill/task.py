@@ -38,8 +38,8 @@ from pathlib import Path
 
 from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.classifier_distillation import TERMS, ClassifierLoss, DevEvaluation, TaskLossWeights, \
-    attention_implementation, pair_with_teacher
-from polyglot_distil.distill.objective import batch_counts, resolve_weights
+    attention_implementation, pair_with_teacher, weights_of
+from polyglot_distil.distill.objective import batch_counts
 from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
 from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
@@ -83,9 +83,7 @@ class TaskSettings(Checkpointing, TaskData):
     trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
 
     def loss_weights(self) -> TaskLossWeights:
-        given = {"logits": self.logits_weight, "hidden": self.hidden_weight, "attention": self.attention_weight,
-                 "label": self.label_weight}
-        return resolve_weights(TaskLossWeights(), given, self.temperature)
+        return weights_of(self, TaskLossWeights())
 
 
 @dataclass
