@@ -195,8 +195,8 @@ def task(teacher: PathLike, student: PathLike, train: Iterable[str], dev: Iterab
          density: float = 0.08, sparse_params: int | None = None, include_embeddings: bool = True,
          temperature: float = 2.0, logits_weight: float = 1.0, hidden_weight: float = 1.0,
          attention_weight: float = 1.0, label_weight: float = 0.0, layer_map: str | None = None,
-         teacher_cache: str | None = None, save_dtype: str | None = None, no_progress: bool = False,
-         trust_remote_code: bool = False) -> dict:
+         teacher_cache: str | None = None, save_dtype: str | None = None, reduce_vocab: bool = False,
+         no_progress: bool = False, trust_remote_code: bool = False) -> dict:
     """Phase 2: distil the task teacher into the phase-1 student by lottery-ticket sparse
     fine-tuning, into `out` (full_epochs, sparse_epochs, density, ...)."""
     values = _given(locals())

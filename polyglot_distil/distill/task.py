@@ -43,7 +43,7 @@ from polyglot_distil.distill.objective import batch_counts
 from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
 from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import FLAG, NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 SPARSE, LOSSES = "lottery-ticket sparse fine-tuning", "losses"
 
@@ -79,6 +79,11 @@ class TaskSettings(Checkpointing, TaskData):
     lr: float = setting(2e-5, group=TRAINING)
     batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
     save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
+    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
+                                 help="train only the embedding rows of the tokens the training pairs use (the "
+                                      "gradient and AdamW's moments cover those rows) and save the full vocabulary; "
+                                      "phase 2 has no weight decay, so the result (mask and diff included) equals "
+                                      "full training's")
     no_progress: bool = like(NO_PROGRESS)
     trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
 
@@ -167,6 +172,17 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
                          main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
     data = NLIBatches(pairs, pair.student_labels(train_data.labels), options.batch_size, options.seed,
                       options.length_buckets)
+    if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
+        from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
+
+        embedding = student.get_input_embeddings().weight
+        name = next(n for n, p in student.named_parameters() if p is embedding)
+        used = used_token_ids([pairs.input_ids], [pairs.pad_id], embedding.shape[0])  # the batches' padding too
+        restrict_to_used_rows(student, used)
+        ticket.train_rows(name, used)
+        if accelerator.is_main_process:
+            print(f"training {len(used):,} of the {embedding.shape[0]:,} embedding rows: those the training pairs "
+                  "use (--reduce-vocab; all rows are saved)", file=sys.stderr)
 
     # loss and evaluation
     pair.teacher_to(accelerator.device)
@@ -233,6 +249,9 @@ def run_distil_task(options: TaskSettings) -> dict:
     weights = options.loss_weights()
     if options.warmup_steps < 0:
         raise UserError(f"--warmup-steps must be 0 or more, not {options.warmup_steps}")
+    if options.reduce_vocab and not options.include_embeddings:
+        raise UserError("--reduce-vocab trains fewer embedding rows, but --exclude-embeddings freezes them all; "
+                        "pass one of the two")
     train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
     batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
     stages = Stages(steps_for(options.full_epochs, batches_per_epoch, "--full-epochs"),
@@ -248,6 +267,7 @@ def run_distil_task(options: TaskSettings) -> dict:
         "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
         "teacher_cache": bool(options.teacher_cache),
         **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
+        **({"reduce_vocab": True} if options.reduce_vocab else {}),
     }
     keep: dict = {}
     result = train(settings, run_config,
