@@ -64,8 +64,7 @@ def build_recipe(options: FinetuneSettings, train_data: NLIData, dev_data: NLIDa
 
     from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.loading import load_model, saved_dtype
-    from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
-
+    from polyglot_distil.models.used_vocab import restrict_to_pairs
 
     show = False if options.no_progress or not accelerator.is_main_process else None
     # float32 weights whatever the checkpoint's dtype: bf16/fp16 only through --mixed-precision's autocast
@@ -81,9 +80,7 @@ def build_recipe(options: FinetuneSettings, train_data: NLIData, dev_data: NLIDa
     data = NLIBatches(pairs, class_of[train_data.labels], options.batch_size, options.seed,
                       options.length_buckets)
     if options.reduce_vocab:
-        rows = model.get_input_embeddings().weight.shape[0]
-        used = used_token_ids([pairs.input_ids], [pairs.pad_id], rows)  # the padding of the batches too
-        restrict_to_used_rows(model, used)
+        _, used, rows = restrict_to_pairs(model, pairs)
         if accelerator.is_main_process:
             print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
                   "(--reduce-vocab; all rows are saved)", flush=True)

@@ -87,6 +87,10 @@ class QuantizeSettings(Checkpointing, TaskData):
     layer_map: str | None = like(LAYER_MAP, group=QAT)
     lr: float = setting(1e-5, group=TRAINING)
     batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
+    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
+                                 help="train only the embedding rows of the tokens the training pairs use and "
+                                      "convert the full vocabulary; QAT has no weight decay, so the int8 model "
+                                      "equals full training's")
     no_progress: bool = like(NO_PROGRESS)
     trust_remote_code: bool = like(TRUST_REMOTE_CODE)
 
@@ -254,6 +258,7 @@ def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_d
     from polyglot_distil.models.classifier import load_classifier
     from polyglot_distil.models.loading import copy_tokenizer
     from polyglot_distil.models.quantized import save_int8
+    from polyglot_distil.models.used_vocab import full_vocabulary
 
     # the pair: the float model, in its own class order, and its teacher (itself by default)
     teacher_path = options.teacher or options.model
@@ -274,6 +279,13 @@ def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_d
                       options.length_buckets)
     if options.quantize_activations:
         calibrate_input_steps(model, model_inputs(data.batch(0)))
+    if options.reduce_vocab:
+        from polyglot_distil.models.used_vocab import restrict_to_pairs
+
+        _, used, rows = restrict_to_pairs(model, pairs)
+        if accelerator.is_main_process:
+            print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
+                  "(--reduce-vocab; all rows are converted)", file=sys.stderr)
 
     # loss and evaluation
     pair.teacher_to(accelerator.device)
@@ -289,7 +301,9 @@ def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_d
     keep["info"] = info
 
     def save_model(trained, folder: Path) -> None:
-        save_int8(trained, folder, options.bits, "qat", learned_steps(trained), embeddings=options.embeddings == "int8")
+        with full_vocabulary(trained):
+            save_int8(trained, folder, options.bits, "qat", learned_steps(trained),
+                      embeddings=options.embeddings == "int8")
         copy_tokenizer(options.model, folder, tokenizer)
         (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
@@ -316,7 +330,8 @@ def quantize_qat(options: QuantizeSettings) -> dict:
                   "bits": options.bits, "embeddings": options.embeddings, "quantize_activations": options.quantize_activations,
                   "step_init": options.step_init, "dropout": options.dropout, "train": options.train, "dev": options.dev,
                   "max_train_examples": options.max_train_pairs, "max_length": options.max_length, "length_buckets": options.length_buckets,
-                  "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map)}
+                  "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
+                  **({"reduce_vocab": True} if options.reduce_vocab else {})}
     keep: dict = {}
     result = train(settings, run_config,
                    lambda accelerator: build_qat_recipe(options, weights, train_data, dev_data, accelerator, keep))
@@ -337,7 +352,8 @@ def run_quantize(options: QuantizeSettings) -> dict:
                             "--method qat, which trains the steps")
         given = [flag for flag, value in (("--teacher", options.teacher), ("--train", options.train),
                                           ("--dev", options.dev), ("--quantize-activations",
-                                                                   options.quantize_activations)) if value]
+                                                                   options.quantize_activations),
+                                          ("--reduce-vocab", options.reduce_vocab)) if value]
         if given:
             raise UserError(f"{given[0]} applies to --method qat only (this is --method dynamic)")
         return quantize_dynamic(options)

@@ -173,16 +173,13 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
     data = NLIBatches(pairs, pair.student_labels(train_data.labels), options.batch_size, options.seed,
                       options.length_buckets)
     if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
-        from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
+        from polyglot_distil.models.used_vocab import restrict_to_pairs
 
-        embedding = student.get_input_embeddings().weight
-        name = next(n for n, p in student.named_parameters() if p is embedding)
-        used = used_token_ids([pairs.input_ids], [pairs.pad_id], embedding.shape[0])  # the batches' padding too
-        restrict_to_used_rows(student, used)
+        name, used, rows = restrict_to_pairs(student, pairs)
         ticket.train_rows(name, used)
         if accelerator.is_main_process:
-            print(f"training {len(used):,} of the {embedding.shape[0]:,} embedding rows: those the training pairs "
-                  "use (--reduce-vocab; all rows are saved)", file=sys.stderr)
+            print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
+                  "(--reduce-vocab; all rows are saved)", file=sys.stderr)
 
     # loss and evaluation
     pair.teacher_to(accelerator.device)
