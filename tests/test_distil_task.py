@@ -241,7 +241,8 @@ def test_reduce_vocab_saves_bitwise_the_models_and_diff_of_full_training(tmp_pat
                                                                         capsys):
     """--reduce-vocab trains only the embedding rows the training pairs use; phase 2 has no weight
     decay, so the other rows never move in full training either: the same K, the same mask (the
-    embedding's entries among them) and bitwise the same best/, final/ and sparse diff."""
+    embedding's entries among them) and bitwise the same best/, final/ and sparse diff; resumed
+    from the switch, too."""
     out = tmp_path / "reduced"
     assert run_cli(*_options(teacher_dir, student_dir, out, "--reduce-vocab")) == 0
     used, rows = (int(n.replace(",", "")) for n in
@@ -252,6 +253,13 @@ def test_reduce_vocab_saves_bitwise_the_models_and_diff_of_full_training(tmp_pat
         assert expected.keys() == reduced.keys() and all(torch.equal(expected[k], reduced[k]) for k in expected), path
     assert any("word_embeddings" in k for k in _load(out / "sparse_diff" / "diff.safetensors"))
     assert metrics_rows(out, "eval") == metrics_rows(run_dir, "eval")
+    resumed = tmp_path / "resumed"  # from the checkpoint at the switch: the restricted table and full ticket
+    shutil.copytree(out, resumed)
+    for name in ("checkpoints/step-45", "checkpoints/step-60", "final", "sparse_diff", "best"):
+        shutil.rmtree(resumed / name)
+    assert run_cli(*_options(teacher_dir, student_dir, resumed, "--reduce-vocab", "--resume")) == 0
+    for path in ("final/model.safetensors", "sparse_diff/diff.safetensors"):
+        assert (resumed / path).read_bytes() == (out / path).read_bytes(), path
 
 
 def test_reduce_vocab_with_frozen_embeddings_is_one_line(capsys, tmp_path, teacher_dir, student_dir):
