@@ -44,7 +44,7 @@ from typing import ClassVar
 from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.classifier_distillation import TERMS, QATLossWeights, weights_of
 from polyglot_distil.distill.general import LAYER_MAP
-from polyglot_distil.distill.settings import TRAINING, Checkpointing
+from polyglot_distil.distill.settings import REDUCE_VOCAB, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
@@ -87,10 +87,7 @@ class QuantizeSettings(Checkpointing, TaskData):
     layer_map: str | None = like(LAYER_MAP, group=QAT)
     lr: float = setting(1e-5, group=TRAINING)
     batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
-    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
-                                 help="train only the embedding rows of the tokens the training pairs use and "
-                                      "convert the full vocabulary; QAT has no weight decay, so the int8 model "
-                                      "equals full training's")
+    reduce_vocab: bool = like(REDUCE_VOCAB, advanced=True)
     no_progress: bool = like(NO_PROGRESS)
     trust_remote_code: bool = like(TRUST_REMOTE_CODE)
 
@@ -282,10 +279,9 @@ def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_d
     if options.reduce_vocab:
         from polyglot_distil.models.used_vocab import restrict_to_pairs
 
-        _, used, rows = restrict_to_pairs(model, pairs)
+        _, _, note = restrict_to_pairs(model, pairs)
         if accelerator.is_main_process:
-            print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
-                  "(--reduce-vocab; all rows are converted)", file=sys.stderr)
+            print(note, file=sys.stderr)
 
     # loss and evaluation
     pair.teacher_to(accelerator.device)

@@ -41,9 +41,9 @@ from polyglot_distil.distill.classifier_distillation import TERMS, ClassifierLos
     attention_implementation, pair_with_teacher, weights_of
 from polyglot_distil.distill.objective import batch_counts
 from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
-from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing
+from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import FLAG, NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 SPARSE, LOSSES = "lottery-ticket sparse fine-tuning", "losses"
 
@@ -79,11 +79,7 @@ class TaskSettings(Checkpointing, TaskData):
     lr: float = setting(2e-5, group=TRAINING)
     batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
     save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
-    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
-                                 help="train only the embedding rows of the tokens the training pairs use (the "
-                                      "gradient and AdamW's moments cover those rows) and save the full vocabulary; "
-                                      "phase 2 has no weight decay, so the result (mask and diff included) equals "
-                                      "full training's")
+    reduce_vocab: bool = like(REDUCE_VOCAB, advanced=True)
     no_progress: bool = like(NO_PROGRESS)
     trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
 
@@ -175,11 +171,10 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
     if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
         from polyglot_distil.models.used_vocab import restrict_to_pairs
 
-        name, used, rows = restrict_to_pairs(student, pairs)
+        name, used, note = restrict_to_pairs(student, pairs)
         ticket.train_rows(name, used)
         if accelerator.is_main_process:
-            print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
-                  "(--reduce-vocab; all rows are saved)", file=sys.stderr)
+            print(note, file=sys.stderr)
 
     # loss and evaluation
     pair.teacher_to(accelerator.device)
