@@ -237,8 +237,8 @@ def task(teacher: PathLike, student: PathLike, train: Iterable[str], dev: Iterab
          density: float = 0.08, sparse_params: int | None = None, include_embeddings: bool = True,
          temperature: float = 2.0, logits_weight: float = 1.0, hidden_weight: float = 1.0,
          attention_weight: float = 1.0, label_weight: float = 0.0, layer_map: str | None = None,
-         teacher_cache: str | None = None, save_dtype: str | None = None, no_progress: bool = False,
-         trust_remote_code: bool = False) -> dict:
+         teacher_cache: str | None = None, save_dtype: str | None = None, reduce_vocab: bool = False,
+         no_progress: bool = False, trust_remote_code: bool = False) -> dict:
     """Phase 2: distil the task teacher into the phase-1 student by lottery-ticket sparse
     fine-tuning, into `out` (full_epochs, sparse_epochs, density, ...)."""
     values = _given(locals())
@@ -269,7 +269,7 @@ def quantize(model: PathLike, out: PathLike, *,
              quantize_activations: bool = False, step_init: str = "auto", dropout: float = 0.0,
              temperature: float = 2.0, logits_weight: float = 1.0, hidden_weight: float = 1.0,
              attention_weight: float = 0.0, label_weight: float = 0.0, layer_map: str | None = None,
-             no_progress: bool = False, trust_remote_code: bool = False) -> dict:
+             reduce_vocab: bool = False, no_progress: bool = False, trust_remote_code: bool = False) -> dict:
     """Int8 weights for `model` into `out`: method="dynamic" (post-training, the default) or
     method="qat" (quantization-aware distillation: train, dev, teacher, bits, epochs, ...); load
     the result with `polyglot_distil.models.quantized.load_int8`."""

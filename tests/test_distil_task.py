@@ -247,13 +247,44 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, run_dir,
     assert metrics_rows(out, "train") == metrics_rows(run_dir, "train")
 
 
+@pytest.mark.slow
+def test_reduce_vocab_saves_bitwise_the_models_and_diff_of_full_training(tmp_path, run_dir, teacher_dir, student_dir,
+                                                                        capsys):
+    """--reduce-vocab trains only the embedding rows the training pairs use; phase 2 has no weight
+    decay, so the other rows never move in full training either: the same K, the same mask (the
+    embedding's entries among them) and bitwise the same best/, final/ and sparse diff; resumed
+    from the switch, too."""
+    out = tmp_path / "reduced"
+    assert run_cli(*_options(teacher_dir, student_dir, out, "--reduce-vocab")) == 0
+    used, rows = (int(n.replace(",", "")) for n in
+                  capsys.readouterr().err.split("training ", 1)[1].split(" embedding rows")[0].split(" of the "))
+    assert 0 < used < rows  # the English pairs leave Swahili rows unused
+    for path in ("final/model.safetensors", "best/model.safetensors", "sparse_diff/diff.safetensors"):
+        expected, reduced = _load(run_dir / path), _load(out / path)
+        assert expected.keys() == reduced.keys() and all(torch.equal(expected[k], reduced[k]) for k in expected), path
+    assert any("word_embeddings" in k for k in _load(out / "sparse_diff" / "diff.safetensors"))
+    assert metrics_rows(out, "eval") == metrics_rows(run_dir, "eval")
+    resumed = tmp_path / "resumed"  # from the checkpoint at the switch: the restricted table and full ticket
+    shutil.copytree(out, resumed)
+    for name in ("checkpoints/step-45", "checkpoints/step-60", "final", "sparse_diff", "best"):
+        shutil.rmtree(resumed / name)
+    assert run_cli(*_options(teacher_dir, student_dir, resumed, "--reduce-vocab", "--resume")) == 0
+    for path in ("final/model.safetensors", "sparse_diff/diff.safetensors"):
+        assert (resumed / path).read_bytes() == (out / path).read_bytes(), path
+
+
+def test_reduce_vocab_with_frozen_embeddings_is_one_line(capsys, tmp_path, teacher_dir, student_dir):
+    _fails_with(capsys, "--exclude-embeddings freezes them all",
+                *_options(teacher_dir, student_dir, tmp_path / "out", "--reduce-vocab", "--exclude-embeddings"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The teacher on the student's vocabulary
 
 
 @pytest.mark.slow
 def test_reduced_teacher_computes_on_student_ids_what_it_computed_on_its_own(teacher_dir, student_dir):
-    from polyglot_distil.distill.task import reduce_to_vocabulary
+    from polyglot_distil.distill.classifier_distillation import reduce_to_vocabulary
     from polyglot_distil.models.classifier import load_classifier
     from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from polyglot_distil.distill import losses
 from polyglot_distil.distill.general import LossWeights
 from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
-from polyglot_distil.distill.task import TaskLossWeights
+from polyglot_distil.distill.classifier_distillation import TaskLossWeights
 from polyglot_distil.errors import UserError
 
 B, L, H, A = 2, 4, 8, 2

@@ -232,6 +232,23 @@ def test_qat_with_the_teacher_as_its_own_student_keeps_the_loss_near_zero(tmp_pa
     assert report["results"]["fr"]["agreement_with_baseline"] >= 0.9
 
 
+@pytest.mark.slow
+def test_qat_on_the_embedding_rows_its_pairs_use_converts_bitwise_the_model_of_full_training(tmp_path, classifier,
+                                                                                             capsys):
+    """--reduce-vocab: QAT has no weight decay, so rows the pairs never use never move; the int8
+    folders (embeddings int8 too, every row converted) equal full training's, and so do the losses."""
+    full = qat(tmp_path / "full", classifier, "--embeddings", "int8", "--dropout", "0.1")
+    capsys.readouterr()
+    reduced = qat(tmp_path / "reduced", classifier, "--embeddings", "int8", "--dropout", "0.1", "--reduce-vocab")
+    used, rows = (int(n.replace(",", "")) for n in
+                  capsys.readouterr().err.split("training ", 1)[1].split(" embedding rows")[0].split(" of the "))
+    assert 0 < used < rows
+    assert reduced == full
+    for out in ("best", "final"):
+        assert (tmp_path / "reduced" / out / "model_int8.safetensors").read_bytes() == \
+            (tmp_path / "full" / out / "model_int8.safetensors").read_bytes()
+
+
 def test_what_cannot_be_quantized_is_one_line(tmp_path, capsys, classifier):
     import torch
 

@@ -418,6 +418,32 @@ def test_ticket_chooses_the_entries_that_moved_most_and_masks_the_other_gradient
     assert all(torch.equal(dict(model.named_parameters())[n].detach(), ticket.theta0[n]) for n in ticket.trained)
 
 
+def test_a_ticket_on_some_embedding_rows_chooses_masks_and_resets_as_on_all_of_them():
+    """--reduce-vocab: the embedding holds rows 1 and 3 of 4. The rows it lacks count as unmoved,
+    so K = 6 of 2 moved entries (the rest ties at 0, taken in order, unheld rows among them) gives
+    full training's mask; the held rows' gradients get its rows; reset restores theta0's rows."""
+    from polyglot_distil.models.used_vocab import UsedRowsEmbedding
+
+    (full, full_ticket), (reduced, ticket) = _ticket(k=6), _ticket(k=6)
+    rows = torch.tensor([1, 3])
+    reduced.body.embeddings = UsedRowsEmbedding(reduced.body.embeddings, rows.numpy())
+    ticket.train_rows("body.embeddings.weight", rows)
+    with torch.no_grad():
+        for model, row in ((full, 3), (reduced, 1)):  # full row 3 is the reduced table's row 1
+            model.body.embeddings.weight[row, 1] -= 0.7
+            model.body.dense.weight[1, 0] += 0.5
+    full_ticket.choose()
+    ticket.choose()
+    assert ticket.mask.keys() == full_ticket.mask.keys()
+    assert all(torch.equal(ticket.mask[n], full_ticket.mask[n]) for n in ticket.mask)
+    assert bool(full_ticket.mask["body.embeddings.weight"][0].any())  # the ties at 0 reach unheld row 0
+    reduced.body.embeddings.weight.grad = torch.ones(2, 2)
+    ticket.mask_gradients()
+    assert torch.equal(reduced.body.embeddings.weight.grad, full_ticket.mask["body.embeddings.weight"][rows].float())
+    ticket.reset()
+    assert torch.equal(reduced.body.embeddings.weight.detach(), ticket.theta0["body.embeddings.weight"][rows])
+
+
 def test_ticket_state_holds_theta0_and_once_chosen_the_mask_and_loads_back():
     model, ticket = _ticket()
     assert sorted(ticket.state()) == sorted(f"theta0.{n}" for n in ticket.trained)

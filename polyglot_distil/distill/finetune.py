@@ -31,9 +31,9 @@ import numpy as np
 from polyglot_distil.data.nli import NLIData
 from polyglot_distil.data.nli_batches import NLIBatches, TaskData, cached_pairs, epoch_batches, model_inputs, \
     read_task_data
-from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, steps_for
+from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing, steps_for
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
-from polyglot_distil.options import FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 
 @dataclass(kw_only=True)
@@ -47,11 +47,7 @@ class FinetuneSettings(Checkpointing, TaskData):
     save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
     epochs: float = setting(3.0, group=TRAINING, help="passes over the training pairs (fractions allowed)")
     weight_decay: float = setting(0.0, group=TRAINING)
-    reduce_vocab: bool = setting(False, advanced=True, kind=FLAG, group=TRAINING,
-                                 help="train only the embedding rows of the tokens the training pairs use (the "
-                                      "gradient and AdamW's moments cover those rows; far faster on a multilingual "
-                                      "model) and save the full vocabulary; with --weight-decay 0 the result equals "
-                                      "full training's, and with decay the unused rows keep their values")
+    reduce_vocab: bool = like(REDUCE_VOCAB, advanced=True)
     no_progress: bool = like(NO_PROGRESS)
     trust_remote_code: bool = like(TRUST_REMOTE_CODE)
 
@@ -64,8 +60,7 @@ def build_recipe(options: FinetuneSettings, train_data: NLIData, dev_data: NLIDa
 
     from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.loading import load_model, saved_dtype
-    from polyglot_distil.models.used_vocab import restrict_to_used_rows, used_token_ids
-
+    from polyglot_distil.models.used_vocab import restrict_to_pairs
 
     show = False if options.no_progress or not accelerator.is_main_process else None
     # float32 weights whatever the checkpoint's dtype: bf16/fp16 only through --mixed-precision's autocast
@@ -81,12 +76,9 @@ def build_recipe(options: FinetuneSettings, train_data: NLIData, dev_data: NLIDa
     data = NLIBatches(pairs, class_of[train_data.labels], options.batch_size, options.seed,
                       options.length_buckets)
     if options.reduce_vocab:
-        rows = model.get_input_embeddings().weight.shape[0]
-        used = used_token_ids([pairs.input_ids], [pairs.pad_id], rows)  # the padding of the batches too
-        restrict_to_used_rows(model, used)
+        _, _, note = restrict_to_pairs(model, pairs)
         if accelerator.is_main_process:
-            print(f"training {len(used):,} of the {rows:,} embedding rows: those the training pairs use "
-                  "(--reduce-vocab; all rows are saved)", flush=True)
+            print(note, flush=True)
 
     def compute_loss(model, batch):
         logits = model(**model_inputs(batch)).logits

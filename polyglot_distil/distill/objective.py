@@ -2,7 +2,7 @@
 weighted sum of the hidden, attention, logit, MLM, cosine, label and (MiniLMv2) relation terms.
 
 Both phases describe their losses with a weights dataclass (`general.LossWeights`,
-`task.TaskLossWeights`) whose `TERMS` give the terms in the order they are added, and whose
+`classifier_distillation.TaskLossWeights`) whose `TERMS` give the terms in the order they are added, and whose
 `LOGIT_LOSS` says what the logit term is: "kl" (phase 1: KL over the MLM vocabulary, x T²) or
 "soft_ce" (phase 2: soft cross-entropy over the classes, no T², as BiStil's code). The student's
 and teacher's outputs come as dicts ("hidden", "attentions", "logits", "last"), from

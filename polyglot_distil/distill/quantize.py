@@ -17,14 +17,10 @@ computes with fake-quantized weights, round(w / s) * s clipped to the `--bits` g
 step s per output row (LSQ, Esser et al. 2020: straight-through rounding, the step's gradient scaled
 by 1 / sqrt(row length x qmax)), and with `--quantize-activations` also fake-quantized inputs with a
 learned step per layer. It trains, through the one training loop (checkpoints, `--resume`,
-metrics.jsonl), against the teacher's outputs as phase 2 does (`distil task`), each term weighted:
-
-    logits     KL(p_teacher || p_student) of the softmaxes at --temperature: phase 2's soft
-               cross-entropy less the teacher's entropy (a constant), so the same gradients and 0
-               when the student matches; no T^2
-    hidden     mean over i of MSE(student hidden state i, teacher hidden state map(i))
-    attention  attention-map MSE (off by default: eager attention is slower)
-    label      cross-entropy against the gold labels (off by default)
+metrics.jsonl), against the teacher's outputs with phase 2's classifier distillation
+(`classifier_distillation.py`: the pair, the dev evaluation, the loss), each term weighted: logits
+(a KL at --temperature, no T^2: 0 when the student matches), hidden, attention (off by default:
+eager attention is slower), label (off by default).
 
 The teacher defaults to the float model itself; a task teacher with more layers is paired as in
 phase 2 (`--layer-map`, default BiStil's 2i+1). Steps start at the dynamic method's scales at
@@ -41,27 +37,62 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
 from polyglot_distil.data.nli_batches import TaskData
+from polyglot_distil.distill.classifier_distillation import TERMS, QATLossWeights, weights_of
 from polyglot_distil.distill.general import LAYER_MAP
-from polyglot_distil.distill.objective import resolve_weights
-from polyglot_distil.distill.settings import TRAINING, Checkpointing
-from polyglot_distil.distill.task import TERMS, TaskLossWeights
+from polyglot_distil.distill.settings import REDUCE_VOCAB, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
 
 
-@dataclass
-class QATLossWeights(TaskLossWeights):
-    """QAT's term weights (see objective.py): phase 2's terms and logit loss (`qat_loss` takes the
-    teacher's entropy off it: a KL with no T²), attention off by default."""
+QAT = "quantization-aware distillation (--method qat)"
 
-    attention: float = 0.0
+
+@dataclass(kw_only=True)
+class QuantizeSettings(Checkpointing, TaskData):
+    """`quantize`'s settings (the command line's options, a `run` config's `quantize:` section). The
+    saved models are int8 whatever the training dtype: no --save-dtype."""
+
+    PART_GROUPS: ClassVar[dict] = {TaskData: QAT}
+    GROUP_TITLES: ClassVar[dict] = {TRAINING: "training (--method qat)"}
+
+    model: str = setting(role=READS, help="the float model folder (e.g. the best/ of 'distil task')")
+    out: str = setting(role=WRITES, help="the int8 model folder (dynamic), or the training folder whose best/ and "
+                                         "final/ are int8 (qat)")
+    method: str = setting("dynamic", choices=("dynamic", "qat"),
+                          help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)")
+    bits: int = setting(8, choices=(8, 4, 2), help="weight bits (below 8: --method qat)")
+    embeddings: str = setting("float", choices=("float", "int8"), help="int8: embedding tables too, one scale per row")
+    teacher: str | None = setting(None, role=READS, group=QAT, help="the teacher (default: --model itself, in float)")
+    train: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
+                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
+    dev: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
+                             help="English dev pairs, for the best model (repeatable)")
+    epochs: float = setting(1.0, group=QAT, help="passes over the training pairs (fractions allowed)")
+    quantize_activations: bool = setting(False, kind=FLAG, group=QAT,
+                                         help="fake-quantize every Linear layer's input too")
+    step_init: str = setting("auto", advanced=True, choices=("auto", "max", "lsq"), group=QAT,
+                             help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max "
+                                  "at 8 bits, lsq below")
+    dropout: float = setting(0.0, group=QAT, help="dropout while training")
+    temperature: float = setting(2.0, group=QAT, help="softmax temperature of the logit loss")
+    logits_weight: float = setting(1.0, group=QAT)
+    hidden_weight: float = setting(1.0, group=QAT)
+    attention_weight: float = setting(0.0, group=QAT)
+    label_weight: float = setting(0.0, group=QAT)
+    layer_map: str | None = like(LAYER_MAP, group=QAT)
+    lr: float = setting(1e-5, group=TRAINING)
+    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
+    reduce_vocab: bool = like(REDUCE_VOCAB, advanced=True)
+    no_progress: bool = like(NO_PROGRESS)
+    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
+
+    def loss_weights(self) -> QATLossWeights:
+        return weights_of(self, QATLossWeights())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,33 +194,6 @@ def learned_steps(model) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss
-
-
-def qat_loss(model, teacher, teacher_order, batch: dict, weights: QATLossWeights, layer_map: list[int]):
-    """(weighted loss, {term: scalar}) of one batch: phase 2's terms, the logit term less the
-    teacher's entropy at T (so a student equal to its teacher scores 0)."""
-    import torch
-
-    from polyglot_distil.data.nli_batches import model_inputs
-    from polyglot_distil.distill.objective import distillation_terms, weighted_sum
-    from polyglot_distil.models.encoder import classifier_outputs
-
-    inputs = model_inputs(batch)
-    hidden, attentions = weights.hidden > 0, weights.attention > 0
-    s = classifier_outputs(model(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden, attentions)
-    with torch.no_grad():
-        t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions),
-                               hidden, attentions)
-        t["logits"] = t["logits"][:, teacher_order]
-    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"])
-    if "logits" in terms:
-        log_p = torch.log_softmax(t["logits"].float() / weights.temperature, dim=-1)
-        terms["logits"] = terms["logits"] + (log_p.exp() * log_p).sum(-1).mean()
-    return weighted_sum(terms, weights), terms
-
-
-# ---------------------------------------------------------------------------------------------
 # The two methods
 
 
@@ -206,53 +210,6 @@ def _check_source(path: str) -> None:
     if Path(path).suffix == ".onnx" or (Path(path) / "model.onnx").is_file():
         raise UserError(f"{path} is an ONNX model; quantize the PyTorch model folder it was exported from "
                         "(or 'export onnx --int8' for onnxruntime's int8 variant)")
-
-
-QAT = "quantization-aware distillation (--method qat)"
-
-
-@dataclass(kw_only=True)
-class QuantizeSettings(Checkpointing, TaskData):
-    """`quantize`'s settings (the command line's options, a `run` config's `quantize:` section). The
-    saved models are int8 whatever the training dtype: no --save-dtype."""
-
-    PART_GROUPS: ClassVar[dict] = {TaskData: QAT}
-    GROUP_TITLES: ClassVar[dict] = {TRAINING: "training (--method qat)"}
-
-    model: str = setting(role=READS, help="the float model folder (e.g. the best/ of 'distil task')")
-    out: str = setting(role=WRITES, help="the int8 model folder (dynamic), or the training folder whose best/ and "
-                                         "final/ are int8 (qat)")
-    method: str = setting("dynamic", choices=("dynamic", "qat"),
-                          help="dynamic: post-training int8; qat: quantization-aware distillation (LSQ steps)")
-    bits: int = setting(8, choices=(8, 4, 2), help="weight bits (below 8: --method qat)")
-    embeddings: str = setting("float", choices=("float", "int8"), help="int8: embedding tables too, one scale per row")
-    teacher: str | None = setting(None, role=READS, group=QAT, help="the teacher (default: --model itself, in float)")
-    train: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
-                               help="English training pairs: TSV/JSONL file or hf:NAME?split=train (repeatable)")
-    dev: list[str] = setting([], kind=APPEND, role=READS, metavar="SOURCE",
-                             help="English dev pairs, for the best model (repeatable)")
-    epochs: float = setting(1.0, group=QAT, help="passes over the training pairs (fractions allowed)")
-    quantize_activations: bool = setting(False, kind=FLAG, group=QAT,
-                                         help="fake-quantize every Linear layer's input too")
-    step_init: str = setting("auto", advanced=True, choices=("auto", "max", "lsq"), group=QAT,
-                             help="initial steps: max (largest |w| per row), lsq (2 mean|w| / sqrt(qmax)); auto: max "
-                                  "at 8 bits, lsq below")
-    dropout: float = setting(0.0, group=QAT, help="dropout while training")
-    temperature: float = setting(2.0, group=QAT, help="softmax temperature of the logit loss")
-    logits_weight: float = setting(1.0, group=QAT)
-    hidden_weight: float = setting(1.0, group=QAT)
-    attention_weight: float = setting(0.0, group=QAT)
-    label_weight: float = setting(0.0, group=QAT)
-    layer_map: str | None = like(LAYER_MAP, group=QAT)
-    lr: float = setting(1e-5, group=TRAINING)
-    batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
-    no_progress: bool = like(NO_PROGRESS)
-    trust_remote_code: bool = like(TRUST_REMOTE_CODE)
-
-    def loss_weights(self) -> QATLossWeights:
-        given = {"logits": self.logits_weight, "hidden": self.hidden_weight, "attention": self.attention_weight,
-                 "label": self.label_weight}
-        return resolve_weights(QATLossWeights(), given, self.temperature)
 
 
 def quantize_dynamic(options: QuantizeSettings) -> dict:
@@ -287,64 +244,62 @@ def quantize_dynamic(options: QuantizeSettings) -> dict:
 
 def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_data, dev_data, accelerator,
                      keep: dict):
+    """Load the float model (the student, fake-quantized), its teacher and the data; return the
+    `Recipe`. `keep["info"]` receives what the int8 folders' training.json records."""
     import torch
 
     from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs, model_inputs
-    from polyglot_distil.distill.task import check_pair, reduce_to_vocabulary
+    from polyglot_distil.distill.classifier_distillation import ClassifierLoss, DevEvaluation, \
+        attention_implementation, pair_with_teacher
     from polyglot_distil.distill.training import Recipe
-    from polyglot_distil.models.classifier import dev_predictions, load_classifier
-    from polyglot_distil.models.loading import copy_tokenizer, vocab_in_id_order
+    from polyglot_distil.models.classifier import load_classifier
+    from polyglot_distil.models.loading import copy_tokenizer
     from polyglot_distil.models.quantized import save_int8
-    from polyglot_distil.models.student import default_layer_map, parse_layers
+    from polyglot_distil.models.used_vocab import full_vocabulary
 
-    attn = "eager" if weights.attention > 0 else "sdpa"
+    # the pair: the float model, in its own class order, and its teacher (itself by default)
     teacher_path = options.teacher or options.model
-    student = load_classifier(options.model, attn_implementation=attn, trust_remote_code=options.trust_remote_code)
-    teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=options.trust_remote_code)
-    reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student.tokenizer),
-                         teacher_path, options.model)
-    teacher.model.eval().requires_grad_(False)
+    student = load_classifier(options.model, attn_implementation=attention_implementation(weights),
+                              trust_remote_code=options.trust_remote_code)
+    pair = pair_with_teacher(teacher_path, student.model, options.model, student.tokenizer, student.to_xnli, weights,
+                             options.layer_map, options.trust_remote_code, teacher_dtype=None)
     model, tokenizer = student.model, student.tokenizer
-    layer_map = parse_layers(options.layer_map, "--layer-map") or default_layer_map(
-        teacher.model.config.num_hidden_layers, model.config.num_hidden_layers)
-    check_pair(teacher.model, model, weights, layer_map, teacher_path, options.model)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = options.dropout
     names = fake_quantize_model(model, options.bits, options.quantize_activations, options.step_init)
 
+    # data
     show = False if options.no_progress or not accelerator.is_main_process else None
-    class_of = np.argsort(student.to_xnli)  # the student's output class of each XNLI label
     pairs = encode_pairs(tokenizer, train_data, options.max_length, show)
-    data = NLIBatches(pairs, class_of[train_data.labels], options.batch_size, options.seed,
+    data = NLIBatches(pairs, pair.student_labels(train_data.labels), options.batch_size, options.seed,
                       options.length_buckets)
     if options.quantize_activations:
         calibrate_input_steps(model, model_inputs(data.batch(0)))
-    # teacher class of each student class: the teacher's class with the same XNLI label
-    teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli)[student.to_xnli], device=accelerator.device)
-    teacher.model.to(accelerator.device)
-    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, options.batch_size,
-                                  options.max_length)
+    if options.reduce_vocab:
+        from polyglot_distil.models.used_vocab import restrict_to_pairs
+
+        _, _, note = restrict_to_pairs(model, pairs)
+        if accelerator.is_main_process:
+            print(note, file=sys.stderr)
+
+    # loss and evaluation
+    pair.teacher_to(accelerator.device)
+    compute_loss = ClassifierLoss(pair, weights, accelerator.device)
+    evaluate = DevEvaluation(pair, dev_data, options.batch_size, options.max_length, accelerator)
     if accelerator.is_main_process:
         print(f"qat: {len(names)} Linear layers fake-quantized to {options.bits} bits"
               f"{' (inputs too)' if options.quantize_activations else ''}; teacher {teacher_path}", file=sys.stderr)
 
-    def compute_loss(model, batch):
-        return qat_loss(model, teacher.model, teacher_order, batch, weights, layer_map)
-
-    def evaluate(model, accelerator):
-        predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, student.to_xnli,
-                                    options.batch_size, options.max_length)
-        return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
-                "dev_agreement": float(np.mean(predicted == teacher_dev))}
-
     info = {"command": "quantize --method qat", "model": str(options.model), "teacher": str(teacher_path),
             "bits": options.bits, "quantize_activations": options.quantize_activations, "train": options.train,
-            "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights), "layer_map": layer_map}
+            "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights), "layer_map": pair.layer_map}
     keep["info"] = info
 
     def save_model(trained, folder: Path) -> None:
-        save_int8(trained, folder, options.bits, "qat", learned_steps(trained), embeddings=options.embeddings == "int8")
+        with full_vocabulary(trained):
+            save_int8(trained, folder, options.bits, "qat", learned_steps(trained),
+                      embeddings=options.embeddings == "int8")
         copy_tokenizer(options.model, folder, tokenizer)
         (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
@@ -371,7 +326,8 @@ def quantize_qat(options: QuantizeSettings) -> dict:
                   "bits": options.bits, "embeddings": options.embeddings, "quantize_activations": options.quantize_activations,
                   "step_init": options.step_init, "dropout": options.dropout, "train": options.train, "dev": options.dev,
                   "max_train_examples": options.max_train_pairs, "max_length": options.max_length, "length_buckets": options.length_buckets,
-                  "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map)}
+                  "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
+                  **({"reduce_vocab": True} if options.reduce_vocab else {})}
     keep: dict = {}
     result = train(settings, run_config,
                    lambda accelerator: build_qat_recipe(options, weights, train_data, dev_data, accelerator, keep))
@@ -392,7 +348,8 @@ def run_quantize(options: QuantizeSettings) -> dict:
                             "--method qat, which trains the steps")
         given = [flag for flag, value in (("--teacher", options.teacher), ("--train", options.train),
                                           ("--dev", options.dev), ("--quantize-activations",
-                                                                   options.quantize_activations)) if value]
+                                                                   options.quantize_activations),
+                                          ("--reduce-vocab", options.reduce_vocab)) if value]
         if given:
             raise UserError(f"{given[0]} applies to --method qat only (this is --method dynamic)")
         return quantize_dynamic(options)

@@ -25,6 +25,11 @@ SAVE_DTYPE = Option("save_dtype", choices=SAVE_DTYPES,
                     help="dtype of the saved models (default: that of the model training starts from; "
                          "training itself keeps float32 weights)")
 RESUME = Option("resume", kind=FLAG, help="continue from the newest checkpoint in --out")
+REDUCE_VOCAB = Option("reduce_vocab", kind=FLAG,
+                      help="train only the embedding rows of the tokens the training pairs use (the gradient and "
+                           "AdamW's moments cover those rows; far faster on a multilingual model) and save the full "
+                           "vocabulary; with weight decay 0 (finetune's default; distil task and QAT have none) the "
+                           "result equals full training's, and with decay the unused rows keep their values")
 
 
 TRAINING = "training"

@@ -119,7 +119,12 @@ def top_k_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tenso
 
 class LotteryTicket:
     """theta0 of every trained parameter (CPU) and, once chosen, the mask of the selectable ones
-    (bool, on the model's device). `model` is the module being trained (not a DDP wrapper)."""
+    (bool, on the model's device). `model` is the module being trained (not a DDP wrapper).
+
+    A parameter may hold only some rows of the tensor it stands for (`train_rows`: the embedding
+    rows the training pairs use, `--reduce-vocab`); theta0 and the mask stay full-size, and the
+    rows it lacks count as unmoved, which they are in full training (no gradient, no weight
+    decay in phase 2): K, the choice (ties included) and the diff are full training's."""
 
     def __init__(self, model, groups: ParameterGroups, k: int):
         self.model, self.groups, self.k = model, groups, k
@@ -127,23 +132,40 @@ class LotteryTicket:
         self.trained = groups.head + groups.selectable
         self.theta0 = {n: params[n].detach().to("cpu", copy=True) for n in self.trained}
         self.mask: dict[str, torch.Tensor] | None = None
+        self.rows: dict[str, torch.Tensor] = {}  # {name: the rows of theta0 the parameter holds}
+        self._held_masks: dict[str, torch.Tensor] | None = None  # the mask, as the parameters hold it
+
+    def train_rows(self, name: str, rows) -> None:
+        """From now on parameter `name` holds only `rows` (ascending ids) of its theta0."""
+        self.rows[name] = torch.as_tensor(rows, dtype=torch.long)
 
     def _params(self) -> dict[str, torch.nn.Parameter]:
         return dict(self.model.named_parameters())
+
+    def _held(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """The part of a full-size tensor (theta0, a mask) that parameter `name` holds."""
+        return full.index_select(0, self.rows[name].to(full.device)) if name in self.rows else full
 
     @torch.no_grad()
     def choose(self) -> None:
         """The mask: the K selectable entries that moved most from theta0."""
         params = self._params()
-        changes = {n: (params[n].detach() - self.theta0[n].to(params[n].device)).abs() for n in self.groups.selectable}
-        self.mask = top_k_mask(changes, self.k)
+        changes = {}
+        for name in self.groups.selectable:
+            param = params[name].detach()
+            moved = (param - self._held(name, self.theta0[name]).to(param.device)).abs()
+            if name in self.rows:  # rows it does not hold have not moved
+                moved = torch.zeros(self.theta0[name].shape, dtype=moved.dtype, device=param.device).index_copy_(
+                    0, self.rows[name].to(param.device), moved)
+            changes[name] = moved
+        self.mask, self._held_masks = top_k_mask(changes, self.k), None
 
     @torch.no_grad()
     def reset(self) -> None:
         """Every trained parameter, the head included, back to theta0."""
         params = self._params()
         for name in self.trained:
-            params[name].copy_(self.theta0[name])
+            params[name].copy_(self._held(name, self.theta0[name]))
 
     def switch(self, optimizer) -> None:
         """From stage 1 to stage 2: choose the mask, reset to theta0, and clear the optimizer's
@@ -159,7 +181,9 @@ class LotteryTicket:
         product): with zero gradients from a fresh AdamW state, its moments there stay zero and
         the entries keep theta0 bit for bit."""
         params = self._params()
-        for name, mask in self.mask.items():
+        if self._held_masks is None:
+            self._held_masks = {name: self._held(name, mask) for name, mask in self.mask.items()}
+        for name, mask in self._held_masks.items():
             grad = params[name].grad
             if grad is not None:
                 grad.masked_fill_(~mask, 0)
@@ -175,5 +199,6 @@ class LotteryTicket:
         self.theta0 = {n: tensors[f"theta0.{n}"] for n in self.trained}
         if f"mask.{self.groups.selectable[0]}" in tensors:
             self.mask = {n: tensors[f"mask.{n}"].to(params[n].device) for n in self.groups.selectable}
+            self._held_masks = None
 
 

@@ -9,20 +9,10 @@
     polyglot-distil apply-diff --student out/phase1/final --diff out/task/sparse_diff --out out/task-dense
 
 The teacher is a 3-way NLI classifier (`polyglot-distil finetune`); the student, a phase-1 model
-folder (masked-LM), gets a new 3-way head (seeded). When the teacher's vocabulary is larger than
-the student's (the teacher fine-tuned on the full multilingual model, the student trimmed), the
-teacher is reduced to the student's vocabulary with the trim's row selection (`trim_model_vocab`
-with `old_ids` found by token string): both then read the same ids, and on them the reduced
-teacher computes exactly what the full one does. Every student token must be in the teacher's
-vocabulary.
-
-Loss, each term with its weight (BiStil: logits, hidden and attention 1, label 0):
-
-    logits     soft cross-entropy of the student's softmax at --temperature against the teacher's
-               (no T^2 factor, as in BiStil's code), mean over pairs
-    hidden     mean over i of MSE(student hidden state i, teacher hidden state map(i)), 0 = embeddings
-    attention  mean over layers j of MSE(student attention j, teacher attention layer_map[j]), no padding
-    label      cross-entropy against the gold labels
+folder (masked-LM), gets a new 3-way head (seeded), in XNLI order. The pair (the teacher reduced
+to the student's vocabulary, the layer map), the dev evaluation and the loss (BiStil's logits,
+hidden and attention terms, weight 1 each; a gold-label term, weight 0) are the classifier
+distillation that QAT shares: `classifier_distillation.py`.
 
 Lottery-ticket sparse fine-tuning (`sparse.py`), one run of the training loop in two stages:
 (1) --full-epochs of full fine-tuning (weight decay 0); (2) at the switch, the K = --density x
@@ -42,39 +32,18 @@ OUT/checkpoints/, OUT/run_config.json.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 from pathlib import Path
 
-import numpy as np
-
-from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
 from polyglot_distil.data.nli_batches import TaskData
+from polyglot_distil.distill.classifier_distillation import TERMS, ClassifierLoss, DevEvaluation, TaskLossWeights, \
+    attention_implementation, pair_with_teacher, weights_of
+from polyglot_distil.distill.objective import batch_counts
 from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
-from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing
+from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.encoder import classifier_outputs
 from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
-
-TERMS = ("logits", "hidden", "attention", "label")
-
-
-@dataclass
-class TaskLossWeights:
-    """Phase 2's term weights (see objective.py); TERMS is the order the terms are added in."""
-
-    TERMS: ClassVar[tuple[str, ...]] = TERMS
-    LOGIT_LOSS: ClassVar[str] = "soft_ce"  # soft cross-entropy over the classes at T, no T² (BiStil's code)
-
-    logits: float = 1.0
-    hidden: float = 1.0
-    attention: float = 1.0
-    label: float = 0.0
-    temperature: float = 2.0
-
-    def enabled(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
-
 
 SPARSE, LOSSES = "lottery-ticket sparse fine-tuning", "losses"
 
@@ -110,13 +79,12 @@ class TaskSettings(Checkpointing, TaskData):
     lr: float = setting(2e-5, group=TRAINING)
     batch_size: int = setting(32, group=TRAINING, help="pairs per optimizer step, all processes together")
     save_dtype: str | None = like(SAVE_DTYPE, group=TRAINING)
+    reduce_vocab: bool = like(REDUCE_VOCAB, advanced=True)
     no_progress: bool = like(NO_PROGRESS)
     trust_remote_code: bool = like(TRUST_REMOTE_CODE, help="allow the models' own code to run")
 
     def loss_weights(self) -> TaskLossWeights:
-        given = {"logits": self.logits_weight, "hidden": self.hidden_weight, "attention": self.attention_weight,
-                 "label": self.label_weight}
-        return resolve_weights(TaskLossWeights(), given, self.temperature)
+        return weights_of(self, TaskLossWeights())
 
 
 @dataclass
@@ -140,51 +108,7 @@ class Stages:
 
 
 # ---------------------------------------------------------------------------------------------
-# Teacher and student
-
-
-def reduce_to_vocabulary(teacher, teacher_vocab: list[str], student_vocab: list[str], teacher_name: str,
-                         student_name: str) -> np.ndarray | None:
-    """Reduce `teacher` (in place) to the student's vocabulary: old_ids[student id] = the teacher
-    id of the same token string, rows selected by `trim.trim_model_vocab`. Returns old_ids, or
-    None when the vocabularies are already the same."""
-    from polyglot_distil.vocab.trim_model import trim_model_vocab
-
-    if teacher_vocab == student_vocab:
-        return None
-    position = {}
-    for i, token in enumerate(teacher_vocab):
-        position.setdefault(token, i)
-    missing = [t for t in student_vocab if t not in position]
-    if missing:
-        shown = ", ".join(repr(t) for t in missing[:3])
-        raise UserError(f"the vocabularies of teacher {teacher_name} ({len(teacher_vocab):,} tokens) and student "
-                        f"{student_name} ({len(student_vocab):,}) cannot be reconciled: {len(missing):,} student "
-                        f"tokens are not in the teacher's ({shown}); distil from a teacher fine-tuned on the model "
-                        "the student was trimmed from")
-    old_ids = np.asarray([position[t] for t in student_vocab], dtype=np.int64)
-    rows = teacher.get_input_embeddings().weight.shape[0]
-    if old_ids.max() >= rows:
-        raise UserError(f"teacher {teacher_name}: its tokenizer has ids up to {old_ids.max()} but its embedding only "
-                        f"{rows:,} rows")
-    trim_model_vocab(teacher, old_ids)
-    return old_ids
-
-
-def load_teacher(teacher_path: str, student_path: str, student_tokenizer, attn: str, trust_remote_code: bool = False):
-    """The teacher classifier (`evaluate.Classifier`), frozen, on the vocabulary of the student
-    (`student_path`, named in errors), in float32."""
-    import torch
-
-    from polyglot_distil.models.classifier import load_classifier
-    from polyglot_distil.models.loading import vocab_in_id_order
-
-    teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=trust_remote_code,
-                              dtype=torch.float32)
-    reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student_tokenizer),
-                         teacher_path, student_path)
-    teacher.model.eval().requires_grad_(False)
-    return teacher
+# The student
 
 
 def load_student(student_path: str, seed: int, attn: str, trust_remote_code: bool = False):
@@ -205,53 +129,6 @@ def load_student(student_path: str, seed: int, attn: str, trust_remote_code: boo
     return model, new_names, saved_dtype(config)
 
 
-def check_pair(teacher, student, weights: TaskLossWeights, layer_map: list[int], teacher_path: str,
-               student_path: str) -> None:
-    """Teacher and student go together: one family, a layer map within both, the widths and heads
-    the enabled losses compare (the paths name them in the errors)."""
-    from polyglot_distil.models.student import check_layers
-
-    t, s = teacher.config, student.config
-    if t.model_type != s.model_type:
-        raise UserError(f"teacher {teacher_path} is a {t.model_type} model but student {student_path} a "
-                        f"{s.model_type} one; distil a student from its own teacher's family")
-    check_layers(layer_map, t.num_hidden_layers, s.num_hidden_layers, "--layer-map")
-    if weights.hidden and s.hidden_size != t.hidden_size:
-        raise UserError(f"the hidden loss compares states of equal width, but the student's hidden size is "
-                        f"{s.hidden_size} and the teacher's {t.hidden_size}; pass --hidden-weight 0")
-    if weights.attention and s.num_attention_heads != t.num_attention_heads:
-        raise UserError(f"the attention loss compares heads one to one, but the student has {s.num_attention_heads} "
-                        f"and the teacher {t.num_attention_heads}; pass --attention-weight 0")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss
-
-
-def distillation_loss(model, teacher, teacher_order, batch: dict, weights: TaskLossWeights, layer_map: list[int],
-                      cache=None):
-    """One batch's (weighted loss, {term: scalar}). `teacher_order` [3] puts the teacher's
-    classes in XNLI order, the student's; with a `cache` (teacher_cache.TeacherCache) the teacher's
-    outputs are read from it instead of computed."""
-    import torch
-
-    from polyglot_distil.data.nli_batches import model_inputs
-
-    inputs = model_inputs(batch)
-    hidden, attentions = weights.hidden > 0, weights.attention > 0
-    s = classifier_outputs(model(**inputs, output_hidden_states=hidden, output_attentions=attentions), hidden, attentions)
-    with torch.no_grad():
-        if cache is not None:  # computed once per pair, already in XNLI order
-            t = cache.batch(batch["rows"], batch["input_ids"].shape[1], batch["input_ids"].device)
-        else:
-            t = classifier_outputs(teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions),
-                                   hidden, attentions)
-            t["logits"] = t["logits"][:, teacher_order]
-    terms = distillation_terms(s, t, batch["attention_mask"], weights, layer_map, labels=batch["labels"],
-                               counts=batch.get("counts"))
-    return weighted_sum(terms, weights), terms
-
-
 # ---------------------------------------------------------------------------------------------
 # The recipe
 
@@ -260,23 +137,20 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
                  keep: dict):
     """Load teacher, student and data; return the two-stage `Recipe`. `keep["ticket"]` receives
     the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
-    import torch
-
     from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
-    from polyglot_distil.models.classifier import dev_predictions, save_classifier
-    from polyglot_distil.models.loading import load_tokenizer
     from polyglot_distil.distill.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count
-    from polyglot_distil.models.student import default_layer_map, parse_layers
     from polyglot_distil.distill.training import CACHE, Recipe
+    from polyglot_distil.models.classifier import save_classifier
+    from polyglot_distil.models.loading import load_tokenizer
 
-    attn = "eager" if weights.attention > 0 else "sdpa"  # attention maps need the eager attention
+    # the pair: a new head on the phase-1 student (XNLI order), the teacher on its vocabulary
     tokenizer = load_tokenizer(options.student, options.trust_remote_code)
-    teacher = load_teacher(options.teacher, options.student, tokenizer, attn, options.trust_remote_code)
-    student, new_names, student_dtype = load_student(options.student, options.seed, attn, options.trust_remote_code)
-    t_layers, s_layers = teacher.model.config.num_hidden_layers, student.config.num_hidden_layers
-    layer_map = parse_layers(options.layer_map, "--layer-map") or default_layer_map(t_layers, s_layers)
-    check_pair(teacher.model, student, weights, layer_map, options.teacher, options.student)
+    student, new_names, student_dtype = load_student(options.student, options.seed, attention_implementation(weights),
+                                                     options.trust_remote_code)
+    pair = pair_with_teacher(options.teacher, student, options.student, tokenizer, list(range(3)), weights,
+                             options.layer_map, options.trust_remote_code)
 
+    # which parameters train: LT-SFT's groups and K
     groups = parameter_groups(student, new_names, include_embeddings=options.include_embeddings)
     params = dict(student.named_parameters())
     selectable = sum(params[n].numel() for n in groups.selectable)
@@ -288,35 +162,42 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
     fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
     ticket = keep["ticket"] = LotteryTicket(student, groups, k)
 
+    # data
     show = False if options.no_progress or not accelerator.is_main_process else None
     pairs = cached_pairs(tokenizer, train_data, options.max_length, show, Path(options.out) / CACHE,
                          main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
-    data = NLIBatches(pairs, train_data.labels, options.batch_size, options.seed,
+    data = NLIBatches(pairs, pair.student_labels(train_data.labels), options.batch_size, options.seed,
                       options.length_buckets)
-    teacher.model.to(accelerator.device)
-    teacher_order = torch.as_tensor(np.argsort(teacher.to_xnli), device=accelerator.device)
-    teacher_dev = dev_predictions(teacher.model, tokenizer, dev_data, teacher.to_xnli, options.batch_size,
-                                  options.max_length, accelerator)
+    if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
+        from polyglot_distil.models.used_vocab import restrict_to_pairs
+
+        name, used, note = restrict_to_pairs(student, pairs)
+        ticket.train_rows(name, used)
+        if accelerator.is_main_process:
+            print(note, file=sys.stderr)
+
+    # loss and evaluation
+    pair.teacher_to(accelerator.device)
+    evaluate = DevEvaluation(pair, dev_data, options.batch_size, options.max_length, accelerator)
     cache = None
     if options.teacher_cache:
         from polyglot_distil.distill.teacher_cache import TeacherCache
         from polyglot_distil.models.student import hidden_state_pairs
 
         cache = TeacherCache.open_or_build(
-            options.teacher_cache, teacher.model, options.teacher, pairs, teacher_order,
-            hidden=[k for _, k in hidden_state_pairs(layer_map)] if weights.hidden else [],
-            attention=list(layer_map) if weights.attention else [], max_length=options.max_length,
+            options.teacher_cache, pair.teacher.model, options.teacher, pairs, pair.teacher_order(accelerator.device),
+            hidden=[k for _, k in hidden_state_pairs(pair.layer_map)] if weights.hidden else [],
+            attention=list(pair.layer_map) if weights.attention else [], max_length=options.max_length,
             batch_size=options.batch_size, device=accelerator.device, accelerator=accelerator,
             log=lambda text: print(text, file=sys.stderr) if accelerator.is_main_process else None)
+    compute_loss = ClassifierLoss(pair, weights, accelerator.device, cache)
     if accelerator.is_main_process:
         print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
               f"selectable ({k / selectable:.2%}); head {', '.join(groups.head)}", file=sys.stderr)
-        if teacher.note:
-            print(f"note: {teacher.note}", file=sys.stderr)
+        if pair.teacher.note:
+            print(f"note: {pair.teacher.note}", file=sys.stderr)
 
-    def compute_loss(model, batch):
-        return distillation_loss(model, teacher.model, teacher_order, batch, weights, layer_map, cache)
-
+    # the step: the switch to the sparse stage, the mask on the gradients
     def before_step(step, model, optimizer):
         if step == stages.full:  # also after a resume from the checkpoint taken just before it
             ticket.switch(optimizer)
@@ -325,16 +206,10 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
         if ticket.mask is not None:
             ticket.mask_gradients()
 
-    def evaluate(model, accelerator):
-        predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, list(range(3)),
-                                    options.batch_size, options.max_length, accelerator)
-        return {"dev_accuracy": float(np.mean(predicted == dev_data.labels)),
-                "dev_agreement": float(np.mean(predicted == teacher_dev))}
-
     info = {"command": "distil task", "teacher": str(options.teacher), "student": str(options.student), "task": options.task,
             "train": options.train, "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights),
-            "layer_map": layer_map, "density": options.density, "k": k, "include_embeddings": options.include_embeddings,
-            "stage_steps": {"full": stages.full, "sparse": stages.sparse}}
+            "layer_map": pair.layer_map, "density": options.density, "k": k,
+            "include_embeddings": options.include_embeddings, "stage_steps": {"full": stages.full, "sparse": stages.sparse}}
     keep["info"] = {**info, "base": str(options.student), "base_fingerprint": fingerprint}
 
     def save_model(trained, folder: Path) -> None:
@@ -366,6 +241,9 @@ def run_distil_task(options: TaskSettings) -> dict:
     weights = options.loss_weights()
     if options.warmup_steps < 0:
         raise UserError(f"--warmup-steps must be 0 or more, not {options.warmup_steps}")
+    if options.reduce_vocab and not options.include_embeddings:
+        raise UserError("--reduce-vocab trains fewer embedding rows, but --exclude-embeddings freezes them all; "
+                        "pass one of the two")
     train_data, dev_data = read_task_data(options.train, options.dev, options.max_train_pairs, options.seed)
     batches_per_epoch = epoch_batches(len(train_data), options.batch_size)
     stages = Stages(steps_for(options.full_epochs, batches_per_epoch, "--full-epochs"),
@@ -381,6 +259,7 @@ def run_distil_task(options: TaskSettings) -> dict:
         "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
         "teacher_cache": bool(options.teacher_cache),
         **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
+        **({"reduce_vocab": True} if options.reduce_vocab else {}),
     }
     keep: dict = {}
     result = train(settings, run_config,

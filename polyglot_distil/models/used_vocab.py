@@ -93,6 +93,18 @@ def restrict_to_used_rows(model, used_ids: np.ndarray) -> UsedRowsEmbedding:
     return restricted
 
 
+def restrict_to_pairs(model, pairs) -> tuple[str, np.ndarray, str]:
+    """In place: `model` trains only the input-embedding rows that the tokenized `pairs`
+    (`data.nli_batches` pairs: `input_ids`, `pad_id`) use, the batches' padding included. Returns
+    (the embedding parameter's name, those rows, a line saying so for the log)."""
+    embedding = model.get_input_embeddings().weight
+    name = next(n for n, p in model.named_parameters() if p is embedding)
+    used = used_token_ids([pairs.input_ids], [pairs.pad_id], embedding.shape[0])
+    restrict_to_used_rows(model, used)
+    return name, used, (f"training {len(used):,} of the {embedding.shape[0]:,} embedding rows: those the training "
+                        "pairs use (--reduce-vocab; all rows are saved)")
+
+
 @contextlib.contextmanager
 def full_vocabulary(model):
     """Within the block, `model` has its full input embedding back (trained rows written in), as
