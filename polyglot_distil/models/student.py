@@ -426,6 +426,16 @@ def spec_from_args(args) -> StudentSpec:
                        importance_lines=args.importance_lines)
 
 
+def built_from(student: str | Path) -> str | None:
+    """The teacher a student folder was built from (its student.json), or None (not built by
+    `student`, or a hub name)."""
+    description = Path(student) / "student.json"
+    try:
+        return str(json.loads(description.read_text(encoding="utf-8"))["teacher"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_student(args) -> dict:
     from transformers import AutoConfig
 
