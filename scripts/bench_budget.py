@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -29,11 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def cli(*args: str) -> None:
+def cli(*args: str) -> float:
+    """Run a command; return the CPUs it had on average (its CPU time / its wall time)."""
     command = [sys.executable, "-m", "polyglot_distil", *map(str, args)]
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+
+
+def timed(run: Path, cpus: float, threads: int) -> dict:
+    """Seconds per step as measured, and as on a quiet machine: other jobs gave the command `cpus`
+    of its `threads` on average, so a step alone would take about the measured x cpus / threads."""
+    measured, steps = seconds_per_step(run)
+    return {"seconds_per_step": round(measured, 2), "quiet_seconds_per_step": round(measured * min(cpus / threads, 1), 2),
+            "cpus": round(cpus, 2), "steps": steps}
 
 
 def seconds_per_step(run: Path) -> tuple[float, int]:
@@ -45,8 +58,9 @@ def seconds_per_step(run: Path) -> tuple[float, int]:
     return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1), len(elapsed) - 1
 
 
-def dev_seconds(model: Path, pairs: int, data: Path) -> float:
-    """Seconds for a dev evaluation of `pairs` pairs (batch 32, length-sorted), as training does it."""
+def dev_seconds(model: Path, pairs: int, data: Path) -> tuple[float, float]:
+    """Seconds for a dev evaluation of `pairs` pairs (batch 32, length-sorted), as training does
+    it: measured, and as on a quiet machine (see `timed`)."""
     sys.path.insert(0, str(ROOT))
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -59,10 +73,11 @@ def dev_seconds(model: Path, pairs: int, data: Path) -> float:
     classifier = AutoModelForSequenceClassification.from_pretrained(model).eval()
     premises, hypotheses = nli.premises[:pairs], nli.hypotheses[:pairs]
     predict_logits(classifier, tokenizer, premises[:32], hypotheses[:32], 32, 128, progress=False)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         predict_logits(classifier, tokenizer, premises, hypotheses, 32, 128, progress=False)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, min((time.process_time() - cpu) / wall / torch.get_num_threads(), 1.0) * wall
 
 
 def model_shape(folder: Path) -> dict:
@@ -99,52 +114,63 @@ def main() -> int:
     if not (student / "config.json").is_file():
         cli("student", "--teacher", trimmed, "--layers", 6, "--out", student)
     n = args.steps + 1
+    dev = work / "dev-en.tsv"  # the training stages' own dev evaluation, at their end: a few pairs (timed apart below)
+    dev.write_text("".join((x / "dev-en.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:64]),
+                   encoding="utf-8")
     figures = {"threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count(),
                "load_average": round(os.getloadavg()[0], 1), "models": {
                    "full": model_shape(model), "trimmed": model_shape(trimmed), "student": model_shape(student)},
                "stages": {}}
 
+    threads = figures["threads"]
     phase1 = work / "general"
-    cli("distil", "general", "--teacher", trimmed, "--student", student, "--lang", f"en={x / 'test-en.tsv'}?columns=premise",
-        "--lang", f"fr={x / 'test-fr.tsv'}?columns=premise", "--out", phase1, "--steps", n, "--batch-size", 16,
-        "--block-size", 128, "--heldout-blocks", 16, "--max-lines", 2000, "--eval-every", 10_000, "--save-every", 10_000,
-        "--log-every", 1, "--no-progress", "--overwrite")
-    figures["stages"]["general"] = {"teacher": "trimmed", "student": "student", "batch": 16, "tokens": 128,
-                                    "seconds_per_step": seconds_per_step(phase1)[0]}
+    cpus = cli("distil", "general", "--teacher", trimmed, "--student", student,
+               "--lang", f"en={x / 'test-en.tsv'}?columns=premise", "--lang", f"fr={x / 'test-fr.tsv'}?columns=premise",
+               "--out", phase1, "--steps", n, "--batch-size", 16, "--block-size", 128, "--heldout-blocks", 16,
+               "--max-lines", 2000, "--eval-every", 10_000, "--save-every", 10_000, "--log-every", 1, "--no-progress",
+               "--overwrite")
+    figures["stages"]["general"] = timed(phase1, cpus, threads)
 
     teacher = work / "finetune"
-    cli("finetune", "--model", model, "--train", x / "test-en.tsv", "--dev", x / "dev-en.tsv",
-        "--max-train-examples", 32 * n, "--batch-size", 32, "--epochs", 1, "--reduce-vocab", "--log-every", 1,
-        "--save-every", 10_000, "--out", teacher, "--no-progress", "--overwrite")
-    figures["stages"]["finetune"] = {"teacher": None, "student": "full", "batch": 32, "tokens": 128,
-                                     "reduce_vocab": True, "seconds_per_step": seconds_per_step(teacher)[0]}
+    cpus = cli("finetune", "--model", model, "--train", x / "test-en.tsv", "--dev", dev,
+               "--max-train-examples", 32 * n, "--batch-size", 32, "--epochs", 1, "--reduce-vocab", "--log-every", 1,
+               "--save-every", 10_000, "--out", teacher, "--no-progress", "--overwrite")
+    figures["stages"]["finetune"] = timed(teacher, cpus, threads)
+
+    all_rows = work / "finetune-all-rows"  # every embedding row trained, as without --reduce-vocab
+    cpus = cli("finetune", "--model", model, "--train", x / "test-en.tsv", "--dev", dev,
+               "--max-train-examples", 32 * n, "--batch-size", 32, "--epochs", 1, "--log-every", 1,
+               "--save-every", 10_000, "--out", all_rows, "--no-progress", "--overwrite")
+    figures["stages"]["finetune_all_rows"] = timed(all_rows, cpus, threads)
 
     task = work / "task"
-    cli("distil", "task", "--teacher", teacher / "final", "--student", phase1 / "final", "--train", x / "test-en.tsv",
-        "--dev", x / "dev-en.tsv", "--max-train-examples", 32 * n, "--batch-size", 32, "--full-epochs", 1,
-        "--sparse-epochs", 0, "--log-every", 1, "--save-every", 10_000, "--out", task, "--no-progress", "--overwrite")
-    figures["stages"]["task"] = {"teacher": "full", "student": "student", "batch": 32, "tokens": 128,
-                                 "seconds_per_step": seconds_per_step(task)[0]}
+    cpus = cli("distil", "task", "--teacher", teacher / "final", "--student", phase1 / "final",
+               "--train", x / "test-en.tsv", "--dev", dev, "--max-train-examples", 32 * n, "--batch-size", 32,
+               "--full-epochs", 1, "--sparse-epochs", 0.2, "--log-every", 1, "--save-every", 10_000, "--out", task,
+               "--no-progress", "--overwrite")
+    figures["stages"]["task"] = timed(task, cpus, threads)
 
     for name, folder in (("dev_full", teacher / "final"), ("dev_student", task / "final")):
-        seconds = dev_seconds(folder, args.dev_pairs, x / "dev-en.tsv")
-        figures["stages"][name] = {"model": "full" if name == "dev_full" else "student",
-                                   "seconds_per_100_pairs": seconds * 100 / args.dev_pairs}
+        measured, quiet = dev_seconds(folder, args.dev_pairs, x / "dev-en.tsv")
+        figures["stages"][name] = {"seconds_per_100_pairs": round(measured * 100 / args.dev_pairs, 2),
+                                   "quiet_seconds_per_100_pairs": round(quiet * 100 / args.dev_pairs, 2)}
     figures["wall_seconds"] = round(time.time() - started, 1)
     figures["load_average_after"] = round(os.getloadavg()[0], 1)
 
-    print(f"threads {figures['threads']}, load average {figures['load_average']} -> {figures['load_average_after']}")
-    print("| stage | what one step is | seconds per step | minutes per 100 steps |")
+    print(f"{threads} threads, load average {figures['load_average']} -> {figures['load_average_after']}; "
+          "'quiet': the measured time x the share of the threads the command had (its CPU time / wall time)")
+    print("| stage | one step | seconds per step: measured / quiet | minutes per 100 steps: measured / quiet |")
     print("| --- | --- | ---: | ---: |")
-    labels = {"general": "phase 1: 16 blocks x 128 tokens, 6-layer student of the en+fr trim, trim as teacher",
-              "finetune": "task teacher: 32 pairs (<= 128 tokens), full model, --reduce-vocab",
-              "task": "phase 2: 32 pairs, the 6-layer student, the full task teacher"}
+    labels = {"general": "phase 1: 16 blocks x 128 tokens, 6-layer student of the en+fr trim, the trim as teacher",
+              "finetune": "task teacher: 32 pairs (<= 128 tokens), the full model, --reduce-vocab",
+              "finetune_all_rows": "the same, all 250,037 embedding rows trained (no --reduce-vocab)",
+              "task": "phase 2: 32 pairs, the 6-layer student, the full task teacher at every step"}
     for name, label in labels.items():
-        s = figures["stages"][name]["seconds_per_step"]
-        print(f"| {name} | {label} | {s:.2f} | {s * 100 / 60:.1f} |")
-    for name, label in (("dev_full", "dev evaluation, full model"), ("dev_student", "dev evaluation, the student")):
-        s = figures["stages"][name]["seconds_per_100_pairs"]
-        print(f"| {name} | {label} | {s:.2f} s per 100 pairs | |")
+        a, b = figures["stages"][name]["seconds_per_step"], figures["stages"][name]["quiet_seconds_per_step"]
+        print(f"| {name} | {label} | {a:.2f} / {b:.2f} | {a * 100 / 60:.1f} / {b * 100 / 60:.1f} |")
+    for name, label in (("dev_full", "the full model"), ("dev_student", "the 6-layer student")):
+        a, b = figures["stages"][name]["seconds_per_100_pairs"], figures["stages"][name]["quiet_seconds_per_100_pairs"]
+        print(f"| dev evaluation | 100 XNLI pairs, batch 32, {label} | {a:.2f} / {b:.2f} | |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
