@@ -9,7 +9,7 @@ machine, corrected for the other jobs that shared it), scaled by the arithmetic 
 tokens x layers x (attention and feed-forward matrix products, and attention over the sequence),
 for the teacher's forward pass and the student's forward and backward passes. It ignores the
 machine (a GPU, more cores, other jobs), data loading and checkpoints, so it is a rough guide
-(a newcomer's 2 cores took 1.7-2x these figures), and an upper bound on a GPU, which is not
+(a newcomer's 2 cores took 1.6-1.9x these figures per step), and an upper bound on a GPU, which is not
 measured. The budgets known to beat chance are the yardstick's (docs/yardstick.md); the figures
 are in docs/budgets.md.
 """
@@ -21,22 +21,23 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-# Measured by `scripts/bench_budget.py` (4 steps each) on multilingual-e5-small (12 layers, hidden
-# 384, FFN 1536) and its 6-layer student, on this project's 2 CPU cores while other jobs shared them
-# (load average 5-7): each figure is the measured time x the share of the 2 threads the command had
-# (its CPU time / wall time), i.e. the same machine without the other jobs (docs/budgets.md).
+# Measured by `scripts/bench_budget.py` (4 steps each, two runs, their mean) on multilingual-e5-small
+# (12 layers, hidden 384, FFN 1536) and its 6-layer student, on this project's 2 CPU cores while other
+# jobs shared them (load average 5-7): each figure is the measured time x the share of the 2 threads
+# the command had (its CPU time / wall time), i.e. the same machine without the other jobs
+# (docs/budgets.md).
 E5_SMALL = (12, 384, 1536)
 STUDENT_6 = (6, 384, 1536)
 MEASURED = {
     # stage: (seconds per step, teacher shape or None, trained shape, sequences per step, tokens each)
-    "general": (4.64, E5_SMALL, STUDENT_6, 16, 128),  # phase 1
-    "finetune": (5.22, None, E5_SMALL, 32, 128),  # the task teacher, --reduce-vocab; XNLI pairs, length-bucketed
-    "task": (4.28, E5_SMALL, STUDENT_6, 32, 128),  # phase 2, the teacher run at every step (no cache)
+    "general": (4.49, E5_SMALL, STUDENT_6, 16, 128),  # phase 1
+    "finetune": (5.40, None, E5_SMALL, 32, 128),  # the task teacher, --reduce-vocab; XNLI pairs, length-bucketed
+    "task": (4.24, E5_SMALL, STUDENT_6, 32, 128),  # phase 2, the teacher run at every step (no cache)
 }
-DEV_SECONDS_PER_100_PAIRS = 3.40  # the full e5-small, batch 32, length-sorted XNLI dev pairs
-# docs/figures.md: the task teacher with all 250,037 x 384 embedding rows trained, 15.36 s per step
-# against 8.65 with --reduce-vocab (1 thread): 0.07 s per million row values at every step
-EMBEDDING_SECONDS_PER_MILLION_ROWS = (15.36 - 8.65) / (250_037 * 384 / 1e6)
+DEV_SECONDS_PER_100_PAIRS = 3.32  # the full e5-small, batch 32, length-sorted XNLI dev pairs
+# the task teacher with all 250,037 x 384 embedding rows trained: 6.18 s per step against 5.58 with
+# --reduce-vocab in the same run, 0.6 s more per step for 96M row values
+EMBEDDING_SECONDS_PER_MILLION_ROWS = (6.18 - 5.58) / (250_037 * 384 / 1e6)
 
 # The smallest training budgets known to beat chance (33% on 3-class NLI), in pairs seen
 # (steps x batch x gradient accumulation); below them, a run has not been seen to.

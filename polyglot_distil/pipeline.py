@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -559,7 +560,7 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
 
         for line in estimate_lines(run.config, {step.stage.name: vars(step.stage.command.namespace(**step.values))
                                                 for step in steps if step.values is not None}):
-            print(line, flush=True)
+            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
     if rank > 0:  # several nodes: the markers polled below must be visible here
         wait_visible(lock_path(run.run_dir), what="the run folder's lock, taken by the main process")
     ran = []

@@ -102,10 +102,10 @@ def demo_run(tmp_path_factory):
     path = write_config(tmp, general__steps=20, eval__repeats=1)
     first = run_pipeline(load_config(path, ["stages=[count,trim,verify,student,general]"]))
     markers = {s: (tmp / "run" / s / "DONE.json").stat().st_mtime_ns for s in first}
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()) as warned:
         second = run_pipeline(load_config(path))
     return {"tmp": tmp, "path": path, "first": first, "second": second, "markers": markers,
-            "second_output": printed.getvalue()}
+            "second_output": printed.getvalue(), "second_errors": warned.getvalue()}
 
 
 def test_first_run_stops_after_phase_one(demo_run):
@@ -125,9 +125,10 @@ def test_run_prints_each_stage_estimate_and_a_budget_that_cannot_beat_chance(dem
     first = lines.index(next(line for line in lines if line.startswith("estimated time (rough:")))
     assert [line.split("]")[0] for line in lines[first + 1:first + 4]] == ["  [finetune", "  [task", "  [eval"]
     assert lines[first + 4].startswith("  total ~")
-    assert lines[first + 5].startswith("warning: finetune: 120 steps of 16 pairs (1,920 pairs seen) is below")
-    assert lines[first + 6].startswith("warning: task: ")
-    assert lines[first + 7] == "[count] done earlier, skipped"  # then the stages, in order
+    assert lines[first + 5] == "[count] done earlier, skipped"  # then the stages, in order
+    warnings = [line for line in demo_run["second_errors"].splitlines() if line.startswith("warning:")]
+    assert warnings[0].startswith("warning: finetune: 120 steps of 16 pairs (1,920 pairs seen) is below")
+    assert warnings[1].startswith("warning: task: ") and len(warnings) == 2
 
 
 def test_demo_produces_an_evaluated_compact_model(demo_run):
