@@ -182,7 +182,7 @@ def estimate(config: dict, options: dict[str, dict]) -> list[Estimate]:
                 f"{evaluations} dev evaluations of {dev_pairs or 0:,} pairs")
         found.append(Estimate(stage, seconds, what, _chance_warning(stage, seen, steps, batch)))
     xnli = options.get("eval")
-    if xnli and found:
+    if xnli:
         langs = [lang for lang in str(xnli.get("langs") or "").split(",") if lang]
         data = Path(str(xnli.get("data") or ""))
         pairs = sum(count_pairs([str(data / f"{xnli.get('split', 'test')}-{lang}.tsv")], xnli.get("limit")) or 0

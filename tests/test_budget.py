@@ -89,6 +89,14 @@ def test_the_lines_say_they_are_rough_and_total_the_stages(e5_config):
     assert len(lines) == 5
 
 
+def test_the_evaluation_is_sized_by_its_pairs_through_both_models(e5_config):
+    xnli = {**defaults("eval"), "langs": "fr,en", "data": str(CORPORA / "nli"), "split": "test"}
+    (found,) = budget.estimate(e5_config, {"eval": xnli})
+    assert found.stage == "eval" and found.what == "120 pairs through the student and the teacher"
+    full_alone = 120 * budget.DEV_SECONDS_PER_100_PAIRS / 100
+    assert full_alone < found.seconds < 2 * full_alone  # and the 6-layer student, about half of it
+
+
 def test_a_model_it_cannot_read_gets_no_estimate(e5_config):
     general = options(e5_config, "general")
     assert budget.estimate_lines({**e5_config, "model": "intfloat/multilingual-e5-small"}, {"general": general}) == []
