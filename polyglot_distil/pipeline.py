@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -560,6 +561,12 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
         steps, error = _share_plan(steps, error)
     if error:
         raise UserError(error)
+    if rank == 0:  # what the stages about to run will cost, roughly, and a budget that cannot beat chance
+        from polyglot_distil.budget import estimate_lines
+
+        for line in estimate_lines(run.config, {step.stage.name: vars(step.stage.command.namespace(**step.values))
+                                                for step in steps if step.values is not None}):
+            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
     if rank > 0:  # several nodes: the markers polled below must be visible here
         wait_visible(lock_path(run.run_dir), what="the run folder's lock, taken by the main process")
     ran = []

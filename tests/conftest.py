@@ -3,6 +3,8 @@ vocabularies and XNLI text from ../shared/data (tests that need them skip when a
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 from pathlib import Path
@@ -187,3 +189,20 @@ def e5_en_fr(tmp_path_factory, e5_dir) -> tuple[Path, dict]:
     report = api.trim(str(e5_dir), out / "counts.parquet", ["en", "fr"], out / "model", min_count=1,
                       keep_chars=True, verify_lines=60, no_progress=True)
     return out / "model", report
+
+
+@contextlib.contextmanager
+def transformers_log():
+    """What transformers logs meanwhile (its load report is a warning of the `transformers`
+    logger, which does not propagate to pytest's capture), as a list of messages."""
+    import logging
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

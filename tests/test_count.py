@@ -574,3 +574,27 @@ def test_a_shard_is_the_same_whatever_the_order_of_its_caps_and_languages_and_an
                      ["a", "b"], allow_partial=True)
     check_shards([part({"max_lines": 5, "seed": 1}), part({"max_lines": 5, "seed": 2})], ["a", "b"],
                  allow_partial=True)
+
+
+def test_a_language_code_typo_is_one_warning_with_the_code_meant(tmp_path, tiny_bert_dir, capsys, monkeypatch):
+    """`--lang ed=...` (for de) is seen at `count`, not at `trim`; a name of one's own still works."""
+    from polyglot_distil.data import languages
+
+    monkeypatch.setattr(languages, "_shown", set())
+    out = tmp_path / "counts.parquet"
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}",
+                   "--lang", f"ed={CORPORA / 'de' / 'sample.txt'}", "--lang", f"pt-BR={CORPORA / 'es' / 'sample.txt'}",
+                   "--out", out, "--no-progress") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "'ed' is not a language code polyglot-distil knows" in warnings[0], warnings
+    assert "did you mean 'de'" in warnings[0] and "--lang ed=" in warnings[0]
+    assert read_counts(out).languages == ["en", "ed", "pt-BR"]  # a warning, not a refusal
+
+
+def test_language_codes_known_and_close():
+    from polyglot_distil.data.languages import close_codes, is_known
+
+    assert all(is_known(code) for code in ("en", "sw", "swh", "eng_Latn", "zh_Hans", "pt-BR", "fre", "iw"))
+    assert not any(is_known(name) for name in ("ed", "enn", "english", "code", "x"))
+    assert close_codes("ed")[0] == "de" and close_codes("enn") == ["en"] and close_codes("sww") == ["sw"]
+    assert close_codes("english") == []

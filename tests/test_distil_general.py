@@ -211,11 +211,12 @@ def test_distilbert_losses_train_a_narrower_student_built_on_the_fly(tmp_path, t
     assert json.loads((out / "final" / "config.json").read_text())["hidden_size"] == 16
 
 
-def _fails_with(capsys, message: str, *args) -> None:
+def _fails_with(capsys, message: str, *args) -> str:
     assert run_cli(*args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert message in err, err
+    return err
 
 
 def test_layer_map_to_a_missing_teacher_layer_is_an_error(capsys, tmp_path, teacher_dir, student_dir, texts):
@@ -225,8 +226,20 @@ def test_layer_map_to_a_missing_teacher_layer_is_an_error(capsys, tmp_path, teac
 
 
 def test_student_with_another_vocabulary_is_an_error(capsys, tmp_path, teacher_dir, tiny_xlmr_dir, texts):
-    _fails_with(capsys, "have different vocabularies",
-                *_options(teacher_dir, tiny_xlmr_dir, texts, tmp_path / "out", "--steps", 1))
+    err = _fails_with(capsys, "have different vocabularies",
+                      *_options(teacher_dir, tiny_xlmr_dir, texts, tmp_path / "out", "--steps", 1))
+    assert "pass as --teacher the model the student was built from" in err
+    assert "'polyglot-distil student" not in err  # rebuilding the student would throw a trim away
+
+
+def test_a_student_of_another_teacher_names_the_teacher_it_was_built_from(capsys, tmp_path, teacher_dir,
+                                                                          tiny_xlmr_dir, texts):
+    """The usual mistake: the untrimmed model as --teacher of a student built from the trimmed one."""
+    student = tmp_path / "student"
+    assert run_cli("student", "--teacher", tiny_xlmr_dir, "--layers", "1", "--out", student) == 0
+    capsys.readouterr()
+    _fails_with(capsys, f"the student was built from {tiny_xlmr_dir}: pass --teacher {tiny_xlmr_dir}",
+                *_options(teacher_dir, student, texts, tmp_path / "out", "--steps", 1))
 
 
 def test_language_without_text_is_an_error(capsys, tmp_path, teacher_dir, student_dir, texts):

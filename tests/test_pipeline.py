@@ -3,6 +3,8 @@ completed stages are skipped; an interrupted run resumes where it stopped."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -100,8 +102,10 @@ def demo_run(tmp_path_factory):
     path = write_config(tmp, general__steps=20, eval__repeats=1)
     first = run_pipeline(load_config(path, ["stages=[count,trim,verify,student,general]"]))
     markers = {s: (tmp / "run" / s / "DONE.json").stat().st_mtime_ns for s in first}
-    second = run_pipeline(load_config(path))
-    return {"tmp": tmp, "path": path, "first": first, "second": second, "markers": markers}
+    with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()) as warned:
+        second = run_pipeline(load_config(path))
+    return {"tmp": tmp, "path": path, "first": first, "second": second, "markers": markers,
+            "second_output": printed.getvalue(), "second_errors": warned.getvalue()}
 
 
 @pytest.mark.slow
@@ -114,6 +118,20 @@ def test_rerun_resumes_at_the_next_stage_without_redoing_earlier_ones(demo_run):
     assert demo_run["second"] == ["finetune", "task", "eval"]
     for stage, mtime in demo_run["markers"].items():
         assert (demo_run["tmp"] / "run" / stage / "DONE.json").stat().st_mtime_ns == mtime, stage
+
+
+@pytest.mark.slow
+def test_run_prints_each_stage_estimate_and_a_budget_that_cannot_beat_chance(demo_run):
+    """Before the first stage: a rough time per stage about to run, and a warning for the demo's
+    8 epochs of 240 pairs (the task teacher needs more to leave chance)."""
+    lines = demo_run["second_output"].splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("estimated time (rough:")))
+    assert [line.split("]")[0] for line in lines[first + 1:first + 4]] == ["  [finetune", "  [task", "  [eval"]
+    assert lines[first + 4].startswith("  total ~")
+    assert lines[first + 5] == "[count] done earlier, skipped"  # then the stages, in order
+    warnings = [line for line in demo_run["second_errors"].splitlines() if line.startswith("warning:")]
+    assert warnings[0].startswith("warning: finetune: 120 steps of 16 pairs (1,920 pairs seen) is below")
+    assert warnings[1].startswith("warning: task: ") and len(warnings) == 2
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPORA, run_cli, shared
+from conftest import CORPORA, run_cli, shared, transformers_log
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,7 +52,10 @@ def test_the_trimmed_sentence_transformer_encodes_as_the_source(e5_dir, e5_en_fr
     folder, report = e5_en_fr
     assert "modules.json" in report["sentence_transformers"]
     assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "query: "
-    source, trimmed = st.SentenceTransformer(str(e5_dir)), st.SentenceTransformer(str(folder))
+    source = st.SentenceTransformer(str(e5_dir))
+    with transformers_log() as messages:
+        trimmed = st.SentenceTransformer(str(folder))
+    assert [m for m in messages if "pooler" in m] == []  # E5 never had one, and no report says it is missing
     kept = set(report["old_ids"])
     lines = (CORPORA / "fr" / "sample.txt").read_text(encoding="utf-8").splitlines()
     texts = [t for t in (f"query: {line}" for line in lines)

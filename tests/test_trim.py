@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPORA, run_cli, shared
+from conftest import CORPORA, run_cli, shared, transformers_log
 from polyglot_distil.data.corpus import Caps, iter_language, parse_sources
 from polyglot_distil.vocab.count import count_corpora, write_counts
 from polyglot_distil.data.tokenization import untruncated
@@ -573,3 +573,48 @@ def test_the_trim_removes_exactly_the_dropped_rows(tiny_bert):
     assert report["params_before"] - report["params_after"] == removed * (hidden + 1)
     size = (tiny_bert.source / "model.safetensors").stat().st_size - (tiny_bert.out / "model.safetensors").stat().st_size
     assert abs(size - 4 * removed * (hidden + 1)) < 2048  # float32; the header's length changes a little
+
+
+def test_a_pooler_less_sentence_transformer_loads_silently_and_the_same(tmp_path, tiny_bert_dir):
+    """E5 never had a pooler: sentence-transformers must not report one as missing."""
+    st = pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the test extra)")
+    from transformers import BertModel
+
+    from polyglot_distil.models.checkpoint import load_without_pooler
+    from polyglot_distil.models.loading import load_tokenizer
+
+    folder = tmp_path / "e5-like"  # weights without a pooler, mean pooling, the files as E5's hub folder has them
+    model = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
+    model.save_pretrained(folder)
+    load_tokenizer(str(tiny_bert_dir)).save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": model.config.hidden_size, "pooling_mode_mean_tokens": True}))
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 128, "do_lower_case": false}')
+
+    with transformers_log() as messages:
+        before = st.SentenceTransformer(str(folder), device="cpu").encode(["le chat", "the cat sat"])
+    assert any("pooler" in m for m in messages)  # what an embedding user saw
+    assert load_without_pooler(folder)
+    with transformers_log() as messages:
+        after = st.SentenceTransformer(str(folder), device="cpu").encode(["le chat", "the cat sat"])
+    assert [m for m in messages if "pooler" in m] == []
+    assert np.array_equal(before, after)
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["model_args"] == {"add_pooling_layer": False}
+    assert not load_without_pooler(folder)  # once is enough
+
+
+def test_a_checkpoint_with_a_pooler_keeps_its_settings(tmp_path, tiny_bert_dir):
+    from transformers import BertModel
+
+    from polyglot_distil.models.checkpoint import load_without_pooler
+
+    folder = tmp_path / "pooled"
+    BertModel.from_pretrained(tiny_bert_dir).save_pretrained(folder)  # a pooler, trained or not: it is saved
+    assert not load_without_pooler(folder)  # not a sentence-transformers folder
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
+    assert not load_without_pooler(folder)
+    assert json.loads((folder / "sentence_bert_config.json").read_text()) == {"max_seq_length": 128}

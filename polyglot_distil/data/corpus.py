@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from polyglot_distil.data.languages import warn_if_unknown
 from polyglot_distil.errors import UserError
 
 TEXT_KINDS = ("text", "tsv", "parquet", "jsonl", "hf", "manifest")
@@ -189,6 +190,7 @@ def group_lang_specs(specs: Iterable[str]) -> dict[str, list[Source]]:
     by_lang: dict[str, list[Source]] = {}
     for spec in specs:
         lang, source = parse_lang_spec(spec)
+        warn_if_unknown(lang, f"--lang {spec}")  # a typo ('ed' for 'de') is seen here, not at trim
         expanded = read_manifest(source.path)["sources"] if source.kind == "manifest" else [source]
         by_lang.setdefault(lang, []).extend(expanded)
     if not by_lang:

@@ -56,7 +56,7 @@ from polyglot_distil.distill.objective import batch_counts, distillation_terms, 
 from polyglot_distil.errors import UserError
 from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, Optimisation
 from polyglot_distil.models.encoder import max_positions
-from polyglot_distil.models.student import StudentShape
+from polyglot_distil.models.student import StudentShape, built_from
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, Option, \
     like, setting
 
@@ -205,11 +205,22 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: st
     if t_vocab != s_vocab:
         first = next((i for i, (a, b) in enumerate(zip(t_vocab, s_vocab)) if a != b), min(len(t_vocab), len(s_vocab)))
         raise UserError(f"teacher {teacher_name} and student {student_name} have different vocabularies "
-                        f"({len(t_vocab):,} and {len(s_vocab):,} tokens, first difference at id {first}); build the "
-                        f"student from this teacher with 'polyglot-distil student --teacher {teacher_name}'")
+                        f"({len(t_vocab):,} and {len(s_vocab):,} tokens, first difference at id {first}); "
+                        + _same_vocabulary_fix(teacher_name, student_name))
     if teacher_rows != student_rows:
         raise UserError(f"teacher {teacher_name} has {teacher_rows:,} embedding rows but student {student_name} has "
-                        f"{student_rows:,}; build the student from this teacher with 'polyglot-distil student'")
+                        f"{student_rows:,}; " + _same_vocabulary_fix(teacher_name, student_name))
+
+
+def _same_vocabulary_fix(teacher_name: str, student_name: str) -> str:
+    """What to do when the teacher is not the model the student was built from: usually the
+    untrimmed model given where the trimmed one was meant; rebuilding the student from it would
+    throw the trim away."""
+    source = built_from(student_name)
+    if source is not None and source != str(teacher_name):
+        return f"the student was built from {source}: pass --teacher {source}"
+    return ("pass as --teacher the model the student was built from (the trimmed one, if you trimmed), or trim "
+            "this teacher with the same counts and languages")
 
 
 # ---------------------------------------------------------------------------------------------

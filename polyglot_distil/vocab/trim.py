@@ -37,8 +37,8 @@ from pathlib import Path
 
 from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language, parse_sources
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.checkpoint import carried_tensors, carry_tensors, copy_sentence_transformers, \
-    drop_tensors
+from polyglot_distil.models.checkpoint import NO_POOLER_MODEL_ARGS, carried_tensors, carry_tensors, \
+    copy_sentence_transformers, drop_tensors, load_without_pooler
 from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
     vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, \
@@ -185,6 +185,8 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
         report["dropped_new_tensors"] = drop_tensors(tmp, new_in_class)  # e.g. a pooler E5 never had
         trimmed_tokenizer.save_pretrained(tmp)
         report["sentence_transformers"] = copy_sentence_transformers(model_name, tmp)
+        if load_without_pooler(tmp):  # E5: sentence-transformers builds no pooler, so reports none missing
+            report["sentence_transformers_model_args"] = NO_POOLER_MODEL_ARGS
         legacy = []
         if kind == "WordPiece":
             write_vocab_txt(trimmed_tokenizer, tmp / "vocab.txt")
