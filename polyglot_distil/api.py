@@ -22,12 +22,16 @@ keyword-only argument with the command's name in Python spelling (`--min-line-sh
 one (docs/renamed-options.md: `limit=` -> `max_pairs=`, ...) still works for one release, with
 one warning line. Languages map to lists of sources as `count` reads them.
 A function raises `polyglot_distil.errors.UserError` with the same one-line message the command
-prints.
+prints. A stage's function prints nothing on stdout (what the command prints for a reader, its
+tables and "wrote ..." lines, is in the returned report); warnings and progress go to stderr as
+the command's do. `run` and `sizes`, whole pipelines, print their stages' lines as their commands do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 from typing import Any, Iterable
 
@@ -74,13 +78,18 @@ def _old_keywords(function):
     return accepting
 
 
-def _call(command: Command, lang: list[str] | None = None, check_status: bool = True, **values: Any) -> dict:
+def _call(command: Command, lang: list[str] | None = None, check_status: bool = True, quiet: bool = True,
+          **values: Any) -> dict:
     """Run `command`'s stage on `values` (paths as strings, iterables as lists; `lang`: the specs
-    of a languages mapping); a report with a non-zero "exit_status" raises, unless not `check_status`."""
+    of a languages mapping) and return its report; a report with a non-zero "exit_status" raises,
+    unless not `check_status`. `quiet`: the lines the command prints for a reader (its tables,
+    "wrote ...") are not printed: a library call returns them in its report; warnings and progress
+    still go to stderr."""
     values = _plain(values)
     options = command.namespace(**values, **({"lang": lang} if lang is not None else {}))
     try:
-        report = command.call(options)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            report = command.call(options)
     finally:
         release_locks()  # of outputs a failed stage did not get to write
     if check_status and isinstance(report, dict) and report.get("exit_status"):
@@ -315,7 +324,7 @@ def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None
     """The whole pipeline of a YAML config (as `polyglot-distil run`)."""
     from polyglot_distil.pipeline import RUN
 
-    return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start)
+    return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start, quiet=False)
 
 
 def sizes(config: PathLike, layers: Iterable[int], hidden_sizes: Iterable[int] | None = None,
@@ -325,7 +334,7 @@ def sizes(config: PathLike, layers: Iterable[int], hidden_sizes: Iterable[int] |
     from polyglot_distil.sizes import SIZES
 
     return _call(SIZES, config=str(config), overrides=list(overrides), layers=",".join(map(str, layers)),
-                 hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None)
+                 hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None, quiet=False)
 
 
 def import_model(source: str, out: PathLike, *,

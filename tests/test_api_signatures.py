@@ -64,3 +64,12 @@ def test_an_unknown_keyword_is_a_type_error_and_a_bad_value_a_user_error(tmp_pat
         api.count("tok", {"en": ["en.txt"]}, tmp_path / "c.parquet", max_line=3)  # a typo: Python says so
     with pytest.raises(UserError, match="--batch-lines must be at least 1"):
         api.count("tok", {"en": ["en.txt"]}, tmp_path / "c.parquet", batch_lines=0)
+
+
+def test_a_stage_function_returns_its_report_and_prints_nothing_on_stdout(tmp_path, tiny_bert_dir, capsys):
+    from conftest import CORPORA
+
+    report = api.count(str(tiny_bert_dir), {"en": [CORPORA / "en" / "sample.txt"]}, tmp_path / "c.parquet",
+                       no_progress=True)
+    assert capsys.readouterr().out == ""  # the command prints its table and "wrote ..."; the library returns
+    assert (tmp_path / "c.parquet").is_file() and report
