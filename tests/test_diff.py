@@ -110,6 +110,17 @@ def test_a_body_tensor_without_entries_is_left_as_the_base_has_it(tmp_path, base
     assert torch.equal(dict(model.named_parameters())[name], student.encoder.layer[0].output.dense.bias)
 
 
+def with_record(diff: Diff, **changes) -> Path:
+    """The diff's folder, its sparse_diff.json rewritten with `changes` (None: the key removed)."""
+    for key, value in changes.items():
+        if value is None:
+            del diff.record[key]
+        else:
+            diff.record[key] = value
+    diff.write()
+    return diff.folder
+
+
 def refused(base, folder) -> str:
     with pytest.raises(UserError) as raised:
         apply_diff(str(base), folder)
@@ -129,13 +140,9 @@ def test_a_folder_without_either_file_is_not_a_diff(tmp_path, base):
 
 def test_another_format_is_named(tmp_path, base):
     diff = Diff(tmp_path, base)
-    diff.record["format"] = "polyglot-distil sparse diff 2"
-    diff.write()
-    assert refused(base, diff.folder) == (f"--diff {diff.folder}: unknown format 'polyglot-distil sparse diff 2' "
-                                          f"(expected {FORMAT!r})")
-    del diff.record["format"]
-    diff.write()
-    assert refused(base, diff.folder).startswith(f"--diff {diff.folder}: unknown format None ")
+    assert refused(base, with_record(diff, format="polyglot-distil sparse diff 2")) == (
+        f"--diff {diff.folder}: unknown format 'polyglot-distil sparse diff 2' (expected {FORMAT!r})")
+    assert refused(base, with_record(diff, format=None)).startswith(f"--diff {diff.folder}: unknown format None ")
 
 
 def test_a_base_of_another_size_or_other_weights_is_refused(tmp_path, base):
@@ -148,16 +155,13 @@ def test_a_base_of_another_size_or_other_weights_is_refused(tmp_path, base):
     assert refused(retrained, diff.folder) == (
         f"--base {retrained} is not the model this diff was trained from (its weights differ); pass the phase-1 "
         f"student given to 'distil task' ({base})")
-    del diff.record["base"]
-    diff.write()
-    assert refused(retrained, diff.folder).endswith(f"given to 'distil task' (see {INFO_FILE})")
+    assert refused(retrained, with_record(diff, base=None)).endswith(f"given to 'distil task' (see {INFO_FILE})")
 
 
 def test_a_base_that_lacks_weights_the_diff_does_not_carry_is_refused(tmp_path, base):
     diff = Diff(tmp_path, base)
-    diff.record["head"] = []  # the pooler and the classifier are new on this base: the first 3 of 4 named
-    diff.write()
-    assert refused(base, diff.folder) == (
+    # the pooler and the classifier are new on this base: the first 3 of 4 named
+    assert refused(base, with_record(diff, head=[])) == (
         f"--base {base} lacks weights the diff does not carry (bert.pooler.dense.bias, bert.pooler.dense.weight, "
         "classifier.bias); pass the phase-1 student that 'distil task' was given as --student")
 
@@ -239,9 +243,7 @@ def test_the_command_writes_the_dense_model_its_tokenizer_and_card(tmp_path, bas
 
 def test_a_refused_diff_writes_nothing(tmp_path, base, capsys):
     diff = Diff(tmp_path, base)
-    diff.record["format"] = "other"
-    diff.write()
-    assert run_cli("apply-diff", "--base", base, "--diff", diff.folder, "--out", tmp_path / "dense") == 2
+    assert run_cli("apply-diff", "--base", base, "--diff", with_record(diff, format="other"), "--out", tmp_path / "dense") == 2
     assert "unknown format 'other'" in capsys.readouterr().err and not (tmp_path / "dense").exists()
 
 
