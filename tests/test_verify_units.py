@@ -140,6 +140,10 @@ def test_a_model_without_an_mlm_head_has_no_logit_figure():
     pair = Pair(randomised(t.BertModel(bert_config())))
     check = pair.compare()
     assert check.max_logit_diff is None and check.compared == 3 and check.passed
+    with torch.no_grad():
+        pair.trimmed.get_input_embeddings().weight[5, 0] += 0.25  # "b": the hidden states alone tell
+    check = pair.compare()
+    assert (check.differing, check.passed) == (3, False) and check.max_hidden_diff > 0
 
 
 def test_the_original_decoder_is_back_after_comparing_even_after_an_error(bert):
