@@ -234,3 +234,18 @@ def test_differences_are_per_text_on_real_positions_and_a_one_sided_nan_is_infin
     assert differs.tolist() == [False, True] and gap == 0.5
     differs, gap = _tensor_differences(before[:0], after[:0], real[:0])
     assert differs.tolist() == [] and gap == 0.0
+
+
+def test_greedy_generations_are_compared_through_old_ids_with_the_dropped_tokens_suppressed():
+    from polyglot_distil.vocab.verify import _greedy_differs, _padded
+
+    pair = Pair(randomised(t.MBartForConditionalGeneration(mbart_config())))
+    with torch.no_grad():
+        pair.original.final_logits_bias[0, 6] += 100.0  # "c", dropped: the original would say it at once
+    ids, mask = _padded([[2, 9, 5, 3], [2, 4, 3]], 0)
+    ids_a, _ = _padded([[2, 6, 5, 3], [2, 4, 3]], 0)  # the same texts in trimmed ids
+    with torch.inference_mode():
+        assert _greedy_differs(pair.original, pair.trimmed, ids, ids_a, mask, KEPT).tolist() == [False, False]
+        with torch.no_grad():
+            pair.trimmed.final_logits_bias[0, 4] += 100.0  # "a", kept: the trimmed model says it at once
+        assert _greedy_differs(pair.original, pair.trimmed, ids, ids_a, mask, KEPT).tolist() == [True, True]
