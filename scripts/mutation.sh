@@ -10,6 +10,9 @@
 #   scripts/mutation.sh --score                  # print the scores of the last runs, run nothing
 #   scripts/mutation.sh --recheck vocab/select -- tests/test_vocab.py   # after adding tests: the
 #                                                # mutants still alive against these tests only
+#   scripts/mutation.sh --generate               # only write ./mutants (every mutant "not checked"): then
+#                                                # --recheck runs a module's mutants against the tests named,
+#                                                # without mutmut tracing the whole test selection first
 #
 # Results stay in ./mutants between runs; `mutmut show NAME` (from this folder) prints one mutant's diff.
 set -euo pipefail
@@ -22,6 +25,14 @@ export POLYGLOT_SHARED_DATA=${POLYGLOT_SHARED_DATA:-$PWD/../shared/data}
 # the tiny models of tests/conftest.py, built once for all the runs
 export POLYGLOT_TEST_MODEL_STORE="$PWD/mutants/test-models"
 
+if [ "${1:-}" = --generate ]; then
+    mkdir -p mutants
+    exec nice -n 15 "$python" -c 'from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants
+from mutmut.__main__ import set_mutant_under_test, setup_source_paths
+set_mutant_under_test("mutant_generation"); copy_src_dir(); copy_also_copy_files(); setup_source_paths()
+print(create_mutants(1))'
+fi
+
 if [ "${1:-}" = --recheck ]; then
     shift
     selection=()
@@ -30,7 +41,7 @@ if [ "${1:-}" = --recheck ]; then
                    *) m=polyglot_distil.${1//\//.}; selection+=("${m%.py}") ;; esac
         shift
     done
-    nice -n 19 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
+    nice -n 15 "$python" scripts/mutation_recheck.py "${selection[@]}" "$@"
     echo "scores after: scripts/mutation.sh --recheck ${selection[*]} $*"
     exec "$python" scripts/mutation_score.py "${selection[@]/--timeouts}"
 fi
@@ -49,7 +60,7 @@ for arg in "$@"; do
 done
 if [ "$score_only" = 0 ]; then
     mkdir -p mutants  # on PYTHONPATH before the interpreter starts
-    nice -n 19 "$python" -c 'import sys; from mutmut.__main__ import cli; sys.argv[0] = "mutmut"; cli()' \
+    nice -n 15 "$python" -c 'import sys; from mutmut.__main__ import cli; sys.argv[0] = "mutmut"; cli()' \
         run --max-children "${MUTATION_CHILDREN:-1}" ${patterns[@]+"${patterns[@]}"}
 fi
 [ "$score_only" = 1 ] || echo "scores after: scripts/mutation.sh $*"

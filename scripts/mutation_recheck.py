@@ -12,6 +12,8 @@ mutants still alive (a whole run also re-traces every test, and starts again fro
 Run it from the checkout root with the environment scripts/mutation.sh sets (scripts/mutation.sh
 --recheck ... does). Each mutant runs the given tests in a process forked from one that has only
 collected them (mutmut's fork server does the same), with mutmut's MUTANT_UNDER_TEST naming it.
+As mutmut does, a mutant runs only the tests that call its function (found by one run of the tests
+in mutmut's "stats" mode first); a mutant of a function none of them calls is "no tests", not run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from mutmut.utils.format_utils import mangled_name_from_mutant_name
+
 ROOT = Path(__file__).resolve().parents[1]
 ALIVE = {0: "survived", 5: "no tests", 33: "no tests", None: "not checked"}  # a timeout is left as it is
 TIMED_OUT = {36, 24, -24, 152, 255}  # mutmut's codes: its time limit, SIGXCPU (on a busy machine, also a
@@ -33,15 +37,17 @@ TIMEOUT_S = 120
 
 
 def alive(selection: list[str], timeouts: bool = False) -> list[tuple[Path, str]]:
-    """(meta file, mutant name) of every mutant not killed whose name matches `selection`; with
-    `timeouts`, those that timed out too."""
+    """(meta file, mutant name) of every mutant not killed whose name matches `selection`, in the
+    order of the patterns (the first ones first, when time is short); with `timeouts`, those that
+    timed out too."""
     found = []
     for meta in sorted((ROOT / "mutants").glob("polyglot_distil/**/*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            chosen = any(name.startswith(s + ".") or fnmatch.fnmatch(name, s) for s in selection)
-            if chosen and (code in ALIVE or timeouts and code in TIMED_OUT):
-                found.append((meta, name))
-    return found
+            first = next((i for i, s in enumerate(selection) if name.startswith(s + ".") or fnmatch.fnmatch(name, s)),
+                         None)
+            if first is not None and (code in ALIVE or timeouts and code in TIMED_OUT):
+                found.append((first, meta, name))
+    return [(meta, name) for _, meta, name in sorted(found, key=lambda found: found[0])]
 
 
 def run_one(name: str, tests: list[str]) -> int:
@@ -67,6 +73,44 @@ def run_one(name: str, tests: list[str]) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return 36
+
+
+def tests_by_function(tests: list[str]) -> dict[str, list[str]]:
+    """{mutated function (mutmut's mangled name): the ids of the tests that call it}, from one run
+    of `tests` in mutmut's "stats" mode, in a forked process (threads the tests leave behind would
+    deadlock the later forks)."""
+    import tempfile
+
+    import pytest
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as found:
+        pid = os.fork()
+        if pid == 0:
+            from collections import defaultdict
+
+            from mutmut.mutation.trampoline import set_mutant_under_test
+            from mutmut.state import state
+
+            hits: dict[str, list[str]] = defaultdict(list)
+
+            class Calls:
+                def pytest_runtest_teardown(self, item, nextitem):
+                    for function in state()._stats:
+                        hits[function].append(item.nodeid)
+                    state()._stats.clear()
+
+            set_mutant_under_test("stats")
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, 1)
+            os.dup2(quiet, 2)
+            code = pytest.main(["--rootdir=.", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
+                               plugins=[Calls()])
+            Path(found.name).write_text(json.dumps(hits))
+            os._exit(int(code))
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{' '.join(tests)} fail in mutmut's stats mode")
+        return json.loads(Path(found.name).read_text())
 
 
 def main(argv: list[str]) -> int:
@@ -95,9 +139,12 @@ def main(argv: list[str]) -> int:
         print(f"{' '.join(tests)} fail without any mutant: fix them first")
         return 1
     todo = alive(selection, timeouts)
-    print(f"{len(todo)} mutants not killed match {' '.join(selection)}; running {' '.join(tests)} on each")
+    callers = tests_by_function(tests)
+    print(f"{len(todo)} mutants not killed match {' '.join(selection)}; running the tests of {' '.join(tests)} "
+          "that call its function on each")
     for number, (meta, name) in enumerate(todo, 1):
-        code = run_one(name, tests)
+        chosen = callers.get(mangled_name_from_mutant_name(name))
+        code = run_one(name, chosen) if chosen else 33
         if code == 4:
             raise SystemExit(f"pytest could not run {tests} (exit 4)")
         data = json.loads(meta.read_text())
