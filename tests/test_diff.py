@@ -149,11 +149,11 @@ def test_a_base_of_another_size_or_other_weights_is_refused(tmp_path, base):
     diff = Diff(tmp_path, base)
     other = tiny_bert(tmp_path / "other-vocab", vocab_size=41)
     assert refused(other, diff.folder) == (
-        f"--base {other} does not fit the diff in {diff.folder} (its tensors have other shapes: another vocabulary "
+        f"--student {other} does not fit the diff in {diff.folder} (its tensors have other shapes: another vocabulary "
         "or size); pass the phase-1 student that 'distil task' was given as --student")
     retrained = tiny_bert(tmp_path / "retrained", seed=1)
     assert refused(retrained, diff.folder) == (
-        f"--base {retrained} is not the model this diff was trained from (its weights differ); pass the phase-1 "
+        f"--student {retrained} is not the model this diff was trained from (its weights differ); pass the phase-1 "
         f"student given to 'distil task' ({base})")
     assert refused(retrained, with_record(diff, base=None)).endswith(f"given to 'distil task' (see {INFO_FILE})")
 
@@ -162,7 +162,7 @@ def test_a_base_that_lacks_weights_the_diff_does_not_carry_is_refused(tmp_path, 
     diff = Diff(tmp_path, base)
     # the pooler and the classifier are new on this base: the first 3 of 4 named
     assert refused(base, with_record(diff, head=[])) == (
-        f"--base {base} lacks weights the diff does not carry (bert.pooler.dense.bias, bert.pooler.dense.weight, "
+        f"--student {base} lacks weights the diff does not carry (bert.pooler.dense.bias, bert.pooler.dense.weight, "
         "classifier.bias); pass the phase-1 student that 'distil task' was given as --student")
 
 
@@ -199,7 +199,7 @@ def test_a_head_tensor_of_another_shape_is_named(tmp_path, base):
     diff.tensors["head.classifier.bias"] = torch.zeros(4)
     diff.write()
     assert refused(base, diff.folder) == (
-        f"--diff {diff.folder}: head tensor classifier.bias has shape (4,), the model built from --base {base} (3,); "
+        f"--diff {diff.folder}: head tensor classifier.bias has shape (4,), the model built from --student {base} (3,); "
         "pass the phase-1 student that 'distil task' was given as --student")
 
 
@@ -213,14 +213,14 @@ def test_an_index_beyond_the_base_tensor_is_named(tmp_path, base):
             assert apply_diff(str(base), diff.folder)
         else:
             assert refused(base, diff.folder) == (
-                f"--diff {diff.folder}: {name} has entries beyond the --base model's tensor (index {index:,} of 8); "
+                f"--diff {diff.folder}: {name} has entries beyond the --student model's tensor (index {index:,} of 8); "
                 "pass the phase-1 student that 'distil task' was given as --student")
 
 
 def test_the_command_writes_the_dense_model_its_tokenizer_and_card(tmp_path, base, capsys):
     diff = Diff(tmp_path, base, torch.bfloat16)
     out = tmp_path / "dense"
-    assert run_cli("apply-diff", "--base", base, "--diff", diff.folder, "--out", out) == 0
+    assert run_cli("apply-diff", "--student", base, "--diff", diff.folder, "--out", out) == 0
     assert capsys.readouterr().out.splitlines() == [f"applied 5 body entries and 4 head tensors to {base}",
                                                     f"wrote {out}"]
     model = t.AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.bfloat16)
@@ -228,22 +228,19 @@ def test_the_command_writes_the_dense_model_its_tokenizer_and_card(tmp_path, bas
     assert load_file(out / "model.safetensors")["classifier.bias"].dtype == torch.bfloat16
     assert (out / "tokenizer.json").read_text() == '{"stand-in": true}\n'
     assert (out / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
-    from argparse import Namespace
-
-    assert (out / "README.md").read_text(encoding="utf-8") == model_card(
-        Namespace(base=str(base), diff=str(diff.folder)), diff.record)
+    assert (out / "README.md").read_text(encoding="utf-8") == model_card(str(base), str(diff.folder), diff.record)
     assert "`" + str(base) + "`" in (out / "README.md").read_text(encoding="utf-8")
     # an existing output is kept without --overwrite, replaced with it
     (out / "marker").write_text("old")
-    assert run_cli("apply-diff", "--base", base, "--diff", diff.folder, "--out", out) == 2
+    assert run_cli("apply-diff", "--student", base, "--diff", diff.folder, "--out", out) == 2
     assert "already exists" in capsys.readouterr().err and (out / "marker").exists()
-    assert run_cli("apply-diff", "--base", base, "--diff", diff.folder, "--out", out, "--overwrite") == 0
+    assert run_cli("apply-diff", "--student", base, "--diff", diff.folder, "--out", out, "--overwrite") == 0
     assert not (out / "marker").exists() and (out / "model.safetensors").is_file()
 
 
 def test_a_refused_diff_writes_nothing(tmp_path, base, capsys):
     diff = Diff(tmp_path, base)
-    assert run_cli("apply-diff", "--base", base, "--diff", with_record(diff, format="other"), "--out", tmp_path / "dense") == 2
+    assert run_cli("apply-diff", "--student", base, "--diff", with_record(diff, format="other"), "--out", tmp_path / "dense") == 2
     assert "unknown format 'other'" in capsys.readouterr().err and not (tmp_path / "dense").exists()
 
 
@@ -267,7 +264,7 @@ def test_trust_remote_code_reaches_the_loading_only_when_asked(tmp_path, base, m
         assert given_base == str(base) and trust is bool(asked) and kwargs["dtype"] == torch.float32
         assert_rebuilds(model, diff, torch.float32)
     for option, asked in (((), False), (("--trust-remote-code",), True)):  # the command passes it on
-        assert run_cli("apply-diff", "--base", base, "--diff", diff.folder, "--out", tmp_path / f"out-{asked}",
+        assert run_cli("apply-diff", "--student", base, "--diff", diff.folder, "--out", tmp_path / f"out-{asked}",
                        *option) == 0
         assert calls[-1][0][2] is asked
 
