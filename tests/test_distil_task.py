@@ -273,6 +273,7 @@ def test_reduce_vocab_saves_bitwise_the_models_and_diff_of_full_training(tmp_pat
         assert (resumed / path).read_bytes() == (out / path).read_bytes(), path
 
 
+@pytest.mark.slow  # the fine-tuned teacher fixture costs seconds
 def test_reduce_vocab_with_frozen_embeddings_is_one_line(capsys, tmp_path, teacher_dir, student_dir):
     _fails_with(capsys, "--exclude-embeddings freezes them all",
                 *_options(teacher_dir, student_dir, tmp_path / "out", "--reduce-vocab", "--exclude-embeddings"))

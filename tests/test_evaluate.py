@@ -253,6 +253,7 @@ def test_output_classes_are_mapped_to_labels_through_id2label(tmp_path, models, 
         np.mean([p == r[2] for p, r in zip(predicted, rows)]), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_generic_label_names_are_taken_in_xnli_order_and_the_report_says_so(tmp_path, models, nli_dir):
     out = tmp_path / "out"
     report = evaluate(out, "--model", models["generic"], "--langs", "fr", "--data", nli_dir,

