@@ -20,9 +20,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -149,7 +151,9 @@ def hold_lock(target: str | os.PathLike) -> None:
         lock.unlink(missing_ok=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+        with _signals_held():  # Ctrl-C or SIGTERM now would leave a lock no one holds: they wait a moment
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+            _held[key] = lock  # from here on, the clean-up of any interruption releases it
     except FileExistsError:
         raise _refuse_locked(target, lock) from None
     except OSError as exc:
@@ -157,8 +161,33 @@ def hold_lock(target: str | os.PathLike) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"pid": os.getpid(), "host": socket.gethostname(),
                    "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv[:3])}, handle)
-    _held[key] = lock
     _remove_stale_temporaries(target)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM arriving within the block are handled at its end, by the handlers that
+    were in place (main thread only: Python runs signal handlers there, whichever thread the
+    system delivers a signal to)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in held}
+    pending: list[int] = []
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
 
 
 def release_lock(target: str | os.PathLike) -> None:

@@ -438,3 +438,32 @@ def test_resume_with_a_damaged_run_record_is_one_line(checkpointed_run, tiny_ber
     record.write_bytes(record.read_bytes()[:50])
     err = one_line(capsys, *general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume"))
     assert f"{record} cannot be read" in err and "damaged" in err, err
+
+
+def test_a_signal_the_moment_the_lock_is_made_still_releases_it(tmp_path, monkeypatch):
+    """SIGTERM delivered right after the lock file is created (the window a loaded machine widens)
+    is handled once the lock is recorded, so the clean-up releases it: no lock is left."""
+    from polyglot_distil import outputs
+    from polyglot_distil.errors import Terminated
+
+    real_open = os.open
+
+    def open_then_signal(*args, **kwargs):
+        fd = real_open(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return fd
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    target = tmp_path / "counts.parquet"
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        monkeypatch.setattr(outputs.os, "open", open_then_signal)
+        with pytest.raises(Terminated):
+            outputs.hold_lock(target)
+        monkeypatch.undo()
+        outputs.release_locks()  # what the command's clean-up does
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []
