@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -315,6 +316,112 @@ def test_nli_pairs_are_tokenized_once_into_the_cache_every_process_maps(tmp_path
     assert np.array_equal(again.input_ids, direct.input_ids)
     with pytest.raises(AssertionError, match="tokenized again"):  # other settings: other pairs
         nli_batches.cached_pairs(tokenizer, data, 32, False, tmp_path / "cache")
+
+
+class _Seen:
+    """A tokenizer seen through another pad id, input names or serialisation (a stand-in for
+    tokenizers without a pad token, without token types, or of another vocabulary)."""
+
+    def __init__(self, tokenizer, pad_token_id=None, model_input_names=None, serialised=None):
+        self._tokenizer, self.pad_token_id = tokenizer, pad_token_id
+        self.model_input_names = model_input_names or tokenizer.model_input_names
+        backend = tokenizer.backend_tokenizer
+        self.backend_tokenizer = type("Backend", (), {"to_str": lambda _: serialised or backend.to_str()})()
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+
+def _pairs(premises, hypotheses):
+    n = len(premises)
+    return NLIData(list(premises), list(hypotheses), np.zeros(n, dtype=np.int64), ["t"] * n, np.arange(n))
+
+
+def test_each_pair_is_its_own_tokenization_truncated_unpadded_in_any_chunk_size(tiny_bert_dir):
+    from polyglot_distil.data.nli_batches import encode_pairs
+    from polyglot_distil.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    data = _pairs(["a b", "the cat sat on the mat and the dog sat too", "x", "one two three four"],
+                  ["c", "a b", "the dog ran far away from the town and home", "five"])
+    pairs = encode_pairs(tokenizer, data, 8, progress=False, chunk=3)  # chunks of 3 and 1, each padded otherwise
+    assert (pairs.input_ids.dtype, pairs.token_type_ids.dtype, pairs.offsets.dtype) == (np.int32, np.int8, np.int64)
+    assert len(pairs) == 4 and pairs.offsets[0] == 0 and pairs.pad_id == tokenizer.pad_token_id
+    for i in range(4):
+        alone = tokenizer(data.premises[i], data.hypotheses[i], truncation=True, max_length=8)
+        part = slice(pairs.offsets[i], pairs.offsets[i + 1])
+        assert pairs.input_ids[part].tolist() == alone["input_ids"], i
+        assert pairs.token_type_ids[part].tolist() == alone["token_type_ids"], i
+    assert [int(n) for n in np.diff(pairs.offsets)][1:3] == [8, 8]  # the long ones truncated
+    whole = encode_pairs(tokenizer, data, 8, progress=False)
+    assert np.array_equal(whole.input_ids, pairs.input_ids) and np.array_equal(whole.offsets, pairs.offsets)
+    assert len(encode_pairs(tokenizer, data, 8, progress=False, chunk=1)) == 4
+    with pytest.raises(UserError, match=r"^--max-length must be at least 8 tokens, not 7$"):
+        encode_pairs(tokenizer, data, 7, progress=False)
+
+
+def test_pairs_without_token_types_or_pad_token_in_and_out_of_the_cache(tmp_path, tiny_bert_dir):
+    from polyglot_distil.data.nli_batches import cached_pairs, encode_pairs
+    from polyglot_distil.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    data = _pairs(["a b", "c"], ["c", "a b a"])
+    untyped = _Seen(tokenizer, pad_token_id=5, model_input_names=["input_ids", "attention_mask"])
+    for pairs in (encode_pairs(untyped, data, 16, progress=False), cached_pairs(untyped, data, 16, False, tmp_path)):
+        assert pairs.token_type_ids is None and pairs.pad_id == 5 and len(pairs) == 2
+        assert pairs.input_ids.dtype == np.int32 and pairs.offsets.dtype == np.int64
+    typed = cached_pairs(tokenizer, data, 16, False, tmp_path / "typed")
+    assert typed.token_type_ids.dtype == np.int8 and typed.token_type_ids.tolist() == [0, 0, 0, 0, 1, 1] + [0] * 3 + [1] * 4
+    padless = _Seen(tokenizer, pad_token_id=None)
+    assert encode_pairs(padless, data, 16, progress=False).pad_id == 0
+    assert cached_pairs(padless, data, 16, False, tmp_path / "padless").pad_id == 0
+
+
+def test_the_pairs_cache_key_tells_apart_the_text_where_it_is_split_and_the_tokenizer(tmp_path, tiny_bert_dir,
+                                                                                       monkeypatch):
+    import polyglot_distil.data.nli_batches as nli_batches
+    from polyglot_distil.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    first = _pairs(["a b", "c d"], ["c", "a"])
+    barrier = []  # a fresh tokenizer: no truncation set yet, which tokenizing sets
+    made = nli_batches.cached_pairs(tokenizer, first, 16, False, tmp_path, barrier=lambda: barrier.append(1))
+    assert barrier == [1] and len(made) == 2
+
+    def no_tokenizing(*_, **__):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(nli_batches, "encode_pairs", no_tokenizing)
+    assert np.array_equal(nli_batches.cached_pairs(tokenizer, first, 16, False, tmp_path).input_ids, made.input_ids)
+    tokenizer(["a", "a b"], padding=True)  # a call elsewhere that pads sets the tokenizer's padding: the same pairs
+    assert np.array_equal(nli_batches.cached_pairs(tokenizer, first, 16, False, tmp_path).input_ids, made.input_ids)
+    others = [(tokenizer, _pairs(["a", "c d"], ["b c", "a"])),  # the same characters split otherwise
+              (tokenizer, _pairs(["a b", "c d"], ["c", "b"])),  # another text
+              (tokenizer, _pairs(["a b", "c d", "a"], ["c", "a", "a"])),  # one more pair
+              (_Seen(tokenizer, 0, serialised='{"model": "another vocabulary"}'), first)]  # another tokenizer
+    for i, (other_tokenizer, data) in enumerate(others):
+        copy = tmp_path.parent / f"{tmp_path.name}-{i}"  # the first pairs' cache, which a failed build prunes
+        shutil.copytree(tmp_path, copy)
+        with pytest.raises(AssertionError, match="tokenized again"):
+            nli_batches.cached_pairs(other_tokenizer, data, 16, False, copy)
+
+
+def test_pairs_of_2_to_the_31_tokens_or_more_are_refused_in_one_line(tmp_path, monkeypatch):
+    import polyglot_distil.data.nli_batches as nli_batches
+    from polyglot_distil.data.nli_batches import EncodedPairs
+
+    tokenizer = type("Tokenizer", (), {"pad_token_id": 0, "backend_tokenizer": type("B", (), {
+        "to_str": lambda _: "{}"})()})()
+    for total in (2**31 - 1, 2**31):  # what the offsets claim; int32 holds the first only
+        monkeypatch.setattr(nli_batches, "encode_pairs", lambda *_, total=total, **__: EncodedPairs(
+            np.zeros(3, dtype=np.int32), None, np.array([0, 1, 3, total], dtype=np.int64), 0))
+        data = _pairs(["a", "b", "c"], ["a", "b", str(total)])
+        if total < 2**31:
+            assert nli_batches.cached_pairs(tokenizer, data, 8, False, tmp_path).offsets[-1] == total
+        else:
+            with pytest.raises(UserError, match=r"^3 training pairs hold over 2\*\*31 tokens; give fewer "
+                                                r"\(--max-train-pairs\)$"):
+                nli_batches.cached_pairs(tokenizer, data, 8, False, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`vocab/verify.py`'s comparison on a tiny BERT and mBART built from configuration classes around a
+"""`vocab/verify.py`'s comparison on a tiny BERT, mBART and T5 built from configuration classes around a
 hand-made 12-token WordPiece (tests/test_trim_tokenizer.py), trimmed in memory (milliseconds): every
 figure of a correct trim is exact, each kind of difference (an embedding row, the MLM bias, the
 tokenizer, the pooler, a generation) is found, NaNs and padding cannot hide or fake one, and the
@@ -249,3 +249,107 @@ def test_greedy_generations_are_compared_through_old_ids_with_the_dropped_tokens
         with torch.no_grad():
             pair.trimmed.final_logits_bias[0, 4] += 100.0  # "a", kept: the trimmed model says it at once
         assert _greedy_differs(pair.original, pair.trimmed, ids, ids_a, mask, KEPT).tolist() == [True, True]
+
+
+def test_padding_hides_a_pad_row_that_differs_in_a_batch_of_unequal_lengths():
+    pair = Pair(randomised(t.BertModel(bert_config())))  # no MLM head, whose tied [PAD] logit would differ
+    with torch.no_grad():
+        pair.trimmed.get_input_embeddings().weight[0, 0] += 1.0  # [PAD]: in no text, in the padding of "a"
+    check = pair.compare(["ab b", "a"], batch_size=2)
+    assert (check.compared, check.differing, check.max_hidden_diff, check.passed) == (2, 0, 0.0, True)
+
+
+def test_the_last_layer_is_compared_not_an_earlier_one():
+    config = bert_config()
+    config.num_hidden_layers = 2
+    pair = Pair(randomised(t.BertModel(config)))
+    with torch.no_grad():
+        pair.trimmed.encoder.layer[1].output.dense.bias[0] += 0.5  # the last layer only
+    check = pair.compare()
+    assert check.differing == 3 and check.max_hidden_diff > 0 and not check.passed
+
+
+def test_a_pretraining_model_has_its_prediction_logits_compared():
+    pair = Pair(randomised(t.BertForPreTraining(bert_config())))
+    check = pair.compare()
+    assert (check.compared, check.max_logit_diff, check.passed) == (3, 0.0, True)
+    with torch.no_grad():
+        pair.trimmed.cls.predictions.bias[7] += 0.5  # "<x>": the logits alone
+    check = pair.compare()
+    assert check.max_hidden_diff == 0.0 and math.isclose(check.max_logit_diff, 0.5, rel_tol=1e-5)
+    assert check.differing == 3 and not check.passed
+
+
+def test_a_padded_seq2seq_batch_is_teacher_forced_and_compared_on_its_last_decoder_layer():
+    config = mbart_config()
+    config.decoder_layers = 2
+    pair = Pair(randomised(t.MBartForConditionalGeneration(config)))
+    texts = ["ab b", "a b ab", "a"]  # 4, 5 and 3 tokens: padding in a batch of 3
+    check = pair.compare(texts, batch_size=3)
+    assert (check.compared, check.generated, check.differing, check.max_hidden_diff) == (3, 3, 0, 0.0)
+    with torch.no_grad():
+        pair.trimmed.model.decoder.layers[1].fc2.bias[0] += 0.5  # the decoder's last layer only
+    check = pair.compare(texts, batch_size=3)
+    assert check.max_hidden_diff > 0 and check.differing == 3 and not check.passed
+
+
+class _Generating:
+    """A stand-in seq2seq model for `_greedy_differs`: records the settings of each `generate` call
+    and answers `answer(input_ids, attention_mask)`."""
+
+    def __init__(self, answer):
+        self.config = t.PretrainedConfig(vocab_size=12)
+        self.answer, self.calls = answer, []
+
+    def generate(self, input_ids, attention_mask, **settings):
+        self.calls.append(settings)
+        return self.answer(input_ids, attention_mask)
+
+
+def test_greedy_generation_is_deterministic_of_a_fixed_length_with_the_mask_given():
+    from polyglot_distil.vocab.verify import GENERATE_TOKENS, _greedy_differs
+
+    ids, mask = _padded([[2, 9, 5, 3], [2, 4, 3]], 0)
+    ids_a, _ = _padded([[2, 6, 5, 3], [2, 4, 3]], 0)
+    original, trimmed = _Generating(lambda i, m: i * m), _Generating(lambda i, m: i * m)
+    assert _greedy_differs(original, trimmed, ids, ids_a, mask, KEPT).tolist() == [False, False]
+    # sampling or beams would make the verdict depend on chance or on other candidates; a fixed
+    # length makes both generations comparable position by position
+    greedy = dict(max_new_tokens=GENERATE_TOKENS, min_new_tokens=GENERATE_TOKENS, do_sample=False, num_beams=1)
+    assert original.calls == [dict(suppress_tokens=[6, 7, 8, 10], **greedy)] and trimmed.calls == [greedy]
+    shorter = _Generating(lambda i, m: i[:, :-1])
+    differs = _greedy_differs(original, shorter, ids, ids_a, mask, KEPT)
+    assert differs.dtype == torch.bool and differs.tolist() == [True, True]
+
+
+def test_a_generation_that_differs_where_the_teacher_forced_outputs_agree_fails_the_text():
+    config = mbart_config()
+    config.tie_word_embeddings = False  # a changed input row then changes only the texts that use it
+    pair = Pair(randomised(t.MBartForConditionalGeneration(config)))
+
+    def echo(input_ids, attention_mask, **settings):  # a stand-in generation: the input itself
+        return input_ids * attention_mask
+
+    def echo_but_a_a(input_ids, attention_mask, **settings):  # the same, but "a a" (two 4s) generates "b"
+        answer = echo(input_ids, attention_mask)
+        answer[(input_ids == 4).sum(1) == 2, 1] = 5
+        return answer
+
+    pair.original.generate, pair.trimmed.generate = echo, echo_but_a_a
+    with torch.no_grad():
+        pair.trimmed.model.encoder.embed_tokens.weight[5, 0] += 0.25  # "b": teacher-forced otherwise, generated alike
+    check = pair.compare(["a a", "ab b", "ab ab"], batch_size=8)
+    # "a a" differs by its generation alone, "ab b" by its teacher-forced outputs alone, "ab ab" not at all
+    assert (check.compared, check.generated, check.differing, check.passed) == (3, 3, 2, False)
+    pair.trimmed.generate = echo
+    assert pair.compare(["a a", "ab ab"], batch_size=8).passed
+
+
+def test_a_t5_trim_is_teacher_forced_after_its_decoder_start_token():
+    from transformers.models.t5 import modeling_t5  # noqa: F401
+
+    pair = Pair(randomised(t.T5ForConditionalGeneration(t.T5Config(
+        vocab_size=12, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=3,
+        decoder_start_token_id=0))))  # T5 makes no decoder input of its own: it must be given one
+    check = pair.compare(["ab b", "a b ab", "a"], batch_size=3)
+    assert (check.compared, check.generated, check.differing, check.passed) == (3, 3, 0, True)

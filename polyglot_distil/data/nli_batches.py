@@ -73,6 +73,7 @@ def cached_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | Non
     and every process, a resumed run included, maps the same files instead of tokenizing them all
     itself."""
     import hashlib
+    import json
 
     from polyglot_distil.data.token_cache import cached_blocks
 
@@ -80,8 +81,13 @@ def cached_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | Non
     for premise, hypothesis in zip(data.premises, data.hypotheses):
         text.update(premise.encode("utf-8", errors="surrogatepass") + b"\0" +
                     hypothesis.encode("utf-8", errors="surrogatepass") + b"\1")
+    # the tokenizer without its truncation and padding, which each call sets (a process that has
+    # tokenized something would otherwise wait for another folder than one that has not)
+    tokenizer_state = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokenizer_state.pop("truncation", None)
+    tokenizer_state.pop("padding", None)
     key = {"kind": "nli pairs", "pairs": len(data), "text": text.hexdigest(), "max_length": max_length,
-           "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()}
+           "tokenizer": hashlib.sha256(json.dumps(tokenizer_state, sort_keys=True).encode()).hexdigest()}
     made: dict = {}
 
     def write(name, handle) -> int:
