@@ -76,7 +76,11 @@ def main() -> int:
         yardstick += ["--train-pairs", str(args.train_pairs)]
     if not args.report_only:
         print("rows a, b, c of the yardstick:", " ".join(yardstick[1:]), flush=True)
-        subprocess.run(yardstick, check=True)
+        code = subprocess.run(yardstick).returncode
+        if code:  # 143: stopped by SIGTERM, its training checkpointed
+            print(f"the yardstick's rows a, b, c stopped (exit status {code}); run this again to resume them",
+                  file=sys.stderr)
+            return code
 
     from polyglot_distil import api
     from polyglot_distil.models.loading import quiet_transformers
