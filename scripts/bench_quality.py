@@ -149,8 +149,7 @@ def main() -> int:
     stage("count", counts, lambda: api.count(str(e5), text, counts, no_progress=True))
     stage("trim", trimmed / "model.safetensors", lambda: api.trim(
         str(e5), counts, ["en", t], trimmed, keep_chars=True, no_progress=True))
-    common = dict(batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
-                  max_train_pairs=args.train_pairs)
+    common = common_options(args)
     stage("a: teacher", work / "a" / "best", lambda: api.finetune(
         str(e5), train, [str(dev)], work / "a", epochs=args.teacher_epochs, lr=args.teacher_lr, warmup_steps=20,
         reduce_vocab=args.teacher_reduce_vocab, **common, **continued(work / "a")))
@@ -315,7 +314,7 @@ def _over_seeds(args) -> int:
     import subprocess
 
     seeds = [args.seed + i for i in range(args.seeds)]
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])
     for flag in ("--seeds", "--seed", "--work"):  # replaced per run
         while flag in argv:
             i = argv.index(flag)
@@ -374,7 +373,12 @@ def phase2_options(epochs: float, args, work: Path) -> dict:
     """Phase 2 of every student row: `epochs` of full, then `epochs` of sparse fine-tuning against
     the task teacher, whose outputs are cached in the work folder."""
     return dict(full_epochs=epochs, sparse_epochs=epochs, lr=args.student_lr, teacher_cache=str(work / "teacher-cache"),
-                batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
+                **common_options(args))
+
+
+def common_options(args) -> dict:
+    """What every NLI training row shares: batch, seed, length and the training pairs' sample."""
+    return dict(batch_size=args.batch_size, seed=args.seed, no_progress=True, max_length=128,
                 max_train_pairs=args.train_pairs)
 
 
