@@ -25,7 +25,6 @@ pipeline and may not be given. `key=value` arguments override any field
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.inputs import changed_inputs, input_fingerprints
+from polyglot_distil.fingerprints import argv_hash, changed_inputs, input_fingerprints
 from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, exit_status, setting
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
@@ -410,15 +409,11 @@ def stage_argv(values: dict, stage: Stage, first_names: bool = False) -> list[st
     return [*stage.command.words, *stage.command.argv(values, first_names)]
 
 
-def _argv_hash(argv: list[str]) -> str:
-    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
-
-
 def settings_hash(values: dict, stage: Stage) -> str:
     """What a completed stage's marker keeps of its options: a hash of the command line, without
     the options that change no result (so that adding one does not make a stage run again)."""
     kept = {k: v for k, v in values.items() if k not in stage.neutral and k not in NO_RESULT}
-    return _argv_hash(stage_argv(kept, stage, first_names=True))
+    return argv_hash(stage_argv(kept, stage, first_names=True))
 
 
 def _argv_changes(old: list[str], new: list[str], renamed: dict[str, str | None] | None = None) -> str:

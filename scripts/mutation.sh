@@ -6,7 +6,7 @@
 #   pip install -e '.[mutation]'
 #   scripts/mutation.sh                          # every module of [tool.mutmut] only_mutate (about 1 h on 1 core)
 #   scripts/mutation.sh vocab/count eval/metrics  # these modules only
-#   scripts/mutation.sh 'polyglot_distil.data.token_cache.x_cache_key*'   # a mutmut name pattern
+#   scripts/mutation.sh 'polyglot_distil.fingerprints.x_token_cache_key*'     # a mutmut name pattern
 #   scripts/mutation.sh --score                  # print the scores of the last runs, run nothing
 #   scripts/mutation.sh --recheck vocab/select -- tests/test_vocab.py   # after adding tests: the
 #                                                # mutants still alive against these tests only

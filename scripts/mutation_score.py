@@ -1,7 +1,7 @@
 """Print the mutation score per module from the results mutmut left in ./mutants (scripts/mutation.sh).
 
     python scripts/mutation_score.py                        # every mutated module
-    python scripts/mutation_score.py polyglot_distil.vocab.count 'polyglot_distil.data.token_cache.x_cache_key*'
+    python scripts/mutation_score.py polyglot_distil.vocab.count 'polyglot_distil.fingerprints.x_token_cache_key*'
 
 score = killed / checked, where checked = killed + survived + timeout + no tests (a mutant no selected
 test calls counts against the score); a timeout is listed apart, it is a kill only when the mutant loops.

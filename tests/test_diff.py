@@ -20,7 +20,7 @@ from transformers.models.bert import modeling_bert  # noqa: F401
 
 from conftest import run_cli
 from polyglot_distil.distill.diff import DIFF_FILE, FORMAT, INFO_FILE, apply_diff, model_card, write_diff
-from polyglot_distil.distill.sparse import body_fingerprint
+from polyglot_distil.fingerprints import body_fingerprint
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.classifier import new_classifier
 

@@ -47,7 +47,7 @@ def model_folder(tmp_path):
 
 
 def test_a_files_fingerprint_is_its_size_time_and_content_hash(tmp_path):
-    from polyglot_distil.inputs import file_fingerprint
+    from polyglot_distil.fingerprints import file_fingerprint
 
     path = fixed_file(tmp_path / "vocab.txt", b"hello fingerprints\n")
     assert file_fingerprint(path) == {
@@ -56,7 +56,7 @@ def test_a_files_fingerprint_is_its_size_time_and_content_hash(tmp_path):
 
 
 def test_a_folders_fingerprint_is_that_of_its_model_files(model_folder):
-    from polyglot_distil.inputs import file_fingerprint, path_fingerprint
+    from polyglot_distil.fingerprints import file_fingerprint, path_fingerprint
 
     found = path_fingerprint(model_folder)
     assert sorted(found) == ["config.json", "model.safetensors", "training_args.bin"]
@@ -64,7 +64,7 @@ def test_a_folders_fingerprint_is_that_of_its_model_files(model_folder):
 
 
 def test_a_runs_input_fingerprints_name_its_existing_paths(tmp_path, model_folder, monkeypatch):
-    from polyglot_distil.inputs import input_fingerprints, path_fingerprint
+    from polyglot_distil.fingerprints import input_fingerprints, path_fingerprint
 
     monkeypatch.chdir(tmp_path)
     fixed_file(tmp_path / "en.txt", b"the cat sat\n")
@@ -74,18 +74,19 @@ def test_a_runs_input_fingerprints_name_its_existing_paths(tmp_path, model_folde
 
 
 def test_the_tokenizer_fingerprint_of_counts_is_unchanged():
-    from polyglot_distil.models.loading import tokenizer_fingerprint, vocab_in_id_order
+    from polyglot_distil.fingerprints import tokenizer_fingerprint
+    from polyglot_distil.models.loading import vocab_in_id_order
 
     tokenizer = tiny_tokenizer()
     expected = "06d2574846fa2a6c0e0226e1948c1ff881e29623e5fbb1d741382b831c0c0211"
-    assert tokenizer_fingerprint(tokenizer) == expected
     assert tokenizer_fingerprint(tokenizer, vocab_in_id_order(tokenizer)) == expected
 
 
 def test_the_token_cache_key_is_unchanged():
     from polyglot_distil.data import token_cache
+    from polyglot_distil.fingerprints import token_cache_key
 
-    assert token_cache.cache_key({"tokenizer": "abc", "block_size": 256, "languages": ["en", "fr"]}) == "04ecf8e8d5a638a6cda2"
+    assert token_cache_key(token_cache.FORMAT, {"tokenizer": "abc", "block_size": 256, "languages": ["en", "fr"]}) == "04ecf8e8d5a638a6cda2"
 
 
 def test_the_phase_1_token_cache_folder_is_unchanged(tmp_path, monkeypatch):
@@ -114,36 +115,39 @@ def test_the_xnli_prediction_key_is_unchanged(model_folder, monkeypatch):
     import transformers
 
     from polyglot_distil.data.nli import NLIData
-    from polyglot_distil.eval.predict import prediction_key
+    from polyglot_distil.eval.predict import CACHE_FORMAT
+    from polyglot_distil.fingerprints import prediction_key
 
     monkeypatch.setattr(torch, "__version__", "2.0.0")
     monkeypatch.setattr(transformers, "__version__", "5.0.0")
     data = NLIData(["the cat sat", "a dog ran"], ["the mat", "on a mat"], np.asarray([0, 2], dtype=np.int64))
-    assert prediction_key(str(model_folder), data, {"batch_size": 8, "max_length": 128}) == "ca5bb410093dbc054815e9fbef409f0c"
+    assert prediction_key(CACHE_FORMAT, str(model_folder), data.premises, data.hypotheses, data.labels,
+                          {"batch_size": 8, "max_length": 128}) == "ca5bb410093dbc054815e9fbef409f0c"
 
 
 def test_the_teacher_cache_key_is_unchanged(model_folder):
     from polyglot_distil.data.nli_batches import EncodedPairs
-    from polyglot_distil.distill.teacher_cache import cache_key
+    from polyglot_distil.distill.teacher_cache import FORMAT
+    from polyglot_distil.fingerprints import teacher_cache_key
 
     pairs = EncodedPairs(np.asarray([5, 6, 7, 8, 9], dtype=np.int32), None, np.asarray([0, 2, 5], dtype=np.int64), 0)
-    assert cache_key(model_folder, pairs, [0, 2], [1], 128) == "c3c7ace523f5f612f0ccdec3695deb3c"
+    assert teacher_cache_key(FORMAT, model_folder, pairs.input_ids, pairs.offsets, [0, 2], [1], 128) == "c3c7ace523f5f612f0ccdec3695deb3c"
 
 
 def test_the_body_fingerprint_of_a_lottery_ticket_is_unchanged():
-    from polyglot_distil.distill.sparse import body_fingerprint
+    from polyglot_distil.fingerprints import body_fingerprint
 
     weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
     assert body_fingerprint(weights, ["b", "a"]) == "ece6d4f91880b593bd5631cb0fa37ef103a451abd05f6088009f35cb1a384d57"
 
 
 def test_a_training_runs_settings_hash_is_unchanged():
-    from polyglot_distil.distill.training import config_hash
+    from polyglot_distil.fingerprints import run_config_hash
 
-    assert config_hash({"lr": 0.0001, "steps": 10, "languages": {"en": ["a.txt"]}}) == "8c1a6d5c62299e98"
+    assert run_config_hash({"lr": 0.0001, "steps": 10, "languages": {"en": ["a.txt"]}}) == "8c1a6d5c62299e98"
 
 
 def test_a_run_markers_argv_hash_is_unchanged():
-    from polyglot_distil.pipeline import _argv_hash
+    from polyglot_distil.fingerprints import argv_hash
 
-    assert _argv_hash(["trim", "--counts", "counts.json", "--keep", "0.9"]) == "968f197f15121f66"
+    assert argv_hash(["trim", "--counts", "counts.json", "--keep", "0.9"]) == "968f197f15121f66"

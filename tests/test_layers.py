@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "polyglot_distil"
 
 # Lower number = lower layer. A module may import its own layer's modules and any lower layer's.
 LAYERS = {
-    "shared": 0,  # errors, outputs, tables, params, options
+    "shared": 0,  # errors, outputs, tables, params, options, fingerprints
     "data": 1,
     "models": 2,
     "vocab": 3, "distill": 3, "eval": 3,

@@ -15,9 +15,10 @@ import torch
 from conftest import run_cli
 from polyglot_distil.models.classifier import new_classifier
 from polyglot_distil.distill.diff import apply_diff, write_diff
-from polyglot_distil.distill.sparse import (LotteryTicket, ParameterGroups, _is_layer_norm, body_fingerprint,
+from polyglot_distil.distill.sparse import (LotteryTicket, ParameterGroups, _is_layer_norm,
                                            parameter_groups, sparse_count, top_k_mask)
 from polyglot_distil.errors import UserError
+from polyglot_distil.fingerprints import body_fingerprint
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

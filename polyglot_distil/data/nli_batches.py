@@ -72,22 +72,11 @@ def cached_pairs(tokenizer, data: NLIData, max_length: int, progress: bool | Non
     `cache_dir` (data/token_cache.py, keyed by the pairs' text, the tokenizer and `max_length`),
     and every process, a resumed run included, maps the same files instead of tokenizing them all
     itself."""
-    import hashlib
-    import json
-
     from polyglot_distil.data.token_cache import cached_blocks
+    from polyglot_distil.fingerprints import nli_text_digest, tokenizer_state_digest
 
-    text = hashlib.sha256()
-    for premise, hypothesis in zip(data.premises, data.hypotheses):
-        text.update(premise.encode("utf-8", errors="surrogatepass") + b"\0" +
-                    hypothesis.encode("utf-8", errors="surrogatepass") + b"\1")
-    # the tokenizer without its truncation and padding, which each call sets (a process that has
-    # tokenized something would otherwise wait for another folder than one that has not)
-    tokenizer_state = json.loads(tokenizer.backend_tokenizer.to_str())
-    tokenizer_state.pop("truncation", None)
-    tokenizer_state.pop("padding", None)
-    key = {"kind": "nli pairs", "pairs": len(data), "text": text.hexdigest(), "max_length": max_length,
-           "tokenizer": hashlib.sha256(json.dumps(tokenizer_state, sort_keys=True).encode()).hexdigest()}
+    key = {"kind": "nli pairs", "pairs": len(data), "text": nli_text_digest(data.premises, data.hypotheses),
+           "max_length": max_length, "tokenizer": tokenizer_state_digest(tokenizer)}
     made: dict = {}
 
     def write(name, handle) -> int:

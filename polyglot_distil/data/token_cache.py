@@ -23,7 +23,6 @@ died without a word is noticed by its mark's beat.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,14 +31,11 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
+from polyglot_distil.fingerprints import token_cache_key
 from polyglot_distil.shared_build import build_once
 
 META = "blocks.json"
 FORMAT = 1
-
-
-def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps({"format": FORMAT, **parts}, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _open_blocks(folder: Path, block_size: int) -> dict[str, np.ndarray]:
@@ -63,7 +59,7 @@ def cached_blocks(root: str | os.PathLike, key: dict, languages: list[str],
     marked that it is writing (shared_build.build_once). `prune`: writing removes the blocks of
     other inputs from `root` (a run's own cache); off for a folder that several runs share."""
     root = Path(root)
-    folder = root / f"tokens-{cache_key(key)}"
+    folder = root / f"tokens-{token_cache_key(FORMAT, key)}"
 
     def fill(tmp: Path) -> None:
         if prune:  # blocks of other inputs (an --overwrite with new settings)

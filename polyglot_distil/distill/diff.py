@@ -76,7 +76,7 @@ def apply_diff(base: str, diff: str | Path, trust_remote_code: bool = False):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from polyglot_distil.distill.sparse import body_fingerprint
+    from polyglot_distil.fingerprints import body_fingerprint
 
     diff = Path(diff)
     if not (diff / INFO_FILE).is_file() or not (diff / DIFF_FILE).is_file():

@@ -234,12 +234,11 @@ def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | No
     token cache in `cache_dir` (data/token_cache.py): tokenized once, by the main process, when
     no cache of these sources, this tokenizer and these block settings is there yet. A `shared`
     cache (`--token-cache`) keeps the blocks of other inputs."""
-    import hashlib
 
     from polyglot_distil.data.corpus import Caps, ReadStats, iter_language
     from polyglot_distil.data.mlm import write_blocks
     from polyglot_distil.data.token_cache import cached_blocks
-    from polyglot_distil.inputs import path_fingerprint
+    from polyglot_distil.fingerprints import path_fingerprint, tokenizer_json_digest
     from polyglot_distil.progress import progress
 
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
@@ -249,7 +248,7 @@ def load_blocks(languages: dict, tokenizer, block_size: int, max_lines: int | No
     key = {
         "sources": {lang: [[str(s), None if s.kind == "hf" else path_fingerprint(Path(s.path))] for s in sources]
                     for lang, sources in languages.items()},
-        "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "tokenizer": tokenizer_json_digest(tokenizer),
         "block_size": block_size, "first_id": int(first), "last_id": int(last), "max_lines": max_lines, "seed": seed,
     }
 

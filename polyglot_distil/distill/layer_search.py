@@ -254,7 +254,8 @@ def run_search_map(options: SearchMapSettings) -> dict:
     from transformers import AutoConfig
 
     from polyglot_distil.distill.general import load_inputs, phase1_recipe
-    from polyglot_distil.distill.training import CACHE, TrainSettings, config_hash, mean_over_batches, train
+    from polyglot_distil.distill.training import CACHE, TrainSettings, mean_over_batches, train
+    from polyglot_distil.fingerprints import run_config_hash
     from polyglot_distil.models.families import family_of
     from polyglot_distil.models.loading import load_model
     from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, make_student, \
@@ -298,7 +299,7 @@ def run_search_map(options: SearchMapSettings) -> dict:
     if options.resume:
         if not record.is_file():
             raise UserError(f"--resume: {out} holds no search (no {record.name}); drop --resume")
-        if json.loads(record.read_text(encoding="utf-8"))["hash"] != config_hash(search):
+        if json.loads(record.read_text(encoding="utf-8"))["hash"] != run_config_hash(search):
             raise UserError(f"--resume: the search in {out} was made with other options; rerun with its options, or "
                             "start over with --overwrite")
         check_writable(out, overwrite=True)
@@ -313,7 +314,7 @@ def run_search_map(options: SearchMapSettings) -> dict:
             replaced = set_aside(out, keep=[CACHE])
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"written_by": "polyglot-distil"}) + "\n", encoding="utf-8")
-        replace_text(record, json.dumps({"hash": config_hash(search), "search": search}, indent=2) + "\n")
+        replace_text(record, json.dumps({"hash": run_config_hash(search), "search": search}, indent=2) + "\n")
     barrier()
 
     loaded = None

@@ -16,7 +16,6 @@ The trained model is saved as a sparse difference from the phase-1 student (`dif
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -78,17 +77,6 @@ def sparse_count(density: float | None, count: int | None, selectable: int, what
     if k < 1:
         raise UserError(f"{given} entries of the {selectable:,} selectable parameters of {what}; raise it")
     return k
-
-
-def body_fingerprint(weights: dict[str, torch.Tensor], names: list[str]) -> str:
-    """sha256 of the named tensors (name, dtype, shape, bytes), in sorted name order: which
-    phase-1 student a diff applies to."""
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        tensor = weights[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def top_k_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:

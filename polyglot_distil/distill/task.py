@@ -138,7 +138,8 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
     """Load teacher, student and data; return the two-stage `Recipe`. `keep["ticket"]` receives
     the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
     from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
-    from polyglot_distil.distill.sparse import LotteryTicket, body_fingerprint, parameter_groups, sparse_count
+    from polyglot_distil.distill.sparse import LotteryTicket, parameter_groups, sparse_count
+    from polyglot_distil.fingerprints import body_fingerprint
     from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.classifier import save_classifier
     from polyglot_distil.models.loading import load_tokenizer

@@ -21,7 +21,6 @@ teacher state / attention layer `hidden-K.npy` float16 [tokens, H] and `attentio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,22 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.fingerprints import teacher_cache_key
 from polyglot_distil.shared_build import build_once
 
 FORMAT = "polyglot-distil teacher cache 1"
-
-
-def cache_key(teacher_path: str | Path, pairs, hidden: list[int], attention: list[int], max_length: int) -> str:
-    """What the cached outputs depend on, hashed."""
-    digest = hashlib.sha256(FORMAT.encode())
-    folder = Path(teacher_path)
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(np.ascontiguousarray(pairs.input_ids).tobytes())
-    digest.update(np.ascontiguousarray(pairs.offsets).tobytes())
-    digest.update(json.dumps({"hidden": hidden, "attention": attention, "max_length": max_length}).encode())
-    return digest.hexdigest()[:32]
 
 
 class TeacherCache:
@@ -69,7 +56,7 @@ class TeacherCache:
         while the others poll for it (shared_build.build_once: no collective waits on the build,
         and several runs sharing the folder take turns)."""
         folder = Path(folder)
-        key = cache_key(teacher_path, pairs, hidden, attention, max_length)
+        key = teacher_cache_key(FORMAT, teacher_path, pairs.input_ids, pairs.offsets, hidden, attention, max_length)
         if folder.exists() and not (folder / "cache.json").is_file():
             raise UserError(f"--teacher-cache {folder} exists and is not a teacher cache; give another folder")
 

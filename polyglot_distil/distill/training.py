@@ -45,7 +45,6 @@ evaluations compete for the best model. The loop does the rest:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -60,7 +59,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from polyglot_distil.errors import UserError, interruption
-from polyglot_distil.inputs import changed_inputs, input_fingerprints
+from polyglot_distil.fingerprints import changed_inputs, input_fingerprints, run_config_hash
 from polyglot_distil.options import NO_RESULT
 from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, \
     room_checked, set_aside, wait_visible
@@ -271,10 +270,6 @@ def unused_parameters(model, compute_loss, batch: dict, accelerator) -> list[str
 # The output folder: run_config.json, checkpoints, metrics
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(config, dict):
         out = {}
@@ -326,7 +321,7 @@ def check_output(settings: TrainSettings, config: dict, inputs: dict | None = No
     except (OSError, ValueError) as exc:
         raise UserError(f"--resume: {saved_file} cannot be read ({exc}): the record of the run is damaged; start over "
                         "with --overwrite or a new --out") from None
-    if saved.get("hash") != config_hash(config):
+    if saved.get("hash") != run_config_hash(config):
         changes = _config_differences(saved.get("config", {}), config)
         raise UserError(f"--resume: {out} was made with a different configuration ({changes}); "
                         "rerun with its options or pass a new --out")
@@ -537,7 +532,7 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
         if main:
             out.mkdir(parents=True, exist_ok=True)
             if not (out / "run_config.json").is_file():
-                record = {"hash": config_hash(config), "config": config, "inputs": inputs}
+                record = {"hash": run_config_hash(config), "config": config, "inputs": inputs}
                 replace_text(out / "run_config.json", json.dumps(record, indent=2) + "\n")
         accelerator.wait_for_everyone()
         if not main:  # several nodes: OUT must be on a filesystem every process sees
@@ -643,7 +638,7 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
                 stopping = boundary.pending is not None and replaced is None
                 if step % settings.save_every == 0 or step == settings.steps or stopping:
                     trainer_state = {**state, "data_position": step,
-                                     "scheduler": scheduler.state_dict(), "config_hash": config_hash(config)}
+                                     "scheduler": scheduler.state_dict(), "config_hash": run_config_hash(config)}
                     _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
                 if stopping and main:
                     print(f"saved {out / 'checkpoints' / f'step-{step}'}: continue with --resume", file=sys.stderr)

@@ -3,8 +3,6 @@ order (entailment, neutral, contradiction)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -31,26 +29,6 @@ def predict_xnli(classifier: Classifier, data: NLIData, batch_size: int = 32, ma
 
 
 CACHE_FORMAT = "polyglot-distil xnli predictions 1"
-
-
-def prediction_key(model_path: str, data: NLIData, settings: dict) -> str:
-    """What a local model's XNLI predictions depend on, hashed: its files (name, size,
-    modification time), the pairs and their labels, and `settings` (batch size, length, device,
-    attention kernel), with the torch and transformers versions."""
-    import torch
-    import transformers
-
-    digest = hashlib.sha256(CACHE_FORMAT.encode())
-    path = Path(model_path)
-    for file in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    for text in (*data.premises, *data.hypotheses):
-        digest.update(text.encode("utf-8") + b"\0")
-    digest.update(np.asarray(data.labels, dtype=np.int64).tobytes())
-    digest.update(json.dumps({**settings, "torch": torch.__version__, "transformers": transformers.__version__},
-                             sort_keys=True).encode())
-    return digest.hexdigest()[:32]
 
 
 def cached_xnli(cache_dir: str | os.PathLike, name: str, key: str, predict) -> tuple[np.ndarray, bool]:

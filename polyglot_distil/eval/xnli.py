@@ -48,9 +48,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.fingerprints import prediction_key
 from polyglot_distil.eval.efficiency import _parameter_figures, _ratios, measure_efficiency, weights_disk_bytes
 from polyglot_distil.eval.metrics import accuracy, confusion_matrix, label_loyalty, probability_loyalty
-from polyglot_distil.eval.predict import cached_xnli, prediction_key, predict_xnli
+from polyglot_distil.eval.predict import CACHE_FORMAT, cached_xnli, predict_xnli
 from polyglot_distil.eval.report import render_markdown, write_plots
 from polyglot_distil.eval.stats import compare_paired, mcnemar_exact, percentile_interval, resampled_accuracies
 from polyglot_distil.models.classifier import load_classifier
@@ -121,7 +122,8 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
 
         if role != "teacher" or not teacher_cache or not os.path.exists(paths["teacher"]):  # a hub name may change
             return compute()
-        key = prediction_key(paths["teacher"], pairs, {**settings, "split": split, "lang": lang})
+        key = prediction_key(CACHE_FORMAT, paths["teacher"], pairs.premises, pairs.hypotheses, pairs.labels,
+                             {**settings, "split": split, "lang": lang})
         probs, cached = cached_xnli(teacher_cache, f"{split}-{lang}", key, compute)
         if cached:
             print(f"{lang} teacher: predictions from {teacher_cache}", flush=True)

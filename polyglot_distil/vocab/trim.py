@@ -39,7 +39,8 @@ from polyglot_distil.data.corpus import Caps, group_lang_specs, iter_language, p
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.checkpoint import NO_POOLER_MODEL_ARGS, carried_tensors, carry_tensors, \
     copy_sentence_transformers, drop_tensors, load_without_pooler
-from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, tokenizer_fingerprint, \
+from polyglot_distil.fingerprints import tokenizer_fingerprint
+from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, \
     vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, \
     csv, like, setting
@@ -69,7 +70,7 @@ def special_token_ids(tokenizer, config) -> list[int]:
 def check_counts(counts: Counts, tokenizer, counts_path, model_name: str) -> None:
     """Counts made with another tokenizer would select the wrong rows."""
     size = vocab_size(tokenizer)
-    if counts.vocab_size != size or counts.fingerprint != tokenizer_fingerprint(tokenizer):
+    if counts.vocab_size != size or counts.fingerprint != tokenizer_fingerprint(tokenizer, vocab_in_id_order(tokenizer)):
         raise UserError(f"{counts_path or 'the counts'}: counted with the tokenizer {counts.tokenizer} "
                         f"({counts.vocab_size:,} tokens), not with that of {model_name} ({size:,} tokens); "
                         f"count again with --model {model_name}")
