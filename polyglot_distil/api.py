@@ -48,7 +48,7 @@ Languages = dict[str, PathLike | Iterable[PathLike]]  # a language -> its source
 # this table equal to the commands' declarations.
 OLD_KEYWORDS = {
     "count": {"tokenizer": "model"}, "trim": {"verify_lang": "verify_text"}, "export_onnx": {"text": "check_text"},
-    "xnli": {"limit": "max_pairs"}, "apply_diff": {"base": "student"},
+    "xnli": {"limit": "max_pairs"}, "apply_diff": {"base": "student"}, "sizes": {"layers": "layer_counts"},
     **{name: {"max_train_examples": "max_train_pairs"} for name in ("finetune", "task", "quantize")},
 }
 DEPRECATED_KEYWORDS = {name: "task" for name in ("finetune", "task", "quantize")}
@@ -327,13 +327,14 @@ def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None
     return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start, quiet=False)
 
 
-def sizes(config: PathLike, layers: Iterable[int], hidden_sizes: Iterable[int] | None = None,
+@_old_keywords
+def sizes(config: PathLike, layer_counts: Iterable[int], hidden_sizes: Iterable[int] | None = None,
           overrides: Iterable[str] = ()) -> dict:
     """One student per size from a YAML config, with the size / latency / accuracy table (as
     `polyglot-distil sizes`); returns its rows."""
     from polyglot_distil.sizes import SIZES
 
-    return _call(SIZES, config=str(config), overrides=list(overrides), layers=",".join(map(str, layers)),
+    return _call(SIZES, config=str(config), overrides=list(overrides), layer_counts=",".join(map(str, layer_counts)),
                  hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None, quiet=False)
 
 

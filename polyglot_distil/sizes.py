@@ -1,9 +1,9 @@
 """Several student sizes from one config: the shared stages once, then one student per size, and a
 size / latency / accuracy table with a plot.
 
-    polyglot-distil sizes configs/demo.yaml --layers 1,2,3
-    polyglot-distil sizes configs/mbert-en-sw-bistil.yaml general.steps=50000 --layers 2,4,6
-    polyglot-distil sizes CONFIG.yaml --layers 4,6 --hidden-sizes 768,384   # every layers x hidden pair
+    polyglot-distil sizes configs/demo.yaml --layer-counts 1,2,3
+    polyglot-distil sizes configs/mbert-en-sw-bistil.yaml general.steps=50000 --layer-counts 2,4,6
+    polyglot-distil sizes CONFIG.yaml --layer-counts 4,6 --hidden-sizes 768,384   # every layers x hidden pair
 
 It is `run`, repeated: the config's count, trim, verify and finetune stages run once into
 `run_dir`; then, for each size, the student, general, task and eval stages run into
@@ -38,7 +38,7 @@ SHARED = ("count", "trim", "verify", "finetune")
 PER_SIZE = ("student", "general", "task", "eval")
 
 
-def parse_sizes(layers: str | None, hidden_sizes: str | None) -> list[tuple[int, int | None]]:
+def parse_sizes(layer_counts: str | None, hidden_sizes: str | None) -> list[tuple[int, int | None]]:
     """`"2,4"`, `"384,256"` -> [(2, 384), (2, 256), (4, 384), (4, 256)]; no hidden sizes: (n, None)."""
 
     def numbers(text: str, flag: str) -> list[int]:
@@ -50,10 +50,10 @@ def parse_sizes(layers: str | None, hidden_sizes: str | None) -> list[tuple[int,
             raise UserError(f"{flag} {text!r}: give one or more sizes of at least 1, e.g. 2,4,6")
         return list(dict.fromkeys(values))
 
-    if layers is None:
-        raise UserError("--layers is required: the student sizes to build, e.g. --layers 2,4,6")
+    if layer_counts is None:
+        raise UserError("--layer-counts is required: the student sizes to build, e.g. --layer-counts 2,4,6")
     widths = numbers(hidden_sizes, "--hidden-sizes") if hidden_sizes else [None]
-    return [(n, h) for n in numbers(layers, "--layers") for h in widths]
+    return [(n, h) for n in numbers(layer_counts, "--layer-counts") for h in widths]
 
 
 def size_label(layers: int, hidden: int | None) -> str:
@@ -183,7 +183,8 @@ class SizesSettings:
     config: str = setting(kind=POSITIONAL, help="YAML config (see configs/), as for 'run'")
     overrides: list[str] = setting([], kind=POSITIONAL, nargs="*", metavar="KEY=VALUE",
                                    help="override config fields, e.g. general.steps=100")
-    layers: str | None = setting(None, help="student layers, one student per value, e.g. 2,4,6")
+    layer_counts: str | None = setting(None, help="students' numbers of layers, one student per value, e.g. 2,4,6",
+                                       renamed_from=("--layers",))
     hidden_sizes: str | None = setting(None, help="student hidden sizes (default: the config's); every layers x hidden "
                                                   "pair")
 
@@ -193,7 +194,7 @@ def run_sizes(settings: SizesSettings) -> dict:
     from polyglot_distil.outputs import replace_text
     from polyglot_distil.pipeline import DEFAULT_STAGES, load_config, run_pipeline, validate
 
-    sizes = parse_sizes(settings.layers, settings.hidden_sizes)
+    sizes = parse_sizes(settings.layer_counts, settings.hidden_sizes)
     config = load_config(settings.config, settings.overrides)
     names = [s.name for s in validate(config)]
     missing = [stage for stage in PER_SIZE if stage not in names]

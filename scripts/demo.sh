@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE=1
 if [ "${1:-}" = "--smoke" ]; then
   shift
   if [ ! -f out/demo/teacher/model.safetensors ]; then
-    polyglot-distil smoke-model --family bert --texts corpora/{en,fr,de,es,sw}/sample.txt \
+    polyglot-distil smoke-model --family bert --tokenizer-text corpora/{en,fr,de,es,sw}/sample.txt \
       --vocab-size 2000 --out out/demo/teacher
   fi
   polyglot-distil run configs/demo.yaml "$@"

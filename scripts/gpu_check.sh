@@ -83,7 +83,7 @@ task() {  # task OUT PRECISION [more]: the phase-2 arguments (from the phase-1 s
 }
 
 echo "setup: smoke model, student and NLI teacher in $WORK"
-step smoke-model smoke-model --family bert --texts corpora/{en,fr,sw}/sample.txt --vocab-size 2000 --hidden-size 128 \
+step smoke-model smoke-model --family bert --tokenizer-text corpora/{en,fr,sw}/sample.txt --vocab-size 2000 --hidden-size 128 \
   --layers 4 --out "$WORK/base" --overwrite
 step student student --teacher "$WORK/base" --layers 2 --out "$WORK/student" --overwrite
 step teacher finetune --model "$WORK/base" "${NLI[@]}" --epochs 1 --lr 1e-3 --no-progress --out "$WORK/teacher" \

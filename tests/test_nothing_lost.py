@@ -295,7 +295,7 @@ def test_merge_refuses_the_same_counts_twice_even_inside_a_merged_file(tmp_path,
 def test_a_student_larger_than_its_teacher_is_refused_before_any_stage(command, tmp_path, tiny_bert_dir, capsys):
     run = tmp_path / "run"
     overrides = [f"model={tiny_bert_dir}", f"run_dir={run}"]
-    args = [*overrides, "--layers", "2,5"] if command == "sizes" else [*overrides, "student.layers=5"]
+    args = [*overrides, "--layer-counts", "2,5"] if command == "sizes" else [*overrides, "student.layers=5"]
     err = one_line(capsys, command, ROOT / "configs" / "demo.yaml", *args)
     assert "--layers 5: a student needs between 1 and the teacher's 4 layers" in err
     assert not run.exists(), "nothing ran"

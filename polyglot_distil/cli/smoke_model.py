@@ -13,7 +13,8 @@ from polyglot_distil.options import OVERWRITE, READS, SEED, WRITES, Command, lik
 @dataclass(kw_only=True)
 class SmokeModelSettings:
     family: str = setting("bert", choices=("bert", "xlmr"), help="model family (default bert)")
-    texts: list[str] = setting([], role=READS, nargs="*", help="text files to train the tokenizer on")
+    tokenizer_text: list[str] = setting([], role=READS, nargs="*", help="text files to train the tokenizer on",
+                                        renamed_from=("--texts",))
     vocab_file: str | None = setting(None, role=READS, help="use this WordPiece vocab.txt instead of training (bert)")
     tokenizer_json: str | None = setting(None, role=READS,
                                          help="use this Unigram tokenizer.json instead of training (xlmr)")
@@ -31,13 +32,13 @@ def smoke_model(settings: SmokeModelSettings) -> dict:
     from polyglot_distil.models.smoke import build_smoke_model
     from polyglot_distil.outputs import atomic_dir
 
-    for f in [*settings.texts, settings.vocab_file, settings.tokenizer_json]:
+    for f in [*settings.tokenizer_text, settings.vocab_file, settings.tokenizer_json]:
         if f and not Path(f).is_file():
             raise UserError(f"file not found: {f}")
-    if not (settings.texts or settings.vocab_file or settings.tokenizer_json):
-        raise UserError("pass --texts FILE... to train a tokenizer, or --vocab-file / --tokenizer-json")
+    if not (settings.tokenizer_text or settings.vocab_file or settings.tokenizer_json):
+        raise UserError("pass --tokenizer-text FILE... to train a tokenizer, or --vocab-file / --tokenizer-json")
     with atomic_dir(settings.out, settings.overwrite) as tmp:
-        build_smoke_model(tmp, settings.family, texts=settings.texts, vocab_file=settings.vocab_file,
+        build_smoke_model(tmp, settings.family, texts=settings.tokenizer_text, vocab_file=settings.vocab_file,
                           tokenizer_json=settings.tokenizer_json, vocab_size=settings.vocab_size,
                           hidden_size=settings.hidden_size, num_layers=settings.layers, head=settings.head,
                           seed=settings.seed)
