@@ -78,13 +78,15 @@ def _old_keywords(function):
     return accepting
 
 
-def _call(command: Command, lang: list[str] | None = None, check_status: bool = True, quiet: bool = True,
-          **values: Any) -> dict:
-    """Run `command`'s stage on `values` (paths as strings, iterables as lists; `lang`: the specs
-    of a languages mapping) and return its report; a report with a non-zero "exit_status" raises,
+def _call(name: str, settings: type, function, /, lang: list[str] | None = None, check_status: bool = True,
+          quiet: bool = True, **values: Any) -> dict:
+    """Run the stage `function` of the command `name` on `values` (paths as strings, iterables as
+    lists; `lang`: the specs of a languages mapping), made into its `settings` dataclass as the
+    command line's are, and return its report; a report with a non-zero "exit_status" raises,
     unless not `check_status`. `quiet`: the lines the command prints for a reader (its tables,
     "wrote ...") are not printed: a library call returns them in its report; warnings and progress
     still go to stderr."""
+    command = Command(tuple(name.split()), run=function, settings=settings)
     values = _plain(values)
     options = command.namespace(**values, **({"lang": lang} if lang is not None else {}))
     try:
@@ -126,9 +128,9 @@ def count(model: str, languages: Languages, out: PathLike, *,
     """Count token occurrences per language with `model`'s tokenizer; write the Parquet table `out`.
     The keywords are `vocab.count.CountSettings`' fields (`polyglot-distil count --help`)."""
     values = _given(locals(), "languages")
-    from polyglot_distil.vocab.count import COUNT
+    from polyglot_distil.vocab.count import CountSettings, run_count
 
-    return _call(COUNT, _specs(languages), **values)
+    return _call("count", CountSettings, run_count, _specs(languages), **values)
 
 
 @_old_keywords
@@ -142,9 +144,9 @@ def trim(model: str, counts: PathLike, langs: Iterable[str], out: PathLike, *,
     the trim report. The keywords are `vocab.trim.TrimSettings`' fields (`polyglot-distil trim --help`);
     `verify_text` holds `LANG=SOURCE` specs."""
     values = _given(locals())
-    from polyglot_distil.vocab.trim import TRIM
+    from polyglot_distil.vocab.trim import TrimSettings, run_trim
 
-    return _call(TRIM, **{**values, "langs": ",".join(langs)})
+    return _call("trim", TrimSettings, run_trim, **{**values, "langs": ",".join(langs)})
 
 
 def verify(original: str, trimmed: PathLike, languages: Languages, *,
@@ -155,9 +157,9 @@ def verify(original: str, trimmed: PathLike, languages: Languages, *,
     holds the figures, "exit_status" 1 when they differ (no exception: a difference is a result).
     The keywords are `vocab.verify.VerifySettings`' fields (`polyglot-distil verify --help`)."""
     values = _given(locals(), "languages")
-    from polyglot_distil.vocab.verify import VERIFY
+    from polyglot_distil.vocab.verify import VerifySettings, run_verify
 
-    return _call(VERIFY, _specs(languages), check_status=False, **values)
+    return _call("verify", VerifySettings, run_verify, _specs(languages), check_status=False, **values)
 
 
 def student(teacher: str, out: PathLike, *,
@@ -167,9 +169,9 @@ def student(teacher: str, out: PathLike, *,
             seed: int = 0, overwrite: bool = False, trust_remote_code: bool = False) -> dict:
     """Build a compact student of `teacher` in `out` (`distill.student_stage.StudentSettings`)."""
     values = _given(locals())
-    from polyglot_distil.distill.student_stage import STUDENT
+    from polyglot_distil.distill.student_stage import StudentSettings, run_student
 
-    return _call(STUDENT, **values)
+    return _call("student", StudentSettings, run_student, **values)
 
 
 def general(teacher: str, languages: Languages, out: PathLike, *,
@@ -190,9 +192,9 @@ def general(teacher: str, languages: Languages, out: PathLike, *,
     """Phase 1: distil a student (`student=FOLDER`, or built here from the student options) from
     `teacher` on masked-LM text of `languages` into `out` (steps, batch_size, recipe, ...)."""
     values = _given(locals(), "languages")
-    from polyglot_distil.distill.general import GENERAL
+    from polyglot_distil.distill.general import GeneralSettings, run_distil_general
 
-    return _call(GENERAL, _specs(languages), **values)
+    return _call("distil general", GeneralSettings, run_distil_general, _specs(languages), **values)
 
 
 def search_map(teacher: str, languages: Languages, out: PathLike, *,
@@ -215,9 +217,9 @@ def search_map(teacher: str, languages: Languages, out: PathLike, *,
     or the student options; steps, budget, candidates, criterion, ...); writes `out`/layer_map.txt,
     which `general(..., layer_map=out)` reads. Returns {"best": [...], "tried": [...], ...}."""
     values = _given(locals(), "languages")
-    from polyglot_distil.distill.layer_search import SEARCH_MAP
+    from polyglot_distil.distill.layer_search import SearchMapSettings, run_search_map
 
-    return _call(SEARCH_MAP, _specs(languages), **values)
+    return _call("distil search-map", SearchMapSettings, run_search_map, _specs(languages), **values)
 
 
 @_old_keywords
@@ -231,9 +233,9 @@ def finetune(model: str, train: Iterable[str], dev: Iterable[str], out: PathLike
              trust_remote_code: bool = False) -> dict:
     """Fine-tune `model` on English NLI (`train`, `dev` sources) into `out`: the task teacher."""
     values = _given(locals())
-    from polyglot_distil.distill.finetune import FINETUNE
+    from polyglot_distil.distill.finetune import FinetuneSettings, run_finetune
 
-    return _call(FINETUNE, **values)
+    return _call("finetune", FinetuneSettings, run_finetune, **values)
 
 
 @_old_keywords
@@ -251,9 +253,9 @@ def task(teacher: PathLike, student: PathLike, train: Iterable[str], dev: Iterab
     """Phase 2: distil the task teacher into the phase-1 student by lottery-ticket sparse
     fine-tuning, into `out` (full_epochs, sparse_epochs, density, ...)."""
     values = _given(locals())
-    from polyglot_distil.distill.task import TASK
+    from polyglot_distil.distill.task import TaskSettings, run_distil_task
 
-    return _call(TASK, **values)
+    return _call("distil task", TaskSettings, run_distil_task, **values)
 
 
 @_old_keywords
@@ -261,9 +263,9 @@ def apply_diff(student: PathLike, diff: PathLike, out: PathLike, *,
                overwrite: bool = False, trust_remote_code: bool = False) -> dict:
     """Rebuild the dense task model from the phase-1 `student` and its sparse diff."""
     values = _given(locals())
-    from polyglot_distil.distill.diff import APPLY_DIFF
+    from polyglot_distil.distill.diff import ApplyDiffSettings, run_apply_diff
 
-    return _call(APPLY_DIFF, **values)
+    return _call("apply-diff", ApplyDiffSettings, run_apply_diff, **values)
 
 
 @_old_keywords
@@ -283,9 +285,9 @@ def quantize(model: PathLike, out: PathLike, *,
     method="qat" (quantization-aware distillation: train, dev, teacher, bits, epochs, ...); load
     the result with `polyglot_distil.models.quantized.load_int8`."""
     values = _given(locals())
-    from polyglot_distil.distill.quantize import QUANTIZE
+    from polyglot_distil.distill.quantize import QuantizeSettings, run_quantize
 
-    return _call(QUANTIZE, **values)
+    return _call("quantize", QuantizeSettings, run_quantize, **values)
 
 
 @_old_keywords
@@ -315,16 +317,17 @@ def xnli(model: PathLike, langs: Iterable[str], out: PathLike, *,
     """Zero-shot XNLI of `model` on `langs` (teacher, data, split, max_pairs, ...); writes `out` and
     returns the report (accuracy, loyalty, efficiency)."""
     values = _given(locals())
-    from polyglot_distil.eval.xnli import XNLI
+    from polyglot_distil.eval.xnli import XNLISettings, run_eval_xnli
 
-    return _call(XNLI, **{**values, "langs": ",".join(langs)})
+    return _call("eval xnli", XNLISettings, run_eval_xnli, **{**values, "langs": ",".join(langs)})
 
 
 def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None, start: str | None = None) -> dict:
     """The whole pipeline of a YAML config (as `polyglot-distil run`)."""
-    from polyglot_distil.pipeline import RUN
+    from polyglot_distil.pipeline import RunSettings, run_run
 
-    return _call(RUN, config=str(config), overrides=list(overrides), only=only, start=start, quiet=False)
+    return _call("run", RunSettings, run_run, config=str(config), overrides=list(overrides), only=only, start=start,
+                 quiet=False)
 
 
 @_old_keywords
@@ -332,9 +335,10 @@ def sizes(config: PathLike, layer_counts: Iterable[int], hidden_sizes: Iterable[
           overrides: Iterable[str] = ()) -> dict:
     """One student per size from a YAML config, with the size / latency / accuracy table (as
     `polyglot-distil sizes`); returns its rows."""
-    from polyglot_distil.sizes import SIZES
+    from polyglot_distil.sizes import SizesSettings, run_sizes
 
-    return _call(SIZES, config=str(config), overrides=list(overrides), layer_counts=",".join(map(str, layer_counts)),
+    return _call("sizes", SizesSettings, run_sizes, config=str(config), overrides=list(overrides),
+                 layer_counts=",".join(map(str, layer_counts)),
                  hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None, quiet=False)
 
 

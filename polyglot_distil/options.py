@@ -18,7 +18,7 @@ import dataclasses
 import sys
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, replace
+from dataclasses import KW_ONLY, MISSING, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from polyglot_distil.errors import UserError
@@ -192,13 +192,18 @@ def options_of(settings: type) -> list[Option]:
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: `words` (`("distil", "general")`), its help, its options, and `run`, the
-    stage function that takes the options (a namespace) and returns an exit status."""
+    """A subcommand: `words` (`("distil", "general")`), `run`, the stage function that takes the
+    settings dataclass `settings` and returns its report (or an exit status), and the options made
+    from `settings`. Each command is declared, with its help, in its module of the command layer
+    (`polyglot_distil.cli`); `run` and the API, below that layer, make the same object from a
+    stage's words, settings and function, without the help, to read a config, rebuild a command
+    line and call the stage."""
 
     words: tuple[str, ...]
-    help: str
+    _: KW_ONLY
     run: Callable[[Any], Any]
     settings: type  # the stage's settings dataclass, whose fields are the options
+    help: str = ""
     description: str | None = None
     raw_description: bool = False  # keep the description's line breaks in --help
     group_help: dict = field(default_factory=dict)  # the help of a command group, e.g. {"distil": "..."}

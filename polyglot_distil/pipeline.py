@@ -250,56 +250,65 @@ class Run:
 
 
 def _stage_table() -> dict[str, Stage]:
-    from polyglot_distil.distill.finetune import FINETUNE
-    from polyglot_distil.distill.general import GENERAL
-    from polyglot_distil.distill.layer_search import SEARCH_MAP
-    from polyglot_distil.distill.task import TASK
-    from polyglot_distil.eval.xnli import XNLI
-    from polyglot_distil.distill.student_stage import STUDENT
-    from polyglot_distil.vocab.count import COUNT
-    from polyglot_distil.vocab.trim import TRIM
-    from polyglot_distil.vocab.verify import VERIFY
+    """The stages: each runs a command (its words, as the command line spells it, settings dataclass
+    and stage function: the command layer declares the same three, with the help)."""
+    from polyglot_distil.distill import finetune, general, layer_search, student_stage, task
+    from polyglot_distil.eval import xnli
+    from polyglot_distil.vocab import count, trim, verify
 
-    def stage(name, command, wire, wired, resumable=False, resume_from="checkpoints", neutral=()):
-        return Stage(name, command, wire, frozenset(wired), resumable, NEEDS[name], resume_from, frozenset(neutral))
+    commands = {
+        "count": Command(("count",), run=count.run_count, settings=count.CountSettings),
+        "trim": Command(("trim",), run=trim.run_trim, settings=trim.TrimSettings),
+        "verify": Command(("verify",), run=verify.run_verify, settings=verify.VerifySettings),
+        "search": Command(("distil", "search-map"), run=layer_search.run_search_map,
+                          settings=layer_search.SearchMapSettings),
+        "student": Command(("student",), run=student_stage.run_student, settings=student_stage.StudentSettings),
+        "general": Command(("distil", "general"), run=general.run_distil_general, settings=general.GeneralSettings),
+        "finetune": Command(("finetune",), run=finetune.run_finetune, settings=finetune.FinetuneSettings),
+        "task": Command(("distil", "task"), run=task.run_distil_task, settings=task.TaskSettings),
+        "eval": Command(("eval", "xnli"), run=xnli.run_eval_xnli, settings=xnli.XNLISettings),
+    }
+    def stage(name, wire, wired, resumable=False, resume_from="checkpoints", neutral=()):
+        return Stage(name, commands[name], wire, frozenset(wired), resumable, NEEDS[name], resume_from,
+                     frozenset(neutral))
 
     return {s.name: s for s in (
-        stage("count", COUNT, lambda r: {
+        stage("count", lambda r: {
             "model": r.config["model"], "lang": r.lang_specs(), "out": r.dir("count") / "counts.parquet",
             **r.trust()}, {"model", "lang", "out", "trust_remote_code", "shard"}),
-        stage("trim", TRIM, lambda r: {
+        stage("trim", lambda r: {
             "model": r.config["model"], "counts": r.dir("count") / "counts.parquet",
             "langs": ",".join(r.langs), "out": r.dir("trim") / "model", **r.trust()},
             {"model", "counts", "langs", "out", "trust_remote_code"}),
-        stage("verify", VERIFY, lambda r: {
+        stage("verify", lambda r: {
             "original": r.config["model"], "trimmed": r.dir("trim") / "model", "lang": r.heldout_specs(),
             "report": r.dir("verify") / "verify.json", **r.trust()},
             {"original", "trimmed", "lang", "report", "trust_remote_code"}),
-        stage("search", SEARCH_MAP, lambda r: {
+        stage("search", lambda r: {
             "teacher": r.dir("trim") / "model", "lang": r.lang_specs(), "out": r.dir("search") / "run",
-            **r.options_of("general", GENERAL, SEARCH_FROM_GENERAL),
-            **r.options_of("student", STUDENT, SEARCH_FROM_STUDENT), **r.trust()},
+            **r.options_of("general", commands["general"], SEARCH_FROM_GENERAL),
+            **r.options_of("student", commands["student"], SEARCH_FROM_STUDENT), **r.trust()},
             {"teacher", "student", "init_layers", "lang", "out", "resume", "trust_remote_code", *SEARCH_FROM_STUDENT},
             resumable=True, resume_from="search_config.json", neutral={"token_cache"}),
-        stage("student", STUDENT, lambda r: {
+        stage("student", lambda r: {
             "teacher": r.dir("trim") / "model", "out": r.dir("student") / "model", **r.searched_init_layers(),
             **r.trust()},
             {"teacher", "out", "trust_remote_code"}),
-        stage("general", GENERAL, lambda r: {
+        stage("general", lambda r: {
             "teacher": r.dir("trim") / "model", "student": r.dir("student") / "model", "lang": r.lang_specs(),
             "out": r.dir("general") / "run", **r.search_map("layer_map"), **r.trust()},
             {"teacher", "student", "lang", "out", "resume", "trust_remote_code"}, resumable=True,
             neutral={"token_cache"}),  # where the tokenized text is kept
-        stage("finetune", FINETUNE, lambda r: {
+        stage("finetune", lambda r: {
             "model": r.config["model"], "task": "nli", "train": [r.config["task_data"]["train"]],
             "dev": [r.config["task_data"]["dev"]], "out": r.dir("finetune") / "run", **r.trust()},
             {"model", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
-        stage("task", TASK, lambda r: {
-            "teacher": r.dir("finetune") / "run" / "best", "student": r.phase1_model(GENERAL),
+        stage("task", lambda r: {
+            "teacher": r.dir("finetune") / "run" / "best", "student": r.phase1_model(commands["general"]),
             "task": "nli", "train": [r.config["task_data"]["train"]], "dev": [r.config["task_data"]["dev"]],
             "out": r.dir("task") / "run", **r.search_map("layer_map"), **r.trust()},
             {"teacher", "student", "task", "train", "dev", "out", "resume", "trust_remote_code"}, resumable=True),
-        stage("eval", XNLI, lambda r: {
+        stage("eval", lambda r: {
             "model": r.dir("task") / "run" / "best", "teacher": r.dir("finetune") / "run" / "best",
             "langs": ",".join(dict.fromkeys([r.target, r.source])),
             **({"data": r.config["eval_data"]} if r.config.get("eval_data") else {}),
@@ -703,7 +712,3 @@ def main_tables(report_md: str, sections: tuple[str, ...] = ("Accuracy", "Fideli
     """The report's headline sections (accuracy, fidelity, efficiency), without the rest."""
     parts = report_md.split("\n## ")
     return "\n".join("## " + p.strip() + "\n" for p in parts[1:] if p.startswith(sections))
-
-
-RUN = Command(("run",), "run the whole pipeline from one YAML config", description=__doc__.split("\n\n")[0],
-              run=run_run, settings=RunSettings)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import POSITIONAL, Command, setting
+from polyglot_distil.options import POSITIONAL, setting
 
 SHARED = ("count", "trim", "verify", "finetune")
 PER_SIZE = ("student", "general", "task", "eval")
@@ -230,7 +230,3 @@ def run_sizes(settings: SizesSettings) -> dict:
                                                        " (no plot: matplotlib missing or no latencies)"))
     return {"ran": ran, "rows": rows, "table": str(folder / "SIZES.md"),
             "plot": str(plot) if plot.is_file() else None}
-
-
-SIZES = Command(("sizes",), "several student sizes from one config: size / latency / accuracy table and plot",
-                description=__doc__.split("\n\n")[0], run=run_sizes, settings=SizesSettings)

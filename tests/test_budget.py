@@ -15,15 +15,15 @@ E5_CONFIG = {"num_hidden_layers": 12, "hidden_size": 384, "intermediate_size": 1
 
 
 def defaults(stage: str) -> dict:
-    from polyglot_distil.distill.finetune import FINETUNE
-    from polyglot_distil.distill.general import GENERAL
-    from polyglot_distil.distill.task import TASK
-    from polyglot_distil.eval.xnli import XNLI
+    from polyglot_distil.distill.finetune import FinetuneSettings
+    from polyglot_distil.distill.general import GeneralSettings
+    from polyglot_distil.distill.task import TaskSettings
+    from polyglot_distil.eval.xnli import XNLISettings
 
     import dataclasses
 
-    command = {"general": GENERAL, "finetune": FINETUNE, "task": TASK, "eval": XNLI}[stage]
-    fields = dataclasses.fields(command.settings)  # the stage's defaults (its required paths left out)
+    settings = {"general": GeneralSettings, "finetune": FinetuneSettings, "task": TaskSettings, "eval": XNLISettings}
+    fields = dataclasses.fields(settings[stage])  # the stage's defaults (its required paths left out)
     return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 

@@ -24,6 +24,18 @@ def test_the_shipped_configs_are_there():
     assert {"demo.yaml", "mbert-en-fr-trim.yaml", "mbert-en-sw-bistil.yaml", "xlmr-en-sw-bistil.yaml"} <= names
 
 
+def test_each_stage_runs_the_command_the_command_line_declares():
+    """The command layer declares each command; `run` (below it) is given the same words,
+    settings dataclass and stage function, so a stage and its command cannot drift apart."""
+    from polyglot_distil.cli import command_modules
+    from polyglot_distil.pipeline import _stage_table
+
+    commands = {module.COMMAND.words: module.COMMAND for module in command_modules()}
+    for stage in _stage_table().values():
+        declared = commands[stage.command.words]
+        assert (stage.command.settings, stage.command.run) == (declared.settings, declared.run), stage.name
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # relative paths in a config resolve against the config's folder

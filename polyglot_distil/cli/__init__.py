@@ -22,10 +22,11 @@ a bug in polyglot-distil (set POLYGLOT_DISTIL_DEBUG=1 to see tracebacks of user 
 Ctrl-C exits with 130 and SIGTERM (`kill`, SLURM preemption) with 143, after the same clean-up:
 temporaries removed, locks released, a training run's checkpoint saved.
 
-Each command module names its `Command`: a pipeline stage's is declared beside its stage function
-and settings dataclass in the library (where `run` and `api` find it too); `smoke_model`,
-`export_onnx` and `import_model` hold the whole command (settings, printing) over library
-functions. The parser is made from the settings dataclasses here; `main` calls the stage function.
+Each command module declares its `Command`: its words, help, the settings dataclass its options
+are made from and the stage function it calls, both from the library (which `run` and `api` call
+too, without this layer); `smoke_model`, `export_onnx` and `import_model` hold the whole command
+(settings, printing) over library functions. The parser is made from the settings dataclasses
+here; `main` calls the stage function.
 An old option name (docs/renamed-options.md) prints one warning line and works.
 """
 

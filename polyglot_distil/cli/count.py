@@ -1,9 +1,15 @@
 """`polyglot-distil count`: token occurrences per language, as a Parquet table.
 
-The options are declared with the stage (`polyglot_distil.vocab.count.COUNT`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `CountSettings`
+(`polyglot_distil.vocab.count`), from which the parser is made, and it calls `run_count`, as `run`
+and the API do.
 """
 
-from polyglot_distil.vocab.count import COUNT as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.options import Command
+from polyglot_distil.vocab import count
+
+COMMAND = Command(("count",), help="count token occurrences per language (Parquet)",
+                  description=count.__doc__.split("\n\n")[0],
+                  run=count.run_count, settings=count.CountSettings)

@@ -1,9 +1,16 @@
 """`polyglot-distil eval xnli`: zero-shot XNLI, a model and its teacher side by side.
 
-The options are declared with the stage (`polyglot_distil.eval.xnli.XNLI`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `XNLISettings`
+(`polyglot_distil.eval.xnli`), from which the parser is made, and it calls `run_eval_xnli`, as `run`
+and the API do.
 """
 
-from polyglot_distil.eval.xnli import XNLI as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.eval import xnli
+from polyglot_distil.options import Command
+
+COMMAND = Command(("eval", "xnli"), help="zero-shot XNLI per language, with a teacher side by side",
+                  description=xnli.__doc__, raw_description=True,
+                  group_help={"eval": "evaluate a model (zero-shot XNLI: accuracy, loyalty, efficiency)"},
+                  run=xnli.run_eval_xnli, settings=xnli.XNLISettings)

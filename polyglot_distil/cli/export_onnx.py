@@ -37,6 +37,6 @@ def export(settings: ExportOnnxSettings) -> dict:
 
 
 COMMAND = Command(
-    ("export", "onnx"), "an ONNX graph of a model, checked with onnxruntime against PyTorch",
+    ("export", "onnx"), help="an ONNX graph of a model, checked with onnxruntime against PyTorch",
     description="An ONNX graph of a model, checked with onnxruntime against PyTorch.",
     group_help={"export": "export a model for deployment (ONNX)"}, run=export, settings=ExportOnnxSettings)

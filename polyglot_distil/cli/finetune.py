@@ -1,9 +1,15 @@
 """`polyglot-distil finetune`: the task teacher, fine-tuned on English NLI.
 
-The options are declared with the stage (`polyglot_distil.distill.finetune.FINETUNE`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `FinetuneSettings`
+(`polyglot_distil.distill.finetune`), from which the parser is made, and it calls `run_finetune`, as
+`run` and the API do.
 """
 
-from polyglot_distil.distill.finetune import FINETUNE as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.distill import finetune
+from polyglot_distil.options import Command
+
+COMMAND = Command(("finetune",), help="fine-tune a model on English NLI (the task teacher)",
+                  description=finetune.__doc__.split("\n\n")[0],
+                  run=finetune.run_finetune, settings=finetune.FinetuneSettings)

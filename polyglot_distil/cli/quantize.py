@@ -1,10 +1,16 @@
 """`polyglot-distil quantize`: int8 weights, post-training (dynamic) or by quantization-aware
 distillation (qat).
 
-The options are declared with the stage (`polyglot_distil.distill.quantize.QUANTIZE`);
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `QuantizeSettings`
+(`polyglot_distil.distill.quantize`), from which the parser is made, and it calls `run_quantize`, as
+the API does.
 """
 
-from polyglot_distil.distill.quantize import QUANTIZE as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.distill import quantize
+from polyglot_distil.options import Command
+
+COMMAND = Command(("quantize",), help="int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
+                  description=quantize.__doc__.split("\n\n")[0],
+                  run=quantize.run_quantize, settings=quantize.QuantizeSettings)

@@ -1,9 +1,15 @@
 """`polyglot-distil run CONFIG.yaml`: the whole pipeline from one config.
 
-The options are declared with the stage (`polyglot_distil.pipeline.RUN`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `RunSettings`
+(`polyglot_distil.pipeline`), from which the parser is made, and it calls `run_run`, as the API
+does.
 """
 
-from polyglot_distil.pipeline import RUN as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil import pipeline
+from polyglot_distil.options import Command
+
+COMMAND = Command(("run",), help="run the whole pipeline from one YAML config",
+                  description=pipeline.__doc__.split("\n\n")[0],
+                  run=pipeline.run_run, settings=pipeline.RunSettings)

@@ -47,7 +47,7 @@ def smoke_model(settings: SmokeModelSettings) -> dict:
 
 
 COMMAND = Command(
-    ("smoke-model",), "build a tiny random-weight model (offline demo, tests)",
+    ("smoke-model",), help="build a tiny random-weight model (offline demo, tests)",
     description="Build a tiny model with random weights and a tokenizer trained on the given texts (or a given "
                 "vocabulary): for trying the pipeline offline and for tests. Its numbers mean nothing.",
     run=smoke_model, settings=SmokeModelSettings)

@@ -1,9 +1,16 @@
 """`polyglot-distil student`: build a compact student from a teacher.
 
-The settings and the stage function are `polyglot_distil.distill.student_stage` (where `run` finds them
-too); `polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `StudentSettings`
+(`polyglot_distil.distill.student_stage`), from which the parser is made, and it calls
+`run_student`, as `run` and the API do.
 """
 
-from polyglot_distil.distill.student_stage import STUDENT as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.distill import student_stage
+from polyglot_distil.options import Command
+
+COMMAND = Command(("student",), help="build a compact student from a teacher",
+                  description="Build a compact student from a teacher: fewer layers, optionally a narrower "
+                              "hidden size.",
+                  run=student_stage.run_student, settings=student_stage.StudentSettings)

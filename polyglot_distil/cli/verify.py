@@ -1,9 +1,15 @@
 """`polyglot-distil verify`: prove a trimmed model equals its source on covered text.
 
-The options are declared with the stage (`polyglot_distil.vocab.verify.VERIFY`), where `run` finds them too;
-`polyglot_distil.cli` builds this command's parser from them and calls the stage function.
+Declares the command (words, help); its options are the fields of `VerifySettings`
+(`polyglot_distil.vocab.verify`), from which the parser is made, and it calls `run_verify`, as `run`
+and the API do.
 """
 
-from polyglot_distil.vocab.verify import VERIFY as COMMAND
+from __future__ import annotations
 
-__all__ = ["COMMAND"]
+from polyglot_distil.options import Command
+from polyglot_distil.vocab import verify
+
+COMMAND = Command(("verify",), help="prove a trimmed model equals the original on covered text",
+                  description=verify.__doc__.split("\n\n")[0],
+                  run=verify.run_verify, settings=verify.VerifySettings)

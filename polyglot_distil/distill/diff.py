@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from polyglot_distil.errors import UserError
 from polyglot_distil.models.classifier import new_classifier
 from polyglot_distil.models.loading import copy_tokenizer, saved_dtype
-from polyglot_distil.options import OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, like, setting
 from polyglot_distil.outputs import atomic_dir, check_writable
 
 if TYPE_CHECKING:
@@ -175,10 +175,3 @@ def run_apply_diff(settings: ApplyDiffSettings) -> dict:
     print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {settings.student}")
     print(f"wrote {settings.out}")
     return record
-
-
-APPLY_DIFF = Command(
-    ("apply-diff",), "rebuild the dense task model from a phase-1 student and its diff",
-    description="Rebuild the dense task model of 'distil task' from the phase-1 student it was trained from and "
-                "its sparse diff (OUT/sparse_diff): the result equals the run's best/ model bit for bit.",
-    run=run_apply_diff, settings=ApplyDiffSettings)

@@ -33,7 +33,7 @@ from polyglot_distil.data.nli_batches import NLIBatches, TaskData, cached_pairs,
     read_task_data
 from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing, steps_for
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
-from polyglot_distil.options import NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, like, setting
 
 
 @dataclass(kw_only=True)
@@ -122,7 +122,3 @@ def run_finetune(options: FinetuneSettings) -> dict:
               f"{result.best_value:.4f} at step {result.best_step}")
         print(f"wrote {Path(options.out) / 'best'} and {result.final_dir}")
     return result.summary()
-
-
-FINETUNE = Command(("finetune",), "fine-tune a model on English NLI (the task teacher)",
-                   description=__doc__.split("\n\n")[0], run=run_finetune, settings=FinetuneSettings)

@@ -57,7 +57,7 @@ from polyglot_distil.errors import UserError
 from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, Optimisation
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.models.student import StudentShape, built_from
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, Option, \
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Option, \
     like, setting
 
 TERMS = ("hidden", "attention", "logits", "mlm", "cosine", "relation")
@@ -85,7 +85,6 @@ class LossWeights:
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
-DISTIL_GROUP_HELP = "distil a compact student (general phase, task phase)"
 LAYER_MAP = Option("layer_map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
 
 RECIPES = {
@@ -582,8 +581,3 @@ def run_distil_general(options: GeneralSettings) -> dict:
     print(f"step {result.step}: {summary}{best}")
     print(f"wrote {result.final_dir}")
     return result.summary()
-
-
-GENERAL = Command(("distil", "general"), "phase 1: distil a bilingual student on masked-LM text",
-                  description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP},
-                  run=run_distil_general, settings=GeneralSettings)

@@ -44,10 +44,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from polyglot_distil.distill.general import DATA, DISTIL_GROUP_HELP, Phase1Settings
+from polyglot_distil.distill.general import DATA, Phase1Settings
 from polyglot_distil.distill.settings import TRAINING
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import FLAG, OVERWRITE, WRITES, Command, like, setting
+from polyglot_distil.options import FLAG, OVERWRITE, WRITES, like, setting
 
 CRITERIA = ("hidden", "relation")
 
@@ -399,9 +399,3 @@ def run_search_map(options: SearchMapSettings) -> dict:
     init = f"polyglot-distil student ... --init-layers {','.join(map(str, best))}, then " if coupled else ""
     print(f"wrote {out / LAYER_MAP_FILE}; use it with: {init}polyglot-distil distil general ... --layer-map {out}")
     return summary
-
-
-SEARCH_MAP = Command(
-    ("distil", "search-map"), "find the teacher layer each student layer should imitate (short phase-1 runs)",
-    description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_search_map,
-    settings=SearchMapSettings)

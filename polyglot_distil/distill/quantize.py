@@ -46,7 +46,7 @@ from polyglot_distil.distill.classifier_distillation import TERMS, QATLossWeight
 from polyglot_distil.distill.general import LAYER_MAP
 from polyglot_distil.distill.settings import REDUCE_VOCAB, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, like, setting
 
 
 QAT = "quantization-aware distillation (--method qat)"
@@ -354,7 +354,3 @@ def run_quantize(options: QuantizeSettings) -> dict:
             raise UserError(f"{given[0]} applies to --method qat only (this is --method dynamic)")
         return quantize_dynamic(options)
     return quantize_qat(options)
-
-
-QUANTIZE = Command(("quantize",), "int8 weights: post-training (dynamic) or quantization-aware distillation (qat)",
-                   description=__doc__.split("\n\n")[0], run=run_quantize, settings=QuantizeSettings)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from polyglot_distil.models.checkpoint import carry_body_tensors
 from polyglot_distil.models.loading import copy_tokenizer
 from polyglot_distil.models.student import StudentShape, make_student
-from polyglot_distil.options import OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, like, setting
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
 
@@ -76,9 +76,3 @@ def run_student(settings: StudentSettings) -> dict:
               f"hidden features; per layer (all in student.json):\n{kept_table(description)}")
     print(f"wrote {settings.out}")
     return description
-
-
-STUDENT = Command(("student",), "build a compact student from a teacher",
-                  description="Build a compact student from a teacher: fewer layers, optionally a narrower hidden "
-                              "size.",
-                  run=run_student, settings=StudentSettings)

@@ -40,10 +40,10 @@ from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.classifier_distillation import TERMS, ClassifierLoss, DevEvaluation, TaskLossWeights, \
     attention_implementation, pair_with_teacher, weights_of
 from polyglot_distil.distill.objective import batch_counts
-from polyglot_distil.distill.general import DISTIL_GROUP_HELP, LAYER_MAP
+from polyglot_distil.distill.general import LAYER_MAP
 from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, Command, like, setting
+from polyglot_distil.options import NEGATED, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, like, setting
 
 SPARSE, LOSSES = "lottery-ticket sparse fine-tuning", "losses"
 
@@ -280,8 +280,3 @@ def run_distil_task(options: TaskSettings) -> dict:
           f"sparse stage (kept as best/) {result.best_value:.4f} at step {result.best_step}; K = {record['k']:,}")
     print(f"wrote {out / 'best'}, {result.final_dir} and {out / 'sparse_diff'}")
     return {**result.summary(), "k": record["k"], "sparse_diff": str(out / "sparse_diff")}
-
-
-TASK = Command(("distil", "task"), "phase 2: sparse task distillation from a fine-tuned teacher",
-               description=__doc__.split("\n\n")[0], group_help={"distil": DISTIL_GROUP_HELP}, run=run_distil_task,
-               settings=TaskSettings)

@@ -55,7 +55,7 @@ from polyglot_distil.eval.predict import CACHE_FORMAT, cached_xnli, predict_xnli
 from polyglot_distil.eval.report import render_markdown, write_plots
 from polyglot_distil.eval.stats import compare_paired, mcnemar_exact, percentile_interval, resampled_accuracies
 from polyglot_distil.models.classifier import load_classifier
-from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, csv, \
+from polyglot_distil.options import FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, csv, \
     like, setting
 from polyglot_distil.data.nli import LABELS, xnli_split
 from polyglot_distil.outputs import atomic_dir, check_writable
@@ -267,9 +267,3 @@ def run_eval_xnli(settings: XNLISettings) -> dict:
     summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
     print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {settings.out}/REPORT.md")
     return report
-
-
-XNLI = Command(
-    ("eval", "xnli"), "zero-shot XNLI per language, with a teacher side by side", description=__doc__,
-    raw_description=True, group_help={"eval": "evaluate a model (zero-shot XNLI: accuracy, loyalty, efficiency)"},
-    run=run_eval_xnli, settings=XNLISettings)

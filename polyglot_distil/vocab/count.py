@@ -45,7 +45,7 @@ from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.fingerprints import tokenizer_fingerprint
 from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, POSITIONAL, READS, SEED, WRITES, Command, like, setting
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, POSITIONAL, READS, SEED, WRITES, like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
 from polyglot_distil.tables import text_table
@@ -597,9 +597,3 @@ def run_merge(settings: MergeSettings) -> dict:
     print(f"wrote {settings.out} from {len(settings.parts)} parts")
     return {"out": str(settings.out), "parts": len(settings.parts),
             "totals": {lang: asdict(t) for lang, t in merged.totals.items()}}
-
-
-COUNT = Command(("count",), "count token occurrences per language (Parquet)", description=__doc__.split("\n\n")[0],
-                run=run_count, settings=CountSettings)
-
-MERGE = Command(("merge",), "add counts files (e.g. shards) into one", run=run_merge, settings=MergeSettings)

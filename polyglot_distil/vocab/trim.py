@@ -42,7 +42,7 @@ from polyglot_distil.models.checkpoint import NO_POOLER_MODEL_ARGS, carried_tens
 from polyglot_distil.fingerprints import tokenizer_fingerprint
 from polyglot_distil.models.loading import folder_size_bytes, load_model, load_tokenizer, model_class_for, \
     vocab_in_id_order
-from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, Command, \
+from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, OVERWRITE, READS, TRUST_REMOTE_CODE, WRITES, \
     csv, like, setting
 from polyglot_distil.outputs import atomic_dir, check_writable
 from polyglot_distil.params import count_parameters
@@ -392,7 +392,3 @@ def run_trim(settings: TrimSettings) -> dict:
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
     print(f"wrote {settings.out}")
     return report
-
-
-TRIM = Command(("trim",), "keep the vocabulary some languages use (model + tokenizer)",
-               description=__doc__.split("\n\n")[0], run=run_trim, settings=TrimSettings)

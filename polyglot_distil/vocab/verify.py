@@ -37,7 +37,7 @@ from polyglot_distil.models.checkpoint import checkpoint_files, has_pooler
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.data.tokenization import untruncated
 from polyglot_distil.models.loading import load_model, load_tokenizer, model_class_for, vocab_in_id_order
-from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, Command, \
+from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, \
     like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
 from polyglot_distil.progress import progress
@@ -424,7 +424,3 @@ def run_verify(settings: VerifySettings) -> dict:
         return report
     print("verify: identical on every covered text")
     return report
-
-
-VERIFY = Command(("verify",), "prove a trimmed model equals the original on covered text",
-                 description=__doc__.split("\n\n")[0], run=run_verify, settings=VerifySettings)
