@@ -5,20 +5,32 @@ skipped and a training run resumes only when nothing they depend on changed. The
 of those records: changing how one is computed makes every cache miss, every completed stage run
 again and every resumed run refuse its checkpoint (tests/test_fingerprints.py pins each value).
 
-| fingerprint | what it identifies | stored in |
-|---|---|---|
-| `file_fingerprint`, `path_fingerprint` | a file (size, modification time, SHA-256 of a file up to 16 MiB) or a model folder (its configs, tokenizer files and weights) | a training run's `run_config.json` (`inputs`), `run`'s stage markers (`inputs`), phase 1's token-cache key (`sources`) |
-| `input_fingerprints` | every existing local path a run's settings name | `inputs` of the two records above; `changed_inputs` compares two of them |
-| `tokenizer_fingerprint` | a vocabulary in id order and the tokenizer model's type | `counts.json` (`tokenizer_fingerprint`), checked by `trim` |
-| `tokenizer_json_digest` | a tokenizer as serialized (its `tokenizer.json`) | phase 1's token-cache key (`tokenizer`) |
-| `tokenizer_state_digest` | a tokenizer without its truncation and padding, which each call sets | the NLI pairs' token-cache key (`tokenizer`) |
-| `nli_text_digest` | the premises and hypotheses of NLI pairs, in order | the NLI pairs' token-cache key (`text`) |
-| `token_cache_key` | what a token cache's blocks were made from (the parts above) | the folder name `tokens-KEY` (data/token_cache.py) |
-| `teacher_cache_key` | the teacher's weight and config files (name, size, time), the pairs' tokens, the kept layers, the length | the teacher cache's `cache.json` (`key`) |
-| `prediction_key` | a model folder's files (name, size, time), XNLI pairs and labels, the settings and library versions | the name of a predictions file, `NAME-KEY.npy` (eval/predict.py) |
-| `body_fingerprint` | the named tensors of a student's body (name, dtype, shape, bytes) | `sparse_diff.json` (`base_fingerprint`): which phase-1 student a diff applies to |
-| `run_config_hash` | a training run's settings, less those that change no result | `run_config.json` (`hash`), checkpoints (`config_hash`), `search.json` of `distil search-map` |
-| `argv_hash` | a `run` stage's command line under the options' first names | `run`'s stage markers (`argv_hash`) |
+What each identifies, and where it is stored:
+
+- `file_fingerprint`, `path_fingerprint`: a file (size, modification time, and the SHA-256 of one
+  up to 16 MiB) or a model folder (its configs, tokenizer files and weights); `input_fingerprints`:
+  every existing local path a run's settings name. In a training run's `run_config.json` and in
+  `run`'s stage markers `DONE.json` (`inputs`; `changed_inputs` compares two), and in phase 1's
+  token-cache key (`sources`).
+- `tokenizer_fingerprint`: a vocabulary in id order and the tokenizer model's type. In the counts
+  Parquet file's metadata (`tokenizer_fingerprint`), which `trim` checks.
+- `tokenizer_json_digest`: a tokenizer as serialized (its `tokenizer.json`). Phase 1's token-cache
+  key (`tokenizer`).
+- `tokenizer_state_digest`, `nli_text_digest`: a tokenizer without its truncation and padding
+  (which each call sets), the pairs' text. The NLI pairs' token-cache key (`tokenizer`, `text`).
+- `token_cache_key`: what a token cache's blocks were made from (the parts above). The folder
+  name `tokens-KEY` (data/token_cache.py).
+- `teacher_cache_key`: the teacher's weight and config files (name, size, time), the pairs'
+  tokens, the kept layers, the length. The teacher cache's `cache.json` (`key`).
+- `prediction_key`: a model folder's files (name, size, time), XNLI pairs and labels, the
+  settings and the library versions. A predictions file's name, `NAME-KEY.npy` (eval/predict.py).
+- `body_fingerprint`: the named tensors of a student's body (name, dtype, shape, bytes).
+  `sparse_diff.json` (`base_fingerprint`): which phase-1 student a diff applies to.
+- `run_config_hash`: a training run's settings, less those that change no result. Its
+  `run_config.json` (`hash`), its checkpoints (`config_hash`), and `distil search-map`'s
+  `search_config.json` (`hash`).
+- `argv_hash`: a `run` stage's command line under the options' first names. `DONE.json`
+  (`argv_hash`).
 
 The two tokenizer digests differ (one keeps truncation and padding); both are kept as they are, so
 that the caches made with them stay valid.
