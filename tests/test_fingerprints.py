@@ -151,3 +151,25 @@ def test_a_run_markers_argv_hash_is_unchanged():
     from polyglot_distil.fingerprints import argv_hash
 
     assert argv_hash(["trim", "--counts", "counts.json", "--keep", "0.9"]) == "968f197f15121f66"
+
+
+def test_a_run_configs_stage_marker_hashes_are_unchanged(tmp_path, monkeypatch):
+    """What `run` keeps in each completed stage's DONE.json, for a config that also uses an old
+    option name (`eval.limit`): a completed stage made before stays done."""
+    from polyglot_distil.pipeline import Run, load_config, settings_hash, stage_values, validate
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("corpora/en.txt", "corpora/sw.txt", "nli/train-en.tsv", "nli/dev-en.tsv", "nli/test-sw.tsv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "config.yaml").write_text(
+        "run_dir: run\nmodel: teacher\nlanguages: {source: en, target: sw}\n"
+        "corpora: {en: [corpora/en.txt], sw: [corpora/sw.txt]}\n"
+        "task_data: {train: nli/train-en.tsv, dev: nli/dev-en.tsv}\neval_data: nli\n"
+        "trim: {min_count: 2, keep_chars: true}\nstudent: {layers: 2}\n"
+        "general: {steps: 40, batch_size: 8, lr: 5.0e-4}\neval: {split: test, limit: 5}\n")
+    config = load_config("config.yaml")
+    assert {s.name: settings_hash(stage_values(Run(config), s), s) for s in validate(config)} == {
+        "count": "e67b13d414d9e1be", "trim": "e121f7cf74272498", "verify": "5ba6e72139ecdd24",
+        "student": "f2f53d00c62022e6", "general": "72393ddf69baf5f5", "finetune": "e9b2b9f633e8daf6",
+        "task": "ba174d7ea74f7dad", "eval": "e75ba3178a42caf0"}
