@@ -9,16 +9,17 @@
         -m polyglot_distil distil general ...                                # 2 CPU processes (gloo)
     polyglot-distil distil general ... --out out/phase1 --resume             # continue a run
 
-A phase is a `TrainingPhase` given to `train(settings, run_config, phase)`: the loop calls its
-`load(accelerator)` once OUT is known to be writable, then, step after step, its `loss(model,
-batch)`; it evaluates with `evaluate` (whose `best_metric` picks OUT/best/) and saves with
-`save`. Every other method has a default that does nothing (a hook before each step, one on the
-gradients before the optimizer step, extra tensors in checkpoints, fields of the metrics rows) or
-the usual (AdamW groups, a linear schedule); a phase in stages (lottery-ticket sparse
-fine-tuning: full fine-tuning, then a reset and masked training) overrides them. What a phase
-keeps for its command after the run (the lottery ticket) is an attribute of it. Each phase is a
-subclass in its stage's file: general.py (phase 1), task.py (phase 2), finetune.py (the task
+A phase is a `TrainingPhase` (phase.py) given to `train(settings, run_config, phase)`: the
+loop calls its `load(accelerator)` once OUT is known to be writable, then, step after step, its
+`loss(model, batch)`; it evaluates with `evaluate` (whose `best_metric` picks OUT/best/) and
+saves with `save`. Every other method has a default that does nothing (a hook before each step,
+one on the gradients before the optimizer step, extra tensors in checkpoints, fields of the
+metrics rows) or the usual (AdamW groups, a linear schedule); a phase in stages (lottery-ticket
+sparse fine-tuning: full fine-tuning, then a reset and masked training) overrides them. What a
+phase keeps for its command after the run (the lottery ticket) is an attribute of it. Each phase
+is a subclass in its stage's file: general.py (phase 1), task.py (phase 2), finetune.py (the task
 teacher), quantize.py (QAT), layer_search.py (search-map's candidate runs).
+
 The loop does the rest:
 
 - AdamW (no weight decay on biases and norms), a linear schedule with warmup, gradient clipping,
