@@ -172,13 +172,12 @@ def test_a_process_that_cannot_see_the_checkpoint_folder_stops_with_one_line(tmp
     saved = []
     accelerator = SimpleNamespace(is_main_process=False, wait_for_everyone=lambda: None,
                                   save_state=lambda folder: saved.append(folder))
-    recipe = SimpleNamespace(extra_state=None)
     with pytest.raises(UserError) as error:  # the main process made .step-3.tmp where this process cannot see it
-        _save_checkpoint(accelerator, tmp_path, {"step": 3}, recipe, keep=2)
+        _save_checkpoint(accelerator, tmp_path, {"step": 3}, {}, keep=2)
     assert str(tmp_path / "checkpoints" / ".step-3.tmp") in str(error.value)
     assert "shared filesystem" in str(error.value) and not saved
     (tmp_path / "checkpoints" / ".step-3.tmp").mkdir(parents=True)  # seen: the process writes its state
-    _save_checkpoint(accelerator, tmp_path, {"step": 3}, recipe, keep=2)
+    _save_checkpoint(accelerator, tmp_path, {"step": 3}, {}, keep=2)
     assert saved == [str(tmp_path / "checkpoints" / ".step-3.tmp")]
 
 

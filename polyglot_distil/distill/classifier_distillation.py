@@ -4,8 +4,8 @@ the teacher and student pair, the dev evaluation and the loss.
     student, tokenizer, to_xnli = ...                  # each phase loads its own student
     pair = pair_with_teacher(teacher_path, student, student_path, tokenizer, to_xnli, weights, layer_map)
     pair.teacher_to(device)
-    loss = ClassifierLoss(pair, weights, device)       # the loop's compute_loss(model, batch)
-    evaluate = DevEvaluation(pair, dev, batch_size, max_length, accelerator)  # the loop's evaluate
+    loss = ClassifierLoss(pair, weights, device)       # the phase's loss(model, batch)
+    evaluate = DevEvaluation(pair, dev, batch_size, max_length, accelerator)  # the phase's evaluate
 
 The teacher is a 3-way NLI classifier, frozen. When its vocabulary is larger than the student's
 (the teacher fine-tuned on the full multilingual model, the student trimmed), it is reduced to
@@ -202,9 +202,9 @@ def pair_with_teacher(teacher_path: str, student, student_path: str, tokenizer, 
 
 
 class DevEvaluation:
-    """The loop's `evaluate(model, accelerator)`: {"dev_accuracy", "dev_agreement" (the share of
-    dev pairs where student and teacher agree)}. The teacher's predictions are made once, here;
-    several processes each predict a share of the batches."""
+    """A phase's `evaluate(model, accelerator)` (phase 2, QAT): {"dev_accuracy", "dev_agreement"
+    (the share of dev pairs where student and teacher agree)}. The teacher's predictions are made
+    once, here; several processes each predict a share of the batches."""
 
     def __init__(self, pair: ClassifierPair, dev_data, batch_size: int, max_length: int, accelerator):
         from polyglot_distil.models.classifier import dev_predictions
@@ -227,7 +227,7 @@ class DevEvaluation:
 
 
 class ClassifierLoss:
-    """The loop's `compute_loss(model, batch)`: (weighted loss, {term: scalar}) of one batch, the
+    """A phase's `loss(model, batch)` (phase 2, QAT): (weighted loss, {term: scalar}) of one batch, the
     terms of the module docstring. With a `cache` (teacher_cache.TeacherCache) the teacher's
     outputs are read from it instead of computed."""
 

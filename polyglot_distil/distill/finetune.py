@@ -31,6 +31,7 @@ import numpy as np
 from polyglot_distil.data.nli import NLIData
 from polyglot_distil.data.nli_batches import NLIBatches, TaskData, cached_pairs, epoch_batches, model_inputs, \
     read_task_data
+from polyglot_distil.distill.phase import TrainingPhase
 from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing, steps_for
 from polyglot_distil.models.classifier import dev_predictions, load_for_finetuning, save_classifier
 from polyglot_distil.options import NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, like, setting
@@ -52,50 +53,62 @@ class FinetuneSettings(Checkpointing, TaskData):
     trust_remote_code: bool = like(TRUST_REMOTE_CODE)
 
 
-def build_recipe(options: FinetuneSettings, train_data: NLIData, dev_data: NLIData, accelerator):
-    """Load the model and the pairs; return the training `Recipe` of the task teacher."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoConfig
+class FinetunePhase(TrainingPhase):
+    """The task teacher on the training loop: cross-entropy on the gold labels; the highest English
+    dev accuracy picks OUT/best/."""
 
-    from polyglot_distil.distill.training import CACHE, Recipe
-    from polyglot_distil.models.loading import load_model, saved_dtype
-    from polyglot_distil.models.used_vocab import restrict_to_pairs
+    best_metric, higher_is_better, evaluates = "dev_accuracy", True, True
 
-    show = False if options.no_progress or not accelerator.is_main_process else None
-    # float32 weights whatever the checkpoint's dtype: bf16/fp16 only through --mixed-precision's autocast
-    model, tokenizer, to_xnli, note = load_for_finetuning(options.model, options.seed, options.trust_remote_code,
-                                                          dtype=torch.float32)
-    save_dtype = options.save_dtype or saved_dtype(load_model(options.model, AutoConfig,
-                                                           trust_remote_code=options.trust_remote_code))
-    if note and accelerator.is_main_process:
-        print(f"note: {note}", file=sys.stderr)
-    class_of = np.argsort(to_xnli)  # the model's output class for each XNLI label
-    pairs = cached_pairs(tokenizer, train_data, options.max_length, show, Path(options.out) / CACHE,
-                         main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
-    data = NLIBatches(pairs, class_of[train_data.labels], options.batch_size, options.seed,
-                      options.length_buckets)
-    if options.reduce_vocab:
-        _, _, note = restrict_to_pairs(model, pairs)
-        if accelerator.is_main_process:
-            print(note, flush=True)
+    def __init__(self, options: FinetuneSettings, train_data: NLIData, dev_data: NLIData):
+        self.options, self.train_pairs, self.dev_data = options, train_data, dev_data
 
-    def compute_loss(model, batch):
+    def load(self, accelerator) -> None:
+        """The model (a new head, or its own), its class order, and the pairs' batches."""
+        import torch
+        from transformers import AutoConfig
+
+        from polyglot_distil.distill.training import CACHE
+        from polyglot_distil.models.loading import load_model, saved_dtype
+        from polyglot_distil.models.used_vocab import restrict_to_pairs
+
+        options = self.options
+        show = False if options.no_progress or not accelerator.is_main_process else None
+        # float32 weights whatever the checkpoint's dtype: bf16/fp16 only through --mixed-precision's autocast
+        self.model, self.tokenizer, self.to_xnli, note = load_for_finetuning(options.model, options.seed,
+                                                                             options.trust_remote_code,
+                                                                             dtype=torch.float32)
+        self.save_dtype = options.save_dtype or saved_dtype(load_model(options.model, AutoConfig,
+                                                                       trust_remote_code=options.trust_remote_code))
+        if note and accelerator.is_main_process:
+            print(f"note: {note}", file=sys.stderr)
+        class_of = np.argsort(self.to_xnli)  # the model's output class for each XNLI label
+        pairs = cached_pairs(self.tokenizer, self.train_pairs, options.max_length, show, Path(options.out) / CACHE,
+                             main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
+        self.train_data = NLIBatches(pairs, class_of[self.train_pairs.labels], options.batch_size, options.seed,
+                                     options.length_buckets)
+        if options.reduce_vocab:
+            _, _, note = restrict_to_pairs(self.model, pairs)
+            if accelerator.is_main_process:
+                print(note, flush=True)
+
+    def loss(self, model, batch: dict):
+        """Cross-entropy of the model's logits against the gold labels (no terms to log beside it)."""
+        import torch.nn.functional as F
+
         logits = model(**model_inputs(batch)).logits
         return F.cross_entropy(logits.float(), batch["labels"]), {}
 
-    def evaluate(model, accelerator):
-        predicted = dev_predictions(accelerator.unwrap_model(model), tokenizer, dev_data, to_xnli,
-                                    options.batch_size, options.max_length, accelerator)
-        return {"dev_accuracy": float(np.mean(predicted == dev_data.labels))}
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        predicted = dev_predictions(accelerator.unwrap_model(model), self.tokenizer, self.dev_data, self.to_xnli,
+                                    self.options.batch_size, self.options.max_length, accelerator)
+        return {"dev_accuracy": float(np.mean(predicted == self.dev_data.labels))}
 
-    def save_model(trained, folder: Path) -> None:
-        save_classifier(trained, folder, options.model, tokenizer,
+    def save(self, trained, folder: Path) -> None:
+        options = self.options
+        save_classifier(trained, folder, options.model, self.tokenizer,
                         {"command": "finetune", "model": str(options.model), "task": options.task,
-                         "train": options.train, "dev": options.dev, "train_pairs": len(train_data)}, save_dtype)
-
-    return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
-                  evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
+                         "train": options.train, "dev": options.dev, "train_pairs": len(self.train_pairs)},
+                        self.save_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +129,7 @@ def run_finetune(options: FinetuneSettings) -> dict:
                   "length_buckets": options.length_buckets,
                   "epochs": options.epochs, **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
                   **({"reduce_vocab": True} if options.reduce_vocab else {})}
-    result = train(settings, run_config, lambda accelerator: build_recipe(options, train_data, dev_data, accelerator))
+    result = train(settings, run_config, FinetunePhase(options, train_data, dev_data))
     if result.is_main_process:
         print(f"step {result.step} ({options.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
               f"{result.best_value:.4f} at step {result.best_step}")

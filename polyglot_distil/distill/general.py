@@ -48,11 +48,12 @@ OUT/checkpoints/, OUT/metrics.jsonl, OUT/run_config.json, OUT/cache/.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 from pathlib import Path
 
 from polyglot_distil.distill.objective import batch_counts, distillation_terms, resolve_weights, weighted_sum
+from polyglot_distil.distill.phase import TrainingPhase
 from polyglot_distil.errors import UserError
 from polyglot_distil.distill.settings import SAVE_DTYPE, TRAINING, Checkpointing, Optimisation
 from polyglot_distil.models.encoder import max_positions
@@ -429,13 +430,6 @@ class Phase1Inputs:
     save_dtype: str | None
 
 
-def build_recipe(options: GeneralSettings, weights: LossWeights, settings, accelerator):
-    """Load teacher, student and text; return the training `Recipe` of phase 1."""
-    loaded = load_inputs(options, weights, settings, accelerator, layer_map=options.layer_map,
-                         save_dtype=options.save_dtype)
-    return phase1_recipe(options, weights, settings, loaded, loaded.layer_map)
-
-
 def layer_map_for(layer_map: str | None, teacher, student) -> list[int]:
     """`--layer-map` (numbers, or a `distil search-map` output), checked; default: BiStil's."""
     from polyglot_distil.models.student import check_layers, default_layer_map, parse_layers
@@ -511,35 +505,63 @@ def load_inputs(options: Phase1Settings, weights: LossWeights, settings, acceler
     return Phase1Inputs(teacher, student, tokenizer, languages, layer_map, train_data, heldout, dtype)
 
 
-def phase1_recipe(options: Phase1Settings, weights: LossWeights, settings, loaded: Phase1Inputs,
-                  layer_map: list[int], student=None):
-    """The training `Recipe` of phase 1 for `loaded`'s student (or `student`, a copy of it)."""
-    from polyglot_distil.models.checkpoint import carry_body_tensors
-    from polyglot_distil.models.loading import copy_tokenizer, save_pretrained_as
-    from polyglot_distil.distill.training import Recipe, mean_over_batches
+# ---------------------------------------------------------------------------------------------
+# The phase
 
-    teacher, tokenizer, languages, heldout = loaded.teacher, loaded.tokenizer, loaded.languages, loaded.heldout
-    save_dtype = loaded.save_dtype
-    model = student_module(student if student is not None else loaded.student, teacher, weights,
-                           options.freeze_embeddings)
 
-    def compute_loss(model, batch):
-        return distillation_loss(model, teacher, batch, weights, layer_map)
+class GeneralPhase(TrainingPhase):
+    """Phase 1 on the training loop: the student imitates the frozen teacher on masked blocks of
+    each language's text; the held-out blocks' loss (`eval_loss`) picks OUT/best/."""
 
-    def save_model(trained, folder: Path) -> None:
-        save_pretrained_as(trained.parts["student"], folder, save_dtype)
+    def __init__(self, options: Phase1Settings, weights: LossWeights, settings, layer_map: str | None = None,
+                 save_dtype: str | None = None):
+        self.options, self.weights, self.settings = options, weights, settings
+        self.layer_map_given, self.save_dtype_given = layer_map, save_dtype  # `distil general`'s options
+
+    def load(self, accelerator) -> None:
+        """Teacher, student and text (`load_inputs`); the student trains with --layer-map's mapping."""
+        inputs = load_inputs(self.options, self.weights, self.settings, accelerator, layer_map=self.layer_map_given,
+                             save_dtype=self.save_dtype_given)
+        self.train_on(inputs, inputs.layer_map)
+
+    def train_on(self, inputs: Phase1Inputs, layer_map: list[int], student=None) -> None:
+        """Train `inputs`' student (or `student`, a copy of it) with `layer_map`."""
+        self.inputs, self.layer_map = inputs, layer_map
+        self.model = student_module(student if student is not None else inputs.student, inputs.teacher, self.weights,
+                                    self.options.freeze_embeddings)
+        self.train_data = inputs.train_data
+        self.evaluates = inputs.heldout is not None
+
+    # The step: each loss averages over the global batch's tokens (masked ones for the MLM loss);
+    # the student's forward and the teacher's, then each enabled term (`distillation_loss`); the
+    # loss and every term are logged.
+
+    def batch_counts(self, batch: dict) -> dict[str, float]:
+        return batch_counts(batch)
+
+    def loss(self, model, batch: dict):
+        return distillation_loss(model, self.inputs.teacher, batch, self.weights, self.layer_map)
+
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        """The loss and its terms on the held-out blocks: {"eval_loss", "eval_hidden", ...}."""
+        from polyglot_distil.distill.training import mean_over_batches
+
+        return mean_over_batches(model, self.inputs.heldout, self.loss, accelerator, self.settings.grad_accum,
+                                 batch_counts=self.batch_counts)
+
+    def save(self, trained, folder: Path) -> None:
+        """The student (without the projection), the teacher's pretrained pooler, the tokenizer and
+        distillation.json."""
+        from polyglot_distil.models.checkpoint import carry_body_tensors
+        from polyglot_distil.models.loading import copy_tokenizer, save_pretrained_as
+
+        options, inputs = self.options, self.inputs
+        save_pretrained_as(trained.parts["student"], folder, inputs.save_dtype)
         carry_body_tensors(options.student or options.teacher, folder)  # the pretrained pooler, which a masked-LM class drops
-        copy_tokenizer(options.student or options.teacher, folder, tokenizer)
-        info = {"teacher": str(options.teacher), "student": options.student, "languages": list(languages),
-                "layer_map": layer_map, "weights": asdict(weights)}
+        copy_tokenizer(options.student or options.teacher, folder, inputs.tokenizer)
+        info = {"teacher": str(options.teacher), "student": options.student, "languages": list(inputs.languages),
+                "layer_map": self.layer_map, "weights": asdict(self.weights)}
         (folder / "distillation.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-    def evaluate(model, accelerator):
-        return mean_over_batches(model, heldout, compute_loss, accelerator, settings.grad_accum,
-                                 batch_counts=batch_counts)
-
-    return Recipe(model=model, train_data=loaded.train_data, compute_loss=compute_loss, save_model=save_model,
-                  evaluate=evaluate if heldout is not None else None, batch_counts=batch_counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +595,7 @@ def run_distil_general(options: GeneralSettings) -> dict:
         **({"freeze_embeddings": True} if options.freeze_embeddings else {}),
         **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
     }
-    result = train(settings, run_config, lambda accelerator: build_recipe(options, weights, settings, accelerator))
+    result = train(settings, run_config, GeneralPhase(options, weights, settings, options.layer_map, options.save_dtype))
     if not result.is_main_process:
         return result.summary()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from polyglot_distil.distill.general import DATA, Phase1Settings
+from polyglot_distil.distill.general import DATA, GeneralPhase, Phase1Settings
 from polyglot_distil.distill.settings import TRAINING
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import FLAG, OVERWRITE, WRITES, like, setting
@@ -247,19 +247,123 @@ class SearchMapSettings(Phase1Settings):
                             f"{self.heldout_blocks}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The candidate runs
+
+
+def candidate_settings(options: SearchMapSettings, folder: Path):
+    """The `TrainSettings` of one candidate's run in `folder`: --steps, evaluated and checkpointed
+    once, at the end."""
+    return options.train_settings(folder, options.steps, eval_every=options.steps, save_every=options.steps,
+                                  keep_checkpoints=1, overwrite=True, weight_decay=options.weight_decay,
+                                  no_progress=options.no_progress)
+
+
+class MapSearch:
+    """One search's state, shared by its candidate runs: the options and the criterion, the models
+    and text (loaded by the first run that needs them), and every candidate's result, in the
+    order tried (`tried`). `score(mapping)` is the search's scoring function."""
+
+    def __init__(self, options: SearchMapSettings, weights, criterion: str, relation, coupled: bool, out: Path,
+                 record: dict, main: bool):
+        self.options, self.weights, self.criterion, self.relation = options, weights, criterion, relation
+        self.coupled = coupled  # the student starts from the teacher layers it is mapped to
+        self.out, self.record, self.main = out, record, main
+        self.loaded = None  # general.Phase1Inputs, once loaded
+        self.tried: list[dict] = []
+
+    def score(self, mapping: tuple[int, ...]) -> float:
+        """The held-out criterion of `mapping`'s run (read back when it was scored before)."""
+        folder = self.out / "candidates" / label(mapping)
+        done = folder / "result.json"
+        result = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else self.run(mapping, folder)
+        self.tried.append(result)
+        if self.main:
+            print(f"{label(mapping):>24}  {self.criterion} {result['criterion']:.5g}  (phase-1 loss "
+                  f"{result['eval_loss']:.4g})", flush=True)
+        return result["criterion"]
+
+    def run(self, mapping: tuple[int, ...], folder: Path) -> dict:
+        """Train the candidate in `folder`, keep its result.json and metrics, delete its models."""
+        from polyglot_distil.distill.training import train
+        from polyglot_distil.outputs import replace_text
+
+        settings = candidate_settings(self.options, folder)
+        run = train(settings, {"phase": "general", "search": self.record, "layer_map": list(mapping)},
+                    CandidateRun(self, mapping, settings))
+        result = {"layer_map": list(mapping), "criterion": run.last_eval["criterion_loss"],
+                  "eval_loss": run.last_eval["eval_loss"], "train_loss": run.last_train.get("loss")}
+        if run.is_main_process:
+            for models in ("checkpoints", "best", "final"):  # scored: the short run's models are not kept
+                shutil.rmtree(folder / models, ignore_errors=True)
+            replace_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
+        return result
+
+    def inputs(self, settings, accelerator):
+        """The models and text, loaded once for every candidate (the text's blocks in --token-cache
+        when given, else OUT/cache/)."""
+        from polyglot_distil.distill.general import load_inputs
+        from polyglot_distil.distill.training import CACHE
+
+        if self.loaded is None:
+            self.loaded = load_inputs(self.options, self.weights, settings, accelerator, cache_dir=self.out / CACHE)
+        return self.loaded
+
+    def student_for(self, mapping: tuple[int, ...], inputs):
+        """The student a candidate starts from: built from the teacher layers `mapping` names
+        (coupled), else a copy of the one student."""
+        import copy
+
+        from polyglot_distil.models.student import make_student
+
+        if not self.coupled:
+            return copy.deepcopy(inputs.student)
+        options = self.options
+        student, _ = make_student(inputs.teacher, inputs.tokenizer,
+                                  replace(options.spec(options.seed), init_layers=list(mapping)),
+                                  attn_implementation=inputs.student.config._attn_implementation)
+        return student
+
+
+class CandidateRun(GeneralPhase):
+    """One candidate's short phase-1 run: phase 1's step with the candidate's mapping; its
+    evaluation adds the held-out criterion (`criterion_loss`), which picks best/ and ranks it."""
+
+    best_metric = "criterion_loss"
+
+    def __init__(self, search: MapSearch, mapping: tuple[int, ...], settings):
+        super().__init__(search.options, search.weights, settings)
+        self.search, self.mapping = search, mapping
+
+    def load(self, accelerator) -> None:
+        inputs = self.search.inputs(self.settings, accelerator)
+        self.train_on(inputs, list(self.mapping), self.search.student_for(self.mapping, inputs))
+        self.criterion = criterion_loss(self.search.criterion, inputs.teacher, self.search.relation)
+
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        """Phase 1's held-out loss and terms, and the criterion: {"eval_loss", ..., "criterion_loss"}."""
+        from polyglot_distil.distill.training import mean_over_batches
+
+        metrics = super().evaluate(model, accelerator)
+        metrics.update(mean_over_batches(model, self.inputs.heldout, self.criterion, accelerator,
+                                         self.settings.grad_accum, prefix="criterion_",
+                                         batch_counts=self.batch_counts))
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
 def run_search_map(options: SearchMapSettings) -> dict:
     """The `distil search-map` stage: short phase-1 runs ranked; writes layer_map.txt; returns the ranking."""
-    import copy
-
     from transformers import AutoConfig
 
-    from polyglot_distil.distill.general import load_inputs, phase1_recipe
-    from polyglot_distil.distill.training import CACHE, TrainSettings, mean_over_batches, train
+    from polyglot_distil.distill.training import CACHE
     from polyglot_distil.fingerprints import run_config_hash
     from polyglot_distil.models.families import family_of
     from polyglot_distil.models.loading import load_model
-    from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, make_student, \
-        planned_config
+    from polyglot_distil.models.student import LAYER_MAP_FILE, check_layers, default_layer_map, planned_config
     from polyglot_distil.outputs import MARKER, check_writable, drop_aside, put_back, release_lock, replace_text, \
         set_aside
 
@@ -279,13 +383,8 @@ def run_search_map(options: SearchMapSettings) -> dict:
     coupled = (not options.student and options.init_layers is None and options.init == "teacher"
                and not family_of(teacher_config).shared_layers)
 
-    def settings_for(folder: Path) -> TrainSettings:
-        return options.train_settings(folder, options.steps, eval_every=options.steps, save_every=options.steps,
-                                      keep_checkpoints=1, overwrite=True, weight_decay=options.weight_decay,
-                                      no_progress=options.no_progress)
-
     out = Path(options.out)
-    settings_for(out / "candidates").check()  # before anything is written
+    candidate_settings(options, out / "candidates").check()  # before anything is written
     # Under `accelerate launch` every process runs every candidate (the training loop shares each
     # run out); every process checks OUT before the main one writes; only the main one writes.
     main, barrier = _processes()
@@ -317,53 +416,7 @@ def run_search_map(options: SearchMapSettings) -> dict:
         replace_text(record, json.dumps({"hash": run_config_hash(search), "search": search}, indent=2) + "\n")
     barrier()
 
-    loaded = None
-    tried: list[dict] = []
-
-    def score(mapping) -> float:
-        folder = out / "candidates" / label(mapping)
-        done = folder / "result.json"
-        if done.is_file():
-            result = json.loads(done.read_text(encoding="utf-8"))
-        else:
-            settings = settings_for(folder)
-
-            def build(accelerator):
-                nonlocal loaded
-                if loaded is None:  # once: models and text, shared by every candidate
-                    # the text's blocks in --token-cache when given, else OUT/cache/
-                    loaded = load_inputs(options, weights, settings, accelerator, cache_dir=out / CACHE)
-                if coupled:  # the student starts from the teacher layers it is mapped to
-                    student, _ = make_student(loaded.teacher, loaded.tokenizer,
-                                              replace(options.spec(options.seed), init_layers=list(mapping)),
-                                              attn_implementation=loaded.student.config._attn_implementation)
-                else:
-                    student = copy.deepcopy(loaded.student)
-                recipe = phase1_recipe(options, weights, settings, loaded, list(mapping), student)
-                proxy = criterion_loss(criterion, loaded.teacher, relation)
-
-                def evaluate(model, accelerator):
-                    metrics = mean_over_batches(model, loaded.heldout, recipe.compute_loss, accelerator,
-                                                settings.grad_accum, batch_counts=recipe.batch_counts)
-                    metrics.update(mean_over_batches(model, loaded.heldout, proxy, accelerator, settings.grad_accum,
-                                                     prefix="criterion_", batch_counts=recipe.batch_counts))
-                    return metrics
-
-                return replace(recipe, evaluate=evaluate, best_metric="criterion_loss")
-
-            run = train(settings, {"phase": "general", "search": search, "layer_map": list(mapping)}, build)
-            result = {"layer_map": list(mapping), "criterion": run.last_eval["criterion_loss"],
-                      "eval_loss": run.last_eval["eval_loss"], "train_loss": run.last_train.get("loss")}
-            if run.is_main_process:
-                for models in ("checkpoints", "best", "final"):  # scored: the short run's models are not kept
-                    shutil.rmtree(folder / models, ignore_errors=True)
-                replace_text(done, json.dumps(result, indent=2) + "\n")
-        tried.append(result)
-        if main:
-            print(f"{label(mapping):>24}  {criterion} {result['criterion']:.5g}  (phase-1 loss "
-                  f"{result['eval_loss']:.4g})", flush=True)
-        return result["criterion"]
-
+    runs = MapSearch(options, weights, criterion, relation, coupled, out, search, main)
     space = increasing_mappings(t_layers, s_layers)
     how = (f"{len(candidates)} given mappings" if candidates is not None else
            f"all {space} increasing mappings" if space <= options.budget else
@@ -371,8 +424,8 @@ def run_search_map(options: SearchMapSettings) -> dict:
     if main:
         print(f"search: {how}, {options.steps} steps each; ranked by held-out {criterion}", flush=True)
     try:
-        best, history = search_mappings(score, t_layers, s_layers, options.budget, options.population, options.seed,
-                                        candidates)
+        best, history = search_mappings(runs.score, t_layers, s_layers, options.budget, options.population,
+                                        options.seed, candidates)
     except BaseException:
         if replaced is not None:  # the old search comes back; the unfinished new one goes
             put_back(out, replaced, keep=[CACHE])
@@ -380,7 +433,7 @@ def run_search_map(options: SearchMapSettings) -> dict:
             shutil.rmtree(out, ignore_errors=True)
         raise
     summary = {"best": list(best), "criterion": criterion, "best_value": history[best],
-               "default": None, "tried": tried}
+               "default": None, "tried": runs.tried}
     default = tuple(default_layer_map(t_layers, s_layers))
     if default in history:
         summary["default"] = {"layer_map": list(default), "value": history[default]}

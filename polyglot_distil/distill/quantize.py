@@ -44,6 +44,7 @@ from typing import ClassVar
 from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.classifier_distillation import TERMS, QATLossWeights, weights_of
 from polyglot_distil.distill.general import LAYER_MAP
+from polyglot_distil.distill.phase import TrainingPhase
 from polyglot_distil.distill.settings import REDUCE_VOCAB, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, READS, TRUST_REMOTE_CODE, WRITES, like, setting
@@ -242,69 +243,89 @@ def quantize_dynamic(options: QuantizeSettings) -> dict:
     return report
 
 
-def build_qat_recipe(options: QuantizeSettings, weights: QATLossWeights, train_data, dev_data, accelerator,
-                     keep: dict):
-    """Load the float model (the student, fake-quantized), its teacher and the data; return the
-    `Recipe`. `keep["info"]` receives what the int8 folders' training.json records."""
-    import torch
+class QATPhase(TrainingPhase):
+    """Quantization-aware distillation on the training loop: the float model, fake-quantized,
+    learns against its teacher with phase 2's classifier distillation; the highest English dev
+    accuracy picks OUT/best/; best/ and final/ are saved as int8 folders. `info` is what their
+    training.json records."""
 
-    from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs, model_inputs
-    from polyglot_distil.distill.classifier_distillation import ClassifierLoss, DevEvaluation, \
-        attention_implementation, pair_with_teacher
-    from polyglot_distil.distill.training import Recipe
-    from polyglot_distil.models.classifier import load_classifier
-    from polyglot_distil.models.loading import copy_tokenizer
-    from polyglot_distil.models.quantized import save_int8
-    from polyglot_distil.models.used_vocab import full_vocabulary
+    best_metric, higher_is_better, evaluates = "dev_accuracy", True, True
 
-    # the pair: the float model, in its own class order, and its teacher (itself by default)
-    teacher_path = options.teacher or options.model
-    student = load_classifier(options.model, attn_implementation=attention_implementation(weights),
-                              trust_remote_code=options.trust_remote_code)
-    pair = pair_with_teacher(teacher_path, student.model, options.model, student.tokenizer, student.to_xnli, weights,
-                             options.layer_map, options.trust_remote_code, teacher_dtype=None)
-    model, tokenizer = student.model, student.tokenizer
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = options.dropout
-    names = fake_quantize_model(model, options.bits, options.quantize_activations, options.step_init)
+    def __init__(self, options: QuantizeSettings, weights: QATLossWeights, train_data, dev_data):
+        self.options, self.weights, self.train_pairs, self.dev_data = options, weights, train_data, dev_data
 
-    # data
-    show = False if options.no_progress or not accelerator.is_main_process else None
-    pairs = encode_pairs(tokenizer, train_data, options.max_length, show)
-    data = NLIBatches(pairs, pair.student_labels(train_data.labels), options.batch_size, options.seed,
-                      options.length_buckets)
-    if options.quantize_activations:
-        calibrate_input_steps(model, model_inputs(data.batch(0)))
-    if options.reduce_vocab:
-        from polyglot_distil.models.used_vocab import restrict_to_pairs
+    def load(self, accelerator) -> None:
+        """The float model (the student, fake-quantized), its teacher (itself by default), the
+        batches (and the first one's input steps), the dev evaluation."""
+        import torch
 
-        _, _, note = restrict_to_pairs(model, pairs)
+        from polyglot_distil.data.nli_batches import NLIBatches, encode_pairs, model_inputs
+        from polyglot_distil.distill.classifier_distillation import ClassifierLoss, DevEvaluation, \
+            attention_implementation, pair_with_teacher
+        from polyglot_distil.models.classifier import load_classifier
+
+        options, weights = self.options, self.weights
+        # the pair: the float model, in its own class order, and its teacher (itself by default)
+        teacher_path = options.teacher or options.model
+        student = load_classifier(options.model, attn_implementation=attention_implementation(weights),
+                                  trust_remote_code=options.trust_remote_code)
+        pair = pair_with_teacher(teacher_path, student.model, options.model, student.tokenizer, student.to_xnli,
+                                 weights, options.layer_map, options.trust_remote_code, teacher_dtype=None)
+        model, self.tokenizer = student.model, student.tokenizer
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = options.dropout
+        names = fake_quantize_model(model, options.bits, options.quantize_activations, options.step_init)
+        self.model = model
+
+        # data
+        show = False if options.no_progress or not accelerator.is_main_process else None
+        pairs = encode_pairs(self.tokenizer, self.train_pairs, options.max_length, show)
+        self.train_data = NLIBatches(pairs, pair.student_labels(self.train_pairs.labels), options.batch_size,
+                                     options.seed, options.length_buckets)
+        if options.quantize_activations:
+            calibrate_input_steps(model, model_inputs(self.train_data.batch(0)))
+        if options.reduce_vocab:
+            from polyglot_distil.models.used_vocab import restrict_to_pairs
+
+            _, _, note = restrict_to_pairs(model, pairs)
+            if accelerator.is_main_process:
+                print(note, file=sys.stderr)
+
+        # loss and evaluation
+        pair.teacher_to(accelerator.device)
+        self.distillation = ClassifierLoss(pair, weights, accelerator.device)
+        self.dev_evaluation = DevEvaluation(pair, self.dev_data, options.batch_size, options.max_length, accelerator)
         if accelerator.is_main_process:
-            print(note, file=sys.stderr)
+            print(f"qat: {len(names)} Linear layers fake-quantized to {options.bits} bits"
+                  f"{' (inputs too)' if options.quantize_activations else ''}; teacher {teacher_path}", file=sys.stderr)
 
-    # loss and evaluation
-    pair.teacher_to(accelerator.device)
-    compute_loss = ClassifierLoss(pair, weights, accelerator.device)
-    evaluate = DevEvaluation(pair, dev_data, options.batch_size, options.max_length, accelerator)
-    if accelerator.is_main_process:
-        print(f"qat: {len(names)} Linear layers fake-quantized to {options.bits} bits"
-              f"{' (inputs too)' if options.quantize_activations else ''}; teacher {teacher_path}", file=sys.stderr)
+        self.info = {"command": "quantize --method qat", "model": str(options.model), "teacher": str(teacher_path),
+                     "bits": options.bits, "quantize_activations": options.quantize_activations,
+                     "train": options.train, "dev": options.dev, "train_pairs": len(self.train_pairs),
+                     "weights": asdict(weights), "layer_map": pair.layer_map}
 
-    info = {"command": "quantize --method qat", "model": str(options.model), "teacher": str(teacher_path),
-            "bits": options.bits, "quantize_activations": options.quantize_activations, "train": options.train,
-            "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights), "layer_map": pair.layer_map}
-    keep["info"] = info
+    def loss(self, model, batch: dict):
+        """The classifier distillation's loss (classifier_distillation.py: the fake-quantized
+        student's forward, the teacher's, the weighted terms), averaged over this micro-batch's own
+        tokens: QAT gives no `batch_counts`."""
+        return self.distillation(model, batch)
 
-    def save_model(trained, folder: Path) -> None:
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        """{"dev_accuracy", "dev_agreement"} of the fake-quantized model on the English dev pairs."""
+        return self.dev_evaluation(model, accelerator)
+
+    def save(self, trained, folder: Path) -> None:
+        """An int8 folder, converted with the learned steps, with the tokenizer and training.json."""
+        from polyglot_distil.models.loading import copy_tokenizer
+        from polyglot_distil.models.quantized import save_int8
+        from polyglot_distil.models.used_vocab import full_vocabulary
+
         with full_vocabulary(trained):
-            save_int8(trained, folder, options.bits, "qat", learned_steps(trained),
-                      embeddings=options.embeddings == "int8")
-        copy_tokenizer(options.model, folder, tokenizer)
-        (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-    return Recipe(model=model, train_data=data, compute_loss=compute_loss, save_model=save_model,
-                  evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True)
+            save_int8(trained, folder, self.options.bits, "qat", learned_steps(trained),
+                      embeddings=self.options.embeddings == "int8")
+        copy_tokenizer(self.options.model, folder, self.tokenizer)
+        (folder / "training.json").write_text(json.dumps(self.info, indent=2) + "\n", encoding="utf-8")
 
 
 def quantize_qat(options: QuantizeSettings) -> dict:
@@ -328,9 +349,7 @@ def quantize_qat(options: QuantizeSettings) -> dict:
                   "max_train_examples": options.max_train_pairs, "max_length": options.max_length, "length_buckets": options.length_buckets,
                   "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
                   **({"reduce_vocab": True} if options.reduce_vocab else {})}
-    keep: dict = {}
-    result = train(settings, run_config,
-                   lambda accelerator: build_qat_recipe(options, weights, train_data, dev_data, accelerator, keep))
+    result = train(settings, run_config, QATPhase(options, weights, train_data, dev_data))
     if result.is_main_process:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
         print(f"step {result.step}: {summary}; best dev accuracy {result.best_value:.4f} at step {result.best_step}")

@@ -40,6 +40,7 @@ from polyglot_distil.data.nli_batches import TaskData
 from polyglot_distil.distill.classifier_distillation import TERMS, ClassifierLoss, DevEvaluation, TaskLossWeights, \
     attention_implementation, pair_with_teacher, weights_of
 from polyglot_distil.distill.objective import batch_counts
+from polyglot_distil.distill.phase import TrainingPhase
 from polyglot_distil.distill.general import LAYER_MAP
 from polyglot_distil.distill.settings import REDUCE_VOCAB, SAVE_DTYPE, TRAINING, Checkpointing
 from polyglot_distil.errors import UserError
@@ -130,98 +131,141 @@ def load_student(student_path: str, seed: int, attn: str, trust_remote_code: boo
 
 
 # ---------------------------------------------------------------------------------------------
-# The recipe
+# The phase
 
 
-def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages, train_data, dev_data, accelerator,
-                 keep: dict):
-    """Load teacher, student and data; return the two-stage `Recipe`. `keep["ticket"]` receives
-    the run's `LotteryTicket` (theta0 and mask), for the sparse diff written after training."""
-    from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
-    from polyglot_distil.distill.sparse import LotteryTicket, parameter_groups, sparse_count
-    from polyglot_distil.fingerprints import body_fingerprint
-    from polyglot_distil.distill.training import CACHE, Recipe
-    from polyglot_distil.models.classifier import save_classifier
-    from polyglot_distil.models.loading import load_tokenizer
+class TaskPhase(TrainingPhase):
+    """Phase 2 on the training loop: the two stages of lottery-ticket sparse fine-tuning against a
+    task teacher. After the run `ticket` (theta0 and the mask) and `diff_record` (what the sparse
+    diff records) are what `run_distil_task` writes the sparse diff from."""
 
-    # the pair: a new head on the phase-1 student (XNLI order), the teacher on its vocabulary
-    tokenizer = load_tokenizer(options.student, options.trust_remote_code)
-    student, new_names, student_dtype = load_student(options.student, options.seed, attention_implementation(weights),
-                                                     options.trust_remote_code)
-    pair = pair_with_teacher(options.teacher, student, options.student, tokenizer, list(range(3)), weights,
-                             options.layer_map, options.trust_remote_code)
+    best_metric, higher_is_better, evaluates = "dev_accuracy", True, True
 
-    # which parameters train: LT-SFT's groups and K
-    groups = parameter_groups(student, new_names, include_embeddings=options.include_embeddings)
-    params = dict(student.named_parameters())
-    selectable = sum(params[n].numel() for n in groups.selectable)
-    what = "the student's body (LayerNorm excluded, embeddings " + \
-        ("included)" if options.include_embeddings else "excluded)")
-    k = sparse_count(options.density, options.sparse_params, selectable, what)
-    for name in groups.frozen:
-        params[name].requires_grad_(False)
-    fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
-    ticket = keep["ticket"] = LotteryTicket(student, groups, k)
+    def __init__(self, options: TaskSettings, weights: TaskLossWeights, stages: Stages, train_data, dev_data):
+        self.options, self.weights, self.stages = options, weights, stages
+        self.train_pairs, self.dev_data = train_data, dev_data
+        self.best_after = stages.full  # best/ is chosen among the sparse stage's evaluations
 
-    # data
-    show = False if options.no_progress or not accelerator.is_main_process else None
-    pairs = cached_pairs(tokenizer, train_data, options.max_length, show, Path(options.out) / CACHE,
-                         main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
-    data = NLIBatches(pairs, pair.student_labels(train_data.labels), options.batch_size, options.seed,
-                      options.length_buckets)
-    if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
-        from polyglot_distil.models.used_vocab import restrict_to_pairs
+    def load(self, accelerator) -> None:
+        """The pair, which parameters train (LT-SFT's groups, K, the ticket), the batches, the
+        teacher's outputs (computed, or read from --teacher-cache) and the dev evaluation."""
+        from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
+        from polyglot_distil.distill.sparse import LotteryTicket, parameter_groups, sparse_count
+        from polyglot_distil.fingerprints import body_fingerprint
+        from polyglot_distil.distill.training import CACHE
+        from polyglot_distil.models.loading import load_tokenizer
 
-        name, used, note = restrict_to_pairs(student, pairs)
-        ticket.train_rows(name, used)
-        if accelerator.is_main_process:
-            print(note, file=sys.stderr)
+        options, weights, main = self.options, self.weights, accelerator.is_main_process
+        # the pair: a new head on the phase-1 student (XNLI order), the teacher on its vocabulary
+        self.tokenizer = load_tokenizer(options.student, options.trust_remote_code)
+        student, new_names, self.student_dtype = load_student(options.student, options.seed,
+                                                              attention_implementation(weights),
+                                                              options.trust_remote_code)
+        pair = pair_with_teacher(options.teacher, student, options.student, self.tokenizer, list(range(3)), weights,
+                                 options.layer_map, options.trust_remote_code)
 
-    # loss and evaluation
-    pair.teacher_to(accelerator.device)
-    evaluate = DevEvaluation(pair, dev_data, options.batch_size, options.max_length, accelerator)
-    cache = None
-    if options.teacher_cache:
-        from polyglot_distil.distill.teacher_cache import TeacherCache
-        from polyglot_distil.models.student import hidden_state_pairs
+        # which parameters train: LT-SFT's groups and K
+        groups = parameter_groups(student, new_names, include_embeddings=options.include_embeddings)
+        params = dict(student.named_parameters())
+        selectable = sum(params[n].numel() for n in groups.selectable)
+        what = "the student's body (LayerNorm excluded, embeddings " + \
+            ("included)" if options.include_embeddings else "excluded)")
+        k = sparse_count(options.density, options.sparse_params, selectable, what)
+        for name in groups.frozen:
+            params[name].requires_grad_(False)
+        fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
+        self.ticket = LotteryTicket(student, groups, k)
 
-        cache = TeacherCache.open_or_build(
-            options.teacher_cache, pair.teacher.model, options.teacher, pairs, pair.teacher_order(accelerator.device),
-            hidden=[k for _, k in hidden_state_pairs(pair.layer_map)] if weights.hidden else [],
-            attention=list(pair.layer_map) if weights.attention else [], max_length=options.max_length,
-            batch_size=options.batch_size, device=accelerator.device, accelerator=accelerator,
-            log=lambda text: print(text, file=sys.stderr) if accelerator.is_main_process else None)
-    compute_loss = ClassifierLoss(pair, weights, accelerator.device, cache)
-    if accelerator.is_main_process:
-        print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
-              f"selectable ({k / selectable:.2%}); head {', '.join(groups.head)}", file=sys.stderr)
-        if pair.teacher.note:
-            print(f"note: {pair.teacher.note}", file=sys.stderr)
+        # data
+        show = False if options.no_progress or not main else None
+        pairs = cached_pairs(self.tokenizer, self.train_pairs, options.max_length, show, Path(options.out) / CACHE,
+                             main=main, barrier=accelerator.wait_for_everyone)
+        self.model = student
+        self.train_data = NLIBatches(pairs, pair.student_labels(self.train_pairs.labels), options.batch_size,
+                                     options.seed, options.length_buckets)
+        if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
+            from polyglot_distil.models.used_vocab import restrict_to_pairs
 
-    # the step: the switch to the sparse stage, the mask on the gradients
-    def before_step(step, model, optimizer):
-        if step == stages.full:  # also after a resume from the checkpoint taken just before it
-            ticket.switch(optimizer)
+            name, used, note = restrict_to_pairs(student, pairs)
+            self.ticket.train_rows(name, used)
+            if main:
+                print(note, file=sys.stderr)
 
-    def after_backward(model):
-        if ticket.mask is not None:
-            ticket.mask_gradients()
+        # loss and evaluation
+        pair.teacher_to(accelerator.device)
+        self.dev_evaluation = DevEvaluation(pair, self.dev_data, options.batch_size, options.max_length, accelerator)
+        cache = None
+        if options.teacher_cache:
+            from polyglot_distil.distill.teacher_cache import TeacherCache
+            from polyglot_distil.models.student import hidden_state_pairs
 
-    info = {"command": "distil task", "teacher": str(options.teacher), "student": str(options.student), "task": options.task,
-            "train": options.train, "dev": options.dev, "train_pairs": len(train_data), "weights": asdict(weights),
-            "layer_map": pair.layer_map, "density": options.density, "k": k,
-            "include_embeddings": options.include_embeddings, "stage_steps": {"full": stages.full, "sparse": stages.sparse}}
-    keep["info"] = {**info, "base": str(options.student), "base_fingerprint": fingerprint}
+            cache = TeacherCache.open_or_build(
+                options.teacher_cache, pair.teacher.model, options.teacher, pairs,
+                pair.teacher_order(accelerator.device),
+                hidden=[k for _, k in hidden_state_pairs(pair.layer_map)] if weights.hidden else [],
+                attention=list(pair.layer_map) if weights.attention else [], max_length=options.max_length,
+                batch_size=options.batch_size, device=accelerator.device, accelerator=accelerator,
+                log=lambda text: print(text, file=sys.stderr) if main else None)
+        self.distillation = ClassifierLoss(pair, weights, accelerator.device, cache)
+        if main:
+            print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
+                  f"selectable ({k / selectable:.2%}); head {', '.join(groups.head)}", file=sys.stderr)
+            if pair.teacher.note:
+                print(f"note: {pair.teacher.note}", file=sys.stderr)
 
-    def save_model(trained, folder: Path) -> None:
-        save_classifier(trained, folder, options.student, tokenizer, info, options.save_dtype or student_dtype)
+        self.info = {"command": "distil task", "teacher": str(options.teacher), "student": str(options.student),
+                     "task": options.task, "train": options.train, "dev": options.dev,
+                     "train_pairs": len(self.train_pairs), "weights": asdict(weights), "layer_map": pair.layer_map,
+                     "density": options.density, "k": k, "include_embeddings": options.include_embeddings,
+                     "stage_steps": {"full": self.stages.full, "sparse": self.stages.sparse}}
+        self.diff_record = {**self.info, "base": str(options.student), "base_fingerprint": fingerprint}
 
-    return Recipe(model=student, train_data=data, compute_loss=compute_loss, save_model=save_model,
-                  evaluate=evaluate, best_metric="dev_accuracy", higher_is_better=True,
-                  after_backward=after_backward, extra_state=ticket.state, load_extra_state=ticket.load_state,
-                  before_step=before_step, lr_lambda=stages.lr_multiplier,
-                  row_fields=lambda step: {"stage": stages.name(step)}, best_after=stages.full,
-                  batch_counts=batch_counts)
+    # The step. Stage 1 trains every parameter; before the first step of stage 2 the ticket
+    # switches (the mask chosen, every parameter back to theta0, a fresh optimizer), and from then
+    # on the gradients outside the mask are zeroed. The loss is the classifier distillation's
+    # (classifier_distillation.py: the student's forward, the teacher's or its cache's, the
+    # weighted terms, token-averaged over the global batch); rows are logged with their stage;
+    # each stage has its own learning-rate schedule.
+
+    def before_step(self, step: int, model, optimizer) -> None:
+        if step == self.stages.full:  # also after a resume from the checkpoint taken just before it
+            self.ticket.switch(optimizer)
+
+    def batch_counts(self, batch: dict) -> dict[str, float]:
+        return batch_counts(batch)
+
+    def loss(self, model, batch: dict):
+        return self.distillation(model, batch)
+
+    def after_backward(self, model) -> None:
+        if self.ticket.mask is not None:
+            self.ticket.mask_gradients()
+
+    def scheduler(self, optimizer, settings):
+        import torch
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.stages.lr_multiplier)
+
+    def row_fields(self, step: int) -> dict:
+        return {"stage": self.stages.name(step)}
+
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        """{"dev_accuracy", "dev_agreement"} on the English dev pairs."""
+        return self.dev_evaluation(model, accelerator)
+
+    def save(self, trained, folder: Path) -> None:
+        """The dense classifier, in --save-dtype or the student's dtype, with training.json."""
+        from polyglot_distil.models.classifier import save_classifier
+
+        save_classifier(trained, folder, self.options.student, self.tokenizer, self.info,
+                        self.options.save_dtype or self.student_dtype)
+
+    # theta0 and, once chosen, the mask: in every checkpoint, so either stage resumes exactly
+    def extra_state(self) -> dict:
+        return self.ticket.state()
+
+    def load_extra_state(self, tensors: dict) -> None:
+        self.ticket.load_state(tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,9 +306,8 @@ def run_distil_task(options: TaskSettings) -> dict:
         **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
         **({"reduce_vocab": True} if options.reduce_vocab else {}),
     }
-    keep: dict = {}
-    result = train(settings, run_config,
-                   lambda accelerator: build_recipe(options, weights, stages, train_data, dev_data, accelerator, keep))
+    phase = TaskPhase(options, weights, stages, train_data, dev_data)
+    result = train(settings, run_config, phase)
     if not result.is_main_process:
         return result.summary()
     out = Path(options.out)
@@ -272,7 +315,7 @@ def run_distil_task(options: TaskSettings) -> dict:
         raise UserError(f"{out / 'best'} is missing, so no sparse diff can be written; rerun with --overwrite")
     best = load_file(out / "best" / "model.safetensors")
     with atomic_dir(out / "sparse_diff", overwrite=True) as tmp:
-        record = write_diff(tmp, best, keep["ticket"], out / "best" / "config.json", keep["info"])
+        record = write_diff(tmp, best, phase.ticket, out / "best" / "config.json", phase.diff_record)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
     # best/ is chosen among the sparse stage's evaluations only (phase 2's output is the sparse
     # model); the full stage's, which metrics.jsonl also holds, may be higher

@@ -9,21 +9,26 @@
         -m polyglot_distil distil general ...                                # 2 CPU processes (gloo)
     polyglot-distil distil general ... --out out/phase1 --resume             # continue a run
 
-A phase plugs a `Recipe` into `train(settings, run_config, build_recipe)`: the trained module,
-its batches, its loss, optionally an evaluation whose metric picks the best model, a hook run on
-the gradients before each optimizer step (e.g. masking them for sparse fine-tuning), and extra
-tensors to checkpoint (e.g. theta0 and a mask). A run in stages (lottery-ticket sparse
-fine-tuning: full fine-tuning, then a reset and masked training) adds a hook run before each
-step, its own learning-rate schedule, a label for each metrics row, and the step after which
-evaluations compete for the best model. The loop does the rest:
+A phase is a `TrainingPhase` (phase.py) given to `train(settings, run_config, phase)`: the
+loop calls its `load(accelerator)` once OUT is known to be writable, then, step after step, its
+`loss(model, batch)`; it evaluates with `evaluate` (whose `best_metric` picks OUT/best/) and
+saves with `save`. Every other method has a default that does nothing (a hook before each step,
+one on the gradients before the optimizer step, extra tensors in checkpoints, fields of the
+metrics rows) or the usual (AdamW groups, a linear schedule); a phase in stages (lottery-ticket
+sparse fine-tuning: full fine-tuning, then a reset and masked training) overrides them. What a
+phase keeps for its command after the run (the lottery ticket) is an attribute of it. Each phase
+is a subclass in its stage's file: general.py (phase 1), task.py (phase 2), finetune.py (the task
+teacher), quantize.py (QAT), layer_search.py (search-map's candidate runs).
+
+The loop does the rest:
 
 - AdamW (no weight decay on biases and norms), a linear schedule with warmup, gradient clipping,
   gradient accumulation and bf16/fp16 autocast through `accelerate.Accelerator`;
-- `batch_size` is global: step k trains on `recipe.train_data.batch(k)`, `batch_size` rows, whatever
+- `batch_size` is global: step k trains on `phase.train_data.batch(k)`, `batch_size` rows, whatever
   the number of processes and of accumulated micro-batches. It is cut into grad_accum x processes
   equal slices (`micro_batch`), so one process or eight, accumulating or not, compute the same
   steps: accumulation and processes only change where and when the rows run. Token-averaged
-  losses divide by the global batch's counts (`recipe.batch_counts`), shared out over the
+  losses divide by the global batch's counts (`phase.batch_counts`), shared out over the
   slices, so padding does not weigh the slices differently;
 - under several processes (DDP), whether some trained parameters get no gradient from the
   enabled losses (the pooler and classifier with the hidden loss alone) is found on the first
@@ -37,7 +42,7 @@ evaluations compete for the best model. The loop does the rest:
   position is the step); OUT/run_config.json must match the new run's configuration;
 - OUT/metrics.jsonl: one JSON object per logged step (`"kind": "train"`: step, loss, each loss
   term, lr, grad_norm, epoch) and per evaluation (`"kind": "eval"`: step and the metrics);
-- the final model in OUT/final/, written by `recipe.save_model`;
+- the final model in OUT/final/, written by `phase.save`;
 - Ctrl-C or SIGTERM (one process): the step under way finishes and is checkpointed, then the run
   stops (`StepBoundary`); `--resume` falls back to the previous checkpoint when the newest cannot
   be read; `--overwrite` keeps the old run aside (`outputs.set_aside`) until the new one completes.
@@ -54,12 +59,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 
 from polyglot_distil.errors import UserError, interruption
 from polyglot_distil.fingerprints import changed_inputs, input_fingerprints, run_config_hash
+from polyglot_distil.distill.phase import BatchSource, TrainingPhase
 from polyglot_distil.options import NO_RESULT
 from polyglot_distil.outputs import atomic_dir, drop_aside, hold_lock, put_back, release_lock, replace_text, \
     room_checked, set_aside, wait_visible
@@ -114,59 +120,6 @@ class TrainSettings:
             raise UserError(f"--max-grad-norm must be 0 (no clipping) or more, not {self.max_grad_norm}")
 
 
-class BatchSource(Protocol):
-    """Global batches as a pure function of their number: batch(k) is position
-    k % batches_per_epoch of epoch k // batches_per_epoch. Tensors have the batch's rows first."""
-
-    batches_per_epoch: int
-
-    def batch(self, index: int) -> dict[str, Any]: ...
-
-
-@dataclass
-class Recipe:
-    """What a phase plugs into the loop.
-
-    compute_loss(model, batch) -> (loss, {term: tensor}) gets the prepared module and this
-    process's rows on the device, and must run the trained computation through `model(...)`
-    (DDP averages gradients only for work done in the wrapped module's forward; see `Trainable`).
-    evaluate(model, accelerator) -> {metric: float}, the same on every process.
-    after_backward(model) sees the unwrapped module with this step's averaged gradients, before
-    clipping and the optimizer step. extra_state() / load_extra_state(tensors) round-trip
-    tensors through checkpoints. parameter_groups(model, weight_decay) -> AdamW groups.
-
-    For runs in stages: before_step(k, model, optimizer) runs before step k (0-based; also the
-    first step after a resume) with the unwrapped module and the optimizer, to change what is
-    trained mid-run (e.g. reset the weights and clear `optimizer.state`, a fresh optimizer).
-    lr_lambda(k) is the learning-rate multiplier of step k (default: linear warmup, then linear
-    decay to 0 over the run). row_fields(step) adds fields to the metrics rows of `step`
-    (1-based, as logged). Evaluations at steps <= best_after are logged but do not compete for
-    OUT/best/.
-
-    batch_counts(global batch) -> {name: count} counts what the loss averages over (tokens,
-    masked tokens, ...) on the whole global batch; each micro-batch gets them divided by the
-    number of micro-batches, as batch["counts"], so that the micro-batches' losses average to
-    the global batch's mean whatever the processes and accumulation steps.
-    """
-
-    model: torch.nn.Module
-    train_data: BatchSource
-    compute_loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    save_model: Callable[[torch.nn.Module, Path], None]
-    evaluate: Callable[[torch.nn.Module, Any], dict[str, float]] | None = None
-    best_metric: str = "eval_loss"
-    higher_is_better: bool = False
-    after_backward: Callable[[torch.nn.Module], None] | None = None
-    extra_state: Callable[[], dict[str, torch.Tensor]] | None = None
-    load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None
-    parameter_groups: Callable[[torch.nn.Module, float], list[dict]] | None = None
-    before_step: Callable[[int, torch.nn.Module, Any], None] | None = None
-    lr_lambda: Callable[[int], float] | None = None
-    row_fields: Callable[[int], dict] | None = None
-    best_after: int = 0
-    batch_counts: Callable[[dict], dict[str, float]] | None = None
-
-
 @dataclass
 class TrainResult:
     step: int
@@ -197,14 +150,6 @@ class Trainable(torch.nn.Module):
         return self.run(self.parts, *args, **kwargs)
 
 
-def default_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on biases and norm weights (1-d)."""
-    trained = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trained if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
 def micro_batch(batch: dict, index: int, parts: int, device) -> dict:
     """Slice `index` of `parts` equal row slices of a global batch, rows [index*b, (index+1)*b), on
     `device`; values that are not tensors are passed as they are."""
@@ -218,10 +163,12 @@ def micro_batch(batch: dict, index: int, parts: int, device) -> dict:
 
 
 def my_micro_batches(batch: dict, accelerator, grad_accum: int, batch_counts=None):
-    """This process's micro-batches of a global batch: slice `micro * processes + rank`; with
-    `batch_counts`, each carries "counts": the global batch's counts divided by the slices."""
+    """This process's micro-batches of a global batch: slice `micro * processes + rank`; when
+    `batch_counts(batch)` counts something, each carries "counts": the global batch's counts
+    divided by the slices."""
     parts = grad_accum * accelerator.num_processes
-    shares = {name: count / parts for name, count in batch_counts(batch).items()} if batch_counts else None
+    counts = batch_counts(batch) if batch_counts is not None else None
+    shares = {name: count / parts for name, count in counts.items()} if counts is not None else None
     for micro in range(grad_accum):
         piece = micro_batch(batch, micro * accelerator.num_processes + accelerator.process_index, parts,
                             accelerator.device)
@@ -233,7 +180,7 @@ def my_micro_batches(batch: dict, accelerator, grad_accum: int, batch_counts=Non
 def mean_over_batches(model, data: BatchSource, compute_loss, accelerator, grad_accum: int = 1,
                       prefix: str = "eval_", batch_counts=None) -> dict[str, float]:
     """Loss and loss terms averaged over one epoch of `data`, cut like training batches (with the
-    recipe's `batch_counts`), reduced over processes: {prefix + "loss": ..., prefix + term: ...}."""
+    phase's `batch_counts`), reduced over processes: {prefix + "loss": ..., prefix + term: ...}."""
     totals, names, count = None, ["loss"], 0
     with torch.no_grad(), accelerator.autocast():
         for index in range(data.batches_per_epoch):
@@ -334,7 +281,7 @@ def check_output(settings: TrainSettings, config: dict, inputs: dict | None = No
     return found[-1] if found else None
 
 
-def _load_checkpoint(accelerator, out: Path, newest: Path, scheduler, recipe: Recipe) -> tuple[Path, dict]:
+def _load_checkpoint(accelerator, out: Path, newest: Path, scheduler, phase: TrainingPhase) -> tuple[Path, dict]:
     """Load the newest complete checkpoint up to `newest` that can be read: a copy cut short (a disk
     that filled, a killed copy) is named and the one before it is tried. Returns it and its
     trainer_state.json."""
@@ -346,8 +293,8 @@ def _load_checkpoint(accelerator, out: Path, newest: Path, scheduler, recipe: Re
             saved = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
             accelerator.load_state(str(folder))
             scheduler.load_state_dict(saved["scheduler"])
-            if recipe.load_extra_state and (folder / "extra_state.safetensors").is_file():
-                recipe.load_extra_state(load_file(folder / "extra_state.safetensors"))
+            if (folder / "extra_state.safetensors").is_file():
+                phase.load_extra_state(load_file(folder / "extra_state.safetensors"))
             return folder, saved
         except Exception as exc:  # noqa: BLE001 - whatever the reader raises on a cut file: named, not a traceback
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
@@ -383,9 +330,10 @@ def _truncate_metrics(out: Path, step: int) -> None:
     replace_text(path, "".join(line + "\n" for line in kept))
 
 
-def _save_checkpoint(accelerator, out: Path, trainer_state: dict, recipe: Recipe, keep: int) -> None:
+def _save_checkpoint(accelerator, out: Path, trainer_state: dict, extra: dict, keep: int) -> None:
     """Write OUT/checkpoints/step-N/ under a temporary name, then rename it (an interrupted save
-    leaves no checkpoint that looks complete); drop all but the newest `keep`."""
+    leaves no checkpoint that looks complete), with the phase's `extra` tensors if any; drop all
+    but the newest `keep`."""
     from safetensors.torch import save_file
 
     step = trainer_state["step"]
@@ -400,7 +348,6 @@ def _save_checkpoint(accelerator, out: Path, trainer_state: dict, recipe: Recipe
     try:
         with room_checked(folder):
             accelerator.save_state(str(tmp))
-            extra = recipe.extra_state() if recipe.extra_state else None
             if accelerator.is_main_process:
                 if extra:
                     save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()},
@@ -486,9 +433,9 @@ class StepBoundary:
         self.previous = {}
 
 
-def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any], Recipe]) -> TrainResult:
+def train(settings: TrainSettings, run_config: dict, phase: TrainingPhase) -> TrainResult:
     """Run (or resume) training. `run_config` describes everything else that decides the result
-    (models, data, losses); `build_recipe(accelerator)` loads models and data once OUT is known to
+    (models, data, losses); `phase.load(accelerator)` loads models and data once OUT is known to
     be writable."""
     settings.check()
     config = {"training": settings.result_config(), **run_config}
@@ -499,15 +446,14 @@ def train(settings: TrainSettings, run_config: dict, build_recipe: Callable[[Any
     hold_lock(out)
     try:
         resume_from = check_output(settings, config, inputs)
-        return _train(settings, config, inputs, out, resume_from, build_recipe)
+        return _train(settings, config, inputs, out, resume_from, phase)
     finally:
         release_lock(out)
 
 
 def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resume_from: Path | None,
-           build_recipe: Callable[[Any], Recipe]) -> TrainResult:
+           phase: TrainingPhase) -> TrainResult:
     from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
 
     accelerator = make_accelerator(settings)
     world, main = accelerator.num_processes, accelerator.is_main_process
@@ -518,7 +464,7 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
                         f"x {world} processes equal micro-batches; pass a multiple of {settings.grad_accum * world}")
     fresh = main and unstarted(out)
     try:
-        recipe = build_recipe(accelerator)  # may write OUT/cache/ (phase 1's token blocks)
+        phase.load(accelerator)  # may write OUT/cache/ (phase 1's token blocks)
     except BaseException:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
@@ -539,17 +485,13 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
             wait_visible(out / "run_config.json", what="the run's configuration")
 
         set_seed(settings.seed)
-        model = recipe.model
-        optimizer = torch.optim.AdamW((recipe.parameter_groups or default_parameter_groups)(model, settings.weight_decay),
-                                      lr=settings.lr)
-        if recipe.lr_lambda is not None:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_lambda)
-        else:
-            scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+        model = phase.model
+        optimizer = torch.optim.AdamW(phase.parameter_groups(model, settings.weight_decay), lr=settings.lr)
+        scheduler = phase.scheduler(optimizer, settings)
         if world > 1:
-            first = next(my_micro_batches(recipe.train_data.batch(0), accelerator, settings.grad_accum,
-                                          recipe.batch_counts))
-            unused = unused_parameters(model.to(accelerator.device), recipe.compute_loss, first, accelerator)
+            first = next(my_micro_batches(phase.train_data.batch(0), accelerator, settings.grad_accum,
+                                          phase.batch_counts))
+            unused = unused_parameters(model.to(accelerator.device), phase.loss, first, accelerator)
             accelerator.ddp_handler.find_unused_parameters = bool(unused)
             if unused and main:
                 shown = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
@@ -558,13 +500,13 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
         model, optimizer = accelerator.prepare(model, optimizer)
         state = {"step": 0, "best_value": None, "best_step": None}
         if resume_from is not None:
-            resume_from, saved = _load_checkpoint(accelerator, out, resume_from, scheduler, recipe)
+            resume_from, saved = _load_checkpoint(accelerator, out, resume_from, scheduler, phase)
             state = {k: saved[k] for k in state}
             if main:
                 _truncate_metrics(out, state["step"])
                 print(f"resuming from {resume_from} (step {state['step']})", file=sys.stderr)
 
-        data = recipe.train_data
+        data = phase.train_data
         # A bar on a terminal, a line every 30 s in a log file; only the main process shows progress.
         bar = progress(total=settings.steps, initial=state["step"], desc="train", unit="step",
                        show=settings.progress if main else False)
@@ -573,17 +515,15 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
         model.train()
         with StepBoundary(enabled=world == 1) as boundary:
             while state["step"] < settings.steps:
-                if recipe.before_step is not None:
-                    recipe.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
+                phase.before_step(state["step"], accelerator.unwrap_model(model), optimizer)
                 for batch in my_micro_batches(data.batch(state["step"]), accelerator, settings.grad_accum,
-                                              recipe.batch_counts):
+                                              phase.batch_counts):
                     with accelerator.accumulate(model):
                         with accelerator.autocast():
-                            loss, terms = recipe.compute_loss(model, batch)
+                            loss, terms = phase.loss(model, batch)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
-                            if recipe.after_backward is not None:
-                                recipe.after_backward(accelerator.unwrap_model(model))
+                            phase.after_backward(accelerator.unwrap_model(model))
                             if settings.max_grad_norm:
                                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                         optimizer.step()
@@ -595,7 +535,7 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
                 step = state["step"]
                 since_log += 1
                 bar.update(1)
-                fields = recipe.row_fields(step) if recipe.row_fields is not None else {}
+                fields = phase.row_fields(step)
 
                 if step % settings.log_every == 0 or step == settings.steps:
                     means = (accelerator.reduce(sums, "mean") / (since_log * settings.grad_accum)).tolist()
@@ -609,28 +549,28 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
                     bar.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
                     sums, since_log = None, 0
 
-                if recipe.evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+                if phase.evaluates and (step % settings.eval_every == 0 or step == settings.steps):
                     model.eval()
                     note(bar, f"step {step}: evaluating on dev")  # a log file hears from a long evaluation
                     evaluated = time.perf_counter()
-                    metrics = recipe.evaluate(model, accelerator)
-                    note(bar, f"step {step}: {recipe.best_metric} {metrics[recipe.best_metric]:.4f} "
+                    metrics = phase.evaluate(model, accelerator)
+                    note(bar, f"step {step}: {phase.best_metric} {metrics[phase.best_metric]:.4f} "
                               f"(evaluated in {time.perf_counter() - evaluated:.0f} s)")
                     model.train()
                     last_eval = {"kind": "eval", "step": step, **fields, **metrics}
-                    value = metrics[recipe.best_metric]
+                    value = metrics[phase.best_metric]
                     best = state["best_value"]
-                    competes = step > recipe.best_after
-                    if competes and (best is None or (value > best if recipe.higher_is_better else value < best)):
+                    competes = step > phase.best_after
+                    if competes and (best is None or (value > best if phase.higher_is_better else value < best)):
                         state["best_value"], state["best_step"] = value, step
                         if main:
                             with atomic_dir(out / "best", overwrite=True) as tmp:
-                                recipe.save_model(accelerator.unwrap_model(model), tmp)
+                                phase.save(accelerator.unwrap_model(model), tmp)
                                 (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n",
                                                                encoding="utf-8")
                     if main:
                         _append_metrics(out, last_eval)
-                    bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", recipe.best_metric: f"{value:.4f}"},
+                    bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4f}", phase.best_metric: f"{value:.4f}"},
                                     refresh=False)
                     accelerator.wait_for_everyone()
 
@@ -639,14 +579,14 @@ def _train(settings: TrainSettings, config: dict, inputs: dict, out: Path, resum
                 if step % settings.save_every == 0 or step == settings.steps or stopping:
                     trainer_state = {**state, "data_position": step,
                                      "scheduler": scheduler.state_dict(), "config_hash": run_config_hash(config)}
-                    _save_checkpoint(accelerator, out, trainer_state, recipe, settings.keep_checkpoints)
+                    _save_checkpoint(accelerator, out, trainer_state, phase.extra_state(), settings.keep_checkpoints)
                 if stopping and main:
                     print(f"saved {out / 'checkpoints' / f'step-{step}'}: continue with --resume", file=sys.stderr)
                 boundary.stop()
         bar.close()
         if main:
             with atomic_dir(out / "final", overwrite=True) as tmp:
-                recipe.save_model(accelerator.unwrap_model(model), tmp)
+                phase.save(accelerator.unwrap_model(model), tmp)
     except BaseException:
         if replaced is not None:  # the old run comes back; the unfinished new one goes
             put_back(out, replaced, keep=[CACHE])
