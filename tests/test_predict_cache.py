@@ -177,3 +177,25 @@ def test_the_predictions_are_the_softmax_of_the_logits_in_xnli_label_order(monke
     assert np.array_equal(xnli_probabilities(classifier, logits), probs)
     predict_xnli(classifier, data)
     assert calls[-1][4:] == (32, 128, None, None)  # the defaults: batches of 32, 128 tokens
+
+
+def test_a_cache_entry_holding_a_pickle_is_refused_not_unpickled(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.save(cache / f"test-fr-{'k' * 32}.npy", np.array([{"run": "code"}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        cached_xnli(cache, "test-fr", "k" * 32, lambda: probabilities(0))
+
+
+def test_an_old_entry_another_run_removed_first_is_no_error(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cached_xnli(cache, "test-fr", "a" * 32, lambda: probabilities(0.1))
+    unlink = Path.unlink
+
+    def removed_by_another_run_first(self, missing_ok=False):
+        unlink(self, missing_ok=True)
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", removed_by_another_run_first)
+    probs, cached = cached_xnli(cache, "test-fr", "b" * 32, lambda: probabilities(0.2))
+    assert not cached and [p.name for p in cache.iterdir()] == [f"test-fr-{'b' * 32}.npy"]
