@@ -112,7 +112,9 @@ def test_both_models_load_in_float32_eager_and_eval_mode_with_their_tokenizers(m
     assert old_ids.tolist() == KEPT.tolist() and poolers is None  # no pooler in these checkpoints
 
 
-def test_a_tokenizer_already_loaded_is_used_and_remote_code_is_trusted_for_the_original_only(mlm, monkeypatch):
+def test_a_tokenizer_already_loaded_is_used_and_remote_code_is_trusted_for_the_original_only(pretraining,
+                                                                                            monkeypatch):
+    mlm = pretraining  # its pooler loads twice more: the original's trusted too, the trimmed one's not
     calls = []
     for name in ("load_model", "load_tokenizer"):
         real = getattr(verify, name)
@@ -122,8 +124,9 @@ def test_a_tokenizer_already_loaded_is_used_and_remote_code_is_trusted_for_the_o
     given = wordpiece()
     pair = load_pair(str(mlm[0]), mlm[1], trust_remote_code=True, original_tokenizer=given)
     assert pair[1] is given
-    trusted = {(name, folder) for name, folder, flags, keyword in calls if True in flags or keyword}
-    assert trusted == {("load_model", "original")}
+    trusted = [(name, folder) for name, folder, flags, keyword in calls if True in flags or keyword]
+    assert trusted == [("load_model", "original")] * 2  # the model and its pooler
+    assert [c[:2] for c in calls].count(("load_model", "trimmed")) == 3  # its config, the model, its pooler
     assert ("load_tokenizer", "trimmed", [], None) in calls and ("load_tokenizer", "original") not in {
         c[:2] for c in calls}
     calls.clear()
@@ -204,6 +207,9 @@ def test_each_language_is_compared_with_its_own_progress_bar(mlm, monkeypatch):
             self.closed = True
 
     monkeypatch.setattr(verify, "progress", lambda **options: Bar(**options))
+    trusted = []
+    load_pair = verify.load_pair
+    monkeypatch.setattr(verify, "load_pair", lambda *args: trusted.append(args[2]) or load_pair(*args))
     results = verify_equivalence(str(mlm[0]), mlm[1], {"en": COVERED, "fr": COVERED[:1] + UNCOVERED}, batch_size=2,
                                  show_progress=False)
     assert list(results) == ["en", "fr"] and all(r.passed for r in results.values())
@@ -212,8 +218,17 @@ def test_each_language_is_compared_with_its_own_progress_bar(mlm, monkeypatch):
     assert [b.options for b in bars] == [{"total": 3, "desc": "verify en", "unit": " texts", "show": False},
                                          {"total": 3, "desc": "verify fr", "unit": " texts", "show": False}]
     assert [b.updates for b in bars] == [[2, 1], [1]] and all(b.closed for b in bars)
-    verify_equivalence(str(mlm[0]), mlm[1], {"en": COVERED}, original_tokenizer=wordpiece())
-    assert bars[-1].options["show"] is None and bars[-1].updates == [3]  # 8 texts a batch by default
+    verify_equivalence(str(mlm[0]), mlm[1], {"en": COVERED * 3}, original_tokenizer=wordpiece())
+    assert bars[-1].options["show"] is None and bars[-1].updates == [8, 1]  # 8 texts a batch by default
+    assert trusted == [False, False]  # no remote code unless asked
+    from tokenizers import normalizers
+
+    lowercasing = wordpiece()
+    lowercasing.backend_tokenizer.normalizer = normalizers.Lowercase()  # the tokenizer given, not the folder's
+    check = verify_equivalence(str(mlm[0]), mlm[1], {"en": ["AB b"]}, original_tokenizer=lowercasing)["en"]
+    assert (check.covered, check.identical, check.differing) == (1, 0, 1)
+    verify_equivalence(str(mlm[0]), mlm[1], {"en": COVERED}, trust_remote_code=True)
+    assert trusted[-1] is True
 
 
 def test_the_pooler_is_compared_when_both_have_one(pretraining):
