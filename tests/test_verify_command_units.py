@@ -239,7 +239,7 @@ def test_the_pooler_is_compared_when_both_have_one(pretraining):
 def test_the_table_has_a_row_per_language_with_every_figure():
     checks = {
         "en": LanguageCheck(texts=1234, covered=1000, identical=617, too_long=1500, compared=2500, differing=0,
-                            tokens_before=3000, unk_before=3, tokens_after=4000, unk_after=1, max_hidden_diff=0.0,
+                            tokens_before=3000, unk_before=3, tokens_after=4000, unk_after=40, max_hidden_diff=0.0,
                             max_logit_diff=0.0, max_pooler_diff=0.0, generated=1200),
         "fr": LanguageCheck(texts=3, covered=2, identical=1, too_long=0, compared=2, differing=2, tokens_before=10,
                             unk_before=0, tokens_after=10, unk_after=0, max_hidden_diff=0.125),
@@ -247,7 +247,7 @@ def test_the_table_has_a_row_per_language_with_every_figure():
     assert verify_table(checks).splitlines() == [
         "lang  texts  covered  identical  unk before  unk after  too long  compared  max|dh|  max|dlogits|  "
         "max|dpooler|  generated    result",
-        "en    1,234    81.0%      50.0%      0.100%     0.025%     1,500     2,500        0             0  "
+        "en    1,234    81.0%      50.0%      0.100%     1.000%     1,500     2,500        0             0  "
         "           0      1,200     equal",
         "fr        3    66.7%      33.3%      0.000%     0.000%         0         2    0.125             -  "
         "           -          -  2 DIFFER",
