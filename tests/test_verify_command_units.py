@@ -371,3 +371,17 @@ def test_coverage_exactly_at_the_minimum_passes_and_a_language_without_text_does
     options.lang += [f"fr={empty}"]
     assert run_verify(options)["exit_status"] == 1
     assert "(fr: 0 of 0 texts (0.0%); --min-coverage 0)" in capsys.readouterr().err
+    options = settings(mlm, tmp_path, ["abc", "ab"], min_coverage=0.6)
+    options.lang += [f"fr={empty}"]
+    assert run_verify(options)["exit_status"] == 1
+    assert "(en: 1 of 2 texts (50.0%); fr: 0 of 0 texts (0.0%); --min-coverage 0.6)" in capsys.readouterr().err
+
+
+def test_a_report_path_that_is_a_folder_is_refused_before_any_work_even_with_overwrite(mlm, tmp_path, capsys,
+                                                                                        monkeypatch):
+    folder = tmp_path / "verify.json"
+    folder.mkdir()
+    monkeypatch.setattr(verify, "verify_equivalence", lambda *_, **__: pytest.fail("compared before the check"))
+    with pytest.raises(UserError, match=r"verify.json is a folder; --overwrite replaces a file of the same kind only"):
+        run_verify(settings(mlm, tmp_path, COVERED, report=str(folder), overwrite=True))
+    assert folder.is_dir() and not any(folder.iterdir())
