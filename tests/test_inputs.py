@@ -64,14 +64,17 @@ def test_a_model_folder_is_fingerprinted_by_its_configs_tokenizer_files_and_weig
     assert path_fingerprint(folder / "vocab.txt") == file_fingerprint(folder / "vocab.txt")
 
 
-def test_every_existing_local_path_in_a_run_config_is_fingerprinted_but_the_runs_own_folder(tmp_path):
+def test_every_existing_local_path_in_a_run_config_is_fingerprinted_but_the_runs_own_folder(tmp_path, monkeypatch):
     model = model_folder(tmp_path)
     train = write(tmp_path / "train.tsv", "a\tb\tentailment\n")
     corpus = write(tmp_path / "en.txt", "text\n")
     out = tmp_path / "run"
     write(out / "config.json", "{}")
     sibling = write(tmp_path / "run2" / "x.txt", "x")  # the run's folder's name is its prefix
-    config = {"teacher": str(model), "lang": [f"en={corpus}", str(corpus)], "out": str(out),
+    write(tmp_path / "hf:xnli", "a file named like a hub source")
+    monkeypatch.chdir(tmp_path)
+    config = {"teacher": str(model), "lang": [f"en={corpus}", str(corpus)], "out": str(out), "hub": "hf:xnli",
+              "dev": f"{train}?columns=premise?hypothesis",
               "task": {"train": (f"{train}?columns=premise,hypothesis,label", "hf:xnli?split=train"),
                        "inside": str(out / "config.json"), "other": str(sibling), "missing": str(tmp_path / "no"),
                        "steps": 10, "none": None, "empty": "", "path": tmp_path / "en.txt"}}
@@ -154,3 +157,11 @@ def test_a_removed_model_file_is_gone(tmp_path, name):
     saved = input_fingerprints({"teacher": str(folder)})
     (folder / name).unlink()
     assert changed_inputs(saved, input_fingerprints({"teacher": str(folder)})) == [f"{folder}/{name} is gone"]
+
+
+def test_every_input_that_changed_is_named_not_only_the_first():
+    file = {"size": 3, "mtime_ns": TIME, "sha256": "a"}
+    saved = {"a": file, "b": file, "c": {"x.json": file}, "d": file, "e": file}
+    now = {"b": {"x.json": file}, "c": file, "d": {**file, "size": 4}, "e": {**file, "size": 5}}
+    assert changed_inputs(saved, now) == ["a is gone", "b is now a folder", "c is now a file",
+                                          "d changed size (3 -> 4 bytes)", "e changed size (3 -> 5 bytes)"]
