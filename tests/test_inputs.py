@@ -68,19 +68,21 @@ def test_every_existing_local_path_in_a_run_config_is_fingerprinted_but_the_runs
     model = model_folder(tmp_path)
     train = write(tmp_path / "train.tsv", "a\tb\tentailment\n")
     corpus = write(tmp_path / "en.txt", "text\n")
+    dev = write(tmp_path / "dev.tsv", "a\tb\tneutral\n")
     out = tmp_path / "run"
     write(out / "config.json", "{}")
     sibling = write(tmp_path / "run2" / "x.txt", "x")  # the run's folder's name is its prefix
     write(tmp_path / "hf:xnli", "a file named like a hub source")
     monkeypatch.chdir(tmp_path)
     config = {"teacher": str(model), "lang": [f"en={corpus}", str(corpus)], "out": str(out), "hub": "hf:xnli",
-              "dev": f"{train}?columns=premise?hypothesis",
+              "dev": f"{dev}?columns=premise?hypothesis",  # the options after the first "?"
               "task": {"train": (f"{train}?columns=premise,hypothesis,label", "hf:xnli?split=train"),
                        "inside": str(out / "config.json"), "other": str(sibling), "missing": str(tmp_path / "no"),
                        "steps": 10, "none": None, "empty": "", "path": tmp_path / "en.txt"}}
     found = input_fingerprints(config, skip=[str(out)])
     assert found == {str(model): path_fingerprint(model), str(corpus): file_fingerprint(corpus),
-                     str(train): file_fingerprint(train), str(sibling): file_fingerprint(sibling)}
+                     str(train): file_fingerprint(train), str(sibling): file_fingerprint(sibling),
+                     str(dev): file_fingerprint(dev)}
     assert str(out / "config.json") in input_fingerprints(config)  # nothing skipped
 
 
