@@ -5,7 +5,7 @@ trim of the original is refused, both models load in float32, eager and eval mod
 pretrained poolers when both have one, and the command prints the table, writes the report and
 exits 1 on a difference or on too little covered text. tests/test_verify.py proves the same
 through the command on a trained tiny model; these are the fast unit tests docs/mutation.md runs
-each mutant against (a few seconds in all)."""
+each mutant against (about 15 s in all)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,6 @@ def test_both_models_load_in_float32_eager_and_eval_mode_with_their_tokenizers(m
 
 def test_a_tokenizer_already_loaded_is_used_and_remote_code_is_trusted_for_the_original_only(pretraining,
                                                                                             monkeypatch):
-    mlm = pretraining  # its pooler loads twice more: the original's trusted too, the trimmed one's not
     calls = []
     for name in ("load_model", "load_tokenizer"):
         real = getattr(verify, name)
@@ -122,20 +121,23 @@ def test_a_tokenizer_already_loaded_is_used_and_remote_code_is_trusted_for_the_o
             (name, Path(path).name, [a for a in args if isinstance(a, bool)], kwargs.get("trust_remote_code"))) or
             real(path, *args, **kwargs))
     given = wordpiece()
-    pair = load_pair(str(mlm[0]), mlm[1], trust_remote_code=True, original_tokenizer=given)
+    pair = load_pair(str(pretraining[0]), pretraining[1], trust_remote_code=True, original_tokenizer=given)
     assert pair[1] is given
+    # the original loads its model and its pooler, both trusted; the trimmed folder its config, model and pooler
     trusted = [(name, folder) for name, folder, flags, keyword in calls if True in flags or keyword]
     assert trusted == [("load_model", "original")] * 2  # the model and its pooler
     assert [c[:2] for c in calls].count(("load_model", "trimmed")) == 3  # its config, the model, its pooler
     assert ("load_tokenizer", "trimmed", [], None) in calls and ("load_tokenizer", "original") not in {
         c[:2] for c in calls}
     calls.clear()
-    load_pair(str(mlm[0]), mlm[1])
+    load_pair(str(pretraining[0]), pretraining[1])
     assert ("load_tokenizer", "original", [False], None) in calls
     assert not [c for c in calls if True in c[2] or c[3]]
 
 
-def test_the_pretrained_poolers_are_loaded_when_both_checkpoints_have_one(pretraining, mlm, tmp_path):
+def test_the_pretrained_poolers_are_loaded_when_both_checkpoints_have_one(pretraining):
+    from safetensors.torch import load_file
+
     from polyglot_distil.models.checkpoint import checkpoint_files
 
     original, _, trimmed, _, _, poolers = load_pair(str(pretraining[0]), pretraining[1])
@@ -143,8 +145,6 @@ def test_the_pretrained_poolers_are_loaded_when_both_checkpoints_have_one(pretra
     for pooler, folder in zip(poolers, pretraining):
         assert type(pooler).__name__ == "BertModel" and not pooler.training and pooler.dtype == torch.float32
         assert pooler.config._attn_implementation == "eager"
-        from safetensors.torch import load_file
-
         saved = load_file(checkpoint_files(folder)[0])["bert.pooler.dense.weight"]
         assert torch.equal(pooler.pooler.dense.weight, saved)
     assert poolers[0].get_input_embeddings().num_embeddings == 12
