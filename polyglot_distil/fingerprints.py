@@ -132,8 +132,11 @@ def changed_inputs(saved: dict, now: dict) -> list[str]:
         if new is None:
             changes.append(f"{path} is gone")
             continue
-        if "size" in old or "size" in new:  # a file
-            why = _file_changed(old, new if "size" in new else None)
+        if ("size" in old) != ("size" in new):  # a file that became a folder, or the other way round
+            changes.append(f"{path} is now a {'file' if 'size' in new else 'folder'}")
+            continue
+        if "size" in old:  # a file
+            why = _file_changed(old, new)
             if why:
                 changes.append(f"{path} {why}")
             continue

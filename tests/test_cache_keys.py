@@ -85,3 +85,51 @@ def test_the_token_cache_key_is_a_hash_of_its_parts_in_any_order():
     assert token_cache_key(token_cache.FORMAT, dict(reversed(list(parts.items())))) == value
     assert token_cache_key(token_cache.FORMAT, {**parts, "block_size": 128}) != value
     assert token_cache_key(token_cache.FORMAT, {**parts, "languages": ["fr", "en"]}) != value
+
+
+def test_a_runs_config_hash_is_the_same_in_any_key_order_and_changes_with_a_value():
+    from polyglot_distil.fingerprints import run_config_hash as config_hash
+
+    config = {"lr": 1e-4, "steps": 10, "teacher": {"path": "t", "layers": [0, 2]}}
+    value = config_hash(config)
+    assert len(value) == 16 and int(value, 16) >= 0
+    assert config_hash({"teacher": {"layers": [0, 2], "path": "t"}, "steps": 10, "lr": 1e-4}) == value
+    assert config_hash({**config, "steps": 11}) != value
+    assert config_hash({**config, "teacher": {"path": "t", "layers": [2, 0]}}) != value
+
+
+def test_a_pipeline_stages_argv_hash_tells_apart_the_words_and_their_order():
+    from polyglot_distil.fingerprints import argv_hash as _argv_hash
+
+    value = _argv_hash(["trim", "--out", "a b"])
+    assert len(value) == 16 and int(value, 16) >= 0 and _argv_hash(["trim", "--out", "a b"]) == value
+    assert len({value, _argv_hash(["trim", "--out", "a", "b"]), _argv_hash(["trim", "a b", "--out"])}) == 3
+
+
+def test_the_tokenizer_fingerprint_changes_with_each_token_its_id_and_the_model_type():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from polyglot_distil.fingerprints import tokenizer_fingerprint as fingerprint
+    from polyglot_distil.models.loading import vocab_in_id_order
+
+    def tokenizer_fingerprint(tokenizer, vocab=None):
+        return fingerprint(tokenizer, vocab_in_id_order(tokenizer) if vocab is None else vocab)
+
+    def tokenizer(tokens, model=models.WordPiece, added=()):
+        vocab = {t: i for i, t in enumerate(tokens)}
+        backend = Tokenizer(model(vocab, unk_token="[UNK]") if model is models.WordPiece else model(vocab, []))
+        backend.add_special_tokens(list(added))
+        return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+    tokens = ["[UNK]", "ab", "c", "é"]
+    value = tokenizer_fingerprint(tokenizer(tokens))
+    assert len(value) == 64 and int(value, 16) >= 0 and tokenizer_fingerprint(tokenizer(tokens)) == value
+    given = tokenizer(tokens)
+    assert tokenizer_fingerprint(given, vocab_in_id_order(given)) == value  # the vocabulary passed, as count does
+    others = [tokenizer(["[UNK]", "a", "bc", "é"]),  # the same characters split otherwise
+              tokenizer(["[UNK]", "c", "ab", "é"]),  # the same tokens under other ids
+              tokenizer(["[UNK]", "ab", "c", "e"]),  # another token
+              tokenizer(tokens, added=["<x>"]),  # an added token
+              tokenizer(tokens, model=models.BPE)]  # the same vocabulary, another model
+    assert len({value, *(tokenizer_fingerprint(o) for o in others)}) == 6

@@ -295,6 +295,18 @@ def test_length_buckets_cut_padding_and_keep_epochs_whole_and_seeded():
         NLIBatches(pairs, labels, 16, length_buckets=-1)
 
 
+def test_a_process_not_told_otherwise_is_the_main_one_and_tokenizes_the_pairs(tmp_path, tiny_bert_dir, monkeypatch):
+    from polyglot_distil.data.nli_batches import cached_pairs
+    from polyglot_distil.models.loading import load_tokenizer
+
+    monkeypatch.setenv("POLYGLOT_DISTIL_SHARED_FS_TIMEOUT", "0")  # a process waiting for the main one gives up at once
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    data = _pairs(["a b", "c"], ["c", "a b a"])
+    assert len(cached_pairs(tokenizer, data, 16, False, tmp_path / "cache")) == 2
+    with pytest.raises(UserError, match="does not see"):
+        cached_pairs(tokenizer, data, 16, False, tmp_path / "other", main=False)
+
+
 def test_nli_pairs_are_tokenized_once_into_the_cache_every_process_maps(tmp_path, tiny_bert_dir, monkeypatch):
     import polyglot_distil.data.nli_batches as nli_batches
     from conftest import CORPORA
@@ -404,6 +416,26 @@ def test_the_pairs_cache_key_tells_apart_the_text_where_it_is_split_and_the_toke
         shutil.copytree(tmp_path, copy)
         with pytest.raises(AssertionError, match="tokenized again"):
             nli_batches.cached_pairs(other_tokenizer, data, 16, False, copy)
+
+
+def test_tokenizing_pairs_shows_a_bar_of_chunks_only_as_asked(tmp_path, tiny_bert_dir, monkeypatch):
+    import polyglot_distil.progress
+    from polyglot_distil.data.nli_batches import cached_pairs, encode_pairs
+    from polyglot_distil.models.loading import load_tokenizer
+
+    bars = []
+
+    def progress(iterable, **options):
+        bars.append(options)
+        return iterable
+
+    monkeypatch.setattr(polyglot_distil.progress, "progress", progress)
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    data = _pairs(["a b", "c"], ["c", "a b a"])
+    encode_pairs(tokenizer, data, 16, progress=False)
+    cached_pairs(tokenizer, data, 16, True, tmp_path)  # --no-progress not given: shown
+    encode_pairs(tokenizer, data, 16)
+    assert bars == [{"desc": "tokenize", "unit": " chunks", "show": show} for show in (False, True, None)]
 
 
 def test_pairs_of_2_to_the_31_tokens_or_more_are_refused_in_one_line(tmp_path, monkeypatch):
