@@ -1,0 +1,352 @@
+"""`vocab/count.py` on tokenizers built by hand in memory (a dozen tokens, no model, milliseconds):
+the counting loop line by line and joined, the choice of joining, the garbage collector and the
+progress it reports; `count_corpora`'s totals per language, shards, caps and text checks; the
+Parquet table written and read back, and what a damaged one is refused for; the summary table;
+the `count` and `merge` commands. tests/test_count.py proves the same with the tiny models' and
+real tokenizers end to end; these are the fast unit tests docs/mutation.md runs each mutant
+against."""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import json
+from collections import Counter
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from polyglot_distil.data.corpus import Caps, parse_sources
+from polyglot_distil.errors import UserError
+from polyglot_distil.models.loading import tokenizer_fingerprint
+from polyglot_distil.vocab import count as count_module
+from polyglot_distil.vocab.count import CountSettings, Counts, LanguageTotals, MergeSettings, count_corpora, \
+    count_lines, counted_units, joined_separator, read_counts, run_count, run_merge, shard_path, summary_table, \
+    to_table, write_counts
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "le", "chat", "la", "the", "cat", "##s", "x"]
+UNK, SEP = 1, 3
+
+
+def wordpiece_backend(normalizer=normalizers.BertNormalizer(lowercase=False),
+                      pre_tokenizer=pre_tokenizers.BertPreTokenizer(), specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]")):
+    """mBERT's shape: WordPiece, BERT's normaliser and pre-tokenizer, the special tokens added."""
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(WORDS)}, unk_token="[UNK]"))
+    if normalizer is not None:
+        backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.add_special_tokens(list(specials))
+    return backend
+
+
+def wordpiece(**options):
+    return PreTrainedTokenizerFast(tokenizer_object=wordpiece_backend(**options), unk_token="[UNK]",
+                                   sep_token="[SEP]", pad_token="[PAD]")
+
+
+def unigram_backend():
+    """XLM-R's shape: Unigram with its unknown piece by id (no `unk_token` on the wrapper)."""
+    backend = Tokenizer(models.Unigram([("<pad>", 0.0), ("<unk>", 0.0), ("le", -1.0), ("chat", -1.5), ("l", -3.0),
+                                        ("e", -3.0), ("a", -3.0), ("[SEP]", -1.0)], unk_id=1))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return backend
+
+
+def by_hand(backend, lines):
+    """The obvious count: one encode per line, a Counter for occurrences, a set per line."""
+    occurrences, line_counts = Counter(), Counter()
+    for line in lines:
+        ids = backend.encode(line, add_special_tokens=False).ids
+        occurrences.update(ids)
+        line_counts.update(set(ids))
+    return occurrences, line_counts
+
+
+def as_dict(array) -> dict[int, int]:
+    return {i: int(c) for i, c in enumerate(array) if c}
+
+
+LINES = ["le chat", "", "la la la", "x [SEP] x", "the cats the", "[SEP]", "chat x", "le", "zz the", "\u200b",
+         "a [SEP] [SEP] b", "le chat la", "x" * 30, "[sep] [SEP", "cat"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The counting loop
+
+
+@pytest.mark.parametrize("batch_lines,chunk_chars", [(1, 4096), (2, 1), (4, 12), (5, 30), (100, 4096)])
+def test_counts_joined_and_line_by_line_equal_a_count_by_hand(batch_lines, chunk_chars):
+    backend = wordpiece_backend()
+    occ, lines_of = by_hand(backend, LINES)
+    assert occ[SEP] == 4 and lines_of[SEP] == 3 and occ[UNK] > 0  # the literal [SEP]s are tokens of their lines
+    for join in (None, True, False):
+        seen = []
+        occurrences, line_counts, tokens = count_lines(backend, LINES, len(WORDS), batch_lines=batch_lines,
+                                                       progress=lambda n, t: seen.append((n, t)), join=join,
+                                                       chunk_chars=chunk_chars)
+        assert tokens == sum(occ.values()), join
+        assert (as_dict(occurrences), as_dict(line_counts)) == (dict(occ), dict(lines_of)), join
+        assert occurrences.dtype == line_counts.dtype == np.int64 and len(occurrences) == len(WORDS)
+        assert [n for n, _ in seen] == [min(batch_lines, len(LINES) - i) for i in range(0, len(LINES), batch_lines)]
+        assert seen[-1][1] == tokens and all(a[1] <= b[1] for a, b in zip(seen, seen[1:]))
+
+
+def test_a_unigram_tokenizer_counts_line_by_line_by_default_and_cannot_be_joined():
+    backend = unigram_backend()
+    lines = ["le chat", "lela [SEP]", "", "chat chat zz"]
+    occ, lines_of = by_hand(backend, lines)
+    occurrences, line_counts, tokens = count_lines(backend, lines, 8, batch_lines=3)
+    assert (as_dict(occurrences), as_dict(line_counts), tokens) == (dict(occ), dict(lines_of), sum(occ.values()))
+    with pytest.raises(ValueError) as raised:
+        count_lines(backend, lines, 8, join=True)
+    assert str(raised.value) == "this tokenizer's lines cannot be joined exactly (not BERT's WordPiece with [SEP])"
+
+
+def test_no_lines_and_lines_of_no_tokens_count_nothing():
+    backend = wordpiece_backend()
+    for lines in ([], [""], ["", "\u200b", " "]):
+        for join in (None, False):
+            occurrences, line_counts, tokens = count_lines(backend, lines, len(WORDS), batch_lines=2, join=join)
+            assert tokens == 0 and not occurrences.any() and not line_counts.any()
+
+
+def test_lines_are_joined_only_behind_berts_pretokenizer_and_normaliser_with_a_special_unnormalised_sep():
+    assert joined_separator(wordpiece_backend()) == ("[SEP]", SEP)
+    assert joined_separator(wordpiece_backend(normalizer=None)) == ("[SEP]", SEP)
+    assert joined_separator(wordpiece_backend(normalizer=normalizers.Lowercase())) is None
+    assert joined_separator(wordpiece_backend(pre_tokenizer=pre_tokenizers.Whitespace())) is None
+    assert joined_separator(wordpiece_backend(specials=("[PAD]", "[UNK]"))) is None
+    assert joined_separator(unigram_backend()) is None
+    plain = wordpiece_backend(specials=())
+    plain.add_tokens(["[SEP]"])  # an added token, but not a special one
+    assert joined_separator(plain) is None
+    from tokenizers import AddedToken
+
+    normalised = wordpiece_backend(specials=())
+    normalised.add_special_tokens([AddedToken("[SEP]", special=True, normalized=True)])
+    assert joined_separator(normalised) is None
+
+
+def test_the_garbage_collector_is_off_while_counting_and_as_it_was_after(monkeypatch):
+    backend = wordpiece_backend()
+    states = []
+    collected = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1))
+    for enabled in (True, False):
+        gc.enable() if enabled else gc.disable()
+        try:
+            count_lines(backend, ["le chat"] * 70, len(WORDS), batch_lines=1,
+                        progress=lambda n, t: states.append(gc.isenabled()))
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+    assert states == [False] * 140
+    # a long count still collects, every GC_EVERY_BATCHES batches (here 70 batches: at the 32nd and 64th)
+    assert len(collected) == 2 * (70 // count_module.GC_EVERY_BATCHES) == 4
+
+
+def test_the_garbage_collector_is_on_again_after_a_count_that_fails():
+    def failing():
+        yield "le chat"
+        raise OSError("disk gone")
+
+    gc.enable()
+    with pytest.raises(OSError):
+        count_lines(wordpiece_backend(), failing(), len(WORDS), batch_lines=1)
+    assert gc.isenabled()
+
+
+def test_a_joined_chunk_whose_separators_do_not_number_its_lines_is_counted_line_by_line():
+    from polyglot_distil.vocab.count import _fold_joined
+
+    backend = wordpiece_backend()
+    batch = ["le chat", "x [SEP] x", "", "the cat", "la [SEP]", "cat la"]
+    chunks = [(" [SEP] ".join(batch[:3]), 0, 3, True), (batch[3], 3, 1, True),  # literal [SEP]s joined, wrongly
+              (" [SEP] ".join(batch[4:]), 4, 2, True)]
+    occurrences, line_counts = np.zeros(len(WORDS), np.int64), np.zeros(len(WORDS), np.int64)
+    encodings = backend.encode_batch_fast([c[0] for c in chunks], add_special_tokens=False)
+    tokens = _fold_joined(backend, encodings, chunks, batch, SEP, occurrences, line_counts)
+    occ, lines_of = by_hand(backend, batch)
+    assert occ[SEP] == 2 and tokens == sum(occ.values())
+    assert (as_dict(occurrences), as_dict(line_counts)) == (dict(occ), dict(lines_of))
+
+
+# ---------------------------------------------------------------------------------------------
+# count_corpora: per-language totals, shards, caps and the text checks
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+EN = ["le chat", "the cats", "zz zz the", "x"]
+FR = ["la la", "", "le chat le chat", "  ", "la x zz"]
+
+
+def corpora(tmp_path) -> dict:
+    return {"en": parse_sources([write_lines(tmp_path / "en.txt", EN)]),
+            "fr": parse_sources([write_lines(tmp_path / "fr.txt", FR[:3]), write_lines(tmp_path / "fr2.txt", FR[3:])])}
+
+
+def test_each_language_is_counted_with_its_totals(tmp_path):
+    tokenizer = wordpiece()
+    counts = count_corpora("my-tokenizer", corpora(tmp_path), show_progress=False, tokenizer=tokenizer)
+    assert (counts.tokenizer, counts.vocab, counts.unk_id) == ("my-tokenizer", WORDS, UNK)
+    assert counts.fingerprint == tokenizer_fingerprint(tokenizer)
+    assert counts.languages == ["en", "fr"]
+    assert counts.extra == {"shard": "0/1", "caps": asdict(Caps())}
+    for lang, lines, sources in (("en", EN, ["en.txt"]), ("fr", [line for line in FR if line.strip()],
+                                                          ["fr.txt", "fr2.txt"])):
+        occ, lines_of = by_hand(tokenizer.backend_tokenizer, lines)
+        assert (as_dict(counts.occurrences[lang]), as_dict(counts.line_counts[lang])) == (dict(occ), dict(lines_of))
+        totals = counts.totals[lang]
+        assert (totals.lines, totals.tokens, totals.chars, totals.unk, totals.replaced_bytes, totals.distinct) == (
+            len(lines), sum(occ.values()), sum(map(len, lines)), occ[UNK], 0, len(occ))
+        assert [s.rsplit("/", 1)[1] for s in totals.sources] == sources and 0 <= totals.seconds < 60
+    assert counts.totals["fr"].unk == 1 and counts.totals["en"].unk == 2
+
+
+def test_a_unigram_tokenizer_json_has_its_unknown_pieces_counted(tmp_path):
+    """A bare Unigram tokenizer.json names no unknown token to the wrapper: its id is the model's."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=unigram_backend())
+    assert tokenizer.unk_token_id is None
+    counts = count_corpora("t", {"en": parse_sources([write_lines(tmp_path / "en.txt", ["le zz", "zz zz chat"])])},
+                           show_progress=False, tokenizer=tokenizer)
+    assert counts.unk_id == 1 and counts.totals["en"].unk == 3 == counts.occurrences["en"][1]
+
+
+def test_the_unknown_token_is_the_wrappers_else_the_models():
+    from polyglot_distil.vocab.count import _unk_id
+
+    assert _unk_id(wordpiece()) == UNK
+    backend = wordpiece_backend()
+    assert _unk_id(PreTrainedTokenizerFast(tokenizer_object=backend)) == UNK  # the model's unk_token
+    assert _unk_id(PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="x")) == WORDS.index("x")
+    assert _unk_id(PreTrainedTokenizerFast(tokenizer_object=unigram_backend())) == 1
+    without = Tokenizer(models.Unigram([("a", 0.0), ("b", -1.0)]))
+    assert _unk_id(PreTrainedTokenizerFast(tokenizer_object=without)) is None
+    assert _unk_id(PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE({"a": 0, "b": 1}, [])))) is None
+
+
+def test_shards_partition_the_lines_and_an_empty_shard_is_no_error(tmp_path):
+    tokenizer = wordpiece()
+    languages = {"en": parse_sources([write_lines(tmp_path / "en.txt", EN)])}
+    whole = count_corpora("t", languages, show_progress=False, tokenizer=tokenizer)
+    parts = [count_corpora("t", languages, shard=(i, 3), show_progress=False, tokenizer=tokenizer) for i in range(3)]
+    assert [p.extra["shard"] for p in parts] == ["0/3", "1/3", "2/3"]
+    assert [p.totals["en"].lines for p in parts] == [2, 1, 1]
+    assert (sum(p.occurrences["en"] for p in parts) == whole.occurrences["en"]).all()
+    one_line = {"en": parse_sources([write_lines(tmp_path / "one.txt", ["le chat"])])}
+    empty = count_corpora("t", one_line, shard=(1, 2), show_progress=False, tokenizer=tokenizer)
+    assert empty.totals["en"].lines == empty.totals["en"].tokens == 0 and not empty.occurrences["en"].any()
+
+
+def test_caps_sample_the_lines_and_are_recorded(tmp_path):
+    caps = Caps(max_lines=2, sample="head", min_chars=2)
+    counts = count_corpora("t", {"en": parse_sources([write_lines(tmp_path / "en.txt", EN)])}, caps,
+                           show_progress=False, tokenizer=wordpiece())
+    assert counts.totals["en"].lines == 2 and counts.totals["en"].chars == len(EN[0]) + len(EN[1])
+    assert counts.extra["caps"] == {"max_lines": 2, "max_bytes": None, "min_chars": 2, "sample": "head", "seed": 0}
+
+
+def test_an_empty_corpus_and_one_of_no_tokens_are_refused_with_one_line(tmp_path):
+    blank = write_lines(tmp_path / "blank.txt", ["", "  "])
+    with pytest.raises(UserError) as raised:
+        count_corpora("t", {"en": parse_sources([blank])}, show_progress=False, tokenizer=wordpiece())
+    assert str(raised.value) == f"empty corpus for language 'en': no non-blank lines in {blank}"
+    invisible = write_lines(tmp_path / "invisible.txt", ["\u200b"] * 1200)
+    with pytest.raises(UserError) as raised:
+        count_corpora("t", {"fr": parse_sources([invisible])}, show_progress=False, tokenizer=wordpiece())
+    assert str(raised.value) == (f"language 'fr': the 1,200 lines of {invisible} give no token (only spaces or "
+                                 "invisible characters?); give real text")
+
+
+def test_text_that_is_not_utf8_is_refused_unless_replacements_are_allowed(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("le chat \xe9t\xe9\n".encode("latin-1") * 3)
+    sources = {"en": parse_sources([str(path)])}
+    with pytest.raises(UserError) as raised:
+        count_corpora("t", sources, show_progress=False, tokenizer=wordpiece())
+    assert str(raised.value).startswith(f"en={path}: 6 undecodable bytes") and str(raised.value).endswith(
+        "convert it to UTF-8, or pass --allow-replacements")
+    counts = count_corpora("t", sources, show_progress=False, tokenizer=wordpiece(), allow_replacements=True)
+    assert counts.totals["en"].replaced_bytes == 6 and counts.totals["en"].lines == 3
+
+
+class Bar:
+    """A stand-in for the progress bar: what `count_corpora` asked of it."""
+
+    made: list = []
+
+    def __init__(self, **options):
+        self.options, self.n, self.updates, self.postfix, self.closed = options, 0, [], [], False
+        Bar.made.append(self)
+
+    def update(self, n):
+        self.n += n
+        self.updates.append(n)
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix.append(text)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    Bar.made = []
+    monkeypatch.setattr(count_module, "progress", Bar)
+    return Bar.made
+
+
+def test_progress_of_plain_text_is_in_bytes_and_ends_at_the_files_size(tmp_path, bars):
+    en = tmp_path / "en.txt"
+    write_lines(en, EN * 3)
+    count_corpora("t", {"en": parse_sources([str(en)])}, batch_lines=5, show_progress=True, tokenizer=wordpiece())
+    (bar,) = bars
+    assert bar.options == {"total": en.stat().st_size, "desc": "count en", "unit": " bytes", "show": True}
+    assert bar.n == en.stat().st_size and len(bar.updates) == 3 and bar.closed
+    assert all(text.endswith("k tokens/s") for text in bar.postfix) and len(bar.postfix) == 3
+    count_corpora("t", {"en": parse_sources([str(en)])}, shard=(1, 2), show_progress=False, tokenizer=wordpiece())
+    assert bars[1].options["total"] == en.stat().st_size / 2 and bars[1].options["show"] is False
+
+
+def test_progress_counts_lines_under_a_line_cap_or_for_compressed_text(tmp_path, bars):
+    packed = tmp_path / "en.txt.gz"
+    packed.write_bytes(gzip.compress("".join(line + "\n" for line in EN).encode()))
+    count_corpora("t", {"en": parse_sources([str(packed)])}, batch_lines=3, show_progress=None, tokenizer=wordpiece())
+    assert bars[0].options == {"total": None, "desc": "count en", "unit": " lines", "show": None}
+    assert bars[0].updates == [3, 1]
+    plain = write_lines(tmp_path / "plain.txt", EN)
+    count_corpora("t", {"fr": parse_sources([plain])}, Caps(max_lines=3), show_progress=False, tokenizer=wordpiece())
+    assert bars[1].options["total"] == 3 and bars[1].options["unit"] == " lines" and bars[1].n == 3
+
+
+def test_the_progress_total_is_known_for_plain_files_and_a_single_count_under_a_line_cap(tmp_path):
+    from polyglot_distil.vocab.count import _progress_total
+
+    a, b = write_lines(tmp_path / "a.txt", ["abc"]), write_lines(tmp_path / "b.txt", ["de", "f"])
+    packed = tmp_path / "c.txt.gz"
+    packed.write_bytes(gzip.compress(b"x\n"))
+    both = parse_sources([a, b])
+    assert _progress_total(both, Caps(), (0, 1)) == (9, True)
+    assert _progress_total(both, Caps(), (1, 4)) == (2.25, True)
+    assert _progress_total(both, Caps(max_lines=7), (0, 1)) == (7, False)
+    assert _progress_total(both, Caps(max_lines=7), (0, 2)) == (None, False)  # a share of a sample: unknown
+    assert _progress_total(both, Caps(max_bytes=7), (0, 1)) == (None, False)
+    assert _progress_total(parse_sources([a, str(packed)]), Caps(), (0, 1)) == (None, False)
+    for suffix in (".bz2", ".xz"):
+        other = tmp_path / f"d.txt{suffix}"
+        other.write_bytes(b"")
+        assert _progress_total(parse_sources([str(other)]), Caps(), (0, 1)) == (None, False)
+    tsv = write_lines(tmp_path / "t.tsv", ["premise\thypothesis", "a\tb"])
+    assert _progress_total(parse_sources([tsv]), Caps(), (0, 1)) == (None, False)
+    (tmp_path / "a.txt").unlink()
+    assert _progress_total(both, Caps(), (0, 1)) == (None, False)
