@@ -8,6 +8,7 @@ against."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import json
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401 (below)
 
 from polyglot_distil.data.corpus import Caps, parse_sources
 from polyglot_distil.errors import UserError
@@ -28,6 +29,11 @@ from polyglot_distil.vocab import count as count_module
 from polyglot_distil.vocab.count import CountSettings, Counts, LanguageTotals, MergeSettings, count_corpora, \
     count_lines, counted_units, joined_separator, read_counts, run_count, run_merge, shard_path, summary_table, \
     to_table, write_counts
+
+# `load_tokenizer` imports AutoTokenizer, and pyarrow imports pandas where installed for a table of strings
+# (seconds): imported once here, not in each process that mutation testing forks from this module
+with contextlib.suppress(ImportError):
+    import pandas  # noqa: F401
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "le", "chat", "la", "the", "cat", "##s", "x"]
 UNK, SEP = 1, 3
@@ -350,3 +356,271 @@ def test_the_progress_total_is_known_for_plain_files_and_a_single_count_under_a_
     assert _progress_total(parse_sources([tsv]), Caps(), (0, 1)) == (None, False)
     (tmp_path / "a.txt").unlink()
     assert _progress_total(both, Caps(), (0, 1)) == (None, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Parquet table, written and read back
+
+
+def hand_counts() -> Counts:
+    counts = Counts(tokenizer="tok", fingerprint="f" * 8, vocab=["<a>", "b", "c", "d", "é"], unk_id=2)
+    counts.occurrences = {"en": np.array([0, 3, 1, 0, 7], np.int64), "fr": np.array([2, 0, 0, 0, 0], np.int64)}
+    counts.line_counts = {"en": np.array([0, 2, 1, 0, 4], np.int64), "fr": np.array([1, 0, 0, 0, 0], np.int64)}
+    counts.totals = {"en": LanguageTotals(lines=4, tokens=11, chars=30, unk=1, replaced_bytes=2, distinct=3,
+                                          seconds=0.5, sources=["en.txt"]),
+                     "fr": LanguageTotals(lines=1, tokens=2, chars=5, distinct=1, sources=["fr.txt", "b.txt"])}
+    counts.extra = {"shard": "1/2", "caps": {"max_lines": 9}}
+    return counts
+
+
+def test_the_table_has_a_row_per_language_and_token_seen_and_its_metadata(tmp_path):
+    path = write_counts(hand_counts(), tmp_path / "c.parquet")
+    assert path == tmp_path / "c.parquet"
+    table = pq.read_table(path)
+    assert table.column_names == ["lang", "token_id", "token", "count", "lines"]
+    assert [str(t) for t in table.schema.types] == ["string", "int64", "string", "int64", "int64"]
+    assert [tuple(row.values()) for row in table.to_pylist()] == [
+        ("en", 1, "b", 3, 2), ("en", 2, "c", 1, 1), ("en", 4, "é", 7, 4), ("fr", 0, "<a>", 2, 1)]
+    assert json.loads(table.schema.metadata[b"polyglot_distil"]) == {
+        "format": 1, "tokenizer": "tok", "tokenizer_fingerprint": "ffffffff", "vocab_size": 5, "unk_id": 2,
+        "languages": {"en": {"lines": 4, "tokens": 11, "chars": 30, "unk": 1, "replaced_bytes": 2, "distinct": 3,
+                             "seconds": 0.5, "sources": ["en.txt"]},
+                      "fr": {"lines": 1, "tokens": 2, "chars": 5, "unk": 0, "replaced_bytes": 0, "distinct": 1,
+                             "seconds": 0.0, "sources": ["fr.txt", "b.txt"]}},
+        "shard": "1/2", "caps": {"max_lines": 9}}
+
+
+def test_counts_of_no_language_are_an_empty_table_of_the_same_columns():
+    table = to_table(Counts(tokenizer="tok", fingerprint="f", vocab=["a"], unk_id=None))
+    assert table.num_rows == 0 and table.column_names == ["lang", "token_id", "token", "count", "lines"]
+    assert [str(t) for t in table.schema.types] == ["string", "int64", "string", "int64", "int64"]
+    assert json.loads(table.schema.metadata[b"polyglot_distil"])["unk_id"] is None
+
+
+def test_a_table_read_back_is_the_counts_written(tmp_path):
+    written = hand_counts()
+    back = read_counts(write_counts(written, tmp_path / "c.parquet"))
+    assert (back.tokenizer, back.fingerprint, back.unk_id, back.extra) == ("tok", "ffffffff", 2, written.extra)
+    assert back.vocab == ["<a>", "b", "c", "", "é"]  # the strings of tokens no language saw are not stored
+    assert back.languages == ["en", "fr"] and back.totals == written.totals
+    for lang in ("en", "fr"):
+        assert back.occurrences[lang].tolist() == written.occurrences[lang].tolist()
+        assert back.line_counts[lang].tolist() == written.line_counts[lang].tolist()
+        assert back.occurrences[lang].dtype == back.line_counts[lang].dtype == np.int64
+
+
+def test_an_existing_counts_file_is_replaced_only_with_overwrite(tmp_path):
+    out = tmp_path / "c.parquet"
+    out.write_bytes(b"keep me")
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        write_counts(hand_counts(), out)
+    assert out.read_bytes() == b"keep me"
+    write_counts(hand_counts(), out, overwrite=True)
+    assert read_counts(out).totals["en"].tokens == 11
+
+
+def _damaged(tmp_path, column: str, row: int, value: int):
+    table = to_table(hand_counts())
+    values = table.column(column).to_pylist()
+    values[row] = value
+    bad = table.set_column(table.column_names.index(column), column, pa.array(values, type=pa.int64()))
+    path = tmp_path / "bad.parquet"
+    pq.write_table(bad, path)
+    return path
+
+
+@pytest.mark.parametrize("column,value,shown", [("count", -1, "2) has count -1 and lines 1"),
+                                                ("lines", -1, "2) has count 1 and lines -1"),
+                                                ("lines", 2, "2) has count 1 and lines 2"),
+                                                ("token_id", -1, "-1) has count 1 and lines 1"),
+                                                ("token_id", 5, "5) has count 1 and lines 1")])
+def test_counts_that_cannot_be_are_refused_naming_the_row(tmp_path, column, value, shown):
+    path = _damaged(tmp_path, column, 1, value)
+    with pytest.raises(UserError) as raised:
+        read_counts(path)
+    assert str(raised.value) == (f"{path}: row 1 (en, token id {shown}: counts must be >= 0, lines <= count and ids within "
+                                 "the 5-token vocabulary; count the corpus again")
+
+
+def test_a_file_that_is_not_a_counts_table_is_refused(tmp_path):
+    with pytest.raises(UserError) as raised:
+        read_counts(tmp_path / "none.parquet")
+    assert str(raised.value) == f"counts file not found: {tmp_path / 'none.parquet'}"
+    text = tmp_path / "text.parquet"
+    text.write_text("not parquet")
+    with pytest.raises(UserError) as raised:
+        read_counts(text)
+    assert str(raised.value).startswith(f"cannot read {text} as Parquet: ")
+    table = to_table(hand_counts())
+    for name, other in (("plain", table.replace_schema_metadata({})),
+                        ("no_lines", table.drop(["lines"]).replace_schema_metadata(table.schema.metadata))):
+        pq.write_table(other, tmp_path / f"{name}.parquet")
+        with pytest.raises(UserError) as raised:
+            read_counts(tmp_path / f"{name}.parquet")
+        assert str(raised.value) == (f"{tmp_path / name}.parquet is not a polyglot-distil counts file (written by "
+                                     "'polyglot-distil count')")
+
+
+def test_a_counts_file_without_an_unknown_token_reads_back_without_one(tmp_path):
+    table = to_table(hand_counts())
+    meta = json.loads(table.schema.metadata[b"polyglot_distil"])
+    del meta["unk_id"]
+    pq.write_table(table.replace_schema_metadata({b"polyglot_distil": json.dumps(meta).encode()}), tmp_path / "o.parquet")
+    assert read_counts(tmp_path / "o.parquet").unk_id is None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a count counted, the summary, the settings
+
+
+def test_a_count_lists_what_it_counted_one_entry_per_language_and_a_merge_its_parts():
+    counts = hand_counts()
+    assert counted_units(counts) == [
+        '{"caps": {"max_lines": 9}, "lang": "en", "shard": "1/2", "sources": ["en.txt"], "tokenizer": "ffffffff"}',
+        '{"caps": {"max_lines": 9}, "lang": "fr", "shard": "1/2", "sources": ["fr.txt", "b.txt"], '
+        '"tokenizer": "ffffffff"}']
+    counts.extra = {}  # written before shards were recorded: one whole count
+    assert [json.loads(u)["shard"] for u in counted_units(counts)] == ["0/1", "0/1"]
+    assert json.loads(counted_units(counts)[0])["caps"] is None
+    counts.extra = {"units": ("a", "b")}
+    listed = counted_units(counts)
+    assert listed == ["a", "b"] and isinstance(listed, list)
+
+
+def test_the_summary_has_a_row_of_totals_per_language():
+    counts = hand_counts()
+    counts.totals["fr"] = LanguageTotals(lines=1234, tokens=0, chars=5, sources=["fr.txt"])
+    assert summary_table(counts).splitlines() == [
+        "lang  lines  tokens  chars  distinct  unk  unk %  replaced  tokens/s",
+        "----  -----  ------  -----  --------  ---  -----  --------  --------",
+        "en        4      11     30         3    1  9.091         2        22",
+        "fr    1,234       0      5         0    0      -         0         -"]
+    counts.totals = {"en": LanguageTotals(lines=1, tokens=12345, chars=1, unk=3, seconds=0.1)}
+    assert summary_table(counts).splitlines()[2].split() == ["en", "1", "12,345", "1", "0", "3", "0.024", "0",
+                                                            "123,450"]
+
+
+def test_a_shard_path_names_the_shard_before_the_suffix():
+    assert shard_path("out/counts.parquet", (2, 8)) == shard_path("out/counts.parquet", (2, 8))
+    assert str(shard_path("out/counts.parquet", (2, 8))) == "out/counts.shard-2-of-8.parquet"
+
+
+def test_batch_lines_must_be_at_least_one():
+    with pytest.raises(UserError) as raised:
+        CountSettings(model="m", lang=["en=a"], out="o", batch_lines=0)
+    assert str(raised.value) == "--batch-lines must be at least 1"
+    assert CountSettings(model="m", lang=["en=a"], out="o", batch_lines=1).batch_lines == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The count and merge commands
+
+
+@pytest.fixture
+def tokenizer_json(tmp_path) -> str:
+    path = tmp_path / "tokenizer.json"
+    wordpiece_backend().save(str(path))
+    return str(path)
+
+
+def count_settings(tmp_path, tokenizer_json, **options) -> CountSettings:
+    en = write_lines(tmp_path / "en.txt", EN)
+    fr = write_lines(tmp_path / "fr.txt", FR)
+    return CountSettings(model=tokenizer_json, lang=[f"en={en}", f"fr={fr}"], out=str(tmp_path / "c.parquet"),
+                         no_progress=True, **options)
+
+
+def test_count_writes_the_table_prints_the_summary_and_reports_the_totals(tmp_path, tokenizer_json, capsys):
+    report = run_count(count_settings(tmp_path, tokenizer_json))
+    counts = read_counts(tmp_path / "c.parquet")
+    rows = pq.read_table(tmp_path / "c.parquet").num_rows
+    assert rows == sum(int(np.count_nonzero(o)) for o in counts.occurrences.values()) > 0
+    assert report == {"out": str(tmp_path / "c.parquet"), "rows": rows,
+                      "totals": {lang: asdict(t) for lang, t in counts.totals.items()}}
+    assert counts.tokenizer == tokenizer_json and counts.unk_id == UNK and counts.extra["shard"] == "0/1"
+    occ, _ = by_hand(wordpiece_backend(), EN)
+    assert as_dict(counts.occurrences["en"]) == dict(occ) and counts.totals["en"].unk == 2
+    assert capsys.readouterr().out == f"{summary_table(counts)}\nwrote {tmp_path / 'c.parquet'} ({rows:,} rows)\n"
+
+
+def test_count_records_its_caps_and_shard(tmp_path, tokenizer_json):
+    run_count(count_settings(tmp_path, tokenizer_json, max_lines=3, max_bytes=1000, min_chars=2, sample="head",
+                             seed=5, shard="1/2"))
+    counts = read_counts(tmp_path / "c.parquet")  # an explicit shard keeps the name given
+    assert counts.extra == {"shard": "1/2", "caps": {"max_lines": 3, "max_bytes": 1000, "min_chars": 2,
+                                                     "sample": "head", "seed": 5}}
+    assert counts.totals["en"].lines == 1  # the first 3 lines of 2 characters or more, then every second one
+    assert counts.totals["en"].chars == len(EN[1])
+
+
+def test_count_with_an_automatic_shard_writes_the_shards_file(tmp_path, tokenizer_json, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    run_count(count_settings(tmp_path, tokenizer_json, shard="auto"))  # one process: the name given
+    assert read_counts(tmp_path / "c.parquet").extra["shard"] == "0/1"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    report = run_count(count_settings(tmp_path, tokenizer_json, shard="auto"))
+    assert report["out"] == str(tmp_path / "c.shard-1-of-2.parquet")
+    assert read_counts(tmp_path / "c.shard-1-of-2.parquet").extra["shard"] == "1/2"
+
+
+def test_count_refuses_an_existing_output_before_loading_anything(tmp_path, tokenizer_json, monkeypatch):
+    settings = count_settings(tmp_path, tokenizer_json)
+    (tmp_path / "c.parquet").write_bytes(b"keep me")
+    monkeypatch.setattr(count_module, "load_tokenizer", lambda *a: pytest.fail("loaded before the output was checked"))
+    with pytest.raises(UserError, match="c.parquet already exists; pass --overwrite"):
+        run_count(settings)
+    assert (tmp_path / "c.parquet").read_bytes() == b"keep me"
+
+
+def test_count_passes_its_options_on(tmp_path, tokenizer_json, monkeypatch, bars):
+    """Remote code only when asked, the progress shown unless --no-progress, the batch size, and
+    undecodable bytes only with --allow-replacements."""
+    from polyglot_distil.models import loading
+
+    asked = []
+    monkeypatch.setattr(count_module, "load_tokenizer", lambda name, trust: asked.append(trust) or
+                        loading.load_tokenizer(name, trust))
+    run_count(count_settings(tmp_path, tokenizer_json, batch_lines=2))
+    assert asked == [False] and [b.options["show"] for b in bars] == [False, False]
+    assert [len(b.updates) for b in bars] == [2, 2]  # 4 lines in batches of 2, both languages
+    settings = count_settings(tmp_path, tokenizer_json, trust_remote_code=True, overwrite=True)
+    settings.no_progress = False
+    run_count(settings)
+    assert asked == [False, True] and [b.options["show"] for b in bars[2:]] == [None, None]
+    refused = count_settings(tmp_path, tokenizer_json, overwrite=True)
+    allowed = count_settings(tmp_path, tokenizer_json, overwrite=True, allow_replacements=True)
+    (tmp_path / "en.txt").write_bytes("le chat \xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="undecodable bytes"):
+        run_count(refused)
+    run_count(allowed)
+    assert read_counts(tmp_path / "c.parquet").totals["en"].replaced_bytes == 2
+
+
+def test_merge_adds_the_shards_prints_the_summary_and_reports(tmp_path, tokenizer_json, capsys):
+    whole = count_corpora(tokenizer_json, {"en": parse_sources([write_lines(tmp_path / "en.txt", EN)])},
+                          show_progress=False, tokenizer=wordpiece())
+    parts = []
+    for i in range(2):
+        parts.append(str(tmp_path / f"p{i}.parquet"))
+        run_count(CountSettings(model=tokenizer_json, lang=[f"en={tmp_path / 'en.txt'}"], out=parts[-1], shard=f"{i}/2",
+                                no_progress=True))
+    capsys.readouterr()
+    report = run_merge(MergeSettings(parts=parts, out=str(tmp_path / "m.parquet")))
+    merged = read_counts(tmp_path / "m.parquet")
+    assert merged.occurrences["en"].tolist() == whole.occurrences["en"].tolist()
+    assert merged.line_counts["en"].tolist() == whole.line_counts["en"].tolist()
+    assert merged.totals["en"].lines == 4 and merged.extra["merged_from"] == ["0/2", "1/2"]
+    assert report == {"out": str(tmp_path / "m.parquet"), "parts": 2,
+                      "totals": {"en": asdict(merged.totals["en"])}}
+    assert capsys.readouterr().out == f"{summary_table(merged)}\nwrote {tmp_path / 'm.parquet'} from 2 parts\n"
+    with pytest.raises(UserError, match="^shard 1/2 missing from the merge"):
+        run_merge(MergeSettings(parts=parts[:1], out=str(tmp_path / "half.parquet")))
+    assert not (tmp_path / "half.parquet").exists()
+    run_merge(MergeSettings(parts=parts[:1], out=str(tmp_path / "half.parquet"), allow_partial=True))
+    assert read_counts(tmp_path / "half.parquet").totals["en"].lines == 2
+    with pytest.raises(UserError, match="m.parquet already exists; pass --overwrite"):
+        run_merge(MergeSettings(parts=[str(tmp_path / "none.parquet")], out=str(tmp_path / "m.parquet")))
+    run_merge(MergeSettings(parts=parts[1:], out=str(tmp_path / "m.parquet"), allow_partial=True, overwrite=True))
+    assert read_counts(tmp_path / "m.parquet").totals["en"].lines == 2
