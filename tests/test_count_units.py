@@ -624,3 +624,39 @@ def test_merge_adds_the_shards_prints_the_summary_and_reports(tmp_path, tokenize
         run_merge(MergeSettings(parts=[str(tmp_path / "none.parquet")], out=str(tmp_path / "m.parquet")))
     run_merge(MergeSettings(parts=parts[1:], out=str(tmp_path / "m.parquet"), allow_partial=True, overwrite=True))
     assert read_counts(tmp_path / "m.parquet").totals["en"].lines == 2
+
+
+class Encodings:
+    """A backend that records the texts each `encode_batch_fast` call is given."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def encode_batch_fast(self, texts, add_special_tokens=True):
+        self.calls.append(list(texts))
+        return self.backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
+    def __getattr__(self, name):  # the model, normaliser, pre-tokenizer, added tokens
+        return getattr(self.backend, name)
+
+
+def test_joined_lines_are_encoded_once_a_chunk_and_a_wrong_chunk_again_line_by_line():
+    """Joining is for speed: a chunk of lines is one input, encoded once, unless its separators do
+    not number its lines (then the batch is encoded again, that chunk's lines one by one)."""
+    from polyglot_distil.vocab.count import _fold_joined, _join
+
+    backend = Encodings(wordpiece_backend())
+    batch = ["le chat", "the cat", "la", "x [SEP] x", "cat", "le"]
+    chunks = _join(batch, "[SEP]", 20)
+    assert [c[2] for c in chunks] == [2, 1, 1, 2]  # lines per chunk; the literal [SEP] alone
+    wrong = chunks[:2] + [(" [SEP] ".join(batch[3:]), 3, 3, True)]
+    for given, encoded_again in ((chunks, []), (wrong, [[chunks[0][0], "la", "x [SEP] x", "cat", "le"]])):
+        backend.calls.clear()
+        occurrences, line_counts = np.zeros(len(WORDS), np.int64), np.zeros(len(WORDS), np.int64)
+        _fold_joined(backend, backend.backend.encode_batch_fast([c[0] for c in given], add_special_tokens=False),
+                     given, batch, SEP, occurrences, line_counts)
+        assert backend.calls == encoded_again
+        assert (as_dict(occurrences), as_dict(line_counts)) == tuple(map(dict, by_hand(backend.backend, batch)))
+    backend.calls.clear()
+    count_lines(backend, batch, len(WORDS), batch_lines=6, join=True, chunk_chars=20)
+    assert backend.calls == [[c[0] for c in chunks]]
