@@ -215,6 +215,7 @@ def test_each_language_is_counted_with_its_totals(tmp_path):
         assert (totals.lines, totals.tokens, totals.chars, totals.unk, totals.replaced_bytes, totals.distinct) == (
             len(lines), sum(occ.values()), sum(map(len, lines)), occ[UNK], 0, len(occ))
         assert [s.rsplit("/", 1)[1] for s in totals.sources] == sources and 0 <= totals.seconds < 60
+        assert totals.seconds == round(totals.seconds, 3)
     assert counts.totals["fr"].unk == 1 and counts.totals["en"].unk == 2
 
 
@@ -225,6 +226,15 @@ def test_a_unigram_tokenizer_json_has_its_unknown_pieces_counted(tmp_path):
     counts = count_corpora("t", {"en": parse_sources([write_lines(tmp_path / "en.txt", ["le zz", "zz zz chat"])])},
                            show_progress=False, tokenizer=tokenizer)
     assert counts.unk_id == 1 and counts.totals["en"].unk == 3 == counts.occurrences["en"][1]
+
+
+def test_joining_is_as_asked(tmp_path):
+    """`join=True` (the benchmark's joined count) is refused where it would not be exact."""
+    en = {"en": parse_sources([write_lines(tmp_path / "en.txt", EN)])}
+    unigram = PreTrainedTokenizerFast(tokenizer_object=unigram_backend())
+    with pytest.raises(ValueError, match="cannot be joined exactly"):
+        count_corpora("t", en, show_progress=False, tokenizer=unigram, join=True)
+    assert count_corpora("t", en, show_progress=False, tokenizer=unigram, join=False).totals["en"].lines == 4
 
 
 def test_the_unknown_token_is_the_wrappers_else_the_models():
@@ -262,10 +272,10 @@ def test_caps_sample_the_lines_and_are_recorded(tmp_path):
 
 
 def test_an_empty_corpus_and_one_of_no_tokens_are_refused_with_one_line(tmp_path):
-    blank = write_lines(tmp_path / "blank.txt", ["", "  "])
+    blank, other = write_lines(tmp_path / "blank.txt", ["", "  "]), write_lines(tmp_path / "other.txt", [" "])
     with pytest.raises(UserError) as raised:
-        count_corpora("t", {"en": parse_sources([blank])}, show_progress=False, tokenizer=wordpiece())
-    assert str(raised.value) == f"empty corpus for language 'en': no non-blank lines in {blank}"
+        count_corpora("t", {"en": parse_sources([blank, other])}, show_progress=False, tokenizer=wordpiece())
+    assert str(raised.value) == f"empty corpus for language 'en': no non-blank lines in {blank}, {other}"
     invisible = write_lines(tmp_path / "invisible.txt", ["\u200b"] * 1200)
     with pytest.raises(UserError) as raised:
         count_corpora("t", {"fr": parse_sources([invisible])}, show_progress=False, tokenizer=wordpiece())
