@@ -141,8 +141,8 @@ def test_lines_are_joined_only_behind_berts_pretokenizer_and_normaliser_with_a_s
 def test_the_garbage_collector_is_off_while_counting_and_as_it_was_after(monkeypatch):
     backend = wordpiece_backend()
     states = []
-    collected = []
-    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1))
+    collected = []  # batches folded when the collector ran
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(len(states)))
     for enabled in (True, False):
         gc.enable() if enabled else gc.disable()
         try:
@@ -152,8 +152,9 @@ def test_the_garbage_collector_is_off_while_counting_and_as_it_was_after(monkeyp
         finally:
             gc.enable()
     assert states == [False] * 140
-    # a long count still collects, every GC_EVERY_BATCHES batches (here 70 batches: at the 32nd and 64th)
-    assert len(collected) == 2 * (70 // count_module.GC_EVERY_BATCHES) == 4
+    # a long count still collects, every GC_EVERY_BATCHES (32) batches read: before the 32nd and the 64th
+    # are read, 30 and 62 are folded (one is being encoded)
+    assert count_module.GC_EVERY_BATCHES == 32 and collected == [30, 62, 70 + 30, 70 + 62]
 
 
 def test_the_garbage_collector_is_on_again_after_a_count_that_fails():
@@ -667,6 +668,7 @@ def test_joined_lines_are_encoded_once_a_chunk_and_a_wrong_chunk_again_line_by_l
                      given, batch, SEP, occurrences, line_counts)
         assert backend.calls == encoded_again
         assert (as_dict(occurrences), as_dict(line_counts)) == tuple(map(dict, by_hand(backend.backend, batch)))
-    backend.calls.clear()
-    count_lines(backend, batch, len(WORDS), batch_lines=6, join=True, chunk_chars=20)
-    assert backend.calls == [[c[0] for c in chunks]]
+    for join, encoded in ((True, [c[0] for c in chunks]), (None, [c[0] for c in chunks]), (False, batch)):
+        backend.calls.clear()
+        count_lines(backend, batch, len(WORDS), batch_lines=6, join=join, chunk_chars=20)
+        assert backend.calls == [encoded], join  # joined where that is exact, unless told not to
