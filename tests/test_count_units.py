@@ -302,7 +302,7 @@ class Bar:
     made: list = []
 
     def __init__(self, **options):
-        self.options, self.n, self.updates, self.postfix, self.closed = options, 0, [], [], False
+        self.options, self.n, self.updates, self.postfix, self.refreshed, self.closed = options, 0, [], [], [], False
         Bar.made.append(self)
 
     def update(self, n):
@@ -311,6 +311,7 @@ class Bar:
 
     def set_postfix_str(self, text, refresh=True):
         self.postfix.append(text)
+        self.refreshed.append(refresh)
 
     def close(self):
         self.closed = True
@@ -672,3 +673,18 @@ def test_joined_lines_are_encoded_once_a_chunk_and_a_wrong_chunk_again_line_by_l
         backend.calls.clear()
         count_lines(backend, batch, len(WORDS), batch_lines=6, join=join, chunk_chars=20)
         assert backend.calls == [encoded], join  # joined where that is exact, unless told not to
+
+
+def test_the_progress_shows_the_token_rate_and_the_totals_the_seconds_taken(tmp_path, bars, monkeypatch):
+    from types import SimpleNamespace
+
+    clock = iter([100.0, 100.000001, 100.000002, 100.000004, 100.12345])  # start, 3 batches, end
+    monkeypatch.setattr(count_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    en = write_lines(tmp_path / "en.txt", EN * 3)
+    counts = count_corpora("t", {"en": parse_sources([en])}, batch_lines=5, show_progress=False, tokenizer=wordpiece())
+    backend = wordpiece_backend()
+    tokens = np.cumsum([sum(len(backend.encode(line, add_special_tokens=False).ids) for line in (EN * 3)[i:i + 5])
+                        for i in (0, 5, 10)])
+    assert [f"{rate:,.0f}k tokens/s" for rate in tokens / np.array([1e-6, 2e-6, 4e-6]) / 1e3] == bars[0].postfix
+    assert bars[0].refreshed == [False] * 3  # the rate is drawn with the bar's next update, not on its own
+    assert counts.totals["en"].seconds == 0.123
