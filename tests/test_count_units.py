@@ -454,6 +454,16 @@ def test_counts_that_cannot_be_are_refused_naming_the_row(tmp_path, column, valu
                                  "the 5-token vocabulary; count the corpus again")
 
 
+def test_a_zero_count_is_a_count(tmp_path):
+    """Only impossible rows are refused: a token counted 0 times in 0 lines is not one."""
+    path = _damaged(tmp_path, "count", 1, 0)
+    table = pq.read_table(path)
+    lines = table.column("lines").to_pylist()
+    lines[1] = 0
+    pq.write_table(table.set_column(4, "lines", pa.array(lines, type=pa.int64())), path)
+    assert read_counts(path).occurrences["en"].tolist() == [0, 3, 0, 0, 7]
+
+
 def test_a_file_that_is_not_a_counts_table_is_refused(tmp_path):
     with pytest.raises(UserError) as raised:
         read_counts(tmp_path / "none.parquet")
@@ -584,6 +594,9 @@ def test_count_refuses_an_existing_output_before_loading_anything(tmp_path, toke
     with pytest.raises(UserError, match="c.parquet already exists; pass --overwrite"):
         run_count(settings)
     assert (tmp_path / "c.parquet").read_bytes() == b"keep me"
+    settings.out, settings.overwrite = str(tmp_path), True
+    with pytest.raises(UserError, match="is a folder; --overwrite replaces a file of the same kind only"):
+        run_count(settings)
 
 
 def test_count_passes_its_options_on(tmp_path, tokenizer_json, monkeypatch, bars):
@@ -632,8 +645,13 @@ def test_merge_adds_the_shards_prints_the_summary_and_reports(tmp_path, tokenize
     assert not (tmp_path / "half.parquet").exists()
     run_merge(MergeSettings(parts=parts[:1], out=str(tmp_path / "half.parquet"), allow_partial=True))
     assert read_counts(tmp_path / "half.parquet").totals["en"].lines == 2
-    with pytest.raises(UserError, match="m.parquet already exists; pass --overwrite"):
+    with pytest.raises(UserError) as raised:
+        run_merge(MergeSettings(parts=[parts[0], parts[0]], out=str(tmp_path / "twice.parquet")))
+    assert str(raised.value).startswith(f"{parts[0]} and {parts[0]} both hold the same shard 0/2 of the en counts")
+    with pytest.raises(UserError, match="m.parquet already exists; pass --overwrite"):  # before reading the parts
         run_merge(MergeSettings(parts=[str(tmp_path / "none.parquet")], out=str(tmp_path / "m.parquet")))
+    with pytest.raises(UserError, match="is a folder; --overwrite replaces a file of the same kind only"):
+        run_merge(MergeSettings(parts=[str(tmp_path / "none.parquet")], out=str(tmp_path), overwrite=True))
     run_merge(MergeSettings(parts=parts[1:], out=str(tmp_path / "m.parquet"), allow_partial=True, overwrite=True))
     assert read_counts(tmp_path / "m.parquet").totals["en"].lines == 2
 
