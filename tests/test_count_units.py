@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401 (below)
 
 from polyglot_distil.data.corpus import Caps, parse_sources
@@ -41,11 +41,13 @@ UNK, SEP = 1, 3
 
 def wordpiece_backend(normalizer=normalizers.BertNormalizer(lowercase=False),
                       pre_tokenizer=pre_tokenizers.BertPreTokenizer(), specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]")):
-    """mBERT's shape: WordPiece, BERT's normaliser and pre-tokenizer, the special tokens added."""
+    """mBERT's shape: WordPiece, BERT's normaliser and pre-tokenizer, the special tokens added, and
+    [CLS] ... [SEP] around every input unless it is encoded without special tokens (as counts are)."""
     backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(WORDS)}, unk_token="[UNK]"))
     if normalizer is not None:
         backend.normalizer = normalizer
     backend.pre_tokenizer = pre_tokenizer
+    backend.post_processor = processors.BertProcessing(("[SEP]", SEP), ("[CLS]", 2))
     backend.add_special_tokens(list(specials))
     return backend
 
