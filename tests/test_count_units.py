@@ -708,3 +708,15 @@ def test_the_progress_shows_the_token_rate_and_the_totals_the_seconds_taken(tmp_
     assert [f"{rate:,.0f}k tokens/s" for rate in tokens / np.array([1e-6, 2e-6, 4e-6]) / 1e3] == bars[0].postfix
     assert bars[0].refreshed == [False] * 3  # the rate is drawn with the bar's next update, not on its own
     assert counts.totals["en"].seconds == 0.123
+
+
+def test_a_tokenizer_named_is_loaded_without_its_own_code_unless_asked(tmp_path, tokenizer_json, monkeypatch):
+    from polyglot_distil.models import loading
+
+    asked = []
+    monkeypatch.setattr(count_module, "load_tokenizer", lambda name, trust: asked.append((name, trust)) or
+                        loading.load_tokenizer(name, trust))
+    en = {"en": parse_sources([write_lines(tmp_path / "en.txt", EN)])}
+    assert count_corpora(tokenizer_json, en, show_progress=False).totals["en"].unk == 2
+    count_corpora(tokenizer_json, en, show_progress=False, trust_remote_code=True)
+    assert asked == [(tokenizer_json, False), (tokenizer_json, True)]
