@@ -240,6 +240,15 @@ def test_joining_is_as_asked(tmp_path):
     assert count_corpora("t", en, show_progress=False, tokenizer=unigram, join=False).totals["en"].lines == 4
 
 
+def test_a_tokenizer_without_an_unknown_token_counts_none(tmp_path):
+    backend = Tokenizer(models.Unigram([("le", -1.0), ("chat", -1.0)]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    counts = count_corpora("t", {"en": parse_sources([write_lines(tmp_path / "en.txt", ["le chat", "chat"])])},
+                           show_progress=False, tokenizer=tokenizer)
+    assert counts.unk_id is None and counts.totals["en"].unk == 0 and counts.totals["en"].tokens == 3
+
+
 def test_the_unknown_token_is_the_wrappers_else_the_models():
     from polyglot_distil.vocab.count import _unk_id
 
@@ -284,6 +293,9 @@ def test_an_empty_corpus_and_one_of_no_tokens_are_refused_with_one_line(tmp_path
         count_corpora("t", {"fr": parse_sources([invisible])}, show_progress=False, tokenizer=wordpiece())
     assert str(raised.value) == (f"language 'fr': the 1,200 lines of {invisible} give no token (only spaces or "
                                  "invisible characters?); give real text")
+    one = write_lines(tmp_path / "one.txt", ["\u200b"])
+    with pytest.raises(UserError, match="^language 'fr': the 1 lines of .* give no token"):
+        count_corpora("t", {"fr": parse_sources([one])}, show_progress=False, tokenizer=wordpiece())
 
 
 def test_text_that_is_not_utf8_is_refused_unless_replacements_are_allowed(tmp_path):
@@ -377,7 +389,7 @@ def test_the_progress_total_is_known_for_plain_files_and_a_single_count_under_a_
 
 
 def hand_counts() -> Counts:
-    counts = Counts(tokenizer="tok", fingerprint="f" * 8, vocab=["<a>", "b", "c", "d", "é"], unk_id=2)
+    counts = Counts(tokenizer="tok", fingerprint="f" * 8, vocab=["<a>", "b", "c", "d", "é\x00"], unk_id=2)
     counts.occurrences = {"en": np.array([0, 3, 1, 0, 7], np.int64), "fr": np.array([2, 0, 0, 0, 0], np.int64)}
     counts.line_counts = {"en": np.array([0, 2, 1, 0, 4], np.int64), "fr": np.array([1, 0, 0, 0, 0], np.int64)}
     counts.totals = {"en": LanguageTotals(lines=4, tokens=11, chars=30, unk=1, replaced_bytes=2, distinct=3,
@@ -388,13 +400,14 @@ def hand_counts() -> Counts:
 
 
 def test_the_table_has_a_row_per_language_and_token_seen_and_its_metadata(tmp_path):
+    """Token strings as they are, whatever they hold (a trailing NUL, which a numpy string array drops)."""
     path = write_counts(hand_counts(), tmp_path / "c.parquet")
     assert path == tmp_path / "c.parquet"
     table = pq.read_table(path)
     assert table.column_names == ["lang", "token_id", "token", "count", "lines"]
     assert [str(t) for t in table.schema.types] == ["string", "int64", "string", "int64", "int64"]
     assert [tuple(row.values()) for row in table.to_pylist()] == [
-        ("en", 1, "b", 3, 2), ("en", 2, "c", 1, 1), ("en", 4, "é", 7, 4), ("fr", 0, "<a>", 2, 1)]
+        ("en", 1, "b", 3, 2), ("en", 2, "c", 1, 1), ("en", 4, "é\x00", 7, 4), ("fr", 0, "<a>", 2, 1)]
     assert json.loads(table.schema.metadata[b"polyglot_distil"]) == {
         "format": 1, "tokenizer": "tok", "tokenizer_fingerprint": "ffffffff", "vocab_size": 5, "unk_id": 2,
         "languages": {"en": {"lines": 4, "tokens": 11, "chars": 30, "unk": 1, "replaced_bytes": 2, "distinct": 3,
@@ -415,7 +428,7 @@ def test_a_table_read_back_is_the_counts_written(tmp_path):
     written = hand_counts()
     back = read_counts(write_counts(written, tmp_path / "c.parquet"))
     assert (back.tokenizer, back.fingerprint, back.unk_id, back.extra) == ("tok", "ffffffff", 2, written.extra)
-    assert back.vocab == ["<a>", "b", "c", "", "é"]  # the strings of tokens no language saw are not stored
+    assert back.vocab == ["<a>", "b", "c", "", "é\x00"]  # the strings of tokens no language saw are not stored
     assert back.languages == ["en", "fr"] and back.totals == written.totals
     for lang in ("en", "fr"):
         assert back.occurrences[lang].tolist() == written.occurrences[lang].tolist()
