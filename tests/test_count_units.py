@@ -241,12 +241,12 @@ def test_joining_is_as_asked(tmp_path):
 
 
 def test_a_tokenizer_without_an_unknown_token_counts_none(tmp_path):
-    backend = Tokenizer(models.Unigram([("le", -1.0), ("chat", -1.0)]))
+    backend = Tokenizer(models.BPE({c: i for i, c in enumerate("lechat")}, []))  # one token a letter
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
-    counts = count_corpora("t", {"en": parse_sources([write_lines(tmp_path / "en.txt", ["le chat", "chat"])])},
+    counts = count_corpora("t", {"en": parse_sources([write_lines(tmp_path / "en.txt", ["le chat", "ha"])])},
                            show_progress=False, tokenizer=tokenizer)
-    assert counts.unk_id is None and counts.totals["en"].unk == 0 and counts.totals["en"].tokens == 3
+    assert counts.unk_id is None and counts.totals["en"].unk == 0 and counts.totals["en"].tokens == 8
 
 
 def test_the_unknown_token_is_the_wrappers_else_the_models():
