@@ -273,13 +273,16 @@ def _progress_total(sources: list[Source], caps: Caps, shard: tuple[int, int]) -
 
 
 def _unk_id(tokenizer) -> int | None:
+    """The unknown token's id: the wrapper's, else the model's (WordPiece, WordLevel and BPE name
+    the token; Unigram keeps only its id, which `tokenizers` shows in the model's serialisation
+    alone: a bare XLM-R-style tokenizer.json names no unknown token to the wrapper); None if none."""
     if tokenizer.unk_token_id is not None:
         return int(tokenizer.unk_token_id)
     model = tokenizer.backend_tokenizer.model
     unk = getattr(model, "unk_token", None)
     if unk is not None:
         return tokenizer.backend_tokenizer.token_to_id(unk)
-    unk_id = getattr(model, "unk_id", None)
+    unk_id = json.loads(model.__getstate__()).get("unk_id")
     return int(unk_id) if unk_id is not None else None
 
 
