@@ -24,7 +24,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401 (b
 
 from polyglot_distil.data.corpus import Caps, parse_sources
 from polyglot_distil.errors import UserError
-from polyglot_distil.models.loading import tokenizer_fingerprint
+from polyglot_distil.fingerprints import tokenizer_fingerprint
+from polyglot_distil.models.loading import vocab_in_id_order
 from polyglot_distil.vocab import count as count_module
 from polyglot_distil.vocab.count import CountSettings, Counts, LanguageTotals, MergeSettings, count_corpora, \
     count_lines, counted_units, joined_separator, read_counts, run_count, run_merge, shard_path, summary_table, \
@@ -207,7 +208,7 @@ def test_each_language_is_counted_with_its_totals(tmp_path):
     tokenizer = wordpiece()
     counts = count_corpora("my-tokenizer", corpora(tmp_path), show_progress=False, tokenizer=tokenizer)
     assert (counts.tokenizer, counts.vocab, counts.unk_id) == ("my-tokenizer", WORDS, UNK)
-    assert counts.fingerprint == tokenizer_fingerprint(tokenizer)
+    assert counts.fingerprint == tokenizer_fingerprint(tokenizer, vocab_in_id_order(tokenizer))
     assert counts.languages == ["en", "fr"]
     assert counts.extra == {"shard": "0/1", "caps": asdict(Caps())}
     for lang, lines, sources in (("en", EN, ["en.txt"]), ("fr", [line for line in FR if line.strip()],
