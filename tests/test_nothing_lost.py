@@ -344,6 +344,23 @@ def test_a_config_that_disagrees_with_the_weights_is_one_line_naming_a_tensor(mo
     assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.parametrize("layers,tensor,how", [(6, "encoder.layer.4.", "the weights lack it"),
+                                               (2, "encoder.layer.2.", "config.json has no such layer")])
+def test_a_config_with_another_number_of_layers_than_the_weights_is_one_line(layers, tensor, how, model, tmp_path,
+                                                                            capsys):
+    """No tensor changes shape, so transformers would load it quietly: layers the weights lack made
+    up at random, layers the config lacks dropped."""
+    import json
+
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}), encoding="utf-8")
+    for args in (["student", "--teacher", model, "--out", tmp_path / "out"],
+                 ["quantize", "--model", model, "--out", tmp_path / "out"]):
+        err = one_line(capsys, *args)
+        assert "its config.json does not match its weights (tensor " in err and tensor in err and how in err, err
+        assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # One text check for every command that reads text
 
