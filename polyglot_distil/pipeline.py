@@ -371,7 +371,22 @@ def validate(config: dict) -> list[Stage]:
         stage.command.from_config(stage.name, section, set(stage.wired))
     if "student" in names:
         _check_student_shape(config, table, names)
+    _check_stage_options(config, stages)
     return stages
+
+
+def _check_stage_options(config: dict, stages: list[Stage]) -> None:
+    """Each stage's settings made now, as the stage will get them, and their checks that need no
+    file run (the settings' own, and a training stage's `check_options`): finetune.lr=-1 is one
+    line before the first stage, not after counting, trimming and phase 1."""
+    run = Run(config)
+    for stage in stages:
+        try:
+            settings = stage.command.namespace(**stage_values(run, stage))
+            if hasattr(settings, "check_options"):
+                settings.check_options()
+        except UserError as exc:
+            raise UserError(f"config section {stage.name}: {exc}") from None
 
 
 def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]) -> None:

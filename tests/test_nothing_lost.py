@@ -301,6 +301,21 @@ def test_a_student_larger_than_its_teacher_is_refused_before_any_stage(command, 
     assert not run.exists(), "nothing ran"
 
 
+@pytest.mark.parametrize("override,message", [
+    ("finetune.lr=-1", "config section finetune: --lr must be positive, not -1"),
+    ("general.log_every=0", "config section general: --log-every must be at least 1, not 0"),
+    ("task.warmup_steps=-1", "config section task: --warmup-steps must be 0 or more, not -1"),
+    ("eval.bootstrap=-1", "config section eval: --bootstrap -1: give a number of resamples")])
+def test_a_bad_option_of_a_later_stage_is_refused_before_any_stage(override, message, tmp_path, tiny_bert_dir,
+                                                                    capsys):
+    """finetune.lr=-1 was refused by the finetune stage, after count, trim, verify, student and
+    phase 1 had run (hours on a real model)."""
+    run = tmp_path / "run"
+    err = one_line(capsys, "run", ROOT / "configs" / "demo.yaml", f"model={tiny_bert_dir}", f"run_dir={run}", override)
+    assert message in err, err
+    assert not run.exists(), "nothing ran"
+
+
 def test_a_layer_map_naming_a_missing_teacher_layer_is_refused_before_any_stage(tmp_path, tiny_bert_dir, capsys):
     run = tmp_path / "run"
     err = one_line(capsys, "run", ROOT / "configs" / "demo.yaml", f"model={tiny_bert_dir}", f"run_dir={run}",
