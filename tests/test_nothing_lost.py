@@ -189,16 +189,20 @@ def test_resume_owns_the_locks_a_killed_run_left_beneath_its_output(checkpointed
     assert (run / "final" / "model.safetensors").is_file() and not (run / ".final.lock").exists()
 
 
-def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(checkpointed_run, tiny_bert_dir,
-                                                                           tmp_path, capsys):
+@pytest.mark.parametrize("name,reader", [("model.safetensors", "SafetensorError"), ("optimizer.bin", "PytorchStreamReader"),
+                                         ("trainer_state.json", "JSONDecodeError"),
+                                         ("random_states_0.pkl", "random states")])  # (accelerate skipped it)
+def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(name, reader, checkpointed_run,
+                                                                           tiny_bert_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(checkpointed_run, run)
     shutil.rmtree(run / "final")
-    weights = run / "checkpoints" / "step-4" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    damaged = run / "checkpoints" / "step-4" / name
+    damaged.write_bytes(damaged.read_bytes()[:min(1000, damaged.stat().st_size // 2)])  # a copy cut short
     assert run_cli(*general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume")) == 0
     err = capsys.readouterr().err
-    assert f"checkpoint {weights.parent} cannot be read" in err and "resuming from" in err and "step 2" in err, err
+    assert f"checkpoint {damaged.parent} cannot be read" in err and reader in err, err
+    assert f"resuming from {run / 'checkpoints' / 'step-2'} (step 2)" in err, err
     expected, resumed = saved_weights(checkpointed_run / "final"), saved_weights(run / "final")
     assert all((expected[k] == resumed[k]).all() for k in expected), "the uninterrupted run's result, bitwise"
 
