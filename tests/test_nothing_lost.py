@@ -78,6 +78,17 @@ def test_an_output_holding_or_inside_an_input_is_refused(model, tmp_path, capsys
     assert tree_digest(run) == before
 
 
+def test_a_layer_map_file_inside_the_output_is_refused(finished_run, tiny_bert_dir, tmp_path, capsys):
+    """--layer-map FILE is read too: --overwrite of the run that holds it deleted it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "layer_map.txt").write_text("3\n", encoding="utf-8")
+    before = tree_digest(run)
+    err = one_line(capsys, *general(tiny_bert_dir, run, 2, "--layer-map", run / "layer_map.txt", "--overwrite"))
+    assert f"--out {run} holds --layer-map {run / 'layer_map.txt'}" in err, err
+    assert tree_digest(run) == before
+
+
 def test_count_refuses_to_write_over_its_corpus(tmp_path, tiny_bert_dir, capsys):
     text = tmp_path / "en.txt"
     shutil.copy(SAMPLE, text)
@@ -189,7 +200,8 @@ def test_resume_owns_the_locks_a_killed_run_left_beneath_its_output(checkpointed
     assert (run / "final" / "model.safetensors").is_file() and not (run / ".final.lock").exists()
 
 
-@pytest.mark.parametrize("name,reader", [("model.safetensors", "SafetensorError"), ("optimizer.bin", "PytorchStreamReader"),
+@pytest.mark.parametrize("name,reader", [("model.safetensors", "SafetensorError"),
+                                         ("optimizer.bin", "PytorchStreamReader"),
                                          ("trainer_state.json", "JSONDecodeError"),
                                          ("random_states_0.pkl", "random states")])  # (accelerate skipped it)
 def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(name, reader, checkpointed_run,
