@@ -348,15 +348,17 @@ def limited(limit_bytes: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["count", "training"])  # pyarrow's writer, then safetensors' and torch's
+@pytest.mark.parametrize("name", ["count", "training", "lock"])  # pyarrow's, safetensors' and torch's writers, a lock
 def test_a_write_past_a_file_size_limit_is_one_line_and_leaves_nothing(name, tiny_bert_dir, tmp_path):
-    out = tmp_path / "out" / ("counts.parquet" if name == "count" else "model")
+    out = tmp_path / "out" / ("model" if name == "training" else "counts.parquet")
     args = {"count": ["count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
+            "lock": ["count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
             "training": general(tiny_bert_dir, out, 2)}[name]
+    # the token cache fits in 100 kB; a lock's record does not fit in 40 bytes (a disk full before the command starts)
+    limit = {"training": 100_000, "count": 4000, "lock": 40}[name]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run([sys.executable, "-m", "polyglot_distil", *map(str, args)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300,
-                            preexec_fn=limited(100_000 if name == "training" else 4000))  # (the token cache fits)
+                            capture_output=True, text=True, timeout=300, preexec_fn=limited(limit))
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write") and "file too large" in last and "Traceback" not in result.stderr, \
