@@ -181,6 +181,20 @@ def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"], err
 
 
+@pytest.mark.slow
+def test_sigterm_during_trim_leaves_no_lock_and_no_partial_folder(tiny_bert_dir, tmp_path):
+    counts = tmp_path / "counts.parquet"
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", counts, "--no-progress") == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    process = cli_process("trim", "--model", tiny_bert_dir, "--counts", counts, "--langs", "en", "--out",
+                          out / "trimmed", "--min-count", "1")
+    # the trimmed model is written into a temporary folder, verified there, then renamed
+    code, err = signal_when(process, lambda: any(out.glob(".trimmed.*.tmp")), signal.SIGTERM)
+    assert code == 143 and "terminated (SIGTERM)" in err, err
+    assert list(out.iterdir()) == [], "no lock, no partial temporary folder, no output"
+
+
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory, tiny_bert_dir) -> Path:
     """A finished 4-step run with checkpoints at steps 2 and 4."""
