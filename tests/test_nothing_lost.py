@@ -479,17 +479,36 @@ def test_run_notices_a_completed_stages_input_that_changed_under_the_same_path(t
     assert run_cli("run", config) == 0
 
 
-@pytest.mark.parametrize("command", ["quantize", "distil general"])
+@pytest.mark.parametrize("command", ["quantize", "distil general", "student", "finetune", "verify", "distil task"])
 def test_a_tokenizer_larger_than_the_embedding_is_one_line_in_every_command(command, tmp_path, tiny_bert_dir,
                                                                               capsys):
+    """student wrote a student with the mismatched tokenizer; finetune, verify and distil task were an
+    IndexError."""
     from polyglot_distil.models.smoke import build_smoke_model
 
     small = build_smoke_model(tmp_path / "small", "bert", texts=[SAMPLE], vocab_size=300)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):  # another model's, 1000 tokens
         shutil.copy(tiny_bert_dir / name, small / name)
+    if command == "verify":  # a trim of the model whose tokenizer `small` has
+        assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out",
+                       tmp_path / "counts.parquet", "--no-progress") == 0
+        assert run_cli("trim", "--model", tiny_bert_dir, "--counts", tmp_path / "counts.parquet", "--langs", "en",
+                       "--out", tmp_path / "trimmed", "--no-verify", "--no-progress") == 0
+    if command == "distil task":  # a teacher whose tokenizer and embedding agree, with `small`'s tokenizer
+        build_smoke_model(tmp_path / "teacher", "bert", vocab_file=tiny_bert_dir / "vocab.txt",
+                          head="sequence-classification")
     capsys.readouterr()
+    nli = CORPORA / "nli"
     args = {"quantize": ["quantize", "--model", small, "--out", tmp_path / "out"],
-            "distil general": general(small, tmp_path / "out", 1)}[command]
+            "distil general": general(small, tmp_path / "out", 1),
+            "student": ["student", "--teacher", small, "--out", tmp_path / "out"],
+            "finetune": ["finetune", "--model", small, "--train", nli / "train-en.tsv", "--dev", nli / "dev-en.tsv",
+                         "--out", tmp_path / "out", "--epochs", "0.1", "--no-progress"],
+            "verify": ["verify", "--original", small, "--trimmed", tmp_path / "trimmed", "--lang", f"en={SAMPLE}",
+                       "--report", tmp_path / "out"],
+            "distil task": ["distil", "task", "--teacher", tmp_path / "teacher", "--student", small, "--train",
+                            nli / "train-en.tsv", "--dev", nli / "dev-en.tsv", "--out", tmp_path / "out",
+                            "--full-epochs", "0.1", "--sparse-epochs", "0.1", "--no-progress"]}[command]
     err = one_line(capsys, *args)
     assert f"{small}: the tokenizer has" in err and "but the embedding only" in err, err
     assert not (tmp_path / "out").exists()

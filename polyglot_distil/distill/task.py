@@ -142,12 +142,13 @@ def build_recipe(options: TaskSettings, weights: TaskLossWeights, stages: Stages
     from polyglot_distil.fingerprints import body_fingerprint
     from polyglot_distil.distill.training import CACHE, Recipe
     from polyglot_distil.models.classifier import save_classifier
-    from polyglot_distil.models.loading import load_tokenizer
+    from polyglot_distil.models.loading import check_tokenizer_fits, load_tokenizer
 
     # the pair: a new head on the phase-1 student (XNLI order), the teacher on its vocabulary
     tokenizer = load_tokenizer(options.student, options.trust_remote_code)
     student, new_names, student_dtype = load_student(options.student, options.seed, attention_implementation(weights),
                                                      options.trust_remote_code)
+    check_tokenizer_fits(student, tokenizer, options.student)
     pair = pair_with_teacher(options.teacher, student, options.student, tokenizer, list(range(3)), weights,
                              options.layer_map, options.trust_remote_code)
 
