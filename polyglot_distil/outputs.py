@@ -158,9 +158,13 @@ def hold_lock(target: str | os.PathLike) -> None:
         raise _refuse_locked(target, lock) from None
     except OSError as exc:
         raise _cannot_write(target, exc) from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv[:3])}, handle)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv[:3])}, handle)
+    except OSError as exc:  # a disk already full: the lock's few bytes do not fit
+        release_lock(target)
+        raise no_room(target, exc) or _cannot_write(target, exc) from None
     _remove_stale_temporaries(target)
 
 

@@ -371,7 +371,22 @@ def validate(config: dict) -> list[Stage]:
         stage.command.from_config(stage.name, section, set(stage.wired))
     if "student" in names:
         _check_student_shape(config, table, names)
+    _check_stage_options(config, stages)
     return stages
+
+
+def _check_stage_options(config: dict, stages: list[Stage]) -> None:
+    """Each stage's settings made now, as the stage will get them, and their checks that need no
+    file run (the settings' own, and a training stage's `check_options`): finetune.lr=-1 is one
+    line before the first stage, not after counting, trimming and phase 1."""
+    run = Run(config)
+    for stage in stages:
+        try:
+            settings = stage.command.namespace(**stage_values(run, stage))
+            if hasattr(settings, "check_options"):
+                settings.check_options()
+        except UserError as exc:
+            raise UserError(f"config section {stage.name}: {exc}") from None
 
 
 def _check_student_shape(config: dict, table: dict[str, Stage], names: list[str]) -> None:
@@ -471,16 +486,18 @@ class Step:
 
 def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
     """Decide, before anything runs, which stages run and how. A completed stage is skipped
-    unless `forced` (--only / --from) or a stage it reads from runs now (its inputs change). A
-    stage that runs on unchanged inputs resumes from its checkpoints when it has some (an
-    interrupted run); any other output it finds from an earlier attempt is overwritten."""
+    unless it is the first of `stages` and `forced` (--only / --from STAGE) or a stage it reads
+    from runs now (its inputs change): --from trim runs trim and the stages that read it, not a
+    completed finetune, which reads nothing trim makes. A stage that runs on unchanged inputs
+    resumes from its checkpoints when it has some (an interrupted run); any other output it finds
+    from an earlier attempt is overwritten."""
     steps, rerun = [], set()
     for stage in stages:
         values = stage_values(run, stage)
         settings = settings_hash(values, stage)
         marker = run.dir(stage.name) / MARKER
         upstream = [need for need in stage.needs if need in rerun]
-        running = forced or bool(upstream)
+        running = (forced and stage is stages[0]) or bool(upstream)
         output = Path(values["out"]) if values.get("out") is not None else None
         started = output is not None and (output / stage.resume_from).exists()  # an interrupted run's traces
         if upstream and not forced and (marker.is_file() or started):
@@ -503,7 +520,7 @@ def plan(run: Run, stages: list[Stage], forced: bool) -> list[Step]:
                 renamed.update({o.flags[-1]: None for o in stage.command.options if o.deprecated})
                 changes = _argv_changes(done.get("argv") or [], stage_argv(values, stage), renamed)
                 raise UserError(f"stage {stage.name} was completed with other settings ({changes or marker}); "
-                                f"re-run it with --from {stage.name} (the later stages read it: they run again "
+                                f"re-run it with --from {stage.name} (the later stages that read it run again "
                                 f"too), or restore its settings")
             changed = changed_inputs(done["inputs"], stage_inputs(stage, values)) if "inputs" in done else []
             if changed:
@@ -651,7 +668,8 @@ class RunSettings:
     only: str | None = setting(None, metavar="STAGE",
                                help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}")
     start: str | None = setting(None, flag="--from", metavar="STAGE",
-                                help=f"run from this stage on (it again, if done); one of: {', '.join(STAGES)}")
+                                help=f"run this stage again and the later stages that read from it; one of: "
+                                     f"{', '.join(STAGES)}")
     check: bool = setting(False, kind=FLAG, help="validate the config and print the commands; run nothing")
 
     def __post_init__(self):

@@ -78,6 +78,17 @@ def test_an_output_holding_or_inside_an_input_is_refused(model, tmp_path, capsys
     assert tree_digest(run) == before
 
 
+def test_a_layer_map_file_inside_the_output_is_refused(finished_run, tiny_bert_dir, tmp_path, capsys):
+    """--layer-map FILE is read too: --overwrite of the run that holds it deleted it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "layer_map.txt").write_text("3\n", encoding="utf-8")
+    before = tree_digest(run)
+    err = one_line(capsys, *general(tiny_bert_dir, run, 2, "--layer-map", run / "layer_map.txt", "--overwrite"))
+    assert f"--out {run} holds --layer-map {run / 'layer_map.txt'}" in err, err
+    assert tree_digest(run) == before
+
+
 def test_count_refuses_to_write_over_its_corpus(tmp_path, tiny_bert_dir, capsys):
     text = tmp_path / "en.txt"
     shutil.copy(SAMPLE, text)
@@ -170,6 +181,20 @@ def test_sigterm_leaves_no_lock_and_no_partial_count(tiny_bert_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"], err
 
 
+@pytest.mark.slow
+def test_sigterm_during_trim_leaves_no_lock_and_no_partial_folder(tiny_bert_dir, tmp_path):
+    counts = tmp_path / "counts.parquet"
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", counts, "--no-progress") == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    process = cli_process("trim", "--model", tiny_bert_dir, "--counts", counts, "--langs", "en", "--out",
+                          out / "trimmed", "--min-count", "1")
+    # the trimmed model is written into a temporary folder, verified there, then renamed
+    code, err = signal_when(process, lambda: any(out.glob(".trimmed.*.tmp")), signal.SIGTERM)
+    assert code == 143 and "terminated (SIGTERM)" in err, err
+    assert list(out.iterdir()) == [], "no lock, no partial temporary folder, no output"
+
+
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory, tiny_bert_dir) -> Path:
     """A finished 4-step run with checkpoints at steps 2 and 4."""
@@ -189,16 +214,21 @@ def test_resume_owns_the_locks_a_killed_run_left_beneath_its_output(checkpointed
     assert (run / "final" / "model.safetensors").is_file() and not (run / ".final.lock").exists()
 
 
-def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(checkpointed_run, tiny_bert_dir,
-                                                                           tmp_path, capsys):
+@pytest.mark.parametrize("name,reader", [("model.safetensors", "SafetensorError"),
+                                         ("optimizer.bin", "PytorchStreamReader"),
+                                         ("trainer_state.json", "JSONDecodeError"),
+                                         ("random_states_0.pkl", "random states")])  # (accelerate skipped it)
+def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(name, reader, checkpointed_run,
+                                                                           tiny_bert_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(checkpointed_run, run)
     shutil.rmtree(run / "final")
-    weights = run / "checkpoints" / "step-4" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    damaged = run / "checkpoints" / "step-4" / name
+    damaged.write_bytes(damaged.read_bytes()[:min(1000, damaged.stat().st_size // 2)])  # a copy cut short
     assert run_cli(*general(tiny_bert_dir, run, 4, "--save-every", "2", "--resume")) == 0
     err = capsys.readouterr().err
-    assert f"checkpoint {weights.parent} cannot be read" in err and "resuming from" in err and "step 2" in err, err
+    assert f"checkpoint {damaged.parent} cannot be read" in err and reader in err, err
+    assert f"resuming from {run / 'checkpoints' / 'step-2'} (step 2)" in err, err
     expected, resumed = saved_weights(checkpointed_run / "final"), saved_weights(run / "final")
     assert all((expected[k] == resumed[k]).all() for k in expected), "the uninterrupted run's result, bitwise"
 
@@ -301,6 +331,21 @@ def test_a_student_larger_than_its_teacher_is_refused_before_any_stage(command, 
     assert not run.exists(), "nothing ran"
 
 
+@pytest.mark.parametrize("override,message", [
+    ("finetune.lr=-1", "config section finetune: --lr must be positive, not -1"),
+    ("general.log_every=0", "config section general: --log-every must be at least 1, not 0"),
+    ("task.warmup_steps=-1", "config section task: --warmup-steps must be 0 or more, not -1"),
+    ("eval.bootstrap=-1", "config section eval: --bootstrap -1: give a number of resamples")])
+def test_a_bad_option_of_a_later_stage_is_refused_before_any_stage(override, message, tmp_path, tiny_bert_dir,
+                                                                    capsys):
+    """finetune.lr=-1 was refused by the finetune stage, after count, trim, verify, student and
+    phase 1 had run (hours on a real model)."""
+    run = tmp_path / "run"
+    err = one_line(capsys, "run", ROOT / "configs" / "demo.yaml", f"model={tiny_bert_dir}", f"run_dir={run}", override)
+    assert message in err, err
+    assert not run.exists(), "nothing ran"
+
+
 def test_a_layer_map_naming_a_missing_teacher_layer_is_refused_before_any_stage(tmp_path, tiny_bert_dir, capsys):
     run = tmp_path / "run"
     err = one_line(capsys, "run", ROOT / "configs" / "demo.yaml", f"model={tiny_bert_dir}", f"run_dir={run}",
@@ -317,15 +362,17 @@ def limited(limit_bytes: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["count", "training"])  # pyarrow's writer, then safetensors' and torch's
+@pytest.mark.parametrize("name", ["count", "training", "lock"])  # pyarrow's, safetensors' and torch's writers, a lock
 def test_a_write_past_a_file_size_limit_is_one_line_and_leaves_nothing(name, tiny_bert_dir, tmp_path):
-    out = tmp_path / "out" / ("counts.parquet" if name == "count" else "model")
+    out = tmp_path / "out" / ("model" if name == "training" else "counts.parquet")
     args = {"count": ["count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
+            "lock": ["count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out", out],
             "training": general(tiny_bert_dir, out, 2)}[name]
+    # the token cache fits in 100 kB; a lock's record does not fit in 40 bytes (a disk full before the command starts)
+    limit = {"training": 100_000, "count": 4000, "lock": 40}[name]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run([sys.executable, "-m", "polyglot_distil", *map(str, args)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300,
-                            preexec_fn=limited(100_000 if name == "training" else 4000))  # (the token cache fits)
+                            capture_output=True, text=True, timeout=300, preexec_fn=limited(limit))
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write") and "file too large" in last and "Traceback" not in result.stderr, \
@@ -342,6 +389,23 @@ def test_a_config_that_disagrees_with_the_weights_is_one_line_naming_a_tensor(mo
     err = one_line(capsys, "student", "--teacher", model, "--out", tmp_path / "student")
     assert "its config.json does not match its weights (tensor " in err and "[32] in model.safetensors" in err, err
     assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize("layers,tensor,how", [(6, "encoder.layer.4.", "the weights lack it"),
+                                               (2, "encoder.layer.2.", "config.json has no such layer")])
+def test_a_config_with_another_number_of_layers_than_the_weights_is_one_line(layers, tensor, how, model, tmp_path,
+                                                                            capsys):
+    """No tensor changes shape, so transformers would load it quietly: layers the weights lack made
+    up at random, layers the config lacks dropped."""
+    import json
+
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}), encoding="utf-8")
+    for args in (["student", "--teacher", model, "--out", tmp_path / "out"],
+                 ["quantize", "--model", model, "--out", tmp_path / "out"]):
+        err = one_line(capsys, *args)
+        assert "its config.json does not match its weights (tensor " in err and tensor in err and how in err, err
+        assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,17 +479,36 @@ def test_run_notices_a_completed_stages_input_that_changed_under_the_same_path(t
     assert run_cli("run", config) == 0
 
 
-@pytest.mark.parametrize("command", ["quantize", "distil general"])
+@pytest.mark.parametrize("command", ["quantize", "distil general", "student", "finetune", "verify", "distil task"])
 def test_a_tokenizer_larger_than_the_embedding_is_one_line_in_every_command(command, tmp_path, tiny_bert_dir,
                                                                               capsys):
+    """student wrote a student with the mismatched tokenizer; finetune, verify and distil task were an
+    IndexError."""
     from polyglot_distil.models.smoke import build_smoke_model
 
     small = build_smoke_model(tmp_path / "small", "bert", texts=[SAMPLE], vocab_size=300)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):  # another model's, 1000 tokens
         shutil.copy(tiny_bert_dir / name, small / name)
+    if command == "verify":  # a trim of the model whose tokenizer `small` has
+        assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={SAMPLE}", "--out",
+                       tmp_path / "counts.parquet", "--no-progress") == 0
+        assert run_cli("trim", "--model", tiny_bert_dir, "--counts", tmp_path / "counts.parquet", "--langs", "en",
+                       "--out", tmp_path / "trimmed", "--no-verify", "--no-progress") == 0
+    if command == "distil task":  # a teacher whose tokenizer and embedding agree, with `small`'s tokenizer
+        build_smoke_model(tmp_path / "teacher", "bert", vocab_file=tiny_bert_dir / "vocab.txt",
+                          head="sequence-classification")
     capsys.readouterr()
+    nli = CORPORA / "nli"
     args = {"quantize": ["quantize", "--model", small, "--out", tmp_path / "out"],
-            "distil general": general(small, tmp_path / "out", 1)}[command]
+            "distil general": general(small, tmp_path / "out", 1),
+            "student": ["student", "--teacher", small, "--out", tmp_path / "out"],
+            "finetune": ["finetune", "--model", small, "--train", nli / "train-en.tsv", "--dev", nli / "dev-en.tsv",
+                         "--out", tmp_path / "out", "--epochs", "0.1", "--no-progress"],
+            "verify": ["verify", "--original", small, "--trimmed", tmp_path / "trimmed", "--lang", f"en={SAMPLE}",
+                       "--report", tmp_path / "out"],
+            "distil task": ["distil", "task", "--teacher", tmp_path / "teacher", "--student", small, "--train",
+                            nli / "train-en.tsv", "--dev", nli / "dev-en.tsv", "--out", tmp_path / "out",
+                            "--full-epochs", "0.1", "--sparse-epochs", "0.1", "--no-progress"]}[command]
     err = one_line(capsys, *args)
     assert f"{small}: the tokenizer has" in err and "but the embedding only" in err, err
     assert not (tmp_path / "out").exists()

@@ -212,6 +212,24 @@ def test_from_a_stage_runs_it_and_every_later_stage_again(demo_run):
     assert run_pipeline(load_config(demo_run["path"]), only="eval") == ["eval"]
 
 
+@pytest.mark.parametrize("start,ran", [("trim", ["trim", "verify", "student", "general", "task", "eval"]),
+                                       ("verify", ["verify"]), ("finetune", ["finetune", "task", "eval"])])
+def test_from_a_stage_reruns_the_stages_that_read_it_not_a_completed_one_that_does_not(start, ran, tmp_path):
+    """--from trim ran finetune again too (hours on a real model), which reads nothing trim makes."""
+    from polyglot_distil.pipeline import MARKER, Run, plan, settings_hash, stage_values
+
+    config = load_config(write_config(tmp_path))
+    stages, run = validate(config), Run(config)
+    for stage in stages:  # every stage completed with these settings
+        run.dir(stage.name).mkdir(parents=True)
+        done = {"argv_hash": settings_hash(stage_values(run, stage), stage)}
+        (run.dir(stage.name) / MARKER).write_text(json.dumps(done), encoding="utf-8")
+    assert all(step.values is None for step in plan(run, stages, forced=False))
+    names = [s.name for s in stages]
+    steps = plan(run, stages[names.index(start):], forced=True)  # as run_pipeline slices them for --from
+    assert [s.stage.name for s in steps if s.values is not None] == ran
+
+
 @pytest.mark.slow
 def test_editing_an_option_that_changes_no_result_neither_reruns_nor_refuses(demo_run):
     edits = ["count.no_progress=true", "general.log_every=3", "general.keep_checkpoints=5", "task.log_every=7",

@@ -86,7 +86,8 @@ class LossWeights:
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
-LAYER_MAP = Option("layer_map", help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
+LAYER_MAP = Option("layer_map", role=READS,  # a file or a search-map folder may hold the numbers
+                   help="teacher layer (0-based) each student layer imitates, e.g. 1,3,5,7,9,11")
 
 RECIPES = {
     "bistil": LossWeights(hidden=1, attention=1),

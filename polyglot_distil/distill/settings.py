@@ -62,6 +62,11 @@ class Optimisation:
             log_every=self.log_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
             progress=False if no_progress else None)
 
+    def check_options(self) -> None:
+        """The checks of these options alone, which need no file: `run` makes them of every stage
+        before the first one runs (the stage makes them again when it starts)."""
+        self.train_settings("", 1, eval_every=1, save_every=1).check()
+
 
 @dataclass(kw_only=True)
 class Checkpointing(Optimisation):
@@ -83,3 +88,7 @@ class Checkpointing(Optimisation):
         return self.train_settings(out, steps, eval_every=eval_every, save_every=self.save_every or min(eval_every, 1000),
                                    keep_checkpoints=self.keep_checkpoints, resume=self.resume, overwrite=self.overwrite,
                                    weight_decay=weight_decay, no_progress=no_progress)
+
+    def check_options(self) -> None:
+        self.train_settings("", 1, eval_every=self.eval_every or 1, save_every=self.save_every or 1,
+                            keep_checkpoints=self.keep_checkpoints).check()

@@ -52,14 +52,15 @@ def run_student(settings: StudentSettings) -> dict:
     """The `student` stage: build, save, print the summary; returns the description (student.json)."""
     from transformers import AutoConfig
 
-    from polyglot_distil.models.loading import encoder_class_for, load_model, load_tokenizer
+    from polyglot_distil.models.loading import check_tokenizer_fits, encoder_class_for, load_model, load_tokenizer
 
     check_writable(settings.out, settings.overwrite)
     spec = settings.spec(settings.seed)
     config = load_model(settings.teacher, AutoConfig, trust_remote_code=settings.trust_remote_code)
     teacher = load_model(settings.teacher, encoder_class_for(config), trust_remote_code=settings.trust_remote_code)
-    tokenizer = load_tokenizer(settings.teacher, settings.trust_remote_code) if spec.init == "importance" else None
-    student, description = make_student(teacher, tokenizer, spec)
+    tokenizer = load_tokenizer(settings.teacher, settings.trust_remote_code)
+    check_tokenizer_fits(teacher, tokenizer, settings.teacher)  # the student gets this tokenizer
+    student, description = make_student(teacher, tokenizer if spec.init == "importance" else None, spec)
     description["teacher"] = str(settings.teacher)
     with atomic_dir(settings.out, settings.overwrite) as tmp:
         student.save_pretrained(tmp)

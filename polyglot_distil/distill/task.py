@@ -153,7 +153,7 @@ class TaskPhase(TrainingPhase):
         from polyglot_distil.distill.sparse import LotteryTicket, parameter_groups, sparse_count
         from polyglot_distil.fingerprints import body_fingerprint
         from polyglot_distil.distill.training import CACHE
-        from polyglot_distil.models.loading import load_tokenizer
+        from polyglot_distil.models.loading import check_tokenizer_fits, load_tokenizer
 
         options, weights, main = self.options, self.weights, accelerator.is_main_process
         # the pair: a new head on the phase-1 student (XNLI order), the teacher on its vocabulary
@@ -161,6 +161,7 @@ class TaskPhase(TrainingPhase):
         student, new_names, self.student_dtype = load_student(options.student, options.seed,
                                                               attention_implementation(weights),
                                                               options.trust_remote_code)
+        check_tokenizer_fits(student, self.tokenizer, options.student)
         pair = pair_with_teacher(options.teacher, student, options.student, self.tokenizer, list(range(3)), weights,
                                  options.layer_map, options.trust_remote_code)
 

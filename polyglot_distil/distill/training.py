@@ -291,6 +291,7 @@ def _load_checkpoint(accelerator, out: Path, newest: Path, scheduler, phase: Tra
     for folder in reversed([c for c in checkpoints(out) if _step_of(c) <= _step_of(newest)]):
         try:
             saved = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+            _read_random_states(folder, accelerator.process_index)
             accelerator.load_state(str(folder))
             scheduler.load_state_dict(saved["scheduler"])
             if (folder / "extra_state.safetensors").is_file():
@@ -303,6 +304,20 @@ def _load_checkpoint(accelerator, out: Path, newest: Path, scheduler, phase: Tra
                 print(f"note: checkpoint {folder} cannot be read ({reason}); trying the one before it", file=sys.stderr)
     raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'} can be read ({'; '.join(tried[:2])}); "
                     "start over with --overwrite")
+
+
+def _read_random_states(folder: Path, process_index: int) -> None:
+    """Read this process's random states of a checkpoint, as accelerate does: its load_state skips
+    states it cannot read without a word, and the run would go on from other random states than
+    the uninterrupted run's (dropout, masking)."""
+    from accelerate.utils import RNG_STATE_NAME, load
+
+    path = folder / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    try:
+        load(path)
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a cut file
+        detail = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise RuntimeError(f"random states {path.name}: {type(exc).__name__}: {detail}") from None
 
 
 def _step_of(checkpoint: Path) -> int:

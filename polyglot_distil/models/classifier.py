@@ -184,7 +184,9 @@ def load_for_finetuning(name: str, seed: int, trust_remote_code: bool = False, a
         return classifier.model, classifier.tokenizer, classifier.to_xnli, classifier.note
     model, _ = new_classifier(name, seed, trust_remote_code, attn_implementation=attn_implementation,
                               **({"dtype": dtype} if dtype is not None else {}))
-    return model, load_tokenizer(name, trust_remote_code), list(range(len(LABELS))), None
+    tokenizer = load_tokenizer(name, trust_remote_code)
+    check_tokenizer_fits(model, tokenizer, name)
+    return model, tokenizer, list(range(len(LABELS))), None
 
 
 def gather_parts(logits: np.ndarray) -> np.ndarray:

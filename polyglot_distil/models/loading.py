@@ -176,10 +176,13 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
         from polyglot_distil.models.families import runnable_attention
 
         kwargs["attn_implementation"] = runnable_attention(load_model(name, AutoConfig, trust_remote_code), "sdpa")
+    wants_report = kwargs.pop("output_loading_info", False)
+    is_model = model_class.__name__ != "AutoConfig"
     try:
         with quiet_load_report(), warnings.catch_warnings():  # the caller decides what missing weights mean
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if unsafe
-            return model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **hub_options(name), **kwargs)
+            loaded = model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **hub_options(name),
+                                                 **({"output_loading_info": True} if is_model else {}), **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise _load_failure("model", name, exc) from None
     except pickle.UnpicklingError as exc:
@@ -198,6 +201,30 @@ def load_model(name_or_path: str | os.PathLike, model_class=None, trust_remote_c
             raise
         raise UserError(f"cannot load model from {name}: a safetensors file is damaged or cut short "
                         f"({(str(exc).strip().splitlines() or ['?'])[0]}); download or write it again") from None
+    if not is_model:
+        return loaded
+    model, report = loaded
+    if "config" not in kwargs:  # a configuration of the caller's is the caller's to check
+        _check_layer_tensors(name, report)
+    return (model, report) if wants_report else model
+
+
+# A tensor of one numbered layer of the encoder (BERT's encoder.layer.3., ModernBERT's layers.3., T5's block.3.)
+_LAYER_TENSOR = re.compile(r"(^|\.)(layer|layers|block|blocks)\.\d+\.")
+
+
+def _check_layer_tensors(name: str, report: dict) -> None:
+    """A config.json with another number of layers than its weights changes no tensor's shape, so
+    transformers loads it without a word: the layers the weights lack made up at random, the ones
+    the config lacks dropped. A missing head (a classifier on a masked-LM checkpoint) or pooler is
+    the caller's to judge; a missing or extra layer is never meant."""
+    for keys, how in ((report.get("missing_keys"), "config.json has it, the weights lack it: it would be random"),
+                      (report.get("unexpected_keys"), "the weights have it, config.json has no such layer: it "
+                                                      "would be dropped")):
+        layer_keys = sorted(key for key in keys or () if _LAYER_TENSOR.search(key))
+        if layer_keys:
+            raise UserError(f"cannot load model from {name}: its config.json does not match its weights (tensor "
+                            f"{layer_keys[0]}: {how}); use the config.json that came with these weights")
 
 
 def _first_mismatch(folder: str, model_class, trust_remote_code: bool) -> str:

@@ -398,7 +398,8 @@ class StudentShape:
     which can build one)."""
 
     layers: int | None = setting(None, help="student layers (default: half the teacher's)")
-    init_layers: str | None = setting(None, help="teacher layer (0-based) copied into each student layer, e.g. "
+    init_layers: str | None = setting(None, role=READS,  # a file or a search-map folder may hold the numbers
+                                      help="teacher layer (0-based) copied into each student layer, e.g. "
                                       "0,2,4,7,9,11, or 'bottom': 0,1,...,N-1 (LightMBERT) (default: every other "
                                       "layer)")
     init: str = setting("teacher", choices=("teacher", "random", "importance"),

@@ -36,7 +36,8 @@ from polyglot_distil.tables import text_table
 from polyglot_distil.models.checkpoint import checkpoint_files, has_pooler
 from polyglot_distil.models.encoder import max_positions
 from polyglot_distil.data.tokenization import untruncated
-from polyglot_distil.models.loading import load_model, load_tokenizer, model_class_for, vocab_in_id_order
+from polyglot_distil.models.loading import check_tokenizer_fits, load_model, load_tokenizer, model_class_for, \
+    vocab_in_id_order
 from polyglot_distil.options import APPEND, NO_PROGRESS, OVERWRITE, READS, SEED, TRUST_REMOTE_CODE, WRITES, \
     like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
@@ -323,6 +324,8 @@ def load_pair(original: str, trimmed: str | Path, trust_remote_code: bool = Fals
     settings = dict(attn_implementation="eager", dtype=torch.float32)
     original_model = load_model(original, model_class, trust_remote_code, **settings).eval()
     trimmed_model = load_model(trimmed, model_class, **settings).eval()
+    check_tokenizer_fits(original_model, original_tokenizer, original)
+    check_tokenizer_fits(trimmed_model, trimmed_tokenizer, trimmed)
     poolers = None
     if has_pooler(checkpoint_files(original)) and has_pooler(checkpoint_files(trimmed)):
         # the bare models with their pretrained pooler, which the model class may lack
