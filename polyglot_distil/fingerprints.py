@@ -14,6 +14,9 @@ What each identifies, and where it is stored:
   token-cache key (`sources`).
 - `tokenizer_fingerprint`: a vocabulary in id order and the tokenizer model's type. In the counts
   Parquet file's metadata (`tokenizer_fingerprint`), which `trim` checks.
+- `hashed_lines`: the SHA-256 of the lines a count read for one language. In the counts Parquet
+  file's metadata (`languages.LANG.text_sha256`), by which `merge` refuses the same text counted
+  twice under two paths.
 - `tokenizer_json_digest`: a tokenizer as serialized (its `tokenizer.json`). Phase 1's token-cache
   key (`tokenizer`).
 - `tokenizer_state_digest`, `nli_text_digest`: a tokenizer without its truncation and padding
@@ -42,7 +45,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 HASHED_UP_TO = 16 << 20
 MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".npy")
@@ -160,6 +163,16 @@ def tokenizer_fingerprint(tokenizer, vocab: list[str]) -> str:
     digest = hashlib.sha256(type(tokenizer.backend_tokenizer.model).__name__.encode())
     digest.update("\0".join(vocab).encode("utf-8", errors="surrogatepass") + b"\0")
     return digest.hexdigest()
+
+
+def hashed_lines(lines: Iterable[str], digest) -> Iterator[str]:
+    """Yield `lines` unchanged, adding each, with a newline, to `digest` (a hashlib object): the
+    sha256 of the text a count read (`LanguageTotals.text_sha256` in the counts' Parquet
+    metadata), by which `merge` knows the same lines counted twice under two paths."""
+    for line in lines:
+        digest.update(line.encode("utf-8", errors="surrogatepass"))
+        digest.update(b"\n")
+        yield line
 
 
 def tokenizer_json_digest(tokenizer) -> str:

@@ -412,9 +412,9 @@ def test_the_table_has_a_row_per_language_and_token_seen_and_its_metadata(tmp_pa
     assert json.loads(table.schema.metadata[b"polyglot_distil"]) == {
         "format": 1, "tokenizer": "tok", "tokenizer_fingerprint": "ffffffff", "vocab_size": 5, "unk_id": 2,
         "languages": {"en": {"lines": 4, "tokens": 11, "chars": 30, "unk": 1, "replaced_bytes": 2, "distinct": 3,
-                             "seconds": 0.5, "sources": ["en.txt"]},
+                             "seconds": 0.5, "sources": ["en.txt"], "text_sha256": ""},
                       "fr": {"lines": 1, "tokens": 2, "chars": 5, "unk": 0, "replaced_bytes": 0, "distinct": 1,
-                             "seconds": 0.0, "sources": ["fr.txt", "b.txt"]}},
+                             "seconds": 0.0, "sources": ["fr.txt", "b.txt"], "text_sha256": ""}},
         "shard": "1/2", "caps": {"max_lines": 9}}
 
 

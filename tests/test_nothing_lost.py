@@ -550,3 +550,39 @@ def test_a_signal_the_moment_the_lock_is_made_still_releases_it(tmp_path, monkey
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_refuses_the_same_text_counted_under_two_paths(tmp_path, tiny_bert_dir, capsys):
+    """A copy of a corpus (or one file named by two paths) counted twice is the same lines twice,
+    whatever the paths say; two different corpora, or two shards of one, merge."""
+    from polyglot_distil.data.corpus import parse_sources
+    from polyglot_distil.vocab.count import count_corpora, read_counts, write_counts
+
+    copy = tmp_path / "copy of sample.txt"
+    copy.write_bytes(SAMPLE.read_bytes())
+    other = tmp_path / "other.txt"
+    other.write_text("a different text\nwith other lines\n", encoding="utf-8")
+
+    def counted(path, name, shard=(0, 1)):
+        counts = count_corpora(str(tiny_bert_dir), {"en": parse_sources([str(path)])}, shard=shard,
+                               show_progress=False)
+        return write_counts(counts, tmp_path / name)
+
+    original, duplicate, different = counted(SAMPLE, "a.parquet"), counted(copy, "b.parquet"), counted(other, "c.parquet")
+    assert len(read_counts(original).totals["en"].text_sha256) == 64
+    err = one_line(capsys, "merge", original, duplicate, "--out", tmp_path / "doubled.parquet")
+    assert f"{duplicate} and {original} counted the same en text" in err and "twice" in err, err
+    assert not (tmp_path / "doubled.parquet").exists()
+    # inside a merged file too
+    assert run_cli("merge", original, different, "--out", tmp_path / "ac.parquet") == 0
+    err = one_line(capsys, "merge", tmp_path / "ac.parquet", duplicate, "--out", tmp_path / "again.parquet")
+    assert "counted the same en text" in err and not (tmp_path / "again.parquet").exists()
+    # the shards of one corpus, and an empty shard of each of two corpora, add freely
+    shards = [counted(SAMPLE, f"s{i}.parquet", (i, 2)) for i in range(2)]
+    assert run_cli("merge", *shards, "--out", tmp_path / "shards.parquet") == 0
+    tiny = [tmp_path / "one-line-1.txt", tmp_path / "one-line-2.txt"]
+    tiny[0].write_text("first corpus\n", encoding="utf-8")
+    tiny[1].write_text("second corpus\n", encoding="utf-8")
+    empties = [counted(path, f"e{i}.parquet", (1, 2)) for i, path in enumerate(tiny)]
+    assert read_counts(empties[0]).totals["en"].text_sha256 == ""
+    assert run_cli("merge", *empties, "--allow-partial", "--out", tmp_path / "empties.parquet") == 0

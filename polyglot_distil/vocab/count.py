@@ -29,6 +29,7 @@ there) encode line by line.
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import json
 import time
@@ -43,7 +44,7 @@ from polyglot_distil.data.corpus import MAX_REPLACED_SHARE, Caps, ReadStats, Sou
     parse_shard
 from polyglot_distil.errors import UserError
 from polyglot_distil.data.tokenization import untruncated
-from polyglot_distil.fingerprints import tokenizer_fingerprint
+from polyglot_distil.fingerprints import hashed_lines, tokenizer_fingerprint
 from polyglot_distil.models.loading import load_tokenizer, vocab_in_id_order
 from polyglot_distil.options import APPEND, FLAG, NO_PROGRESS, POSITIONAL, READS, SEED, WRITES, like, setting
 from polyglot_distil.outputs import atomic_file, check_writable
@@ -68,6 +69,7 @@ class LanguageTotals:
     distinct: int = 0
     seconds: float = 0.0
     sources: list[str] = field(default_factory=list)
+    text_sha256: str = ""  # of the lines counted (each with a newline); "" in a merge and in older files
 
 
 @dataclass
@@ -322,7 +324,9 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
                                   hint=", or pass --allow-replacements")
             if in_bytes:
                 lines = measured(lines)
-            occurrences, line_counts, tokens = count_lines(backend, lines, len(vocab), batch_lines, on_batch, join)
+            text = hashlib.sha256()
+            occurrences, line_counts, tokens = count_lines(backend, hashed_lines(lines, text), len(vocab),
+                                                           batch_lines, on_batch, join)
         bar.close()
         where = ", ".join(str(s) for s in sources)
         if stats.lines == 0 and shard == (0, 1):
@@ -336,7 +340,8 @@ def count_corpora(tokenizer_name: str, languages: dict[str, list[Source]], caps:
             lines=stats.lines, tokens=tokens, chars=stats.chars,
             unk=int(occurrences[result.unk_id]) if result.unk_id is not None else 0,
             replaced_bytes=stats.replaced_bytes, distinct=int(np.count_nonzero(occurrences)),
-            seconds=round(time.perf_counter() - start, 3), sources=stats.sources)
+            seconds=round(time.perf_counter() - start, 3), sources=stats.sources,
+            text_sha256=text.hexdigest() if stats.lines else "")
     return result
 
 
@@ -438,15 +443,24 @@ def check_shards(parts: list[Counts], names: list[str], allow_partial: bool = Fa
     """Shards of one count must each come once, and all of them (I/N for I = 0..N-1), unless
     `allow_partial`; counts of other corpora (shard 0/1, or merged) add freely."""
     seen: dict[str, str] = {}
+    texts: dict[tuple, tuple[str, list[str]]] = {}  # the same lines read under other paths (a copy)
     totals: dict[int, set[int]] = {}
     for part, name in zip(parts, names):
         for unit in counted_units(part):  # a merged part: each of its parts
+            what = json.loads(unit)
             if unit in seen:
-                what = json.loads(unit)
                 raise UserError(f"{name} and {seen[unit]} both hold the same shard {what['shard']} of the {what['lang']} "
                                 f"counts ({', '.join(what['sources']) or 'the same sources'}); merging both would count "
                                 "those lines twice: pass each count once")
             seen[unit] = name
+            if "text" in what:
+                text = (what["tokenizer"], what["lang"], what["text"])
+                if text in texts:
+                    other, sources = texts[text]
+                    raise UserError(f"{name} and {other} counted the same {what['lang']} text (the same lines, read "
+                                    f"from {', '.join(what['sources'])} and from {', '.join(sources)}); merging both "
+                                    "would count those lines twice: pass each count once")
+                texts[text] = (name, what["sources"])
         shard = part.extra.get("shard") or "0/1"
         if shard == "merged" or "/" not in shard:
             continue
@@ -469,7 +483,8 @@ def counted_units(counts: Counts) -> list[str]:
         return list(counts.extra["units"])
     shard, caps = counts.extra.get("shard") or "0/1", counts.extra.get("caps")
     return [json.dumps({"tokenizer": counts.fingerprint, "lang": lang, "shard": shard, "caps": caps,
-                        "sources": list(total.sources)}, sort_keys=True) for lang, total in counts.totals.items()]
+                        "sources": list(total.sources), **({"text": total.text_sha256} if total.text_sha256 else {})},
+                       sort_keys=True) for lang, total in counts.totals.items()]
 
 
 def merge(parts: list[Counts]) -> Counts:
