@@ -205,3 +205,12 @@ def test_an_old_entry_another_run_removed_first_is_no_error(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "unlink", removed_by_another_run_first)
     probs, cached = cached_xnli(cache, "test-fr", "b" * 32, lambda: probabilities(0.2))
     assert not cached and [p.name for p in cache.iterdir()] == [f"test-fr-{'b' * 32}.npy"]
+
+
+@pytest.mark.parametrize("labels", [[0, 2], np.asarray([0, 2], dtype=np.int32), np.asarray([0, 2], dtype=np.int8)])
+def test_the_same_labels_give_the_same_prediction_key_whatever_their_integer_type(model, labels):
+    """Labels read by another reader (a list, an int32 column) are the same labels: the cached
+    predictions are reused, not computed again under another key."""
+    data = pairs()
+    same = NLIData(data.premises, data.hypotheses, labels, data.sources, data.lines)
+    assert prediction_key(str(model), same, SETTINGS) == key(model)
