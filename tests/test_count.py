@@ -528,6 +528,36 @@ def test_merging_counts_of_another_tokenizer_names_both():
         merge([a, b])
 
 
+def test_the_same_text_under_other_paths_is_refused_other_text_and_other_languages_add():
+    """`text_sha256` (the lines a count read): two counts of one text under two paths would count
+    its lines twice; other text, the same text in another language's table, a count with no
+    digest (an older file, or an empty shard) and a merged file's parts are checked alike."""
+    import hashlib
+
+    from polyglot_distil.errors import UserError
+    from polyglot_distil.fingerprints import hashed_lines
+    from polyglot_distil.vocab.count import check_shards, merge
+
+    digest = hashlib.sha256()
+    assert list(hashed_lines(["a b", "", "é"], digest)) == ["a b", "", "é"]
+    assert digest.hexdigest() == hashlib.sha256("a b\n\né\n".encode()).hexdigest()
+
+    def part(text, source, lang="en", shard="0/1"):
+        return _counts(["a"], "f", shard, **{lang: ([1], [1], {"sources": [source], "text_sha256": text})})
+
+    check_shards([part("1" * 64, "a.txt"), part("2" * 64, "b.txt"), part("1" * 64, "c.txt", lang="fr"),
+                  part("", "d.txt"), part("", "e.txt")], list("abcde"))
+    with pytest.raises(UserError) as error:
+        check_shards([part("1" * 64, "a.txt"), part("1" * 64, "copy/a.txt")], ["x.parquet", "y.parquet"])
+    assert str(error.value) == ("y.parquet and x.parquet counted the same en text (the same lines, read from "
+                                "copy/a.txt and from a.txt); merging both would count those lines twice: pass each "
+                                "count once")
+    merged = merge([part("1" * 64, "a.txt"), part("2" * 64, "b.txt")])
+    assert merged.totals["en"].text_sha256 == ""  # the parts' digests are in its units
+    with pytest.raises(UserError, match="^z.parquet and m.parquet counted the same en text"):
+        check_shards([merged, part("2" * 64, "b2.txt")], ["m.parquet", "z.parquet"])
+
+
 def test_shards_must_come_once_and_all_of_them():
     from polyglot_distil.errors import UserError
     from polyglot_distil.vocab.count import check_shards
