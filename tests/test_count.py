@@ -541,6 +541,9 @@ def test_the_same_text_under_other_paths_is_refused_other_text_and_other_languag
     digest = hashlib.sha256()
     assert list(hashed_lines(["a b", "", "é"], digest)) == ["a b", "", "é"]
     assert digest.hexdigest() == hashlib.sha256("a b\n\né\n".encode()).hexdigest()
+    lone = hashlib.sha256()  # a lone surrogate (a JSON escape in a hub dataset's text) is hashed, not an error
+    assert list(hashed_lines(["\ud800"], lone)) == ["\ud800"]
+    assert lone.hexdigest() == hashlib.sha256("\ud800\n".encode("utf-8", "surrogatepass")).hexdigest()
 
     def part(text, source, lang="en", shard="0/1"):
         return _counts(["a"], "f", shard, **{lang: ([1], [1], {"sources": [source], "text_sha256": text})})
@@ -552,6 +555,11 @@ def test_the_same_text_under_other_paths_is_refused_other_text_and_other_languag
     assert str(error.value) == ("y.parquet and x.parquet counted the same en text (the same lines, read from "
                                 "copy/a.txt and from a.txt); merging both would count those lines twice: pass each "
                                 "count once")
+    def two(*sources):
+        return _counts(["a"], "f", "0/1", en=([1], [1], {"sources": list(sources), "text_sha256": "3" * 64}))
+
+    with pytest.raises(UserError, match=r"read from c\.txt, d\.txt and from a\.txt, b\.txt\)"):
+        check_shards([two("a.txt", "b.txt"), two("c.txt", "d.txt")], ["x.parquet", "y.parquet"])
     merged = merge([part("1" * 64, "a.txt"), part("2" * 64, "b.txt")])
     assert merged.totals["en"].text_sha256 == ""  # the parts' digests are in its units
     with pytest.raises(UserError, match="^z.parquet and m.parquet counted the same en text"):
