@@ -197,7 +197,9 @@ assert accelerator.num_processes == 2
 cache = TeacherCache.open_or_build(sys.argv[1], Teacher(), sys.argv[2], Pairs(), [0, 1, 2], [0], [], 64, 10, "cpu",
                                    accelerator=accelerator)
 accelerator.wait_for_everyone()
-print("process", accelerator.process_index, "rows", cache.logits.shape[0], flush=True)
+# one write of one line: the two processes share the pipe, and print's pieces (unbuffered) interleave
+sys.stdout.write(f"process {accelerator.process_index} rows {cache.logits.shape[0]}\n")
+sys.stdout.flush()
 """
 
 
