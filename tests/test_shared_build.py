@@ -198,7 +198,7 @@ cache = TeacherCache.open_or_build(sys.argv[1], Teacher(), sys.argv[2], Pairs(),
                                    accelerator=accelerator)
 accelerator.wait_for_everyone()
 # one write of one line: the two processes share the pipe, and print's pieces (unbuffered) interleave
-sys.stdout.write(f"process {accelerator.process_index} rows {cache.logits.shape[0]}\n")
+sys.stdout.write(f"process {accelerator.process_index} rows {cache.logits.shape[0]}\\n")
 sys.stdout.flush()
 """
 
