@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.fingerprints import argv_hash, changed_inputs, input_fingerprints
-from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, exit_status, setting
+from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status, like, setting
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
@@ -658,13 +658,18 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
         time.sleep(poll_seconds)
 
 
+# the two positional options of `run` and `sizes`
+CONFIG = Option("config", kind=POSITIONAL, required=True, help="YAML config (see configs/)")
+OVERRIDES = Option("overrides", kind=POSITIONAL, nargs="*", metavar="KEY=VALUE", default=[],
+                   help="override config fields, e.g. general.steps=100")
+
+
 @dataclass(kw_only=True)
 class RunSettings:
     """`run`'s settings."""
 
-    config: str = setting(kind=POSITIONAL, help="YAML config (see configs/)")
-    overrides: list[str] = setting([], kind=POSITIONAL, nargs="*", metavar="KEY=VALUE",
-                                   help="override config fields, e.g. general.steps=100")
+    config: str = like(CONFIG)
+    overrides: list[str] = like(OVERRIDES)
     only: str | None = setting(None, metavar="STAGE",
                                help=f"run only this stage (again, if it was done); one of: {', '.join(STAGES)}")
     start: str | None = setting(None, flag="--from", metavar="STAGE",

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polyglot_distil.errors import UserError
-from polyglot_distil.options import POSITIONAL, setting
+from polyglot_distil.options import like, setting
+from polyglot_distil.pipeline import CONFIG, OVERRIDES
 
 SHARED = ("count", "trim", "verify", "finetune")
 PER_SIZE = ("student", "general", "task", "eval")
@@ -180,9 +181,8 @@ def write_plot(rows: list[dict], path: Path) -> bool:
 class SizesSettings:
     """`sizes`' settings."""
 
-    config: str = setting(kind=POSITIONAL, help="YAML config (see configs/), as for 'run'")
-    overrides: list[str] = setting([], kind=POSITIONAL, nargs="*", metavar="KEY=VALUE",
-                                   help="override config fields, e.g. general.steps=100")
+    config: str = like(CONFIG, help="YAML config (see configs/), as for 'run'")
+    overrides: list[str] = like(OVERRIDES)
     layer_counts: str | None = setting(None, help="students' numbers of layers, one student per value, e.g. 2,4,6",
                                        renamed_from=("--layers",))
     hidden_sizes: str | None = setting(None, help="student hidden sizes (default: the config's); every layers x hidden "
