@@ -242,6 +242,39 @@ def test_a_student_of_another_teacher_names_the_teacher_it_was_built_from(capsys
                 *_options(teacher_dir, student, texts, tmp_path / "out", "--steps", 1))
 
 
+def test_tokenizer_files_are_the_same_only_when_every_one_is_byte_identical(tmp_path, teacher_dir, student_dir):
+    """The student's copy of its teacher's tokenizer is loaded once (`same_tokenizer_files`);
+    any difference (a changed byte, a file on one side only) loads and compares both."""
+    from polyglot_distil.models.loading import same_tokenizer_files
+
+    assert same_tokenizer_files(teacher_dir, student_dir)
+    changed = tmp_path / "changed"
+    shutil.copytree(student_dir, changed)
+    config = changed / "tokenizer_config.json"
+    config.write_text(config.read_text(encoding="utf-8").replace("}", ', "extra": 1}', 1), encoding="utf-8")
+    assert not same_tokenizer_files(teacher_dir, changed)
+    extra = tmp_path / "extra"
+    shutil.copytree(student_dir, extra)
+    (extra / "added_tokens.json").write_text("{}", encoding="utf-8")
+    assert not same_tokenizer_files(teacher_dir, extra) and not same_tokenizer_files(extra, teacher_dir)
+    assert not same_tokenizer_files("bert-base-multilingual-cased", student_dir)  # a hub name: loaded
+
+
+def test_a_student_whose_tokenizer_file_differs_is_still_compared(capsys, tmp_path, teacher_dir, student_dir, texts):
+    """One token renamed in the student's tokenizer.json: the files differ, both are loaded and the
+    vocabularies compared."""
+    student = tmp_path / "student"
+    shutil.copytree(student_dir, student)
+    tokenizer = json.loads((student / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tokenizer["model"]["vocab"]
+    word = next(w for w in vocab if w.isalpha() and len(w) > 3)
+    vocab[word + "x"] = vocab.pop(word)
+    (student / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    err = _fails_with(capsys, "have different vocabularies",
+                      *_options(teacher_dir, student, texts, tmp_path / "out", "--steps", 1))
+    assert f"first difference at id {tokenizer['model']['vocab'][word + 'x']}" in err
+
+
 def test_language_without_text_is_an_error(capsys, tmp_path, teacher_dir, student_dir, texts):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n   \n", encoding="utf-8")

@@ -25,7 +25,7 @@ def xlmr_source(request):
 
 
 @pytest.mark.slow
-def test_xlmr_runs_through_student_phase_1_finetune_and_phase_2(tmp_path, xlmr_source):
+def test_xlmr_runs_through_student_phase_1_finetune_and_phase_2(tmp_path, xlmr_source, capsys):
     config = json.loads((xlmr_source / "config.json").read_text())
     assert config["model_type"] == "xlm-roberta" and config["pad_token_id"] == 1
     assert run_cli("student", "--teacher", xlmr_source, "--layers", 1, "--out", tmp_path / "student") == 0
@@ -39,6 +39,7 @@ def test_xlmr_runs_through_student_phase_1_finetune_and_phase_2(tmp_path, xlmr_s
     assert run_cli("distil", "general", "--teacher", xlmr_source, "--student", tmp_path / "student",
                    "--lang", texts[0], "--block-size", longest + 1, "--steps", 1, "--no-progress",
                    "--out", tmp_path / "too-long") == 2
+    assert f"--block-size {longest + 1}: the models take blocks of 3 to {longest} tokens" in capsys.readouterr().err
     assert run_cli("finetune", "--model", xlmr_source, "--train", NLI / "train-en.tsv", "--dev", NLI / "dev-en.tsv",
                    "--epochs", 0.1, "--batch-size", 8, "--no-progress", "--out", tmp_path / "teacher") == 0
     assert run_cli("distil", "task", "--teacher", tmp_path / "teacher" / "best", "--student",

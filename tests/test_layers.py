@@ -5,6 +5,7 @@ included, so a lazy import cannot hide an upward dependency."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,16 @@ def layer_of(module: str) -> str:
     return "shared"  # errors, outputs, tables, params, options
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(text: str) -> ast.Module:
+    return ast.parse(text)
+
+
+def tree(path: Path) -> ast.Module:
+    """The file's syntax tree (parsed once per text: several checks read every module)."""
+    return _parsed(path.read_text(encoding="utf-8"))
+
+
 def modules() -> dict[str, Path]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -50,7 +61,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path]) -> list[tuple[st
     """(imported polyglot_distil module, line) for every import in the file, at any depth."""
     out = []
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree(path)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -70,7 +81,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path]) -> list[tuple[st
 
 
 def uses_argparse(path: Path) -> int | None:
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree(path)):
         if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
             return node.lineno
         if isinstance(node, ast.ImportFrom) and node.module == "argparse":
@@ -155,20 +166,20 @@ def namespace_parameters(path: Path) -> list[str]:
     torch hook's `args`, a tuple it indexes, is not one.)"""
     found = []
     where = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path.name
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree(path)):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
+        read, handed = set(), False  # names whose attributes the function reads; getattr(args, ...)
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Attribute) and isinstance(inner.value, ast.Name):
+                read.add(inner.value.id)
+            handed = handed or (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
+                                and inner.func.id in ("getattr", "vars", "hasattr") and bool(inner.args)
+                                and isinstance(inner.args[0], ast.Name) and inner.args[0].id == "args")
         for parameter in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
             name = parameter.arg
-            for inner in ast.walk(node):
-                read = (isinstance(inner, ast.Attribute) and isinstance(inner.value, ast.Name)
-                        and inner.value.id == name and name in ("args", "namespace", "ns"))
-                handed = (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
-                          and inner.func.id in ("getattr", "vars", "hasattr") and inner.args
-                          and isinstance(inner.args[0], ast.Name) and inner.args[0].id == "args")
-                if read or handed:
-                    found.append(f"{where}:{node.lineno} {node.name}({name})")
-                    break
+            if (name in read and name in ("args", "namespace", "ns")) or handed:
+                found.append(f"{where}:{node.lineno} {node.name}({name})")
     return found
 
 
@@ -205,6 +216,6 @@ def test_no_command_is_declared_in_models():
     """models/ is the library of model code; a command (its settings, printing, `Command`) lives in
     a stage module above it or in cli/."""
     found = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for module, path in modules().items()
-             if layer_of(module) == "models" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if layer_of(module) == "models" for node in ast.walk(tree(path))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"]
     assert not found, "commands declared in models/:\n" + "\n".join(found)

@@ -253,6 +253,7 @@ def test_keeping_every_head_and_neuron_gives_the_teacher(tmp_path, teacher_dir):
     assert torch.equal(*outputs)
 
 
+@pytest.mark.slow
 def test_a_narrower_importance_student_reports_its_kept_heads_and_distils(tmp_path, teacher_dir, capsys):
     student = tmp_path / "s"
     assert run_cli("student", "--teacher", teacher_dir, "--init", "importance", "--heads", 1,

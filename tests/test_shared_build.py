@@ -93,6 +93,7 @@ def test_while_the_main_process_builds_the_teacher_cache_the_others_poll_and_non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "teacher"], "no mark or lock left"
 
 
+@pytest.mark.slow
 def test_a_build_longer_than_the_wait_limit_is_waited_for_while_its_builder_beats(tmp_path, monkeypatch):
     import polyglot_distil.shared_build as shared_build
     from polyglot_distil.shared_build import build_once

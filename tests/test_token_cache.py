@@ -119,13 +119,15 @@ def test_runs_sharing_a_token_cache_tokenize_once_keep_each_others_blocks_and_tr
     assert f"--token-cache {tmp_path / 'file'}: not a folder" in err and not (tmp_path / "bad").exists()
 
 
-def test_the_other_processes_wait_for_the_main_processs_cache(tmp_path):
+def test_the_other_processes_wait_for_the_main_processs_cache(tmp_path, monkeypatch):
+    import polyglot_distil.shared_build as shared_build
     from polyglot_distil.data.token_cache import cached_blocks
 
+    monkeypatch.setattr(shared_build, "POLL_SECONDS", 0.02)
     written = []
 
     def write(lang, handle):
-        time.sleep(0.5)  # the other process polls meanwhile
+        time.sleep(0.2)  # the other process polls meanwhile
         handle.write(np.full((3, 4), 7, dtype=np.int32).tobytes())
         written.append(lang)
         return 3

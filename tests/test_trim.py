@@ -48,11 +48,11 @@ class Trimmed:
     """A source folder, its trim, texts of the trimmed languages, and both tokenizers (loaded once:
     the real XLM-R one takes seconds)."""
 
-    def __init__(self, source: Path, out: Path, texts: list[str]):
+    def __init__(self, source: Path, out: Path, texts: list[str], before=None):
         self.source, self.out, self.texts = source, out, texts
         self.report = json.loads((out / "trim_report.json").read_text(encoding="utf-8"))
         self.old_ids = np.asarray(self.report["old_ids"], dtype=np.int64)
-        self.before, self.after = load_tokenizer(source), load_tokenizer(out)
+        self.before, self.after = before or load_tokenizer(source), load_tokenizer(out)
         id_map = id_map_for(self.old_ids, len(vocab_in_id_order(self.before)))
         with untruncated(self.before) as backend:
             self.covered = [text for text in texts if (id_map[backend.encode(text).ids] >= 0).all()]
@@ -64,11 +64,12 @@ def make_trim(tmp: Path, source: Path, corpus: dict[str, list], rules: Rules, ve
 
     source = with_random_mlm_bias(source, tmp / "source")
     languages = {lang: parse_sources([str(s) for s in files]) for lang, files in corpus.items()}
-    counts = count_corpora(str(source), languages, show_progress=False, tokenizer=load_tokenizer(source))
+    before = load_tokenizer(source)
+    counts = count_corpora(str(source), languages, show_progress=False, tokenizer=before)
     texts = {lang: lines_of(files, verify_lines) for lang, files in corpus.items()}
     trim(str(source), counts, list(corpus), rules, tmp / "trimmed", verify_texts=texts, show_progress=False,
          log=lambda *_: None)
-    return Trimmed(source, tmp / "trimmed", [t for lang_texts in texts.values() for t in lang_texts])
+    return Trimmed(source, tmp / "trimmed", [t for lang_texts in texts.values() for t in lang_texts], before)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,23 @@ def lines() -> list[str]:
     return training_lines()
 
 
+class Flavours(dict):
+    """Each flavour's tokenizer, trained on first use (the fast loop trains only Qwen's)."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__()
+        self.lines = lines
+
+    def __missing__(self, flavour: str):
+        train = {"byte_level": lambda: byte_level_bpe(self.lines), "qwen": lambda: byte_level_bpe(self.lines, qwen=True),
+                 "sentencepiece": lambda: sentencepiece_bpe(self.lines)}[flavour]
+        self[flavour] = tokenizer = train()
+        return tokenizer
+
+
 @pytest.fixture(scope="module")
-def tokenizers_by_flavour(lines) -> dict:
-    return {"byte_level": byte_level_bpe(lines), "qwen": byte_level_bpe(lines, qwen=True),
-            "sentencepiece": sentencepiece_bpe(lines)}
+def tokenizers_by_flavour(lines) -> Flavours:
+    return Flavours(lines)
 
 
 class BpeTrim:
@@ -120,7 +133,7 @@ def test_a_bpe_with_dropout_is_refused_in_one_line(tokenizers_by_flavour):
     from polyglot_distil.errors import UserError
     from polyglot_distil.vocab.trim_tokenizer import tokenizer_model_type
 
-    spec = json.loads(tokenizers_by_flavour["byte_level"].to_str())
+    spec = json.loads(tokenizers_by_flavour["qwen"].to_str())
     spec["model"]["dropout"] = 0.1
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(UserError, match="has dropout"):

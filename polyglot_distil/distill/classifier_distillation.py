@@ -127,10 +127,11 @@ def load_teacher(teacher_path: str, student_path: str, student_tokenizer, attn: 
     import torch
 
     from polyglot_distil.models.classifier import load_classifier
-    from polyglot_distil.models.loading import vocab_in_id_order
+    from polyglot_distil.models.loading import same_tokenizer_files, vocab_in_id_order
 
     teacher = load_classifier(teacher_path, attn_implementation=attn, trust_remote_code=trust_remote_code,
-                              dtype=getattr(torch, dtype) if dtype else None)
+                              dtype=getattr(torch, dtype) if dtype else None,
+                              tokenizer=student_tokenizer if same_tokenizer_files(teacher_path, student_path) else None)
     reduce_to_vocabulary(teacher.model, vocab_in_id_order(teacher.tokenizer), vocab_in_id_order(student_tokenizer),
                          teacher_path, student_path)
     teacher.model.eval().requires_grad_(False)

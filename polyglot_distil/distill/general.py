@@ -454,7 +454,7 @@ def load_inputs(options: Phase1Settings, weights: LossWeights, settings, acceler
     from polyglot_distil.distill.training import CACHE
     from polyglot_distil.models.encoder import has_mlm_output
     from polyglot_distil.models.loading import check_tokenizer_fits, encoder_class_for, load_model, load_tokenizer, \
-        saved_dtype
+        same_tokenizer_files, saved_dtype
     from polyglot_distil.models.student import make_student, planned_config
 
     languages = group_lang_specs(options.lang)
@@ -462,9 +462,14 @@ def load_inputs(options: Phase1Settings, weights: LossWeights, settings, acceler
     attn = "eager" if weights.attention > 0 else "sdpa"
     remote = options.trust_remote_code
     teacher_config = load_model(options.teacher, AutoConfig, trust_remote_code=remote)
-    if weights.relation:  # on the configurations: a wrong setting answers before the models load
-        resolve_relation(weights, teacher_config, load_model(options.student, AutoConfig, trust_remote_code=remote)
-                         if options.student else planned_config(teacher_config, options.spec(options.seed)))
+    # on the configurations: a wrong setting answers before the models load
+    student_config = load_model(options.student, AutoConfig, trust_remote_code=remote) if options.student \
+        else planned_config(teacher_config, options.spec(options.seed))
+    if weights.relation:
+        resolve_relation(weights, teacher_config, student_config)
+    longest = max_positions(student_config)
+    if not 3 <= options.block_size <= longest:
+        raise UserError(f"--block-size {options.block_size}: the models take blocks of 3 to {longest} tokens")
     # float32 weights whatever the checkpoints' dtype: bf16/fp16 only through --mixed-precision's autocast
     teacher = load_model(options.teacher, encoder_class_for(teacher_config), trust_remote_code=remote,
                          attn_implementation=attn, dtype=torch.float32)
@@ -475,14 +480,15 @@ def load_inputs(options: Phase1Settings, weights: LossWeights, settings, acceler
     tokenizer = load_tokenizer(options.teacher, remote)
     check_tokenizer_fits(teacher, tokenizer, options.teacher)
     if options.student:
-        student_config = load_model(options.student, AutoConfig, trust_remote_code=remote)
         student = load_model(options.student, encoder_class_for(student_config), trust_remote_code=remote,
                              attn_implementation=attn, dtype=torch.float32)
         dtype = save_dtype or saved_dtype(student_config)
         if (weights.logits or weights.mlm) and not has_mlm_output(student):
             raise UserError(f"student {options.student} has no masked-LM head: the logit and MLM losses need one")
-        check_same_vocabulary(tokenizer, load_tokenizer(options.student, remote), options.teacher, options.student,
-                              teacher.get_input_embeddings().weight.shape[0],
+        same_files = student_config.model_type == teacher_config.model_type and \
+            same_tokenizer_files(options.teacher, options.student)  # the same tokenizer, not loaded twice
+        check_same_vocabulary(tokenizer, tokenizer if same_files else load_tokenizer(options.student, remote),
+                              options.teacher, options.student, teacher.get_input_embeddings().weight.shape[0],
                               student.get_input_embeddings().weight.shape[0])
     else:
         student, _ = make_student(teacher, tokenizer, options.spec(options.seed), attn_implementation=attn)
@@ -491,10 +497,6 @@ def load_inputs(options: Phase1Settings, weights: LossWeights, settings, acceler
         raise UserError(f"the attention loss compares heads one to one, but the student has "
                         f"{student.config.num_attention_heads} and the teacher {teacher.config.num_attention_heads}; "
                         "pass --attention-weight 0")
-    longest = max_positions(student.config)
-    if not 3 <= options.block_size <= longest:
-        raise UserError(f"--block-size {options.block_size}: the models take blocks of 3 to {longest} tokens")
-
     masking = Masking.for_tokenizer(tokenizer, student.get_input_embeddings().weight.shape[0], options.mask_probability)
     shared = options.token_cache
     blocks = load_blocks(languages, tokenizer, options.block_size, options.max_lines, options.seed,

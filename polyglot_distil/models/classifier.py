@@ -65,9 +65,11 @@ def _label_order(path: str, config) -> tuple[list[int], str | None]:
 
 
 def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implementation: str = "sdpa",
-                    trust_remote_code: bool = False, dtype=None) -> Classifier:
+                    trust_remote_code: bool = False, dtype=None, tokenizer=None) -> Classifier:
     """Load an NLI model and its tokenizer; one clear line if it has no 3-way classification head.
-    `dtype` (a torch dtype; None: the one it was saved in): training loads float32.
+    `dtype` (a torch dtype; None: the one it was saved in): training loads float32. `tokenizer`:
+    one already loaded from the same files (`loading.same_tokenizer_files`), used instead of
+    loading them again.
 
     Compare two models' outputs only with both loaded with the same `attn_implementation`
     (eager and sdpa differ by ~1e-7). Deployed forms load too, on the CPU: an int8 folder
@@ -91,7 +93,8 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
     if onnx_file is not None or is_int8_folder(path):
         model = (load_onnx_classifier(onnx_file, config) if onnx_file is not None
                  else load_int8(path, attn_implementation, trust_remote_code))
-        return Classifier(path, model.eval(), load_tokenizer(folder, trust_remote_code=trust_remote_code), to_xnli, note)
+        return Classifier(path, model.eval(), tokenizer or load_tokenizer(folder, trust_remote_code=trust_remote_code),
+                          to_xnli, note)
     model, info = load_model(path, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code,
                              attn_implementation=attn_implementation, output_loading_info=True,
                              **({"dtype": dtype} if dtype is not None else {}))
@@ -99,7 +102,7 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", attn_implement
         missing = ", ".join(sorted(info["missing_keys"])[:3])
         raise UserError(f"{path} has no saved classification head (weights missing: {missing}); "
                         "fine-tune it on NLI first")
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    tokenizer = tokenizer or load_tokenizer(path, trust_remote_code=trust_remote_code)
     check_tokenizer_fits(model, tokenizer, path)
     return Classifier(path, model.to(device).eval(), tokenizer, to_xnli, note)
 
