@@ -149,23 +149,50 @@ class TaskPhase(TrainingPhase):
     def load(self, accelerator) -> None:
         """The pair, which parameters train (LT-SFT's groups, K, the ticket), the batches, the
         teacher's outputs (computed, or read from --teacher-cache) and the dev evaluation."""
-        from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
-        from polyglot_distil.distill.sparse import LotteryTicket, parameter_groups, sparse_count
-        from polyglot_distil.fingerprints import body_fingerprint
-        from polyglot_distil.distill.training import CACHE
+        options, weights, main = self.options, self.weights, accelerator.is_main_process
+        pair, new_names = self._load_pair()
+        self.model = pair.student
+        groups, k, selectable = self._choose_trainable(new_names)
+        pairs = self._load_batches(pair, accelerator)
+        pair.teacher_to(accelerator.device)
+        self.dev_evaluation = DevEvaluation(pair, self.dev_data, options.batch_size, options.max_length, accelerator)
+        self.distillation = ClassifierLoss(pair, weights, accelerator.device, self._teacher_cache(pair, pairs,
+                                                                                                  accelerator))
+        if main:
+            total = sum(p.numel() for p in self.model.parameters())
+            print(f"student: {total:,} parameters; K = {k:,} of {selectable:,} selectable ({k / selectable:.2%}); "
+                  f"head {', '.join(groups.head)}", file=sys.stderr)
+            if pair.teacher.note:
+                print(f"note: {pair.teacher.note}", file=sys.stderr)
+        self.info = {"command": "distil task", "teacher": str(options.teacher), "student": str(options.student),
+                     "task": options.task, "train": options.train, "dev": options.dev,
+                     "train_pairs": len(self.train_pairs), "weights": asdict(weights), "layer_map": pair.layer_map,
+                     "density": options.density, "k": k, "include_embeddings": options.include_embeddings,
+                     "stage_steps": {"full": self.stages.full, "sparse": self.stages.sparse}}
+        self.diff_record = {**self.info, "base": str(options.student), "base_fingerprint": self.fingerprint}
+
+    def _load_pair(self):
+        """(the pair, the student's new head's parameter names): a new head on the phase-1 student
+        (XNLI order) and the teacher on its vocabulary."""
         from polyglot_distil.models.loading import check_tokenizer_fits, load_tokenizer
 
-        options, weights, main = self.options, self.weights, accelerator.is_main_process
-        # the pair: a new head on the phase-1 student (XNLI order), the teacher on its vocabulary
+        options = self.options
         self.tokenizer = load_tokenizer(options.student, options.trust_remote_code)
         student, new_names, self.student_dtype = load_student(options.student, options.seed,
-                                                              attention_implementation(weights),
+                                                              attention_implementation(self.weights),
                                                               options.trust_remote_code)
         check_tokenizer_fits(student, self.tokenizer, options.student)
-        pair = pair_with_teacher(options.teacher, student, options.student, self.tokenizer, list(range(3)), weights,
-                                 options.layer_map, options.trust_remote_code)
+        pair = pair_with_teacher(options.teacher, student, options.student, self.tokenizer, list(range(3)),
+                                 self.weights, options.layer_map, options.trust_remote_code)
+        return pair, new_names
 
-        # which parameters train: LT-SFT's groups and K
+    def _choose_trainable(self, new_names: list[str]) -> tuple:
+        """(groups, K, selectable count): LT-SFT's parameter groups (the frozen ones frozen here),
+        K, the ticket, and the fingerprint of the body the sparse diff applies to."""
+        from polyglot_distil.distill.sparse import LotteryTicket, parameter_groups, sparse_count
+        from polyglot_distil.fingerprints import body_fingerprint
+
+        options, student = self.options, self.model
         groups = parameter_groups(student, new_names, include_embeddings=options.include_embeddings)
         params = dict(student.named_parameters())
         selectable = sum(params[n].numel() for n in groups.selectable)
@@ -174,52 +201,47 @@ class TaskPhase(TrainingPhase):
         k = sparse_count(options.density, options.sparse_params, selectable, what)
         for name in groups.frozen:
             params[name].requires_grad_(False)
-        fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
+        self.fingerprint = body_fingerprint(params, [n for n in params if n not in groups.head])
         self.ticket = LotteryTicket(student, groups, k)
+        return groups, k, selectable
 
-        # data
+    def _load_batches(self, pair, accelerator):
+        """The tokenized training pairs (cached under OUT/cache/) as batches; with --reduce-vocab
+        only the embedding rows they use train."""
+        from polyglot_distil.data.nli_batches import NLIBatches, cached_pairs
+        from polyglot_distil.distill.training import CACHE
+
+        options, main = self.options, accelerator.is_main_process
         show = False if options.no_progress or not main else None
         pairs = cached_pairs(self.tokenizer, self.train_pairs, options.max_length, show, Path(options.out) / CACHE,
                              main=main, barrier=accelerator.wait_for_everyone)
-        self.model = student
         self.train_data = NLIBatches(pairs, pair.student_labels(self.train_pairs.labels), options.batch_size,
                                      options.seed, options.length_buckets)
         if options.reduce_vocab:  # the ticket keeps theta0 and the mask full-size: K, mask and diff as full training's
             from polyglot_distil.models.used_vocab import restrict_to_pairs
 
-            name, used, note = restrict_to_pairs(student, pairs)
+            name, used, note = restrict_to_pairs(self.model, pairs)
             self.ticket.train_rows(name, used)
             if main:
                 print(note, file=sys.stderr)
+        return pairs
 
-        # loss and evaluation
-        pair.teacher_to(accelerator.device)
-        self.dev_evaluation = DevEvaluation(pair, self.dev_data, options.batch_size, options.max_length, accelerator)
-        cache = None
-        if options.teacher_cache:
-            from polyglot_distil.distill.teacher_cache import TeacherCache
-            from polyglot_distil.models.student import hidden_state_pairs
+    def _teacher_cache(self, pair, pairs, accelerator):
+        """With --teacher-cache, the teacher's outputs on the training pairs, built once and read
+        back (teacher_cache.py); else None: the teacher computes them at each step."""
+        options, weights = self.options, self.weights
+        if not options.teacher_cache:
+            return None
+        from polyglot_distil.distill.teacher_cache import TeacherCache
+        from polyglot_distil.models.student import hidden_state_pairs
 
-            cache = TeacherCache.open_or_build(
-                options.teacher_cache, pair.teacher.model, options.teacher, pairs,
-                pair.teacher_order(accelerator.device),
-                hidden=[k for _, k in hidden_state_pairs(pair.layer_map)] if weights.hidden else [],
-                attention=list(pair.layer_map) if weights.attention else [], max_length=options.max_length,
-                batch_size=options.batch_size, device=accelerator.device, accelerator=accelerator,
-                log=lambda text: print(text, file=sys.stderr) if main else None)
-        self.distillation = ClassifierLoss(pair, weights, accelerator.device, cache)
-        if main:
-            print(f"student: {sum(p.numel() for p in params.values()):,} parameters; K = {k:,} of {selectable:,} "
-                  f"selectable ({k / selectable:.2%}); head {', '.join(groups.head)}", file=sys.stderr)
-            if pair.teacher.note:
-                print(f"note: {pair.teacher.note}", file=sys.stderr)
-
-        self.info = {"command": "distil task", "teacher": str(options.teacher), "student": str(options.student),
-                     "task": options.task, "train": options.train, "dev": options.dev,
-                     "train_pairs": len(self.train_pairs), "weights": asdict(weights), "layer_map": pair.layer_map,
-                     "density": options.density, "k": k, "include_embeddings": options.include_embeddings,
-                     "stage_steps": {"full": self.stages.full, "sparse": self.stages.sparse}}
-        self.diff_record = {**self.info, "base": str(options.student), "base_fingerprint": fingerprint}
+        main = accelerator.is_main_process
+        return TeacherCache.open_or_build(
+            options.teacher_cache, pair.teacher.model, options.teacher, pairs, pair.teacher_order(accelerator.device),
+            hidden=[k for _, k in hidden_state_pairs(pair.layer_map)] if weights.hidden else [],
+            attention=list(pair.layer_map) if weights.attention else [], max_length=options.max_length,
+            batch_size=options.batch_size, device=accelerator.device, accelerator=accelerator,
+            log=lambda text: print(text, file=sys.stderr) if main else None)
 
     # The step. Stage 1 trains every parameter; before the first step of stage 2 the ticket
     # switches (the mask chosen, every parameter back to theta0, a fresh optimizer), and from then
