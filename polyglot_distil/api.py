@@ -22,16 +22,15 @@ keyword-only argument with the command's name in Python spelling (`--min-line-sh
 one (docs/renamed-options.md: `limit=` -> `max_pairs=`, ...) still works for one release, with
 one warning line. Languages map to lists of sources as `count` reads them.
 A function raises `polyglot_distil.errors.UserError` with the same one-line message the command
-prints. A stage's function prints nothing on stdout (what the command prints for a reader, its
-tables and "wrote ..." lines, is in the returned report); warnings and progress go to stderr as
-the command's do. `run` and `sizes`, whole pipelines, print their stages' lines as their commands do.
+prints. A stage's function prints nothing on stdout: what the command prints for a reader, its
+tables and "wrote ..." lines, is in the returned report under "lines" (the command layer prints
+them); warnings and progress go to stderr as the command's do. `run` and `sizes`, whole
+pipelines, print their stages' lines as their commands do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import os
 from typing import Any, Iterable
 
@@ -79,19 +78,17 @@ def _old_keywords(function):
 
 
 def _call(name: str, settings: type, function, /, lang: list[str] | None = None, check_status: bool = True,
-          quiet: bool = True, **values: Any) -> dict:
+          **values: Any) -> dict:
     """Run the stage `function` of the command `name` on `values` (paths as strings, iterables as
     lists; `lang`: the specs of a languages mapping), made into its `settings` dataclass as the
-    command line's are, and return its report; a report with a non-zero "exit_status" raises,
-    unless not `check_status`. `quiet`: the lines the command prints for a reader (its tables,
-    "wrote ...") are not printed: a library call returns them in its report; warnings and progress
-    still go to stderr."""
+    command line's are, and return its report (the lines the command prints for a reader under
+    "lines"; the stage function prints none); a report with a non-zero "exit_status" raises,
+    unless not `check_status`."""
     command = Command(tuple(name.split()), run=function, settings=settings)
     values = _plain(values)
     options = command.namespace(**values, **({"lang": lang} if lang is not None else {}))
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            report = command.call(options)
+        report = command.call(options)
     finally:
         release_locks()  # of outputs a failed stage did not get to write
     if check_status and isinstance(report, dict) and report.get("exit_status"):
@@ -326,8 +323,7 @@ def run(config: PathLike, overrides: Iterable[str] = (), only: str | None = None
     """The whole pipeline of a YAML config (as `polyglot-distil run`)."""
     from polyglot_distil.pipeline import RunSettings, run_run
 
-    return _call("run", RunSettings, run_run, config=str(config), overrides=list(overrides), only=only, start=start,
-                 quiet=False)
+    return _call("run", RunSettings, run_run, config=str(config), overrides=list(overrides), only=only, start=start)
 
 
 @_old_keywords
@@ -339,7 +335,7 @@ def sizes(config: PathLike, layer_counts: Iterable[int], hidden_sizes: Iterable[
 
     return _call("sizes", SizesSettings, run_sizes, config=str(config), overrides=list(overrides),
                  layer_counts=",".join(map(str, layer_counts)),
-                 hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None, quiet=False)
+                 hidden_sizes=",".join(map(str, hidden_sizes)) if hidden_sizes else None)
 
 
 def import_model(source: str, out: PathLike, *,

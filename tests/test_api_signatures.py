@@ -67,9 +67,113 @@ def test_an_unknown_keyword_is_a_type_error_and_a_bad_value_a_user_error(tmp_pat
 
 
 def test_a_stage_function_returns_its_report_and_prints_nothing_on_stdout(tmp_path, tiny_bert_dir, capsys):
-    from conftest import CORPORA
+    from conftest import CORPORA, run_cli
 
     report = api.count(str(tiny_bert_dir), {"en": [CORPORA / "en" / "sample.txt"]}, tmp_path / "c.parquet",
                        no_progress=True)
     assert capsys.readouterr().out == ""  # the command prints its table and "wrote ..."; the library returns
-    assert (tmp_path / "c.parquet").is_file() and report
+    wrote = f"({report['rows']:,} rows)"
+    assert (tmp_path / "c.parquet").is_file() and report["lines"][-1] == f"wrote {tmp_path / 'c.parquet'} {wrote}"
+    assert run_cli("count", "--model", tiny_bert_dir, "--lang", f"en={CORPORA / 'en' / 'sample.txt'}", "--out",
+                   tmp_path / "c2.parquet", "--no-progress") == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(report["lines"]) and printed[-1] == f"wrote {tmp_path / 'c2.parquet'} {wrote}"
+    def untimed(lines):  # the table's cells but its last column, tokens/s (a timing, which also sets the width)
+        return [line.split()[:-1] for line in lines[:-1]]
+
+    assert untimed(printed) == untimed(report["lines"])
+
+
+def _prints_on_stdout(path) -> list[str]:
+    """Where the module at `path` prints without `file=` or hands `print` itself to be called."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print" \
+                and not any(k.arg == "file" for k in node.keywords):
+            found.append(f"{path.name}:{node.lineno} print(...)")
+        elif isinstance(node, ast.Name) and node.id == "print" and id(node) not in called:
+            found.append(f"{path.name}:{node.lineno} print passed as a function")
+    return found
+
+
+def test_no_module_below_the_command_layer_prints_on_stdout():
+    """Stage functions return their reader lines (report["lines"]) and `cli.main` prints them;
+    only `run`'s and `sizes`' own pipeline output (pipeline.py, sizes.py) is printed where it is made."""
+    from pathlib import Path
+
+    import polyglot_distil
+
+    package = Path(polyglot_distil.__file__).parent
+    modules = [p for p in sorted(package.rglob("*.py")) if "cli" not in p.relative_to(package).parts
+               and p.name not in ("pipeline.py", "sizes.py")]
+    assert len(modules) > 40 and package / "vocab" / "count.py" in modules
+    assert [line for path in modules for line in _prints_on_stdout(path)] == []
+    assert "redirect_stdout" not in (package / "api.py").read_text(encoding="utf-8")
+
+
+def test_the_stdout_check_finds_a_planted_print(tmp_path):
+    planted = tmp_path / "stage.py"
+    planted.write_text("import sys\n\ndef run(log=print):\n    print('x', file=sys.stderr)\n    print('wrote x')\n",
+                       encoding="utf-8")
+    assert _prints_on_stdout(planted) == ["stage.py:3 print passed as a function", "stage.py:5 print(...)"]
+
+
+@pytest.mark.slow
+def test_every_stage_returns_its_lines_prints_nothing_and_its_command_prints_them(tmp_path, tiny_bert_dir, capsys):
+    """Each stage through the API on a tiny model: stdout stays empty (no redirect in api) and the
+    report holds the lines; the commands print those lines (student, apply-diff: no timings in them)."""
+    from conftest import CORPORA, run_cli
+
+    nli = {"train": [str(CORPORA / "nli" / "train-en.tsv")], "dev": [str(CORPORA / "nli" / "dev-en.tsv")]}
+    langs = {"en": [CORPORA / "en" / "sample.txt"], "fr": [CORPORA / "fr" / "sample.txt"]}
+    phase1 = {"steps": 2, "batch_size": 2, "block_size": 24, "heldout_blocks": 2, "max_lines": 30, "no_progress": True}
+    short = {"batch_size": 8, "max_train_pairs": 16, "no_progress": True}
+    t = tmp_path
+
+    def xnli(out):
+        return api.xnli(t / "task" / "best", ["fr"], out, teacher=str(t / "teacher" / "best"), data=str(CORPORA / "nli"),
+                        max_pairs=20, no_efficiency=True, bootstrap=0, teacher_cache=str(t / "cache"), no_progress=True)
+
+    calls = {
+        "count": lambda: api.count(str(tiny_bert_dir), langs, t / "c.parquet", no_progress=True),
+        "trim": lambda: api.trim(str(tiny_bert_dir), t / "c.parquet", ["en", "fr"], t / "trimmed", min_count=1,
+                                 verify_lines=10, no_progress=True),
+        "verify": lambda: api.verify(str(tiny_bert_dir), t / "trimmed", langs, max_lines=10, no_progress=True),
+        "student": lambda: api.student(str(t / "trimmed"), t / "student", layers=1),
+        "search_map": lambda: api.search_map(str(t / "trimmed"), langs, t / "search", student=str(t / "student"),
+                                             candidates="0;3", **phase1),
+        "general": lambda: api.general(str(t / "trimmed"), langs, t / "general", student=str(t / "student"), **phase1),
+        "finetune": lambda: api.finetune(str(t / "trimmed"), **nli, out=t / "teacher", epochs=0.5, **short),
+        "task": lambda: api.task(t / "teacher" / "best", t / "general" / "final", **nli, out=t / "task",
+                                 full_epochs=0.5, sparse_epochs=0.5, **short),
+        "apply_diff": lambda: api.apply_diff(t / "general" / "final", t / "task" / "sparse_diff", t / "dense"),
+        "quantize": lambda: api.quantize(t / "task" / "best", t / "int8"),
+        "qat": lambda: api.quantize(t / "task" / "best", t / "qat", method="qat", teacher=str(t / "teacher" / "best"),
+                                    **nli, epochs=0.5, **short),
+        "xnli": lambda: xnli(t / "eval"),
+        "xnli_cached": lambda: xnli(t / "eval2"),  # the teacher's predictions from the cache
+    }
+    reports, progress = {}, {}
+    for name, call in calls.items():
+        reports[name] = call()
+        out, progress[name] = capsys.readouterr()
+        assert out == "" and reports[name]["lines"], (name, out)
+    # what comes while a stage works is progress, on stderr as it happens
+    assert progress["search_map"].startswith("search: 2 given mappings, 2 steps each")
+    assert f"fr teacher: predictions from {t / 'cache'}" in progress["xnli_cached"]
+    assert reports["count"]["lines"][-1].startswith(f"wrote {t / 'c.parquet'}")
+    assert reports["verify"]["lines"][-1] == "verify: identical on every covered text"
+    assert reports["search_map"]["lines"][-1].startswith(f"wrote {t / 'search' / 'layer_map.txt'}")
+    accuracy = {role: f"{100 * a:.2f}%" for role, a in reports["xnli"]["average"]["accuracy"].items()}
+    assert reports["xnli"]["lines"] == [f"average XNLI accuracy over fr: model {accuracy['model']}, teacher "
+                                        f"{accuracy['teacher']}; report in {t / 'eval'}/REPORT.md"]
+
+    assert run_cli("student", "--teacher", t / "trimmed", "--layers", 1, "--out", t / "student",
+                   "--overwrite") == 0  # the same lines as the API's
+    assert run_cli("apply-diff", "--student", t / "general" / "final", "--diff", t / "task" / "sparse_diff",
+                   "--out", t / "dense", "--overwrite") == 0
+    assert capsys.readouterr().out.splitlines() == [*reports["student"]["lines"], *reports["apply_diff"]["lines"]]

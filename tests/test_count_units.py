@@ -568,17 +568,18 @@ def count_settings(tmp_path, tokenizer_json, **options) -> CountSettings:
                          no_progress=True, **options)
 
 
-def test_count_writes_the_table_prints_the_summary_and_reports_the_totals(tmp_path, tokenizer_json, capsys):
+def test_count_writes_the_table_and_reports_the_totals_and_the_summary(tmp_path, tokenizer_json, capsys):
     report = run_count(count_settings(tmp_path, tokenizer_json))
     counts = read_counts(tmp_path / "c.parquet")
     rows = pq.read_table(tmp_path / "c.parquet").num_rows
     assert rows == sum(int(np.count_nonzero(o)) for o in counts.occurrences.values()) > 0
     assert report == {"out": str(tmp_path / "c.parquet"), "rows": rows,
-                      "totals": {lang: asdict(t) for lang, t in counts.totals.items()}}
+                      "totals": {lang: asdict(t) for lang, t in counts.totals.items()},
+                      "lines": [*summary_table(counts).splitlines(), f"wrote {tmp_path / 'c.parquet'} ({rows:,} rows)"]}
     assert counts.tokenizer == tokenizer_json and counts.unk_id == UNK and counts.extra["shard"] == "0/1"
     occ, _ = by_hand(wordpiece_backend(), EN)
     assert as_dict(counts.occurrences["en"]) == dict(occ) and counts.totals["en"].unk == 2
-    assert capsys.readouterr().out == f"{summary_table(counts)}\nwrote {tmp_path / 'c.parquet'} ({rows:,} rows)\n"
+    assert capsys.readouterr().out == ""  # the command prints the lines
 
 
 def test_count_records_its_caps_and_shard(tmp_path, tokenizer_json):
@@ -654,8 +655,9 @@ def test_merge_adds_the_shards_prints_the_summary_and_reports(tmp_path, tokenize
     assert merged.line_counts["en"].tolist() == whole.line_counts["en"].tolist()
     assert merged.totals["en"].lines == 4 and merged.extra["merged_from"] == ["0/2", "1/2"]
     assert report == {"out": str(tmp_path / "m.parquet"), "parts": 2,
-                      "totals": {"en": asdict(merged.totals["en"])}}
-    assert capsys.readouterr().out == f"{summary_table(merged)}\nwrote {tmp_path / 'm.parquet'} from 2 parts\n"
+                      "totals": {"en": asdict(merged.totals["en"])},
+                      "lines": [*summary_table(merged).splitlines(), f"wrote {tmp_path / 'm.parquet'} from 2 parts"]}
+    assert capsys.readouterr().out == ""
     with pytest.raises(UserError, match="^shard 1/2 missing from the merge"):
         run_merge(MergeSettings(parts=parts[:1], out=str(tmp_path / "half.parquet")))
     assert not (tmp_path / "half.parquet").exists()

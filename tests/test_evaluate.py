@@ -150,7 +150,7 @@ def test_the_teacher_cache_runs_the_teacher_once_and_notices_when_it_changes(tmp
     calls.clear()
     capsys.readouterr()
     cached = evaluate(tmp_path / "cached", "--model", models["permuted"], *common, "--teacher-cache", cache)
-    assert calls == ["fr model", "sw model"] and "fr teacher: predictions from" in capsys.readouterr().out
+    assert calls == ["fr model", "sw model"] and "fr teacher: predictions from" in capsys.readouterr().err  # progress
     assert cached["settings"]["teacher_cache"] == str(cache)
     plain = evaluate(tmp_path / "plain", "--model", models["permuted"], *common)
     assert figures(cached) == figures(plain) and figures(first) == figures(evaluate(

@@ -234,7 +234,8 @@ def test_training_on_the_rows_the_data_uses_saves_what_full_training_saves(tmp_p
     bitwise, and so do the losses; fewer rows were trained."""
     capsys.readouterr()
     assert finetune(tiny_bert_dir, tmp_path / "reduced", "--reduce-vocab") == 0
-    used, rows = (int(n.replace(",", "")) for n in capsys.readouterr().out.split("training ")[1].split(" ")[:4:3])
+    note = capsys.readouterr().err  # a note, on stderr with the progress
+    used, rows = (int(n.replace(",", "")) for n in note.split("training ")[1].split(" ")[:4:3])
     assert 0 < used < rows
     for folder in ("best", "final"):
         expected, reduced = saved_weights(run_dir / folder), saved_weights(tmp_path / "reduced" / folder)

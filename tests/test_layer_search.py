@@ -148,8 +148,9 @@ def test_a_search_that_fails_before_scoring_a_candidate_leaves_no_output(tmp_pat
     # the block size is checked against the loaded models, after the search's folder was made
     assert run_cli("distil", "search-map", "--teacher", tiny_bert_dir, "--layers", 2, *LANGS, *SHORT,
                    "--block-size", 100000, "--out", tmp_path / "search") == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --block-size 100000") and len(err.splitlines()) == 1, err
+    *progress, error = capsys.readouterr().err.strip().splitlines()  # the search's opening line is progress
+    assert [line.split(",")[0] for line in progress] == ["search: all 6 increasing mappings"], progress
+    assert error.startswith("error: --block-size 100000"), error
     assert not (tmp_path / "search").exists()
 
 

@@ -282,13 +282,13 @@ def test_settings_at_their_bounds_are_allowed():
         VerifySettings(original="o", trimmed="t", lang=["en=x"], **options)
 
 
-def test_an_equal_trim_prints_the_table_writes_the_report_and_exits_0(mlm, tmp_path, capsys):
+def test_an_equal_trim_reports_the_table_writes_the_report_and_exits_0(mlm, tmp_path, capsys):
     report_path = tmp_path / "out" / "verify.json"
     report_path.parent.mkdir()
     report = run_verify(settings(mlm, tmp_path, COVERED + UNCOVERED[:1], report=str(report_path)))
     out, err = capsys.readouterr()
-    assert report["exit_status"] == 0 and err == ""
-    lines = out.splitlines()
+    assert report["exit_status"] == 0 and err == "" and out == ""  # the command prints report["lines"]
+    lines = report["lines"]
     assert lines[0].startswith("lang  texts") and lines[1].startswith("en        4    75.0%")
     assert lines[1].endswith("equal") and lines[2:] == ["verify: identical on every covered text"]
     expected = report["languages"]["en"]
@@ -342,8 +342,8 @@ def test_a_difference_is_exit_1_with_the_languages_named_and_the_report_written(
     report = run_verify(options)
     out, err = capsys.readouterr()
     assert report["exit_status"] == 1 and list(report["languages"]) == ["en", "fr", "de"]
-    assert err == "verify: the trimmed model differs on covered text of en, de\n"
-    assert out.splitlines()[1].endswith("3 DIFFER") and "identical on every" not in out
+    assert err == "verify: the trimmed model differs on covered text of en, de\n" and out == ""
+    assert report["lines"][1].endswith("3 DIFFER") and "identical on every" not in "\n".join(report["lines"])
     assert json.loads(report_path.read_text())["fr"]["passed"] is True
 
 
@@ -360,7 +360,7 @@ def test_too_little_covered_text_is_exit_1_naming_each_thin_language(mlm, tmp_pa
     assert err == (f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; "
                    f"--min-coverage {min_coverage:g}): trim that language with more text, or verify on text it "
                    "covers\n")
-    assert "identical on every covered text" not in out
+    assert out == "" and "verify: identical on every covered text" not in report["lines"]
 
 
 def test_coverage_exactly_at_the_minimum_passes_and_a_language_without_text_does_not(mlm, tmp_path, capsys):

@@ -25,8 +25,9 @@ temporaries removed, locks released, a training run's checkpoint saved.
 Each command module declares its `Command`: its words, help, the settings dataclass its options
 are made from and the stage function it calls, both from the library (which `run` and `api` call
 too, without this layer); `smoke_model`, `export_onnx` and `import_model` hold the whole command
-(settings, printing) over library functions. The parser is made from the settings dataclasses
-here; `main` calls the stage function.
+(settings, report) over library functions. The parser is made from the settings dataclasses
+here; `main` calls the stage function and prints the lines its report holds for a reader
+(`report["lines"]`: tables, "wrote ..."); a stage function writes nothing on stdout itself.
 An old option name (docs/renamed-options.md) prints one warning line and works.
 """
 
@@ -40,7 +41,8 @@ import threading
 
 from polyglot_distil import __version__
 from polyglot_distil.errors import Terminated, UserError, interruption
-from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, warn_once
+from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, reader_lines, \
+    warn_once
 from polyglot_distil.outputs import release_locks
 
 
@@ -150,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         from polyglot_distil.models.loading import quiet_transformers
 
         quiet_transformers()
-        return exit_status(command.call(options))
+        report = command.call(options)
+        for line in reader_lines(report):  # the one place a command's reader lines reach stdout
+            print(line)
+        return exit_status(report)
     except UserError as exc:
         if os.environ.get("POLYGLOT_DISTIL_DEBUG"):
             raise

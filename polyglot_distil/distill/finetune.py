@@ -89,7 +89,7 @@ class FinetunePhase(TrainingPhase):
         if options.reduce_vocab:
             _, _, note = restrict_to_pairs(self.model, pairs)
             if accelerator.is_main_process:
-                print(note, flush=True)
+                print(note, file=sys.stderr, flush=True)
 
     def loss(self, model, batch: dict):
         """Cross-entropy of the model's logits against the gold labels (no terms to log beside it)."""
@@ -130,8 +130,8 @@ def run_finetune(options: FinetuneSettings) -> dict:
                   "epochs": options.epochs, **({"save_dtype": options.save_dtype} if options.save_dtype else {}),
                   **({"reduce_vocab": True} if options.reduce_vocab else {})}
     result = train(settings, run_config, FinetunePhase(options, train_data, dev_data))
-    if result.is_main_process:
-        print(f"step {result.step} ({options.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
-              f"{result.best_value:.4f} at step {result.best_step}")
-        print(f"wrote {Path(options.out) / 'best'} and {result.final_dir}")
-    return result.summary()
+    if not result.is_main_process:
+        return result.summary()
+    return {**result.summary(), "lines": [
+        f"step {result.step} ({options.epochs:g} epochs of {len(train_data):,} pairs): best dev accuracy "
+        f"{result.best_value:.4f} at step {result.best_step}", f"wrote {Path(options.out) / 'best'} and {result.final_dir}"]}

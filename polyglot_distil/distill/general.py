@@ -603,6 +603,4 @@ def run_distil_general(options: GeneralSettings) -> dict:
         return result.summary()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
     best = f"; best eval_loss {result.best_value:.4g} at step {result.best_step}" if result.best_step else ""
-    print(f"step {result.step}: {summary}{best}")
-    print(f"wrote {result.final_dir}")
-    return result.summary()
+    return {**result.summary(), "lines": [f"step {result.step}: {summary}{best}", f"wrote {result.final_dir}"]}

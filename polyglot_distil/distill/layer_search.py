@@ -40,6 +40,7 @@ import json
 import math
 import random
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -280,7 +281,7 @@ class MapSearch:
         self.tried.append(result)
         if self.main:
             print(f"{label(mapping):>24}  {self.criterion} {result['criterion']:.5g}  (phase-1 loss "
-                  f"{result['eval_loss']:.4g})", flush=True)
+                  f"{result['eval_loss']:.4g})", file=sys.stderr, flush=True)
         return result["criterion"]
 
     def run(self, mapping: tuple[int, ...], folder: Path) -> dict:
@@ -422,7 +423,8 @@ def run_search_map(options: SearchMapSettings) -> dict:
            f"all {space} increasing mappings" if space <= options.budget else
            f"a genetic search over {options.budget} of {space:,} increasing mappings")
     if main:
-        print(f"search: {how}, {options.steps} steps each; ranked by held-out {criterion}", flush=True)
+        print(f"search: {how}, {options.steps} steps each; ranked by held-out {criterion}", file=sys.stderr,
+              flush=True)
     try:
         best, history = search_mappings(runs.score, t_layers, s_layers, options.budget, options.population,
                                         options.seed, candidates)
@@ -448,7 +450,7 @@ def run_search_map(options: SearchMapSettings) -> dict:
     barrier()
     versus = (f" (the default {label(default)}: {history[default]:.5g})" if default in history and default != best
               else " (the default mapping)" if default == best else "")
-    print(f"best mapping {','.join(map(str, best))}: held-out {criterion} {history[best]:.5g}{versus}")
     init = f"polyglot-distil student ... --init-layers {','.join(map(str, best))}, then " if coupled else ""
-    print(f"wrote {out / LAYER_MAP_FILE}; use it with: {init}polyglot-distil distil general ... --layer-map {out}")
-    return summary
+    return {**summary, "lines": [
+        f"best mapping {','.join(map(str, best))}: held-out {criterion} {history[best]:.5g}{versus}",
+        f"wrote {out / LAYER_MAP_FILE}; use it with: {init}polyglot-distil distil general ... --layer-map {out}"]}

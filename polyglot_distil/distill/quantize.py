@@ -236,11 +236,11 @@ def quantize_dynamic(options: QuantizeSettings) -> dict:
                   "int8_bytes": (tmp / WEIGHTS_FILE).stat().st_size}
         (tmp / "quantize.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     before = f"{report['float_bytes'] / 1e6:.1f} MB -> " if report["float_bytes"] else ""
-    print(f"int8: {report['linear_layers']} Linear layers" +
-          (f" and {report['embedding_tables']} embedding tables" if report["embedding_tables"] else "") +
-          f"; weights {before}{report['int8_bytes'] / 1e6:.1f} MB; wrote {options.out} "
-          "(load it with polyglot_distil.models.quantized.load_int8)")
-    return report
+    return {**report, "lines": [f"int8: {report['linear_layers']} Linear layers" +
+                                (f" and {report['embedding_tables']} embedding tables" if report["embedding_tables"]
+                                 else "") +
+                                f"; weights {before}{report['int8_bytes'] / 1e6:.1f} MB; wrote {options.out} "
+                                "(load it with polyglot_distil.models.quantized.load_int8)"]}
 
 
 class QATPhase(TrainingPhase):
@@ -350,12 +350,13 @@ def quantize_qat(options: QuantizeSettings) -> dict:
                   "epochs": options.epochs, "weights": asdict(weights), "layer_map": layer_map_record(options.layer_map),
                   **({"reduce_vocab": True} if options.reduce_vocab else {})}
     result = train(settings, run_config, QATPhase(options, weights, train_data, dev_data))
-    if result.is_main_process:
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
-        print(f"step {result.step}: {summary}; best dev accuracy {result.best_value:.4f} at step {result.best_step}")
-        print(f"wrote {Path(options.out) / 'best'} and {result.final_dir} (int8 folders: "
-              "polyglot_distil.models.quantized.load_int8)")
-    return result.summary()
+    if not result.is_main_process:
+        return result.summary()
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
+    return {**result.summary(), "lines": [
+        f"step {result.step}: {summary}; best dev accuracy {result.best_value:.4f} at step {result.best_step}",
+        f"wrote {Path(options.out) / 'best'} and {result.final_dir} (int8 folders: "
+        "polyglot_distil.models.quantized.load_int8)"]}
 
 
 def run_quantize(options: QuantizeSettings) -> dict:

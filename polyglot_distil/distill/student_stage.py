@@ -49,7 +49,7 @@ class StudentSettings(StudentShape, StudentPaths):
 
 
 def run_student(settings: StudentSettings) -> dict:
-    """The `student` stage: build, save, print the summary; returns the description (student.json)."""
+    """The `student` stage: build, save; returns the description (student.json), its summary in "lines"."""
     from transformers import AutoConfig
 
     from polyglot_distil.models.loading import check_tokenizer_fits, encoder_class_for, load_model, load_tokenizer
@@ -67,13 +67,12 @@ def run_student(settings: StudentSettings) -> dict:
         description["kept_from_teacher"] = carry_body_tensors(settings.teacher, tmp)  # e.g. a pooler the class lacks
         copy_tokenizer(settings.teacher, tmp)
         (tmp / "student.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    print(f"student: {description['layers']} layers (teacher {description['teacher_layers']}), "
-          f"hidden {student.config.hidden_size}, {count_parameters(student)['total']:,} parameters "
-          f"(teacher {count_parameters(teacher)['total']:,}); init {description['init']}"
-          + (f" from teacher layers {description['init_layers']}" if description["init_layers"] else ""))
+    lines = [f"student: {description['layers']} layers (teacher {description['teacher_layers']}), "
+             f"hidden {student.config.hidden_size}, {count_parameters(student)['total']:,} parameters "
+             f"(teacher {count_parameters(teacher)['total']:,}); init {description['init']}"
+             + (f" from teacher layers {description['init_layers']}" if description["init_layers"] else "")]
     if "kept" in description:
         kept = description["kept"]
-        print(f"kept by importance ({kept['loss']} loss): {len(kept['hidden'])} of {teacher.config.hidden_size} "
-              f"hidden features; per layer (all in student.json):\n{kept_table(description)}")
-    print(f"wrote {settings.out}")
-    return description
+        lines += [f"kept by importance ({kept['loss']} loss): {len(kept['hidden'])} of {teacher.config.hidden_size} "
+                  "hidden features; per layer (all in student.json):", *kept_table(description).splitlines()]
+    return {**description, "lines": [*lines, f"wrote {settings.out}"]}

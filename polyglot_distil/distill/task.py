@@ -342,7 +342,7 @@ def run_distil_task(options: TaskSettings) -> dict:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.last_train.items() if k in ("loss", *TERMS))
     # best/ is chosen among the sparse stage's evaluations only (phase 2's output is the sparse
     # model); the full stage's, which metrics.jsonl also holds, may be higher
-    print(f"step {result.step} ({stages.full} full + {stages.sparse} sparse): {summary}; best dev accuracy of the "
-          f"sparse stage (kept as best/) {result.best_value:.4f} at step {result.best_step}; K = {record['k']:,}")
-    print(f"wrote {out / 'best'}, {result.final_dir} and {out / 'sparse_diff'}")
-    return {**result.summary(), "k": record["k"], "sparse_diff": str(out / "sparse_diff")}
+    lines = [f"step {result.step} ({stages.full} full + {stages.sparse} sparse): {summary}; best dev accuracy of the "
+             f"sparse stage (kept as best/) {result.best_value:.4f} at step {result.best_step}; K = {record['k']:,}",
+             f"wrote {out / 'best'}, {result.final_dir} and {out / 'sparse_diff'}"]
+    return {**result.summary(), "k": record["k"], "sparse_diff": str(out / "sparse_diff"), "lines": lines}

@@ -22,6 +22,7 @@ teacher state / attention layer `hidden-K.npy` float16 [tokens, H] and `attentio
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -51,11 +52,12 @@ class TeacherCache:
     @classmethod
     def open_or_build(cls, folder: str | Path, teacher, teacher_path, pairs, teacher_order, hidden: list[int],
                       attention: list[int], max_length: int, batch_size: int, device, accelerator=None,
-                      log=print) -> "TeacherCache":
+                      log=None) -> "TeacherCache":
         """The cache in `folder` if it holds this key, else built there first: by the main process,
         while the others poll for it (shared_build.build_once: no collective waits on the build,
-        and several runs sharing the folder take turns)."""
+        and several runs sharing the folder take turns). `log` takes its progress lines (default: stderr)."""
         folder = Path(folder)
+        log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         key = teacher_cache_key(FORMAT, teacher_path, pairs.input_ids, pairs.offsets, hidden, attention, max_length)
         if folder.exists() and not (folder / "cache.json").is_file():
             raise UserError(f"--teacher-cache {folder} exists and is not a teacher cache; give another folder")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,7 @@ def evaluate_xnli(model: str, langs: list[str], out: str | os.PathLike, teacher:
                              {**settings, "split": split, "lang": lang})
         probs, cached = cached_xnli(teacher_cache, f"{split}-{lang}", key, compute)
         if cached:
-            print(f"{lang} teacher: predictions from {teacher_cache}", flush=True)
+            print(f"{lang} teacher: predictions from {teacher_cache}", file=sys.stderr, flush=True)
         return probs
 
     correct: dict[str, dict[str, np.ndarray]] = {}
@@ -253,7 +254,7 @@ class XNLISettings:
 
 
 def run_eval_xnli(settings: XNLISettings) -> dict:
-    """The `eval xnli` stage: evaluate, write the report, print the averages; returns the report."""
+    """The `eval xnli` stage: evaluate, write the report; returns it, the averages in "lines"."""
     if settings.teacher_cache and os.path.exists(settings.teacher_cache) and not os.path.isdir(settings.teacher_cache):
         raise UserError(f"--teacher-cache {settings.teacher_cache}: not a folder; give a folder (made if missing)")
     report = evaluate_xnli(settings.model, parse_langs(settings.langs), settings.out, teacher=settings.teacher,
@@ -265,5 +266,5 @@ def run_eval_xnli(settings: XNLISettings) -> dict:
                            teacher_cache=settings.teacher_cache, bootstrap=settings.bootstrap, seed=settings.seed)
     average = report["average"]
     summary = ", ".join(f"{role} {100 * acc:.2f}%" for role, acc in average["accuracy"].items())
-    print(f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in {settings.out}/REPORT.md")
-    return report
+    return {**report, "lines": [f"average XNLI accuracy over {', '.join(report['languages'])}: {summary}; report in "
+                                f"{settings.out}/REPORT.md"]}

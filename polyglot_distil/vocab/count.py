@@ -586,7 +586,7 @@ class MergeSettings:
 
 
 def run_count(settings: CountSettings) -> dict:
-    """The `count` stage: count, write the table, print its summary; returns the report."""
+    """The `count` stage: count, write the table; returns the report, its summary table in "lines"."""
     shard = parse_shard(settings.shard)
     out = str(shard_path(settings.out, shard)) if settings.shard == "auto" and shard[1] > 1 else settings.out
     check_writable(out, settings.overwrite, kind="file")  # before the (possibly long) work
@@ -598,20 +598,18 @@ def run_count(settings: CountSettings) -> dict:
                            trust_remote_code=settings.trust_remote_code,
                            allow_replacements=settings.allow_replacements)
     write_counts(counts, out, settings.overwrite)
-    print(summary_table(counts))
     rows = sum(int(np.count_nonzero(c)) for c in counts.occurrences.values())
-    print(f"wrote {out} ({rows:,} rows)")
-    return {"out": str(out), "rows": rows, "totals": {lang: asdict(t) for lang, t in counts.totals.items()}}
+    return {"out": str(out), "rows": rows, "totals": {lang: asdict(t) for lang, t in counts.totals.items()},
+            "lines": [*summary_table(counts).splitlines(), f"wrote {out} ({rows:,} rows)"]}
 
 
 def run_merge(settings: MergeSettings) -> dict:
-    """The `merge` stage: add counts files into one; returns the report."""
+    """The `merge` stage: add counts files into one; returns the report, its summary table in "lines"."""
     check_writable(settings.out, settings.overwrite, kind="file")
     parts = [read_counts(p) for p in settings.parts]
     check_shards(parts, [str(p) for p in settings.parts], settings.allow_partial)
     merged = merge(parts)
     write_counts(merged, settings.out, settings.overwrite)
-    print(summary_table(merged))
-    print(f"wrote {settings.out} from {len(settings.parts)} parts")
     return {"out": str(settings.out), "parts": len(settings.parts),
-            "totals": {lang: asdict(t) for lang, t in merged.totals.items()}}
+            "totals": {lang: asdict(t) for lang, t in merged.totals.items()},
+            "lines": [*summary_table(merged).splitlines(), f"wrote {settings.out} from {len(settings.parts)} parts"]}

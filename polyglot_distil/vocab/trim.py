@@ -94,10 +94,11 @@ def _share(part: int, whole: int) -> float:
 def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: Rules, out: str | Path, *,
          counts_path: str | Path | None = None, overwrite: bool = False,
          verify_texts: dict[str, list[str]] | None = None, trust_remote_code: bool = False,
-         show_progress: bool | None = None, log=print) -> dict:
+         show_progress: bool | None = None, log=None) -> dict:
     """Trim `model_name` to the tokens `rules` select from the counts of `langs` and write the
     folder `out`. With `verify_texts` ({lang: texts}) the saved folder is checked against the
-    source before it is put in place. Returns the trim report (also in `out/trim_report.json`)."""
+    source before it is put in place, and `log`, when given, takes that check's table (text). Returns
+    the trim report (also in `out/trim_report.json`)."""
     from transformers import AutoConfig
 
     out = check_writable(out, overwrite)
@@ -207,7 +208,8 @@ def trim(model_name: str, counts: Counts | str | Path, langs: list[str], rules: 
             (tmp / "trim_report.json").write_text(json.dumps({"old_ids": kept_ids.tolist()}), encoding="utf-8")
             results = verify_equivalence(model_name, tmp, verify_texts, trust_remote_code=trust_remote_code,
                                          show_progress=show_progress, original_tokenizer=tokenizer)
-            log(verify_table(results))
+            if log is not None:
+                log(verify_table(results))
             report["verify"] = {lang: r.as_dict() for lang, r in results.items()}
             seconds["verify"] = time.perf_counter() - start
             failed = [lang for lang, r in results.items() if not r.passed]
@@ -369,7 +371,8 @@ class TrimSettings:
 
 
 def run_trim(settings: TrimSettings) -> dict:
-    """The `trim` stage: select, trim, quick-verify, print the summary; returns the trim report."""
+    """The `trim` stage: select, trim, quick-verify; returns the trim report, its summary (the
+    quick verification's table first) in "lines"."""
     check_writable(settings.out, settings.overwrite)
     langs = csv(settings.langs)
     if not langs:
@@ -382,13 +385,15 @@ def run_trim(settings: TrimSettings) -> dict:
     if missing:
         raise UserError(f"language {missing[0]!r} is not in {settings.counts} (it has: {', '.join(counts.languages)})")
     texts = None if settings.no_verify else verification_texts(settings.verify_text, counts, langs, settings.verify_lines)
+    lines: list[str] = []
     report = trim(settings.model, counts, langs, rules, settings.out, counts_path=settings.counts, overwrite=settings.overwrite,
                   verify_texts=texts, trust_remote_code=settings.trust_remote_code,
-                  show_progress=False if settings.no_progress else None)
-    print(selection_table(report["selection"]))
-    print(f"parameters {report['params_before']:,} -> {report['params_after']:,} "
-          f"(-{100 * report['reduction']:.1f}%), vocabulary {report['vocab_size_before']:,} -> "
-          f"{report['vocab_size_after']:,}")
-    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
-    print(f"wrote {settings.out}")
-    return report
+                  show_progress=False if settings.no_progress else None,
+                  log=lambda text: lines.extend(text.splitlines()))
+    lines += [*selection_table(report["selection"]).splitlines(),
+              f"parameters {report['params_before']:,} -> {report['params_after']:,} "
+              f"(-{100 * report['reduction']:.1f}%), vocabulary {report['vocab_size_before']:,} -> "
+              f"{report['vocab_size_after']:,}",
+              "seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
+              f"wrote {settings.out}"]
+    return {**report, "lines": lines}

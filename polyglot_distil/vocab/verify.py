@@ -398,7 +398,8 @@ class VerifySettings:
 
 
 def run_verify(settings: VerifySettings) -> dict:
-    """The `verify` stage: compare, print the table, write --report; "exit_status" 1 when they differ."""
+    """The `verify` stage: compare, write --report; returns the figures, the table in "lines",
+    "exit_status" 1 when they differ."""
     if settings.report:
         check_writable(settings.report, settings.overwrite, kind="file")
     caps = Caps(max_lines=settings.max_lines, seed=settings.seed)
@@ -406,11 +407,11 @@ def run_verify(settings: VerifySettings) -> dict:
     results = verify_equivalence(settings.original, settings.trimmed, texts, batch_size=settings.batch_size,
                                  trust_remote_code=settings.trust_remote_code,
                                  show_progress=False if settings.no_progress else None)
-    print(verify_table(results))
     if settings.report:
         with atomic_file(settings.report, settings.overwrite) as tmp:
             tmp.write_text(json.dumps({lang: r.as_dict() for lang, r in results.items()}, indent=1), encoding="utf-8")
-    report = {"languages": {lang: r.as_dict() for lang, r in results.items()}, "exit_status": 0}
+    report = {"languages": {lang: r.as_dict() for lang, r in results.items()}, "exit_status": 0,
+              "lines": verify_table(results).splitlines()}
     failed = [lang for lang, r in results.items() if not r.passed]
     if failed:
         print(f"verify: the trimmed model differs on covered text of {', '.join(failed)}", file=sys.stderr)
@@ -425,5 +426,5 @@ def run_verify(settings: VerifySettings) -> dict:
               file=sys.stderr)
         report["exit_status"] = 1
         return report
-    print("verify: identical on every covered text")
+    report["lines"].append("verify: identical on every covered text")
     return report
