@@ -92,7 +92,7 @@ def _call(name: str, settings: type, function, /, lang: list[str] | None = None,
     finally:
         release_locks()  # of outputs a failed stage did not get to write
     if check_status and isinstance(report, dict) and report.get("exit_status"):
-        raise UserError(f"{command.name} failed (exit status {report['exit_status']})")
+        raise UserError(report.get("failure") or f"{command.name} failed (exit status {report['exit_status']})")
     return report
 
 

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.fingerprints import argv_hash, changed_inputs, input_fingerprints
-from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status, like, reader_lines, \
-    setting
+from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status, failure_line, like, \
+    reader_lines, setting
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
@@ -612,6 +612,8 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
             report = stage.command.call(stage.command.namespace(**step.values))
             for line in reader_lines(report):  # as the stage's command prints them
                 print(line)
+            if failure_line(report):
+                print(failure_line(report), file=sys.stderr)
             code = exit_status(report)
             if code != 0:
                 raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "

@@ -342,7 +342,7 @@ def test_a_difference_is_exit_1_with_the_languages_named_and_the_report_written(
     report = run_verify(options)
     out, err = capsys.readouterr()
     assert report["exit_status"] == 1 and list(report["languages"]) == ["en", "fr", "de"]
-    assert err == "verify: the trimmed model differs on covered text of en, de\n" and out == ""
+    assert report["failure"] == "verify: the trimmed model differs on covered text of en, de" and out == err == ""
     assert report["lines"][1].endswith("3 DIFFER") and "identical on every" not in "\n".join(report["lines"])
     assert json.loads(report_path.read_text())["fr"]["passed"] is True
 
@@ -357,10 +357,10 @@ def test_too_little_covered_text_is_exit_1_naming_each_thin_language(mlm, tmp_pa
     report = run_verify(settings(mlm, tmp_path, texts, min_coverage=min_coverage))
     out, err = capsys.readouterr()
     assert report["exit_status"] == 1 and report["languages"]["en"]["passed"] is True
-    assert err == (f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; "
-                   f"--min-coverage {min_coverage:g}): trim that language with more text, or verify on text it "
-                   "covers\n")
-    assert out == "" and "verify: identical on every covered text" not in report["lines"]
+    assert report["failure"] == (f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; "
+                                 f"--min-coverage {min_coverage:g}): trim that language with more text, or verify on "
+                                 "text it covers")
+    assert out == err == "" and "verify: identical on every covered text" not in report["lines"]
 
 
 def test_coverage_exactly_at_the_minimum_passes_and_a_language_without_text_does_not(mlm, tmp_path, capsys):
@@ -369,12 +369,13 @@ def test_coverage_exactly_at_the_minimum_passes_and_a_language_without_text_does
     empty.write_text("", encoding="utf-8")
     options = settings(mlm, tmp_path, COVERED, min_coverage=0.0)
     options.lang += [f"fr={empty}"]
-    assert run_verify(options)["exit_status"] == 1
-    assert "(fr: 0 of 0 texts (0.0%); --min-coverage 0)" in capsys.readouterr().err
+    report = run_verify(options)
+    assert report["exit_status"] == 1 and "(fr: 0 of 0 texts (0.0%); --min-coverage 0)" in report["failure"]
     options = settings(mlm, tmp_path, ["abc", "ab"], min_coverage=0.6)
     options.lang += [f"fr={empty}"]
-    assert run_verify(options)["exit_status"] == 1
-    assert "(en: 1 of 2 texts (50.0%); fr: 0 of 0 texts (0.0%); --min-coverage 0.6)" in capsys.readouterr().err
+    report = run_verify(options)
+    assert report["exit_status"] == 1
+    assert "(en: 1 of 2 texts (50.0%); fr: 0 of 0 texts (0.0%); --min-coverage 0.6)" in report["failure"]
 
 
 def test_a_report_path_that_is_a_folder_is_refused_before_any_work_even_with_overwrite(mlm, tmp_path, capsys,

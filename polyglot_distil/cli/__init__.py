@@ -41,8 +41,8 @@ import threading
 
 from polyglot_distil import __version__
 from polyglot_distil.errors import Terminated, UserError, interruption
-from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, reader_lines, \
-    warn_once
+from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, failure_line, \
+    reader_lines, warn_once
 from polyglot_distil.outputs import release_locks
 
 
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         report = command.call(options)
         for line in reader_lines(report):  # the one place a command's reader lines reach stdout
             print(line)
+        if failure_line(report):
+            print(failure_line(report), file=sys.stderr)
         return exit_status(report)
     except UserError as exc:
         if os.environ.get("POLYGLOT_DISTIL_DEBUG"):

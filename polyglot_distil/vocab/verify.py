@@ -24,7 +24,6 @@ Exit status 1 when any covered text differs (tokenization or outputs), 0 otherwi
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -399,7 +398,7 @@ class VerifySettings:
 
 def run_verify(settings: VerifySettings) -> dict:
     """The `verify` stage: compare, write --report; returns the figures, the table in "lines",
-    "exit_status" 1 when they differ."""
+    "exit_status" 1 and the verdict in "failure" when they differ or too little text is covered."""
     if settings.report:
         check_writable(settings.report, settings.overwrite, kind="file")
     caps = Caps(max_lines=settings.max_lines, seed=settings.seed)
@@ -414,17 +413,17 @@ def run_verify(settings: VerifySettings) -> dict:
               "lines": verify_table(results).splitlines()}
     failed = [lang for lang, r in results.items() if not r.passed]
     if failed:
-        print(f"verify: the trimmed model differs on covered text of {', '.join(failed)}", file=sys.stderr)
         report["exit_status"] = 1
+        report["failure"] = f"verify: the trimmed model differs on covered text of {', '.join(failed)}"
         return report
     thin = {lang: r for lang, r in results.items() if r.texts == 0 or r.covered / r.texts < settings.min_coverage}
     if thin:  # "identical" must never mean "compared nothing"
         shown = "; ".join(f"{lang}: {r.covered:,} of {r.texts:,} texts ({100 * r.covered / max(r.texts, 1):.1f}%)"
                           for lang, r in thin.items())
-        print(f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; --min-coverage "
-              f"{settings.min_coverage:g}): trim that language with more text, or verify on text it covers",
-              file=sys.stderr)
         report["exit_status"] = 1
+        report["failure"] = (f"verify: too little text is covered by the kept vocabulary to vouch for it ({shown}; "
+                             f"--min-coverage {settings.min_coverage:g}): trim that language with more text, or "
+                             "verify on text it covers")
         return report
     report["lines"].append("verify: identical on every covered text")
     return report
