@@ -62,6 +62,7 @@ def xnli_lines(xnli_dir, lang, n=300):
     return lines
 
 
+@pytest.mark.slow
 def test_counts_equal_reference_for_real_mbert_vocabulary(mbert_vocab_dir, xnli_dir):
     assert_matches_reference(mbert_vocab_dir, xnli_lines(xnli_dir, "fr", 100) + xnli_lines(xnli_dir, "zh", 100))
 
@@ -139,6 +140,7 @@ def test_a_chunk_whose_separators_do_not_match_its_lines_is_counted_line_by_line
     assert {i: int(c) for i, c in enumerate(lines_of) if c} == dict(ref_lines)
 
 
+@pytest.mark.slow
 def test_joined_counts_equal_per_line_for_real_mbert_vocabulary(mbert_vocab_dir, xnli_dir):
     tokenizer = load_tokenizer(mbert_vocab_dir)
     lines = [line for lang in ("ar", "hi", "th", "zh", "vi", "el") for line in xnli_lines(xnli_dir, lang, 150)]

@@ -4,6 +4,7 @@ row names a test that exists and asserts the row's bold words, and the library s
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -20,12 +21,19 @@ def rows() -> list[dict]:
 
 
 def source_of(path: str, name: str) -> str | None:
-    source = (ROOT / path).read_text(encoding="utf-8")
-    for node in ast.parse(source).body:
+    source, tree = parsed(path)
+    for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
             return "".join(ast.get_source_segment(source, d) or "" for d in node.decorator_list) + \
                 ast.get_source_segment(source, node)
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def parsed(path: str) -> tuple[str, ast.Module]:
+    """A test file's text and syntax tree, parsed once (many rows name the same file)."""
+    source = (ROOT / path).read_text(encoding="utf-8")
+    return source, ast.parse(source)
 
 
 def library_source() -> str:

@@ -84,6 +84,7 @@ def test_cached_blocks_equal_the_uncached_ones_and_a_second_run_tokenizes_nothin
         sorted(map(tuple, expected["en"].tolist()))
 
 
+@pytest.mark.slow
 def test_runs_sharing_a_token_cache_tokenize_once_keep_each_others_blocks_and_train_alike(tmp_path, tiny_bert_dir,
                                                                                          monkeypatch, capsys):
     """`distil general --token-cache DIR`: the second run on the same text reads the first one's
