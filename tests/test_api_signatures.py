@@ -84,44 +84,6 @@ def test_a_stage_function_returns_its_report_and_prints_nothing_on_stdout(tmp_pa
     assert untimed(printed) == untimed(report["lines"])
 
 
-def _prints_on_stdout(path) -> list[str]:
-    """Where the module at `path` prints without `file=` or hands `print` itself to be called."""
-    import ast
-
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print" \
-                and not any(k.arg == "file" for k in node.keywords):
-            found.append(f"{path.name}:{node.lineno} print(...)")
-        elif isinstance(node, ast.Name) and node.id == "print" and id(node) not in called:
-            found.append(f"{path.name}:{node.lineno} print passed as a function")
-    return found
-
-
-def test_no_module_below_the_command_layer_prints_on_stdout():
-    """Stage functions return their reader lines (report["lines"]) and `cli.main` prints them;
-    only `run`'s and `sizes`' own pipeline output (pipeline.py, sizes.py) is printed where it is made."""
-    from pathlib import Path
-
-    import polyglot_distil
-
-    package = Path(polyglot_distil.__file__).parent
-    modules = [p for p in sorted(package.rglob("*.py")) if "cli" not in p.relative_to(package).parts
-               and p.name not in ("pipeline.py", "sizes.py")]
-    assert len(modules) > 40 and package / "vocab" / "count.py" in modules
-    assert [line for path in modules for line in _prints_on_stdout(path)] == []
-    assert "redirect_stdout" not in (package / "api.py").read_text(encoding="utf-8")
-
-
-def test_the_stdout_check_finds_a_planted_print(tmp_path):
-    planted = tmp_path / "stage.py"
-    planted.write_text("import sys\n\ndef run(log=print):\n    print('x', file=sys.stderr)\n    print('wrote x')\n",
-                       encoding="utf-8")
-    assert _prints_on_stdout(planted) == ["stage.py:3 print passed as a function", "stage.py:5 print(...)"]
-
-
 @pytest.mark.slow
 def test_every_stage_returns_its_lines_prints_nothing_and_its_command_prints_them(tmp_path, tiny_bert_dir, capsys):
     """Each stage through the API on a tiny model: stdout stays empty (no redirect in api) and the

@@ -219,3 +219,34 @@ def test_no_command_is_declared_in_models():
              if layer_of(module) == "models" for node in ast.walk(tree(path))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"]
     assert not found, "commands declared in models/:\n" + "\n".join(found)
+
+
+def _prints_on_stdout(path) -> list[str]:
+    """Where the module at `path` prints without `file=` or hands `print` itself to be called."""
+    parsed = tree(path)
+    called = {id(node.func) for node in ast.walk(parsed) if isinstance(node, ast.Call)}
+    found = []
+    for node in ast.walk(parsed):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print" \
+                and not any(k.arg == "file" for k in node.keywords):
+            found.append(f"{path.name}:{node.lineno} print(...)")
+        elif isinstance(node, ast.Name) and node.id == "print" and id(node) not in called:
+            found.append(f"{path.name}:{node.lineno} print passed as a function")
+    return found
+
+
+def test_no_module_below_the_command_layer_prints_on_stdout():
+    """Stage functions return their reader lines (report["lines"]) and `cli.main` prints them;
+    only `run`'s and `sizes`' own pipeline output (pipeline.py, sizes.py) is printed where it is made."""
+    below = [path for module, path in modules().items() if layer_of(module) != "cli"
+             and path.name not in ("pipeline.py", "sizes.py")]
+    assert len(below) > 40 and PACKAGE / "vocab" / "count.py" in below
+    assert [line for path in below for line in _prints_on_stdout(path)] == []
+    assert "redirect_stdout" not in (PACKAGE / "api.py").read_text(encoding="utf-8")
+
+
+def test_the_stdout_check_finds_a_planted_print(tmp_path):
+    planted = tmp_path / "stage.py"
+    planted.write_text("import sys\n\ndef run(log=print):\n    print('x', file=sys.stderr)\n    print('wrote x')\n",
+                       encoding="utf-8")
+    assert _prints_on_stdout(planted) == ["stage.py:3 print passed as a function", "stage.py:5 print(...)"]

@@ -34,6 +34,7 @@ An old option name (docs/renamed-options.md) prints one warning line and works.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -117,7 +118,10 @@ def _help_with_default(option) -> str | None:
     return _literal(text) if text else option.help
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, built once per process (`run` and the tests call `main` many
+    times; argparse reads a parser, it does not change it)."""
     parser = argparse.ArgumentParser(
         prog="polyglot-distil",
         description="Small, fast, language-specific models out of multilingual encoders.")
