@@ -49,6 +49,7 @@ def test_masked_lm_checkpoint_becomes_an_nli_classifier_folder(run_dir):
         assert json.loads((folder / "training.json").read_text())["train_pairs"] == 240
 
 
+@pytest.mark.slow
 def test_bare_encoder_checkpoint_gets_a_new_head_too(tmp_path, sample_files):
     from transformers import AutoConfig
 

@@ -154,6 +154,7 @@ def test_a_search_that_fails_before_scoring_a_candidate_leaves_no_output(tmp_pat
     assert not (tmp_path / "search").exists()
 
 
+@pytest.mark.slow
 def test_general_reads_a_layer_map_file_and_refuses_a_folder_without_one(tmp_path, tiny_bert_dir, capsys):
     (tmp_path / "map.txt").write_text("0,3\n")
     assert run_cli("distil", "general", "--teacher", tiny_bert_dir, "--layers", 2, *LANGS, *SHORT,

@@ -214,10 +214,11 @@ def test_resume_owns_the_locks_a_killed_run_left_beneath_its_output(checkpointed
     assert (run / "final" / "model.safetensors").is_file() and not (run / ".final.lock").exists()
 
 
-@pytest.mark.parametrize("name,reader", [("model.safetensors", "SafetensorError"),
-                                         ("optimizer.bin", "PytorchStreamReader"),
-                                         ("trainer_state.json", "JSONDecodeError"),
-                                         ("random_states_0.pkl", "random states")])  # (accelerate skipped it)
+@pytest.mark.parametrize("name,reader", [("model.safetensors", "SafetensorError"),  # the rest: the whole suite
+                                         pytest.param("optimizer.bin", "PytorchStreamReader", marks=pytest.mark.slow),
+                                         pytest.param("trainer_state.json", "JSONDecodeError", marks=pytest.mark.slow),
+                                         pytest.param("random_states_0.pkl", "random states",  # (accelerate skipped it)
+                                                      marks=pytest.mark.slow)])
 def test_resume_names_a_damaged_checkpoint_and_goes_on_from_the_one_before(name, reader, checkpointed_run,
                                                                            tiny_bert_dir, tmp_path, capsys):
     run = tmp_path / "run"

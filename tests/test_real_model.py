@@ -94,6 +94,7 @@ def test_phase_1_and_phase_2_run_on_the_real_model(tmp_path, e5_en_fr):
     assert (tmp_path / "task" / "best" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_student_keeps_the_teachers_pretrained_pooler(tmp_path, tiny_bert_dir):
     """A masked-LM class drops the pooler; the student (and phase 1) keep the teacher's."""
     from safetensors.torch import load_file

@@ -150,6 +150,7 @@ def test_init_layers_bottom_copies_the_teachers_bottom_layers(tmp_path, teacher_
     assert json.loads((tmp_path / "s" / "student.json").read_text())["init_layers"] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_frozen_embeddings_are_bitwise_unchanged_by_phase_1(tmp_path, teacher_dir):
     student = tmp_path / "student"
     assert run_cli("student", "--teacher", teacher_dir, "--init-layers", "bottom", "--out", student) == 0
@@ -239,6 +240,7 @@ def test_the_student_keeps_the_highest_scoring_heads_and_neurons(teacher_dir):
     assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight[:, hidden])
 
 
+@pytest.mark.slow
 def test_keeping_every_head_and_neuron_gives_the_teacher(tmp_path, teacher_dir):
     from transformers import AutoModelForMaskedLM
 

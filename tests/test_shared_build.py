@@ -133,9 +133,11 @@ def test_a_waiter_whose_builder_died_on_this_host_says_so_naming_the_folder(tmp_
 
 
 def test_a_waiter_whose_builder_on_another_node_stopped_beating_names_the_folder(tmp_path, monkeypatch):
+    import polyglot_distil.shared_build as shared_build
     from polyglot_distil.shared_build import build_once
 
     monkeypatch.setenv("POLYGLOT_DISTIL_SHARED_FS_TIMEOUT", "0.3")
+    monkeypatch.setattr(shared_build, "POLL_SECONDS", 0.02)
     mark = tmp_path / ".folder.writing"
     mark.write_text(json.dumps({"pid": 1, "host": "another-node", "beat": 7}))
     with pytest.raises(UserError) as error:

@@ -178,6 +178,7 @@ def test_switch_resets_every_trained_parameter_to_theta0(after_stage_one):
     assert len(optimizer.state) == 0
 
 
+@pytest.mark.slow
 def test_theta0_and_mask_survive_a_checkpoint(after_stage_one, tiny_bert_dir):
     model, ticket, optimizer = after_stage_one
     ticket.switch(optimizer)

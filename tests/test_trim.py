@@ -327,6 +327,7 @@ def test_every_head_is_kept(tmp_path, sample_files, head, auto_class):
     assert report["verify"]["en"]["compared"] > 0 and report["verify"]["en"]["passed"]
 
 
+@pytest.mark.slow
 def test_an_untied_decoder_is_reindexed_on_its_own(tmp_path, tiny_bert_dir):
     from transformers import AutoConfig, AutoModelForMaskedLM
 
