@@ -232,6 +232,7 @@ def test_student_with_another_vocabulary_is_an_error(capsys, tmp_path, teacher_d
     assert "'polyglot-distil student" not in err  # rebuilding the student would throw a trim away
 
 
+@pytest.mark.slow
 def test_a_student_of_another_teacher_names_the_teacher_it_was_built_from(capsys, tmp_path, teacher_dir,
                                                                           tiny_xlmr_dir, texts):
     """The usual mistake: the untrimmed model as --teacher of a student built from the trimmed one."""

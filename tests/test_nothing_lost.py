@@ -480,7 +480,8 @@ def test_run_notices_a_completed_stages_input_that_changed_under_the_same_path(t
     assert run_cli("run", config) == 0
 
 
-@pytest.mark.parametrize("command", ["quantize", "distil general", "student", "finetune", "verify", "distil task"])
+@pytest.mark.parametrize("command", ["quantize", "student", "finetune", *(pytest.param(c, marks=pytest.mark.slow)
+                                                                         for c in ("distil general", "verify", "distil task"))])
 def test_a_tokenizer_larger_than_the_embedding_is_one_line_in_every_command(command, tmp_path, tiny_bert_dir,
                                                                               capsys):
     """student wrote a student with the mismatched tokenizer; finetune, verify and distil task were an

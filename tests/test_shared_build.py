@@ -132,6 +132,7 @@ def test_a_waiter_whose_builder_died_on_this_host_says_so_naming_the_folder(tmp_
     assert time.monotonic() - start < 5, "said at once, not after the wait limit"
 
 
+@pytest.mark.slow
 def test_a_waiter_whose_builder_on_another_node_stopped_beating_names_the_folder(tmp_path, monkeypatch):
     import polyglot_distil.shared_build as shared_build
     from polyglot_distil.shared_build import build_once
@@ -146,6 +147,7 @@ def test_a_waiter_whose_builder_on_another_node_stopped_beating_names_the_folder
         in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_lock_whose_builder_on_another_node_stopped_beating_is_taken_over(tmp_path, monkeypatch):
     import polyglot_distil.shared_build as shared_build
     from polyglot_distil.shared_build import build_once

@@ -156,6 +156,7 @@ def test_a_failure_on_the_main_process_stops_the_others_with_one_line(tmp_path):
         cached_blocks(tmp_path, {"k": 2}, ["en"], fail, 4, main=False)
 
 
+@pytest.mark.slow
 def test_a_process_that_cannot_see_the_cache_names_it_and_asks_for_a_shared_filesystem(tmp_path, monkeypatch):
     from polyglot_distil.data.token_cache import cached_blocks
 
@@ -168,6 +169,7 @@ def test_a_process_that_cannot_see_the_cache_names_it_and_asks_for_a_shared_file
     assert "filesystem every node sees" in message
 
 
+@pytest.mark.slow
 def test_a_process_that_cannot_see_the_checkpoint_folder_stops_with_one_line(tmp_path, monkeypatch):
     from polyglot_distil.distill.training import _save_checkpoint
 
@@ -184,6 +186,7 @@ def test_a_process_that_cannot_see_the_checkpoint_folder_stops_with_one_line(tmp
     assert saved == [str(tmp_path / "checkpoints" / ".step-3.tmp")]
 
 
+@pytest.mark.slow
 def test_a_process_that_cannot_see_the_run_folder_stops_with_one_line(tmp_path, monkeypatch):
     from polyglot_distil import pipeline
 

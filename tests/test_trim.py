@@ -398,6 +398,7 @@ def bert_counts(tmp_path_factory, tiny_bert_dir) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_trims_and_verifies_on_the_counted_corpus(tmp_path, tiny_bert_dir, bert_counts, capsys):
     out = tmp_path / "out"
     code = run_cli("trim", "--model", tiny_bert_dir, "--counts", bert_counts, "--langs", "en,fr", "--min-count", "2",

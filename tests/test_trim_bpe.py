@@ -77,8 +77,9 @@ def make_bpe_trim(root: Path, kind: str, tokenizer, source: Path | None = None) 
     return BpeTrim(kind, source, root / "trimmed", trim_to_swahili(root, source, verify_lines=60))
 
 
-# One flavour in the fast loop (pytest -m "not slow"), every flavour in the whole suite.
-@pytest.fixture(scope="module", params=[k if k == "qwen2" else pytest.param(k, marks=pytest.mark.slow) for k in KINDS])
+# Every flavour in the whole suite; the fast loop (pytest -m "not slow") has the units of
+# tests/test_trim_tokenizer.py (merges, closure, byte alphabets, dropout) and trains none.
+@pytest.fixture(scope="module", params=[pytest.param(k, marks=pytest.mark.slow) for k in KINDS])
 def bpe_trim(request, tmp_path_factory, tokenizers_by_flavour) -> BpeTrim:
     kind = request.param
     return make_bpe_trim(tmp_path_factory.mktemp(f"bpe_{kind}"), kind, tokenizers_by_flavour[KINDS[kind]])
@@ -125,6 +126,7 @@ def test_byte_alphabet_or_byte_pieces_are_always_kept(bpe_trim):
         assert bpe_trim.report["selection"]["always_kept"]["byte_alphabet"]["tokens"] == 256
 
 
+@pytest.mark.slow
 def test_a_bpe_with_dropout_is_refused_in_one_line(tokenizers_by_flavour):
     """Dropout skips merges at random: no trim can reproduce its tokens."""
     from tokenizers import Tokenizer

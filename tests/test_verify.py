@@ -161,6 +161,7 @@ def test_a_trim_of_another_model_is_refused(trimmed, tiny_xlmr_dir, capsys):
     assert code == 2 and "is not a vocabulary trim of" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_language_the_trim_barely_covers_fails_instead_of_passing_on_nothing(tmp_path, source, trimmed, capsys):
     """Text in a language the counts never saw: almost nothing is covered, so nothing vouches for
     the trim there; verify fails with the covered share (unless --min-coverage is lowered)."""

@@ -192,6 +192,7 @@ def test_old_ids_that_reach_the_last_original_token_are_a_trim(mlm, tmp_path):
 # verify_equivalence, verify_table
 
 
+@pytest.mark.slow
 def test_each_language_is_compared_with_its_own_progress_bar(mlm, monkeypatch):
     bars = []
 
@@ -298,6 +299,7 @@ def test_an_equal_trim_reports_the_table_writes_the_report_and_exits_0(mlm, tmp_
     assert list(report_path.parent.iterdir()) == [report_path]
 
 
+@pytest.mark.slow
 def test_the_lines_are_a_seeded_sample_of_max_lines(mlm, tmp_path, capsys, monkeypatch):
     seen = []
     real = verify.verify_equivalence
