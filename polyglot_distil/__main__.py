@@ -1,3 +1,3 @@
-from polyglot_distil.cli import command_line
+from polyglot_distil.cli import program
 
-raise SystemExit(command_line())
+program()
