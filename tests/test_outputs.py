@@ -179,6 +179,27 @@ def test_the_program_leaves_its_process_group_and_main_keeps_it(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, code", [(["student", "--teacher", "{missing}", "--out", "{out}"], 2),
+                                        (["student", "--no-such-option"], 2), (["--version"], 0)])
+def test_the_program_runs_the_exit_handlers_flushes_and_keeps_the_exit_status(tmp_path, argv, code):
+    """`program` ends the process without the interpreter's teardown: the exit handlers (locks,
+    logging) run, what was printed arrives, and the status is the command's."""
+    script = ("import atexit, sys\n"
+              "from polyglot_distil.cli import program\n"
+              "atexit.register(lambda: print('exit handler ran'))\n"
+              "print('before', end='')\n"  # left in the buffer: program flushes it
+              f"sys.argv = ['polyglot-distil', *{[a.format(missing=tmp_path / 'none', out=tmp_path / 'out') for a in argv]!r}]\n"
+              "program()\n"
+              "print('not reached')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe: stdout is block-buffered
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == code, result.stderr
+    assert result.stdout.startswith("before") and result.stdout.rstrip().endswith("exit handler ran"), result.stdout
+    assert "not reached" not in result.stdout and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stale_lock_is_reported_with_how_to_remove_it(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
