@@ -357,18 +357,6 @@ def exit_status(result) -> int:
     return int(result or 0)
 
 
-def reader_lines(result) -> list[str]:
-    """The lines a stage function's report holds for a reader under "lines" (its tables, "wrote
-    ..."), which the command prints on stdout; the stage function itself prints none."""
-    return list(result.get("lines", [])) if isinstance(result, dict) else []
-
-
-def failure_line(result) -> str | None:
-    """Why a stage that returned a non-zero "exit_status" failed (verify: the languages that
-    differ), which the command prints on stderr after the reader lines."""
-    return result.get("failure") if isinstance(result, dict) else None
-
-
 def csv(text: str) -> list[str]:
     """`en,fr` -> ["en", "fr"] (blanks dropped)."""
     return [part.strip() for part in str(text).split(",") if part.strip()]

@@ -35,8 +35,7 @@ from typing import Any, Callable
 
 from polyglot_distil.errors import UserError
 from polyglot_distil.fingerprints import argv_hash, changed_inputs, input_fingerprints
-from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status, failure_line, like, \
-    reader_lines, setting
+from polyglot_distil.options import FLAG, NO_RESULT, POSITIONAL, Command, Option, exit_status, like, setting
 from polyglot_distil.outputs import hold_lock, lock_path, release_lock, replace_text, wait_visible
 from polyglot_distil.tables import text_table
 
@@ -609,12 +608,7 @@ def _run_steps(run: Run, stages: list[Stage], only: str | None, start: str | Non
         print(f"[{stage.name}] polyglot-distil {' '.join(argv)}", flush=True)
         start_time = time.time()
         try:
-            report = stage.command.call(stage.command.namespace(**step.values))
-            for line in reader_lines(report):  # as the stage's command prints them
-                print(line)
-            if failure_line(report):
-                print(failure_line(report), file=sys.stderr)
-            code = exit_status(report)
+            code = show_report(stage.command.call(stage.command.namespace(**step.values)))
             if code != 0:
                 raise UserError(f"stage {stage.name} failed (exit status {code}); fix it and re-run: "
                                 "completed stages are skipped")
@@ -662,6 +656,19 @@ def _wait_for(path: Path, stage: str, poll_seconds: float = 2.0) -> None:
         if failed.exists():
             raise UserError(f"stage {stage} failed on the main process; see its output")
         time.sleep(poll_seconds)
+
+
+def show_report(report) -> int:
+    """Print a stage function's report as its command does, and return its exit status: the lines
+    it holds for a reader ("lines": tables, "wrote ...") on stdout, then why it failed ("failure",
+    with a non-zero "exit_status": verify's verdict) on stderr. `cli.main` and `run`'s stage loop
+    both show reports with it; the stage functions print nothing on stdout."""
+    if isinstance(report, dict):
+        for line in report.get("lines", []):
+            print(line)
+        if report.get("failure"):
+            print(report["failure"], file=sys.stderr)
+    return exit_status(report)
 
 
 # the two positional options of `run` and `sizes`

@@ -43,8 +43,7 @@ import threading
 
 from polyglot_distil import __version__
 from polyglot_distil.errors import Terminated, UserError, interruption
-from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, exit_status, failure_line, \
-    reader_lines, warn_once
+from polyglot_distil.options import ADVANCED, APPEND, FLAG, NEGATED, POSITIONAL, Command, warn_once
 from polyglot_distil.outputs import release_locks
 
 
@@ -157,12 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         from polyglot_distil.models.loading import quiet_transformers
 
         quiet_transformers()
-        report = command.call(options)
-        for line in reader_lines(report):  # the one place a command's reader lines reach stdout
-            print(line)
-        if failure_line(report):
-            print(failure_line(report), file=sys.stderr)
-        return exit_status(report)
+        from polyglot_distil.pipeline import show_report
+
+        return show_report(command.call(options))  # its lines on stdout, a failure on stderr
     except UserError as exc:
         if os.environ.get("POLYGLOT_DISTIL_DEBUG"):
             raise
