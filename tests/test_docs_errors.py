@@ -21,19 +21,19 @@ def rows() -> list[dict]:
 
 
 def source_of(path: str, name: str) -> str | None:
-    source, tree = parsed(path)
+    lines, tree = parsed(path)
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
-            return "".join(ast.get_source_segment(source, d) or "" for d in node.decorator_list) + \
-                ast.get_source_segment(source, node)
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            return "".join(lines[first - 1:node.end_lineno])
     return None
 
 
 @functools.lru_cache(maxsize=None)
-def parsed(path: str) -> tuple[str, ast.Module]:
-    """A test file's text and syntax tree, parsed once (many rows name the same file)."""
+def parsed(path: str) -> tuple[list[str], ast.Module]:
+    """A test file's lines and syntax tree, parsed once (many rows name the same file)."""
     source = (ROOT / path).read_text(encoding="utf-8")
-    return source, ast.parse(source)
+    return source.splitlines(keepends=True), ast.parse(source)
 
 
 def library_source() -> str:

@@ -46,6 +46,16 @@ def tree(path: Path) -> ast.Module:
     return _parsed(path.read_text(encoding="utf-8"))
 
 
+@functools.lru_cache(maxsize=None)
+def _walked(parsed: ast.Module) -> tuple[ast.AST, ...]:
+    return tuple(ast.walk(parsed))
+
+
+def nodes(path: Path) -> tuple[ast.AST, ...]:
+    """Every node of the file's syntax tree (walked once: several checks go through every module)."""
+    return _walked(tree(path))
+
+
 def modules() -> dict[str, Path]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -61,7 +71,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path]) -> list[tuple[st
     """(imported polyglot_distil module, line) for every import in the file, at any depth."""
     out = []
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(tree(path)):
+    for node in nodes(path):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -81,7 +91,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path]) -> list[tuple[st
 
 
 def uses_argparse(path: Path) -> int | None:
-    for node in ast.walk(tree(path)):
+    for node in nodes(path):
         if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
             return node.lineno
         if isinstance(node, ast.ImportFrom) and node.module == "argparse":
@@ -166,7 +176,7 @@ def namespace_parameters(path: Path) -> list[str]:
     torch hook's `args`, a tuple it indexes, is not one.)"""
     found = []
     where = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path.name
-    for node in ast.walk(tree(path)):
+    for node in nodes(path):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         read, handed = set(), False  # names whose attributes the function reads; getattr(args, ...)
@@ -216,17 +226,16 @@ def test_no_command_is_declared_in_models():
     """models/ is the library of model code; a command (its settings, printing, `Command`) lives in
     a stage module above it or in cli/."""
     found = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for module, path in modules().items()
-             if layer_of(module) == "models" for node in ast.walk(tree(path))
+             if layer_of(module) == "models" for node in nodes(path)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"]
     assert not found, "commands declared in models/:\n" + "\n".join(found)
 
 
 def _prints_on_stdout(path) -> list[str]:
     """Where the module at `path` prints without `file=` or hands `print` itself to be called."""
-    parsed = tree(path)
-    called = {id(node.func) for node in ast.walk(parsed) if isinstance(node, ast.Call)}
+    called = {id(node.func) for node in nodes(path) if isinstance(node, ast.Call)}
     found = []
-    for node in ast.walk(parsed):
+    for node in nodes(path):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print" \
                 and not any(k.arg == "file" for k in node.keywords):
             found.append(f"{path.name}:{node.lineno} print(...)")
