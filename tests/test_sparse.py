@@ -6,6 +6,7 @@ own base. (A whole `distil task` run is tested in test_distil_task.py.)"""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -136,10 +137,10 @@ def test_new_head_is_the_same_for_the_same_seed(tiny_bert_dir):
 # Stage 2 keeps theta0 outside the mask
 
 
-@pytest.fixture()
-def after_stage_one(tiny_bert_dir):
+@pytest.fixture(scope="module")
+def stage_one(tiny_bert_dir, one_torch_thread):
     """A classifier after 5 full AdamW steps (its moments non-zero everywhere), its ticket, its
-    optimizer."""
+    optimizer: trained once per module."""
     model, groups = classifier_on(tiny_bert_dir)
     for name, param in model.named_parameters():
         param.requires_grad_(name not in groups.frozen)
@@ -147,6 +148,15 @@ def after_stage_one(tiny_bert_dir):
     ticket = LotteryTicket(model, groups, sparse_count(0.08, None, selectable, "the body"))
     optimizer = adamw(model)
     train_steps(model, optimizer, 5)
+    return model, ticket, optimizer
+
+
+@pytest.fixture()
+def after_stage_one(stage_one):
+    """Each test's own copy of `stage_one`, copied as one object so that the ticket and the
+    optimizer hold the copy's parameters."""
+    model, ticket, optimizer = copy.deepcopy(stage_one)
+    assert ticket.model is model and optimizer.param_groups[0]["params"][0] is next(model.parameters())
     return model, ticket, optimizer
 
 
