@@ -6,7 +6,15 @@ else is a bug and keeps its traceback.
 
 
 class UserError(Exception):
-    """Something the user can fix: the message says what was wrong, where, and what to do."""
+    """Something the user can fix: the message says what was wrong, where, and what to do.
+
+    `lines` are what the failing stage had for its reader before it stopped (trim's quick
+    verification table, which says where the trimmed model differed): the command prints them on
+    stdout before its one-line error."""
+
+    def __init__(self, *args, lines: list[str] | tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.lines = list(lines)
 
 
 class Terminated(KeyboardInterrupt):

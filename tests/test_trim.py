@@ -469,10 +469,14 @@ def test_a_verification_failure_writes_no_folder(tmp_path, tiny_bert_dir, bert_c
         return {"en": verify.LanguageCheck(texts=1, covered=1, compared=1, differing=1, max_hidden_diff=1e-7)}
 
     monkeypatch.setattr(trim_stage, "verify_equivalence", broken)
-    err = trim_error(capsys, "--model", tiny_bert_dir, "--counts", bert_counts, "--langs", "en",
-                     "--verify-lines", "5", "--out", tmp_path / "out")
-    assert "differs from" in err and "was not written" in err
+    code = run_cli("trim", "--model", tiny_bert_dir, "--counts", bert_counts, "--langs", "en",
+                   "--verify-lines", "5", "--out", tmp_path / "out", "--no-progress")
+    captured = capsys.readouterr()
+    assert code == 2 and "differs from" in captured.err and "was not written" in captured.err
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+    # the quick verification's table, which says where the trim differed, comes before the error
+    assert captured.out.splitlines() == verify.verify_table(broken()).splitlines()
+    assert captured.out.splitlines()[-1].startswith("en ") and "DIFFER" in captured.out
 
 
 def test_unreadable_counted_sources_ask_for_verify_lang(tmp_path, tiny_bert_dir, capsys):

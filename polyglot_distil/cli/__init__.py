@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if os.environ.get("POLYGLOT_DISTIL_DEBUG"):
             raise
+        for line in exc.lines:  # what the stage had reached (a table) before it failed
+            print(line)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Terminated:

@@ -386,10 +386,14 @@ def run_trim(settings: TrimSettings) -> dict:
         raise UserError(f"language {missing[0]!r} is not in {settings.counts} (it has: {', '.join(counts.languages)})")
     texts = None if settings.no_verify else verification_texts(settings.verify_text, counts, langs, settings.verify_lines)
     lines: list[str] = []
-    report = trim(settings.model, counts, langs, rules, settings.out, counts_path=settings.counts, overwrite=settings.overwrite,
-                  verify_texts=texts, trust_remote_code=settings.trust_remote_code,
-                  show_progress=False if settings.no_progress else None,
-                  log=lambda text: lines.extend(text.splitlines()))
+    try:
+        report = trim(settings.model, counts, langs, rules, settings.out, counts_path=settings.counts,
+                      overwrite=settings.overwrite, verify_texts=texts, trust_remote_code=settings.trust_remote_code,
+                      show_progress=False if settings.no_progress else None,
+                      log=lambda text: lines.extend(text.splitlines()))
+    except UserError as error:  # a failed quick verification: its table says where
+        error.lines = lines + error.lines
+        raise
     lines += [*selection_table(report["selection"]).splitlines(),
               f"parameters {report['params_before']:,} -> {report['params_after']:,} "
               f"(-{100 * report['reduction']:.1f}%), vocabulary {report['vocab_size_before']:,} -> "
