@@ -321,7 +321,10 @@ def _embedding_projection(student, teacher):
     widths = (student.config.hidden_size, teacher.config.hidden_size)
     if (source.shape[1], target.shape[1]) != widths:
         return torch.nn.Linear(*widths, bias=False)
-    solution = torch.linalg.lstsq(source, target).solution  # [H_student, H_teacher]
+    # gelsd (SVD-based) gives the same bits wherever the matrices sit in memory; gelsy, the CPU
+    # default, does not: its result moved with the buffers' alignment, so phase 1 with a narrower
+    # student was not reproducible from run to run (CUDA has gels only: solved on the CPU)
+    solution = torch.linalg.lstsq(source.cpu(), target.cpu(), driver="gelsd").solution  # [H_student, H_teacher]
     projection = torch.nn.Linear(source.shape[1], target.shape[1], bias=False)
     with torch.no_grad():
         projection.weight.copy_(solution.T)
