@@ -85,8 +85,7 @@ def path_fingerprint(path: Path) -> dict:
     if path.is_file():
         return file_fingerprint(path)
     return {item.name: file_fingerprint(item) for item in sorted(path.iterdir())
-            if item.is_file() and item.suffix in MODEL_SUFFIXES and not item.name.startswith(".")
-            and item.name != "README.md"}
+            if item.is_file() and item.suffix in MODEL_SUFFIXES and not item.name.startswith(".")}
 
 
 def _paths_in(value: Any) -> Iterable[str]:
